@@ -1,0 +1,72 @@
+/**
+ * The `results.json` contract (schema `backdoor-audit/results@1`, SPEC section 9). Fractions are in [0, 1].
+ * These types are shared by the runner, the CLI, the extension host and the webview.
+ */
+import type { BackendName } from '../backend';
+
+export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
+
+export interface Metrics {
+  acc: number;
+  asr: number;
+  ra: number;
+}
+
+export interface ResultRow extends Partial<Metrics> {
+  aux: string;
+  auxType: string;
+  gic: boolean;
+  defense: string;
+  der?: number;
+  seconds: number;
+  /** Path of the purified model relative to the results directory. */
+  output?: string | null;
+  error: string | null;
+  /** Defense-specific facts worth reporting: thresholds chosen on aux validation, pruned channels, etc. */
+  details?: Record<string, unknown>;
+}
+
+export interface GicEntry {
+  aux: string;
+  delta: number;
+  norm: 'inf' | '2';
+  maxPerturbation: number;
+  meanPerturbation: number;
+  confidenceBefore: number;
+  confidenceAfter: number;
+  bnDistanceBefore: number | null;
+  bnDistanceAfter: number | null;
+  seconds: number;
+  note?: string;
+}
+
+export interface EmbeddingPoint {
+  x: number;
+  y: number;
+  label: number;
+  set: 'reference' | 'aux' | 'calibrated';
+}
+
+export interface EmbeddingEntry {
+  aux: string;
+  method: string;
+  points: EmbeddingPoint[];
+}
+
+export interface Results {
+  schema: typeof RESULTS_SCHEMA;
+  backend: { name: BackendName; threads: number };
+  model: {
+    path: string;
+    format: string;
+    arch: string;
+    params: number;
+    inputShape: [number, number, number];
+    numClasses: number;
+  };
+  baseline: Metrics;
+  rows: ResultRow[];
+  gic: GicEntry[];
+  embeddings: EmbeddingEntry[];
+  detection: { nc?: { anomalyIndex: number[]; flagged: number[] } };
+}

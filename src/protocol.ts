@@ -1,0 +1,27 @@
+/**
+ * Typed messages between the job runner (worker or CLI), the extension host and the webview panel.
+ * Everything here is plain JSON; receivers validate what they get (see isRunEvent / isPanelMessage).
+ */
+import type { Results, ResultRow, GicEntry, EmbeddingEntry, Metrics } from './engine/jobs/results';
+
+/** Events the runner emits while a job runs, in order; `done` or `failed` ends the stream. */
+export type RunEvent =
+  | { type: 'started'; jobPath: string; outDir: string; cells: number; backend: string; threads: number }
+  | { type: 'progress'; stage: string; done: number; total: number; message?: string }
+  | { type: 'log'; message: string }
+  | { type: 'baseline'; model: Results['model']; baseline: Metrics }
+  | { type: 'row'; row: ResultRow }
+  | { type: 'gic'; entry: GicEntry }
+  | { type: 'embedding'; entry: EmbeddingEntry }
+  | { type: 'done'; results: Results; resultsPath: string }
+  | { type: 'failed'; error: string; exitCode: number }
+  | { type: 'cancelled' };
+
+export const RUN_EVENT_TYPES = ['started', 'progress', 'log', 'baseline', 'row', 'gic', 'embedding', 'done', 'failed', 'cancelled'] as const;
+
+export function isRunEvent(v: unknown): v is RunEvent {
+  return typeof v === 'object' && v !== null && RUN_EVENT_TYPES.includes((v as { type: string }).type as never);
+}
+
+/** Host -> worker. */
+export type WorkerRequest = { type: 'run'; jobPath: string; outDir: string; device?: string; overwrite?: boolean } | { type: 'cancel' };
