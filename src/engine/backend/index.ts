@@ -6,6 +6,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
+// Gradients are registered separately from ops in tfjs-core; training needs them all.
+import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { registerWasmTrainingKernels } from './kernels';

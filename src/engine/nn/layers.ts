@@ -1,0 +1,223 @@
+/**
+ * Layers with PyTorch semantics and state_dict names, computed with TensorFlow.js ops in NHWC.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { ForwardContext, Module } from './module';
+import type { Rng } from '../util/rng';
+
+/** Kaiming-uniform init as PyTorch's default for Conv/Linear (a = sqrt(5)): bound = 1/sqrt(fanIn). */
+function uniformInit(shape: number[], fanIn: number, rng: Rng): tf.Tensor {
+  const bound = 1 / Math.sqrt(fanIn);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = rng.uniform(-bound, bound);
+  return tf.tensor(data, shape);
+}
+
+export interface Conv2dOptions {
+  stride?: number;
+  padding?: number;
+  bias?: boolean;
+}
+
+export class Conv2d extends Module {
+  readonly kind = 'Conv2d';
+  readonly stride: number;
+  readonly padding: number;
+  readonly weight: tf.Variable;
+  readonly bias?: tf.Variable;
+
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    opts: Conv2dOptions,
+    rng: Rng,
+  ) {
+    super();
+    this.stride = opts.stride ?? 1;
+    this.padding = opts.padding ?? 0;
+    const fanIn = inChannels * kernelSize * kernelSize;
+    this.weight = this.addParam('weight', uniformInit([kernelSize, kernelSize, inChannels, outChannels], fanIn, rng), 'conv');
+    if (opts.bias ?? true) this.bias = this.addParam('bias', uniformInit([outChannels], fanIn, rng), 'plain');
+  }
+
+  protected forwardImpl(x: tf.Tensor4D): tf.Tensor {
+    // PyTorch pads symmetrically by `padding`; tfjs takes the same as a number.
+    const y = tf.conv2d(x, this.weight as tf.Tensor4D, this.stride, this.padding === 0 ? 'valid' : this.padding);
+    return this.bias ? tf.add(y, this.bias) : y;
+  }
+}
+
+export class Linear extends Module {
+  readonly kind = 'Linear';
+  readonly weight: tf.Variable;
+  readonly bias?: tf.Variable;
+
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    rng: Rng,
+    bias = true,
+  ) {
+    super();
+    this.weight = this.addParam('weight', uniformInit([inFeatures, outFeatures], inFeatures, rng), 'linear');
+    if (bias) this.bias = this.addParam('bias', uniformInit([outFeatures], inFeatures, rng), 'plain');
+  }
+
+  protected forwardImpl(x: tf.Tensor): tf.Tensor {
+    const y = tf.matMul(x as tf.Tensor2D, this.weight as tf.Tensor2D);
+    return this.bias ? tf.add(y, this.bias) : y;
+  }
+}
+
+/**
+ * BatchNorm2d over the channel (last) axis. Training mode normalizes with the biased batch variance and
+ * records the running-statistic update (unbiased variance, momentum 0.1) for the trainer to apply after the
+ * step. `mask` multiplies gamma and beta per channel (pruning, RNP); `ctx.bnAffineHook` lets ANP perturb them.
+ */
+export class BatchNorm2d extends Module {
+  readonly kind = 'BatchNorm2d';
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable;
+  readonly runningMean: tf.Variable;
+  readonly runningVar: tf.Variable;
+  numBatchesTracked = 0;
+  /** Per-channel multiplier on gamma and beta; undefined = all ones. Owned by this layer. */
+  mask?: tf.Tensor1D;
+
+  constructor(
+    readonly numFeatures: number,
+    readonly eps = 1e-5,
+    readonly momentum = 0.1,
+  ) {
+    super();
+    this.weight = this.addParam('weight', tf.ones([numFeatures]), 'plain');
+    this.bias = this.addParam('bias', tf.zeros([numFeatures]), 'plain');
+    this.runningMean = this.addParam('running_mean', tf.zeros([numFeatures]), 'plain', false);
+    this.runningVar = this.addParam('running_var', tf.ones([numFeatures]), 'plain', false);
+  }
+
+  setMask(mask: Float32Array | undefined): void {
+    this.mask?.dispose();
+    this.mask = mask ? tf.keep(tf.tensor1d(mask)) : undefined;
+  }
+
+  protected forwardImpl(x: tf.Tensor4D, ctx: ForwardContext): tf.Tensor {
+    let gamma = this.weight as tf.Tensor1D;
+    let beta = this.bias as tf.Tensor1D;
+    if (this.mask) {
+      gamma = tf.mul(gamma, this.mask);
+      beta = tf.mul(beta, this.mask);
+    }
+    if (ctx.bnAffineHook) [gamma, beta] = ctx.bnAffineHook(this, gamma, beta);
+
+    if (ctx.bnInputStats || ctx.training) {
+      const { mean, variance } = tf.moments(x, [0, 1, 2]);
+      ctx.bnInputStats?.set(this.path, { mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D });
+      if (ctx.training) {
+        const n = x.shape[0] * x.shape[1] * x.shape[2];
+        const m = this.momentum;
+        // Keep detached copies: the update is applied after the gradient step, outside the tape's scope.
+        const newMean = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningMean, 1 - m), tf.mul(mean, m))));
+        const unbiased = n > 1 ? n / (n - 1) : 1;
+        const newVar = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningVar, 1 - m), tf.mul(variance, m * unbiased))));
+        ctx.bnUpdates?.push(() => {
+          this.runningMean.assign(newMean);
+          this.runningVar.assign(newVar);
+          newMean.dispose();
+          newVar.dispose();
+          this.numBatchesTracked++;
+        });
+        return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
+      }
+    }
+    return tf.batchNorm(x, this.runningMean as tf.Tensor1D, this.runningVar as tf.Tensor1D, beta, gamma, this.eps);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.mask?.dispose();
+  }
+}
+
+export class ReLU extends Module {
+  readonly kind = 'ReLU';
+  protected forwardImpl(x: tf.Tensor): tf.Tensor {
+    return tf.relu(x);
+  }
+}
+
+export class Identity extends Module {
+  readonly kind = 'Identity';
+  protected forwardImpl(x: tf.Tensor): tf.Tensor {
+    return x;
+  }
+}
+
+export class MaxPool2d extends Module {
+  readonly kind = 'MaxPool2d';
+  constructor(
+    readonly kernelSize: number,
+    readonly stride = kernelSize,
+    readonly padding = 0,
+  ) {
+    super();
+  }
+  protected forwardImpl(x: tf.Tensor4D): tf.Tensor {
+    if (this.padding > 0) {
+      // PyTorch pads max pooling with -inf; emulate with a large negative constant.
+      const p = this.padding;
+      x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], -3.4e38);
+    }
+    return tf.maxPool(x, this.kernelSize, this.stride, 'valid');
+  }
+}
+
+export class AvgPool2d extends Module {
+  readonly kind = 'AvgPool2d';
+  constructor(
+    readonly kernelSize: number,
+    readonly stride = kernelSize,
+  ) {
+    super();
+  }
+  protected forwardImpl(x: tf.Tensor4D): tf.Tensor {
+    return tf.avgPool(x, this.kernelSize, this.stride, 'valid');
+  }
+}
+
+/** AdaptiveAvgPool2d((1,1)) followed by flattening to [N, C] (how every classifier here uses it). */
+export class GlobalAvgPool extends Module {
+  readonly kind = 'GlobalAvgPool';
+  protected forwardImpl(x: tf.Tensor4D): tf.Tensor {
+    return tf.mean(x, [1, 2]);
+  }
+}
+
+/**
+ * Flatten in PyTorch's NCHW order, so that a Linear layer loaded from a PyTorch checkpoint sees its
+ * inputs in the order it was trained with.
+ */
+export class Flatten extends Module {
+  readonly kind = 'Flatten';
+  protected forwardImpl(x: tf.Tensor): tf.Tensor {
+    if (x.rank === 4) {
+      const [n, h, w, c] = x.shape;
+      return tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [n, c * h * w]);
+    }
+    return tf.reshape(x, [x.shape[0], -1]);
+  }
+}
+
+export class Sequential extends Module {
+  readonly kind = 'Sequential';
+  constructor(layers: Module[] = []) {
+    super();
+    layers.forEach((l, i) => this.addChild(String(i), l));
+  }
+  protected forwardImpl(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
+    for (const c of this.children.values()) x = c.forward(x, ctx);
+    return x;
+  }
+}

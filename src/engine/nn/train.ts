@@ -1,0 +1,199 @@
+/**
+ * Training and inference loops over ImageSets: batching, augmentation (random crop with padding,
+ * horizontal flip), the optimizer step with BatchNorm running-statistic updates, cancellation between
+ * batches, and batched prediction. Every step runs inside tf.tidy; nothing outlives a batch but the weights
+ * and the optimizer state.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/dataset';
+import { imageSize } from '../data/dataset';
+import { throwIfAborted, JobError } from '../errors';
+import type { Rng } from '../util/rng';
+import type { ForwardContext } from './module';
+import type { Model } from './model';
+import { cosineLr, type Optimizer } from './optim';
+
+export interface Augment {
+  /** Zero padding of the random crop (BackdoorBench: 4). 0 = no crop. */
+  cropPadding: number;
+  /** Random horizontal flip (natural images only, not digits). */
+  flip: boolean;
+}
+
+/** Copy images at `idx` into a batch tensor, augmenting on the fly. */
+export function makeBatch(set: ImageSet, idx: ArrayLike<number>, augment: Augment | undefined, rng: Rng | undefined): tf.Tensor4D {
+  const [h, w, c] = set.shape;
+  const size = imageSize(set);
+  const out = new Float32Array(idx.length * size);
+  for (let b = 0; b < idx.length; b++) {
+    const src = idx[b] * size;
+    const dst = b * size;
+    if (!augment || !rng || (augment.cropPadding === 0 && !augment.flip)) {
+      out.set(set.x.subarray(src, src + size), dst);
+      continue;
+    }
+    const p = augment.cropPadding;
+    const dy = p ? rng.int(2 * p + 1) - p : 0;
+    const dx = p ? rng.int(2 * p + 1) - p : 0;
+    const flip = augment.flip && rng.next() < 0.5;
+    for (let i = 0; i < h; i++) {
+      const si = i + dy;
+      if (si < 0 || si >= h) continue; // padded rows stay zero
+      for (let j = 0; j < w; j++) {
+        const jj = flip ? w - 1 - j : j;
+        const sj = jj + dx;
+        if (sj < 0 || sj >= w) continue;
+        const s = src + (si * w + sj) * c;
+        const d = dst + (i * w + j) * c;
+        for (let k = 0; k < c; k++) out[d + k] = set.x[s + k];
+      }
+    }
+  }
+  return tf.tensor4d(out, [idx.length, h, w, c]);
+}
+
+/** Mean cross-entropy of logits against integer labels, with optional label smoothing. */
+export function crossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, smoothing = 0): tf.Scalar {
+  return tf.tidy(() => {
+    const k = logits.shape[1];
+    let target: tf.Tensor = tf.cast(tf.oneHot(labels, k), 'float32');
+    if (smoothing > 0) target = tf.add(tf.mul(target, 1 - smoothing), smoothing / k);
+    return tf.neg(tf.mean(tf.sum(tf.mul(target, tf.logSoftmax(logits)), 1))) as tf.Scalar;
+  });
+}
+
+export interface StepContext {
+  x: tf.Tensor4D;
+  y: tf.Tensor1D;
+  /** Labels as plain numbers, for host-side logic. */
+  labels: Int32Array;
+  /** Forward context for this step (training mode unless the loop freezes BN). */
+  ctx: ForwardContext;
+}
+
+export interface FitOptions {
+  epochs: number;
+  batchSize: number;
+  optimizer: Optimizer;
+  /** Base learning rate; the schedule sets optimizer.lr per epoch. */
+  lr: number;
+  schedule?: 'cosine' | 'constant';
+  augment?: Augment;
+  rng: Rng;
+  signal?: AbortSignal;
+  /** Variables to train (default: all trainable variables of the model). */
+  vars?: tf.Variable[];
+  /** BatchNorm in train mode (default) or frozen (eval-mode statistics, as SAU and i-BAU need). */
+  bnTrain?: boolean;
+  /** The loss of a batch (default: cross-entropy of the model's logits). Runs inside the gradient tape. */
+  loss?: (s: StepContext) => tf.Scalar;
+  /** Called after each optimizer step (projections, rescaling). */
+  afterStep?: () => void;
+  /** Progress: called after each batch. */
+  onBatch?: (epoch: number, batch: number, batches: number, loss: number) => void;
+  /** Stop after this many optimizer steps in total (iteration-budgeted defenses). */
+  maxSteps?: number;
+  /** Drop a final partial batch (BatchNorm dislikes batches of one). */
+  dropLast?: boolean;
+}
+
+/**
+ * One optimizer step on `loss`; returns the loss value. The gradient tape sees only `vars`; BatchNorm
+ * running-statistic updates recorded during the forward are applied after the step.
+ */
+export function trainStep(vars: tf.Variable[], optimizer: Optimizer, lossFn: (ctx: ForwardContext) => tf.Scalar, training: boolean): number {
+  const ctx: ForwardContext = { training, bnUpdates: [] };
+  const { value, grads } = tf.variableGrads(() => lossFn(ctx), vars);
+  const ordered = vars.map((v) => grads[v.name]);
+  optimizer.step(vars, ordered);
+  const loss = value.dataSync()[0];
+  value.dispose();
+  tf.dispose(ordered);
+  for (const apply of ctx.bnUpdates!) apply();
+  if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
+  return loss;
+}
+
+/** Train `model` in place. Returns the mean loss of the last epoch. */
+export function fit(model: Model, data: ImageSet, o: FitOptions): number {
+  const vars = o.vars ?? model.trainableVariables();
+  const bnTrain = o.bnTrain ?? true;
+  const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
+  const batches = o.dropLast && data.n > o.batchSize ? Math.floor(data.n / o.batchSize) : Math.ceil(data.n / o.batchSize);
+  let steps = 0;
+  let lastEpochLoss = NaN;
+  for (let epoch = 0; epoch < o.epochs; epoch++) {
+    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
+    const order = o.rng.permutation(data.n);
+    let sum = 0;
+    for (let b = 0; b < batches; b++) {
+      throwIfAborted(o.signal);
+      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+      const labels = Int32Array.from(idx, (i) => data.y[i]);
+      const x = makeBatch(data, idx, o.augment, o.rng);
+      const y = tf.tensor1d(labels, 'int32');
+      try {
+        const l = trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx }), bnTrain);
+        sum += l;
+        o.afterStep?.();
+        o.onBatch?.(epoch, b, batches, l);
+      } finally {
+        x.dispose();
+        y.dispose();
+      }
+      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
+    }
+    lastEpochLoss = sum / batches;
+  }
+  return lastEpochLoss;
+}
+
+/** Logits of a whole set, batched, as a Float32Array [n, classes]. */
+export function predictLogits(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Float32Array {
+  const k = model.numClasses;
+  const out = new Float32Array(set.n * k);
+  for (let s = 0; s < set.n; s += batchSize) {
+    throwIfAborted(signal);
+    const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
+    const logits = tf.tidy(() => model.forward(makeBatch(set, idx, undefined, undefined)));
+    out.set(logits.dataSync() as Float32Array, s * k);
+    logits.dispose();
+  }
+  return out;
+}
+
+/** Top-1 labels of a whole set. */
+export function predictLabels(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Int32Array {
+  const k = model.numClasses;
+  const logits = predictLogits(model, set, batchSize, signal);
+  const pred = new Int32Array(set.n);
+  for (let i = 0; i < set.n; i++) {
+    let best = 0;
+    for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
+    pred[i] = best;
+  }
+  return pred;
+}
+
+/** Penultimate features of a whole set, [n, D]. */
+export function predictFeatures(model: Model, set: ImageSet, batchSize = 256): { data: Float32Array; dim: number } {
+  let dim = 0;
+  const chunks: Float32Array[] = [];
+  for (let s = 0; s < set.n; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
+    const f = tf.tidy(() => {
+      const { features } = model.forwardWithFeatures(makeBatch(set, idx, undefined, undefined));
+      return features;
+    });
+    dim = f.shape[1];
+    chunks.push(Float32Array.from(f.dataSync() as Float32Array));
+    f.dispose();
+  }
+  const data = new Float32Array(set.n * dim);
+  let o = 0;
+  for (const c of chunks) {
+    data.set(c, o);
+    o += c.length;
+  }
+  return { data, dim };
+}
