@@ -1,0 +1,56 @@
+/**
+ * The common interface of purification defenses. A defense receives the victim (never modified: it works on
+ * a clone), an auxiliary set (raw or GIC-calibrated: the defense cannot tell) and a profile, and returns the
+ * purified model plus facts worth reporting. Adding a defense is adding a file and a line in ./index.ts.
+ */
+import type { ImageSet } from '../data/dataset';
+import type { Model } from '../nn/model';
+import type { Augment } from '../nn/train';
+import type { Rng } from '../util/rng';
+
+export type Profile = 'fast' | 'paper';
+
+export type DefenseParams = Record<string, number | string | boolean | number[]>;
+
+export interface DefenseContext {
+  victim: Model;
+  aux: ImageSet;
+  profile: Profile;
+  /** Effective parameters: the profile's defaults overridden by the job's `params`. */
+  params: DefenseParams;
+  /** Augmentation for training on the auxiliary set (flip only for natural images). */
+  augment: Augment;
+  rng: Rng;
+  signal?: AbortSignal;
+  /** Progress within this defense, 0..total. */
+  progress: (done: number, total: number, message?: string) => void;
+}
+
+export interface DefenseOutcome {
+  model: Model;
+  /** Thresholds chosen on the auxiliary validation split, pruned channels, approximations used, etc. */
+  details?: Record<string, unknown>;
+  /** Backdoor detection (NC): per-class anomaly index and flagged labels. */
+  detection?: { anomalyIndex: number[]; flagged: number[] };
+}
+
+export interface Defense {
+  id: string;
+  title: string;
+  defaults(profile: Profile): DefenseParams;
+  run(ctx: DefenseContext): Promise<DefenseOutcome>;
+}
+
+/** Merge profile defaults with user overrides, refusing unknown parameter names. */
+export function resolveParams(defense: Defense, profile: Profile, overrides: DefenseParams | undefined): DefenseParams {
+  const base = defense.defaults(profile);
+  for (const k of Object.keys(overrides ?? {})) {
+    if (!(k in base)) throw new Error(`unknown parameter "${k}" for defense ${defense.id} (known: ${Object.keys(base).join(', ')})`);
+  }
+  return { ...base, ...(overrides ?? {}) };
+}
+
+/** Yield to the event loop so that cancellation and progress messages get through between batches. */
+export function yieldToLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
