@@ -1,0 +1,69 @@
+// Builds the separate bundles: extension host, job worker, CLI (Node, CommonJS) and the webview panel
+// (browser IIFE). The wasm binaries of the tensor backend are copied next to the Node bundles.
+const esbuild = require('esbuild');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const production = process.argv.includes('--production');
+const watch = process.argv.includes('--watch');
+const dist = path.join(__dirname, 'dist');
+
+// Optional native backends: loaded at run time when installed, never bundled.
+const nodeExternals = ['vscode', '@tensorflow/tfjs-node', '@tensorflow/tfjs-node-gpu', 'onnxruntime-node'];
+
+function exists(p) {
+  return fs.existsSync(path.join(__dirname, p));
+}
+
+async function main() {
+  fs.mkdirSync(dist, { recursive: true });
+  const common = { bundle: true, minify: production, sourcemap: !production, logLevel: 'warning' };
+  const nodeEntries = [
+    ['src/cli.ts', 'cli.js'],
+    ['src/extension.ts', 'extension.js'],
+    ['src/worker.ts', 'worker.js'],
+  ].filter(([src]) => exists(src));
+  const contexts = [];
+  for (const [src, out] of nodeEntries) {
+    contexts.push(
+      await esbuild.context({
+        ...common,
+        entryPoints: [src],
+        outfile: path.join(dist, out),
+        platform: 'node',
+        target: 'node20',
+        format: 'cjs',
+        external: nodeExternals,
+        banner: src === 'src/cli.ts' ? { js: '#!/usr/bin/env node' } : undefined,
+      }),
+    );
+  }
+  if (exists('webview-ui/main.ts')) {
+    contexts.push(
+      await esbuild.context({
+        ...common,
+        entryPoints: ['webview-ui/main.ts'],
+        outfile: path.join(dist, 'webview.js'),
+        platform: 'browser',
+        target: 'es2020',
+        format: 'iife',
+      }),
+    );
+  }
+  const wasmDir = path.join(__dirname, 'node_modules/@tensorflow/tfjs-backend-wasm/dist');
+  for (const f of fs.readdirSync(wasmDir).filter((f) => f.endsWith('.wasm'))) {
+    fs.copyFileSync(path.join(wasmDir, f), path.join(dist, f));
+  }
+  if (watch) {
+    await Promise.all(contexts.map((c) => c.watch()));
+  } else {
+    await Promise.all(contexts.map((c) => c.rebuild()));
+    await Promise.all(contexts.map((c) => c.dispose()));
+    if (fs.existsSync(path.join(dist, 'cli.js'))) fs.chmodSync(path.join(dist, 'cli.js'), 0o755);
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

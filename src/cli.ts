@@ -1,0 +1,134 @@
+/**
+ * `backdoor-audit`: the headless front end over the engine's job runner (SPEC section 9).
+ * Exit codes: 0 success, 1 the job failed, 2 bad usage or bad input. Errors are one line on stderr,
+ * `error: <what went wrong> (<file or field>)`, with the stack only under --verbose.
+ */
+import { Command, CommanderError } from 'commander';
+import * as path from 'node:path';
+import { InputError, CancelledError, oneLine } from './engine/errors';
+import type { RunEvent } from './protocol';
+import type { Results } from './engine/jobs/results';
+
+let verbose = false;
+
+function fail(err: unknown): never {
+  const code = err instanceof InputError ? 2 : (err as { exitCode?: number })?.exitCode === 2 ? 2 : 1;
+  if (err instanceof CancelledError) {
+    process.stderr.write('error: cancelled\n');
+    process.exit(1);
+  }
+  process.stderr.write(`error: ${oneLine(err)}\n`);
+  if (verbose && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n');
+  process.exit(code);
+}
+
+/** Cancel the running job on Ctrl-C: the runner stops between batches and writes nothing partial. */
+function abortOnSignal(): AbortController {
+  const ac = new AbortController();
+  process.once('SIGINT', () => ac.abort());
+  process.once('SIGTERM', () => ac.abort());
+  return ac;
+}
+
+async function printResults(results: Results): Promise<void> {
+  const { formatResultsTable } = await import('./cli/table');
+  process.stdout.write(formatResultsTable(results) + '\n');
+}
+
+async function reporter(): Promise<(e: RunEvent) => void> {
+  const { createProgressReporter } = await import('./cli/progress');
+  return createProgressReporter(process.stderr);
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('backdoor-audit')
+    .description('Audit image classifiers for backdoors and purify them (headless engine of the Backdoor Audit extension).')
+    .option('--verbose', 'print stack traces with errors')
+    .hook('preAction', (cmd) => {
+      verbose = Boolean(cmd.opts().verbose);
+    })
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('run')
+    .description('run a job file (audit.json)')
+    .argument('<job>', 'path of the job file')
+    .option('--out <dir>', 'output directory (default: <job dir>/audit-out)')
+    .option('--device <device>', 'auto | gpu | cpu (overrides the job)')
+    .option('--shard <i/n>', 'run only the i-th of n disjoint slices of the cells')
+    .option('--overwrite', 'replace purified models an earlier run wrote to the same output directory')
+    .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean }) => {
+      const { runJobFile } = await import('./engine/jobs/runner');
+      const outDir = path.resolve(opts.out ?? path.join(path.dirname(path.resolve(job)), 'audit-out'));
+      if (opts.device && !['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
+      const ac = abortOnSignal();
+      const results = await runJobFile(path.resolve(job), {
+        outDir,
+        device: opts.device as 'auto' | 'gpu' | 'cpu' | undefined,
+        signal: ac.signal,
+        onEvent: await reporter(),
+        overwrite: opts.overwrite,
+        shard: opts.shard,
+      });
+      await printResults(results);
+      process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);
+    });
+
+  program
+    .command('demo')
+    .description('the embedded default end to end: BadNets victim on embedded MNIST, auxiliary sets, defenses with and without GIC')
+    .option('--quick', 'a smaller run (about two minutes on 2 CPU cores)')
+    .option('--out <dir>', 'output directory', 'backdoor-audit-demo')
+    .option('--device <device>', 'auto | gpu | cpu', 'auto')
+    .action(async (opts: { quick?: boolean; out: string; device: string }) => {
+      const { runDemo } = await import('./engine/jobs/demo');
+      const ac = abortOnSignal();
+      const outDir = path.resolve(opts.out);
+      const results = await runDemo({ quick: Boolean(opts.quick), outDir, device: opts.device as 'auto', signal: ac.signal, onEvent: await reporter() });
+      await printResults(results);
+      process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);
+    });
+
+  program
+    .command('inspect')
+    .description('format, detected architecture, input shape, classes, parameters and layers of a model file')
+    .argument('<model>', 'model file (.pt, .pth, .safetensors, .onnx, model.json)')
+    .option('--json', 'print JSON')
+    .action(async (model: string, opts: { json?: boolean }) => {
+      const { inspectModelFile, formatInspect } = await import('./engine/io/inspect');
+      const info = await inspectModelFile(path.resolve(model));
+      process.stdout.write(opts.json ? JSON.stringify(info, null, 2) + '\n' : formatInspect(info) + '\n');
+    });
+
+  program
+    .command('bench')
+    .description('benchmark suite: train/inference images/s, defenses, GIC, demo; PyTorch peer where installed')
+    .option('--json <file>', 'also write the measurements as JSON')
+    .action(async (opts: { json?: string }) => {
+      const { runBench } = await import('./engine/bench');
+      await runBench({ jsonPath: opts.json ? path.resolve(opts.json) : undefined, log: (s) => process.stderr.write(s + '\n') });
+    });
+
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version exit 0; everything else commander rejects is bad usage.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
+      process.exit(2);
+    }
+    fail(e);
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv);
+}
