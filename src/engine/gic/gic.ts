@@ -1,0 +1,277 @@
+/**
+ * Guided Input Calibration (SPEC section 5). A learnable transformation g(x) = clip01(x + r(x)) with
+ * r(x) = delta * tanh(h(x)) (L_inf) or h(x) projected onto the L2 ball of radius delta (per image), where h is
+ * a small residual conv net whose last layer starts at zero (so g starts as the identity), optionally plus an
+ * input-independent learnable term. g is trained against the frozen victim (eval mode) to raise its confidence
+ * on the true label and to align the BatchNorm input statistics with the running statistics recorded on the
+ * victim's training data. The calibrated auxiliary set {(g(x), y)} is then given to the defenses unchanged.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/dataset';
+import { imageSize } from '../data/dataset';
+import { Conv2d, ReLU, Sequential } from '../nn/layers';
+import type { Model } from '../nn/model';
+import { Adam } from '../nn/optim';
+import { crossEntropy, makeBatch, trainStep } from '../nn/train';
+import type { ForwardContext } from '../nn/module';
+import { Rng } from '../util/rng';
+import { throwIfAborted } from '../errors';
+
+export type GicNorm = 'inf' | '2';
+
+export interface GicOptions {
+  delta: number;
+  norm: GicNorm;
+  lambdaBn: number;
+  epochs: number;
+  lr: number;
+  batchSize: number;
+  /** Hidden channels of h. */
+  width: number;
+  /** Add the input-independent learnable term. */
+  globalTerm: boolean;
+  seed: number;
+}
+
+export const GIC_DEFAULTS: GicOptions = { delta: 0.1, norm: 'inf', lambdaBn: 1, epochs: 30, lr: 1e-3, batchSize: 64, width: 16, globalTerm: true, seed: 0 };
+
+/** The calibration network g. Owns its variables. */
+export class GicNet {
+  readonly h: Sequential;
+  readonly globalTerm?: tf.Variable;
+
+  constructor(
+    readonly shape: [number, number, number],
+    readonly o: GicOptions,
+  ) {
+    const rng = new Rng(o.seed).fork('gic-init');
+    const c = shape[2];
+    const last = new Conv2d(o.width, c, 3, { padding: 1 }, rng);
+    // Zero-initialised last layer: r(x) = 0 at the start, so g is the identity before training.
+    last.weight.assign(tf.zerosLike(last.weight));
+    last.bias!.assign(tf.zerosLike(last.bias!));
+    this.h = new Sequential([new Conv2d(c, o.width, 3, { padding: 1 }, rng), new ReLU(), new Conv2d(o.width, o.width, 3, { padding: 1 }, rng), new ReLU(), last]).finalize();
+    if (o.globalTerm) this.globalTerm = tf.variable(tf.zeros(shape), true, undefined);
+  }
+
+  variables(): tf.Variable[] {
+    return [...this.h.trainableVariables(), ...(this.globalTerm ? [this.globalTerm] : [])];
+  }
+
+  /** The perturbation r(x), bounded by construction. */
+  residual(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let hx = this.h.forward(x, { training: false });
+      if (this.globalTerm) hx = tf.add(hx, this.globalTerm);
+      if (this.o.norm === 'inf') return tf.mul(tf.tanh(hx), this.o.delta) as tf.Tensor4D;
+      // L2: scale each image's h(x) into the ball of radius delta.
+      const norms = tf.sqrt(tf.add(tf.sum(tf.square(hx), [1, 2, 3], true), 1e-12));
+      const scale = tf.minimum(1, tf.div(this.o.delta, norms));
+      return tf.mul(hx, scale) as tf.Tensor4D;
+    });
+  }
+
+  apply(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => tf.clipByValue(tf.add(x, this.residual(x)), 0, 1) as tf.Tensor4D);
+  }
+
+  dispose(): void {
+    this.h.dispose();
+    this.globalTerm?.dispose();
+  }
+}
+
+/** Sum over BatchNorm layers of squared distances between input batch statistics and running statistics. */
+function bnDistance(victim: Model, stats: NonNullable<ForwardContext['bnInputStats']>): tf.Scalar {
+  return tf.tidy(() => {
+    let total: tf.Tensor = tf.scalar(0);
+    for (const bn of victim.batchNorms()) {
+      const s = stats.get(bn.path);
+      if (!s) continue;
+      total = tf.add(total, tf.add(tf.sum(tf.squaredDifference(s.mean, bn.runningMean)), tf.sum(tf.squaredDifference(s.variance, bn.runningVar))));
+    }
+    return total as tf.Scalar;
+  });
+}
+
+export interface CalibrationReport {
+  delta: number;
+  norm: GicNorm;
+  maxPerturbation: number;
+  meanPerturbation: number;
+  confidenceBefore: number;
+  confidenceAfter: number;
+  bnDistanceBefore: number | null;
+  bnDistanceAfter: number | null;
+  seconds: number;
+  note?: string;
+}
+
+/** Mean victim confidence on the true label and the mean per-batch BN distance of a set. */
+export function measureSet(victim: Model, set: ImageSet, batchSize = 256): { confidence: number; bnDistance: number | null } {
+  const hasBn = victim.batchNorms().length > 0;
+  let conf = 0;
+  let dist = 0;
+  let batches = 0;
+  for (let s = 0; s < set.n; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
+    const [c, d] = tf.tidy(() => {
+      const x = makeBatch(set, idx, undefined, undefined);
+      const y = tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32');
+      const ctx: ForwardContext = { training: false, bnInputStats: hasBn ? new Map() : undefined };
+      const p = tf.softmax(victim.forward(x, ctx));
+      const cTrue = tf.sum(tf.mul(p, tf.oneHot(y, victim.numClasses)));
+      const dd = hasBn ? bnDistance(victim, ctx.bnInputStats!) : tf.scalar(0);
+      return [cTrue.dataSync()[0], dd.dataSync()[0]];
+    });
+    conf += c;
+    dist += d;
+    batches++;
+  }
+  return { confidence: conf / Math.max(1, set.n), bnDistance: hasBn ? dist / Math.max(1, batches) : null };
+}
+
+export interface CalibrationOutput {
+  set: ImageSet;
+  net: GicNet;
+  report: CalibrationReport;
+}
+
+/**
+ * Train g on `aux` against the frozen victim and return the calibrated set. The caller owns `net` (dispose it
+ * or save it). Every calibrated image satisfies ||g(x) - x||_p <= delta exactly (enforced again in float32
+ * after the network, since rounding in x + r - x can exceed delta by an ulp).
+ */
+export async function calibrate(
+  victim: Model,
+  aux: ImageSet,
+  opts: Partial<GicOptions>,
+  signal?: AbortSignal,
+  progress?: (done: number, total: number, message?: string) => void,
+): Promise<CalibrationOutput> {
+  const o: GicOptions = { ...GIC_DEFAULTS, ...opts };
+  const t0 = Date.now();
+  const hasBn = victim.batchNorms().length > 0;
+  const before = measureSet(victim, aux);
+  const net = new GicNet(aux.shape, o);
+  const opt = new Adam(o.lr);
+  const rng = new Rng(o.seed).fork('gic-batches');
+  const vars = net.variables();
+  const batches = Math.ceil(aux.n / o.batchSize);
+  try {
+    for (let e = 0; e < o.epochs; e++) {
+      const order = rng.permutation(aux.n);
+      for (let b = 0; b < batches; b++) {
+        throwIfAborted(signal);
+        const idx = order.subarray(b * o.batchSize, Math.min(aux.n, (b + 1) * o.batchSize));
+        const x = makeBatch(aux, idx, undefined, undefined);
+        const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
+        try {
+          trainStep(
+            vars,
+            opt,
+            () => {
+              // The victim stays in eval mode: its weights are not in `vars` and its BN uses running stats.
+              const ctx: ForwardContext = { training: false, bnInputStats: hasBn && o.lambdaBn > 0 ? new Map() : undefined };
+              const logits = victim.forward(net.apply(x), ctx);
+              const ce = crossEntropy(logits, y);
+              return ctx.bnInputStats ? (tf.add(ce, tf.mul(bnDistance(victim, ctx.bnInputStats), o.lambdaBn)) as tf.Scalar) : ce;
+            },
+            false,
+          );
+        } finally {
+          x.dispose();
+          y.dispose();
+        }
+      }
+      progress?.(e + 1, o.epochs, `GIC epoch ${e + 1}/${o.epochs}`);
+      await new Promise((r) => setImmediate(r));
+    }
+  } catch (e) {
+    net.dispose();
+    throw e;
+  } finally {
+    opt.dispose();
+  }
+
+  const set = applyCalibration(net, aux);
+  const pert = perturbationStats(aux, set, o.norm);
+  const after = measureSet(victim, set);
+  return {
+    set,
+    net,
+    report: {
+      delta: o.delta,
+      norm: o.norm,
+      maxPerturbation: pert.max,
+      meanPerturbation: pert.mean,
+      confidenceBefore: before.confidence,
+      confidenceAfter: after.confidence,
+      bnDistanceBefore: before.bnDistance,
+      bnDistanceAfter: after.bnDistance,
+      seconds: (Date.now() - t0) / 1000,
+      note: hasBn ? undefined : 'the model has no BatchNorm layers: the BN-statistics term was skipped',
+    },
+  };
+}
+
+/** g applied to a whole set, with the bound enforced exactly in float32. */
+export function applyCalibration(net: GicNet, set: ImageSet, batchSize = 256): ImageSet {
+  const size = imageSize(set);
+  const out = new Float32Array(set.x.length);
+  for (let s = 0; s < set.n; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
+    const g = tf.tidy(() => net.apply(makeBatch(set, idx, undefined, undefined)));
+    out.set(g.dataSync() as Float32Array, s * size);
+    g.dispose();
+  }
+  enforceBound(set.x, out, size, net.o.delta, net.o.norm);
+  return { n: set.n, shape: [...set.shape] as [number, number, number], x: out, y: set.y.slice(), numClasses: set.numClasses };
+}
+
+/** Clamp calibrated images into the delta-ball around the originals (and [0,1]), in float32 arithmetic. */
+export function enforceBound(x: Float32Array, g: Float32Array, size: number, delta: number, norm: GicNorm): void {
+  const f = Math.fround;
+  if (norm === 'inf') {
+    for (let i = 0; i < x.length; i++) {
+      let v = f(Math.min(Math.max(g[i], x[i] - delta, 0), x[i] + delta, 1));
+      // Rounding to float32 can land an ulp outside the ball: step back towards x until inside.
+      while (Math.abs(v - x[i]) > delta) v = f(v + (v > x[i] ? -1e-7 : 1e-7));
+      g[i] = v;
+    }
+    return;
+  }
+  for (let s = 0; s < x.length; s += size) {
+    let sq = 0;
+    for (let i = s; i < s + size; i++) sq += (g[i] - x[i]) ** 2;
+    let norm2 = Math.sqrt(sq);
+    let shrink = 1;
+    while (norm2 > delta) {
+      shrink *= (delta / norm2) * (1 - 1e-6);
+      sq = 0;
+      for (let i = s; i < s + size; i++) {
+        const v = f(x[i] + (g[i] - x[i]) * shrink);
+        sq += (v - x[i]) ** 2;
+      }
+      norm2 = Math.sqrt(sq);
+    }
+    if (shrink !== 1) for (let i = s; i < s + size; i++) g[i] = f(x[i] + (g[i] - x[i]) * shrink);
+  }
+}
+
+export function perturbationStats(a: ImageSet, b: ImageSet, norm: GicNorm): { max: number; mean: number } {
+  const size = imageSize(a);
+  let max = 0;
+  let sum = 0;
+  for (let s = 0; s < a.x.length; s += size) {
+    let v = 0;
+    for (let i = s; i < s + size; i++) {
+      const d = Math.abs(b.x[i] - a.x[i]);
+      v = norm === 'inf' ? Math.max(v, d) : v + d * d;
+    }
+    if (norm === '2') v = Math.sqrt(v);
+    max = Math.max(max, v);
+    sum += v;
+  }
+  return { max, mean: sum / Math.max(1, a.n) };
+}
