@@ -1,9 +1,19 @@
 /** The registry of purification defenses, by job id. */
 import type { Defense } from './defense';
+import { clp } from './clp';
+import { fp } from './fp';
+import { fst } from './fst';
 import { ft } from './ft';
+import { ftsam } from './ftsam';
+import { nad } from './nad';
 
 export const DEFENSES: Record<string, Defense> = {
   ft,
+  fp,
+  nad,
+  ftsam,
+  fst,
+  clp,
 };
 
 export function getDefense(id: string): Defense | undefined {

@@ -116,13 +116,14 @@ export class BatchNorm2d extends Module {
       const { mean, variance } = tf.moments(x, [0, 1, 2]);
       ctx.bnInputStats?.set(this.path, { mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D });
       if (ctx.training) {
+        if (!ctx.bnUpdates) return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
         const n = x.shape[0] * x.shape[1] * x.shape[2];
         const m = this.momentum;
         // Keep detached copies: the update is applied after the gradient step, outside the tape's scope.
         const newMean = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningMean, 1 - m), tf.mul(mean, m))));
         const unbiased = n > 1 ? n / (n - 1) : 1;
         const newVar = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningVar, 1 - m), tf.mul(variance, m * unbiased))));
-        ctx.bnUpdates?.push(() => {
+        ctx.bnUpdates.push(() => {
           this.runningMean.assign(newMean);
           this.runningVar.assign(newVar);
           newMean.dispose();

@@ -1,0 +1,79 @@
+/**
+ * `fp`: Fine-Pruning (Liu et al., 2018). Rank the penultimate feature channels by their mean activation on
+ * the auxiliary data, prune (mask) the least active ones 1% of the channels per step while the accuracy on a
+ * held-out validation split of the auxiliary set stays above `accRatio` of its unpruned value, then fine-tune
+ * as `ft` with the mask kept. BackdoorBench picks the stopping point on the test set; we never look at it.
+ *
+ * The mask acts on the pooled feature that feeds the linear head, which for a global-average-pooled network
+ * is the same as masking the last convolution's output channels; it is stored in the weights (zeroed rows of
+ * the head), so the pruned model saves in any format.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SGD } from '../nn/optim';
+import { predictFeatures, predictLabels } from '../nn/train';
+import type { Model } from '../nn/model';
+import type { ImageSet } from '../data/dataset';
+import { splitAux, trainEpochs } from './common';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+
+function accuracy(model: Model, set: ImageSet): number {
+  const pred = predictLabels(model, set);
+  let ok = 0;
+  for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
+  return ok / Math.max(1, set.n);
+}
+
+function applyHeadMask(model: Model, mask: Float32Array): void {
+  const head = model.head();
+  tf.tidy(() => head.weight.assign(tf.mul(head.weight, tf.tensor2d(mask, [mask.length, 1]))));
+}
+
+export const fp: Defense = {
+  id: 'fp',
+  title: 'Fine-Pruning',
+  defaults(profile: Profile) {
+    return profile === 'paper'
+      ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, accRatio: 0.9, valFraction: 0.1, step: 0.01 }
+      : { epochs: 15, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, accRatio: 0.9, valFraction: 0.1, step: 0.01 };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
+    const model = ctx.victim.clone();
+    try {
+      const feats = predictFeatures(model, train);
+      const mean = new Float64Array(feats.dim);
+      for (let i = 0; i < train.n; i++) for (let j = 0; j < feats.dim; j++) mean[j] += feats.data[i * feats.dim + j];
+      const order = Array.from(mean.keys()).sort((a, b) => mean[a] - mean[b]);
+      const base = accuracy(model, val);
+      const head0 = model.head().weight.clone();
+      const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
+      let mask = new Float32Array(feats.dim).fill(1);
+      let prunedCount = 0;
+      for (let k = stepSize; k < feats.dim; k += stepSize) {
+        const trial = new Float32Array(feats.dim).fill(1);
+        for (const c of order.slice(0, k)) trial[c] = 0;
+        model.head().weight.assign(head0);
+        applyHeadMask(model, trial);
+        const acc = accuracy(model, val);
+        ctx.progress(k, feats.dim, `pruning ${k}/${feats.dim} channels, aux-val acc ${acc.toFixed(3)}`);
+        if (acc < p.accRatio * base) break;
+        mask = trial;
+        prunedCount = k;
+      }
+      model.head().weight.assign(head0);
+      head0.dispose();
+      applyHeadMask(model, mask);
+      const opt = new SGD(p.lr, p.momentum, p.weightDecay);
+      try {
+        await trainEpochs(ctx, model, opt, { epochs: p.epochs, lr: p.lr, batchSize: p.batchSize, data: train, afterStep: () => applyHeadMask(model, mask) });
+      } finally {
+        opt.dispose();
+      }
+      return { model, details: { prunedChannels: prunedCount, channels: feats.dim, selectedOn: 'aux validation split', auxValAccBefore: base } };
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  },
+};

@@ -1,0 +1,56 @@
+/**
+ * `fst`: Feature Shift Tuning (Min et al., 2023). Re-initialize the linear head, then train every parameter
+ * with CE + alpha * <W, W0>_F, which pushes the new head away from the victim's head W0 (and so the features
+ * away from the backdoor direction); after each step W is rescaled to ||W0||_F so the penalty cannot be won by
+ * shrinking W. SGD lr 0.01, 10 epochs in the `paper` profile.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SGD } from '../nn/optim';
+import { crossEntropy } from '../nn/train';
+import { Rng } from '../util/rng';
+import { trainEpochs } from './common';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+
+export const fst: Defense = {
+  id: 'fst',
+  title: 'Feature Shift Tuning',
+  defaults(profile: Profile) {
+    return profile === 'paper'
+      ? { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 128 }
+      : { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 64 };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    const model = ctx.victim.clone();
+    const head = model.head();
+    const w0 = tf.keep(head.weight.clone());
+    const w0Norm = tf.tidy(() => tf.norm(w0).dataSync()[0]);
+    // Re-initialize the head as PyTorch's default Linear init does.
+    const rng = new Rng(0).fork('fst-head');
+    const bound = 1 / Math.sqrt(head.inFeatures);
+    tf.tidy(() => {
+      head.weight.assign(tf.tensor(Float32Array.from({ length: head.weight.size }, () => rng.uniform(-bound, bound)), head.weight.shape));
+      if (head.bias) head.bias.assign(tf.tensor(Float32Array.from({ length: head.bias.size }, () => rng.uniform(-bound, bound)), head.bias.shape));
+    });
+    const opt = new SGD(p.lr, p.momentum, p.weightDecay);
+    try {
+      await trainEpochs(ctx, model, opt, {
+        epochs: p.epochs,
+        lr: p.lr,
+        batchSize: p.batchSize,
+        loss: (s) => tf.add(crossEntropy(model.forward(s.x, s.ctx), s.y), tf.mul(tf.sum(tf.mul(head.weight, w0)), p.alpha)) as tf.Scalar,
+        afterStep: () =>
+          tf.tidy(() => {
+            head.weight.assign(tf.mul(head.weight, w0Norm / Math.max(1e-12, tf.norm(head.weight).dataSync()[0])));
+          }),
+      });
+    } catch (e) {
+      model.dispose();
+      throw e;
+    } finally {
+      opt.dispose();
+      w0.dispose();
+    }
+    return { model, details: { epochs: p.epochs, alpha: p.alpha } };
+  },
+};

@@ -1,0 +1,82 @@
+/**
+ * `ftsam`: fine-tuning with sharpness-aware minimization (Zhu et al., 2023, FT-SAM), adaptive variant
+ * (ASAM): per step, perturb the weights to w + e with e = rho * |w|^2 g / || |w| g ||, take the gradient there,
+ * restore w and apply that gradient with SGD. Label smoothing 0.1, rho 2.0, lr 0.01 as BackdoorBench.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SGD } from '../nn/optim';
+import { crossEntropy, makeBatch } from '../nn/train';
+import { cosineLr } from '../nn/optim';
+import type { ForwardContext } from '../nn/module';
+import { throwIfAborted } from '../errors';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+import { yieldToLoop } from './defense';
+
+export const ftsam: Defense = {
+  id: 'ftsam',
+  title: 'Fine-tuning with sharpness-aware minimization',
+  defaults(profile: Profile) {
+    return profile === 'paper'
+      ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, rho: 2.0, labelSmoothing: 0.1 }
+      : { epochs: 15, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, rho: 2.0, labelSmoothing: 0.1 };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    const model = ctx.victim.clone();
+    const vars = model.trainableVariables();
+    const opt = new SGD(p.lr, p.momentum, p.weightDecay);
+    const aux = ctx.aux;
+    const batches = Math.max(1, Math.floor(aux.n / p.batchSize));
+    try {
+      for (let e = 0; e < p.epochs; e++) {
+        opt.lr = cosineLr(p.lr, e, p.epochs);
+        const order = ctx.rng.permutation(aux.n);
+        for (let b = 0; b < batches; b++) {
+          throwIfAborted(ctx.signal);
+          const idx = order.subarray(b * p.batchSize, Math.min(aux.n, (b + 1) * p.batchSize));
+          const x = makeBatch(aux, idx, ctx.augment, ctx.rng);
+          const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
+          try {
+            samStep(model, vars, opt, x, y, p.rho, p.labelSmoothing);
+          } finally {
+            x.dispose();
+            y.dispose();
+          }
+        }
+        ctx.progress(e + 1, p.epochs, `epoch ${e + 1}/${p.epochs}`);
+        await yieldToLoop();
+      }
+    } catch (err) {
+      model.dispose();
+      throw err;
+    } finally {
+      opt.dispose();
+    }
+    return { model, details: { rho: p.rho, adaptive: true } };
+  },
+};
+
+function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, x: tf.Tensor4D, y: tf.Tensor1D, rho: number, smoothing: number): void {
+  // First pass at w: gradient only (BN statistics are updated in the second pass, as one step should).
+  const first = tf.variableGrads(() => crossEntropy(model.forward(x, { training: true }), y, smoothing), vars);
+  first.value.dispose();
+  const g1 = vars.map((v) => first.grads[v.name]);
+  const eps = tf.tidy(() => {
+    const scaled = g1.map((g, i) => tf.mul(tf.abs(vars[i]), g));
+    const norm = tf.sqrt(tf.addN(scaled.map((s) => tf.sum(tf.square(s)))));
+    return g1.map((g, i) => tf.keep(tf.div(tf.mul(tf.mul(tf.square(vars[i]), g), rho), tf.add(norm, 1e-12))));
+  });
+  tf.dispose(g1);
+  vars.forEach((v, i) => tf.tidy(() => v.assign(tf.add(v, eps[i]))));
+  const ctx: ForwardContext = { training: true, bnUpdates: [] };
+  const second = tf.variableGrads(() => crossEntropy(model.forward(x, ctx), y, smoothing), vars);
+  const g2 = vars.map((v) => second.grads[v.name]);
+  vars.forEach((v, i) => tf.tidy(() => v.assign(tf.sub(v, eps[i]))));
+  tf.dispose(eps);
+  const loss = second.value.dataSync()[0];
+  second.value.dispose();
+  opt.step(vars, g2);
+  tf.dispose(g2);
+  for (const apply of ctx.bnUpdates!) apply();
+  if (!Number.isFinite(loss)) throw new Error('training diverged (loss is not finite)');
+}
