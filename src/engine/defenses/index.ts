@@ -6,6 +6,8 @@ import { fst } from './fst';
 import { ft } from './ft';
 import { ftsam } from './ftsam';
 import { nad } from './nad';
+import { anp } from './anp';
+import { rnp } from './rnp';
 
 export const DEFENSES: Record<string, Defense> = {
   ft,
@@ -14,6 +16,8 @@ export const DEFENSES: Record<string, Defense> = {
   ftsam,
   fst,
   clp,
+  anp,
+  rnp,
 };
 
 export function getDefense(id: string): Defense | undefined {

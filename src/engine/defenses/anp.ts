@@ -1,0 +1,123 @@
+/**
+ * `anp`: Adversarial Neuron Pruning (Wu & Wang, 2021). Every BatchNorm channel gets a mask m in [0,1] and
+ * multiplicative noise in [-eps, eps] on gamma and beta. Per batch: one signed-gradient step on the noise that
+ * maximizes CE, then an SGD step on the masks minimizing alpha * CE(clean) + (1 - alpha) * CE(perturbed);
+ * masks are clipped to [0,1]. Channels whose mask is <= a threshold are then pruned (gamma = 0) on the
+ * original model. The threshold (0..max by step) is chosen on a validation split of the auxiliary set: the
+ * largest one that keeps validation accuracy within `accRatio` of the unpruned model. BackdoorBench chooses
+ * it with the test set; we never look at it.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SGD } from '../nn/optim';
+import { crossEntropy, makeBatch, predictLabels } from '../nn/train';
+import type { ImageSet } from '../data/dataset';
+import type { Model } from '../nn/model';
+import { throwIfAborted } from '../errors';
+import { splitAux } from './common';
+import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise } from './bn_masks';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+import { yieldToLoop } from './defense';
+
+export function accuracyOn(model: Model, set: ImageSet): number {
+  const pred = predictLabels(model, set);
+  let ok = 0;
+  for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
+  return ok / Math.max(1, set.n);
+}
+
+/**
+ * Try pruning thresholds from high to low on copies of the original model; return the largest whose
+ * validation accuracy is at least accRatio * the unpruned accuracy.
+ */
+export function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): { threshold: number; pruned: number; valAcc: number; baseAcc: number } {
+  const baseAcc = accuracyOn(victim, val);
+  const n = Math.round(maxThreshold / step);
+  for (let k = n; k >= 0; k--) {
+    const threshold = Math.round(k * step * 1000) / 1000;
+    const m = victim.clone();
+    const pruned = pruneByThreshold(m, masks, threshold);
+    const valAcc = accuracyOn(m, val);
+    m.dispose();
+    if (valAcc >= accRatio * baseAcc) return { threshold, pruned, valAcc, baseAcc };
+  }
+  return { threshold: 0, pruned: 0, valAcc: baseAcc, baseAcc };
+}
+
+export const anp: Defense = {
+  id: 'anp',
+  title: 'Adversarial Neuron Pruning',
+  defaults(profile: Profile) {
+    return {
+      iterations: profile === 'paper' ? 2000 : 300,
+      batchSize: profile === 'paper' ? 128 : 64,
+      eps: 0.4,
+      alpha: 0.2,
+      lr: profile === 'paper' ? 0.2 : 0.2,
+      momentum: 0.9,
+      maxThreshold: 0.9,
+      thresholdStep: 0.05,
+      accRatio: 0.95,
+      valFraction: 0.1,
+    };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
+    const work = ctx.victim.clone();
+    const set = createBnMasks(work, 'anp', true);
+    const maskOpt = new SGD(p.lr, p.momentum);
+    try {
+      const noiseVars = [...set.noise, ...set.noiseBias];
+      let order = ctx.rng.permutation(train.n);
+      let pos = 0;
+      for (let it = 0; it < p.iterations; it++) {
+        throwIfAborted(ctx.signal);
+        if (pos + p.batchSize > train.n) {
+          order = ctx.rng.permutation(train.n);
+          pos = 0;
+        }
+        const idx = order.subarray(pos, Math.min(train.n, pos + p.batchSize));
+        pos += p.batchSize;
+        const x = makeBatch(train, idx, ctx.augment, ctx.rng);
+        const y = tf.tensor1d(Int32Array.from(idx, (i) => train.y[i]), 'int32');
+        try {
+          // 1. Noise: one signed-gradient ascent step on CE from a random start, kept in [-eps, eps].
+          resetNoise(set, p.eps, ctx.rng);
+          const perturbed = maskHook(set, true, false);
+          tf.tidy(() => {
+            const { grads } = tf.variableGrads(() => crossEntropy(work.forward(x, { training: true, bnAffineHook: perturbed }), y), noiseVars);
+            noiseVars.forEach((v) => v.assign(tf.clipByValue(tf.add(v, tf.mul(tf.sign(grads[v.name]), p.eps)), -p.eps, p.eps)));
+          });
+          // 2. Masks: natural loss on clean weights plus robust loss under the noise.
+          const clean = maskHook(set, false, false);
+          tf.tidy(() => {
+            const { value, grads } = tf.variableGrads(() => {
+              const lossNat = crossEntropy(work.forward(x, { training: true, bnAffineHook: clean }), y);
+              const lossRob = crossEntropy(work.forward(x, { training: true, bnAffineHook: perturbed }), y);
+              return tf.add(tf.mul(lossNat, p.alpha), tf.mul(lossRob, 1 - p.alpha)) as tf.Scalar;
+            }, set.masks);
+            maskOpt.step(set.masks, set.masks.map((m) => grads[m.name]));
+            value.dispose();
+          });
+          clipVariables(set.masks, 0, 1);
+        } finally {
+          x.dispose();
+          y.dispose();
+        }
+        if (it % 20 === 19 || it === p.iterations - 1) {
+          ctx.progress(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
+          await yieldToLoop();
+        }
+      }
+      const masks = readMasks(set);
+      const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
+      const model = ctx.victim.clone();
+      pruneByThreshold(model, masks, choice.threshold);
+      return { model, details: { threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' } };
+    } finally {
+      maskOpt.dispose();
+      set.dispose();
+      work.dispose();
+    }
+  },
+};

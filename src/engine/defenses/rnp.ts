@@ -1,0 +1,85 @@
+/**
+ * `rnp`: Reconstructive Neuron Pruning (Li et al., 2023). First unlearn: gradient ascent on CE over the
+ * auxiliary set until its accuracy falls to `unlearnFloor` (backdoor neurons survive unlearning, clean ones do
+ * not). Then, on the unlearned model, learn masks on BatchNorm channels (gamma and beta) that recover clean
+ * accuracy; channels the recovery barely needs (mask <= threshold) are the backdoor's, and are pruned
+ * (gamma = 0) on the original model.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { SGD } from '../nn/optim';
+import { crossEntropy } from '../nn/train';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, requireBatchNorm } from './bn_masks';
+import { trainEpochs } from './common';
+import { accuracyOn } from './anp';
+
+export const rnp: Defense = {
+  id: 'rnp',
+  title: 'Reconstructive Neuron Pruning',
+  defaults(profile: Profile) {
+    return {
+      unlearnLr: 0.01,
+      unlearnMaxEpochs: 20,
+      unlearnFloor: 0.2,
+      maskLr: 0.2,
+      maskEpochs: profile === 'paper' ? 20 : 10,
+      threshold: 0.7,
+      batchSize: 64,
+    };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    requireBatchNorm(ctx.victim, 'rnp');
+    const unlearned = ctx.victim.clone();
+    let unlearnEpochs = 0;
+    try {
+      // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
+      const up = new SGD(p.unlearnLr, 0.9, 5e-4);
+      try {
+        while (unlearnEpochs < p.unlearnMaxEpochs && accuracyOn(unlearned, ctx.aux) > p.unlearnFloor) {
+          await trainEpochs(ctx, unlearned, up, {
+            epochs: 1,
+            lr: p.unlearnLr,
+            schedule: 'constant',
+            batchSize: p.batchSize,
+            progressBase: unlearnEpochs,
+            progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
+            label: 'unlearning epoch',
+            loss: (s) => tf.neg(crossEntropy(unlearned.forward(s.x, s.ctx), s.y)) as tf.Scalar,
+          });
+          unlearnEpochs++;
+        }
+      } finally {
+        up.dispose();
+      }
+      // 2. Recovery: learn BN masks on the unlearned model (weights frozen) to restore clean accuracy.
+      const set = createBnMasks(unlearned, 'rnp', false);
+      const maskOpt = new SGD(p.maskLr, 0.9);
+      try {
+        const hook = maskHook(set, false, true);
+        await trainEpochs(ctx, unlearned, maskOpt, {
+          epochs: p.maskEpochs,
+          lr: p.maskLr,
+          schedule: 'constant',
+          batchSize: p.batchSize,
+          vars: set.masks,
+          bnTrain: false,
+          progressBase: p.unlearnMaxEpochs,
+          progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
+          label: 'mask epoch',
+          loss: (s) => crossEntropy(unlearned.forward(s.x, { ...s.ctx, bnAffineHook: hook }), s.y),
+          afterStep: () => clipVariables(set.masks, 0, 1),
+        });
+        const masks = readMasks(set);
+        const model = ctx.victim.clone();
+        const pruned = pruneByThreshold(model, masks, p.threshold);
+        return { model, details: { unlearnEpochs, prunedChannels: pruned, threshold: p.threshold } };
+      } finally {
+        maskOpt.dispose();
+        set.dispose();
+      }
+    } finally {
+      unlearned.dispose();
+    }
+  },
+};
