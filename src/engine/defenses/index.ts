@@ -8,6 +8,8 @@ import { ftsam } from './ftsam';
 import { nad } from './nad';
 import { anp } from './anp';
 import { rnp } from './rnp';
+import { sau } from './sau';
+import { ibau } from './ibau';
 
 export const DEFENSES: Record<string, Defense> = {
   ft,
@@ -18,6 +20,8 @@ export const DEFENSES: Record<string, Defense> = {
   clp,
   anp,
   rnp,
+  sau,
+  ibau,
 };
 
 export function getDefense(id: string): Defense | undefined {

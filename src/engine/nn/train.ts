@@ -69,6 +69,8 @@ export interface StepContext {
   labels: Int32Array;
   /** Forward context for this step (training mode unless the loop freezes BN). */
   ctx: ForwardContext;
+  /** What `prepare` computed for this batch outside the gradient tape (adversarial examples, etc.). */
+  prepared?: tf.Tensor;
 }
 
 export interface FitOptions {
@@ -87,6 +89,11 @@ export interface FitOptions {
   bnTrain?: boolean;
   /** The loss of a batch (default: cross-entropy of the model's logits). Runs inside the gradient tape. */
   loss?: (s: StepContext) => tf.Scalar;
+  /**
+   * Computed per batch before the gradient tape opens, so that inner optimizations (adversarial examples)
+   * are constants for the step. Disposed after the step.
+   */
+  prepare?: (s: Omit<StepContext, 'ctx' | 'prepared'>) => tf.Tensor;
   /** Called after each optimizer step (projections, rescaling). */
   afterStep?: () => void;
   /** Progress: called after each batch. */
@@ -132,14 +139,16 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
       const labels = Int32Array.from(idx, (i) => data.y[i]);
       const x = makeBatch(data, idx, o.augment, o.rng);
       const y = tf.tensor1d(labels, 'int32');
+      const prepared = o.prepare?.({ x, y, labels });
       try {
-        const l = trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx }), bnTrain);
+        const l = trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx, prepared }), bnTrain);
         sum += l;
         o.afterStep?.();
         o.onBatch?.(epoch, b, batches, l);
       } finally {
         x.dispose();
         y.dispose();
+        prepared?.dispose();
       }
       if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
     }
