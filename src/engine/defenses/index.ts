@@ -10,6 +10,7 @@ import { anp } from './anp';
 import { rnp } from './rnp';
 import { sau } from './sau';
 import { ibau } from './ibau';
+import { nc } from './nc';
 
 export const DEFENSES: Record<string, Defense> = {
   ft,
@@ -22,6 +23,7 @@ export const DEFENSES: Record<string, Defense> = {
   rnp,
   sau,
   ibau,
+  nc,
 };
 
 export function getDefense(id: string): Defense | undefined {

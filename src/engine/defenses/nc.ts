@@ -1,0 +1,163 @@
+/**
+ * `nc`: Neural Cleanse (Wang et al., 2019): backdoor detection and unlearning. For every label, reverse-engineer
+ * the smallest trigger (mask m in [0,1]^{HxW}, pattern p in [0,1]^{HxWxC}, x' = (1 - m) x + m p) that sends the
+ * auxiliary images to that label: Adam on tanh-parametrized m and p minimizing CE(f(x'), label) + cost * |m|_1,
+ * with the cost raised while the reversed trigger succeeds and lowered while it fails. A label whose mask norm
+ * is an outlier on the small side (anomaly index > 2 by the median absolute deviation) is flagged. If any is,
+ * the model is fine-tuned on the auxiliary set with 20% of the images stamped with a flagged label's reversed
+ * trigger and keeping their true labels. The anomaly indices are reported as `detection.nc`.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/dataset';
+import { cloneSet, imageSize } from '../data/dataset';
+import type { Model } from '../nn/model';
+import { Adam, SGD } from '../nn/optim';
+import { crossEntropy, makeBatch } from '../nn/train';
+import { throwIfAborted } from '../errors';
+import { trainEpochs } from './common';
+import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+import { yieldToLoop } from './defense';
+
+export interface ReversedTrigger {
+  label: number;
+  mask: Float32Array; // H*W
+  pattern: Float32Array; // H*W*C
+  l1: number;
+  successRate: number;
+}
+
+/** Anomaly index of each value: |v - median| / (1.4826 * MAD). */
+export function anomalyIndices(values: number[]): number[] {
+  const median = (a: number[]) => {
+    const s = [...a].sort((x, y) => x - y);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  };
+  const med = median(values);
+  const mad = 1.4826 * median(values.map((v) => Math.abs(v - med)));
+  return values.map((v) => (mad > 0 ? Math.abs(v - med) / mad : 0));
+}
+
+async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Record<string, number>, ctx: DefenseContext): Promise<ReversedTrigger> {
+  const [h, w, c] = aux.shape;
+  const maskRaw = tf.variable(tf.zeros([1, h, w, 1]));
+  const init = Float32Array.from({ length: h * w * c }, () => ctx.rng.uniform(-1, 1));
+  const patternRaw = tf.variable(tf.tensor4d(init, [1, h, w, c]));
+  const opt = new Adam(p.lr, 0.5, 0.9);
+  let cost = p.initCost;
+  let successRate = 0;
+  const target = tf.fill([p.batchSize], label, 'int32') as tf.Tensor1D;
+  const stamp = (x: tf.Tensor4D) => {
+    const m = tf.div(tf.add(tf.tanh(maskRaw), 1), 2);
+    const pat = tf.div(tf.add(tf.tanh(patternRaw), 1), 2);
+    return tf.add(tf.mul(tf.sub(1, m), x), tf.mul(m, pat)) as tf.Tensor4D;
+  };
+  try {
+    for (let step = 0; step < p.steps; step++) {
+      throwIfAborted(ctx.signal);
+      const idx = Array.from({ length: p.batchSize }, () => ctx.rng.int(aux.n));
+      const x = makeBatch(aux, idx, undefined, undefined);
+      let hits = 0;
+      tf.tidy(() => {
+        const { value, grads } = tf.variableGrads(() => {
+          const logits = model.forward(stamp(x), { training: false });
+          hits = tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')).dataSync()[0];
+          const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
+          return tf.add(crossEntropy(logits, target), tf.mul(l1, cost)) as tf.Scalar;
+        }, [maskRaw, patternRaw]);
+        opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
+        value.dispose();
+      });
+      x.dispose();
+      successRate = hits / p.batchSize;
+      // Cost schedule: shrink the mask harder while the trigger works, relax when it stops working.
+      cost = successRate >= p.successThreshold ? cost * p.costUp : cost / p.costDown;
+      cost = Math.min(Math.max(cost, 1e-6), 1);
+      if (step % 25 === 24) await yieldToLoop();
+    }
+    const mask = tf.tidy(() => tf.div(tf.add(tf.tanh(maskRaw), 1), 2).dataSync() as Float32Array);
+    const pattern = tf.tidy(() => tf.div(tf.add(tf.tanh(patternRaw), 1), 2).dataSync() as Float32Array);
+    const l1 = mask.reduce((a, b) => a + b, 0);
+    return { label, mask: Float32Array.from(mask), pattern: Float32Array.from(pattern), l1, successRate };
+  } finally {
+    maskRaw.dispose();
+    patternRaw.dispose();
+    target.dispose();
+    opt.dispose();
+  }
+}
+
+/** Stamp a reversed trigger onto a copy of some images (true labels kept). */
+export function stampSet(set: ImageSet, t: ReversedTrigger, indices: number[]): ImageSet {
+  const out = cloneSet(set);
+  const [h, w, c] = set.shape;
+  const size = imageSize(set);
+  for (const i of indices) {
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++) {
+        const m = t.mask[y * w + x];
+        for (let k = 0; k < c; k++) {
+          const o = i * size + (y * w + x) * c + k;
+          out.x[o] = (1 - m) * out.x[o] + m * t.pattern[(y * w + x) * c + k];
+        }
+      }
+  }
+  return out;
+}
+
+export const nc: Defense = {
+  id: 'nc',
+  title: 'Neural Cleanse',
+  defaults(profile: Profile) {
+    return {
+      steps: profile === 'paper' ? 1000 : 150,
+      lr: 0.1,
+      batchSize: 64,
+      initCost: 1e-3,
+      costUp: 1.5,
+      costDown: 1.5 ** 1.5,
+      successThreshold: 0.99,
+      anomalyThreshold: 2,
+      stampFraction: 0.2,
+      epochs: profile === 'paper' ? 20 : 10,
+      ftLr: 0.01,
+    };
+  },
+  async run(ctx: DefenseContext): Promise<DefenseOutcome> {
+    const p = ctx.params as Record<string, number>;
+    const k = ctx.victim.numClasses;
+    const triggers: ReversedTrigger[] = [];
+    for (let label = 0; label < k; label++) {
+      triggers.push(await reverseTrigger(ctx.victim, ctx.aux, label, p, ctx));
+      ctx.progress(label + 1, k + 1, `reversed trigger for label ${label}`);
+    }
+    const norms = triggers.map((t) => t.l1);
+    const anomaly = anomalyIndices(norms);
+    const median = [...norms].sort((a, b) => a - b)[k >> 1];
+    const flagged = triggers.filter((t, i) => anomaly[i] > p.anomalyThreshold && t.l1 < median).map((t) => t.label);
+    const detection = { anomalyIndex: anomaly.map((a) => Math.round(a * 1000) / 1000), flagged };
+    const model = ctx.victim.clone();
+    if (flagged.length === 0) return { model, detection, details: { flagged, unlearned: false, maskL1: norms } };
+    try {
+      // Unlearning: stamp a fraction of the aux set with the flagged triggers, keep the true labels, fine-tune.
+      const order = Array.from(ctx.rng.permutation(ctx.aux.n));
+      const count = Math.round(p.stampFraction * ctx.aux.n);
+      let data = ctx.aux;
+      flagged.forEach((label, j) => {
+        const part = order.slice((j * count) / flagged.length, ((j + 1) * count) / flagged.length);
+        data = stampSet(data, triggers[label], part);
+      });
+      const opt = new SGD(p.ftLr, 0.9, 5e-4);
+      try {
+        await trainEpochs(ctx, model, opt, { epochs: p.epochs, lr: p.ftLr, batchSize: 64, data, label: 'unlearning epoch' });
+      } finally {
+        opt.dispose();
+      }
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    ctx.progress(k + 1, k + 1);
+    return { model, detection, details: { flagged, unlearned: true, maskL1: norms } };
+  },
+};
