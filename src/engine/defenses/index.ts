@@ -11,6 +11,7 @@ import { rnp } from './rnp';
 import { sau } from './sau';
 import { ibau } from './ibau';
 import { nc } from './nc';
+import { npd } from './npd';
 
 export const DEFENSES: Record<string, Defense> = {
   ft,
@@ -24,6 +25,7 @@ export const DEFENSES: Record<string, Defense> = {
   sau,
   ibau,
   nc,
+  npd,
 };
 
 export function getDefense(id: string): Defense | undefined {

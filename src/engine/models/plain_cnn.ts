@@ -23,10 +23,12 @@ export function buildPlainCnn(layers: PlainLayer[], inChannels: number, numClass
   const features: Module[] = [];
   let c = inChannels;
   const convEnds: number[] = [];
+  let lastConv = 0;
   for (const l of layers) {
     if (l === 'M') {
       features.push(new MaxPool2d(2));
     } else {
+      lastConv = features.length;
       features.push(new Conv2d(c, l, 3, { padding: 1 }, rng), new BatchNorm2d(l), new ReLU());
       convEnds.push(features.length - 1);
       c = l;
@@ -39,5 +41,5 @@ export function buildPlainCnn(layers: PlainLayer[], inChannels: number, numClass
   root.finalize();
   // NAD's taps: the outputs of the last two conv stages and the pooled feature.
   const stages = convEnds.slice(-2).map((i) => `features.${i}`);
-  return { root, layout: { feature: 'pool', head: 'classifier', stages: [...stages, 'pool'] } };
+  return { root, layout: { feature: 'pool', head: 'classifier', stages: [...stages, 'pool'], lastBlockConv: `features.${lastConv}` } };
 }

@@ -63,6 +63,6 @@ class PreActResNet extends Module {
 export function buildPreActResNet18(inChannels: number, numClasses: number, width: number, rng: Rng): { root: Module; layout: ArchLayout } {
   return {
     root: new PreActResNet(inChannels, width, numClasses, rng).finalize(),
-    layout: { feature: 'avgpool', head: 'linear', stages: ['layer3', 'layer4', 'avgpool'] },
+    layout: { feature: 'avgpool', head: 'linear', stages: ['layer3', 'layer4', 'avgpool'], lastBlockConv: 'layer4.1.conv1' },
   };
 }

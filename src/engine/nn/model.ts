@@ -30,6 +30,8 @@ export interface ArchLayout {
   head: string;
   /** Outputs of the later stages, shallow to deep (NAD's attention taps). */
   stages: string[];
+  /** The first convolution of the last block (where NPD inserts its polarizer). */
+  lastBlockConv: string;
 }
 
 export class Model {
@@ -122,9 +124,23 @@ export class Model {
     }
   }
 
+  /** Modules inserted into the graph after building (path of the module they precede, and a factory). */
+  readonly insertions: Array<{ path: string; build: () => Module }> = [];
+
+  /** Insert a module in front of the module at `path`; clones repeat the insertion. */
+  insertBefore(path: string, build: () => Module): Module {
+    const target = this.root.find(path);
+    if (!target) throw new Error(`no module ${path} to insert before`);
+    const m = build();
+    target.insertBefore(m);
+    this.insertions.push({ path, build });
+    return m;
+  }
+
   /** A fresh model with the same architecture and a copy of the weights and masks. */
   clone(): Model {
     const m = this.rebuild();
+    for (const ins of this.insertions) m.insertBefore(ins.path, ins.build);
     const src = this.root.namedParams();
     const dst = new Map(m.root.namedParams());
     tf.tidy(() => {

@@ -53,11 +53,25 @@ export abstract class Module implements ModuleLike {
 
   protected abstract forwardImpl(x: tf.Tensor, ctx: ForwardContext): tf.Tensor;
 
+  /**
+   * A module inserted in front of this one (NPD's polarizer). It is a child named `inserted`, so its
+   * parameters appear in the state_dict as `<this module>.inserted.*`.
+   */
+  inserted?: Module;
+
   /** Forward, then keep the output if this module is tapped. */
   forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
+    if (this.inserted) x = this.inserted.forward(x, ctx);
     const y = this.forwardImpl(x, ctx);
     if (ctx.taps?.has(this.path)) ctx.features?.set(this.path, y);
     return y;
+  }
+
+  /** Insert `m` in front of this module (see `inserted`). */
+  insertBefore(m: Module): void {
+    this.inserted = m;
+    this.children.set('inserted', m);
+    m.finalize(this.path ? `${this.path}.inserted` : 'inserted');
   }
 
   addChild<M extends Module>(name: string, m: M): M {
