@@ -5,6 +5,7 @@ import { Conv2d, Linear, BatchNorm2d, Flatten } from '../../src/engine/nn/layers
 import { SGD, Adam, cosineLr } from '../../src/engine/nn/optim';
 import { buildModel } from '../../src/engine/models';
 import { Rng } from '../../src/engine/util/rng';
+import { batchNormTrain } from '../../src/engine/nn/batchnorm_train';
 
 describe('module graph', () => {
   before(useWasm);
@@ -123,5 +124,36 @@ describe('module graph', () => {
     tf.dispose([x, logits, features, l0]);
     m.dispose();
     c.dispose();
+  });
+});
+
+describe('BatchNorm training op', () => {
+  before(useWasm);
+
+  it('its closed-form gradient equals autodiff through tf.moments', () => {
+
+    const x = tf.randomNormal([3, 4, 5, 6], 0.5, 2, 'float32', 11) as tf.Tensor4D;
+    const gamma = tf.randomNormal([6], 1, 0.3, 'float32', 12) as tf.Tensor1D;
+    const beta = tf.randomNormal([6], 0, 0.3, 'float32', 13) as tf.Tensor1D;
+    const weights = tf.randomNormal([3, 4, 5, 6], 0, 1, 'float32', 14);
+    const before = tf.memory().numTensors;
+    const ours = tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+      const out = batchNormTrain(a as tf.Tensor4D, g as tf.Tensor1D, b as tf.Tensor1D, 1e-5);
+      out.mean.dispose();
+      out.variance.dispose();
+      return tf.sum(tf.mul(out.y, weights));
+    })([x, gamma, beta]);
+    assert.equal(tf.memory().numTensors, before + 3, 'only the three gradients remain');
+    const ref = tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+      const { mean, variance } = tf.moments(a, [0, 1, 2]);
+      return tf.sum(tf.mul(tf.batchNorm(a as tf.Tensor4D, mean as tf.Tensor1D, variance as tf.Tensor1D, b as tf.Tensor1D, g as tf.Tensor1D, 1e-5), weights));
+    })([x, gamma, beta]);
+    ['x', 'gamma', 'beta'].forEach((name, i) => {
+      const err = tf.max(tf.abs(tf.sub(ours[i], ref[i]))).dataSync()[0];
+      const scale = tf.max(tf.abs(ref[i])).dataSync()[0];
+      assert.ok(err / scale < 1e-4, `${name}: relative error ${err / scale}`);
+    });
+    tf.dispose([...ours, ...ref]);
+    tf.dispose([x, gamma, beta, weights]);
   });
 });

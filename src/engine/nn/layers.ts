@@ -4,6 +4,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { ForwardContext, Module } from './module';
 import type { Rng } from '../util/rng';
+import { batchNormTrain } from './batchnorm_train';
 
 /** Kaiming-uniform init as PyTorch's default for Conv/Linear (a = sqrt(5)): bound = 1/sqrt(fanIn). */
 function uniformInit(shape: number[], fanIn: number, rng: Rng): tf.Tensor {
@@ -112,26 +113,34 @@ export class BatchNorm2d extends Module {
     }
     if (ctx.bnAffineHook) [gamma, beta] = ctx.bnAffineHook(this, gamma, beta);
 
-    if (ctx.bnInputStats || ctx.training) {
-      const { mean, variance } = tf.moments(x, [0, 1, 2]);
-      ctx.bnInputStats?.set(this.path, { mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D });
-      if (ctx.training) {
-        if (!ctx.bnUpdates) return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
+    if (ctx.training && !ctx.bnInputStats) {
+      // The fast path: one op with a closed-form gradient (see batchnorm_train.ts).
+      const { y, mean, variance } = batchNormTrain(x, gamma, beta, this.eps);
+      if (ctx.bnUpdates) {
         const n = x.shape[0] * x.shape[1] * x.shape[2];
         const m = this.momentum;
-        // Keep detached copies: the update is applied after the gradient step, outside the tape's scope.
-        const newMean = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningMean, 1 - m), tf.mul(mean, m))));
         const unbiased = n > 1 ? n / (n - 1) : 1;
-        const newVar = tf.keep(tf.tidy(() => tf.add(tf.mul(this.runningVar, 1 - m), tf.mul(variance, m * unbiased))));
+        // Applied by the trainer after the step, outside the gradient tape.
         ctx.bnUpdates.push(() => {
-          this.runningMean.assign(newMean);
-          this.runningVar.assign(newVar);
-          newMean.dispose();
-          newVar.dispose();
+          tf.tidy(() => {
+            this.runningMean.assign(tf.add(tf.mul(this.runningMean, 1 - m), tf.mul(mean, m)));
+            this.runningVar.assign(tf.add(tf.mul(this.runningVar, 1 - m), tf.mul(variance, m * unbiased)));
+          });
+          mean.dispose();
+          variance.dispose();
           this.numBatchesTracked++;
         });
-        return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
+      } else {
+        mean.dispose();
+        variance.dispose();
       }
+      return y;
+    }
+    if (ctx.bnInputStats || ctx.training) {
+      // Batch statistics that must stay differentiable (GIC and model inversion match them to running stats).
+      const { mean, variance } = tf.moments(x, [0, 1, 2]);
+      ctx.bnInputStats?.set(this.path, { mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D });
+      if (ctx.training) return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
     }
     return tf.batchNorm(x, this.runningMean as tf.Tensor1D, this.runningVar as tf.Tensor1D, beta, gamma, this.eps);
   }
