@@ -1,0 +1,137 @@
+/**
+ * `backdoor-audit demo`: the embedded default end to end. Train a BadNets victim on the embedded MNIST
+ * digits, build auxiliary sets of each type from a held-out pool, run the defenses with and without GIC,
+ * and write results.json, the victim and the purified models (and report.html) to the out dir.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { RunEvent } from '../../protocol';
+import { initBackend, type Device } from '../backend';
+import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
+import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
+import { buildModel } from '../models';
+import { SGD } from '../nn/optim';
+import { fit } from '../nn/train';
+import { Rng } from '../util/rng';
+import { subset } from '../data/dataset';
+import { sampleBalanced } from '../aux/sample';
+import { applyShift } from '../aux/shifts';
+import { runPrepared, type PreparedAux, type PreparedJob, type PlannedDefense } from './core';
+import { writeResults, type Results } from './output';
+import { throwIfAborted } from '../errors';
+import { yieldToLoop } from '../defenses/defense';
+import { saveModelFile } from '../io/model_io';
+import { calibrate } from '../gic/gic';
+import { embedAuxSet } from '../embed';
+import { synthesizeAuxSet } from '../aux/synthetic';
+
+export interface DemoOptions {
+  quick: boolean;
+  outDir: string;
+  device?: Device;
+  signal?: AbortSignal;
+  onEvent?: (e: RunEvent) => void;
+  /** Override the defense list (tests use a subset). */
+  defenses?: string[];
+  /** Override the victim's training epochs (tests). */
+  victimEpochs?: number;
+}
+
+export const DEMO_TARGET = 0;
+
+export async function runDemo(o: DemoOptions): Promise<Results> {
+  const emit = o.onEvent ?? (() => undefined);
+  const backend = await initBackend(o.device ?? 'auto');
+  const seed = 0;
+  const rng = new Rng(seed);
+  const staging = fs.mkdtempSync(path.join(path.dirname(path.resolve(o.outDir)), '.backdoor-audit-demo-'));
+
+  try {
+    const all = loadEmbeddedMnist();
+    const split = splitDisjoint(all, { train: 6000, pool: 2000, test: 2000 }, rng.fork('split'));
+    const attack = makeAttack({ type: 'badnets' }, split.train.shape, rng.fork('attack'));
+    const poisoned = poisonTrainingSet(split.train, attack, { pratio: 0.1, target: DEMO_TARGET, rng: rng.fork('poison') });
+    const triggered = triggeredTestSet(split.test, attack, { target: DEMO_TARGET });
+
+    // The victim: a small CNN trained on the poisoned split.
+    const spec = { arch: 'small-cnn', inputShape: split.train.shape, numClasses: 10 };
+    const victim = buildModel(spec, { mean: [0.1307], std: [0.3081] }, seed);
+    const epochs = o.victimEpochs ?? (o.quick ? 4 : 8);
+    const opt = new SGD(0.05, 0.9, 5e-4);
+    emit({ type: 'started', jobPath: '(demo)', outDir: o.outDir, cells: 0, backend: backend.name, threads: backend.threads });
+    const trainRng = rng.fork('victim');
+    for (let e = 0; e < epochs; e++) {
+      throwIfAborted(o.signal);
+      fit(victim, poisoned.set, {
+        epochs: 1,
+        batchSize: 128,
+        optimizer: opt,
+        lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2,
+        schedule: 'constant',
+        augment: { cropPadding: 2, flip: false },
+        rng: trainRng,
+        signal: o.signal,
+        dropLast: true,
+        onBatch: (_ep, b, n) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
+      });
+      await yieldToLoop();
+    }
+    opt.dispose();
+    saveModelFile(victim, path.join(staging, 'victim.safetensors'), 'safetensors');
+
+    // Auxiliary sets: 5% of the victim's training size, class-balanced.
+    const auxSize = Math.round(0.05 * split.train.n);
+    const clean = subset(split.train, cleanIndices(split.train.n, poisoned.poisonedIndices));
+    const unseen = sampleBalanced(split.pool, { size: auxSize }, rng.fork('unseen'));
+    const aux: PreparedAux[] = [
+      { name: 'seen', type: 'seen', set: sampleBalanced(clean, { size: auxSize }, rng.fork('seen')) },
+      { name: 'unseen', type: 'unseen', set: unseen },
+      { name: 'ood-brightness', type: 'ood', set: applyShift(unseen, 'brightness', rng.fork('brightness')) },
+      { name: 'ood-noise', type: 'ood', set: applyShift(unseen, 'noise', rng.fork('noise')) },
+    ];
+    const perClass = Math.round(auxSize / 10);
+    const synthetic = await synthesizeAuxSet(victim, { perClass, steps: o.quick ? 100 : 200 }, rng.fork('synthetic'), o.signal, (d, t, m) =>
+      emit({ type: 'progress', stage: 'synthetic auxiliary set', done: d, total: t, message: m }),
+    );
+    aux.push({ name: 'synthetic', type: 'synthetic', set: synthetic });
+
+    const ids = o.defenses ?? (o.quick ? QUICK_DEFENSES : FULL_DEFENSES);
+    const defenses: PlannedDefense[] = ids.map((id) => ({ id, profile: 'fast' }));
+    const job: PreparedJob = {
+      victim,
+      model: { path: 'victim.safetensors', format: 'safetensors', arch: spec.arch, params: victim.paramCount(), inputShape: spec.inputShape, numClasses: 10 },
+      test: split.test,
+      triggered,
+      aux,
+      defenses,
+      gicMode: 'both',
+      augment: { cropPadding: 2, flip: false },
+      seed,
+      calibrate: async (v, a, signal, progress) => {
+        const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 15 : 30, seed }, signal, progress);
+        out.net.dispose();
+        return { set: out.set, entry: { aux: a.name, ...out.report } };
+      },
+      embed: (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: clean, raw: a.set, calibrated: cal, points: o.quick ? 300 : 600, seed }),
+      saveModel: (model, base) => path.basename(saveModelFile(model, path.join(staging, `${base}.safetensors`), 'safetensors')),
+    };
+    const results = await runPrepared(job, { backend, signal: o.signal, emit });
+    victim.dispose();
+    const resultsPath = writeResults(staging, o.outDir, results, { html: true });
+    emit({ type: 'done', results, resultsPath });
+    return results;
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+function cleanIndices(n: number, poisoned: ArrayLike<number>): number[] {
+  const bad = new Set(Array.from(poisoned));
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) if (!bad.has(i)) out.push(i);
+  return out;
+}
+
+/** The quick demo's documented subset: one fine-tuning, one pruning and one unlearning defense. */
+export const QUICK_DEFENSES = ['ft', 'anp', 'sau'];
+export const FULL_DEFENSES = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'];
