@@ -118,7 +118,7 @@ describe('module graph', () => {
     const c = m.clone();
     const x = tf.randomUniform([2, 28, 28, 1], 0, 1, 'float32', 3) as tf.Tensor4D;
     const { logits, features } = c.forwardWithFeatures(x);
-    assert.deepEqual(features.shape, [2, 64]);
+    assert.deepEqual(features.shape, [2, 32]);
     const l0 = m.forward(x);
     assert.ok(tf.max(tf.abs(tf.sub(l0, logits))).dataSync()[0] < 1e-6);
     tf.dispose([x, logits, features, l0]);

@@ -56,7 +56,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     // The victim: a small CNN trained on the poisoned split.
     const spec = { arch: 'small-cnn', inputShape: split.train.shape, numClasses: 10 };
     const victim = buildModel(spec, { mean: [0.1307], std: [0.3081] }, seed);
-    const epochs = o.victimEpochs ?? (o.quick ? 4 : 8);
+    const epochs = o.victimEpochs ?? 6;
     const opt = new SGD(0.05, 0.9, 5e-4);
     emit({ type: 'started', jobPath: '(demo)', outDir: o.outDir, cells: 0, backend: backend.name, threads: backend.threads });
     const trainRng = rng.fork('victim');
@@ -64,7 +64,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
       throwIfAborted(o.signal);
       fit(victim, poisoned.set, {
         epochs: 1,
-        batchSize: 128,
+        batchSize: 64,
         optimizer: opt,
         lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2,
         schedule: 'constant',
@@ -90,7 +90,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
       { name: 'ood-noise', type: 'ood', set: applyShift(unseen, 'noise', rng.fork('noise')) },
     ];
     const perClass = Math.round(auxSize / 10);
-    const synthetic = await synthesizeAuxSet(victim, { perClass, steps: o.quick ? 100 : 200 }, rng.fork('synthetic'), o.signal, (d, t, m) =>
+    const synthetic = await synthesizeAuxSet(victim, { perClass, steps: o.quick ? 50 : 150 }, rng.fork('synthetic'), o.signal, (d, t, m) =>
       emit({ type: 'progress', stage: 'synthetic auxiliary set', done: d, total: t, message: m }),
     );
     aux.push({ name: 'synthetic', type: 'synthetic', set: synthetic });
@@ -108,7 +108,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
       augment: { cropPadding: 2, flip: false },
       seed,
       calibrate: async (v, a, signal, progress) => {
-        const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 15 : 30, seed }, signal, progress);
+        const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 6 : 20, seed }, signal, progress);
         out.net.dispose();
         return { set: out.set, entry: { aux: a.name, ...out.report } };
       },
