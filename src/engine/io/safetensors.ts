@@ -54,6 +54,28 @@ export function decodeTensorBytes(bytes: Uint8Array, dtype: string, count: numbe
   }
 }
 
+/** The `__metadata__` strings of a safetensors file (where we record the architecture of our own outputs). */
+export function readSafetensorsMetadata(file: string): Record<string, string> {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(8);
+    if (size < 8 || fs.readSync(fd, head, 0, 8, 0) !== 8) throw new InputError('not a safetensors file (shorter than its header length)', file);
+    const len = Number(head.readBigUInt64LE(0));
+    if (len <= 0 || len > size - 8 || len > 100 * 1024 * 1024) throw new InputError(`safetensors header length ${len} does not fit the file (${size} bytes)`, file);
+    const json = Buffer.alloc(len);
+    fs.readSync(fd, json, 0, len, 8);
+    try {
+      const meta = (JSON.parse(json.toString('utf8')) as { __metadata__?: Record<string, string> }).__metadata__;
+      return meta && typeof meta === 'object' ? meta : {};
+    } catch {
+      throw new InputError('safetensors header is not valid JSON', file);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export function readSafetensors(file: string): PtStateDict {
   const buf = fs.readFileSync(file);
   if (buf.length < 8) throw new InputError('not a safetensors file (shorter than its header length)', file);

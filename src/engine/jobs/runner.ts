@@ -1,9 +1,29 @@
 /**
- * The job runner: validated audit.json -> plan (aux sets x GIC x defenses) -> cells -> results.json.
- * Used by the CLI and by the extension's worker; emits RunEvents; cancellable through an AbortSignal.
+ * The job runner: validated audit.json -> prepared inputs (model, data, attack, auxiliary sets) -> the cells of
+ * core.ts -> results.json. Everything is checked before anything is computed, and outputs are staged next to
+ * the out dir and moved in at the end, so a bad input or a cancelled job writes nothing.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { RunEvent } from '../../protocol';
 import type { Results } from './results';
+import { initBackend } from '../backend';
+import { loadJob } from './validate';
+import type { Job, DataSourceSpec } from './schema';
+import { InputError } from '../errors';
+import type { ImageSet } from '../data/dataset';
+import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
+import { loadDataSource } from '../io/data';
+import { loadModelFile, saveModelFile } from '../io/model_io';
+import { makeAttack, triggeredTestSet } from '../attacks';
+import { sampleBalanced } from '../aux/sample';
+import { applyShift } from '../aux/shifts';
+import { synthesizeAuxSet } from '../aux/synthetic';
+import { calibrate } from '../gic/gic';
+import { embedAuxSet } from '../embed';
+import { Rng } from '../util/rng';
+import { runPrepared, planCells, type PreparedAux, type PreparedJob } from './core';
+import { writeResults } from './output';
 
 export interface RunOptions {
   /** Directory for results.json and purified models (created if missing). */
@@ -15,10 +35,126 @@ export interface RunOptions {
   onEvent?: (e: RunEvent) => void;
   /** Allow replacing purified models an earlier run wrote to the same outDir. */
   overwrite?: boolean;
+  /** `i/n`: run only the i-th (1-based) of n disjoint slices of the cells. */
+  shard?: string;
+}
+
+/** The embedded MNIST split used for every `mnist-embedded` source of a job (same split as the demo). */
+function embeddedSplit(seed: number) {
+  return splitDisjoint(loadEmbeddedMnist(), { train: 6000, pool: 2000, test: 2000 }, new Rng(seed).fork('split'));
+}
+
+function loadSource(src: DataSourceSpec, role: 'train' | 'test' | 'pool', field: string, numClasses: number, seed: number): ImageSet {
+  if (src.format === 'mnist-embedded') return embeddedSplit(seed)[role];
+  return loadDataSource(src, field, numClasses);
+}
+
+function checkShape(set: ImageSet, want: [number, number, number], field: string): void {
+  if (set.shape.join('x') !== want.join('x')) {
+    throw new InputError(`images are ${set.shape.join('x')} but the model takes ${want.join('x')}`, field);
+  }
+}
+
+function parseShard(shard: string | undefined): ((i: number) => boolean) | undefined {
+  if (!shard) return undefined;
+  const m = /^(\d+)\/(\d+)$/.exec(shard);
+  if (!m || +m[1] < 1 || +m[1] > +m[2]) throw new InputError(`shard must be i/n with 1 <= i <= n, got "${shard}"`, '--shard');
+  const i = +m[1] - 1;
+  const n = +m[2];
+  return (cell) => cell % n === i;
 }
 
 export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Results> {
-  void jobPath;
-  void opts;
-  throw new Error('runJobFile: not implemented yet');
+  const emit = opts.onEvent ?? (() => undefined);
+  const job: Job = loadJob(jobPath);
+  const cellFilter = parseShard(opts.shard);
+  const backend = await initBackend(opts.device ?? job.device);
+  const seed = job.seed;
+  const rng = new Rng(seed);
+  const name = path.basename(jobPath);
+
+  const loaded = loadModelFile(job.model, `${name}: model`);
+  const victim = loaded.model;
+  try {
+    const shape = victim.inputShape;
+    const k = victim.numClasses;
+    const test = loadSource(job.data.test, 'test', `${name}: data.test`, k, seed);
+    checkShape(test, shape, `${name}: data.test`);
+    const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, k, seed) : undefined;
+    if (train) checkShape(train, shape, `${name}: data.train`);
+
+    const attackSpec = job.attack ?? { type: 'badnets' as const, target: 0, allToAll: false };
+    const attack = makeAttack(attackSpec, shape, rng.fork('attack'));
+    const triggered = triggeredTestSet(test, attack, { target: attackSpec.target, allToAll: attackSpec.allToAll });
+
+    const defaultSize = Math.max(k, Math.round(0.05 * (train?.n ?? 20 * test.n)));
+    const aux: PreparedAux[] = [];
+    for (const [i, a] of (job.aux ?? []).entries()) {
+      const field = `${name}: aux[${i}]`;
+      const want = a.perClass ? { perClass: a.perClass } : { size: a.size ?? defaultSize };
+      let set: ImageSet;
+      if (a.type === 'synthetic') {
+        set = await synthesizeAuxSet(victim, { perClass: a.perClass ?? Math.max(1, Math.round((a.size ?? defaultSize) / k)) }, rng.fork(`aux:${a.name}`), opts.signal, (d, t, m) =>
+          emit({ type: 'progress', stage: `synthesizing ${a.name}`, done: d, total: t, message: m }),
+        );
+      } else {
+        let pool: ImageSet | undefined;
+        if (a.type === 'seen') pool = train;
+        else if (a.source) pool = loadSource(a.source, 'pool', `${field}.source`, k, seed);
+        if (!pool) throw new InputError(a.type === 'seen' ? 'a "seen" auxiliary set needs data.train' : `a "${a.type}" auxiliary set needs a "source"`, field);
+        checkShape(pool, shape, `${field}.source`);
+        set = sampleBalanced(pool, want, rng.fork(`aux:${a.name}`), field);
+        if (a.type === 'ood') {
+          if (!a.shift) throw new InputError('an "ood" auxiliary set needs a "shift"', field);
+          set = applyShift(set, a.shift, rng.fork(`shift:${a.name}`));
+        }
+      }
+      aux.push({ name: a.name, type: a.type, set });
+    }
+
+    const gic = job.gic ?? { mode: 'off' as const, delta: 0.1, norm: 'inf' as const, lambdaBn: 1, epochs: 20, lr: 1e-3 };
+    const outDir = path.resolve(opts.outDir);
+    fs.mkdirSync(path.dirname(outDir), { recursive: true });
+    const staging = fs.mkdtempSync(path.join(path.dirname(outDir), '.backdoor-audit-'));
+    try {
+      const prepared: PreparedJob = {
+        victim,
+        model: loaded.info,
+        test,
+        triggered,
+        aux,
+        defenses: (job.defenses ?? []).map((d) => (typeof d === 'string' ? { id: d, profile: job.profile } : { id: d.name, profile: d.profile ?? job.profile, params: d.params })),
+        gicMode: gic.mode,
+        augment: { cropPadding: 4, flip: shape[2] === 3 },
+        seed,
+        calibrate: async (v, a, signal, progress) => {
+          const out = await calibrate(v, a.set, { delta: gic.delta, norm: gic.norm, lambdaBn: gic.lambdaBn, epochs: gic.epochs, lr: gic.lr, seed }, signal, progress);
+          out.net.dispose();
+          return { set: out.set, entry: { aux: a.name, ...out.report } };
+        },
+        embed:
+          job.embedding?.method === 'none'
+            ? undefined
+            : (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: train ?? test, raw: a.set, calibrated: cal, points: job.embedding?.points ?? 600, seed }),
+        saveModel: (model, base) => {
+          // Purified models are written as safetensors (the only writer so far), named after defense and aux set.
+          const file = path.join(staging, `${base}.safetensors`);
+          if (!opts.overwrite && fs.existsSync(path.join(outDir, path.basename(file)))) {
+            const stamped = path.join(staging, `${base}-${Date.now()}.safetensors`);
+            return path.basename(saveModelFile(model, stamped, 'safetensors'));
+          }
+          return path.basename(saveModelFile(model, file, 'safetensors'));
+        },
+      };
+      emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).length, backend: backend.name, threads: backend.threads });
+      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, cells: cellFilter });
+      const resultsPath = writeResults(staging, outDir, results);
+      emit({ type: 'done', results, resultsPath });
+      return results;
+    } finally {
+      fs.rmSync(staging, { recursive: true, force: true });
+    }
+  } finally {
+    victim.dispose();
+  }
 }

@@ -1,0 +1,112 @@
+/**
+ * `backdoor-audit bench`: train-step and inference images/s of small-cnn-32 and preact-resnet18-32 (3x32x32,
+ * 10 classes, batch 128) on the active backend, medians of repeats after a warm-up; the `demo --quick` wall
+ * time; peak RSS; tensor counts. Where Debian's python3-torch is installed, the same models and steps run in
+ * PyTorch (2 threads) in the same run and the ratios are printed. Benchmarks measure; they assert nothing.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { initBackend } from './backend';
+import { buildModel } from './models';
+import { SGD } from './nn/optim';
+import { crossEntropy, trainStep } from './nn/train';
+import { runDemo } from './jobs/demo';
+
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
+
+interface ModelBench {
+  trainImagesPerSecond: number;
+  inferImagesPerSecond: number;
+}
+
+function benchModel(arch: string, options: Record<string, unknown> | undefined, batch: number, repeats: number): ModelBench {
+  const m = buildModel({ arch, inputShape: [32, 32, 3], numClasses: 10, options });
+  const opt = new SGD(0.01, 0.9, 5e-4);
+  const x = tf.randomUniform([batch, 32, 32, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+  const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 10), 'int32');
+  const vars = m.trainableVariables();
+  const step = () => trainStep(vars, opt, (ctx) => crossEntropy(m.forward(x, ctx), y), true);
+  const infer = () => tf.tidy(() => m.forward(x).dataSync());
+  const time = (f: () => unknown) => {
+    f();
+    const t: number[] = [];
+    for (let i = 0; i < repeats; i++) {
+      const t0 = performance.now();
+      f();
+      t.push(performance.now() - t0);
+    }
+    return (batch * 1000) / median(t);
+  };
+  const out = { trainImagesPerSecond: time(step), inferImagesPerSecond: time(infer) };
+  opt.dispose();
+  m.dispose();
+  tf.dispose([x, y]);
+  return out;
+}
+
+function torchPeer(repeats: number): Record<string, ModelBench> | undefined {
+  const script = path.join(__dirname, '..', 'scripts', 'bench_torch.py');
+  const candidates = [script, path.join(__dirname, '..', '..', 'scripts', 'bench_torch.py')];
+  const found = candidates.find((c) => fs.existsSync(c));
+  if (!found || !fs.existsSync('/usr/bin/python3')) return undefined;
+  const r = spawnSync('/usr/bin/python3', [found, String(repeats)], { encoding: 'utf8', timeout: 600_000 });
+  if (r.status !== 0) return undefined;
+  try {
+    return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  } catch {
+    return undefined;
+  }
+}
+
+export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean }): Promise<Record<string, unknown>> {
+  const backend = await initBackend('auto');
+  const tensorsBefore = tf.memory().numTensors;
+  const repeats = 5;
+  const models: Record<string, ModelBench> = {};
+  for (const [name, arch, options] of [
+    ['small-cnn-32', 'small-cnn-32', undefined],
+    ['preact-resnet18-32', 'preact-resnet18', { width: 64 }],
+  ] as const) {
+    o.log(`benchmarking ${name} (batch 128)...`);
+    models[name] = benchModel(arch, options, 128, name === 'small-cnn-32' ? repeats : 3);
+    o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s, inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s`);
+  }
+  o.log('PyTorch peer (Debian python3-torch, 2 threads)...');
+  const torch = torchPeer(repeats);
+  if (torch) {
+    for (const [name, t] of Object.entries(torch)) {
+      const ours = models[name];
+      if (!ours) continue;
+      o.log(`  ${name}: PyTorch train ${t.trainImagesPerSecond.toFixed(1)}, inference ${t.inferImagesPerSecond.toFixed(1)} images/s; ratio train ${(ours.trainImagesPerSecond / t.trainImagesPerSecond).toFixed(2)}x, inference ${(ours.inferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x`);
+    }
+  } else {
+    o.log('  not available (install Debian python3-torch)');
+  }
+  let demoSeconds: number | undefined;
+  if (!o.skipDemo) {
+    o.log('demo --quick...');
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-'));
+    const t0 = Date.now();
+    await runDemo({ quick: true, outDir: out, device: 'auto' });
+    demoSeconds = (Date.now() - t0) / 1000;
+    fs.rmSync(out, { recursive: true, force: true });
+    o.log(`  demo --quick: ${demoSeconds.toFixed(1)} s`);
+  }
+  const result = {
+    backend: backend.name,
+    threads: backend.threads,
+    nproc: os.cpus().length,
+    models,
+    torch: torch ?? null,
+    demoQuickSeconds: demoSeconds ?? null,
+    peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+    tensorsBefore,
+    tensorsAfter: tf.memory().numTensors,
+  };
+  o.log(`peak RSS ${result.peakRssMiB} MiB; tensors ${tensorsBefore} -> ${result.tensorsAfter}`);
+  if (o.jsonPath) fs.writeFileSync(o.jsonPath, JSON.stringify(result, null, 2) + '\n');
+  return result;
+}
