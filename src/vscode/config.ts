@@ -1,0 +1,25 @@
+/** The extension's settings (`backdoorAudit.*`), read at the moment they are used so that changes apply at once. */
+import * as vscode from 'vscode';
+
+export interface Settings {
+  device: 'auto' | 'gpu' | 'cpu';
+  profile: 'fast' | 'paper';
+  gicDelta: number;
+  gicNorm: 'inf' | '2';
+  outputFolder: string;
+}
+
+export function settings(scope?: vscode.Uri): Settings {
+  const c = vscode.workspace.getConfiguration('backdoorAudit', scope);
+  const device = c.get<string>('device', 'auto');
+  const profile = c.get<string>('profile', 'fast');
+  const norm = c.get<string>('gic.norm', 'inf');
+  const delta = c.get<number>('gic.delta', 0.1);
+  return {
+    device: device === 'gpu' || device === 'cpu' ? device : 'auto',
+    profile: profile === 'paper' ? 'paper' : 'fast',
+    gicDelta: typeof delta === 'number' && delta > 0 ? delta : 0.1,
+    gicNorm: norm === '2' ? '2' : 'inf',
+    outputFolder: c.get<string>('outputFolder', '') ?? '',
+  };
+}

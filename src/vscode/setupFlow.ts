@@ -1,0 +1,304 @@
+/**
+ * The guided job set-up: a few quick picks (test data, attack, auxiliary sets, defenses, GIC) that end in an
+ * `audit.json` next to the model. Data sets found in the workspace are offered first so that a typical set-up
+ * is a handful of Enter presses; file dialogs remain for anything else. Escape at any step abandons the
+ * flow and writes nothing.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { settings } from './config';
+import {
+  ATTACKS,
+  DEFENSES,
+  OOD_SHIFTS,
+  auxName,
+  buildJob,
+  checkAnswers,
+  guessFormat,
+  isLabelsNpy,
+  jobModelPath,
+  pairLabels,
+  type AuxAnswer,
+  type AuxType,
+  type DataSource,
+  type JobAnswers,
+} from './jobSpec';
+
+export type FlowKind = 'purify' | 'evaluate' | 'calibrate';
+
+/** Folders and files the user marked with "Use as Auxiliary Data", remembered per workspace. */
+export const AUX_SOURCES_KEY = 'backdoorAudit.auxSources';
+
+export const MODEL_GLOB = '**/{*.pt,*.pth,*.onnx,*.safetensors,model.json}';
+const DATA_GLOB = '**/{*.npy,*.npz,*-idx3-ubyte,*-idx3-ubyte.gz,*.idx3-ubyte,data_batch_*.bin,test_batch.bin}';
+const EXCLUDE = '{**/node_modules/**,**/.git/**}';
+
+interface DataItem extends vscode.QuickPickItem {
+  source?: DataSource;
+  browse?: 'files' | 'folder';
+  skip?: boolean;
+}
+
+const TITLES: Record<FlowKind, string> = {
+  purify: 'Purify Model',
+  evaluate: 'Evaluate Model',
+  calibrate: 'Calibrate Auxiliary Data (GIC)',
+};
+
+/** A data source for a path: format from the name, labels paired for .npy (asked when no pair is found). */
+export async function sourceFor(file: string, isDir: boolean, title: string): Promise<DataSource | undefined> {
+  const format = guessFormat(file, isDir);
+  if (!format) {
+    void vscode.window.showErrorMessage(`Cannot tell the data format of ${path.basename(file)}: use an image folder, .npy/.npz, IDX or CIFAR-10 binary files.`);
+    return undefined;
+  }
+  const src: DataSource = { path: file, format };
+  if (format === 'npy') {
+    const siblings = safeReaddir(path.dirname(file)).map((n) => path.join(path.dirname(file), n));
+    const paired = pairLabels(file, siblings);
+    if (paired) src.labels = paired;
+    else {
+      const others = siblings.filter((s) => s.endsWith('.npy') && s !== file);
+      const pick = await vscode.window.showQuickPick(
+        [...others.map((o) => ({ label: path.basename(o), detail: o })), { label: '$(folder-opened) Browse…', detail: '' }],
+        { title: `${title}: labels of ${path.basename(file)}`, placeHolder: 'The .npy file with one integer label per image', ignoreFocusOut: true },
+      );
+      if (!pick) return undefined;
+      if (pick.detail) src.labels = pick.detail;
+      else {
+        const u = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'NumPy arrays': ['npy'] }, title: `Labels of ${path.basename(file)}` });
+        if (!u?.[0]) return undefined;
+        src.labels = u[0].fsPath;
+      }
+    }
+  }
+  return src;
+}
+
+function safeReaddir(d: string): string[] {
+  try {
+    return fs.readdirSync(d);
+  } catch {
+    return [];
+  }
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Data sets in the workspace and the ones marked as auxiliary data, as quick-pick items. */
+async function dataCandidates(state: vscode.Memento): Promise<DataItem[]> {
+  const items: DataItem[] = [];
+  const seen = new Set<string>();
+  const add = (p: string, marked: boolean) => {
+    if (seen.has(p)) return;
+    seen.add(p);
+    const dir = isDirectory(p);
+    const format = guessFormat(p, dir);
+    if (!format || (format === 'npy' && isLabelsNpy(p))) return;
+    items.push({
+      label: `${dir ? '$(folder)' : '$(file-binary)'} ${vscode.workspace.asRelativePath(p, false)}`,
+      description: `${format}${marked ? ' · marked as auxiliary data' : ''}`,
+      source: { path: p, format },
+    });
+  };
+  for (const p of state.get<string[]>(AUX_SOURCES_KEY, [])) if (fs.existsSync(p)) add(p, true);
+  const found = await vscode.workspace.findFiles(DATA_GLOB, EXCLUDE, 200);
+  for (const u of found.map((x) => x.fsPath).sort()) add(u, false);
+  return items;
+}
+
+export class SetupFlow {
+  constructor(private readonly state: vscode.Memento) {}
+
+  /** One data-source step; undefined means the user escaped, `null` that they chose to skip an optional step. */
+  private async pickData(title: string, placeHolder: string, optional: boolean, skipLabel = 'Skip'): Promise<DataSource | null | undefined> {
+    const items: DataItem[] = [];
+    if (optional) items.push({ label: `$(debug-step-over) ${skipLabel}`, skip: true });
+    items.push(...(await dataCandidates(this.state)));
+    items.push({ label: '$(folder-opened) Browse for files…', description: '.npy, .npz, IDX, CIFAR-10 .bin', browse: 'files' });
+    items.push({ label: '$(folder-opened) Browse for an image folder…', description: 'one sub-folder per class', browse: 'folder' });
+    const pick = await vscode.window.showQuickPick(items, { title, placeHolder, ignoreFocusOut: true, matchOnDescription: true });
+    if (!pick) return undefined;
+    if (pick.skip) return null;
+    if (pick.source) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title);
+    const uris = await vscode.window.showOpenDialog({
+      canSelectMany: false,
+      canSelectFiles: pick.browse === 'files',
+      canSelectFolders: pick.browse === 'folder',
+      title,
+      defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
+    });
+    if (!uris?.[0]) return undefined;
+    return sourceFor(uris[0].fsPath, pick.browse === 'folder', title);
+  }
+
+  /** Asks everything a job needs; undefined when the user escaped. */
+  async ask(kind: FlowKind, model: string): Promise<JobAnswers | undefined> {
+    const s = settings(vscode.Uri.file(model));
+    const t = `${TITLES[kind]}: ${path.basename(model)}`;
+
+    const test = await this.pickData(`${t} — test data`, 'The clean test set (triggered copies are made from it for ASR)', false);
+    if (!test) return undefined;
+
+    let train: DataSource | undefined;
+    if (kind !== 'evaluate') {
+      const tr = await this.pickData(`${t} — training data (optional)`, 'Needed for "seen" auxiliary sets and the reference embedding', true, 'No training data');
+      if (tr === undefined) return undefined;
+      train = tr ?? undefined;
+    }
+
+    const attackPick = await vscode.window.showQuickPick(
+      [
+        { label: 'badnets', description: 'white square patch at the bottom-right corner' },
+        { label: 'blended', description: 'image blended into the input' },
+        { label: 'sig', description: 'sinusoidal signal (clean label)' },
+        { label: 'wanet', description: 'warping-based trigger' },
+      ],
+      { title: `${t} — attack to test against`, placeHolder: 'The trigger used to measure ASR', ignoreFocusOut: true },
+    );
+    if (!attackPick) return undefined;
+    const targetText = await vscode.window.showInputBox({
+      title: `${t} — attack target class`,
+      value: '0',
+      prompt: 'The label the trigger forces (all-to-one)',
+      ignoreFocusOut: true,
+      validateInput: (v) => (/^\d+$/.test(v.trim()) ? undefined : 'A class index: 0, 1, 2, …'),
+    });
+    if (targetText === undefined) return undefined;
+
+    let aux: AuxAnswer[] = [];
+    if (kind !== 'evaluate') {
+      const a = await this.askAux(t, train !== undefined, kind);
+      if (!a) return undefined;
+      aux = a;
+    }
+
+    let defenses: string[] = [];
+    if (kind === 'purify') {
+      const picks = await vscode.window.showQuickPick(
+        DEFENSES.map((d) => ({ label: d.id, description: d.label.split(' — ')[1], picked: d.id === 'ft' })),
+        { title: `${t} — defenses`, placeHolder: 'Each runs on every auxiliary set (fastest first)', canPickMany: true, ignoreFocusOut: true },
+      );
+      if (!picks || picks.length === 0) return undefined;
+      defenses = picks.map((p) => p.label);
+    }
+
+    let mode: 'off' | 'on' | 'both' = kind === 'calibrate' ? 'on' : 'off';
+    if (kind === 'purify') {
+      const m = await vscode.window.showQuickPick(
+        [
+          { label: 'both', description: 'every defense with raw and with calibrated auxiliary data, side by side' },
+          { label: 'off', description: 'raw auxiliary data only (fastest)' },
+          { label: 'on', description: 'calibrated auxiliary data only' },
+        ],
+        { title: `${t} — Guided Input Calibration (‖g(x) − x‖${s.gicNorm === 'inf' ? '∞' : '₂'} ≤ ${s.gicDelta})`, ignoreFocusOut: true },
+      );
+      if (!m) return undefined;
+      mode = m.label as 'off' | 'on' | 'both';
+    }
+
+    return {
+      model,
+      test,
+      train,
+      attack: { type: attackPick.label as (typeof ATTACKS)[number], target: Number(targetText.trim()) },
+      aux,
+      defenses,
+      gic: { mode, delta: s.gicDelta, norm: s.gicNorm },
+      profile: s.profile,
+      device: s.device,
+    };
+  }
+
+  private async askAux(t: string, hasTrain: boolean, kind: FlowKind): Promise<AuxAnswer[] | undefined> {
+    const marked = this.state.get<string[]>(AUX_SOURCES_KEY, []).filter((p) => fs.existsSync(p));
+    type Item = vscode.QuickPickItem & { type: AuxType; path?: string };
+    const items: Item[] = [
+      ...marked.map((p) => ({ label: `external: ${path.basename(p)}`, description: vscode.workspace.asRelativePath(p, false), type: 'external' as const, path: p, picked: true })),
+      { label: 'unseen', description: 'a held-out in-distribution split (choose its data next)', type: 'unseen', picked: marked.length === 0 },
+      { label: 'ood', description: 'a held-out split with distribution shifts (brightness, blur, …)', type: 'ood' },
+      { label: 'external', description: 'data from another source with the same labels (choose it next)', type: 'external' },
+      { label: 'synthetic', description: 'images synthesized from the model itself: no data needed', type: 'synthetic' },
+    ];
+    if (hasTrain) items.splice(marked.length, 0, { label: 'seen', description: 'a class-balanced subset of the training data', type: 'seen' });
+    const picks = await vscode.window.showQuickPick(items, {
+      title: `${t} — auxiliary data`,
+      placeHolder: kind === 'calibrate' ? 'The sets to calibrate with GIC' : 'The clean data each defense gets; compare several kinds',
+      canPickMany: true,
+      ignoreFocusOut: true,
+    });
+    if (!picks || picks.length === 0) return undefined;
+    const used = new Set<string>();
+    const out: AuxAnswer[] = [];
+    for (const p of picks) {
+      if (p.path) {
+        const src = await sourceFor(p.path, isDirectory(p.path), t);
+        if (!src) return undefined;
+        out.push({ name: auxName('external', used, path.basename(p.path).replace(/\.[^.]+$/, '')), type: 'external', source: src });
+        continue;
+      }
+      if (p.type === 'seen' || p.type === 'synthetic') {
+        out.push({ name: auxName(p.type, used), type: p.type });
+        continue;
+      }
+      const src = await this.pickData(`${t} — data for the "${p.type}" auxiliary set`, p.type === 'external' ? 'Clean images from another source' : 'A held-out split the model never saw', false);
+      if (!src) return undefined;
+      if (p.type === 'ood') {
+        const shifts = await vscode.window.showQuickPick(
+          OOD_SHIFTS.map((x) => ({ label: x, picked: x === 'brightness' })),
+          { title: `${t} — distribution shifts (one auxiliary set each)`, canPickMany: true, ignoreFocusOut: true },
+        );
+        if (!shifts || shifts.length === 0) return undefined;
+        for (const sh of shifts) out.push({ name: auxName('ood', used, sh.label), type: 'ood', source: src, shift: sh.label as (typeof OOD_SHIFTS)[number] });
+      } else {
+        out.push({ name: auxName(p.type, used), type: p.type, source: src });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Where to write the job: `audit.json` next to the model; when one exists for the same model the user
+   * confirms replacing it, when it belongs to another model `<model>.audit.json` is used instead.
+   */
+  async chooseJobPath(model: string): Promise<string | undefined> {
+    const dir = path.dirname(model);
+    const plain = path.join(dir, 'audit.json');
+    const named = path.join(dir, `${path.basename(model).replace(/\.(pt|pth|onnx|safetensors|json)$/i, '')}.audit.json`);
+    if (!fs.existsSync(plain)) return plain;
+    let owner: string | undefined;
+    try {
+      owner = jobModelPath(plain, JSON.parse(fs.readFileSync(plain, 'utf8')));
+    } catch {
+      owner = undefined;
+    }
+    const target = owner === path.resolve(model) ? plain : named;
+    if (!fs.existsSync(target)) return target;
+    const replace = `Replace ${path.basename(target)}`;
+    const choice = await vscode.window.showWarningMessage(`${path.basename(target)} already exists next to ${path.basename(model)}.`, { modal: true }, replace);
+    return choice === replace ? target : undefined;
+  }
+
+  /** The whole flow: ask, check, write. Returns the job file written, or undefined. */
+  async run(kind: FlowKind, model: string): Promise<string | undefined> {
+    const answers = await this.ask(kind, model);
+    if (!answers) return undefined;
+    const problems = checkAnswers(answers);
+    if (problems.length) {
+      void vscode.window.showErrorMessage(`The job is incomplete: ${problems.join('; ')}.`);
+      return undefined;
+    }
+    const jobPath = await this.chooseJobPath(model);
+    if (!jobPath) return undefined;
+    const job = buildJob(answers, jobPath);
+    fs.writeFileSync(jobPath, JSON.stringify(job, null, 2) + '\n');
+    return jobPath;
+  }
+}

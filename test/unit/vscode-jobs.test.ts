@@ -1,0 +1,320 @@
+/**
+ * Host-side job logic: the audit.json the set-up flow writes, the worker's message loop, and the JobRunner
+ * (worker events -> listeners, progress, Output channel; cancellation; one job per model; untrusted refusal).
+ */
+import { fake, Uri } from './vscode-fake';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { RunEvent, WorkerRequest } from '../../src/protocol';
+import type { Results } from '../../src/engine/jobs/results';
+import { CancelledError, InputError, throwIfAborted } from '../../src/engine/errors';
+import { buildJob, checkAnswers, guessFormat, isLabelsNpy, jobModelPath, pairLabels, runOutDir, auxName, type JobAnswers } from '../../src/vscode/jobSpec';
+import { serveWorker, type PortLike } from '../../src/vscode/workerLoop';
+import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
+import { SetupFlow } from '../../src/vscode/setupFlow';
+import { sampleResults } from './vscode-fixtures';
+
+function tmpdir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'ba-vscode-'));
+}
+
+describe('vscode jobSpec: the audit.json of the set-up flow', () => {
+  it('guesses data formats from names and pairs .npy labels', () => {
+    assert.equal(guessFormat('/d/cls', true), 'imagefolder');
+    assert.equal(guessFormat('/d/x_test.npy', false), 'npy');
+    assert.equal(guessFormat('/d/a.npz', false), 'npz');
+    assert.equal(guessFormat('/d/t10k-images-idx3-ubyte.gz', false), 'idx');
+    assert.equal(guessFormat('/d/test_batch.bin', false), 'cifar10-bin');
+    assert.equal(guessFormat('/d/readme.txt', false), undefined);
+    assert.ok(isLabelsNpy('/d/test_labels.npy') && isLabelsNpy('/d/y.npy') && !isLabelsNpy('/d/test_images.npy'));
+    const sib = ['/d/x_test.npy', '/d/y_test.npy', '/d/test_images.npy', '/d/test_labels.npy', '/d/aux.npy', '/d/aux_y.npy'];
+    assert.equal(pairLabels('/d/x_test.npy', sib), '/d/y_test.npy');
+    assert.equal(pairLabels('/d/test_images.npy', sib), '/d/test_labels.npy');
+    assert.equal(pairLabels('/d/aux.npy', sib), '/d/aux_y.npy');
+    assert.equal(pairLabels('/d/other.npy', sib), undefined);
+  });
+
+  const answers = (dir: string): JobAnswers => ({
+    model: path.join(dir, 'models', 'victim.pt'),
+    test: { path: path.join(dir, 'data', 'test_x.npy'), format: 'npy', labels: path.join(dir, 'data', 'test_y.npy') },
+    attack: { type: 'badnets', target: 0 },
+    aux: [
+      { name: 'unseen', type: 'unseen', source: { path: path.join(dir, 'data', 'aux'), format: 'imagefolder' } },
+      { name: 'synthetic', type: 'synthetic' },
+    ],
+    defenses: ['ft'],
+    gic: { mode: 'both', delta: 0.1, norm: 'inf' },
+    profile: 'fast',
+    device: 'auto',
+  });
+
+  it('writes paths relative to the job file and only schema fields', () => {
+    const job = buildJob(answers('/w'), '/w/models/audit.json') as Record<string, any>;
+    assert.equal(job.model, 'victim.pt');
+    assert.deepEqual(job.data.test, { path: '../data/test_x.npy', format: 'npy', labels: '../data/test_y.npy' });
+    assert.equal(job.data.train, undefined);
+    assert.deepEqual(job.aux[0], { name: 'unseen', type: 'unseen', source: { path: '../data/aux', format: 'imagefolder' } });
+    assert.deepEqual(job.aux[1], { name: 'synthetic', type: 'synthetic' });
+    assert.deepEqual(Object.keys(job).sort(), ['attack', 'aux', 'data', 'defenses', 'device', 'gic', 'model', 'profile', 'seed'].sort());
+    assert.equal(jobModelPath('/w/models/audit.json', job), path.resolve('/w/models/victim.pt'));
+    assert.equal(jobModelPath('/w/audit.json', { model: { path: 'm/x.onnx' } }), path.resolve('/w/m/x.onnx'));
+  });
+
+  it('catches incomplete answers before writing', () => {
+    assert.deepEqual(checkAnswers(answers('/w')), []);
+    const a = answers('/w');
+    a.aux.push({ name: 'seen', type: 'seen' }, { name: 'unseen', type: 'ood' });
+    const errs = checkAnswers(a).join('\n');
+    assert.match(errs, /seen.*training data/);
+    assert.match(errs, /needs a data source/);
+    assert.match(errs, /needs a shift/);
+    assert.match(errs, /two auxiliary sets are named "unseen"/);
+  });
+
+  it('names aux sets uniquely and gives each run its own output folder', () => {
+    const used = new Set<string>();
+    assert.equal(auxName('ood', used, 'brightness'), 'ood-brightness');
+    assert.equal(auxName('ood', used, 'brightness'), 'ood-brightness-2');
+    assert.equal(auxName('external', used, 'my web set!'), 'external-my-web-set');
+    const d = new Date(2025, 0, 2, 3, 4, 5);
+    assert.equal(runOutDir('/w/m/audit.json', '', d), path.join('/w/m/audit-out', 'run-20250102-030405'));
+    assert.equal(runOutDir('/w/m/victim.audit.json', 'out', d), path.join('/w/m/out', 'victim-20250102-030405'));
+    assert.equal(runOutDir('/w/m/audit.json', '/abs/runs', d), path.join('/abs/runs', 'run-20250102-030405'));
+  });
+});
+
+/** A port whose messages the test posts and reads. */
+function fakePort(): PortLike & { sent: RunEvent[]; deliver(m: unknown): void } {
+  let cb: (m: unknown) => void = () => undefined;
+  const sent: RunEvent[] = [];
+  return { sent, postMessage: (m) => sent.push(m), on: (_e, f) => (cb = f), deliver: (m) => cb(m) };
+}
+
+describe('vscode worker loop', () => {
+  it('runs the job, forwards events and ends with exactly one done', async () => {
+    const port = fakePort();
+    const r = sampleResults();
+    const served = serveWorker(port, async (job, o) => {
+      assert.equal(job, '/j/audit.json');
+      assert.equal(o.device, 'cpu');
+      o.onEvent?.({ type: 'started', jobPath: job, outDir: o.outDir, cells: 2, backend: 'wasm', threads: 1 });
+      o.onEvent?.({ type: 'row', row: r.rows[0] });
+      return r;
+    });
+    port.deliver({ type: 'bogus' });
+    port.deliver({ type: 'run', jobPath: '/j/audit.json', outDir: '/j/out', device: 'cpu' } satisfies WorkerRequest);
+    await served;
+    assert.deepEqual(port.sent.map((e) => e.type), ['started', 'row', 'done']);
+    const done = port.sent[2] as Extract<RunEvent, { type: 'done' }>;
+    assert.equal(done.resultsPath, path.join('/j/out', 'results.json'));
+  });
+
+  it('turns cancel into an aborted signal and a cancelled event', async () => {
+    const port = fakePort();
+    const served = serveWorker(port, (_job, o) =>
+      new Promise<Results>((_res, rej) => {
+        // A training loop: checks the signal between batches.
+        const t = setInterval(() => {
+          try {
+            throwIfAborted(o.signal);
+          } catch (e) {
+            clearInterval(t);
+            rej(e);
+          }
+        }, 1);
+      }),
+    );
+    port.deliver({ type: 'run', jobPath: '/j/a.json', outDir: '/j/o' });
+    port.deliver({ type: 'cancel' });
+    await served;
+    assert.deepEqual(port.sent.map((e) => e.type), ['cancelled']);
+  });
+
+  it('reports input errors with exit code 2 in one line, and does not double-terminate', async () => {
+    const port = fakePort();
+    const served = serveWorker(port, async (_j, o) => {
+      o.onEvent?.({ type: 'failed', error: 'already said', exitCode: 1 });
+      throw new InputError('unknown field "foo"', 'audit.json');
+    });
+    port.deliver({ type: 'run', jobPath: '/j/a.json', outDir: '/j/o' });
+    await served;
+    assert.deepEqual(port.sent, [{ type: 'failed', error: 'already said', exitCode: 1 }]);
+
+    const p2 = fakePort();
+    const s2 = serveWorker(p2, async () => {
+      throw new InputError('unknown field "foo"', 'audit.json');
+    });
+    p2.deliver({ type: 'run', jobPath: '/j/a.json', outDir: '/j/o' });
+    await s2;
+    assert.deepEqual(p2.sent, [{ type: 'failed', error: 'unknown field "foo" (audit.json)', exitCode: 2 }]);
+    assert.ok(new CancelledError() instanceof Error);
+  });
+});
+
+/** A worker the test drives: it records requests and emits what the test tells it to. */
+class FakeWorker implements WorkerLike {
+  requests: WorkerRequest[] = [];
+  terminated = false;
+  private handlers: Record<string, ((x: any) => void)[]> = { message: [], error: [], exit: [] };
+  onRun?: (w: FakeWorker, req: WorkerRequest) => void;
+  onCancel?: (w: FakeWorker) => void;
+  postMessage(m: WorkerRequest): void {
+    this.requests.push(m);
+    if (m.type === 'run') setImmediate(() => this.onRun?.(this, m));
+    else setImmediate(() => this.onCancel?.(this));
+  }
+  on(event: string, cb: (x: any) => void): this {
+    this.handlers[event].push(cb);
+    return this;
+  }
+  emit(event: 'message' | 'error' | 'exit', x: unknown): void {
+    for (const h of this.handlers[event]) h(x);
+  }
+  terminate(): Promise<number> {
+    this.terminated = true;
+    return Promise.resolve(0);
+  }
+}
+
+describe('vscode JobRunner', () => {
+  let dir: string;
+  let jobPath: string;
+  const log = { appendLine: (s: string) => fake.log.push(s) } as never;
+
+  beforeEach(() => {
+    fake.reset();
+    dir = tmpdir();
+    jobPath = path.join(dir, 'audit.json');
+    fs.writeFileSync(jobPath, JSON.stringify({ model: 'victim.pt' }));
+  });
+
+  it('forwards worker events to listeners, the progress notification and the log', async () => {
+    const r = sampleResults();
+    const w = new FakeWorker();
+    w.onRun = (wk, req) => {
+      assert.equal(req.type === 'run' && req.device, 'cpu');
+      wk.emit('message', { type: 'started', jobPath, outDir: dir, cells: 2, backend: 'wasm', threads: 1 });
+      wk.emit('message', { nonsense: true });
+      wk.emit('message', { type: 'progress', stage: 'ft', done: 1, total: 4 });
+      wk.emit('message', { type: 'row', row: r.rows[0] });
+      wk.emit('message', { type: 'done', results: r, resultsPath: path.join(dir, 'out', 'results.json') });
+      wk.emit('exit', 0);
+    };
+    const runner = new JobRunner(log, () => w);
+    const seen: string[] = [];
+    runner.listen({ started: (run) => seen.push(`start:${run.id}`), event: (_r, e) => seen.push(e.type), ended: (_r, o) => seen.push(`end:${o.status}`) });
+    const o = await runner.run({ jobPath, outDir: path.join(dir, 'out'), device: 'cpu' });
+    assert.equal(o.status, 'done');
+    assert.deepEqual(seen, [`start:${path.join(dir, 'out')}`, 'started', 'progress', 'row', 'done', 'end:done']);
+    assert.ok(fake.progress.some((p) => p.increment === 50), 'a finished cell advances the notification');
+    assert.ok(fake.log.some((l) => /unseen\/ft: ACC 95\.0% ASR 8\.0%/.test(l)), fake.log.join('\n'));
+    assert.ok(w.terminated);
+    assert.equal(runner.isModelBusy(path.join(dir, 'victim.pt')), false);
+  });
+
+  it('runs one job per model at a time', async () => {
+    const w = new FakeWorker();
+    let release!: () => void;
+    w.onRun = (wk) => {
+      release = () => wk.emit('message', { type: 'done', results: sampleResults(), resultsPath: 'x' });
+    };
+    const runner = new JobRunner(log, () => w);
+    const first = runner.run({ jobPath, outDir: path.join(dir, 'o1') });
+    await new Promise((r) => setImmediate(r));
+    assert.ok(runner.isModelBusy(path.join(dir, 'victim.pt')));
+    const other = path.join(dir, 'other.audit.json');
+    fs.writeFileSync(other, JSON.stringify({ model: './victim.pt' }));
+    const second = await runner.run({ jobPath: other, outDir: path.join(dir, 'o2') });
+    assert.equal(second.status, 'refused');
+    assert.match((second as { reason: string }).reason, /already running/);
+    release();
+    assert.equal((await first).status, 'done');
+  });
+
+  it('cancels through the progress notification: cancel reaches the worker, no output folder is left', async () => {
+    const w = new FakeWorker();
+    w.onRun = () => fake.cancelSource!.cancel();
+    w.onCancel = (wk) => wk.emit('message', { type: 'cancelled' });
+    const runner = new JobRunner(log, () => w);
+    const out = path.join(dir, 'out');
+    fs.mkdirSync(out);
+    const o = await runner.run({ jobPath, outDir: out });
+    assert.equal(o.status, 'cancelled');
+    assert.deepEqual(w.requests.map((r) => r.type), ['run', 'cancel']);
+    assert.equal(fs.existsSync(out), false, 'the empty run folder is removed');
+  });
+
+  it('reports a crashed worker and refuses untrusted workspaces and unreadable jobs', async () => {
+    const w = new FakeWorker();
+    w.onRun = (wk) => wk.emit('exit', 134);
+    const runner = new JobRunner(log, () => w);
+    const o = await runner.run({ jobPath, outDir: path.join(dir, 'o') });
+    assert.equal(o.status, 'failed');
+    assert.match((o as { error: string }).error, /exited \(code 134\)/);
+    fake.trusted = false;
+    assert.equal((await runner.run({ jobPath, outDir: path.join(dir, 'o') })).status, 'refused');
+    fake.trusted = true;
+    const bad = await runner.run({ jobPath: path.join(dir, 'missing.json'), outDir: path.join(dir, 'o') });
+    assert.equal(bad.status, 'refused');
+  });
+});
+
+describe('vscode set-up flow', () => {
+  let dir: string;
+  beforeEach(() => {
+    fake.reset();
+    dir = tmpdir();
+    fs.mkdirSync(path.join(dir, 'data'));
+    for (const f of ['test_x.npy', 'test_y.npy', 'aux_x.npy', 'aux_y.npy']) fs.writeFileSync(path.join(dir, 'data', f), '');
+    fs.writeFileSync(path.join(dir, 'victim.pt'), '');
+    fake.files = ['test_x.npy', 'test_y.npy', 'aux_x.npy', 'aux_y.npy'].map((f) => path.join(dir, 'data', f));
+  });
+
+  const memento = () => {
+    const m = new Map<string, unknown>();
+    return { get: <T>(k: string, d?: T) => (m.has(k) ? (m.get(k) as T) : d), update: async (k: string, v: unknown) => void m.set(k, v), keys: () => [...m.keys()] };
+  };
+  const byLabel = (re: RegExp) => (items: { label: string }[]) => items.find((i) => re.test(i.label));
+  const picked = (items: { picked?: boolean }[]) => items.filter((i) => i.picked);
+
+  it('purify: offers workspace data, pairs labels, writes audit.json next to the model', async () => {
+    fake.config.set('backdoorAudit.gic.delta', 0.05);
+    fake.answers = [
+      byLabel(/test_x\.npy/), // test data (labels paired automatically)
+      byLabel(/No training data/),
+      byLabel(/^badnets$/),
+      '0',
+      picked, // aux: the preselected "unseen"
+      byLabel(/aux_x\.npy/),
+      picked, // defenses: the preselected ft
+      byLabel(/^both$/),
+    ];
+    const jobPath = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    assert.equal(jobPath, path.join(dir, 'audit.json'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.deepEqual(job.data.test, { path: 'data/test_x.npy', format: 'npy', labels: 'data/test_y.npy' });
+    assert.deepEqual(job.aux, [{ name: 'unseen', type: 'unseen', source: { path: 'data/aux_x.npy', format: 'npy', labels: 'data/aux_y.npy' } }]);
+    assert.deepEqual(job.defenses, ['ft']);
+    assert.deepEqual(job.gic, { mode: 'both', delta: 0.05, norm: 'inf' });
+    assert.equal(job.model, 'victim.pt');
+    // Labels files are not offered as data sets.
+    const testItems = fake.prompts[0].items as { label: string }[];
+    assert.ok(!testItems.some((i) => /_y\.npy/.test(i.label)));
+  });
+
+  it('escape at any step writes nothing; evaluate asks no aux or defenses', async () => {
+    fake.answers = [byLabel(/test_x\.npy/), byLabel(/^badnets$/)]; // then escape at the target
+    assert.equal(await new SetupFlow(memento() as never).run('evaluate', path.join(dir, 'victim.pt')), undefined);
+    assert.equal(fs.existsSync(path.join(dir, 'audit.json')), false);
+    fake.answers = [byLabel(/test_x\.npy/), byLabel(/^sig$/), '3'];
+    const jobPath = await new SetupFlow(memento() as never).run('evaluate', path.join(dir, 'victim.pt'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.deepEqual(job.attack, { type: 'sig', target: 3 });
+    assert.deepEqual(job.aux, []);
+    assert.deepEqual(job.defenses, []);
+    assert.equal(job.gic.mode, 'off');
+    void Uri;
+  });
+});

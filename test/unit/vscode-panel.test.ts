@@ -1,0 +1,186 @@
+/**
+ * The results panel host side (CSP, ready handshake and replay, message validation, restore after reload),
+ * the runs view and the status bar, against the fake `vscode` module.
+ */
+import { fake, FakePanel, Uri } from './vscode-fake';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { webviewHtml } from '../../src/vscode/html';
+import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
+import { inspectorViewType, resolveInside, ResultsPanels } from '../../src/vscode/panel';
+import { scanDir, summarizeRun } from '../../src/vscode/runsTree';
+import { backendLabel, expectedBackend } from '../../src/vscode/statusBar';
+import { errorLine } from '../../src/vscode/inspect';
+import { ModelEditorProvider } from '../../src/vscode/modelEditor';
+import { sampleResults } from './vscode-fixtures';
+
+const ext = Uri.file('/ext');
+
+describe('vscode results panel (host)', () => {
+  let dir: string;
+  beforeEach(() => {
+    fake.reset();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-panel-'));
+  });
+
+  it('serves the bundle under a strict nonce CSP', () => {
+    const p = new FakePanel('x', 't');
+    const html = webviewHtml(p.webview as never, ext as never, 'results', 'A <title>');
+    const csp = /content="([^"]+)"/.exec(html)![1];
+    assert.match(csp, /^default-src 'none'/);
+    const nonce = /script-src 'nonce-([A-Za-z0-9]+)'/.exec(csp)![1];
+    assert.ok(nonce.length >= 16);
+    assert.doesNotMatch(csp, /unsafe-(eval|inline)/);
+    const scripts = html.match(/<script[^>]*>/g)!;
+    assert.equal(scripts.length, 1);
+    assert.ok(scripts[0].includes(`nonce="${nonce}"`) && scripts[0].includes('/ext/dist/webview.js'));
+    assert.match(html, /data-view="results"/);
+    assert.match(html, /A &#60;title&#62;/);
+    assert.notEqual(webviewHtml(p.webview as never, ext as never, 'results', 't'), html, 'a fresh nonce per page');
+  });
+
+  it('keeps opened paths inside the run folder', () => {
+    assert.equal(resolveInside('/r/run1', 'models/a.pt'), path.resolve('/r/run1/models/a.pt'));
+    assert.equal(resolveInside('/r/run1', '../run2/a.pt'), undefined);
+    assert.equal(resolveInside('/r/run1', '/etc/passwd'), undefined);
+    assert.equal(resolveInside('/r/run1', '.'), undefined);
+    assert.equal(inspectorViewType('/a/victim.pt'), 'backdoorAudit.modelInspector.option');
+    assert.equal(inspectorViewType('/a/model.json'), 'backdoorAudit.modelInspector.option');
+    assert.equal(inspectorViewType('/a/victim.onnx'), 'backdoorAudit.modelInspector');
+  });
+
+  it('follows a running job: the panel opens at start, gets init + replay after ready, then live events', async () => {
+    const r = sampleResults();
+    let emit!: (m: unknown) => void;
+    const worker: WorkerLike = {
+      postMessage: () => undefined,
+      on: ((ev: string, cb: (m: unknown) => void) => {
+        if (ev === 'message') emit = cb;
+      }) as never,
+      terminate: () => Promise.resolve(0),
+    };
+    const jobPath = path.join(dir, 'audit.json');
+    fs.writeFileSync(jobPath, JSON.stringify({ model: 'victim.pt' }));
+    const runner = new JobRunner({ appendLine: () => undefined } as never, () => worker);
+    const panels = new ResultsPanels(ext as never, runner);
+    const outDir = path.join(dir, 'out');
+    const done = runner.run({ jobPath, outDir, title: 'victim.pt — run' });
+    await new Promise((res) => setImmediate(res));
+    assert.equal(fake.panels.length, 1);
+    const panel = fake.panels[0];
+    assert.equal(panel.viewType, 'backdoorAudit.results');
+    emit({ type: 'started', jobPath, outDir, cells: 3, backend: 'wasm', threads: 1 });
+    emit({ type: 'row', row: r.rows[0] });
+    assert.equal(panel.webview.posted.length, 0, 'nothing is posted before the ready handshake');
+    panel.webview.send({ type: 'ready' });
+    await new Promise((res) => setImmediate(res));
+    assert.deepEqual(
+      panel.webview.posted.map((m: any) => (m.type === 'event' ? m.event.type : `${m.type}:${m.running}`)),
+      ['init:true', 'started', 'row'],
+    );
+    emit({ type: 'row', row: r.rows[1] });
+    assert.equal((panel.webview.posted.at(-1) as any).event.row.gic, true);
+    // Invalid and hostile messages are ignored.
+    panel.webview.send({ type: 'openModel', path: '../../../etc/passwd' });
+    panel.webview.send({ type: 'eval', code: 'x' });
+    panel.webview.send('ready');
+    await new Promise((res) => setImmediate(res));
+    assert.ok(!fake.executed.some((e) => e.id === 'vscode.openWith'));
+    assert.ok(fake.messages.some((m) => m.level === 'warning' && /not in/.test(m.text)));
+    // Cancel from the panel reaches the runner.
+    panel.webview.send({ type: 'cancel' });
+    emit({ type: 'cancelled' });
+    assert.equal((await done).status, 'cancelled');
+    panels.dispose();
+  });
+
+  it('restores a panel after reload from its saved state and the run folder', async () => {
+    const outDir = path.join(dir, 'run');
+    fs.mkdirSync(path.join(outDir, 'models'), { recursive: true });
+    fs.writeFileSync(path.join(outDir, 'results.json'), JSON.stringify(sampleResults()));
+    fs.writeFileSync(path.join(outDir, 'models', 'unseen-ft.pt'), '');
+    const runner = new JobRunner({ appendLine: () => undefined } as never, () => {
+      throw new Error('no job here');
+    });
+    const panels = new ResultsPanels(ext as never, runner);
+    const restored = new FakePanel('backdoorAudit.results', 'old');
+    await panels.deserializeWebviewPanel(restored as never, { view: 'results', run: { id: outDir, title: 'victim', outDir } });
+    assert.match(restored.webview.html, /dist\/webview\.js/);
+    restored.webview.send({ type: 'ready' });
+    await new Promise((res) => setImmediate(res));
+    const init = restored.webview.posted[0] as any;
+    assert.equal(init.type, 'init');
+    assert.equal(init.running, false);
+    assert.equal(init.results.rows.length, 3);
+    restored.webview.send({ type: 'openModel', path: 'models/unseen-ft.pt' });
+    await new Promise((res) => setImmediate(res));
+    const open = fake.executed.find((e) => e.id === 'vscode.openWith')!;
+    assert.equal((open.args[0] as Uri).fsPath, path.join(outDir, 'models', 'unseen-ft.pt'));
+    assert.equal(open.args[1], 'backdoorAudit.modelInspector.option');
+
+    const junk = new FakePanel('backdoorAudit.results', 'junk');
+    await panels.deserializeWebviewPanel(junk as never, { something: 'else' });
+    assert.ok(junk.disposed, 'a panel without a run is closed, not left blank');
+
+    // Opening the same run again reveals the existing panel.
+    panels.openRun(outDir);
+    assert.equal(fake.panels.length, 0);
+    assert.equal(restored.revealed, 1);
+    panels.dispose();
+  });
+});
+
+describe('vscode model inspector', () => {
+  beforeEach(() => fake.reset());
+  it('sends the inspect summary after ready and forwards action buttons to the commands', async () => {
+    let calls = 0;
+    const provider = new ModelEditorProvider(ext as never, async () => {
+      calls++;
+      return { info: { format: 'pt', arch: 'preact-resnet18', inputShape: [32, 32, 3] } };
+    });
+    const doc = provider.openCustomDocument(Uri.file('/m/victim.pt') as never);
+    const panel = new FakePanel('backdoorAudit.modelInspector.option', 'victim.pt');
+    provider.resolveCustomEditor(doc, panel as never);
+    assert.match(panel.webview.html, /data-view="model"/);
+    panel.webview.send({ type: 'ready' });
+    await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(panel.webview.posted.map((m: any) => [m.type, Boolean(m.info)]), [['inspect', false], ['inspect', true]]);
+    // A second editor on the same document reuses the summary.
+    const p2 = new FakePanel('x', 'y');
+    provider.resolveCustomEditor(doc, p2 as never);
+    p2.webview.send({ type: 'ready' });
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(calls, 1);
+    panel.webview.send({ type: 'action', action: 'purify' });
+    panel.webview.send({ type: 'action', action: 'rm -rf' });
+    assert.deepEqual(fake.executed.map((e) => e.id), ['backdoorAudit.purify']);
+    assert.equal(errorLine('warn\nerror: not a zip archive (victim.pt)\n', 'x'), 'not a zip archive (victim.pt)');
+  });
+});
+
+describe('vscode runs view and status bar', () => {
+  it('summarizes a run by its best purification', () => {
+    const s = summarizeRun('/runs/r1', sampleResults(), new Date(2025, 4, 6, 7, 8).getTime());
+    assert.equal(s.label, 'victim.pt · 2025-05-06 07:08');
+    assert.equal(s.description, 'ASR 99.0% → 3.0% (ft+GIC on unseen)');
+    assert.match(s.tooltip, /3 cells, 1 failed/);
+  });
+
+  it('finds results.json in run folders', () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-scan-'));
+    for (const d of ['a/run-1', 'b', 'node_modules/x']) {
+      fs.mkdirSync(path.join(root, d), { recursive: true });
+      fs.writeFileSync(path.join(root, d, 'results.json'), '{}');
+    }
+    assert.deepEqual(scanDir(root).map((f) => path.relative(root, f)).sort(), ['a/run-1/results.json', 'b/results.json']);
+  });
+
+  it('shows the GPU when tfjs-node-gpu is installed, else the WebAssembly CPU path', () => {
+    assert.equal(expectedBackend('auto', (id) => id === '@tensorflow/tfjs-node-gpu'), 'tensorflow-gpu');
+    assert.equal(expectedBackend('cpu', (id) => id === '@tensorflow/tfjs-node-gpu'), 'wasm');
+    assert.equal(expectedBackend('auto', () => false), 'wasm');
+    assert.equal(backendLabel('tensorflow-gpu'), 'GPU (CUDA)');
+  });
+});

@@ -1,0 +1,194 @@
+/**
+ * Turning a ViewState into what the panel shows: the ACC/ASR/RA/DER grid per auxiliary set x defense with GIC
+ * off and on side by side, the bar-chart series and the embedding scatter series. Pure (no DOM, no chart
+ * library) so that the numbers on screen are unit tested; render.ts and charts.ts only draw these.
+ */
+import type { EmbeddingEntry, ResultRow } from '../src/engine/jobs/results';
+import type { ViewState } from './state';
+
+export function pct(x: number | null | undefined, digits = 1): string {
+  return typeof x === 'number' && Number.isFinite(x) ? `${(x * 100).toFixed(digits)}%` : '—';
+}
+
+export function num(x: number | null | undefined, digits = 3): string {
+  return typeof x === 'number' && Number.isFinite(x) ? x.toFixed(digits) : '—';
+}
+
+export interface GridCell {
+  acc: string;
+  asr: string;
+  ra: string;
+  der: string;
+  /** Purified model, relative to the run's output folder. */
+  output?: string;
+  error?: string;
+  /** ASR went down and ACC stayed within 5 points: what a user scans the grid for. */
+  good: boolean;
+}
+
+export interface GridLine {
+  defense: string;
+  off?: GridCell;
+  on?: GridCell;
+}
+
+export interface GridGroup {
+  aux: string;
+  auxType: string;
+  lines: GridLine[];
+  /** GIC facts for this set, one line of text (bound, perturbation, confidence), when it was calibrated. */
+  gicNote?: string;
+}
+
+export interface GridModel {
+  baseline?: { acc: string; asr: string; ra: string };
+  /** Whether any row was run with GIC: the "GIC on" columns are shown only then. */
+  showOn: boolean;
+  showOff: boolean;
+  groups: GridGroup[];
+}
+
+function cell(r: ResultRow, baselineAcc: number | undefined): GridCell {
+  const good =
+    !r.error &&
+    typeof r.asr === 'number' &&
+    typeof r.acc === 'number' &&
+    r.asr < 0.2 &&
+    (baselineAcc === undefined || baselineAcc - r.acc <= 0.05);
+  return {
+    acc: r.error ? '—' : pct(r.acc),
+    asr: r.error ? '—' : pct(r.asr),
+    ra: r.error ? '—' : pct(r.ra),
+    der: r.error ? '—' : pct(r.der),
+    output: r.output ?? undefined,
+    error: r.error ?? undefined,
+    good,
+  };
+}
+
+export function buildGrid(s: ViewState): GridModel {
+  const groups: GridGroup[] = [];
+  const byAux = new Map<string, GridGroup>();
+  for (const r of s.rows) {
+    let g = byAux.get(r.aux);
+    if (!g) {
+      g = { aux: r.aux, auxType: r.auxType, lines: [] };
+      byAux.set(r.aux, g);
+      groups.push(g);
+    }
+    let line = g.lines.find((l) => l.defense === r.defense);
+    if (!line) {
+      line = { defense: r.defense };
+      g.lines.push(line);
+    }
+    line[r.gic ? 'on' : 'off'] = cell(r, s.baseline?.acc);
+  }
+  for (const e of s.gic) {
+    let g = byAux.get(e.aux);
+    if (!g) {
+      // Calibration finished before any defense on this set: show the set already.
+      g = { aux: e.aux, auxType: '', lines: [] };
+      byAux.set(e.aux, g);
+      groups.push(g);
+    }
+    const bn = e.bnDistanceBefore !== null && e.bnDistanceAfter !== null ? `, BN distance ${num(e.bnDistanceBefore, 2)} → ${num(e.bnDistanceAfter, 2)}` : '';
+    g.gicNote = `GIC: ‖g(x) − x‖${e.norm === 'inf' ? '∞' : '₂'} ≤ ${e.delta} (max ${num(e.maxPerturbation)}, mean ${num(e.meanPerturbation)}), confidence ${pct(e.confidenceBefore)} → ${pct(e.confidenceAfter)}${bn}`;
+  }
+  const b = s.baseline;
+  return {
+    baseline: b ? { acc: pct(b.acc), asr: pct(b.asr), ra: pct(b.ra) } : undefined,
+    showOn: s.rows.some((r) => r.gic),
+    showOff: s.rows.some((r) => !r.gic) || !s.rows.some((r) => r.gic),
+    groups,
+  };
+}
+
+export interface BarSeries {
+  labels: string[];
+  acc: (number | null)[];
+  asr: (number | null)[];
+}
+
+/** ACC and ASR in percent per (aux, defense, GIC) and the baseline first; failed cells are gaps. */
+export function barSeries(s: ViewState): BarSeries {
+  const out: BarSeries = { labels: [], acc: [], asr: [] };
+  const p = (x: number | undefined) => (typeof x === 'number' && Number.isFinite(x) ? Math.round(x * 1000) / 10 : null);
+  if (s.baseline) {
+    out.labels.push('baseline');
+    out.acc.push(p(s.baseline.acc));
+    out.asr.push(p(s.baseline.asr));
+  }
+  for (const r of s.rows) {
+    out.labels.push(`${r.aux} · ${r.defense}${r.gic ? ' +GIC' : ''}`);
+    out.acc.push(r.error ? null : p(r.acc));
+    out.asr.push(r.error ? null : p(r.asr));
+  }
+  return out;
+}
+
+/** Ten distinguishable hues (Tableau 10), by class index; colour-blind users also get shapes per set. */
+export const CLASS_COLOURS = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
+
+export function classColour(label: number): string {
+  const i = Number.isInteger(label) && label >= 0 ? label : 0;
+  // Beyond ten classes, rotate the hue so that colours stay distinct enough for a glance.
+  if (i < CLASS_COLOURS.length) return CLASS_COLOURS[i];
+  return `hsl(${(i * 137.508) % 360}, 55%, 55%)`;
+}
+
+export const SET_STYLE: Record<string, { label: string; pointStyle: 'circle' | 'triangle' | 'rect' | 'crossRot'; radius: number }> = {
+  reference: { label: 'reference (training data)', pointStyle: 'circle', radius: 2 },
+  aux: { label: 'auxiliary (raw)', pointStyle: 'triangle', radius: 3 },
+  calibrated: { label: 'calibrated g(x)', pointStyle: 'rect', radius: 3 },
+};
+
+export interface ScatterSeries {
+  set: string;
+  label: string;
+  pointStyle: string;
+  radius: number;
+  points: { x: number; y: number }[];
+  colours: string[];
+}
+
+/** One series per point set (reference, raw aux, calibrated) with a colour per point by class. */
+export function scatterSeries(e: EmbeddingEntry): { series: ScatterSeries[]; classes: number[] } {
+  const series: ScatterSeries[] = [];
+  const classes = new Set<number>();
+  for (const set of ['reference', 'aux', 'calibrated']) {
+    const pts = e.points.filter((p) => p.set === set && Number.isFinite(p.x) && Number.isFinite(p.y));
+    if (pts.length === 0) continue;
+    const st = SET_STYLE[set];
+    for (const p of pts) classes.add(p.label);
+    series.push({
+      set,
+      label: st.label,
+      pointStyle: st.pointStyle,
+      radius: st.radius,
+      points: pts.map((p) => ({ x: p.x, y: p.y })),
+      colours: pts.map((p) => classColour(p.label)),
+    });
+  }
+  return { series, classes: [...classes].sort((a, b) => a - b) };
+}
+
+export function statusText(s: ViewState): string {
+  switch (s.status) {
+    case 'waiting':
+      return 'Waiting for the job to start…';
+    case 'running': {
+      const p = s.progress;
+      const cells = s.cells ? `${s.rows.length}/${s.cells} cells` : '';
+      const stage = p ? `${p.stage} ${p.done}/${p.total}${p.message ? ` — ${p.message}` : ''}` : 'starting';
+      return [cells, stage].filter(Boolean).join(' · ');
+    }
+    case 'done':
+      return `Done: ${s.rows.length} cell${s.rows.length === 1 ? '' : 's'}${s.rows.some((r) => r.error) ? `, ${s.rows.filter((r) => r.error).length} failed` : ''}`;
+    case 'failed':
+      return `Failed: ${s.error ?? 'unknown error'}`;
+    case 'cancelled':
+      return 'Cancelled: nothing was written.';
+    case 'interrupted':
+      return 'Interrupted: the window was reloaded while the job ran; these are the results received before.';
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Entry of the webview bundle (dist/webview.js), used three ways:
+ * - the results panel (`<body data-view="results">`) and the model inspector (`data-view="model"`) inside VS
+ *   Code, talking to the host through acquireVsCodeApi();
+ * - the standalone report.html the CLI writes, where the results are embedded in the page (see report.ts)
+ *   and there is no host: links and buttons that need one are left out.
+ */
+import { App, type WebviewApi } from './app';
+import { DomView } from './render';
+import { REPORT_DATA_ID, parseReportData } from './report';
+
+declare function acquireVsCodeApi(): WebviewApi;
+
+function boot(): void {
+  const root = document.getElementById('app') ?? document.body;
+  const embedded = document.getElementById(REPORT_DATA_ID);
+  if (embedded) {
+    const data = parseReportData(embedded.textContent ?? '');
+    const noHost: WebviewApi = { postMessage: () => undefined, getState: () => undefined, setState: () => undefined };
+    const view = new DomView(root, { openModel: () => undefined, openResultsJson: () => undefined, revealOutDir: () => undefined, cancel: () => undefined, action: () => undefined }, false);
+    const app = new App(noHost, view, 'results');
+    if (data) app.receive({ type: 'init', run: data.run, results: data.results, running: false });
+    else root.textContent = 'This report holds no valid results.';
+    return;
+  }
+  const api = acquireVsCodeApi();
+  const mode = document.body.dataset.view === 'model' ? 'model' : 'results';
+  // The view calls back into the app; the app is created right after and the view only calls on clicks.
+  let app!: App;
+  const view = new DomView(
+    root,
+    {
+      openModel: (p) => app.openModel(p),
+      openResultsJson: () => app.openResultsJson(),
+      revealOutDir: () => app.revealOutDir(),
+      cancel: () => app.cancel(),
+      action: (a) => app.action(a),
+    },
+    true,
+  );
+  app = new App(api, view, mode);
+  window.addEventListener('message', (ev: MessageEvent) => app.receive(ev.data));
+  app.start();
+}
+
+boot();

@@ -1,0 +1,322 @@
+/**
+ * DOM rendering of the results panel and the model inspector. Every label that comes from a job, a model
+ * file or results.json is inserted as text (textContent / createTextNode), never as HTML: aux names and
+ * layer names are user-controlled. Colours come from --vscode-* variables through panel.css.
+ */
+import type { InspectInfo, ModelAction } from '../src/vscode/panelProtocol';
+import type { View } from './app';
+import { Charts } from './charts';
+import { buildGrid, classColour, pct, statusText, type GridCell } from './format';
+import { fractionDone, type ViewState } from './state';
+import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
+
+export interface Actions {
+  openModel(relPath: string): void;
+  openResultsJson(): void;
+  revealOutDir(): void;
+  cancel(): void;
+  action(a: ModelAction): void;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function section(title: string, id: string): { root: HTMLElement; body: HTMLElement } {
+  const root = el('section', 'section');
+  root.id = id;
+  root.append(el('h2', undefined, title));
+  const body = el('div', 'section-body');
+  root.append(body);
+  return { root, body };
+}
+
+export class DomView implements View {
+  private charts?: Charts;
+  private header = el('header', 'header');
+  private status = el('div', 'status');
+  private grid = section('Purification results', 'grid');
+  private chart = section('ACC and ASR', 'chart');
+  private chartCanvas = el('canvas');
+  private embed = section('Feature embeddings', 'embeddings');
+  private embedSlots = new Map<string, { wrap: HTMLElement; canvas: HTMLCanvasElement; legend: HTMLElement }>();
+  private detection = section('Trigger detection (Neural Cleanse)', 'detection');
+  private built = false;
+
+  constructor(
+    private readonly root: HTMLElement,
+    private readonly actions: Actions,
+    /** False in the standalone report.html: no host to open models or cancel jobs. */
+    private readonly interactive: boolean,
+  ) {
+    registerToolkit();
+  }
+
+  private build(): void {
+    if (this.built) return;
+    this.built = true;
+    const chartBox = el('div', 'chart-box');
+    chartBox.append(this.chartCanvas);
+    this.chart.body.append(chartBox);
+    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.embed.root, this.detection.root);
+    // Theme switches change the --vscode-* variables; charts read colours once, so redraw them.
+    new MutationObserver(() => {
+      this.charts?.retheme();
+      this.embedSlots.clear();
+      this.embed.body.replaceChildren();
+      if (this.last) this.showResults(this.last);
+    }).observe(document.body, { attributes: true, attributeFilter: ['class'] });
+  }
+
+  private last?: ViewState;
+
+  showResults(s: ViewState): void {
+    this.build();
+    this.last = s;
+    this.renderHeader(s);
+    this.renderStatus(s);
+    this.renderGrid(s);
+    this.renderCharts(s);
+    this.renderDetection(s);
+  }
+
+  private renderHeader(s: ViewState): void {
+    const h = this.header;
+    h.replaceChildren();
+    const title = el('h1', undefined, s.run?.title ?? 'Backdoor Audit');
+    h.append(title);
+    const facts = el('div', 'facts');
+    if (s.model) {
+      const m = s.model;
+      facts.append(el('span', undefined, `${m.arch} · ${m.format} · ${m.inputShape.join('×')} · ${m.numClasses} classes · ${m.params.toLocaleString('en-US')} parameters`));
+    }
+    if (s.backend) facts.append(badge(`${s.backend.name}${s.backend.threads ? ` ×${s.backend.threads}` : ''}`));
+    h.append(facts);
+    if (this.interactive && s.run) {
+      const bar = el('div', 'toolbar');
+      if (s.status === 'running' || s.status === 'waiting') bar.append(button('Cancel', () => this.actions.cancel(), 'secondary', 'Stop the job between batches; nothing is written'));
+      if (s.status === 'done') bar.append(button('Open results.json', () => this.actions.openResultsJson()));
+      bar.append(button('Reveal Output Folder', () => this.actions.revealOutDir()));
+      h.append(bar);
+    }
+  }
+
+  private renderStatus(s: ViewState): void {
+    const st = this.status;
+    st.replaceChildren();
+    st.className = `status status-${s.status}`;
+    const line = el('div', 'status-line');
+    if (s.status === 'running' || s.status === 'waiting') line.append(progressRing());
+    line.append(el('span', 'status-text', statusText(s)));
+    st.append(line);
+    const f = fractionDone(s);
+    if (s.status === 'running' && f !== undefined) {
+      const meter = el('div', 'meter');
+      const fill = el('div', 'meter-fill');
+      fill.style.width = `${Math.round(f * 100)}%`;
+      meter.append(fill);
+      st.append(meter);
+    }
+    if (s.status === 'running' && s.log.length) st.append(el('pre', 'log', s.log.join('\n')));
+  }
+
+  private metricCells(tr: HTMLTableRowElement, c: GridCell | undefined, running: boolean): void {
+    if (!c) {
+      for (let i = 0; i < 5; i++) tr.append(el('td', 'num pending', running ? '…' : '—'));
+      return;
+    }
+    if (c.error) {
+      const td = el('td', 'error', `failed: ${c.error}`);
+      td.colSpan = 5;
+      td.title = c.error;
+      tr.append(td);
+      return;
+    }
+    tr.append(el('td', 'num', c.acc));
+    const asr = el('td', `num ${c.good ? 'good' : ''}`, c.asr);
+    tr.append(asr, el('td', 'num', c.ra), el('td', 'num', c.der));
+    const mt = el('td', 'model');
+    if (c.output) {
+      const out = c.output;
+      if (this.interactive) mt.append(link('open', () => this.actions.openModel(out), out));
+      else mt.append(el('span', 'path', out));
+    }
+    tr.append(mt);
+  }
+
+  private renderGrid(s: ViewState): void {
+    const g = buildGrid(s);
+    const body = this.grid.body;
+    body.replaceChildren();
+    if (!g.baseline && g.groups.length === 0) {
+      body.append(el('p', 'muted', s.status === 'running' || s.status === 'waiting' ? 'Results appear here as each cell finishes.' : 'No results.'));
+      return;
+    }
+    if (g.baseline) {
+      const p = el('p', 'baseline');
+      p.append(el('strong', undefined, 'Baseline (no defense): '), document.createTextNode(`ACC ${g.baseline.acc} · ASR ${g.baseline.asr} · RA ${g.baseline.ra}`));
+      body.append(p);
+    }
+    const sides: ('off' | 'on')[] = [];
+    if (g.showOff) sides.push('off');
+    if (g.showOn) sides.push('on');
+    const running = s.status === 'running';
+    for (const grp of g.groups) {
+      const box = el('div', 'aux-group');
+      const h = el('h3');
+      h.append(document.createTextNode(grp.aux), el('span', 'aux-type', grp.auxType ? ` ${grp.auxType}` : ''));
+      box.append(h);
+      if (grp.gicNote) box.append(el('p', 'gic-note', grp.gicNote));
+      const table = el('table', 'grid');
+      const thead = el('thead');
+      const r1 = el('tr');
+      r1.append(el('th', undefined, ''));
+      for (const side of sides) {
+        const th = el('th', 'side', side === 'off' ? 'without GIC' : 'with GIC');
+        th.colSpan = 5;
+        r1.append(th);
+      }
+      const r2 = el('tr');
+      r2.append(el('th', undefined, 'defense'));
+      for (let i = 0; i < sides.length; i++) for (const k of ['ACC', 'ASR', 'RA', 'DER', 'model']) r2.append(el('th', k === 'model' ? '' : 'num', k));
+      thead.append(r1, r2);
+      const tbody = el('tbody');
+      if (s.baseline) {
+        const tr = el('tr', 'baseline-row');
+        tr.append(el('td', undefined, 'none (baseline)'));
+        for (let i = 0; i < sides.length; i++) {
+          tr.append(el('td', 'num', pct(s.baseline.acc)), el('td', 'num', pct(s.baseline.asr)), el('td', 'num', pct(s.baseline.ra)), el('td', 'num', '—'), el('td'));
+        }
+        tbody.append(tr);
+      }
+      for (const line of grp.lines) {
+        const tr = el('tr');
+        tr.append(el('td', 'defense', line.defense));
+        for (const side of sides) this.metricCells(tr, line[side], running);
+        tbody.append(tr);
+      }
+      table.append(thead, tbody);
+      box.append(table);
+      body.append(box);
+    }
+  }
+
+  private renderCharts(s: ViewState): void {
+    // chart.js needs a canvas in the document; it is created once in build().
+    if (!this.charts) this.charts = new Charts();
+    const hasBars = Boolean(s.baseline) || s.rows.length > 0;
+    this.chart.root.hidden = !hasBars;
+    if (hasBars) this.charts.renderBar(this.chartCanvas, s);
+
+    this.embed.root.hidden = s.embeddings.length === 0;
+    const names = new Set(s.embeddings.map((e) => e.aux));
+    for (const [k, slot] of this.embedSlots) {
+      if (!names.has(k)) {
+        slot.wrap.remove();
+        this.embedSlots.delete(k);
+      }
+    }
+    this.charts.keepOnly(names);
+    for (const e of s.embeddings) {
+      let slot = this.embedSlots.get(e.aux);
+      if (!slot) {
+        const wrap = el('div', 'embedding');
+        wrap.append(el('h3', undefined, `${e.aux} (${e.method})`));
+        const box = el('div', 'scatter-box');
+        const canvas = el('canvas');
+        box.append(canvas);
+        const legend = el('div', 'class-legend');
+        wrap.append(box, legend);
+        this.embed.body.append(wrap);
+        slot = { wrap, canvas, legend };
+        this.embedSlots.set(e.aux, slot);
+      }
+      const classes = this.charts.renderScatter(slot.canvas, e);
+      slot.legend.replaceChildren(el('span', 'muted', 'classes: '));
+      for (const c of classes) {
+        const item = el('span', 'legend-item');
+        const sw = el('span', 'swatch');
+        sw.style.backgroundColor = classColour(c);
+        item.append(sw, document.createTextNode(String(c)));
+        slot.legend.append(item);
+      }
+    }
+  }
+
+  private renderDetection(s: ViewState): void {
+    const nc = s.detection?.nc;
+    this.detection.root.hidden = !nc;
+    if (!nc) return;
+    const body = this.detection.body;
+    body.replaceChildren();
+    const flagged = nc.flagged.length ? `flagged target class${nc.flagged.length > 1 ? 'es' : ''}: ${nc.flagged.join(', ')}` : 'no class flagged';
+    body.append(el('p', undefined, `Anomaly index per class (> 2 flags a trigger): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
+  }
+
+  showInspect(file: string, info?: InspectInfo, error?: string): void {
+    const r = this.root;
+    r.replaceChildren();
+    const h = el('header', 'header');
+    h.append(el('h1', undefined, file.split(/[\\/]/).pop() ?? file), el('div', 'muted path', file));
+    const bar = el('div', 'toolbar');
+    bar.append(
+      button('Purify Model…', () => this.actions.action('purify'), 'primary'),
+      button('Evaluate Model', () => this.actions.action('evaluate')),
+      button('Calibrate Auxiliary Data (GIC)…', () => this.actions.action('calibrate')),
+    );
+    h.append(bar);
+    r.append(h, divider());
+    if (error) {
+      r.append(el('p', 'error', error));
+      return;
+    }
+    if (!info) {
+      const p = el('div', 'status-line');
+      p.append(progressRing(), el('span', undefined, 'Reading the model…'));
+      r.append(p);
+      return;
+    }
+    const facts = el('table', 'facts-table');
+    let layers: unknown[] | undefined;
+    for (const [k, v] of Object.entries(info)) {
+      if (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'object' && x !== null)) {
+        if (k === 'layers' || !layers) layers = v;
+        continue;
+      }
+      const tr = el('tr');
+      tr.append(el('th', undefined, k), el('td', undefined, formatValue(v, k)));
+      facts.append(tr);
+    }
+    r.append(facts);
+    if (layers) {
+      r.append(el('h2', undefined, `Layers (${layers.length})`));
+      const keys: string[] = [];
+      for (const row of layers.slice(0, 2000)) for (const k of Object.keys(row as object)) if (!keys.includes(k)) keys.push(k);
+      const t = el('table', 'grid layers');
+      const hr = el('tr');
+      for (const k of keys) hr.append(el('th', undefined, k));
+      const thead = el('thead');
+      thead.append(hr);
+      const tbody = el('tbody');
+      for (const row of layers.slice(0, 2000)) {
+        const tr = el('tr');
+        for (const k of keys) tr.append(el('td', undefined, formatValue((row as Record<string, unknown>)[k], k)));
+        tbody.append(tr);
+      }
+      t.append(thead, tbody);
+      r.append(t);
+      if (layers.length > 2000) r.append(el('p', 'muted', `… and ${layers.length - 2000} more`));
+    }
+  }
+}
+
+function formatValue(v: unknown, key: string): string {
+  if (v === null || v === undefined) return '—';
+  if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : String(v);
+  if (typeof v === 'string') return v;
+  if (Array.isArray(v) && v.every((x) => typeof x !== 'object')) return v.join(/shape/i.test(key) ? ' × ' : ', ');
+  return JSON.stringify(v);
+}
