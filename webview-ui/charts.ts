@@ -84,7 +84,26 @@ export class Charts {
           responsive: true,
           maintainAspectRatio: false,
           scales: { x: { ticks: { display: false } }, y: { ticks: { display: false } } },
-          plugins: { legend: { position: 'top', labels: { usePointStyle: true } } },
+          plugins: {
+            legend: {
+              position: 'top',
+              labels: {
+                usePointStyle: true,
+                // Points are coloured by class; the legend shows each set's shape in the text colour instead.
+                generateLabels: (c) =>
+                  c.data.datasets.map((d, i) => ({
+                    text: String(d.label ?? ''),
+                    fillStyle: 'transparent',
+                    strokeStyle: themeColour('--ba-fg', '#616161'),
+                    fontColor: themeColour('--ba-fg', '#616161'),
+                    lineWidth: 1.5,
+                    pointStyle: (d as { pointStyle?: 'circle' }).pointStyle ?? 'circle',
+                    hidden: !c.isDatasetVisible(i),
+                    datasetIndex: i,
+                  })),
+              },
+            },
+          },
         },
       });
       this.scatters.set(e.aux, chart);

@@ -5,10 +5,11 @@
  */
 import * as path from 'node:path';
 
-export type DataFormat = 'imagefolder' | 'npy' | 'npz' | 'idx' | 'cifar10-bin';
+export type DataFormat = 'mnist-embedded' | 'imagefolder' | 'npy' | 'npz' | 'idx' | 'cifar10-bin';
 
 export interface DataSource {
-  path: string;
+  /** Absolute while the flow runs; absent for the built-in MNIST digits. */
+  path?: string;
   format: DataFormat;
   labels?: string;
 }
@@ -105,7 +106,9 @@ export function relPath(jobDir: string, file: string): string {
 }
 
 function relSource(jobDir: string, s: DataSource): DataSource {
-  const out: DataSource = { path: relPath(jobDir, s.path), format: s.format };
+  // The engine splits its embedded MNIST into disjoint train / pool / test parts by role: no path.
+  if (s.format === 'mnist-embedded') return { format: s.format };
+  const out: DataSource = { path: relPath(jobDir, s.path ?? '.'), format: s.format };
   if (s.labels) out.labels = relPath(jobDir, s.labels);
   return out;
 }

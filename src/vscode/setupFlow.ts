@@ -122,12 +122,14 @@ export class SetupFlow {
     const items: DataItem[] = [];
     if (optional) items.push({ label: `$(debug-step-over) ${skipLabel}`, skip: true });
     items.push(...(await dataCandidates(this.state)));
+    items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
     items.push({ label: '$(folder-opened) Browse for files…', description: '.npy, .npz, IDX, CIFAR-10 .bin', browse: 'files' });
     items.push({ label: '$(folder-opened) Browse for an image folder…', description: 'one sub-folder per class', browse: 'folder' });
     const pick = await vscode.window.showQuickPick(items, { title, placeHolder, ignoreFocusOut: true, matchOnDescription: true });
     if (!pick) return undefined;
     if (pick.skip) return null;
-    if (pick.source) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title);
+    if (pick.source?.format === 'mnist-embedded') return pick.source;
+    if (pick.source?.path) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title);
     const uris = await vscode.window.showOpenDialog({
       canSelectMany: false,
       canSelectFiles: pick.browse === 'files',

@@ -59,6 +59,8 @@ describe('vscode jobSpec: the audit.json of the set-up flow', () => {
     assert.deepEqual(job.aux[1], { name: 'synthetic', type: 'synthetic' });
     assert.deepEqual(Object.keys(job).sort(), ['attack', 'aux', 'data', 'defenses', 'device', 'gic', 'model', 'profile', 'seed'].sort());
     assert.equal(jobModelPath('/w/models/audit.json', job), path.resolve('/w/models/victim.pt'));
+    const embedded = buildJob({ ...answers('/w'), test: { format: 'mnist-embedded' } }, '/w/audit.json') as Record<string, any>;
+    assert.deepEqual(embedded.data.test, { format: 'mnist-embedded' });
     assert.equal(jobModelPath('/w/audit.json', { model: { path: 'm/x.onnx' } }), path.resolve('/w/m/x.onnx'));
   });
 
