@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Results } from './results';
+import { renderReportHtml } from '../../../webview-ui/report';
 
 export type { Results };
 
@@ -21,13 +22,8 @@ export function writeResults(staging: string, outDir: string, results: Results, 
     fs.renameSync(path.join(staging, f), path.join(outDir, f));
   }
   if (o.html) {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const { renderReportHtml } = require('../../../webview-ui/report') as { renderReportHtml?: (r: Results) => string };
-      if (renderReportHtml) writeAtomic(path.join(outDir, 'report.html'), renderReportHtml(results));
-    } catch {
-      // The report needs the panel bundle; without it the JSON is still complete.
-    }
+    const page = reportHtml(results);
+    if (page) writeAtomic(path.join(outDir, 'report.html'), page);
   }
   const file = path.join(outDir, 'results.json');
   writeAtomic(file, JSON.stringify(results, null, 2) + '\n');
@@ -44,4 +40,17 @@ export function writeAtomic(file: string, data: string | Uint8Array): void {
     fs.closeSync(fd);
   }
   fs.renameSync(tmp, file);
+}
+
+/** First existing file among candidates (next to the bundle in dist/, or in the source tree). */
+function firstExisting(candidates: string[]): string | undefined {
+  return candidates.find((c) => fs.existsSync(c));
+}
+
+/** report.html: the panel's bundle and stylesheet inlined with the results; undefined if the bundle is missing. */
+function reportHtml(results: Results): string | undefined {
+  const script = firstExisting([path.join(__dirname, 'webview.js'), path.join(__dirname, '..', '..', '..', 'dist', 'webview.js')]);
+  const css = firstExisting([path.join(__dirname, '..', 'media', 'panel.css'), path.join(__dirname, '..', '..', '..', 'media', 'panel.css')]);
+  if (!script || !css) return undefined;
+  return renderReportHtml({ results: results as never, script: fs.readFileSync(script, 'utf8'), css: fs.readFileSync(css, 'utf8') });
 }
