@@ -263,6 +263,17 @@ export class SetupFlow {
         out.push({ name: auxName(p.type, used), type: p.type, source: src });
       }
     }
+    // The paper's question is how little clean data suffices; and a small held-out split may not hold the
+    // default (5% of the training set), so the size is asked, with the engine's default when left empty.
+    const size = await vscode.window.showInputBox({
+      title: `${t} — images per class in each auxiliary set`,
+      prompt: 'Leave empty for the default: 5% of the training set, class-balanced',
+      value: '',
+      ignoreFocusOut: true,
+      validateInput: (v) => (v.trim() === '' || /^[1-9]\d*$/.test(v.trim()) ? undefined : 'A positive whole number, or empty'),
+    });
+    if (size === undefined) return undefined;
+    if (size.trim()) for (const a of out) a.perClass = Number(size.trim());
     return out;
   }
 

@@ -1,5 +1,21 @@
 /** A small results.json shared by the extension's host and webview tests. */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { Results } from '../../src/engine/jobs/results';
+
+const made: string[] = [];
+
+/** A scratch folder, removed when the suite ends. */
+export function tmpdir(prefix = 'ba-vscode-'): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  made.push(d);
+  return d;
+}
+
+after(() => {
+  for (const d of made.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
 
 export function sampleResults(over: Partial<Results> = {}): Results {
   return {

@@ -5,7 +5,6 @@
 import { fake, Uri } from './vscode-fake';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { RunEvent, WorkerRequest } from '../../src/protocol';
 import type { Results } from '../../src/engine/jobs/results';
@@ -14,11 +13,7 @@ import { buildJob, checkAnswers, guessFormat, isLabelsNpy, jobModelPath, pairLab
 import { serveWorker, type PortLike } from '../../src/vscode/workerLoop';
 import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
 import { SetupFlow } from '../../src/vscode/setupFlow';
-import { sampleResults } from './vscode-fixtures';
-
-function tmpdir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ba-vscode-'));
-}
+import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {
   it('guesses data formats from names and pairs .npy labels', () => {
@@ -290,6 +285,7 @@ describe('vscode set-up flow', () => {
       '0',
       picked, // aux: the preselected "unseen"
       byLabel(/aux_x\.npy/),
+      '25', // images per class
       picked, // defenses: the preselected ft
       byLabel(/^both$/),
     ];
@@ -297,7 +293,7 @@ describe('vscode set-up flow', () => {
     assert.equal(jobPath, path.join(dir, 'audit.json'));
     const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
     assert.deepEqual(job.data.test, { path: 'data/test_x.npy', format: 'npy', labels: 'data/test_y.npy' });
-    assert.deepEqual(job.aux, [{ name: 'unseen', type: 'unseen', source: { path: 'data/aux_x.npy', format: 'npy', labels: 'data/aux_y.npy' } }]);
+    assert.deepEqual(job.aux, [{ name: 'unseen', type: 'unseen', source: { path: 'data/aux_x.npy', format: 'npy', labels: 'data/aux_y.npy' }, perClass: 25 }]);
     assert.deepEqual(job.defenses, ['ft']);
     assert.deepEqual(job.gic, { mode: 'both', delta: 0.05, norm: 'inf' });
     assert.equal(job.model, 'victim.pt');

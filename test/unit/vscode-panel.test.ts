@@ -5,7 +5,6 @@
 import { fake, FakePanel, Uri } from './vscode-fake';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { webviewHtml } from '../../src/vscode/html';
 import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
@@ -14,7 +13,7 @@ import { scanDir, summarizeRun } from '../../src/vscode/runsTree';
 import { backendLabel, expectedBackend } from '../../src/vscode/statusBar';
 import { errorLine } from '../../src/vscode/inspect';
 import { ModelEditorProvider } from '../../src/vscode/modelEditor';
-import { sampleResults } from './vscode-fixtures';
+import { sampleResults, tmpdir } from './vscode-fixtures';
 
 const ext = Uri.file('/ext');
 
@@ -22,7 +21,7 @@ describe('vscode results panel (host)', () => {
   let dir: string;
   beforeEach(() => {
     fake.reset();
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-panel-'));
+    dir = tmpdir('ba-panel-');
   });
 
   it('serves the bundle under a strict nonce CSP', () => {
@@ -169,7 +168,7 @@ describe('vscode runs view and status bar', () => {
   });
 
   it('finds results.json in run folders', () => {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-scan-'));
+    const root = tmpdir('ba-scan-');
     for (const d of ['a/run-1', 'b', 'node_modules/x']) {
       fs.mkdirSync(path.join(root, d), { recursive: true });
       fs.writeFileSync(path.join(root, d, 'results.json'), '{}');
