@@ -1,0 +1,131 @@
+/**
+ * Drives code-server (started by run.sh with the .vsix installed) in headless Chromium: opens the workspace,
+ * right-clicks the victim in models/, runs "Purify Model..." through the set-up flow (embedded MNIST test and
+ * auxiliary data, BadNets target 0, defense ft, GIC off), waits for the results panel to report the run done,
+ * reads ACC/ASR from the grid and saves screenshots. Exits non-zero on any failure, with a screenshot.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { chromium, type FrameLocator, type Page } from 'playwright-core';
+
+const url = required('E2E_URL');
+const workspace = required('E2E_WORKSPACE');
+const artifacts = required('E2E_ARTIFACTS');
+const modelName = process.env.E2E_MODEL ?? 'victim.pt';
+const JOB_TIMEOUT_MS = Number(process.env.E2E_JOB_TIMEOUT_MS ?? 15 * 60_000);
+
+function required(name: string): string {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set (run test/e2e/run.sh)`);
+  return v;
+}
+
+function step(s: string): void {
+  process.stderr.write(`[e2e] ${s}\n`);
+}
+
+/** Answers one quick-input step: waits for its title, optionally filters, then accepts with Enter. */
+async function quickInput(page: Page, titlePart: RegExp, filter?: string): Promise<void> {
+  const widget = page.locator('.quick-input-widget');
+  await widget.locator('.quick-input-title', { hasText: titlePart }).waitFor({ state: 'visible', timeout: 30_000 });
+  const input = widget.locator('.quick-input-box input');
+  if (filter !== undefined) {
+    await input.fill(filter);
+    // Let the list filter before accepting the first match.
+    await page.waitForTimeout(400);
+  }
+  await input.press('Enter');
+  await page.waitForTimeout(300);
+}
+
+async function panelFrame(page: Page): Promise<FrameLocator> {
+  // VS Code hosts each webview in an outer iframe and the page itself in #active-frame inside it.
+  const outer = page.frameLocator('iframe.webview.ready');
+  const f = outer.frameLocator('#active-frame');
+  await f.locator('body[data-view="results"]').waitFor({ state: 'attached', timeout: 60_000 });
+  return f;
+}
+
+async function main(): Promise<void> {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+  });
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  page.on('pageerror', (e) => step(`page error: ${e.message}`));
+  try {
+    step(`opening ${url}`);
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    await page.locator('.monaco-workbench').waitFor({ timeout: 120_000 });
+
+    // The Explorer: expand models/ and right-click the checkpoint.
+    const rows = page.locator('.explorer-folders-view .monaco-list-row');
+    await rows.first().waitFor({ timeout: 60_000 });
+    const folder = rows.filter({ hasText: /^models$/ });
+    if ((await rows.filter({ hasText: modelName }).count()) === 0) await folder.click();
+    const model = rows.filter({ hasText: modelName });
+    await model.waitFor({ timeout: 30_000 });
+    step(`right-clicking models/${modelName}`);
+    await model.click({ button: 'right' });
+    const item = page.locator('.context-view .action-item', { hasText: 'Purify Model...' });
+    await item.waitFor({ timeout: 30_000 });
+    await page.screenshot({ path: path.join(artifacts, 'context-menu.png') });
+    await item.click();
+
+    step('answering the set-up flow');
+    await quickInput(page, /test data/, 'Embedded MNIST');
+    await quickInput(page, /training data/, 'No training data');
+    await quickInput(page, /attack to test against/, 'badnets');
+    await quickInput(page, /attack target class/);
+    await quickInput(page, /auxiliary data/); // "unseen" is preselected
+    await quickInput(page, /data for the "unseen"/, 'Embedded MNIST');
+    await quickInput(page, /images per class/, '20');
+    await quickInput(page, /defenses/); // "ft" is preselected
+    await quickInput(page, /Guided Input Calibration/, 'off');
+
+    const job = path.join(workspace, 'models', 'audit.json');
+    for (let i = 0; i < 50 && !fs.existsSync(job); i++) await page.waitForTimeout(200);
+    if (!fs.existsSync(job)) throw new Error('the set-up flow wrote no audit.json');
+    step(`audit.json: ${fs.readFileSync(job, 'utf8').replace(/\s+/g, ' ')}`);
+
+    step('waiting for the results panel');
+    const panel = await panelFrame(page);
+    await page.screenshot({ path: path.join(artifacts, 'running.png') });
+    const status = panel.locator('.status-text');
+    const deadline = Date.now() + JOB_TIMEOUT_MS;
+    for (;;) {
+      const text = (await status.textContent({ timeout: 10_000 }).catch(() => '')) ?? '';
+      if (/^Done/.test(text)) break;
+      if (/^(Failed|Cancelled|Interrupted)/.test(text)) throw new Error(`the job ended: ${text}`);
+      if (Date.now() > deadline) throw new Error(`the job did not finish in time (last status: ${text})`);
+      await page.waitForTimeout(2000);
+    }
+
+    const baseline = (await panel.locator('p.baseline').textContent()) ?? '';
+    const ftRow = panel.locator('table.grid tbody tr', { has: panel.locator('td.defense', { hasText: /^ft$/ }) }).first();
+    const cells = (await ftRow.locator('td').allTextContents()).map((t) => t.trim());
+    step(`baseline: ${baseline}`);
+    step(`ft row: ${cells.join(' | ')}`);
+    const [acc, asr] = cells.slice(1, 3).map((t) => Number(t.replace('%', '')));
+    if (!(acc >= 0 && acc <= 100 && asr >= 0 && asr <= 100)) throw new Error(`ACC/ASR not read from the panel: ${cells.join(' | ')}`);
+    const m = /ASR ([\d.]+)%/.exec(baseline);
+    if (!m) throw new Error(`no baseline in the panel: ${baseline}`);
+    fs.writeFileSync(path.join(artifacts, 'panel.json'), JSON.stringify({ baseline, ft: { acc, asr }, baselineAsr: Number(m[1]) }, null, 2));
+
+    // The panel alone, for the README; then the whole window.
+    const frameEl = page.locator('iframe.webview.ready').last();
+    await frameEl.screenshot({ path: path.join(artifacts, 'panel.png') });
+    await page.screenshot({ path: path.join(artifacts, 'window.png') });
+    step(`ACC ${acc}% ASR ${asr}% (baseline ASR ${m[1]}%)`);
+  } catch (e) {
+    await page.screenshot({ path: path.join(artifacts, 'failure.png') }).catch(() => undefined);
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`[e2e] FAILED: ${(e as Error).message}\n`);
+  process.exit(1);
+});

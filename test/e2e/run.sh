@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# End-to-end test of the packaged extension in a real VS Code: code-server from npm, driven in headless
+# Debian Chromium by playwright-core (test/e2e/e2e.ts). Separate from `npm test`: it installs Debian
+# packages and code-server (cached), builds the .vsix, trains a small backdoored victim with the CLI, then
+# right-clicks the model, purifies it with `ft` and reads ACC/ASR in the results panel.
+#
+# Artifacts (screenshots, logs): $E2E_ARTIFACTS (default .test-out/e2e-artifacts).
+# Environment: E2E_HOME (cache for code-server and the victim, default ~/.cache/backdoor-audit-e2e),
+# E2E_PORT (default 18080), E2E_KEEP=1 keeps code-server running at the end for a look.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+E2E_HOME="${E2E_HOME:-$HOME/.cache/backdoor-audit-e2e}"
+ARTIFACTS="${E2E_ARTIFACTS:-$ROOT/.test-out/e2e-artifacts}"
+PORT="${E2E_PORT:-18080}"
+CS_VERSION="4.100.3"
+CS_DIR="$E2E_HOME/code-server-$CS_VERSION"
+RUN="$ROOT/.test-out/e2e-run"
+mkdir -p "$E2E_HOME" "$ARTIFACTS"
+rm -rf "$RUN" && mkdir -p "$RUN"
+rm -f "$ARTIFACTS"/*.png "$ARTIFACTS"/*.json "$ARTIFACTS"/*.log
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+
+# 1. Debian packages: Chromium to drive, ripgrep for code-server's search, krb5 headers for its native build.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v rg >/dev/null || need+=(ripgrep)
+dpkg -s libkrb5-dev >/dev/null 2>&1 || need+=(libkrb5-dev)
+if ((${#need[@]})); then
+  log "installing Debian packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# 2. code-server from npm, installed without its download scripts (no internet), then rebuilt locally.
+if [ ! -f "$CS_DIR/.ready" ]; then
+  log "installing code-server $CS_VERSION into $CS_DIR"
+  rm -rf "$CS_DIR" && mkdir -p "$CS_DIR"
+  (
+    cd "$CS_DIR"
+    echo '{"name":"e2e-code-server","private":true}' > package.json
+    npm install --no-audit --no-fund --ignore-scripts "code-server@$CS_VERSION"
+    VS="$CS_DIR/node_modules/code-server/lib/vscode"
+    cd "$VS"
+    npm install --no-audit --no-fund --omit=dev --ignore-scripts
+    # @vscode/ripgrep downloads its binary in a postinstall script: use Debian's.
+    mkdir -p node_modules/@vscode/ripgrep/bin
+    ln -sf "$(command -v rg)" node_modules/@vscode/ripgrep/bin/rg
+    npm_config_yes=true npm rebuild
+    # The server loads its modules from node_modules.asar in a packaged build.
+    [ -e node_modules.asar ] || ln -s node_modules node_modules.asar
+    cd "$VS/extensions"
+    npm install --no-audit --no-fund --omit=dev
+    # argon2 (password hashing; unused with --auth none but loaded at start) is hoisted to the top folder.
+    cd "$CS_DIR"
+    npm rebuild argon2
+  )
+  touch "$CS_DIR/.ready"
+fi
+CODE_SERVER="$CS_DIR/node_modules/code-server/out/node/entry.js"
+# A private config file: code-server otherwise writes ~/.config/code-server/config.yaml.
+CS_CONFIG="$RUN/code-server.yaml"
+printf 'auth: none\ncert: false\n' >"$CS_CONFIG"
+
+# 3. The extension: bundles and the .vsix.
+cd "$ROOT"
+log "building the extension"
+npm run --silent build >/dev/null
+VSIX="$RUN/backdoor-audit.vsix"
+npx --no-install vsce package --no-dependencies --skip-license --allow-missing-repository \
+  --baseContentUrl https://example.invalid/backdoor-audit --baseImagesUrl https://example.invalid/backdoor-audit --out "$VSIX" >"$RUN/vsce.log" 2>&1 || {
+  cat "$RUN/vsce.log" >&2
+  exit 1
+}
+
+# 4. A small backdoored victim, trained once by the CLI (BadNets on the embedded MNIST) and cached.
+VICTIM=""
+for f in "$E2E_HOME"/victim.pt "$E2E_HOME"/victim.safetensors; do [ -f "$f" ] && VICTIM="$f" && break; done
+if [ -z "$VICTIM" ]; then
+  log "training the victim (demo --quick; once, then cached in $E2E_HOME)"
+  node dist/cli.js demo --quick --out "$E2E_HOME/demo" >"$RUN/demo.log" 2>&1
+  for f in "$E2E_HOME"/demo/victim.pt "$E2E_HOME"/demo/victim.safetensors; do
+    [ -f "$f" ] && cp "$f" "$E2E_HOME/" && VICTIM="$E2E_HOME/$(basename "$f")" && break
+  done
+  [ -n "$VICTIM" ] || { log "the demo wrote no victim model"; exit 1; }
+fi
+WS="$RUN/workspace"
+mkdir -p "$WS/models"
+cp "$VICTIM" "$WS/models/"
+export E2E_MODEL="$(basename "$VICTIM")"
+
+# 5. code-server with private extension and user folders, the .vsix installed into it.
+EXT_DIR="$RUN/extensions"
+USER_DIR="$RUN/user-data"
+mkdir -p "$USER_DIR/User"
+# Quiet start: no welcome page, no trust prompt, no telemetry notice; the Explorer stays the side bar.
+cat >"$USER_DIR/User/settings.json" <<'JSON'
+{
+  "workbench.startupEditor": "none",
+  "workbench.tips.enabled": false,
+  "security.workspace.trust.enabled": false,
+  "telemetry.telemetryLevel": "off",
+  "extensions.autoUpdate": false,
+  "extensions.autoCheckUpdates": false,
+  "workbench.enableExperiments": false,
+  "git.openRepositoryInParentFolders": "never"
+}
+JSON
+log "installing the .vsix into code-server"
+node "$CODE_SERVER" --config "$CS_CONFIG" --extensions-dir "$EXT_DIR" --user-data-dir "$USER_DIR" --install-extension "$VSIX" >"$RUN/install.log" 2>&1
+
+log "starting code-server on 127.0.0.1:$PORT"
+node "$CODE_SERVER" --config "$CS_CONFIG" --auth none --bind-addr "127.0.0.1:$PORT" --disable-workspace-trust --disable-telemetry \
+  --disable-update-check --extensions-dir "$EXT_DIR" --user-data-dir "$USER_DIR" "$WS" >"$ARTIFACTS/code-server.log" 2>&1 &
+CS_PID=$!
+cleanup() {
+  if [ "${E2E_KEEP:-0}" != 1 ]; then kill "$CS_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+for _ in $(seq 1 60); do
+  curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  sleep 1
+done
+
+# 6. The browser part.
+log "driving VS Code in Chromium"
+E2E_URL="http://127.0.0.1:$PORT/?folder=$WS" E2E_WORKSPACE="$WS" E2E_ARTIFACTS="$ARTIFACTS" \
+  npx --no-install tsx "$ROOT/test/e2e/e2e.ts"
+log "passed; artifacts in $ARTIFACTS"
