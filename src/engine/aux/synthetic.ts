@@ -55,7 +55,7 @@ export async function synthesizeAuxSet(
     const m = Math.min(o.batchSize, n - start);
     const init = new Float32Array(m * size);
     for (let i = 0; i < init.length; i++) init[i] = rng.normal() * 0.5;
-    const z = tf.variable(tf.tensor4d(init, [m, h, w, c]));
+    const z = tf.tidy(() => tf.variable(tf.tensor4d(init, [m, h, w, c])));
     const y = tf.tensor1d(labels.subarray(start, start + m), 'int32');
     const opt = new Adam(o.lr);
     try {

@@ -28,9 +28,9 @@ export function requireBatchNorm(model: Model, defense: string): BatchNorm2d[] {
 
 export function createBnMasks(model: Model, defense: string, withNoise: boolean): BnMaskSet {
   const layers = requireBatchNorm(model, defense);
-  const masks = layers.map((bn) => tf.variable(tf.ones([bn.numFeatures]), true));
-  const noise = withNoise ? layers.map((bn) => tf.variable(tf.zeros([bn.numFeatures]), true)) : [];
-  const noiseBias = withNoise ? layers.map((bn) => tf.variable(tf.zeros([bn.numFeatures]), true)) : [];
+  const masks = tf.tidy(() => layers.map((bn) => tf.variable(tf.ones([bn.numFeatures]), true)));
+  const noise = withNoise ? tf.tidy(() => layers.map((bn) => tf.variable(tf.zeros([bn.numFeatures]), true))) : [];
+  const noiseBias = withNoise ? tf.tidy(() => layers.map((bn) => tf.variable(tf.zeros([bn.numFeatures]), true))) : [];
   return {
     layers,
     masks,

@@ -38,11 +38,11 @@ export const ibau: Defense = {
     const model = ctx.victim.clone();
     const opt = new Adam(p.lr);
     const [h, w, c] = ctx.aux.shape;
-    const delta = tf.variable(tf.zeros([1, h, w, c]), false);
+    const delta = tf.tidy(() => tf.variable(tf.zeros([1, h, w, c]), false));
     try {
       for (let r = 0; r < p.rounds; r++) {
         // Inner maximization: a universal perturbation over batches of the auxiliary set.
-        delta.assign(tf.zeros([1, h, w, c]));
+        tf.tidy(() => delta.assign(tf.zeros([1, h, w, c])));
         const order = ctx.rng.permutation(ctx.aux.n);
         const batches = Math.ceil(ctx.aux.n / p.batchSize);
         for (let b = 0; b < batches; b++) {

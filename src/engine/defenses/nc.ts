@@ -40,9 +40,9 @@ export function anomalyIndices(values: number[]): number[] {
 
 async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Record<string, number>, ctx: DefenseContext): Promise<ReversedTrigger> {
   const [h, w, c] = aux.shape;
-  const maskRaw = tf.variable(tf.zeros([1, h, w, 1]));
+  const maskRaw = tf.tidy(() => tf.variable(tf.zeros([1, h, w, 1])));
   const init = Float32Array.from({ length: h * w * c }, () => ctx.rng.uniform(-1, 1));
-  const patternRaw = tf.variable(tf.tensor4d(init, [1, h, w, c]));
+  const patternRaw = tf.tidy(() => tf.variable(tf.tensor4d(init, [1, h, w, c])));
   const opt = new Adam(p.lr, 0.5, 0.9);
   let cost = p.initCost;
   let successRate = 0;

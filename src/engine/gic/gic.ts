@@ -48,10 +48,12 @@ export class GicNet {
     const c = shape[2];
     const last = new Conv2d(o.width, c, 3, { padding: 1 }, rng);
     // Zero-initialised last layer: r(x) = 0 at the start, so g is the identity before training.
-    last.weight.assign(tf.zerosLike(last.weight));
-    last.bias!.assign(tf.zerosLike(last.bias!));
+    tf.tidy(() => {
+      last.weight.assign(tf.zerosLike(last.weight));
+      last.bias!.assign(tf.zerosLike(last.bias!));
+    });
     this.h = new Sequential([new Conv2d(c, o.width, 3, { padding: 1 }, rng), new ReLU(), new Conv2d(o.width, o.width, 3, { padding: 1 }, rng), new ReLU(), last]).finalize();
-    if (o.globalTerm) this.globalTerm = tf.variable(tf.zeros(shape), true, undefined);
+    if (o.globalTerm) this.globalTerm = tf.tidy(() => tf.variable(tf.zeros(shape), true));
   }
 
   variables(): tf.Variable[] {
