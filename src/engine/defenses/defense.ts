@@ -8,6 +8,11 @@ import type { Model } from '../nn/model';
 import type { Augment } from '../nn/train';
 import type { Rng } from '../util/rng';
 
+/**
+ * `paper`: BackdoorBench's defaults. `fast`: the same algorithm on a shorter schedule; the fine-tuning based
+ * defenses (ft, nad, ftsam, fst) then use batches of 32 and an initial rate of 0.1 so that a small auxiliary
+ * set still gives enough update steps to move the weights (with lr 0.01 and few epochs they barely change).
+ */
 export type Profile = 'fast' | 'paper';
 
 export type DefenseParams = Record<string, number | string | boolean | number[]>;

@@ -17,7 +17,7 @@ export const fst: Defense = {
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 128 }
-      : { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 64 };
+      : { epochs: 10, lr: 0.1, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 32 };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

@@ -18,7 +18,7 @@ export const ftsam: Defense = {
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, rho: 2.0, labelSmoothing: 0.1 }
-      : { epochs: 15, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, rho: 2.0, labelSmoothing: 0.1 };
+      : { epochs: 15, lr: 0.1, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, rho: 2.0, labelSmoothing: 0.1 };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

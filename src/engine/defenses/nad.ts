@@ -26,7 +26,7 @@ export const nad: Defense = {
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { teacherEpochs: 10, epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, beta1: 500, beta2: 1000, beta3: 1000 }
-      : { teacherEpochs: 10, epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, beta1: 500, beta2: 1000, beta3: 1000 };
+      : { teacherEpochs: 10, epochs: 10, lr: 0.1, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, beta1: 500, beta2: 1000, beta3: 1000 };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

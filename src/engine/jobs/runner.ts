@@ -103,7 +103,11 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         else if (a.source) pool = loadSource(a.source, 'pool', `${field}.source`, k, seed);
         if (!pool) throw new InputError(a.type === 'seen' ? 'a "seen" auxiliary set needs data.train' : `a "${a.type}" auxiliary set needs a "source"`, field);
         checkShape(pool, shape, `${field}.source`);
-        set = sampleBalanced(pool, want, rng.fork(`aux:${a.name}`), field);
+        // Without an explicit size, take the default but no more than every class of the pool can give.
+        const counts = new Array(k).fill(0);
+        for (let j = 0; j < pool.n; j++) counts[pool.y[j]]++;
+        const fit = a.size || a.perClass ? want : { size: Math.min(defaultSize, k * Math.min(...counts)) };
+        set = sampleBalanced(pool, fit, rng.fork(`aux:${a.name}`), field);
         if (a.type === 'ood') {
           if (!a.shift) throw new InputError('an "ood" auxiliary set needs a "shift"', field);
           set = applyShift(set, a.shift, rng.fork(`shift:${a.name}`));
