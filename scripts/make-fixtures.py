@@ -1,0 +1,239 @@
+#!/usr/bin/python3
+"""Write the small checkpoint fixtures of the state_dict I/O tests to test/fixtures/.
+
+Run with the system Python that has PyTorch (Debian python3-torch):  /usr/bin/python3 scripts/make-fixtures.py
+
+- tiny.pt / tiny.safetensors: one state_dict with every dtype we read, a non-contiguous (transposed) view,
+  a view at a storage offset and two tensors sharing one storage.
+- nested_state_dict.pt: {'epoch', 'state_dict', 'optimizer', 'best_acc'} as training scripts save it.
+- nested_model.pt: BackdoorBench-style {'model': state_dict, ...}.
+- legacy.pt: the pre-1.6 non-zip format (_use_new_zipfile_serialization=False).
+- containers_p2.pkl / containers_p4.pkl: plain Python containers for the pickle reader.
+- mal_*.pt: zip archives whose data.pkl would run a command under a normal unpickler. They are assembled
+  from raw opcodes; nothing here unpickles them, so nothing runs. Each payload would create a marker file
+  (MARKERS below) that the tests assert never appears.
+- expected.json: every tensor's dtype, shape and values (tiny, so exact values rather than summaries).
+"""
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import torch
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'test', 'fixtures')
+MARKER_DIR = '/tmp'
+MARKERS = {
+    'system': f'{MARKER_DIR}/backdoor-audit-pickle-marker-system',
+    'eval': f'{MARKER_DIR}/backdoor-audit-pickle-marker-eval',
+    'popen': f'{MARKER_DIR}/backdoor-audit-pickle-marker-popen',
+    'stack_global': f'{MARKER_DIR}/backdoor-audit-pickle-marker-stack-global',
+    'inst': f'{MARKER_DIR}/backdoor-audit-pickle-marker-inst',
+    'hidden': f'{MARKER_DIR}/backdoor-audit-pickle-marker-hidden',
+}
+
+
+def tiny_state_dict():
+    g = torch.Generator().manual_seed(7)
+    sd = collections.OrderedDict()
+    sd['conv1.weight'] = torch.randn(4, 3, 3, 3, generator=g)
+    sd['conv1.bias'] = torch.randn(4, generator=g)
+    sd['bn1.weight'] = torch.rand(4, generator=g) + 0.5
+    sd['bn1.running_mean'] = torch.randn(4, generator=g)
+    sd['bn1.num_batches_tracked'] = torch.tensor(123456789012, dtype=torch.int64)
+    # Non-contiguous: a transpose, saved by torch as the original storage with swapped strides.
+    sd['linear.weight'] = torch.randn(5, 2, generator=g).t()
+    assert not sd['linear.weight'].is_contiguous()
+    # A view at a storage offset, sharing the storage with another entry.
+    base = torch.arange(20, dtype=torch.float32) * 0.25
+    sd['shared.full'] = base
+    sd['shared.slice'] = base[5:11].view(2, 3)
+    # Every-other-element view: stride 2.
+    sd['strided.even'] = (torch.arange(10, dtype=torch.float32) - 3.5)[::2]
+    sd['extra.float64'] = torch.tensor([1.0 / 3.0, -2.5, 1e-300], dtype=torch.float64)
+    sd['extra.float16'] = torch.tensor([0.5, -1.25, 65504.0, 6e-8], dtype=torch.float16)
+    sd['extra.bfloat16'] = torch.tensor([1.0, -3.140625, 1e30], dtype=torch.bfloat16)
+    sd['extra.int32'] = torch.tensor([-7, 0, 2147483647], dtype=torch.int32)
+    sd['extra.int16'] = torch.tensor([-300, 300], dtype=torch.int16)
+    sd['extra.int8'] = torch.tensor([-128, 5], dtype=torch.int8)
+    sd['extra.uint8'] = torch.tensor([0, 200, 255], dtype=torch.uint8)
+    sd['extra.bool'] = torch.tensor([True, False, True])
+    sd['extra.scalar'] = torch.tensor(2.75)
+    sd['extra.empty'] = torch.zeros(0, 3)
+    return sd
+
+
+ST_DTYPES = {
+    torch.float32: 'F32', torch.float64: 'F64', torch.float16: 'F16', torch.bfloat16: 'BF16',
+    torch.int64: 'I64', torch.int32: 'I32', torch.int16: 'I16', torch.int8: 'I8',
+    torch.uint8: 'U8', torch.bool: 'BOOL',
+}
+DTYPE_NAMES = {
+    torch.float32: 'float32', torch.float64: 'float64', torch.float16: 'float16', torch.bfloat16: 'bfloat16',
+    torch.int64: 'int64', torch.int32: 'int32', torch.int16: 'int16', torch.int8: 'int8',
+    torch.uint8: 'uint8', torch.bool: 'bool',
+}
+
+
+def raw_bytes(t):
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().tobytes()
+
+
+def write_safetensors(sd, path, metadata=None):
+    """By hand (the safetensors package may be missing): u64 header length, JSON header, data."""
+    header, chunks, off = {}, [], 0
+    if metadata:
+        header['__metadata__'] = metadata
+    for name, t in sd.items():
+        b = raw_bytes(t)
+        header[name] = {'dtype': ST_DTYPES[t.dtype], 'shape': list(t.shape), 'data_offsets': [off, off + len(b)]}
+        chunks.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b' ' * ((8 - (8 + len(h)) % 8) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(h)))
+        f.write(h)
+        for c in chunks:
+            f.write(c)
+
+
+def expected(sd):
+    out = {}
+    for name, t in sd.items():
+        v = t.contiguous()
+        if t.dtype == torch.int64:
+            vals = [str(x) for x in v.flatten().tolist()]  # exact, past 2^53
+        elif t.dtype == torch.bool:
+            vals = [1 if x else 0 for x in v.flatten().tolist()]
+        else:
+            vals = v.flatten().tolist()
+            if v.is_floating_point():
+                vals = [float(x) for x in vals]
+        out[name] = {
+            'dtype': DTYPE_NAMES[t.dtype],
+            'shape': list(t.shape),
+            'values': vals,
+            'sum': float(v.double().sum()) if t.numel() else 0.0,
+        }
+    return out
+
+
+# ---- raw pickle opcodes (pickletools names) --------------------------------------------------------------
+
+def op_global(module, name):
+    return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
+
+
+def op_unicode(s):
+    b = s.encode()
+    return b'X' + struct.pack('<I', len(b)) + b
+
+
+def op_short_unicode(s):
+    b = s.encode()
+    return b'\x8c' + bytes([len(b)]) + b
+
+
+MARK, TUPLE, REDUCE, STOP, LIST, EMPTY_TUPLE, SETITEMS, EMPTY_DICT = b'(', b't', b'R', b'.', b'l', b')', b'u', b'}'
+PROTO2 = b'\x80\x02'
+
+
+def zip_with_pickle(path, pkl, top='archive'):
+    """A zip laid out like torch.save's, holding `pkl` as data.pkl (plus one honest storage)."""
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+        z.writestr(f'{top}/data.pkl', pkl)
+        z.writestr(f'{top}/data/0', struct.pack('<4f', 1, 2, 3, 4))
+        z.writestr(f'{top}/version', '3\n')
+
+
+def malicious():
+    m = {}
+    # posix.system('touch <marker>') at the top level.
+    m['mal_system.pt'] = PROTO2 + op_global('posix', 'system') + MARK + op_unicode(f'touch {MARKERS["system"]}') + TUPLE + REDUCE + STOP
+    # builtins.eval(...)
+    code = f"open({MARKERS['eval']!r}, 'w').close()"
+    m['mal_eval.pt'] = PROTO2 + op_global('builtins', 'eval') + MARK + op_unicode(code) + TUPLE + REDUCE + STOP
+    # subprocess.Popen(['touch', marker])
+    m['mal_popen.pt'] = (PROTO2 + op_global('subprocess', 'Popen') + MARK + MARK + op_unicode('touch')
+                         + op_unicode(MARKERS['popen']) + LIST + TUPLE + REDUCE + STOP)
+    # Protocol 4 STACK_GLOBAL form of os.system.
+    m['mal_stack_global.pt'] = (b'\x80\x04' + op_short_unicode('os') + op_short_unicode('system') + b'\x93'
+                                + op_short_unicode(f'touch {MARKERS["stack_global"]}') + b'\x85' + REDUCE + STOP)
+    # INST: import-and-call in one opcode.
+    m['mal_inst.pt'] = PROTO2 + MARK + op_unicode(f'touch {MARKERS["inst"]}') + b'i' + b'os\nsystem\n' + STOP
+    # Hidden inside an otherwise valid state_dict: the second value is os.system(...) instead of a tensor.
+    tensor = (op_global('torch._utils', '_rebuild_tensor_v2') + MARK
+              + MARK + op_unicode('storage') + op_global('torch', 'FloatStorage') + op_unicode('0') + op_unicode('cpu') + b'K\x04' + TUPLE + b'Q'
+              + b'K\x00' + b'K\x04\x85' + b'K\x01\x85' + b'\x89' + op_global('collections', 'OrderedDict') + EMPTY_TUPLE + REDUCE
+              + TUPLE + REDUCE)
+    m['mal_hidden.pt'] = (PROTO2 + op_global('collections', 'OrderedDict') + EMPTY_TUPLE + REDUCE + MARK
+                          + op_unicode('fc.weight') + tensor
+                          + op_unicode('fc.bias') + op_global('posix', 'system') + MARK + op_unicode(f'touch {MARKERS["hidden"]}') + TUPLE + REDUCE
+                          + SETITEMS + STOP)
+    # An allowed global used the wrong way: calling a storage class (torch would allocate/parse from args).
+    m['mal_call_storage.pt'] = PROTO2 + op_global('torch', 'FloatStorage') + MARK + b'K\x04' + TUPLE + REDUCE + STOP
+    return m
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    sd = tiny_state_dict()
+    torch.save(sd, os.path.join(OUT, 'tiny.pt'))
+    write_safetensors(collections.OrderedDict((k, v.contiguous()) for k, v in sd.items()), os.path.join(OUT, 'tiny.safetensors'),
+                      {'format': 'pt', 'source': 'make-fixtures.py'})
+
+    small = collections.OrderedDict((k, sd[k]) for k in ['conv1.weight', 'conv1.bias', 'bn1.num_batches_tracked', 'linear.weight'])
+    params = [torch.nn.Parameter(small['conv1.weight'].clone()), torch.nn.Parameter(small['conv1.bias'].clone())]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    torch.save({'epoch': 3, 'state_dict': small, 'optimizer': opt.state_dict(), 'best_acc': 0.9375, 'arch': 'tiny',
+                'tags': ('a', 'b'), 'big': 2 ** 70, 'neg': -5, 'blob': b'\x00\xffxyz'},
+               os.path.join(OUT, 'nested_state_dict.pt'))
+    torch.save({'model': small, 'clean_acc': 0.5, 'epoch_current': 1}, os.path.join(OUT, 'nested_model.pt'))
+    torch.save(small, os.path.join(OUT, 'legacy.pt'), _use_new_zipfile_serialization=False)
+
+    # Archive whose folder is not the file stem nor "archive": the reader must discover it.
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(os.path.join(OUT, 'renamed_top.pt'), 'w') as zout:
+        for info in zin.infolist():
+            zout.writestr('some-other_top/' + info.filename.split('/', 1)[1], zin.read(info.filename))
+
+    containers = {
+        'none': None, 'true': True, 'false': False, 'int': 7, 'neg': -300, 'i32': 2 ** 31 - 1, 'big': 2 ** 70,
+        'negbig': -(2 ** 63), 'float': 1.5, 'str': 'héllo', 'bytes': b'\x00\x01\xff', 'list': [1, [2, 3], 'x'],
+        'tuple': (1, 'two', 3.0), 'empty_tuple': (), 'dict': {'a': 1, 2: 'b'}, 'set': {5},
+        'ordered': collections.OrderedDict([('z', 1), ('y', 2)]),
+    }
+    shared = [1, 2]
+    containers['shared'] = [shared, shared]  # memo: both entries are one list
+    for proto in (2, 4):
+        with open(os.path.join(OUT, f'containers_p{proto}.pkl'), 'wb') as f:
+            f.write(pickle.dumps(containers, protocol=proto))
+
+    for name, pkl in malicious().items():
+        zip_with_pickle(os.path.join(OUT, name), pkl)
+
+    exp = {
+        'tiny': expected(sd),
+        'small': expected(small),
+        'markers': MARKERS,
+        'torch_version': torch.__version__,
+    }
+    with open(os.path.join(OUT, 'expected.json'), 'w') as f:
+        json.dump(exp, f, indent=1)
+        f.write('\n')
+    for n in sorted(os.listdir(OUT)):
+        print(f'{n:28s} {os.path.getsize(os.path.join(OUT, n)):8d} bytes')
+
+
+if __name__ == '__main__':
+    main()
