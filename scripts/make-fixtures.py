@@ -145,12 +145,17 @@ MARK, TUPLE, REDUCE, STOP, LIST, EMPTY_TUPLE, SETITEMS, EMPTY_DICT = b'(', b't',
 PROTO2 = b'\x80\x02'
 
 
+def fixed_info(name):
+    """Zip entries with a fixed timestamp, so re-running the script gives identical fixtures."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 def zip_with_pickle(path, pkl, top='archive'):
     """A zip laid out like torch.save's, holding `pkl` as data.pkl (plus one honest storage)."""
     with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
-        z.writestr(f'{top}/data.pkl', pkl)
-        z.writestr(f'{top}/data/0', struct.pack('<4f', 1, 2, 3, 4))
-        z.writestr(f'{top}/version', '3\n')
+        z.writestr(fixed_info(f'{top}/data.pkl'), pkl)
+        z.writestr(fixed_info(f'{top}/data/0'), struct.pack('<4f', 1, 2, 3, 4))
+        z.writestr(fixed_info(f'{top}/version'), '3\n')
 
 
 def malicious():
@@ -200,12 +205,17 @@ def main():
     torch.save({'model': small, 'clean_acc': 0.5, 'epoch_current': 1}, os.path.join(OUT, 'nested_model.pt'))
     torch.save(small, os.path.join(OUT, 'legacy.pt'), _use_new_zipfile_serialization=False)
 
+    # A real module's state_dict: it carries the `_metadata` attribute (set with BUILD in the pickle).
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    torch.save(net.state_dict(), os.path.join(OUT, 'module_sd.pt'))
+
     # Archive whose folder is not the file stem nor "archive": the reader must discover it.
     buf = io.BytesIO()
     torch.save(small, buf)
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(os.path.join(OUT, 'renamed_top.pt'), 'w') as zout:
         for info in zin.infolist():
-            zout.writestr('some-other_top/' + info.filename.split('/', 1)[1], zin.read(info.filename))
+            zout.writestr(fixed_info('some-other_top/' + info.filename.split('/', 1)[1]), zin.read(info.filename))
 
     containers = {
         'none': None, 'true': True, 'false': False, 'int': 7, 'neg': -300, 'i32': 2 ** 31 - 1, 'big': 2 ** 70,
@@ -225,6 +235,7 @@ def main():
     exp = {
         'tiny': expected(sd),
         'small': expected(small),
+        'module_sd': expected(net.state_dict()),
         'markers': MARKERS,
         'torch_version': torch.__version__,
     }
