@@ -205,6 +205,10 @@ def main():
     torch.save({'model': small, 'clean_acc': 0.5, 'epoch_current': 1}, os.path.join(OUT, 'nested_model.pt'))
     torch.save(small, os.path.join(OUT, 'legacy.pt'), _use_new_zipfile_serialization=False)
 
+    # Checkpoints the reader must not guess about: two tensor dicts under unknown keys, and none at all.
+    torch.save({'ema': small, 'teacher': small}, os.path.join(OUT, 'ambiguous.pt'))
+    torch.save({'epoch': 3, 'acc': 0.5}, os.path.join(OUT, 'no_state_dict.pt'))
+
     # A real module's state_dict: it carries the `_metadata` attribute (set with BUILD in the pickle).
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))

@@ -360,7 +360,7 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
       case 'builtins.bytearray':
       case '__builtin__.bytearray':
         if (args.length === 0) return new Uint8Array(0);
-        if (args[0] instanceof Uint8Array) return args[0].slice();
+        if (args[0] instanceof Uint8Array) return new Uint8Array(args[0]); // a copy (a Buffer.slice would alias)
         return fail('unsupported bytearray arguments');
       default:
         // Storage classes are allowed as persistent-id tags only.
@@ -477,13 +477,13 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
         break;
       }
       case 0x43: // SHORT_BINBYTES
-        push(take(u8()).slice());
+        push(new Uint8Array(take(u8())));
         break;
       case 0x42: // BINBYTES
-        push(take(u32()).slice());
+        push(new Uint8Array(take(u32())));
         break;
       case 0x8e: // BINBYTES8
-        push(take(u64()).slice());
+        push(new Uint8Array(take(u64())));
         break;
       case 0x5d: // EMPTY_LIST
         push([]);

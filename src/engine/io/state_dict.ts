@@ -178,7 +178,8 @@ export function decodeTensorBytes(bytes: Uint8Array, dtype: DType, count: number
       return out;
     }
     case 'uint8':
-      return bytes.slice(0, count);
+      // A copy: `bytes` may be a Node Buffer, whose slice() would alias (and pin) the whole file.
+      return new Uint8Array(bytes.subarray(0, count));
     case 'bool': {
       // Any non-zero byte is true; normalise so a written file has only 0/1.
       const out = new Uint8Array(count);
