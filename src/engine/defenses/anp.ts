@@ -9,21 +9,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { crossEntropy, makeBatch, predictLabels } from '../nn/train';
+import { crossEntropy, makeBatch } from '../nn/train';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { throwIfAborted } from '../errors';
-import { splitAux } from './common';
+import { accuracyOn, splitAux } from './common';
 import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise } from './bn_masks';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { yieldToLoop } from './defense';
 
-export function accuracyOn(model: Model, set: ImageSet): number {
-  const pred = predictLabels(model, set);
-  let ok = 0;
-  for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
-  return ok / Math.max(1, set.n);
-}
 
 /**
  * Try pruning thresholds from high to low on copies of the original model; return the largest whose

@@ -8,7 +8,7 @@ import { subset } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Optimizer } from '../nn/optim';
 import { cosineLr } from '../nn/optim';
-import { fit, type FitOptions } from '../nn/train';
+import { fit, predictLabels, type FitOptions } from '../nn/train';
 import type { Rng } from '../util/rng';
 import type { DefenseContext } from './defense';
 import { yieldToLoop } from './defense';
@@ -62,4 +62,12 @@ export function splitAux(aux: ImageSet, valFraction: number, rng: Rng): { train:
     train.push(...idx.slice(k));
   }
   return { train: subset(aux, train), val: subset(aux, val) };
+}
+
+/** Top-1 accuracy of a model on a set (aux validation splits; never the test set). */
+export function accuracyOn(model: Model, set: ImageSet): number {
+  const pred = predictLabels(model, set);
+  let ok = 0;
+  for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
+  return ok / Math.max(1, set.n);
 }

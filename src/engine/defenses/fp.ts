@@ -10,18 +10,11 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { predictFeatures, predictLabels } from '../nn/train';
+import { predictFeatures } from '../nn/train';
 import type { Model } from '../nn/model';
-import type { ImageSet } from '../data/dataset';
-import { splitAux, trainEpochs } from './common';
+import { accuracyOn, splitAux, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
-function accuracy(model: Model, set: ImageSet): number {
-  const pred = predictLabels(model, set);
-  let ok = 0;
-  for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
-  return ok / Math.max(1, set.n);
-}
 
 function applyHeadMask(model: Model, mask: Float32Array): void {
   const head = model.head();
@@ -45,7 +38,7 @@ export const fp: Defense = {
       const mean = new Float64Array(feats.dim);
       for (let i = 0; i < train.n; i++) for (let j = 0; j < feats.dim; j++) mean[j] += feats.data[i * feats.dim + j];
       const order = Array.from(mean.keys()).sort((a, b) => mean[a] - mean[b]);
-      const base = accuracy(model, val);
+      const base = accuracyOn(model, val);
       const head0 = model.head().weight.clone();
       const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
       let mask = new Float32Array(feats.dim).fill(1);
@@ -55,7 +48,7 @@ export const fp: Defense = {
         for (const c of order.slice(0, k)) trial[c] = 0;
         model.head().weight.assign(head0);
         applyHeadMask(model, trial);
-        const acc = accuracy(model, val);
+        const acc = accuracyOn(model, val);
         ctx.progress(k, feats.dim, `pruning ${k}/${feats.dim} channels, aux-val acc ${acc.toFixed(3)}`);
         if (acc < p.accRatio * base) break;
         mask = trial;

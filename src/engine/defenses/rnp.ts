@@ -10,8 +10,7 @@ import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, requireBatchNorm } from './bn_masks';
-import { trainEpochs } from './common';
-import { accuracyOn } from './anp';
+import { accuracyOn, trainEpochs } from './common';
 
 export const rnp: Defense = {
   id: 'rnp',

@@ -16,6 +16,7 @@ import { crossEntropy, makeBatch, trainStep } from '../nn/train';
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { throwIfAborted } from '../errors';
+import type { GicEntry } from '../jobs/results';
 
 export type GicNorm = 'inf' | '2';
 
@@ -96,18 +97,8 @@ function bnDistance(victim: Model, stats: NonNullable<ForwardContext['bnInputSta
   });
 }
 
-export interface CalibrationReport {
-  delta: number;
-  norm: GicNorm;
-  maxPerturbation: number;
-  meanPerturbation: number;
-  confidenceBefore: number;
-  confidenceAfter: number;
-  bnDistanceBefore: number | null;
-  bnDistanceAfter: number | null;
-  seconds: number;
-  note?: string;
-}
+/** The calibration figures of SPEC section 5, as reported in results.json (without the aux set's name). */
+export type CalibrationReport = Omit<GicEntry, 'aux'>;
 
 /** Mean victim confidence on the true label and the mean per-batch BN distance of a set. */
 export function measureSet(victim: Model, set: ImageSet, batchSize = 256): { confidence: number; bnDistance: number | null } {
