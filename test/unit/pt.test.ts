@@ -175,10 +175,31 @@ describe('PyTorch .pt reader', () => {
     assertInputError(() => readPtBytes(bad({ numel: 4, offset: 0, shape: [10], stride: [1] }), 'v.pt'), /reaches element 9 of a storage with 4/);
     assertInputError(() => readPtBytes(bad({ numel: 4, offset: 3, shape: [2], stride: [1] }), 'v.pt'), /reaches element 4/);
     assertInputError(() => readPtBytes(bad({ numel: 4, offset: 0, shape: [2, 2], stride: [-1, 1] }), 'v.pt'), /negative offset or stride/);
-    // Broadcast views (stride 0) are legal and gathered.
-    const ok = readPtBytes(bad({ numel: 4, offset: 1, shape: [2, 3], stride: [0, 1] }), 'v.pt').stateDict.get('w')!;
-    assert.deepEqual(ok.shape, [2, 3]);
-    assert.equal(ok.data.length, 6);
+    // A stride-0 view larger than its storage would let a tiny file ask for gigabytes.
+    assertInputError(() => readPtBytes(bad({ numel: 4, offset: 0, shape: [1_000_000_000], stride: [0] }), 'v.pt'), /repeats storage elements/);
+    // Overlapping views within the storage size are gathered.
+    const ok = readPtBytes(bad({ numel: 4, offset: 1, shape: [1, 3], stride: [0, 1] }), 'v.pt').stateDict.get('w')!;
+    assert.deepEqual(ok.shape, [1, 3]);
+    assert.equal(ok.data.length, 3);
+  });
+
+  it('one storage listed many times cannot amplify memory without bound', () => {
+    // 2000 tensors, each the whole 1M-element storage: 8 GB if materialised.
+    const entries = Array.from({ length: 2000 }, (_, i) => ({ name: `t${i}`, key: '0', dtype: 'float32', shape: [1 << 20] }));
+    const file = zipOf({ 'a/data.pkl': encodeStateDictPickle(entries), 'a/data/0': new Uint8Array(4 << 20) });
+    assertInputError(() => readPtBytes(file, 'amp.pt'), /view their storages more than 4 times over/);
+  });
+
+  it('a zip directory claiming more entries than the file can hold is refused at once', () => {
+    const buf = Uint8Array.from(fs.readFileSync(fixture('tiny.pt')));
+    const dv = new DataView(buf.buffer);
+    let e = buf.length - 22;
+    while (dv.getUint32(e, true) !== 0x06054b50) e--;
+    if (e >= 20 && dv.getUint32(e - 20, true) === 0x07064b50) dv.setUint32(dv.getUint32(e - 12, true) + 32, 0xfffffff0, true);
+    dv.setUint16(e + 10, 0xfff0, true);
+    const t0 = Date.now();
+    assertInputError(() => readPtBytes(buf, 'many.pt'), /directory claims \d+ entries/);
+    assert.ok(Date.now() - t0 < 1000);
   });
 });
 

@@ -95,8 +95,18 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
     storages.set(k, decodeTensorBytes(bytes, s.dtype, s.numel, byteorder === 'little'));
   }
 
+  // Many tensors may view one storage (tied weights). Each view is materialised as its own copy, so a hostile
+  // file could list one large storage thousands of times; cap the copies at a small multiple of the storages.
+  let storageElems = 0;
+  for (const s of storages.values()) storageElems += s.length;
+  let budget = 4 * storageElems + (1 << 20);
   const sd: StateDict = new Map();
-  for (const [name, t] of dict) sd.set(name, { shape: t.shape, dtype: t.storage.dtype, data: view(storages.get(t.storage.key)!, t, name, where) });
+  for (const [name, t] of dict) {
+    checkView(storages.get(t.storage.key)!.length, t, name, where);
+    budget -= numel(t.shape);
+    if (budget < 0) throw new InputError(`tensors view their storages more than 4 times over (at ${name})`, where);
+    sd.set(name, { shape: t.shape, dtype: t.storage.dtype, data: view(storages.get(t.storage.key)!, t) });
+  }
   return { stateDict: sd, key, version };
 }
 
@@ -105,6 +115,7 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
  * the declared uncompressed size, so each is bounded by what the file can actually hold before fflate sees it.
  */
 function unzipChecked(buf: Uint8Array, where: string, want: (name: string) => boolean, maxEntry: number): Record<string, Uint8Array> {
+  checkDirectorySize(buf, where);
   const declared = new Map<string, { size: number; originalSize: number; compression: number }>();
   let out: Record<string, Uint8Array>;
   try {
@@ -136,16 +147,42 @@ function unzipChecked(buf: Uint8Array, where: string, want: (name: string) => bo
   return out;
 }
 
-/** The tensor `t` as its own contiguous row-major copy, after checking its view stays inside the storage. */
-function view(storage: TensorArray, t: TensorRef, name: string, where: string): TensorArray {
+/**
+ * fflate walks as many central-directory entries as the end record claims (up to 2^32 with zip64) without
+ * checking them against the file; a 100-byte file could keep it busy for minutes. Each entry takes at least
+ * 46 bytes, so a count the file cannot hold is refused first. Mirrors fflate's own end-record lookup.
+ */
+function checkDirectorySize(buf: Uint8Array, where: string): void {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let e = buf.length - 22;
+  while (e >= 0 && buf.length - e <= 65557 && dv.getUint32(e, true) !== 0x06054b50) e--;
+  if (e < 0 || buf.length - e > 65557) throw new InputError(`corrupt zip archive (no end of central directory): ${RESAVE_HINT}`, where);
+  let count = dv.getUint16(e + 10, true);
+  if (e >= 20 && dv.getUint32(e - 20, true) === 0x07064b50) {
+    const ze = dv.getUint32(e - 12, true);
+    if (ze + 56 <= buf.length && dv.getUint32(ze, true) === 0x06064b50) count = dv.getUint32(ze + 32, true);
+  }
+  if (count * 46 > buf.length) throw new InputError(`corrupt zip archive (directory claims ${count} entries)`, where);
+}
+
+/** A view must stay inside its storage, and cannot hold more elements than it (stride-0 repetition). */
+function checkView(storageLen: number, t: TensorRef, name: string, where: string): void {
   const count = numel(t.shape);
   if (!Number.isSafeInteger(count)) throw new InputError(`tensor ${name} has an impossible shape`, where);
   if (t.offset < 0 || t.stride.some((s) => s < 0)) throw new InputError(`tensor ${name} has a negative offset or stride`, where);
   if (count > 0) {
     let last = t.offset;
     for (let i = 0; i < t.shape.length; i++) last += (t.shape[i] - 1) * t.stride[i];
-    if (last >= storage.length) throw new InputError(`tensor ${name} reaches element ${last} of a storage with ${storage.length}`, where);
+    if (last >= storageLen) throw new InputError(`tensor ${name} reaches element ${last} of a storage with ${storageLen}`, where);
   }
+  // More elements than the storage means an expanded (stride-0) view: a few bytes of file could ask for
+  // gigabytes. Parameters are never saved that way.
+  if (count > storageLen) throw new InputError(`tensor ${name} repeats storage elements (an expanded view): save it with .contiguous()`, where);
+}
+
+/** The tensor `t` (already checked by checkView) as its own contiguous row-major copy. */
+function view(storage: TensorArray, t: TensorRef): TensorArray {
+  const count = numel(t.shape);
   const ctor = storage.constructor as { new (n: number): TensorArray };
   // Contiguous (row-major) views are one slice; anything else (transposes, expands, slices) is gathered.
   let contiguous = true;
