@@ -129,11 +129,29 @@ export function floatToBf16(v: number): number {
 
 // ---- bytes <-> values -------------------------------------------------------------------------------------
 
+const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+/** dtypes whose file bytes are exactly the bytes of their JS array. */
+const SAME_WIDTH: Partial<Record<DType, { new (n: number): Float32Array | Float64Array | Int32Array | BigInt64Array }>> = {
+  float32: Float32Array,
+  float64: Float64Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+};
+
 /**
  * Decode `count` elements of `dtype` from raw bytes. The caller has checked `bytes.length >= count * size`.
  * Little-endian unless told otherwise (PyTorch archives record their byte order).
  */
 export function decodeTensorBytes(bytes: Uint8Array, dtype: DType, count: number, littleEndian = true): TensorArray {
+  // Fast path: same byte order as this machine and a same-width JS array -> one byte copy (no per-element loop).
+  if (littleEndian === HOST_LE) {
+    const Ctor = SAME_WIDTH[dtype];
+    if (Ctor) {
+      const out = new Ctor(count);
+      new Uint8Array(out.buffer).set(bytes.subarray(0, count * DTYPE_INFO[dtype].bytes));
+      return out;
+    }
+  }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const le = littleEndian;
   switch (dtype) {
@@ -195,6 +213,10 @@ export function encodeTensorBytes(t: { shape: readonly number[]; dtype: string; 
   const n = numel(t.shape);
   if (t.data.length !== n) throw new Error(`${name}: ${t.data.length} values for shape [${t.shape.join(', ')}]`);
   const size = DTYPE_INFO[t.dtype].bytes;
+  const Same = SAME_WIDTH[t.dtype];
+  if (HOST_LE && Same && t.data instanceof Same) {
+    return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).slice();
+  }
   const out = new Uint8Array(n * size);
   const dv = new DataView(out.buffer);
   const d = t.data;
