@@ -183,6 +183,16 @@ describe('PyTorch .pt reader', () => {
     assert.equal(ok.data.length, 3);
   });
 
+  it('honours a big-endian byteorder record', () => {
+    const pkl = encodeStateDictPickle([{ name: 'w', key: '0', dtype: 'float32', shape: [2] }]);
+    const data = new Uint8Array(8);
+    new DataView(data.buffer).setFloat32(0, 1.5, false);
+    new DataView(data.buffer).setFloat32(4, -2, false);
+    const sd = readPtBytes(zipOf({ 'a/data.pkl': pkl, 'a/byteorder': Buffer.from('big'), 'a/data/0': data }), 'be.pt').stateDict;
+    assert.deepEqual(Array.from(sd.get('w')!.data as Float32Array), [1.5, -2]);
+    assertInputError(() => readPtBytes(zipOf({ 'a/data.pkl': pkl, 'a/byteorder': Buffer.from('middle'), 'a/data/0': data }), 'x.pt'), /unknown byteorder/);
+  });
+
   it('one storage listed many times cannot amplify memory without bound', () => {
     // 2000 tensors, each the whole 1M-element storage: 8 GB if materialised.
     const entries = Array.from({ length: 2000 }, (_, i) => ({ name: `t${i}`, key: '0', dtype: 'float32', shape: [1 << 20] }));
