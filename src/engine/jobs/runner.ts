@@ -141,13 +141,11 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
             ? undefined
             : (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: train ?? test, raw: a.set, calibrated: cal, points: job.embedding?.points ?? 600, seed }),
         saveModel: (model, base) => {
-          // Purified models are written as safetensors (the only writer so far), named after defense and aux set.
-          const file = path.join(staging, `${base}.safetensors`);
-          if (!opts.overwrite && fs.existsSync(path.join(outDir, path.basename(file)))) {
-            const stamped = path.join(staging, `${base}-${Date.now()}.safetensors`);
-            return path.basename(saveModelFile(model, stamped, 'safetensors'));
-          }
-          return path.basename(saveModelFile(model, file, 'safetensors'));
+          // Purified models keep the input's format, named after defense and aux set; an earlier run's file in
+          // the out dir is not replaced unless asked.
+          const ext = loaded.info.format === 'pt' ? 'pt' : 'safetensors';
+          const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
+          return path.basename(saveModelFile(model, path.join(staging, name), ext));
         },
       };
       emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).length, backend: backend.name, threads: backend.threads });
