@@ -19,7 +19,7 @@ function cli(args: string[]): { status: number | null; stdout: string; stderr: s
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-describe('demo on the embedded MNIST (ft only)', function () {
+describe('demo on the embedded MNIST (ft and clp)', function () {
   this.timeout(900_000);
   let out: string;
   let results: Results;
