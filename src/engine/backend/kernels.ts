@@ -4,14 +4,24 @@ import { conv2dBackpropFilterConfig } from './kernels/conv2d_backprop_filter';
 import { conv2dBackpropInputConfig } from './kernels/conv2d_backprop_input';
 
 let registered = false;
+/** The wasm package's own Conv2DBackpropInput, kept for the NCHW fallback and for benchmarks. */
+let originalInput: tf.KernelConfig | undefined;
 
 export function registerWasmTrainingKernels(): void {
   if (registered) return;
-  registered = true;
-  const naiveInput = tf.getKernel('Conv2DBackpropInput', 'wasm')?.kernelFunc;
-  const configs = [conv2dBackpropFilterConfig, ...(naiveInput ? [conv2dBackpropInputConfig(naiveInput)] : [])];
+  const configs: tf.KernelConfig[] = [conv2dBackpropFilterConfig];
+  originalInput = tf.getKernel('Conv2DBackpropInput', 'wasm');
+  if (originalInput) configs.push(conv2dBackpropInputConfig(originalInput));
   for (const config of configs) {
+    // registerKernel refuses a name that is taken: the input gradient replaces the package's kernel, and a
+    // filter gradient from a future package version is replaced too (ours is the one tested here).
     if (tf.getKernel(config.kernelName, 'wasm')) tf.unregisterKernel(config.kernelName, 'wasm');
     tf.registerKernel(config);
   }
+  registered = true;
+}
+
+/** The kernel the wasm package shipped for Conv2DBackpropInput (undefined before registration). */
+export function originalConv2DBackpropInput(): tf.KernelConfig | undefined {
+  return originalInput;
 }
