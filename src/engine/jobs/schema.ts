@@ -1,19 +1,234 @@
 /**
- * The audit.json contract: one JSON Schema object that is both published (schema/audit.schema.json, written by
- * scripts/gen-schema.ts) and used by the validator, so the two cannot drift. Unknown fields are errors.
+ * The audit.json contract (SPEC section 9). AUDIT_SCHEMA is the single source: scripts/gen-schema.ts publishes
+ * it as schema/audit.schema.json (VS Code validates and completes job files with it through `jsonValidation`)
+ * and validate.ts compiles the very same object with ajv, so the editor and the engine cannot disagree.
+ *
+ * Conventions, chosen so that both consumers give useful messages:
+ * - `additionalProperties: false` on every object: a misspelt field is an error, never silently ignored.
+ * - Variants (attack types, aux types, string-or-object forms) use `if`/`then`/`else` rather than `oneOf`:
+ *   a failed `oneOf` reports every branch's complaint, while `if`/`then` yields exactly one error that the
+ *   validator can phrase as "missing field "source" (needed when type is unseen)".
+ * - `default` documents what an omitted field means; the validator applies it (ajv `useDefaults`), so the
+ *   engine reads one resolved `Job` and never repeats a default.
+ * - `errorMessage` (understood by VS Code's JSON service, registered as an annotation for ajv) replaces
+ *   messages that would otherwise be cryptic, e.g. for `pattern` and `not`.
+ *
+ * The TypeScript types below are written alongside the schema rather than derived from it: the conditional
+ * variants are beyond what type-level derivation handles legibly. The unit test validates a job literal typed
+ * as `JobInput` that sets every field, so a field added to one side only fails the test.
  */
+
 export const DEFENSE_IDS = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'] as const;
 export const AUX_TYPES = ['seen', 'unseen', 'ood', 'external', 'synthetic'] as const;
 export const SHIFT_NAMES = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
 export const DATA_FORMATS = ['mnist-embedded', 'imagefolder', 'npy', 'npz', 'idx', 'cifar10-bin'] as const;
+export const ATTACK_TYPES = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set'] as const;
+export const MODEL_FORMATS = ['pt', 'safetensors', 'onnx', 'tfjs'] as const;
+export const PROFILES = ['fast', 'paper'] as const;
+export const DEVICES = ['auto', 'gpu', 'cpu'] as const;
+
+export type DefenseId = (typeof DEFENSE_IDS)[number];
+export type AuxType = (typeof AUX_TYPES)[number];
+export type ShiftName = (typeof SHIFT_NAMES)[number];
+export type DataFormat = (typeof DATA_FORMATS)[number];
+export type AttackType = (typeof ATTACK_TYPES)[number];
+export type ModelFormat = (typeof MODEL_FORMATS)[number];
+export type Profile = (typeof PROFILES)[number];
+export type Device = (typeof DEVICES)[number];
+
+// A variant condition on a discriminating field. `required` matters: without it an object lacking the field
+// would satisfy every `if` and collect every variant's defaults.
+const when = (field: string, value: string | readonly string[]) =>
+  ({ required: [field], properties: { [field]: typeof value === 'string' ? { const: value } : { enum: value } } }) as const;
+
+const relPath = (what: string) => ({ type: 'string', minLength: 1, description: `${what}, relative to the job file (or absolute)` }) as const;
 
 const dataSource = {
   type: 'object',
+  description: 'Where images and labels come from. Images are N,H,W,C (uint8, or float in [0,1]); labels are class indices.',
   additionalProperties: false,
   properties: {
-    path: { type: 'string', description: 'file or folder, relative to the job file (not needed for mnist-embedded)' },
-    format: { enum: DATA_FORMATS },
-    labels: { type: 'string', description: 'labels file for npy images' },
+    path: relPath('file or folder: an image folder (one sub-folder per class), an .npy/.npz file, an *-idx3-ubyte[.gz] file, or a CIFAR-10 binary batch file or folder'),
+    format: {
+      enum: DATA_FORMATS,
+      description:
+        'mnist-embedded: the MNIST digits shipped with the tool (no path; split into disjoint train, auxiliary-pool and test parts by the job seed). Without "format" it is inferred from the path: a folder is imagefolder, .npy, .npz, *-idx3-ubyte[.gz] is idx, *.bin is cifar10-bin.',
+    },
+    labels: relPath('labels file: required for npy images (an int array of length N); for idx, the *-idx1-ubyte file when its name does not follow the images file'),
+  },
+  allOf: [
+    {
+      // The embedded set is found by the tool; a path here would suggest a user file is read when it is not.
+      if: when('format', 'mnist-embedded'),
+      then: { properties: { path: false, labels: false } },
+      else: { required: ['path'] },
+    },
+    { if: when('format', 'npy'), then: { required: ['labels'] } },
+  ],
+} as const;
+
+const modelObject = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['path'],
+  properties: {
+    path: relPath('model file: .pt, .pth, .safetensors, .onnx or a TensorFlow.js model.json'),
+    arch: {
+      type: 'string',
+      minLength: 1,
+      description: 'architecture of a state_dict that detection does not recognize (a state_dict has no graph)',
+      examples: ['preact-resnet18', 'small-cnn', 'small-cnn-32'],
+    },
+    inputShape: {
+      type: 'array',
+      description: '[H, W, C] of the model input',
+      items: { type: 'integer', minimum: 1 },
+      minItems: 3,
+      maxItems: 3,
+    },
+    numClasses: { type: 'integer', minimum: 2 },
+    normalize: {
+      type: 'object',
+      description: 'per-channel normalization the model expects on [0,1] pixels: (x - mean) / std',
+      additionalProperties: false,
+      required: ['mean', 'std'],
+      properties: {
+        mean: { type: 'array', minItems: 1, items: { type: 'number' } },
+        std: { type: 'array', minItems: 1, items: { type: 'number', exclusiveMinimum: 0 } },
+      },
+    },
+  },
+} as const;
+
+// Fields every attack accepts; each variant's `then` repeats their names (as `true`) because
+// additionalProperties only sees the properties declared next to it.
+const attackCommon = {
+  type: { enum: ATTACK_TYPES, description: 'the backdoor the victim is suspected to carry; used to build the triggered test set (ASR, RA)' },
+  target: { type: 'integer', minimum: 0, default: 0, description: 'target label (all-to-one)' },
+  allToAll: { type: 'boolean', default: false, description: 'all-to-all attack: label y is sent to (y + 1) mod K' },
+} as const;
+const common = { type: true, target: true, allToAll: true } as const;
+
+const attack = {
+  type: 'object',
+  default: { type: 'badnets' },
+  required: ['type'],
+  properties: attackCommon,
+  allOf: [
+    {
+      if: when('type', 'badnets'),
+      then: {
+        additionalProperties: false,
+        properties: {
+          ...common,
+          size: { type: 'integer', minimum: 1, default: 3, description: 'side of the white square, pixels' },
+          offset: { type: 'integer', minimum: 0, default: 0, description: 'pixels in from the bottom-right corner' },
+          patch: {
+            type: 'object',
+            description: 'a custom patch image instead of the white square; top/left default to the bottom-right corner minus offset',
+            additionalProperties: false,
+            required: ['image'],
+            properties: {
+              image: relPath('patch image (PNG or JPEG)'),
+              top: { type: 'integer', minimum: 0 },
+              left: { type: 'integer', minimum: 0 },
+            },
+          },
+        },
+      },
+    },
+    {
+      if: when('type', 'blended'),
+      then: {
+        additionalProperties: false,
+        properties: {
+          ...common,
+          image: relPath('trigger image (PNG or JPEG), resized to the input; default a seeded noise image'),
+          alpha: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.2, description: "blend weight: x' = (1 - alpha) x + alpha t" },
+        },
+      },
+    },
+    {
+      if: when('type', 'sig'),
+      then: {
+        additionalProperties: false,
+        properties: {
+          ...common,
+          freq: { type: 'number', exclusiveMinimum: 0, default: 6, description: 'periods of the sinusoid across the image width' },
+          amplitude: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 40 / 255, description: 'amplitude on [0,1] pixels (40/255)' },
+        },
+      },
+    },
+    {
+      if: when('type', 'wanet'),
+      then: {
+        additionalProperties: false,
+        properties: {
+          ...common,
+          seed: { type: 'integer', description: 'seed of the warp field; default the job seed' },
+          k: { type: 'integer', minimum: 2, default: 4, description: 'control grid size k x k' },
+          s: { type: 'number', exclusiveMinimum: 0, default: 0.5, description: 'warp strength' },
+        },
+      },
+    },
+    {
+      if: when('type', 'poisoned-set'),
+      then: {
+        additionalProperties: false,
+        required: ['data'],
+        properties: { ...common, data: { ...dataSource, description: 'the triggered test images, labelled with their true labels' } },
+      },
+    },
+  ],
+} as const;
+
+const auxSet = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'type'],
+  properties: {
+    name: {
+      type: 'string',
+      pattern: '^[A-Za-z0-9_.-]+$',
+      errorMessage: 'may contain only letters, digits, "_", "." and "-" (it names output files)',
+      description: 'unique name; used in results and output file names',
+    },
+    type: {
+      enum: AUX_TYPES,
+      description:
+        'seen: subset of data.train; unseen: held-out in-distribution split (source); ood: source with a distribution shift; external: another dataset with the same labels (source); synthetic: inverted from the victim',
+    },
+    source: dataSource,
+    size: { type: 'integer', minimum: 1, description: 'images in the set, class-balanced; default 5% of the training set' },
+    perClass: { type: 'integer', minimum: 1, description: 'images per class (instead of size)' },
+    shift: { enum: SHIFT_NAMES, description: 'distribution shift of an ood set (seeded)' },
+  },
+  allOf: [
+    { if: when('type', ['unseen', 'ood', 'external']), then: { required: ['source'] } },
+    // A seen set comes from data.train and a synthetic one from the model: a source would be ignored.
+    { if: when('type', ['seen', 'synthetic']), then: { properties: { source: false } } },
+    { if: when('type', 'ood'), then: { required: ['shift'] }, else: { properties: { shift: false } } },
+    { not: { required: ['size', 'perClass'] }, errorMessage: 'give either "size" or "perClass", not both' },
+  ],
+} as const;
+
+const defense = {
+  // A bare id, or an object for a per-defense profile and parameter overrides.
+  if: { type: 'string' },
+  then: { enum: DEFENSE_IDS },
+  else: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name'],
+    properties: {
+      name: { enum: DEFENSE_IDS },
+      profile: { enum: PROFILES, description: 'default: the job profile' },
+      params: {
+        type: 'object',
+        description: "overrides of the defense's defaults for the profile (names are checked by the defense)",
+        additionalProperties: { type: ['number', 'string', 'boolean', 'array'], items: { type: 'number' } },
+      },
+    },
   },
 } as const;
 
@@ -21,121 +236,187 @@ export const AUDIT_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   $id: 'https://backdoor-audit.local/audit.schema.json',
   title: 'Backdoor Audit job (audit.json)',
+  description: 'An audit job: a victim model, clean and triggered test data, auxiliary sets, defenses and GIC. Paths are relative to this file. Unknown fields are errors.',
   type: 'object',
   additionalProperties: false,
   required: ['model', 'data'],
-  definitions: { dataSource },
   properties: {
+    $schema: { type: 'string', description: 'this schema, for editors' },
     model: {
-      oneOf: [
-        { type: 'string' },
-        {
-          type: 'object',
-          additionalProperties: false,
-          required: ['path'],
-          properties: {
-            path: { type: 'string' },
-            arch: { type: 'string' },
-            inputShape: { type: 'array', items: { type: 'integer', minimum: 1 }, minItems: 3, maxItems: 3 },
-            numClasses: { type: 'integer', minimum: 2 },
-            normalize: {
-              type: 'object',
-              additionalProperties: false,
-              required: ['mean', 'std'],
-              properties: { mean: { type: 'array', items: { type: 'number' } }, std: { type: 'array', items: { type: 'number', exclusiveMinimum: 0 } } },
-            },
-          },
-        },
-      ],
+      description: 'the model file, or an object naming its architecture, input shape, classes and normalization',
+      if: { type: 'string' },
+      then: relPath('model file: .pt, .pth, .safetensors, .onnx or a TensorFlow.js model.json'),
+      else: modelObject,
     },
     data: {
       type: 'object',
       additionalProperties: false,
       required: ['test'],
-      properties: { train: { $ref: '#/definitions/dataSource' }, test: { $ref: '#/definitions/dataSource' } },
-    },
-    attack: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['type'],
       properties: {
-        type: { enum: ['badnets', 'blended', 'sig', 'wanet'] },
-        target: { type: 'integer', minimum: 0, default: 0 },
-        allToAll: { type: 'boolean', default: false },
-        size: { type: 'integer', minimum: 1 },
-        offset: { type: 'integer', minimum: 0 },
-        alpha: { type: 'number', minimum: 0, maximum: 1 },
-        seed: { type: 'integer' },
+        train: { ...dataSource, description: "the victim's training data: needed for seen auxiliary sets and reference embeddings" },
+        test: { ...dataSource, description: 'clean test set (ACC); its non-target images, triggered, give ASR and RA' },
       },
     },
-    aux: {
-      type: 'array',
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['name', 'type'],
-        properties: {
-          name: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$' },
-          type: { enum: AUX_TYPES },
-          source: { $ref: '#/definitions/dataSource' },
-          size: { type: 'integer', minimum: 1 },
-          perClass: { type: 'integer', minimum: 1 },
-          shift: { enum: SHIFT_NAMES },
+    attack,
+    aux: { type: 'array', default: [], description: 'auxiliary (clean) sets handed to the defenses', items: auxSet },
+    defenses: { type: 'array', default: [], description: 'defenses run on every auxiliary set', items: defense },
+    gic: {
+      type: 'object',
+      default: {},
+      description: 'Guided Input Calibration of the auxiliary sets: g(x) with ||g(x) - x||_p <= delta',
+      additionalProperties: false,
+      properties: {
+        mode: { enum: ['off', 'on', 'both'], default: 'off', description: 'both: every defense runs with and without GIC' },
+        delta: { type: 'number', exclusiveMinimum: 0, default: 0.1, description: 'bound on [0,1] pixels' },
+        norm: { enum: ['inf', '2', 2], default: 'inf', description: 'L_inf or L_2 ball' },
+        lambdaBn: { type: 'number', minimum: 0, default: 1, description: 'weight of the BatchNorm-statistics term' },
+        epochs: { type: 'integer', minimum: 1, default: 20 },
+        lr: { type: 'number', exclusiveMinimum: 0, default: 0.001, description: 'Adam learning rate' },
+      },
+    },
+    profile: { enum: PROFILES, default: 'fast', description: "fast: fewer epochs, minutes on a CPU; paper: the paper's hyper-parameters" },
+    embedding: {
+      type: 'object',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        method: { enum: ['tsne', 'none'], default: 'tsne' },
+        points: { type: 'integer', minimum: 10, default: 600, description: 'points per set in the plot' },
+      },
+    },
+    seed: { type: 'integer', minimum: 0, default: 0, description: 'one seed for every random choice: the job is deterministic for a seed' },
+    device: { enum: DEVICES, default: 'auto' },
+    outputs: {
+      type: 'object',
+      default: {},
+      additionalProperties: false,
+      properties: {
+        formats: {
+          type: 'array',
+          minItems: 1,
+          uniqueItems: true,
+          items: { enum: MODEL_FORMATS },
+          description: "formats of the purified models; default the input model's format",
         },
       },
     },
-    defenses: {
-      type: 'array',
-      items: {
-        oneOf: [
-          { enum: DEFENSE_IDS },
-          {
-            type: 'object',
-            additionalProperties: false,
-            required: ['name'],
-            properties: { name: { enum: DEFENSE_IDS }, profile: { enum: ['fast', 'paper'] }, params: { type: 'object' } },
-          },
-        ],
-      },
-    },
-    gic: {
-      type: 'object',
-      additionalProperties: false,
-      properties: {
-        mode: { enum: ['off', 'on', 'both'], default: 'off' },
-        delta: { type: 'number', exclusiveMinimum: 0, default: 0.1 },
-        norm: { enum: ['inf', '2'], default: 'inf' },
-        lambdaBn: { type: 'number', minimum: 0, default: 1 },
-        epochs: { type: 'integer', minimum: 1, default: 20 },
-        lr: { type: 'number', exclusiveMinimum: 0, default: 0.001 },
-      },
-    },
-    profile: { enum: ['fast', 'paper'], default: 'fast' },
-    embedding: {
-      type: 'object',
-      additionalProperties: false,
-      properties: { method: { enum: ['tsne', 'none'], default: 'tsne' }, points: { type: 'integer', minimum: 10, default: 600 } },
-    },
-    seed: { type: 'integer', default: 0 },
-    device: { enum: ['auto', 'gpu', 'cpu'], default: 'auto' },
   },
 } as const;
 
+/** The published file's exact text (scripts/gen-schema.ts writes it; a test compares it). */
+export function publishedSchemaText(): string {
+  return JSON.stringify(AUDIT_SCHEMA, null, 2) + '\n';
+}
+
+// ---- Types: JobInput is what a file may say; Job is what loadJob returns (defaults applied, paths absolute).
+
 export interface DataSourceSpec {
   path?: string;
-  format?: (typeof DATA_FORMATS)[number];
+  format?: DataFormat;
   labels?: string;
 }
 
+/** A data source after validation: the format is known (given or inferred) and paths are absolute. */
+export interface ResolvedDataSource extends DataSourceSpec {
+  format: DataFormat;
+}
+
+export interface ModelSpec {
+  path: string;
+  arch?: string;
+  inputShape?: [number, number, number];
+  numClasses?: number;
+  normalize?: { mean: number[]; std: number[] };
+}
+
+interface AttackBase {
+  target: number;
+  allToAll: boolean;
+}
+
+/**
+ * The attack of a validated job, in the engine's vocabulary (attacks/index.ts `AttackSpec`: `frequency`, and
+ * decoded pixels under `patch`/`image`), so that it can be handed to makeAttack as is. Files the job names
+ * stay files here, under their own names (`patchFile`, `imageFile`): decoding them needs the model's input
+ * shape, which is known only once the model is loaded.
+ */
+export type AttackJobSpec =
+  | (AttackBase & { type: 'badnets'; size: number; offset: number; patchFile?: { path: string; top?: number; left?: number } })
+  | (AttackBase & { type: 'blended'; alpha: number; imageFile?: string })
+  | (AttackBase & { type: 'sig'; frequency: number; amplitude: number })
+  | (AttackBase & { type: 'wanet'; k: number; s: number; seed?: number });
+
+export interface AuxSpec {
+  name: string;
+  type: AuxType;
+  source?: ResolvedDataSource;
+  size?: number;
+  perClass?: number;
+  shift?: ShiftName;
+}
+
+export type DefenseParamValue = number | string | boolean | number[];
+
+export interface DefenseSpec {
+  name: DefenseId;
+  /** The defense's own profile, or the job's. */
+  profile: Profile;
+  params?: Record<string, DefenseParamValue>;
+}
+
+export interface GicSpec {
+  mode: 'off' | 'on' | 'both';
+  delta: number;
+  norm: 'inf' | '2';
+  lambdaBn: number;
+  epochs: number;
+  lr: number;
+}
+
+/** A validated job: every default applied, every path absolute and existing. */
 export interface Job {
-  model: string | { path: string; arch?: string; inputShape?: [number, number, number]; numClasses?: number; normalize?: { mean: number[]; std: number[] } };
-  data: { train?: DataSourceSpec; test: DataSourceSpec };
-  attack?: { type: 'badnets' | 'blended' | 'sig' | 'wanet'; target: number; allToAll: boolean; size?: number; offset?: number; alpha?: number; seed?: number };
-  aux?: Array<{ name: string; type: (typeof AUX_TYPES)[number]; source?: DataSourceSpec; size?: number; perClass?: number; shift?: (typeof SHIFT_NAMES)[number] }>;
-  defenses?: Array<(typeof DEFENSE_IDS)[number] | { name: (typeof DEFENSE_IDS)[number]; profile?: 'fast' | 'paper'; params?: Record<string, number> }>;
-  gic?: { mode: 'off' | 'on' | 'both'; delta: number; norm: 'inf' | '2'; lambdaBn: number; epochs: number; lr: number };
-  profile: 'fast' | 'paper';
-  embedding?: { method: 'tsne' | 'none'; points: number };
+  /**
+   * Always a ModelSpec after validation (a bare path in the file becomes `{ path }`); typed with the string
+   * form too because model loaders take either.
+   */
+  model: string | ModelSpec;
+  data: { train?: ResolvedDataSource; test: ResolvedDataSource };
+  attack: AttackJobSpec;
+  aux: AuxSpec[];
+  defenses: DefenseSpec[];
+  gic: GicSpec;
+  profile: Profile;
+  embedding: { method: 'tsne' | 'none'; points: number };
   seed: number;
-  device: 'auto' | 'gpu' | 'cpu';
+  device: Device;
+  outputs: { formats?: ModelFormat[] };
+}
+
+type Opt<T, K extends keyof T> = Omit<T, K> & Partial<Pick<T, K>>;
+interface AttackInputBase {
+  target?: number;
+  allToAll?: boolean;
+}
+/** The attack as written in audit.json. */
+export type AttackInput =
+  | (AttackInputBase & { type: 'badnets'; size?: number; offset?: number; patch?: { image: string; top?: number; left?: number } })
+  | (AttackInputBase & { type: 'blended'; image?: string; alpha?: number })
+  | (AttackInputBase & { type: 'sig'; freq?: number; amplitude?: number })
+  | (AttackInputBase & { type: 'wanet'; seed?: number; k?: number; s?: number })
+  | (AttackInputBase & { type: 'poisoned-set'; data: DataSourceSpec });
+
+/** What an audit.json may contain (before defaults and path resolution). */
+export interface JobInput {
+  $schema?: string;
+  model: string | ModelSpec;
+  data: { train?: DataSourceSpec; test: DataSourceSpec };
+  attack?: AttackInput;
+  aux?: Array<Omit<AuxSpec, 'source'> & { source?: DataSourceSpec }>;
+  defenses?: Array<DefenseId | Opt<DefenseSpec, 'profile'>>;
+  gic?: Partial<Omit<GicSpec, 'norm'>> & { norm?: GicSpec['norm'] | 2 };
+  profile?: Profile;
+  embedding?: Partial<Job['embedding']>;
+  seed?: number;
+  device?: Device;
+  outputs?: Job['outputs'];
 }
