@@ -2,9 +2,6 @@
  * A checkpoint's raw tensors, independent of any model graph: the common currency of the .pt and safetensors
  * readers and writers. Layouts are PyTorch's (conv weights OIHW, linear [out, in]); the model code converts.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import * as crypto from 'node:crypto';
 
 export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
 
@@ -256,28 +253,5 @@ export function encodeTensorBytes(t: { shape: readonly number[]; dtype: string; 
   return out;
 }
 
-/**
- * Write a file so readers never see a partial one: a uniquely named temp file in the same directory (so the
- * rename stays on one file system), fsync, then rename over the target. The temp file is removed on failure.
- */
-export function writeFileAtomic(file: string, chunks: Uint8Array | Uint8Array[]): void {
-  const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-  const parts = Array.isArray(chunks) ? chunks : [chunks];
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(tmp, 'wx');
-    for (const c of parts) {
-      let off = 0;
-      while (off < c.length) off += fs.writeSync(fd, c, off, c.length - off);
-    }
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    if (fd !== undefined) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-}
+// One atomic writer for the whole engine (temp file, fsync, rename, directory sync).
+export { writeFileAtomic } from '../util/atomic';

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Results } from './results';
+import { writeFileAtomic, writeJsonAtomic } from '../util/atomic';
 import { renderReportHtml } from '../../../webview-ui/report';
 
 export type { Results };
@@ -23,24 +24,13 @@ export function writeResults(staging: string, outDir: string, results: Results, 
   }
   if (o.html) {
     const page = reportHtml(results);
-    if (page) writeAtomic(path.join(outDir, 'report.html'), page);
+    if (page) writeFileAtomic(path.join(outDir, 'report.html'), page);
   }
   const file = path.join(outDir, 'results.json');
-  writeAtomic(file, JSON.stringify(results, null, 2) + '\n');
+  writeJsonAtomic(file, results);
   return file;
 }
 
-export function writeAtomic(file: string, data: string | Uint8Array): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
 
 /** First existing file among candidates (next to the bundle in dist/, or in the source tree). */
 function firstExisting(candidates: string[]): string | undefined {
