@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { chromium, type FrameLocator, type Page } from 'playwright-core';
+import { chromium, type FrameLocator, type Locator, type Page } from 'playwright-core';
 
 const url = required('E2E_URL');
 const workspace = required('E2E_WORKSPACE');
@@ -38,6 +38,31 @@ async function quickInput(page: Page, titlePart: RegExp, filter?: string): Promi
   await page.waitForTimeout(300);
 }
 
+/**
+ * Right-clicks `target` until its context menu lists `label`. The workbench can render the Explorer before the
+ * extension's contributions are registered (a cold start on a busy machine), and a menu opened then never gains
+ * them: close it and try again rather than wait on a menu that will not change.
+ */
+async function openContextMenu(page: Page, target: Locator, label: string): Promise<Locator> {
+  const item = page.locator('.context-view .action-item', { hasText: label });
+  const deadline = Date.now() + 180_000;
+  for (let attempt = 1; ; attempt++) {
+    step(`right-clicking models/${modelName} (attempt ${attempt})`);
+    await target.click({ button: 'right' });
+    try {
+      await item.waitFor({ state: 'visible', timeout: 10_000 });
+      return item;
+    } catch (e) {
+      const shown = (await page.locator('.context-view .action-item').allTextContents().catch(() => [])).map((t) => t.trim()).filter(Boolean);
+      step(`the menu lists: ${shown.join(' | ') || '(nothing)'}`);
+      await page.screenshot({ path: path.join(artifacts, `context-menu-attempt-${attempt}.png`) }).catch(() => undefined);
+      if (Date.now() > deadline) throw e;
+      await page.keyboard.press('Escape');
+      await page.waitForTimeout(5_000);
+    }
+  }
+}
+
 async function panelFrame(page: Page): Promise<FrameLocator> {
   // VS Code hosts each webview in an outer iframe and the page itself in #active-frame inside it.
   const outer = page.frameLocator('iframe.webview.ready');
@@ -65,10 +90,7 @@ async function main(): Promise<void> {
     if ((await rows.filter({ hasText: modelName }).count()) === 0) await folder.click();
     const model = rows.filter({ hasText: modelName });
     await model.waitFor({ timeout: 30_000 });
-    step(`right-clicking models/${modelName}`);
-    await model.click({ button: 'right' });
-    const item = page.locator('.context-view .action-item', { hasText: 'Purify Model...' });
-    await item.waitFor({ timeout: 30_000 });
+    const item = await openContextMenu(page, model, 'Purify Model...');
     await page.screenshot({ path: path.join(artifacts, 'context-menu.png') });
     await item.click();
 

@@ -110,6 +110,12 @@ cat >"$USER_DIR/User/settings.json" <<'JSON'
 JSON
 log "installing the .vsix into code-server"
 node "$CODE_SERVER" --config "$CS_CONFIG" --extensions-dir "$EXT_DIR" --user-data-dir "$USER_DIR" --install-extension "$VSIX" >"$RUN/install.log" 2>&1
+EXT_ID="$(node -p 'const p=require("./package.json"); `${p.publisher}.${p.name}`')"
+if ! node "$CODE_SERVER" --config "$CS_CONFIG" --extensions-dir "$EXT_DIR" --user-data-dir "$USER_DIR" --list-extensions 2>/dev/null | grep -qix "$EXT_ID"; then
+  log "the .vsix did not install ($EXT_ID missing):"
+  cat "$RUN/install.log" >&2
+  exit 1
+fi
 
 log "starting code-server on 127.0.0.1:$PORT"
 node "$CODE_SERVER" --config "$CS_CONFIG" --auth none --bind-addr "127.0.0.1:$PORT" --disable-workspace-trust --disable-telemetry \
@@ -127,5 +133,14 @@ done
 # 6. The browser part.
 log "driving VS Code in Chromium"
 E2E_URL="http://127.0.0.1:$PORT/?folder=$WS" E2E_WORKSPACE="$WS" E2E_ARTIFACTS="$ARTIFACTS" \
-  npx --no-install tsx "$ROOT/test/e2e/e2e.ts"
+  npx --no-install tsx "$ROOT/test/e2e/e2e.ts" || {
+  # CI shows only this output: say what the server and the extension host logged.
+  log "code-server log (last 60 lines):"
+  tail -n 60 "$ARTIFACTS/code-server.log" >&2 || true
+  for f in $(find "$USER_DIR/logs" -name 'exthost*.log' -o -name 'remoteexthost*.log' 2>/dev/null | head -n 3); do
+    log "$f (last 40 lines):"
+    tail -n 40 "$f" >&2
+  done
+  exit 1
+}
 log "passed; artifacts in $ARTIFACTS"
