@@ -13,6 +13,11 @@ Run with the system Python that has PyTorch (Debian python3-torch):  /usr/bin/py
   from raw opcodes; nothing here unpickles them, so nothing runs. Each payload would create a marker file
   (MARKERS below) that the tests assert never appears.
 - expected.json: every tensor's dtype, shape and values (tiny, so exact values rather than summaries).
+- parity_*.{pt,safetensors,onnx} and parity.safetensors / parity.json: small networks in the layouts users
+  bring (BackdoorBench PreAct-ResNet18 at two widths with 1 and 3 input channels, torchvision-style
+  ResNet-18, the CIFAR ResNet-18 saved from DataParallel, VGG-BN with and without the adaptive pool, a
+  plain CNN exported to ONNX in eval mode so BN is folded, and a graph using the other ONNX ops we import),
+  with random BN statistics, fixed inputs and PyTorch's logits for them.
 """
 import collections
 import io
@@ -187,8 +192,220 @@ def malicious():
     return m
 
 
+# ---- parity networks (written here from the published architectures; torchvision is not required) -------
+
+nn = torch.nn
+F = torch.nn.functional
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, 'shortcut') else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """BackdoorBench models/preact_resnet.py, with the width and input channels as parameters."""
+    def __init__(self, width, in_ch, num_classes):
+        super().__init__()
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(in_ch, width, 3, 1, 1, bias=False)
+        self.layer1 = self._layer(width, 1)
+        self.layer2 = self._layer(2 * width, 2)
+        self.layer3 = self._layer(4 * width, 2)
+        self.layer4 = self._layer(8 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = nn.Linear(8 * width, num_classes)
+
+    def _layer(self, planes, stride):
+        layers = []
+        for s in [stride, 1]:
+            layers.append(PreActBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(torch.flatten(self.avgpool(out), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inp, planes, stride, proj_name):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.proj_name = proj_name
+        if stride != 1 or inp != planes:
+            setattr(self, proj_name, nn.Sequential(nn.Conv2d(inp, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = getattr(self, self.proj_name)(x) if hasattr(self, self.proj_name) else x
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision.models.resnet18's structure and names (stem='imagenet'), or the CIFAR variant with a 3x3
+    stem, no max pool and kuangliu's names (shortcut, linear)."""
+    def __init__(self, width, in_ch, num_classes, stem='imagenet'):
+        super().__init__()
+        proj, head = ('downsample', 'fc') if stem == 'imagenet' else ('shortcut', 'linear')
+        if stem == 'imagenet':
+            self.conv1 = nn.Conv2d(in_ch, width, 7, 2, 3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_ch, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == 'imagenet' else nn.Identity()
+        inp = width
+        for i in range(4):
+            planes = width * 2 ** i
+            blocks = [BasicBlock(inp, planes, 2 if i > 0 else 1, proj), BasicBlock(planes, planes, 1, proj)]
+            setattr(self, f'layer{i + 1}', nn.Sequential(*blocks))
+            inp = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.head_name = head
+        setattr(self, head, nn.Linear(inp, num_classes))
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return getattr(self, self.head_name)(torch.flatten(self.avgpool(x), 1))
+
+
+class VGG(nn.Module):
+    """torchvision.models.vgg's structure and names: features, avgpool, classifier."""
+    def __init__(self, cfg, in_ch, num_classes, avgpool=7, hidden=64):
+        super().__init__()
+        layers, c = [], in_ch
+        for v in cfg:
+            if v == 'M':
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((avgpool, avgpool)) if avgpool else nn.Identity()
+        self.flat = c * avgpool * avgpool if avgpool else None
+        self.classifier = nn.Sequential(nn.Linear(self.flat or c * 16, hidden), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class PlainCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
+                                 nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class OpsNet(nn.Module):
+    """Every other op the ONNX importer handles: Concat, Add, MaxPool with padding, GlobalAveragePool,
+    Reshape, MatMul, Identity/Dropout and Softmax."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(8, 4, (3, 3), padding=1, bias=False)
+        self.mix = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.drop = nn.Dropout(0.3)
+        self.w = nn.Parameter(torch.randn(8, 5) * 0.3)
+        self.fc = nn.Linear(5, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        x = self.pool(F.relu(self.mix(y) + x))
+        x = F.adaptive_avg_pool2d(x, 1)
+        x = torch.reshape(x, (-1, 8))
+        x = self.drop(x)
+        return torch.softmax(self.fc(torch.matmul(x, self.w)), dim=1)
+
+
+def randomize_bn(model, g):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.2
+            m.running_mean.data = torch.randn(n, generator=g) * 0.2
+            m.running_var.data = torch.rand(n, generator=g) + 0.5
+            m.num_batches_tracked.fill_(17)
+    return model.eval()
+
+
+def parity_fixtures():
+    """(name, model, input NCHW, formats, facts the reader must find)"""
+    g = torch.Generator().manual_seed(11)
+    torch.manual_seed(11)
+    cases = [
+        ('preact_w4_c1', PreActResNet18(4, 1, 10), (2, 1, 28, 28), ['pt', 'safetensors', 'onnx'], {'arch': 'preact-resnet18', 'numClasses': 10}),
+        ('preact_w6_c3', PreActResNet18(6, 3, 43), (2, 3, 32, 32), ['pt', 'safetensors', 'onnx'], {'arch': 'preact-resnet18', 'numClasses': 43}),
+        ('resnet18_w4', ResNet18(4, 3, 7), (2, 3, 64, 64), ['pt', 'safetensors', 'onnx'], {'arch': 'resnet18', 'numClasses': 7}),
+        ('resnet18_cifar_dp', ResNet18(4, 3, 10, stem='cifar'), (2, 3, 32, 32), ['pt'], {'arch': 'resnet18', 'numClasses': 10}),
+        ('vgg_bn', VGG([8, 'M', 16, 'M', 16, 16, 'M'], 3, 10, avgpool=7), (2, 3, 28, 28), ['pt', 'safetensors'], {'arch': 'vgg7-bn', 'numClasses': 10}),
+        ('vgg_bn_flat', VGG([8, 8, 'M', 16, 'M', 16, 'M'], 1, 10, avgpool=0), (2, 1, 32, 32), ['pt', 'safetensors', 'onnx'], {'arch': 'vgg7-bn', 'numClasses': 10, 'inputShape': [32, 32, 1]}),
+        ('plain_bn', PlainCnn(), (2, 1, 28, 28), ['onnx'], {'numClasses': 10, 'inputShape': [28, 28, 1]}),
+        ('ops', OpsNet(), (2, 3, 16, 16), ['onnx'], {'numClasses': 5, 'inputShape': [16, 16, 3]}),
+    ]
+    tensors, index = collections.OrderedDict(), {}
+    for name, model, shape, formats, facts in cases:
+        randomize_bn(model, g)
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            y = model(x)
+        sd = model.state_dict()
+        if name.endswith('_dp'):
+            sd = collections.OrderedDict(('module.' + k, v) for k, v in sd.items())
+        files = {}
+        for fmt in formats:
+            fn = f'parity_{name}.{fmt}'
+            p = os.path.join(OUT, fn)
+            if fmt == 'pt':
+                torch.save(sd, p)
+            elif fmt == 'safetensors':
+                write_safetensors(collections.OrderedDict((k, v.contiguous()) for k, v in sd.items()), p)
+            else:
+                torch.onnx.export(model, x, p, opset_version=13, input_names=['input'], output_names=['logits'],
+                                  training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True)
+            files[fmt] = fn
+        tensors[f'{name}.input'] = x.contiguous()
+        tensors[f'{name}.logits'] = y.contiguous()
+        index[name] = {'files': files, **facts}
+    write_safetensors(tensors, os.path.join(OUT, 'parity.safetensors'))
+    with open(os.path.join(OUT, 'parity.json'), 'w') as f:
+        json.dump(index, f, indent=1)
+        f.write('\n')
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    parity_fixtures()
     sd = tiny_state_dict()
     torch.save(sd, os.path.join(OUT, 'tiny.pt'))
     write_safetensors(collections.OrderedDict((k, v.contiguous()) for k, v in sd.items()), os.path.join(OUT, 'tiny.safetensors'),

@@ -1,18 +1,24 @@
 /**
  * Model files in and out, by format. The architecture travels with the file where the format allows
- * (safetensors metadata); PyTorch state_dicts are matched by name and shape (see models/detect).
+ * (safetensors metadata we wrote); other state_dicts are matched by name and shape (models/detect), and the
+ * job can name the architecture, input shape and classes instead.
  */
 import * as path from 'node:path';
 import type { Model } from '../nn/model';
 import type { Results } from '../jobs/results';
 import type { Job } from '../jobs/schema';
 import { buildModel } from '../models';
+import { requireArchitecture, stripDataParallel } from '../models/detect';
 import { InputError } from '../errors';
-import { readSafetensors, readSafetensorsMetadata, writeSafetensors } from './safetensors';
+import { decodeSafetensors, writeSafetensors } from './safetensors';
 import { readPt, writePt } from './pt';
 import type { PtStateDict } from '../nn/module';
+import * as fs from 'node:fs';
 
 export type ModelFormat = 'pt' | 'safetensors' | 'onnx' | 'tfjs';
+
+/** File extension (or name) each format is written with. */
+export const FORMAT_EXT: Record<ModelFormat, string> = { pt: 'pt', safetensors: 'safetensors', onnx: 'onnx', tfjs: 'json' };
 
 /** Write `model` to `file` in `format`; returns the path written. */
 export function saveModelFile(model: Model, file: string, format: ModelFormat): string {
@@ -34,56 +40,83 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
   throw new Error(`writing ${format} models is not supported yet (${path.basename(file)})`);
 }
 
+/** The format a model path implies, or undefined. */
+export function modelFormatOf(file: string): ModelFormat | undefined {
+  const ext = path.extname(file).toLowerCase();
+  if (ext === '.pt' || ext === '.pth') return 'pt';
+  if (ext === '.safetensors') return 'safetensors';
+  if (ext === '.onnx') return 'onnx';
+  if (ext === '.json') return 'tfjs';
+  return undefined;
+}
+
+function parseJson<T>(s: string | undefined): T | undefined {
+  try {
+    return s ? (JSON.parse(s) as T) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface LoadedModel {
+  model: Model;
+  info: Results['model'];
+  /** False when the network pools globally and neither the file nor the job records its input size. */
+  inputSizeKnown: boolean;
+}
+
 /**
- * Load a model named by a job. Safetensors files we wrote carry their architecture in the metadata; otherwise
- * the job must name `arch`, `inputShape` and `numClasses` (a state_dict has no graph).
+ * Load a model named by a job. Safetensors files we wrote carry their architecture in the metadata; other
+ * state_dicts are recognized by their keys and shapes, and the job's `arch`, `inputShape` and `numClasses`
+ * win over both.
  */
-export function loadModelFile(ref: Job['model'], where: string): { model: Model; info: Results['model'] } {
+export function loadModelFile(ref: Job['model'], where: string): LoadedModel {
   const spec = typeof ref === 'string' ? { path: ref } : ref;
   const file = spec.path;
-  const ext = path.extname(file).toLowerCase();
-  const isPt = ext === '.pt' || ext === '.pth';
-  if (!isPt && ext !== '.safetensors') {
-    throw new InputError(`reading ${ext || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth)`, where);
+  const format = modelFormatOf(file);
+  if (format !== 'pt' && format !== 'safetensors') {
+    throw new InputError(`reading ${path.extname(file) || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth)`, where);
   }
-  const sd: PtStateDict = isPt ? (readPt(file) as unknown as PtStateDict) : readSafetensors(file);
-  const meta = isPt ? detectArchitecture(sd) : readSafetensorsMetadata(file);
-  const arch = (typeof ref === 'object' && ref.arch) || meta.arch;
-  const parse = <T>(s: string | undefined): T | undefined => {
-    try {
-      return s ? (JSON.parse(s) as T) : undefined;
-    } catch {
-      return undefined;
+  let sd: PtStateDict;
+  let meta: Record<string, string> = {};
+  if (format === 'pt') {
+    sd = readPt(file) as unknown as PtStateDict;
+  } else {
+    const st = decodeSafetensors(new Uint8Array(fs.readFileSync(file)), file);
+    sd = st.stateDict as unknown as PtStateDict;
+    meta = st.metadata;
+  }
+  return modelFromStateDict(stripDataParallel(sd), meta, spec, format, file, where);
+}
+
+/** Build the model a state_dict belongs to (metadata, detection or the job's names) and load it. */
+export function modelFromStateDict(sd: PtStateDict, meta: Record<string, string>, ref: Exclude<Job['model'], string>, format: ModelFormat, file: string, where: string): LoadedModel {
+  let arch = ref.arch ?? meta.arch;
+  let options = parseJson<Record<string, unknown>>(meta.options);
+  let inputShape = ref.inputShape ?? parseJson<[number, number, number]>(meta.inputShape);
+  let numClasses = ref.numClasses ?? (meta.numClasses ? Number(meta.numClasses) : undefined);
+  let inputSizeKnown = !!inputShape;
+  if (!meta.arch) {
+    // Named in the job: detection still supplies the options (width, blocks...) when it agrees.
+    const detected = ref.arch && ref.inputShape && ref.numClasses ? undefined : requireArchitecture(sd, where);
+    if (detected && (!ref.arch || ref.arch === detected.arch)) {
+      arch = detected.arch;
+      options = detected.options;
+      inputShape = ref.inputShape ?? detected.inputShape;
+      numClasses = ref.numClasses ?? detected.numClasses;
+      inputSizeKnown = !!ref.inputShape || detected.inputSizeKnown;
     }
-  };
-  const inputShape = (typeof ref === 'object' && ref.inputShape) || parse<[number, number, number]>(meta.inputShape);
-  const numClasses = (typeof ref === 'object' && ref.numClasses) || (meta.numClasses ? Number(meta.numClasses) : undefined);
-  if (!arch || !inputShape || !numClasses) {
-    const keys = [...sd.keys()].slice(0, 5).join(', ');
-    throw new InputError(`no known architecture matches this state_dict (first keys: ${keys}); name "arch", "inputShape" and "numClasses" in the job's model field, or export the model to ONNX`, where);
   }
-  const normalize = (typeof ref === 'object' && ref.normalize) || parse<{ mean: number[]; std: number[] }>(meta.normalize) || undefined;
-  const model = buildModel({ arch, inputShape, numClasses, options: parse<Record<string, unknown>>(meta.options) }, normalize ?? undefined);
+  if (!arch || !inputShape || !numClasses) {
+    throw new InputError(`the model file does not say its ${!arch ? 'architecture' : !inputShape ? 'input shape' : 'class count'}: name "arch", "inputShape" and "numClasses" in the job's model field`, where);
+  }
+  const normalize = ref.normalize ?? parseJson<{ mean: number[]; std: number[] } | null>(meta.normalize) ?? undefined;
+  const model = buildModel({ arch, inputShape, numClasses, options }, normalize);
   try {
     model.loadStateDict(sd, file);
   } catch (e) {
     model.dispose();
     throw e;
   }
-  return { model, info: { path: file, format: isPt ? 'pt' : 'safetensors', arch, params: model.paramCount(), inputShape, numClasses } };
-}
-
-/**
- * Architecture from state_dict names and shapes (a state_dict has no graph). Recognizes BackdoorBench's
- * PreAct-ResNet18 at any width, input channels and classes; the input size is not recorded in a state_dict,
- * so 32x32 is assumed unless the job says otherwise. Other stacks must be named in the job.
- */
-export function detectArchitecture(sd: PtStateDict): Record<string, string> {
-  const conv1 = sd.get('conv1.weight');
-  const linear = sd.get('linear.weight');
-  if (conv1 && linear && sd.has('layer4.1.conv2.weight') && sd.has('layer1.0.bn1.weight') && conv1.shape.length === 4) {
-    const width = conv1.shape[0];
-    return { arch: 'preact-resnet18', inputShape: JSON.stringify([32, 32, conv1.shape[1]]), numClasses: String(linear.shape[0]), options: JSON.stringify({ width }) };
-  }
-  return {};
+  return { model, info: { path: file, format, arch, params: model.paramCount(), inputShape, numClasses }, inputSizeKnown };
 }

@@ -231,3 +231,41 @@ export class Sequential extends Module {
     return x;
   }
 }
+
+/**
+ * AdaptiveAvgPool2d to a fixed [out, out] grid with PyTorch's bin edges (start = floor(i*H/out),
+ * end = ceil((i+1)*H/out)), kept as a 4-D NHWC tensor (a Flatten follows in torchvision's VGG). A 1x1 input
+ * is replicated and an evenly divisible one is a plain average pool; other sizes average each bin.
+ */
+export class AdaptiveAvgPool2d extends Module {
+  readonly kind = 'AdaptiveAvgPool2d';
+  constructor(readonly outputSize: number) {
+    super();
+  }
+  protected forwardImpl(x: tf.Tensor4D): tf.Tensor {
+    const [, h, w] = x.shape;
+    const o = this.outputSize;
+    if (h === o && w === o) return x;
+    if (h === 1 && w === 1) return tf.tile(x, [1, o, o, 1]);
+    if (h % o === 0 && w % o === 0) return tf.avgPool(x, [h / o, w / o], [h / o, w / o], 'valid');
+    const bins = (n: number) => Array.from({ length: o }, (_, i) => [Math.floor((i * n) / o), Math.ceil(((i + 1) * n) / o)]);
+    const rows = bins(h).map(([r0, r1]) =>
+      tf.concat(
+        bins(w).map(([c0, c1]) => tf.mean(tf.slice(x, [0, r0, c0, 0], [-1, r1 - r0, c1 - c0, -1]), [1, 2], true)),
+        2,
+      ),
+    );
+    return tf.concat(rows, 1);
+  }
+}
+
+/** Dropout: identity in evaluation; in training, PyTorch's inverted dropout with probability p. */
+export class Dropout extends Module {
+  readonly kind = 'Dropout';
+  constructor(readonly p = 0.5) {
+    super();
+  }
+  protected forwardImpl(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
+    return ctx.training && this.p > 0 ? tf.dropout(x, this.p) : x;
+  }
+}

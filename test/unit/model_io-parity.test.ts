@@ -1,0 +1,88 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { FIXTURES, maxAbsDiff, parityCases, parityData } from '../helpers/parity';
+import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
+import { readPt } from '../../src/engine/io/pt';
+import { detectArchitecture, stripDataParallel } from '../../src/engine/models/detect';
+
+describe('state_dict checkpoints: architecture detection and logits parity with PyTorch', () => {
+  before(useWasm);
+
+  for (const c of parityCases()) {
+    for (const fmt of ['pt', 'safetensors'] as const) {
+      const file = c.files[fmt];
+      if (!file) continue;
+      it(`${c.name}.${fmt}: recognized as ${c.arch} with ${c.numClasses} classes; logits match PyTorch`, () => {
+        const before = tf.memory().numTensors;
+        const { model, info } = loadModelFile(path.join(FIXTURES, file), 'test');
+        const { x, logits, shape } = parityData(c.name);
+        try {
+          assert.equal(info.arch, c.arch);
+          assert.equal(info.format, fmt);
+          assert.equal(info.numClasses, c.numClasses);
+          assert.equal(info.inputShape[2], x.shape[3], 'input channels');
+          if (c.inputShape) assert.deepEqual(info.inputShape, c.inputShape);
+          const y = tf.tidy(() => model.forward(x));
+          assert.deepEqual(y.shape, shape);
+          const { diff, scale } = maxAbsDiff(y.dataSync(), logits);
+          y.dispose();
+          assert.ok(scale > 0.1, 'the logits are not trivially small');
+          assert.ok(diff <= 1e-4 * Math.max(1, scale), `max abs diff ${diff} (logit scale ${scale})`);
+        } finally {
+          x.dispose();
+          model.dispose();
+        }
+        assert.equal(tf.memory().numTensors, before, 'no tensor leaked');
+      });
+    }
+  }
+
+  it('a DataParallel state_dict (every key under module.) is read without the prefix', () => {
+    const sd = readPt(path.join(FIXTURES, 'parity_resnet18_cifar_dp.pt'));
+    assert.ok([...sd.keys()].every((k) => k.startsWith('module.')));
+    assert.equal(detectArchitecture(sd), undefined, 'the prefixed keys themselves match nothing');
+    const d = detectArchitecture(stripDataParallel(sd))!;
+    assert.equal(d.arch, 'resnet18');
+    assert.deepEqual(d.options, { width: 4, blocks: [2, 2, 2, 2], stem: 'cifar', shortcut: 'shortcut', head: 'linear' });
+  });
+
+  it('the input size is taken from the classifier when a flattening VGG fixes it, and from the job otherwise', () => {
+    const flat = detectArchitecture(readPt(path.join(FIXTURES, 'parity_vgg_bn_flat.pt')))!;
+    assert.deepEqual(flat.inputShape, [32, 32, 1]);
+    assert.equal(flat.inputSizeKnown, true);
+    const pooled = detectArchitecture(readPt(path.join(FIXTURES, 'parity_vgg_bn.pt')))!;
+    assert.equal(pooled.inputSizeKnown, false);
+    const { model, info, inputSizeKnown } = loadModelFile({ path: path.join(FIXTURES, 'parity_preact_w4_c1.pt'), inputShape: [28, 28, 1] }, 'test');
+    assert.deepEqual(info.inputShape, [28, 28, 1]);
+    assert.equal(inputSizeKnown, true);
+    assert.deepEqual(model.spec.options, { width: 4 });
+    model.dispose();
+  });
+
+  it('pt -> safetensors -> pt round trips are bit-exact for every parity checkpoint', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-parity-'));
+    for (const c of parityCases()) {
+      if (!c.files.pt) continue;
+      const src = path.join(FIXTURES, c.files.pt);
+      const { model } = loadModelFile(src, 'test');
+      const a = saveModelFile(model, path.join(dir, `${c.name}.safetensors`), 'safetensors');
+      const { model: m2, info } = loadModelFile(a, 'test');
+      assert.equal(info.arch, c.arch);
+      const b = saveModelFile(m2, path.join(dir, `${c.name}.pt`), 'pt');
+      const orig = stripDataParallel(readPt(src));
+      const back = readPt(b);
+      assert.deepEqual([...back.keys()].sort(), [...orig.keys()].sort(), c.name);
+      for (const [k, t] of orig) {
+        const u = back.get(k)!;
+        assert.deepEqual(u.shape, t.shape, k);
+        assert.deepEqual(Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength), Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength), `${c.name}: ${k}`);
+      }
+      model.dispose();
+      m2.dispose();
+    }
+  });
+});
