@@ -12,6 +12,7 @@ import { requireArchitecture, stripDataParallel } from '../models/detect';
 import { InputError } from '../errors';
 import { decodeSafetensors, writeSafetensors } from './safetensors';
 import { readPt, writePt } from './pt';
+import { writeOnnx } from './onnx_export';
 import type { PtStateDict } from '../nn/module';
 import * as fs from 'node:fs';
 
@@ -35,6 +36,10 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
       options: JSON.stringify(model.spec.options ?? {}),
       normalize: JSON.stringify(model.normalize ?? null),
     });
+    return file;
+  }
+  if (format === 'onnx') {
+    writeOnnx(model, file);
     return file;
   }
   throw new Error(`writing ${format} models is not supported yet (${path.basename(file)})`);
