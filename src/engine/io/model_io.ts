@@ -13,6 +13,8 @@ import { InputError } from '../errors';
 import { decodeSafetensors, writeSafetensors } from './safetensors';
 import { readPt, writePt } from './pt';
 import { writeOnnx } from './onnx_export';
+import { readOnnx } from './onnx';
+import { onnxNumClasses } from '../models/onnx_graph';
 import type { PtStateDict } from '../nn/module';
 import * as fs from 'node:fs';
 
@@ -33,7 +35,8 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
       arch: model.spec.arch,
       inputShape: JSON.stringify(model.spec.inputShape),
       numClasses: String(model.spec.numClasses),
-      options: JSON.stringify(model.spec.options ?? {}),
+      // An imported ONNX graph's plan does not fit in metadata (and the keys alone cannot rebuild it).
+      options: JSON.stringify(model.spec.arch === 'onnx' ? {} : (model.spec.options ?? {})),
       normalize: JSON.stringify(model.normalize ?? null),
     });
     return file;
@@ -79,8 +82,9 @@ export function loadModelFile(ref: Job['model'], where: string): LoadedModel {
   const spec = typeof ref === 'string' ? { path: ref } : ref;
   const file = spec.path;
   const format = modelFormatOf(file);
+  if (format === 'onnx') return loadOnnxModel(spec, where);
   if (format !== 'pt' && format !== 'safetensors') {
-    throw new InputError(`reading ${path.extname(file) || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth)`, where);
+    throw new InputError(`reading ${path.extname(file) || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth, .onnx)`, where);
   }
   let sd: PtStateDict;
   let meta: Record<string, string> = {};
@@ -124,4 +128,26 @@ export function modelFromStateDict(sd: PtStateDict, meta: Record<string, string>
     throw e;
   }
   return { model, info: { path: file, format, arch, params: model.paramCount(), inputShape, numClasses }, inputSizeKnown };
+}
+
+/** An ONNX file: the graph imported op by op; the job may give the input size when the file leaves it symbolic. */
+function loadOnnxModel(ref: Exclude<Job['model'], string>, where: string): LoadedModel {
+  const file = ref.path;
+  const plan = readOnnx(file);
+  const [, c, h, w] = plan.inputDims;
+  const meta = plan.metadata;
+  const fromFile: [number, number, number] | undefined = c > 0 && h > 0 && w > 0 ? [h, w, c] : undefined;
+  const inputShape = ref.inputShape ?? fromFile;
+  if (!inputShape) throw new InputError(`the ONNX input ${plan.inputName} has a symbolic size [${plan.inputDims.map((d) => (d < 0 ? '?' : d))}]: name "inputShape" ([H, W, C]) in the job's model field`, where);
+  if (c > 0 && inputShape[2] !== c) throw new InputError(`the job says ${inputShape[2]} input channels but the ONNX graph takes ${c}`, where);
+  const normalize = ref.normalize ?? parseJson<{ mean: number[]; std: number[] } | null>(meta['backdoor-audit.normalize']) ?? undefined;
+  // The class count is the graph's; build once to learn it, then the model is rebuilt the same way for clones.
+  const model = buildModel({ arch: 'onnx', inputShape, numClasses: 0, options: { plan } }, normalize);
+  const numClasses = onnxNumClasses(model.root);
+  (model.spec as { numClasses: number }).numClasses = numClasses;
+  if (ref.numClasses && ref.numClasses !== numClasses) {
+    model.dispose();
+    throw new InputError(`the job says ${ref.numClasses} classes but the ONNX graph gives ${numClasses}`, where);
+  }
+  return { model, info: { path: file, format: 'onnx', arch: 'onnx', params: model.paramCount(), inputShape, numClasses }, inputSizeKnown: !!fromFile || !!ref.inputShape };
 }

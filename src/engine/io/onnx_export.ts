@@ -16,7 +16,8 @@ import * as tf from '@tensorflow/tfjs-core';
 export const ONNX_OPSET = 13;
 const AT = onnx.AttributeProto.AttributeType;
 
-export type AttrValue = number | number[] | string | { float: number };
+/** An attribute: number = INT, number[] = INTS, string = STRING; floats are marked. */
+export type AttrValue = number | number[] | string | { float: number } | { floats: number[] };
 
 export interface ExportOptions {
   /** Input is [0,1] pixels and the graph normalizes (default false: the graph takes normalized input). */
@@ -66,6 +67,7 @@ export class OnnxBuilder {
       if (typeof v === 'number') return onnx.AttributeProto.create({ name: k, type: AT.INT, i: v });
       if (typeof v === 'string') return onnx.AttributeProto.create({ name: k, type: AT.STRING, s: new TextEncoder().encode(v) });
       if (Array.isArray(v)) return onnx.AttributeProto.create({ name: k, type: AT.INTS, ints: v });
+      if ('floats' in v) return onnx.AttributeProto.create({ name: k, type: AT.FLOATS, floats: v.floats });
       return onnx.AttributeProto.create({ name: k, type: AT.FLOAT, f: v.float });
     });
     this.nodes.push(onnx.NodeProto.create({ name: nodeName, opType: op, input: inputs, output: out, attribute }));
@@ -86,7 +88,7 @@ function param(m: Module, name: string): Param {
   return p;
 }
 
-function weight(b: OnnxBuilder, m: Module, name: string, override?: Float32Array): string {
+export function weight(b: OnnxBuilder, m: Module, name: string, override?: Float32Array): string {
   const pt = toPt(param(m, name));
   return b.initializer(m.path ? `${m.path}.${name}` : name, pt.shape, override ?? (pt.data as Float32Array));
 }
@@ -227,10 +229,12 @@ export function exportOnnx(model: Model, opts: ExportOptions = {}): Uint8Array {
   const b = new OnnxBuilder();
   const [h, w, c] = model.inputShape;
   const n = opts.batch ?? -1;
-  b.reserve('input');
-  b.reserve('logits');
-  b.shapes.set('input', [n, c, h, w]);
-  let x = 'input';
+  // An imported graph keeps its own input and output names.
+  const io = (model.root as unknown as { onnxIo?: { input: string; output: string } }).onnxIo ?? { input: 'input', output: 'logits' };
+  b.reserve(io.input);
+  b.reserve(io.output);
+  b.shapes.set(io.input, [n, c, h, w]);
+  let x = io.input;
   if (opts.includeNormalization && model.normalize) {
     const { mean, std } = model.normalize;
     const per = (v: number[]) => Float32Array.from({ length: c }, (_, i) => v[v.length === 1 ? 0 : i]);
@@ -240,16 +244,18 @@ export function exportOnnx(model: Model, opts: ExportOptions = {}): Uint8Array {
   const y = tf.tidy(() => emitModule(b, model.root, x));
   const outShape = b.shape(y);
   if (outShape.length !== 2 || outShape[1] !== model.numClasses) throw new Error(`ONNX export: output shape [${outShape}] is not [N, ${model.numClasses}]`);
-  // Name the graph's output `logits`: rename the producing node's output (or add an Identity).
+  // Name the graph's output: rename the producing node's output (or add an Identity).
   const producer = b.nodes.find((nd) => nd.output?.[0] === y);
-  if (producer && y !== 'input') producer.output = ['logits'];
-  else b.node('Identity', [y], {}, 'logits/Identity', outShape, ['logits']);
+  if (producer) {
+    producer.output = [io.output, ...producer.output!.slice(1)];
+    for (const nd of b.nodes) nd.input = nd.input!.map((i) => (i === y ? io.output : i));
+  } else b.node('Identity', [y], {}, `${io.output}/Identity`, outShape, [io.output]);
   const graph = onnx.GraphProto.create({
     name: model.spec.arch,
     node: b.nodes,
     initializer: b.initializers,
-    input: [valueInfo('input', [n, c, h, w])],
-    output: [valueInfo('logits', [n, model.numClasses])],
+    input: [valueInfo(io.input, [n, c, h, w])],
+    output: [valueInfo(io.output, [n, model.numClasses])],
   });
   const proto = onnx.ModelProto.create({
     irVersion: 7,

@@ -143,7 +143,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         saveModel: (model, base) => {
           // Purified models keep the input's format, named after defense and aux set; an earlier run's file in
           // the out dir is not replaced unless asked.
-          const ext = loaded.info.format === 'pt' ? 'pt' : 'safetensors';
+          const ext = loaded.info.format === 'pt' || loaded.info.format === 'onnx' ? loaded.info.format : 'safetensors';
           const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
           return path.basename(saveModelFile(model, path.join(staging, name), ext));
         },

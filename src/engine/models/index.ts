@@ -8,6 +8,8 @@ import { buildPreActResNet18 } from './preact_resnet18';
 import { PLAIN_CNNS, buildPlainCnn, type PlainLayer } from './plain_cnn';
 import { buildResNet, type ResNetOptions } from './resnet';
 import { VGG_CFGS, buildVgg, type VggOptions } from './vgg';
+import { buildOnnxGraph } from './onnx_graph';
+import type { OnnxPlan } from '../io/onnx';
 
 export const ARCHITECTURES = ['preact-resnet18', 'resnet18', 'resnet34', 'vgg11-bn', 'vgg13-bn', 'vgg16-bn', 'vgg19-bn', ...Object.keys(PLAIN_CNNS), 'plain-cnn'];
 
@@ -19,7 +21,9 @@ export function buildModel(spec: ArchSpec, normalize?: Normalization, seed = 0):
   const opts = spec.options ?? {};
   let built;
   let m: RegExpExecArray | null;
-  if (spec.arch === 'preact-resnet18') {
+  if (spec.arch === 'onnx' && opts.plan) {
+    built = buildOnnxGraph(opts.plan as OnnxPlan, spec.inputShape);
+  } else if (spec.arch === 'preact-resnet18') {
     built = buildPreActResNet18(inC, spec.numClasses, Number(opts.width ?? 64), rng);
   } else if (spec.arch in RESNET_BLOCKS || (/^resnet\d+$/.test(spec.arch) && Array.isArray(opts.blocks))) {
     built = buildResNet(inC, spec.numClasses, { blocks: RESNET_BLOCKS[spec.arch], ...(opts as Partial<ResNetOptions>) }, rng);
