@@ -15,6 +15,9 @@ import { readPt, writePt } from './pt';
 import { writeOnnx } from './onnx_export';
 import { readOnnx } from './onnx';
 import { onnxNumClasses } from '../models/onnx_graph';
+import { readTfjs } from './tfjs';
+import { TfjsGraph, tfjsArtifacts } from '../models/tfjs_graph';
+import { writeFileAtomic } from '../util/atomic';
 import type { PtStateDict } from '../nn/module';
 import * as fs from 'node:fs';
 
@@ -36,13 +39,17 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
       inputShape: JSON.stringify(model.spec.inputShape),
       numClasses: String(model.spec.numClasses),
       // An imported ONNX graph's plan does not fit in metadata (and the keys alone cannot rebuild it).
-      options: JSON.stringify(model.spec.arch === 'onnx' ? {} : (model.spec.options ?? {})),
+      options: JSON.stringify(model.spec.arch === 'onnx' || model.spec.arch === 'tfjs' ? {} : (model.spec.options ?? {})),
       normalize: JSON.stringify(model.normalize ?? null),
     });
     return file;
   }
   if (format === 'onnx') {
     writeOnnx(model, file);
+    return file;
+  }
+  if (format === 'tfjs') {
+    writeTfjs(model, file);
     return file;
   }
   throw new Error(`writing ${format} models is not supported yet (${path.basename(file)})`);
@@ -83,8 +90,9 @@ export function loadModelFile(ref: Job['model'], where: string): LoadedModel {
   const file = spec.path;
   const format = modelFormatOf(file);
   if (format === 'onnx') return loadOnnxModel(spec, where);
+  if (format === 'tfjs') return loadTfjsModel(spec, where);
   if (format !== 'pt' && format !== 'safetensors') {
-    throw new InputError(`reading ${path.extname(file) || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth, .onnx)`, where);
+    throw new InputError(`reading ${path.extname(file) || path.basename(file)} models is not supported yet (supported: .safetensors, .pt, .pth, .onnx, TensorFlow.js model.json)`, where);
   }
   let sd: PtStateDict;
   let meta: Record<string, string> = {};
@@ -150,4 +158,34 @@ function loadOnnxModel(ref: Exclude<Job['model'], string>, where: string): Loade
     throw new InputError(`the job says ${ref.numClasses} classes but the ONNX graph gives ${numClasses}`, where);
   }
   return { model, info: { path: file, format: 'onnx', arch: 'onnx', params: model.paramCount(), inputShape, numClasses }, inputSizeKnown: !!fromFile || !!ref.inputShape };
+}
+
+/** A TensorFlow.js layers model (model.json + weight shards). */
+function loadTfjsModel(ref: Exclude<Job['model'], string>, where: string): LoadedModel {
+  const file = ref.path;
+  const plan = readTfjs(file);
+  const [h, w, c] = plan.inputShape;
+  const fromFile: [number, number, number] | undefined = h > 0 && w > 0 && c > 0 ? [h, w, c] : undefined;
+  const inputShape = ref.inputShape ?? fromFile;
+  if (!inputShape) throw new InputError(`the model input has a symbolic size [${plan.inputShape.map((d) => (d < 0 ? '?' : d))}]: name "inputShape" ([H, W, C]) in the job's model field`, where);
+  if (c > 0 && inputShape[2] !== c) throw new InputError(`the job says ${inputShape[2]} input channels but the model takes ${c}`, where);
+  const model = buildModel({ arch: 'tfjs', inputShape, numClasses: 0, options: { plan } }, ref.normalize);
+  const numClasses = model.head().outFeatures;
+  (model.spec as { numClasses: number }).numClasses = numClasses;
+  if (ref.numClasses && ref.numClasses !== numClasses) {
+    model.dispose();
+    throw new InputError(`the job says ${ref.numClasses} classes but the model gives ${numClasses}`, where);
+  }
+  return { model, info: { path: file, format: 'tfjs', arch: 'tfjs', params: model.paramCount(), inputShape, numClasses }, inputSizeKnown: !!fromFile || !!ref.inputShape };
+}
+
+/** model.json and its one weight shard (`<name>.weights.bin`) side by side. */
+function writeTfjs(model: Model, file: string): void {
+  if (!(model.root instanceof TfjsGraph)) {
+    throw new InputError(`writing a ${model.spec.arch} model as TensorFlow.js is not supported yet; write .onnx, .pt or .safetensors`, path.basename(file));
+  }
+  const shard = `${path.basename(file).replace(/\.json$/i, '')}.weights.bin`;
+  const { json, bin } = tfjsArtifacts(model.root, shard);
+  writeFileAtomic(path.join(path.dirname(file), shard), bin);
+  writeFileAtomic(file, JSON.stringify(json));
 }

@@ -9,6 +9,8 @@ import { PLAIN_CNNS, buildPlainCnn, type PlainLayer } from './plain_cnn';
 import { buildResNet, type ResNetOptions } from './resnet';
 import { VGG_CFGS, buildVgg, type VggOptions } from './vgg';
 import { buildOnnxGraph } from './onnx_graph';
+import { buildTfjsGraph } from './tfjs_graph';
+import type { TfjsPlan } from '../io/tfjs';
 import type { OnnxPlan } from '../io/onnx';
 
 export const ARCHITECTURES = ['preact-resnet18', 'resnet18', 'resnet34', 'vgg11-bn', 'vgg13-bn', 'vgg16-bn', 'vgg19-bn', ...Object.keys(PLAIN_CNNS), 'plain-cnn'];
@@ -23,6 +25,8 @@ export function buildModel(spec: ArchSpec, normalize?: Normalization, seed = 0):
   let m: RegExpExecArray | null;
   if (spec.arch === 'onnx' && opts.plan) {
     built = buildOnnxGraph(opts.plan as OnnxPlan, spec.inputShape);
+  } else if (spec.arch === 'tfjs' && opts.plan) {
+    built = buildTfjsGraph(opts.plan as TfjsPlan, spec.inputShape);
   } else if (spec.arch === 'preact-resnet18') {
     built = buildPreActResNet18(inC, spec.numClasses, Number(opts.width ?? 64), rng);
   } else if (spec.arch in RESNET_BLOCKS || (/^resnet\d+$/.test(spec.arch) && Array.isArray(opts.blocks))) {
