@@ -93,6 +93,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('merge')
+    .description('merge the results.json of every shard of a sharded sweep (run --shard i/n) into one')
+    .argument('<dirs...>', 'the shards\' output folders (or their results.json files)')
+    .requiredOption('--out <dir>', 'folder for the merged results.json')
+    .action(async (dirs: string[], opts: { out: string }) => {
+      const { mergeShardDirs } = await import('./engine/jobs/merge');
+      const { file, results } = mergeShardDirs(dirs.map((d) => path.resolve(d)), opts.out);
+      await printResults(results);
+      process.stderr.write(`results: ${file}\n`);
+    });
+
+  program
     .command('inspect')
     .description('format, detected architecture, input shape, classes, parameters and layers of a model file')
     .argument('<model>', 'model file (.pt, .pth, .safetensors, .onnx, model.json)')

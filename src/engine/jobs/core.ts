@@ -55,8 +55,15 @@ export interface CoreOptions {
   backend: BackendInfo;
   signal?: AbortSignal;
   emit: (e: RunEvent) => void;
-  /** Run only these cell indices (sharded sweeps); default all. */
-  cells?: (index: number) => boolean;
+  /** Run only one of `count` disjoint slices of the cells (sharded sweeps); default all. */
+  shard?: ShardSpec;
+}
+
+/** Slice `index` (0-based) of `count`: cells c with c % count === index, and aux sets a with a % count === index
+ * for the embeddings, so that every piece of work runs in exactly one shard. */
+export interface ShardSpec {
+  index: number;
+  count: number;
 }
 
 export interface Cell {
@@ -91,35 +98,42 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   };
 
   const cells = planCells(job);
+  const shard = o.shard;
+  const mine = (i: number) => !shard || i % shard.count === shard.index;
+  if (shard) results.shard = { index: shard.index, count: shard.count, cells: cells.length, aux: job.aux.map((a) => a.name) };
   const calibrated = new Map<string, ImageSet>();
+  // Calibration is deterministic (seeded), so shards that need the same calibrated set compute the same one.
+  const calibratedSet = async (aux: PreparedAux): Promise<ImageSet> => {
+    let cal = calibrated.get(aux.name);
+    if (!cal) {
+      if (!job.calibrate) throw new Error('GIC is not available in this build');
+      const t0 = Date.now();
+      const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
+      out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
+      cal = out.set;
+      calibrated.set(aux.name, cal);
+      results.gic.push(out.entry);
+      o.emit({ type: 'gic', entry: out.entry });
+    }
+    return cal;
+  };
   for (let i = 0; i < cells.length; i++) {
-    if (o.cells && !o.cells(i)) continue;
+    if (!mine(i)) continue;
     const cell = cells[i];
     if (o.signal?.aborted) throw new CancelledError();
-    let auxSet = cell.aux.set;
-    if (cell.gic) {
-      let cal = calibrated.get(cell.aux.name);
-      if (!cal) {
-        if (!job.calibrate) throw new Error('GIC is not available in this build');
-        const t0 = Date.now();
-        const out = await job.calibrate(job.victim, cell.aux, o.signal, progress(`gic ${cell.aux.name}`));
-        out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
-        cal = out.set;
-        calibrated.set(cell.aux.name, cal);
-        results.gic.push(out.entry);
-        o.emit({ type: 'gic', entry: out.entry });
-      }
-      auxSet = cal;
-    }
+    const auxSet = cell.gic ? await calibratedSet(cell.aux) : cell.aux.set;
     const row = await runCell(job, cell, auxSet, baseline, i, o, progress(`${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}`), results);
     results.rows.push(row);
     o.emit({ type: 'row', row });
   }
 
   if (job.embed) {
-    for (const aux of job.aux) {
+    for (const [a, aux] of job.aux.entries()) {
+      if (shard && a % shard.count !== shard.index) continue;
       if (o.signal?.aborted) throw new CancelledError();
-      const entry = job.embed(job.victim, aux, calibrated.get(aux.name));
+      const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
+      const cal = usesGic ? await calibratedSet(aux) : calibrated.get(aux.name);
+      const entry = job.embed(job.victim, aux, cal);
       if (entry) {
         results.embeddings.push(entry);
         o.emit({ type: 'embedding', entry });

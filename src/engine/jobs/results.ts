@@ -69,4 +69,10 @@ export interface Results {
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
   detection: { nc?: { anomalyIndex: number[]; flagged: number[] } };
+  /**
+   * Present only in the results of one shard of a sharded sweep (`run --shard i/n`): which slice this is, how many
+   * cells the whole job has and its aux set order, so that `merge` can rebuild the unsharded results exactly.
+   * Row k of shard `index` is cell `index + k * count`.
+   */
+  shard?: { index: number; count: number; cells: number; aux: string[] };
 }

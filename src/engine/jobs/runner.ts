@@ -22,7 +22,7 @@ import { synthesizeAuxSet } from '../aux/synthetic';
 import { calibrate } from '../gic/gic';
 import { embedAuxSet } from '../embed';
 import { Rng } from '../util/rng';
-import { runPrepared, planCells, type PreparedAux, type PreparedJob } from './core';
+import { runPrepared, planCells, type PreparedAux, type PreparedJob, type ShardSpec } from './core';
 import { writeResults } from './output';
 
 export interface RunOptions {
@@ -55,19 +55,18 @@ function checkShape(set: ImageSet, want: [number, number, number], field: string
   }
 }
 
-function parseShard(shard: string | undefined): ((i: number) => boolean) | undefined {
+/** `i/n` (1-based, as Slurm array and Kubernetes indexed jobs count from 1 or 0 + 1) -> a 0-based shard. */
+export function parseShard(shard: string | undefined): ShardSpec | undefined {
   if (!shard) return undefined;
   const m = /^(\d+)\/(\d+)$/.exec(shard);
   if (!m || +m[1] < 1 || +m[1] > +m[2]) throw new InputError(`shard must be i/n with 1 <= i <= n, got "${shard}"`, '--shard');
-  const i = +m[1] - 1;
-  const n = +m[2];
-  return (cell) => cell % n === i;
+  return { index: +m[1] - 1, count: +m[2] };
 }
 
 export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Results> {
   const emit = opts.onEvent ?? (() => undefined);
   const job: Job = loadJob(jobPath);
-  const cellFilter = parseShard(opts.shard);
+  const shard = parseShard(opts.shard);
   const backend = await initBackend(opts.device ?? job.device);
   const seed = job.seed;
   const rng = new Rng(seed);
@@ -148,8 +147,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
           return path.basename(saveModelFile(model, path.join(staging, name), ext));
         },
       };
-      emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).length, backend: backend.name, threads: backend.threads });
-      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, cells: cellFilter });
+      emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).filter((_, i) => !shard || i % shard.count === shard.index).length, backend: backend.name, threads: backend.threads });
+      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard });
       const resultsPath = writeResults(staging, outDir, results);
       emit({ type: 'done', results, resultsPath });
       return results;
