@@ -1,29 +1,38 @@
 /** `backdoor-audit inspect`: what a model file is, without running anything from it. */
 import * as path from 'node:path';
 import { loadModelFile } from './model_io';
-import { readSafetensors } from './safetensors';
+import { ptShape } from '../nn/module';
+import { initBackend } from '../backend';
 
 export interface InspectInfo {
   path: string;
   format: string;
   arch: string;
   inputShape: [number, number, number];
+  /** False when the network pools globally and the file does not fix its input size (any H x W works). */
+  inputSizeKnown: boolean;
   numClasses: number;
   params: number;
-  layers: Array<{ name: string; kind: string; params: number }>;
+  normalize: { mean: number[]; std: number[] } | null;
+  /** Leaf modules in forward order: ONNX nodes, Keras layers or the architecture's layers. */
+  layers: Array<{ name: string; kind: string; params: number; shape?: number[] }>;
+  /** Every parameter and buffer as a PyTorch state_dict would name and shape it. */
   tensors: Array<{ name: string; shape: number[]; dtype: string }>;
 }
 
 export async function inspectModelFile(file: string): Promise<InspectInfo> {
-  const { initBackend } = await import('../backend');
   await initBackend('cpu');
-  const { model, info } = loadModelFile(file, path.basename(file));
+  const { model, info, inputSizeKnown } = loadModelFile(file, path.basename(file));
   try {
     const layers = [...model.root.modules()]
       .filter((m) => m.path && m.children.size === 0)
-      .map((m) => ({ name: m.path, kind: m.kind, params: [...m.params.values()].filter((p) => p.trainable).reduce((s, p) => s + p.variable.size, 0) }));
-    const tensors = [...readSafetensors(file)].map(([name, t]) => ({ name, shape: t.shape, dtype: t.dtype }));
-    return { ...info, layers, tensors };
+      .map((m) => {
+        const trainable = [...m.params.values()].filter((p) => p.trainable);
+        const weight = m.params.get('weight');
+        return { name: m.path, kind: m.kind, params: trainable.reduce((s, p) => s + p.variable.size, 0), ...(weight ? { shape: ptShape(weight) } : {}) };
+      });
+    const tensors = model.root.namedParams().map(([name, p]) => ({ name, shape: ptShape(p), dtype: 'float32' }));
+    return { ...info, inputSizeKnown, normalize: model.normalize ?? null, layers, tensors };
   } finally {
     model.dispose();
   }
@@ -34,11 +43,12 @@ export function formatInspect(i: InspectInfo): string {
     `file:         ${i.path}`,
     `format:       ${i.format}`,
     `architecture: ${i.arch}`,
-    `input shape:  ${i.inputShape.join(' x ')} (H x W x C)`,
+    `input shape:  ${i.inputShape.join(' x ')} (H x W x C)${i.inputSizeKnown ? '' : ' (nominal: the network pools globally, other sizes work too)'}`,
     `classes:      ${i.numClasses}`,
     `parameters:   ${i.params.toLocaleString('en-US')}`,
-    'layers:',
-    ...i.layers.map((l) => `  ${l.name.padEnd(28)} ${l.kind.padEnd(14)} ${l.params}`),
+    ...(i.normalize ? [`normalize:    mean ${i.normalize.mean.join(', ')} / std ${i.normalize.std.join(', ')}`] : []),
+    `layers:       ${i.layers.length}`,
+    ...i.layers.map((l) => `  ${l.name.padEnd(28)} ${l.kind.padEnd(18)} ${String(l.params).padStart(9)}${l.shape ? `  [${l.shape.join(', ')}]` : ''}`),
   ];
   return lines.join('\n');
 }
