@@ -89,6 +89,27 @@ describe('inspect and evaluation-only jobs across model formats', () => {
     assert.equal(results.rows.length, 0);
     assert.ok(results.baseline.acc >= 0 && results.baseline.acc <= 1);
     assert.deepEqual(fs.readdirSync(out).sort(), ['results.json']);
+
+    // A .pt PreAct-ResNet18 pools globally: it takes the data's 28x28 rather than the nominal 32x32, and its
+    // purified model is written in every format the job asks for.
+    fs.copyFileSync(path.join(FIXTURES, 'parity_preact_w4_c1.pt'), path.join(dir, 'victim.pt'));
+    fs.writeFileSync(job, JSON.stringify({ model: 'victim.pt', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, aux: [{ name: 'held', type: 'unseen', source: { path: 't-images-idx3-ubyte', format: 'idx' }, size: 10 }], defenses: ['clp'], outputs: { formats: ['onnx', 'pt'] } }));
+    const out2 = path.join(dir, 'out2');
+    const r2 = await runJobFile(job, { outDir: out2, device: 'cpu' });
+    assert.deepEqual(r2.model.inputShape, [28, 28, 1]);
+    assert.equal(r2.rows.length, 1);
+    const written = r2.rows[0].output!;
+    assert.match(written, /\.onnx$/);
+    const files = fs.readdirSync(out2).sort();
+    assert.ok(files.includes(written) && files.includes(written.replace(/\.onnx$/, '.pt')), files.join(', '));
+    const a = loadModelFile(path.join(out2, written), 't');
+    const b = loadModelFile(path.join(out2, written.replace(/\.onnx$/, '.pt')), 't');
+    const x = tf.randomUniform([2, 28, 28, 1], 0, 1, 'float32', 3) as tf.Tensor4D;
+    const d = tf.tidy(() => tf.max(tf.abs(tf.sub(a.model.forward(x), b.model.forward(x)))).dataSync()[0]);
+    assert.ok(d < 1e-5, `the .onnx and .pt outputs are one model (diff ${d})`);
+    x.dispose();
+    a.model.dispose();
+    b.model.dispose();
   });
 
   it('the CLI gives exit code 2 and one line for malicious and broken model files', function () {

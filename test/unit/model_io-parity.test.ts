@@ -8,6 +8,8 @@ import { FIXTURES, maxAbsDiff, parityCases, parityData } from '../helpers/parity
 import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
 import { readPt } from '../../src/engine/io/pt';
 import { detectArchitecture, stripDataParallel } from '../../src/engine/models/detect';
+import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
+import { Rng } from '../../src/engine/util/rng';
 
 describe('state_dict checkpoints: architecture detection and logits parity with PyTorch', () => {
   before(useWasm);
@@ -84,5 +86,27 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
       model.dispose();
       m2.dispose();
     }
+  });
+
+  it('a model with an inserted polarizer (1x1 conv + BN) saved as .pt or .safetensors reads back with it', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-ins-'));
+    const { model } = loadModelFile({ path: path.join(FIXTURES, 'parity_preact_w4_c1.pt'), inputShape: [28, 28, 1] }, 'test');
+    model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(4)), new BatchNorm2d(32)]));
+    tf.tidy(() => {
+      const bn = model.root.find('layer4.1.conv1.inserted.1') as BatchNorm2d;
+      bn.runningMean.assign(tf.randomNormal([32], 0, 0.5, 'float32', 8));
+    });
+    const x = tf.randomUniform([2, 28, 28, 1], 0, 1, 'float32', 2) as tf.Tensor4D;
+    const want = tf.tidy(() => model.forward(x).dataSync() as Float32Array);
+    for (const fmt of ['pt', 'safetensors'] as const) {
+      const file = saveModelFile(model, path.join(dir, `npd.${fmt}`), fmt);
+      const { model: back } = loadModelFile({ path: file, inputShape: [28, 28, 1] }, 'test');
+      assert.equal(back.insertions.length, 1, fmt);
+      const got = tf.tidy(() => back.forward(x).dataSync() as Float32Array);
+      assert.equal(maxAbsDiff(got, want).diff, 0, fmt);
+      back.dispose();
+    }
+    x.dispose();
+    model.dispose();
   });
 });

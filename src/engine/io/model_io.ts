@@ -18,7 +18,9 @@ import { onnxNumClasses } from '../models/onnx_graph';
 import { readTfjs } from './tfjs';
 import { TfjsGraph, tfjsArtifacts } from '../models/tfjs_graph';
 import { writeFileAtomic } from '../util/atomic';
-import type { PtStateDict } from '../nn/module';
+import type { Module, PtStateDict } from '../nn/module';
+import { BatchNorm2d, Conv2d, Linear, Sequential } from '../nn/layers';
+import { Rng } from '../util/rng';
 import * as fs from 'node:fs';
 
 export type ModelFormat = 'pt' | 'safetensors' | 'onnx' | 'tfjs';
@@ -106,6 +108,52 @@ export function loadModelFile(ref: Job['model'], where: string): LoadedModel {
   return modelFromStateDict(stripDataParallel(sd), meta, spec, format, file, where);
 }
 
+/**
+ * Modules a defense inserted (NPD's polarizer) are saved under `<target>.inserted[.<i>].*`. Rebuild them from
+ * their parameters: a 4-D weight is a convolution (same padding), running statistics a BatchNorm, a 2-D weight
+ * a Linear layer. Parameter-free layers leave no trace, so indices must be contiguous.
+ */
+function restoreInsertions(model: Model, sd: PtStateDict, where: string): void {
+  const groups = new Map<string, Map<number, Map<string, number[]>>>();
+  for (const [k, t] of sd) {
+    const m = /^(.+)\.inserted\.(?:(\d+)\.)?([A-Za-z_]+)$/.exec(k);
+    if (!m) continue;
+    const idx = m[2] === undefined ? -1 : Number(m[2]);
+    const g = groups.get(m[1]) ?? new Map<number, Map<string, number[]>>();
+    groups.set(m[1], g);
+    const layer = g.get(idx) ?? new Map<string, number[]>();
+    g.set(idx, layer);
+    layer.set(m[3], t.shape);
+  }
+  for (const [target, layers] of groups) {
+    if (!model.root.find(target)) throw new InputError(`${target}.inserted.* has no module ${target} to sit in front of`, where);
+    const idx = [...layers.keys()].sort((a, b) => a - b);
+    if (idx[0] !== -1 && idx.some((v, i) => v !== i)) {
+      throw new InputError(`the module inserted before ${target} has layers without parameters (indices ${idx.join(', ')}), which a state_dict cannot describe: write the model to ONNX`, where);
+    }
+    const build = (p: Map<string, number[]>): Module => {
+      const w = p.get('weight');
+      if (p.has('running_mean')) return new BatchNorm2d(p.get('running_mean')![0]);
+      if (w && w.length === 4) return new Conv2d(w[1], w[0], w[2], { padding: (w[2] - 1) >> 1, bias: p.has('bias') }, new Rng(0));
+      if (w && w.length === 2) return new Linear(w[1], w[0], new Rng(0), p.has('bias'));
+      throw new InputError(`cannot tell what layer was inserted before ${target} from its parameters (${[...p.keys()].join(', ')})`, where);
+    };
+    model.insertBefore(target, () => (idx[0] === -1 ? build(layers.get(-1)!) : new Sequential(idx.map((i) => build(layers.get(i)!)))));
+  }
+}
+
+/**
+ * Give a size-agnostic model (global pooling, size not fixed by the file or job) the data's image size, so the
+ * job checks, triggers and reports use it. Channels must still match.
+ */
+export function adoptInputSize(loaded: LoadedModel, dataShape: readonly number[]): void {
+  const s = loaded.model.spec;
+  if (loaded.inputSizeKnown || dataShape.length !== 3 || dataShape[2] !== s.inputShape[2]) return;
+  s.inputShape = [dataShape[0], dataShape[1], s.inputShape[2]];
+  loaded.info.inputShape = s.inputShape;
+  loaded.inputSizeKnown = true;
+}
+
 /** Build the model a state_dict belongs to (metadata, detection or the job's names) and load it. */
 export function modelFromStateDict(sd: PtStateDict, meta: Record<string, string>, ref: Exclude<Job['model'], string>, format: ModelFormat, file: string, where: string): LoadedModel {
   let arch = ref.arch ?? meta.arch;
@@ -130,6 +178,7 @@ export function modelFromStateDict(sd: PtStateDict, meta: Record<string, string>
   const normalize = ref.normalize ?? parseJson<{ mean: number[]; std: number[] } | null>(meta.normalize) ?? undefined;
   const model = buildModel({ arch, inputShape, numClasses, options }, normalize);
   try {
+    restoreInsertions(model, sd, where);
     model.loadStateDict(sd, file);
   } catch (e) {
     model.dispose();

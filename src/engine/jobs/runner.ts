@@ -14,7 +14,7 @@ import { InputError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { loadDataSource } from '../io/data';
-import { loadModelFile, saveModelFile } from '../io/model_io';
+import { FORMAT_EXT, adoptInputSize, loadModelFile, saveModelFile, type ModelFormat } from '../io/model_io';
 import { makeAttack, triggeredTestSet } from '../attacks';
 import { sampleBalanced } from '../aux/sample';
 import { applyShift } from '../aux/shifts';
@@ -75,9 +75,11 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
   const loaded = loadModelFile(job.model, `${name}: model`);
   const victim = loaded.model;
   try {
-    const shape = victim.inputShape;
     const k = victim.numClasses;
     const test = loadSource(job.data.test, 'test', `${name}: data.test`, k, seed);
+    // A network that pools globally takes any image size: unless the file or the job fixed one, use the data's.
+    if (!loaded.inputSizeKnown) adoptInputSize(loaded, test.shape);
+    const shape = victim.inputShape;
     checkShape(test, shape, `${name}: data.test`);
     const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, k, seed) : undefined;
     if (train) checkShape(train, shape, `${name}: data.train`);
@@ -142,9 +144,13 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         saveModel: (model, base) => {
           // Purified models keep the input's format, named after defense and aux set; an earlier run's file in
           // the out dir is not replaced unless asked.
-          const ext = loaded.info.format === 'pt' || loaded.info.format === 'onnx' ? loaded.info.format : 'safetensors';
-          const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
-          return path.basename(saveModelFile(model, path.join(staging, name), ext));
+          const formats = job.outputs?.formats ?? [loaded.info.format as ModelFormat];
+          const written = formats.map((fmt) => {
+            const ext = FORMAT_EXT[fmt];
+            const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
+            return path.basename(saveModelFile(model, path.join(staging, name), fmt));
+          });
+          return written[0];
         },
       };
       emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).filter((_, i) => !shard || i % shard.count === shard.index).length, backend: backend.name, threads: backend.threads });
