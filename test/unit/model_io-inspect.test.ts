@@ -8,6 +8,7 @@ import { FIXTURES } from '../helpers/parity';
 import { inspectModelFile, formatInspect } from '../../src/engine/io/inspect';
 import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
 import { runJobFile } from '../../src/engine/jobs/runner';
+import { loadJob } from '../../src/engine/jobs/validate';
 import { buildModel } from '../../src/engine/models';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
@@ -82,6 +83,10 @@ describe('inspect and evaluation-only jobs across model formats', () => {
     fs.writeFileSync(path.join(dir, 't-labels-idx1-ubyte'), lab);
     fs.copyFileSync(path.join(FIXTURES, 'parity_preact_w4_c1.onnx'), path.join(dir, 'victim.onnx'));
     const job = path.join(dir, 'audit.json');
+    fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, defenses: [] }));
+    // TensorFlow.js output of an ONNX graph is refused when the job is read, by field.
+    fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, outputs: { formats: ['tfjs'] } }));
+    assert.throws(() => loadJob(job), (e: Error & { where?: string }) => /cannot be written as TensorFlow.js/.test(e.message) && /outputs\.formats\[0\]/.test(e.where ?? ''));
     fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, defenses: [] }));
     const out = path.join(dir, 'out');
     const results = await runJobFile(job, { outDir: out, device: 'cpu' });

@@ -10,6 +10,7 @@ import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
 import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';
+import { buildModel } from '../../src/engine/models';
 
 /** Save a tfjs-layers model as model.json + shards (split in two) the way the converter lays them out. */
 async function saveLayers(m: tfl.LayersModel, dir: string): Promise<string> {
@@ -157,5 +158,45 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       oneLine(/unsupported TensorFlow.js layer LSTM \(layer "c2"\)/),
     );
     assert.throws(() => loadModelFile(variant('graph.json', (j) => (j.modelTopology = { node: [] })), 't'), oneLine(/graph models .* not supported/));
+  });
+
+  it('PyTorch-layout models written as TensorFlow.js: tfjs-layers and our reader both compute the source logits', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-tfjs-'));
+    const cases: Array<[string, Parameters<typeof buildModel>[0]]> = [
+      ['preact', { arch: 'preact-resnet18', inputShape: [20, 20, 1], numClasses: 6, options: { width: 4 } }],
+      ['resnet-cifar', { arch: 'resnet18', inputShape: [16, 16, 3], numClasses: 5, options: { width: 4, stem: 'cifar', shortcut: 'shortcut', head: 'linear' } }],
+      ['vgg-flat', { arch: 'vgg7-bn', inputShape: [16, 16, 3], numClasses: 4, options: { cfg: [4, 'M', 8, 'M'], avgpool: 0, hidden: [6], dropout: true } }],
+      ['vgg-pool', { arch: 'vgg7-bn', inputShape: [8, 8, 3], numClasses: 4, options: { cfg: [4, 'M', 8, 'M', 8, 'M'], avgpool: 7, hidden: [6], dropout: false } }],
+    ];
+    for (const [label, spec] of cases) {
+      const model = buildModel(spec, { mean: [0.4], std: [0.3] }, 2);
+      for (const bn of model.batchNorms()) {
+        tf.tidy(() => {
+          bn.runningMean.assign(tf.randomNormal(bn.runningMean.shape, 0, 0.3, 'float32', 1));
+          bn.runningVar.assign(tf.randomUniform(bn.runningVar.shape, 0.5, 1.5, 'float32', 2));
+        });
+      }
+      const [h, w, c] = spec.inputShape;
+      const x = tf.randomUniform([2, h, w, c], 0, 1, 'float32', 6) as tf.Tensor4D;
+      const file = saveModelFile(model, path.join(dir, `${label}.json`), 'tfjs');
+      const keras = await loadLayers(file);
+      // The file takes normalized input, like the source model's first layer.
+      const xn = tf.tidy(() => tf.div(tf.sub(x, 0.4), 0.3)) as tf.Tensor4D;
+      const want = ours(model, x);
+      const d = maxAbsDiff(theirs(keras, xn), want);
+      assert.ok(d.scale > 0.01 && d.diff <= 1e-4 * Math.max(1, d.scale), `${label}: tfjs-layers diff ${d.diff} (scale ${d.scale})`);
+      const { model: back, info } = loadModelFile(file, 'test');
+      assert.deepEqual(back.normalize, model.normalize, `${label}: normalization travels in userDefinedMetadata`);
+      assert.equal(info.params, model.paramCount(), label);
+      const d2 = maxAbsDiff(ours(back, x), want);
+      assert.ok(d2.diff <= 1e-5 * Math.max(1, d2.scale), `${label}: re-read diff ${d2.diff}`);
+      keras.dispose();
+      back.dispose();
+      model.dispose();
+      tf.dispose([x, xn]);
+    }
+    const stem = buildModel({ arch: 'resnet18', inputShape: [32, 32, 3], numClasses: 5, options: { width: 4 } });
+    assert.throws(() => saveModelFile(stem, path.join(dir, 'stem.json'), 'tfjs'), /max pooling with padding \(maxpool\) has no TensorFlow.js layer/);
+    stem.dispose();
   });
 });

@@ -16,7 +16,7 @@ import { writeOnnx } from './onnx_export';
 import { readOnnx } from './onnx';
 import { onnxNumClasses } from '../models/onnx_graph';
 import { readTfjs } from './tfjs';
-import { TfjsGraph, tfjsArtifacts } from '../models/tfjs_graph';
+import { tfjsArtifactsOf } from './tfjs_export';
 import { writeFileAtomic } from '../util/atomic';
 import type { Module, PtStateDict } from '../nn/module';
 import { BatchNorm2d, Conv2d, Linear, Sequential } from '../nn/layers';
@@ -218,7 +218,8 @@ function loadTfjsModel(ref: Exclude<Job['model'], string>, where: string): Loade
   const inputShape = ref.inputShape ?? fromFile;
   if (!inputShape) throw new InputError(`the model input has a symbolic size [${plan.inputShape.map((d) => (d < 0 ? '?' : d))}]: name "inputShape" ([H, W, C]) in the job's model field`, where);
   if (c > 0 && inputShape[2] !== c) throw new InputError(`the job says ${inputShape[2]} input channels but the model takes ${c}`, where);
-  const model = buildModel({ arch: 'tfjs', inputShape, numClasses: 0, options: { plan } }, ref.normalize);
+  const ours = (plan.json.userDefinedMetadata as { backdoorAudit?: { normalize?: { mean: number[]; std: number[] } | null } } | undefined)?.backdoorAudit;
+  const model = buildModel({ arch: 'tfjs', inputShape, numClasses: 0, options: { plan } }, ref.normalize ?? ours?.normalize ?? undefined);
   const numClasses = model.head().outFeatures;
   (model.spec as { numClasses: number }).numClasses = numClasses;
   if (ref.numClasses && ref.numClasses !== numClasses) {
@@ -230,11 +231,8 @@ function loadTfjsModel(ref: Exclude<Job['model'], string>, where: string): Loade
 
 /** model.json and its one weight shard (`<name>.weights.bin`) side by side. */
 function writeTfjs(model: Model, file: string): void {
-  if (!(model.root instanceof TfjsGraph)) {
-    throw new InputError(`writing a ${model.spec.arch} model as TensorFlow.js is not supported yet; write .onnx, .pt or .safetensors`, path.basename(file));
-  }
   const shard = `${path.basename(file).replace(/\.json$/i, '')}.weights.bin`;
-  const { json, bin } = tfjsArtifacts(model.root, shard);
+  const { json, bin } = tfjsArtifactsOf(model, shard);
   writeFileAtomic(path.join(path.dirname(file), shard), bin);
   writeFileAtomic(file, JSON.stringify(json));
 }

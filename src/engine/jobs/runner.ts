@@ -15,6 +15,7 @@ import type { ImageSet } from '../data/dataset';
 import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { loadDataSource } from '../io/data';
 import { FORMAT_EXT, adoptInputSize, loadModelFile, saveModelFile, type ModelFormat } from '../io/model_io';
+import { tfjsArtifactsOf } from '../io/tfjs_export';
 import { makeAttack, triggeredTestSet } from '../attacks';
 import { sampleBalanced } from '../aux/sample';
 import { applyShift } from '../aux/shifts';
@@ -75,6 +76,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
   const loaded = loadModelFile(job.model, `${name}: model`);
   const victim = loaded.model;
   try {
+    // A format that cannot hold this model fails now, not after the defenses ran.
+    if (job.outputs?.formats?.includes('tfjs')) tfjsArtifactsOf(victim, 'check.bin');
     const k = victim.numClasses;
     const test = loadSource(job.data.test, 'test', `${name}: data.test`, k, seed);
     // A network that pools globally takes any image size: unless the file or the job fixed one, use the data's.

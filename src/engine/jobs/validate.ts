@@ -334,10 +334,10 @@ function checkRules(job: Job, label: string): void {
     const c = m.inputShape?.[2];
     if (c !== undefined && mean.length !== 1 && mean.length !== c) fail(`${mean.length} values for ${c} input channel${c === 1 ? '' : 's'}`, 'model.normalize.mean');
   }
-  // TensorFlow.js is written by replaying a Keras topology, which only a model.json input has.
+  // An imported ONNX graph has no Keras counterpart here.
   const fmts = job.outputs?.formats ?? [];
-  if (fmts.includes('tfjs') && !/\.json$/i.test(m.path)) {
-    fail('TensorFlow.js output is written from a TensorFlow.js input (model.json); choose onnx, pt or safetensors', `outputs.formats[${fmts.indexOf('tfjs')}]`);
+  if (fmts.includes('tfjs') && /\.onnx$/i.test(m.path)) {
+    fail('an ONNX model cannot be written as TensorFlow.js; choose onnx, pt or safetensors', `outputs.formats[${fmts.indexOf('tfjs')}]`);
   }
   if (m.numClasses !== undefined && job.attack.target >= m.numClasses) fail(`target ${job.attack.target} is not a class of a ${m.numClasses}-class model`, 'attack.target');
 }

@@ -16,7 +16,8 @@ import type { TfjsLayer, TfjsPlan } from '../io/tfjs';
 
 export const SUPPORTED_KERAS_LAYERS = [
   'InputLayer', 'Conv2D', 'Dense', 'BatchNormalization', 'Activation', 'ReLU', 'Softmax', 'MaxPooling2D', 'AveragePooling2D',
-  'GlobalAveragePooling2D', 'GlobalMaxPooling2D', 'Flatten', 'Dropout', 'Add', 'Concatenate', 'ZeroPadding2D', 'Reshape',
+  'GlobalAveragePooling2D', 'GlobalMaxPooling2D', 'Flatten', 'Dropout', 'Add', 'Concatenate', 'ZeroPadding2D', 'Reshape', 'Permute',
+  'UpSampling2D',
 ];
 
 /** Conv2D with TensorFlow's 'same' padding (asymmetric when the stride does not divide evenly). */
@@ -231,6 +232,21 @@ export function buildTfjsGraph(plan: TfjsPlan, inputShape: [number, number, numb
         if (resolved.reduce((a, b) => a * b, 1) !== n) fail(`cannot reshape [${x0}] to [${target}]`);
         module = new GraphOp('Reshape', ([x]) => tf.reshape(x, [x.shape[0], ...resolved]));
         out = resolved;
+        break;
+      }
+      case 'Permute': {
+        const dims = c.dims as number[];
+        if (!Array.isArray(dims) || dims.length !== x0.length || [...dims].sort().join() !== x0.map((_, i) => i + 1).join()) fail(`bad Permute dims ${JSON.stringify(c.dims)}`);
+        module = new GraphOp('Permute', ([x]) => tf.transpose(x, [0, ...dims]));
+        out = dims.map((d) => x0[d - 1]);
+        break;
+      }
+      case 'UpSampling2D': {
+        image();
+        const [a, bb] = pair(c.size, 2);
+        if ((c.interpolation ?? 'nearest') !== 'nearest') fail(`UpSampling2D interpolation ${String(c.interpolation)} is not supported`);
+        module = new GraphOp('UpSampling2D', ([x]) => tf.image.resizeNearestNeighbor(x as tf.Tensor4D, [x0[0] * a, x0[1] * bb]));
+        out = [x0[0] * a, x0[1] * bb, x0[2]];
         break;
       }
       case 'Dropout':
