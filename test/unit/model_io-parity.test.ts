@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { FIXTURES, maxAbsDiff, parityCases, parityData } from '../helpers/parity';
+import { hasTorch, python } from '../helpers/checkpoints';
 import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
 import { readPt } from '../../src/engine/io/pt';
 import { detectArchitecture, stripDataParallel } from '../../src/engine/models/detect';
@@ -108,5 +109,54 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
     }
     x.dispose();
     model.dispose();
+  });
+
+  it('.pt files we write load in PyTorch (weights_only=True) into the source architecture and give our logits', function () {
+    if (!hasTorch()) {
+      console.log('      (skipped: /usr/bin/python3 has no torch; install python3-torch to check PyTorch compatibility)');
+      this.skip();
+    }
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-pyt-'));
+    const script = path.join(__dirname, '..', '..', 'scripts', 'make-fixtures.py');
+    const builds: Record<string, string> = {
+      preact_w4_c1: 'PreActResNet18(4, 1, 10)',
+      resnet18_w4: 'ResNet18(4, 3, 7)',
+      vgg_bn_flat: "VGG([8, 8, 'M', 16, 'M', 16, 'M'], 1, 10, avgpool=0)",
+    };
+    const ourLogits = new Map<string, Float32Array>();
+    const jobs: Array<[string, string, string, number[]]> = [];
+    for (const [name, ctor] of Object.entries(builds)) {
+      const { model } = loadModelFile(path.join(FIXTURES, `parity_${name}.pt`), 'test');
+      // Change the weights so that the file PyTorch reads is ours, not the fixture.
+      tf.tidy(() => model.head().weight.assign(tf.mul(model.head().weight, -0.5)));
+      const file = saveModelFile(model, path.join(dir, `${name}.pt`), 'pt');
+      const { x } = parityData(name);
+      ourLogits.set(name, tf.tidy(() => model.forward(x).dataSync() as Float32Array));
+      const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
+      fs.writeFileSync(path.join(dir, `${name}.in`), Buffer.from(nchw.buffer, nchw.byteOffset, nchw.byteLength));
+      jobs.push([ctor, file, path.join(dir, `${name}.in`), [x.shape[0], x.shape[3], x.shape[1], x.shape[2]]]);
+      x.dispose();
+      model.dispose();
+    }
+    // One interpreter for all: importing torch is the slow part.
+    const out = python(
+      [
+        'import importlib.util, sys, json, torch',
+        'spec = importlib.util.spec_from_file_location("fx", sys.argv[1]); fx = importlib.util.module_from_spec(spec); spec.loader.exec_module(fx)',
+        'res = []',
+        'for ctor, f, inp, shape in json.loads(sys.argv[2]):',
+        '    m = eval("fx." + ctor).eval()',
+        '    m.load_state_dict(torch.load(f, weights_only=True))',
+        '    x = torch.frombuffer(bytearray(open(inp, "rb").read()), dtype=torch.float32).reshape(shape)',
+        '    res.append(m(x).detach().flatten().tolist())',
+        'print(json.dumps(res))',
+      ].join('\n'),
+      [script, JSON.stringify(jobs)],
+    );
+    const theirs = JSON.parse(out) as number[][];
+    Object.keys(builds).forEach((name, i) => {
+      const d = maxAbsDiff(ourLogits.get(name)!, theirs[i]);
+      assert.ok(d.scale > 0.05 && d.diff <= 1e-4 * Math.max(1, d.scale), `${name}: diff ${d.diff} (scale ${d.scale})`);
+    });
   });
 });
