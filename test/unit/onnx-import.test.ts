@@ -73,6 +73,11 @@ describe('ONNX reader', () => {
     assert.deepEqual(feats, [2, 32], 'the penultimate feature is the pooled, flattened map');
     x.dispose();
     copy.dispose();
+    // Its weights as safetensors carry no architecture (the graph is not in them): reading goes through
+    // detection, which the folded convolutions defeat, so the error points back to the graph file.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-onnx-'));
+    const st = saveModelFile(model, path.join(dir, 'w.safetensors'), 'safetensors');
+    assert.throws(() => loadModelFile(st, 'job'), /no known architecture matches this state_dict .*ONNX/);
     model.dispose();
   });
 

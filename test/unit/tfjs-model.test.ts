@@ -102,6 +102,13 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       const d2 = maxAbsDiff(theirs(back, x), ours(model, x));
       assert.ok(d2.diff <= 1e-5 * Math.max(1, d2.scale), `written back: diff ${d2.diff}`);
       assert.ok(maxAbsDiff(ours(model, x), want).diff > 1e-3, 'the change is in the written model');
+      // Read, write, read: the weights come back bit for bit.
+      const { model: again } = loadModelFile(out, 'test');
+      const a = model.stateDict();
+      const b2 = again.stateDict();
+      assert.deepEqual([...b2.keys()], [...a.keys()]);
+      for (const [k, t] of a) assert.deepEqual(b2.get(k)!.data, t.data, k);
+      again.dispose();
       back.dispose();
       ref.dispose();
       model.dispose();

@@ -35,13 +35,19 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
     return file;
   }
   if (format === 'safetensors') {
+    // An imported graph cannot be rebuilt from metadata: its weights are written without an architecture, so
+    // reading them back goes through detection (PyTorch names survive an unfolded ONNX export) or the job.
+    const graph = model.spec.arch === 'onnx' || model.spec.arch === 'tfjs';
     writeSafetensors(model.stateDict(), file, {
       format: 'pt',
-      arch: model.spec.arch,
-      inputShape: JSON.stringify(model.spec.inputShape),
-      numClasses: String(model.spec.numClasses),
-      // An imported ONNX graph's plan does not fit in metadata (and the keys alone cannot rebuild it).
-      options: JSON.stringify(model.spec.arch === 'onnx' || model.spec.arch === 'tfjs' ? {} : (model.spec.options ?? {})),
+      ...(graph
+        ? {}
+        : {
+            arch: model.spec.arch,
+            inputShape: JSON.stringify(model.spec.inputShape),
+            numClasses: String(model.spec.numClasses),
+            options: JSON.stringify(model.spec.options ?? {}),
+          }),
       normalize: JSON.stringify(model.normalize ?? null),
     });
     return file;
