@@ -3,7 +3,7 @@
  * off and on side by side, the bar-chart series and the embedding scatter series. Pure (no DOM, no chart
  * library) so that the numbers on screen are unit tested; render.ts and charts.ts only draw these.
  */
-import type { EmbeddingEntry, ResultRow } from '../src/engine/jobs/results';
+import type { EmbeddingEntry, GicSample, ResultRow } from '../src/engine/jobs/results';
 import type { ViewState } from './state';
 
 export function pct(x: number | null | undefined, digits = 1): string {
@@ -191,4 +191,37 @@ export function statusText(s: ViewState): string {
     case 'interrupted':
       return 'Interrupted: the window was reloaded while the job ran; these are the results received before.';
   }
+}
+
+/** RGBA pixels of one gallery image, ready for ImageData. */
+export interface GalleryImage {
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray<ArrayBuffer>;
+}
+
+/**
+ * Decodes one image of a GIC sample: `x` and `gx` as they look (grey or RGB), `diff` as the largest channel of
+ * |g(x) - x| / delta in grey, white where the perturbation reaches the bound. Undefined if the data does not
+ * have the size its shape says (results.json is data from disk, not trusted to be well formed).
+ */
+export function galleryImage(sample: GicSample, which: 'x' | 'gx' | 'diff'): GalleryImage | undefined {
+  const [h, w, c] = sample.shape;
+  if (![h, w, c].every((d) => Number.isInteger(d) && d > 0) || (c !== 1 && c !== 3) || h * w > 512 * 512) return undefined;
+  let bytes: string;
+  try {
+    bytes = atob(sample[which]);
+  } catch {
+    return undefined;
+  }
+  if (bytes.length !== h * w * c) return undefined;
+  const rgba = new Uint8ClampedArray(new ArrayBuffer(h * w * 4));
+  for (let p = 0; p < h * w; p++) {
+    let r: number, g: number, b: number;
+    if (c === 1) r = g = b = bytes.charCodeAt(p);
+    else if (which === 'diff') r = g = b = Math.max(bytes.charCodeAt(3 * p), bytes.charCodeAt(3 * p + 1), bytes.charCodeAt(3 * p + 2));
+    else [r, g, b] = [bytes.charCodeAt(3 * p), bytes.charCodeAt(3 * p + 1), bytes.charCodeAt(3 * p + 2)];
+    rgba.set([r, g, b, 255], 4 * p);
+  }
+  return { width: w, height: h, rgba };
 }

@@ -6,7 +6,7 @@
 import type { InspectInfo, ModelAction } from '../src/vscode/panelProtocol';
 import type { View } from './app';
 import { Charts } from './charts';
-import { buildGrid, classColour, pct, statusText, type GridCell } from './format';
+import { buildGrid, classColour, galleryImage, pct, statusText, type GridCell } from './format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
 
@@ -43,6 +43,8 @@ export class DomView implements View {
   private chartCanvas = el('canvas');
   private embed = section('Feature embeddings', 'embeddings');
   private embedSlots = new Map<string, { wrap: HTMLElement; canvas: HTMLCanvasElement; legend: HTMLElement }>();
+  private gallery = section('Calibrated examples (GIC)', 'gallery');
+  private galleryShown = '';
   private detection = section('Trigger detection (Neural Cleanse)', 'detection');
   private built = false;
 
@@ -61,7 +63,7 @@ export class DomView implements View {
     const chartBox = el('div', 'chart-box');
     chartBox.append(this.chartCanvas);
     this.chart.body.append(chartBox);
-    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.embed.root, this.detection.root);
+    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.embed.root, this.gallery.root, this.detection.root);
     // Theme switches change the --vscode-* variables; charts read colours once, so redraw them.
     new MutationObserver(() => {
       this.charts?.retheme();
@@ -80,6 +82,7 @@ export class DomView implements View {
     this.renderStatus(s);
     this.renderGrid(s);
     this.renderCharts(s);
+    this.renderGallery(s);
     this.renderDetection(s);
   }
 
@@ -243,6 +246,47 @@ export class DomView implements View {
         item.append(sw, document.createTextNode(String(c)));
         slot.legend.append(item);
       }
+    }
+  }
+
+  /** Per calibrated aux set: a few x, g(x) and |g(x) - x| / delta, drawn pixel for pixel and scaled up by CSS. */
+  private renderGallery(s: ViewState): void {
+    const entries = s.gic.filter((g) => g.samples && g.samples.length > 0);
+    this.gallery.root.hidden = entries.length === 0;
+    // Redraw only when the set of calibrated aux sets changed: live events repeat the same entries.
+    const key = entries.map((g) => `${g.aux}:${g.samples!.length}`).join('|');
+    if (key === this.galleryShown) return;
+    this.galleryShown = key;
+    const body = this.gallery.body;
+    body.replaceChildren();
+    for (const g of entries) {
+      const wrap = el('div', 'gallery');
+      const bound = g.norm === 'inf' ? `L∞ ≤ ${g.delta}` : `L2 ≤ ${g.delta}`;
+      wrap.append(el('h3', undefined, `${g.aux} (${bound})`));
+      const table = el('table', 'gallery-table');
+      const head = el('tr');
+      head.append(el('th'));
+      for (const sample of g.samples!) head.append(el('th', 'num', `class ${sample.label}`));
+      table.append(head);
+      for (const [which, title] of [['x', 'x'], ['gx', 'g(x)'], ['diff', '|g(x) − x| / δ']] as const) {
+        const tr = el('tr');
+        tr.append(el('th', undefined, title));
+        for (const sample of g.samples!) {
+          const td = el('td');
+          const img = galleryImage(sample, which);
+          if (img) {
+            const canvas = el('canvas', 'gallery-image');
+            canvas.width = img.width;
+            canvas.height = img.height;
+            canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
+            td.append(canvas);
+          } else td.append(el('span', 'muted', '—'));
+          tr.append(td);
+        }
+        table.append(tr);
+      }
+      wrap.append(table);
+      body.append(wrap);
     }
   }
 

@@ -1,7 +1,7 @@
 /**
  * Drives code-server (started by run.sh with the .vsix installed) in headless Chromium: opens the workspace,
  * right-clicks the victim in models/, runs "Purify Model..." through the set-up flow (embedded MNIST test and
- * auxiliary data, BadNets target 0, defense ft, GIC off), waits for the results panel to report the run done,
+ * auxiliary data, BadNets target 0, defense ft, GIC off and on), waits for the results panel to report the run done,
  * reads ACC/ASR from the grid and saves screenshots. Exits non-zero on any failure, with a screenshot.
  */
 import * as fs from 'node:fs';
@@ -103,7 +103,7 @@ async function main(): Promise<void> {
     await quickInput(page, /data for the "unseen"/, 'Embedded MNIST');
     await quickInput(page, /images per class/, '20');
     await quickInput(page, /defenses/); // "ft" is preselected
-    await quickInput(page, /Guided Input Calibration/, 'off');
+    await quickInput(page, /Guided Input Calibration/, 'both');
 
     const job = path.join(workspace, 'models', 'audit.json');
     for (let i = 0; i < 50 && !fs.existsSync(job); i++) await page.waitForTimeout(200);
@@ -134,9 +134,17 @@ async function main(): Promise<void> {
     if (!m) throw new Error(`no baseline in the panel: ${baseline}`);
     fs.writeFileSync(path.join(artifacts, 'panel.json'), JSON.stringify({ baseline, ft: { acc, asr }, baselineAsr: Number(m[1]) }, null, 2));
 
-    // The panel alone, for the README; then the whole window.
+    // With GIC both: the calibrated side of the grid and the x / g(x) gallery are filled in.
+    const gicAcc = Number(cells[6]?.replace('%', ''));
+    if (!(gicAcc >= 0 && gicAcc <= 100)) throw new Error(`no ACC with GIC in the ft row: ${cells.join(' | ')}`);
+    const images = await panel.locator('#gallery canvas.gallery-image').count();
+    if (images < 3) throw new Error(`the GIC gallery shows ${images} images`);
+    step(`ft with GIC: ACC ${gicAcc}%; gallery: ${images} images`);
+
+    // The panel alone, for the README; the gallery; then the whole window.
     const frameEl = page.locator('iframe.webview.ready').last();
     await frameEl.screenshot({ path: path.join(artifacts, 'panel.png') });
+    await panel.locator('#gallery').screenshot({ path: path.join(artifacts, 'gallery.png') });
     await page.screenshot({ path: path.join(artifacts, 'window.png') });
     step(`ACC ${acc}% ASR ${asr}% (baseline ASR ${m[1]}%)`);
   } catch (e) {

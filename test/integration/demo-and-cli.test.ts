@@ -54,6 +54,12 @@ describe('demo on the embedded MNIST (ft and clp)', function () {
     assert.ok(ood.bnDistanceAfter! < ood.bnDistanceBefore!, 'GIC lowers the BN-statistics distance on an OOD set');
     assert.equal(results.embeddings.length, 5);
     assert.ok(results.embeddings[0].points.some((p) => p.set === 'calibrated'));
+    // The gallery: one example per class (six), whose perturbation image reaches what the entry reports.
+    for (const g of results.gic) {
+      assert.equal(g.samples?.length, 6, g.aux);
+      const largest = Math.max(...g.samples!.flatMap((s) => Array.from(Buffer.from(s.diff, 'base64')))) / 255;
+      assert.ok(largest <= g.maxPerturbation / g.delta + 0.5 / 255 + 1e-6, `${g.aux}: gallery ${largest} vs max ${g.maxPerturbation / g.delta}`);
+    }
   });
 
   it('writes results.json, the victim and the purified models, and leaves no tensor behind', () => {

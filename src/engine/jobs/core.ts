@@ -12,6 +12,7 @@ import { Rng } from '../util/rng';
 import { CancelledError, oneLine } from '../errors';
 import type { RunEvent } from '../../protocol';
 import { getDefense } from '../defenses';
+import { gallerySamples } from '../gic/gallery';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModel, der, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
@@ -110,6 +111,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       const t0 = Date.now();
       const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
       out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
+      out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
       cal = out.set;
       calibrated.set(aux.name, cal);
       results.gic.push(out.entry);

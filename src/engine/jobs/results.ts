@@ -38,6 +38,19 @@ export interface GicEntry {
   bnDistanceAfter: number | null;
   seconds: number;
   note?: string;
+  /** A few calibrated examples for the panel's gallery (one per class). */
+  samples?: GicSample[];
+}
+
+/**
+ * One x / g(x) pair: [H, W, C] bytes, base64. `diff` is |g(x) - x| / delta, so 255 means the bound is reached.
+ */
+export interface GicSample {
+  label: number;
+  shape: [number, number, number];
+  x: string;
+  gx: string;
+  diff: string;
 }
 
 export interface EmbeddingPoint {
