@@ -22,6 +22,7 @@ async function main() {
     ['src/cli.ts', 'cli.js'],
     ['src/extension.ts', 'extension.js'],
     ['src/worker.ts', 'worker.js'],
+    ['src/cell-worker.ts', 'cell-worker.js'],
   ].filter(([src]) => exists(src));
   const contexts = [];
   for (const [src, out] of nodeEntries) {

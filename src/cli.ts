@@ -40,6 +40,12 @@ async function reporter(): Promise<(e: RunEvent) => void> {
   return createProgressReporter(process.stderr);
 }
 
+function parseWorkers(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InputError(`--workers must be an integer from 1 to 64, got "${v}"`, '--workers');
+  return n;
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -59,8 +65,9 @@ export function buildProgram(): Command {
     .option('--out <dir>', 'output directory (default: <job dir>/audit-out)')
     .option('--device <device>', 'auto | gpu | cpu (overrides the job)')
     .option('--shard <i/n>', 'run only the i-th of n disjoint slices of the cells')
+    .option('--workers <n>', 'threads running cells side by side (default: one per core on the CPU backends; 1 = none)', parseWorkers)
     .option('--overwrite', 'replace purified models an earlier run wrote to the same output directory')
-    .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean }) => {
+    .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean; workers?: number }) => {
       const { runJobFile } = await import('./engine/jobs/runner');
       const outDir = path.resolve(opts.out ?? path.join(path.dirname(path.resolve(job)), 'audit-out'));
       if (opts.device && !['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
@@ -72,6 +79,7 @@ export function buildProgram(): Command {
         onEvent: await reporter(),
         overwrite: opts.overwrite,
         shard: opts.shard,
+        workers: opts.workers,
       });
       await printResults(results);
       process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);
@@ -83,11 +91,12 @@ export function buildProgram(): Command {
     .option('--quick', 'a smaller run (about two minutes on 2 CPU cores)')
     .option('--out <dir>', 'output directory', 'backdoor-audit-demo')
     .option('--device <device>', 'auto | gpu | cpu', 'auto')
-    .action(async (opts: { quick?: boolean; out: string; device: string }) => {
+    .option('--workers <n>', 'threads running cells side by side (default: one per core on the CPU backends; 1 = none)', parseWorkers)
+    .action(async (opts: { quick?: boolean; out: string; device: string; workers?: number }) => {
       const { runDemo } = await import('./engine/jobs/demo');
       const ac = abortOnSignal();
       const outDir = path.resolve(opts.out);
-      const results = await runDemo({ quick: Boolean(opts.quick), outDir, device: opts.device as 'auto', signal: ac.signal, onEvent: await reporter() });
+      const results = await runDemo({ quick: Boolean(opts.quick), outDir, device: opts.device as 'auto', signal: ac.signal, onEvent: await reporter(), workers: opts.workers });
       await printResults(results);
       process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);
     });

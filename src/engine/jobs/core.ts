@@ -13,6 +13,8 @@ import { CancelledError, oneLine } from '../errors';
 import type { RunEvent } from '../../protocol';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
+import { saveModelFile, type ModelFormat } from '../io/model_io';
+import { startCellPool } from './cell_pool';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModel, der, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
@@ -48,14 +50,25 @@ export interface PreparedJob {
   seed: number;
   calibrate?: Calibrator;
   embed?: Embedder;
-  /** Saves a purified model into outDir; returns its path relative to outDir. */
-  saveModel?: (model: Model, baseName: string) => string;
+  /** Where to write a purified model named `baseName` (files in the staging folder), one per output format;
+   * the row's `output` is the first. */
+  saveTargets?: (baseName: string) => SaveTarget[];
+}
+
+export interface SaveTarget {
+  file: string;
+  format: ModelFormat;
 }
 
 export interface CoreOptions {
   backend: BackendInfo;
   signal?: AbortSignal;
   emit: (e: RunEvent) => void;
+  /**
+   * Cell workers (threads, each with its own single-threaded backend) to run cells side by side; 0 or 1 runs
+   * them in this thread. Default: one per core, for the wasm and cpu backends only.
+   */
+  workers?: number;
   /** Run only one of `count` disjoint slices of the cells (sharded sweeps); default all. */
   shard?: ShardSpec;
 }
@@ -87,9 +100,14 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const baseline: Metrics = evaluateModel(job.victim, job.test, job.triggered, o.signal);
   o.emit({ type: 'baseline', model: job.model, baseline });
 
+  const cells = planCells(job);
+  const shard = o.shard;
+  const mine = cells.flatMap((_, i) => (!shard || i % shard.count === shard.index ? [i] : []));
+  const pool = await startCellPool(job, baseline, o, mine.length);
   const results: Results = {
     schema: RESULTS_SCHEMA,
-    backend: { name: o.backend.name, threads: o.backend.threads },
+    // With a pool, that many single-threaded backends compute cells side by side (and this thread calibrates).
+    backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads },
     model: job.model,
     baseline,
     rows: [],
@@ -97,85 +115,157 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     embeddings: [],
     detection: {},
   };
-
-  const cells = planCells(job);
-  const shard = o.shard;
-  const mine = (i: number) => !shard || i % shard.count === shard.index;
   if (shard) results.shard = { index: shard.index, count: shard.count, cells: cells.length, aux: job.aux.map((a) => a.name) };
-  const calibrated = new Map<string, ImageSet>();
-  // Calibration is deterministic (seeded), so shards that need the same calibrated set compute the same one.
-  const calibratedSet = async (aux: PreparedAux): Promise<ImageSet> => {
-    let cal = calibrated.get(aux.name);
-    if (!cal) {
-      if (!job.calibrate) throw new Error('GIC is not available in this build');
-      const t0 = Date.now();
-      const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
-      out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
-      out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
-      cal = out.set;
-      calibrated.set(aux.name, cal);
-      results.gic.push(out.entry);
-      o.emit({ type: 'gic', entry: out.entry });
-    }
-    return cal;
-  };
-  for (let i = 0; i < cells.length; i++) {
-    if (!mine(i)) continue;
-    const cell = cells[i];
-    if (o.signal?.aborted) throw new CancelledError();
-    const auxSet = cell.gic ? await calibratedSet(cell.aux) : cell.aux.set;
-    const row = await runCell(job, cell, auxSet, baseline, i, o, progress(`${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}`), results);
-    results.rows.push(row);
-    o.emit({ type: 'row', row });
-  }
 
-  if (job.embed) {
-    for (const [a, aux] of job.aux.entries()) {
-      if (shard && a % shard.count !== shard.index) continue;
-      if (o.signal?.aborted) throw new CancelledError();
-      const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
-      const cal = usesGic ? await calibratedSet(aux) : calibrated.get(aux.name);
-      const entry = job.embed(job.victim, aux, cal);
-      if (entry) {
-        results.embeddings.push(entry);
-        o.emit({ type: 'embedding', entry });
+  try {
+    const calibrated = new Map<string, ImageSet>();
+    // Calibration is deterministic (seeded), so shards that need the same calibrated set compute the same one.
+    const calibratedSet = async (aux: PreparedAux): Promise<ImageSet> => {
+      let cal = calibrated.get(aux.name);
+      if (!cal) {
+        if (!job.calibrate) throw new Error('GIC is not available in this build');
+        const t0 = Date.now();
+        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
+        out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
+        out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
+        cal = out.set;
+        calibrated.set(aux.name, cal);
+        results.gic.push(out.entry);
+        o.emit({ type: 'gic', entry: out.entry });
+      }
+      return cal;
+    };
+
+    // A calibration that fails (other than by cancellation) fails the GIC cells of its aux set, not the job.
+    const failedCalibration = new Map<string, string>();
+    const auxFor = async (cell: Cell): Promise<ImageSet | { error: string }> => {
+      if (!cell.gic) return cell.aux.set;
+      const failed = failedCalibration.get(cell.aux.name);
+      if (failed) return { error: failed };
+      try {
+        return await calibratedSet(cell.aux);
+      } catch (e) {
+        if (e instanceof CancelledError) throw e;
+        failedCalibration.set(cell.aux.name, `GIC failed: ${oneLine(e)}`);
+        return { error: failedCalibration.get(cell.aux.name)! };
+      }
+    };
+    const isError = (x: ImageSet | { error: string }): x is { error: string } => 'error' in x;
+
+    const outcomes = new Map<number, CellOutcome>();
+    const finish = (i: number, out: CellOutcome) => {
+      outcomes.set(i, out);
+      o.emit({ type: 'row', row: out.row });
+    };
+    const stageOf = (cell: Cell) => `${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}`;
+    if (pool) {
+      // Cells on raw data start at once in the workers; this thread calibrates meanwhile and queues each
+      // aux set's GIC cells as soon as its calibrated set exists. Rows are kept in cell order below.
+      const pending: Promise<void>[] = [];
+      const submit = (i: number, auxSet: ImageSet) => {
+        const cell = cells[i];
+        const done = pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(cell))).then((out) => finish(i, out));
+        // Awaited below, after the calibrations; a cancellation meanwhile must not count as unhandled.
+        done.catch(() => undefined);
+        pending.push(done);
+      };
+      for (const i of mine) if (!cells[i].gic) submit(i, cells[i].aux.set);
+      for (const i of mine) {
+        if (!cells[i].gic) continue;
+        const auxSet = await auxFor(cells[i]);
+        if (isError(auxSet)) finish(i, { row: { ...emptyRow(cells[i]), ...auxSet } });
+        else submit(i, auxSet);
+      }
+      await Promise.all(pending);
+    } else {
+      for (const i of mine) {
+        const cell = cells[i];
+        if (o.signal?.aborted) throw new CancelledError();
+        const auxSet = await auxFor(cell);
+        if (isError(auxSet)) finish(i, { row: { ...emptyRow(cell), ...auxSet } });
+        else finish(i, await runCell(job, cell, auxSet, baseline, i, o.signal, progress(stageOf(cell))));
       }
     }
+    for (const i of mine) {
+      const out = outcomes.get(i)!;
+      results.rows.push(out.row);
+      // NC's detection of the first cell (in cell order) without GIC that produced one.
+      if (out.detection && cells[i].defense.id === 'nc' && !cells[i].gic && !results.detection.nc) results.detection.nc = out.detection;
+    }
+
+    if (job.embed) {
+      for (const [a, aux] of job.aux.entries()) {
+        if (shard && a % shard.count !== shard.index) continue;
+        if (o.signal?.aborted) throw new CancelledError();
+        const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
+        const cal = usesGic && !failedCalibration.has(aux.name) ? await calibratedSet(aux).catch((e) => {
+          if (e instanceof CancelledError) throw e;
+          return undefined;
+        }) : calibrated.get(aux.name);
+        const entry = job.embed(job.victim, aux, cal);
+        if (entry) {
+          results.embeddings.push(entry);
+          o.emit({ type: 'embedding', entry });
+        }
+      }
+    }
+  } finally {
+    await pool?.close();
   }
   const leaked = tf.memory().numTensors - startTensors;
   if (leaked !== 0) o.emit({ type: 'log', message: `warning: ${leaked} tensors more than at the start of the job` });
   return results;
 }
 
-async function runCell(
-  job: PreparedJob,
+function emptyRow(cell: Cell): ResultRow {
+  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seconds: 0, output: null, error: null };
+}
+
+/** Where a cell's purified model goes (decided here, so that a worker can write it). */
+function targetsFor(job: Pick<PreparedJob, 'saveTargets'>, cell: Cell): SaveTarget[] {
+  return job.saveTargets?.(`${cell.defense.id}-${cell.aux.name}${cell.gic ? '-gic' : ''}`) ?? [];
+}
+
+export interface CellOutcome {
+  row: ResultRow;
+  detection?: { anomalyIndex: number[]; flagged: number[] };
+}
+
+/**
+ * Runs one cell: the defense on the (raw or calibrated) aux set, evaluation, and the purified model written to
+ * `targets`. Used in this thread and by the cell workers alike, so both give the same row.
+ */
+export async function runCell(
+  job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seed' | 'saveTargets'>,
   cell: Cell,
   auxSet: ImageSet,
   baseline: Metrics,
   index: number,
-  o: CoreOptions,
+  signal: AbortSignal | undefined,
   progress: (d: number, t: number, m?: string) => void,
-  results: Results,
-): Promise<ResultRow> {
-  const row: ResultRow = { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seconds: 0, output: null, error: null };
+  targets: SaveTarget[] = targetsFor(job, cell),
+): Promise<CellOutcome> {
+  const row = emptyRow(cell);
   const t0 = Date.now();
   const defense = getDefense(cell.defense.id);
   if (!defense) {
     row.error = `defense "${cell.defense.id}" is not implemented`;
-    return row;
+    return { row };
   }
   let model: Model | undefined;
+  let detection: CellOutcome['detection'];
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
-    // Each cell has its own stream so that a sharded run reproduces the unsharded one.
+    // Each cell has its own stream so that a sharded or pooled run reproduces the sequential one.
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
-    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal: o.signal, progress });
+    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
     model = out.model;
-    const m = evaluateModel(model, job.test, job.triggered, o.signal);
+    const m = evaluateModel(model, job.test, job.triggered, signal);
     Object.assign(row, m, { der: der(baseline, m) });
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
-    if (out.detection && cell.defense.id === 'nc' && !cell.gic && !results.detection.nc) results.detection.nc = out.detection;
-    if (job.saveModel) row.output = job.saveModel(model, `${cell.defense.id}-${cell.aux.name}${cell.gic ? '-gic' : ''}`);
+    detection = out.detection;
+    const written = targets.map((t) => path.basename(saveModelFile(model!, t.file, t.format)));
+    if (written.length) row.output = written[0];
   } catch (e) {
     if (e instanceof CancelledError) throw e;
     row.error = oneLine(e);
@@ -183,7 +273,7 @@ async function runCell(
     model?.dispose();
     row.seconds = (Date.now() - t0) / 1000;
   }
-  return row;
+  return { row, detection };
 }
 
 export function relativeTo(outDir: string, file: string): string {

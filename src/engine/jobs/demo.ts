@@ -33,6 +33,8 @@ export interface DemoOptions {
   onEvent?: (e: RunEvent) => void;
   /** Override the defense list (tests use a subset). */
   defenses?: string[];
+  /** Cell workers (threads); default one per core on the CPU backends, 1 = none. */
+  workers?: number;
   /** Override the victim's training epochs (tests). */
   victimEpochs?: number;
 }
@@ -113,9 +115,9 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
         return { set: out.set, entry: { aux: a.name, ...out.report } };
       },
       embed: (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: clean, raw: a.set, calibrated: cal, points: o.quick ? 300 : 600, seed }),
-      saveModel: (model, base) => path.basename(saveModelFile(model, path.join(staging, `${base}.safetensors`), 'safetensors')),
+      saveTargets: (base) => [{ file: path.join(staging, `${base}.safetensors`), format: 'safetensors' }],
     };
-    const results = await runPrepared(job, { backend, signal: o.signal, emit });
+    const results = await runPrepared(job, { backend, signal: o.signal, emit, workers: o.workers });
     victim.dispose();
     const resultsPath = writeResults(staging, o.outDir, results, { html: true });
     emit({ type: 'done', results, resultsPath });

@@ -14,7 +14,7 @@ import { InputError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { loadDataSource } from '../io/data';
-import { FORMAT_EXT, adoptInputSize, loadModelFile, saveModelFile, type ModelFormat } from '../io/model_io';
+import { FORMAT_EXT, adoptInputSize, loadModelFile, type ModelFormat } from '../io/model_io';
 import { tfjsArtifactsOf } from '../io/tfjs_export';
 import { makeAttack, triggeredTestSet } from '../attacks';
 import { sampleBalanced } from '../aux/sample';
@@ -36,6 +36,8 @@ export interface RunOptions {
   onEvent?: (e: RunEvent) => void;
   /** Allow replacing purified models an earlier run wrote to the same outDir. */
   overwrite?: boolean;
+  /** Cell workers (threads) to run cells side by side; default one per core on the CPU backends, 1 = none. */
+  workers?: number;
   /** `i/n`: run only the i-th (1-based) of n disjoint slices of the cells. */
   shard?: string;
 }
@@ -144,20 +146,19 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
           job.embedding?.method === 'none'
             ? undefined
             : (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: train ?? test, raw: a.set, calibrated: cal, points: job.embedding?.points ?? 600, seed }),
-        saveModel: (model, base) => {
+        saveTargets: (base) => {
           // Purified models keep the input's format, named after defense and aux set; an earlier run's file in
           // the out dir is not replaced unless asked.
           const formats = job.outputs?.formats ?? [loaded.info.format as ModelFormat];
-          const written = formats.map((fmt) => {
+          return formats.map((fmt) => {
             const ext = FORMAT_EXT[fmt];
             const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
-            return path.basename(saveModelFile(model, path.join(staging, name), fmt));
+            return { file: path.join(staging, name), format: fmt };
           });
-          return written[0];
         },
       };
       emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).filter((_, i) => !shard || i % shard.count === shard.index).length, backend: backend.name, threads: backend.threads });
-      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard });
+      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers });
       const resultsPath = writeResults(staging, outDir, results);
       emit({ type: 'done', results, resultsPath });
       return results;

@@ -1,0 +1,144 @@
+/**
+ * Cells side by side on several cores. The wasm backend runs one thread per process (its threaded build cannot
+ * start workers under Node), so a job's cells are spread over worker threads, each with its own backend and its
+ * own copy of the victim, test and triggered sets; a cell is independent of the others (its own random stream),
+ * so the rows equal the sequential run's. Purified models are written by the worker into the staging folder.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { Metrics } from './results';
+import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
+import type { ImageSet } from '../data/dataset';
+import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';
+import { CancelledError } from '../errors';
+
+export interface CellPool {
+  size: number;
+  run(index: number, cell: Cell, aux: ImageSet, targets: SaveTarget[], progress: (d: number, t: number, m?: string) => void): Promise<CellOutcome>;
+  close(): Promise<void>;
+}
+
+/** The bundled worker script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
+export function cellWorkerScript(): string | undefined {
+  return [path.join(__dirname, 'cell-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'cell-worker.js')].find((f) => fs.existsSync(f));
+}
+
+/** How many workers a job gets: one per core by default, only on the single-threaded CPU backends. */
+export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: number): number {
+  if (o.backend.name !== 'wasm' && o.backend.name !== 'cpu') return 0; // native and GPU backends use the cores themselves
+  const wanted = o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const n = Math.min(wanted, cells);
+  return n >= 2 ? n : 0;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: boolean;
+  dead?: string;
+}
+
+interface Task {
+  index: number;
+  cell: Cell;
+  aux: ImageSet;
+  targets: SaveTarget[];
+  progress: (d: number, t: number, m?: string) => void;
+  resolve: (o: CellOutcome) => void;
+  reject: (e: unknown) => void;
+}
+
+export async function startCellPool(job: PreparedJob, baseline: Metrics, o: CoreOptions, cells: number): Promise<CellPool | undefined> {
+  const size = poolSize(o, cells);
+  const script = cellWorkerScript();
+  if (size < 2 || !script) return undefined;
+  const data: CellWorkerData = {
+    backend: o.backend.name,
+    victim: { spec: job.victim.spec, normalize: job.victim.normalize, state: job.victim.stateDict() },
+    test: job.test,
+    triggered: job.triggered,
+    augment: job.augment,
+    seed: job.seed,
+    baseline,
+  };
+  const queue: Task[] = [];
+  const slots: Slot[] = [];
+  const running = new Map<Slot, Task>();
+  let closed = false;
+  let cancelled = false;
+
+  const pump = () => {
+    for (const slot of slots) {
+      if (slot.busy || slot.dead || queue.length === 0) continue;
+      const task = queue.shift()!;
+      slot.busy = true;
+      running.set(slot, task);
+      const msg: CellTaskMessage = { type: 'cell', index: task.index, cell: plainCell(task.cell), aux: task.aux, targets: task.targets };
+      slot.worker.postMessage(msg);
+    }
+    // Every worker died: what is left cannot run.
+    if (slots.every((s) => s.dead)) for (const t of queue.splice(0)) t.resolve({ row: failedRow(t.cell, slots[0]?.dead ?? 'no cell worker') });
+  };
+
+  const settle = (slot: Slot, fn: (t: Task) => void) => {
+    const task = running.get(slot);
+    running.delete(slot);
+    slot.busy = false;
+    if (task) fn(task);
+    pump();
+  };
+
+  for (let i = 0; i < size; i++) {
+    const worker = new Worker(script, { workerData: data });
+    const slot: Slot = { worker, busy: false };
+    worker.on('message', (m: CellWorkerReply) => {
+      if (m.type === 'progress') running.get(slot)?.progress(m.done, m.total, m.message);
+      else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome));
+      else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));
+    });
+    const die = (why: string) => {
+      if (slot.dead) return;
+      slot.dead = why;
+      // A crashed worker (out of memory, say) fails the cell it was running; the others go on.
+      settle(slot, (t) => t.resolve({ row: failedRow(t.cell, why) }));
+    };
+    worker.on('error', (e) => die(`cell worker failed: ${e.message.split('\n')[0]}`));
+    worker.on('exit', (code) => {
+      if (!closed && !cancelled) die(`cell worker exited (code ${code})`);
+    });
+    slots.push(slot);
+  }
+
+  const onAbort = () => {
+    cancelled = true;
+    for (const s of slots) s.worker.postMessage({ type: 'cancel' } satisfies CellTaskMessage);
+    for (const t of queue.splice(0)) t.reject(new CancelledError());
+  };
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+
+  return {
+    size,
+    run(index, cell, aux, targets, progress) {
+      if (o.signal?.aborted) return Promise.reject(new CancelledError());
+      return new Promise<CellOutcome>((resolve, reject) => {
+        queue.push({ index, cell, aux, targets, progress, resolve, reject });
+        pump();
+      });
+    },
+    async close() {
+      closed = true;
+      o.signal?.removeEventListener('abort', onAbort);
+      await Promise.all(slots.map((s) => s.worker.terminate()));
+    },
+  };
+}
+
+/** A cell as plain data for postMessage (the aux set travels separately, raw or calibrated). */
+function plainCell(cell: Cell): Cell {
+  return { aux: { name: cell.aux.name, type: cell.aux.type, set: undefined as never }, gic: cell.gic, defense: cell.defense };
+}
+
+function failedRow(cell: Cell, error: string): CellOutcome['row'] {
+  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seconds: 0, output: null, error };
+}
