@@ -128,9 +128,10 @@ export function buildProgram(): Command {
     .command('bench')
     .description('benchmark suite: train/inference images/s, defenses, GIC, demo; PyTorch peer where installed')
     .option('--json <file>', 'also write the measurements as JSON')
-    .action(async (opts: { json?: string }) => {
+    .option('--no-defenses', 'skip the per-defense wall times (a few minutes)')
+    .action(async (opts: { json?: string; defenses: boolean }) => {
       const { runBench } = await import('./engine/bench');
-      await runBench({ jsonPath: opts.json ? path.resolve(opts.json) : undefined, log: (s) => process.stderr.write(s + '\n') });
+      await runBench({ jsonPath: opts.json ? path.resolve(opts.json) : undefined, log: (s) => process.stderr.write(s + '\n'), skipDefenses: !opts.defenses });
     });
 
   return program;

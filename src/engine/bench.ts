@@ -1,7 +1,8 @@
 /**
  * `backdoor-audit bench`: train-step and inference images/s of small-cnn-32 and preact-resnet18-32 (3x32x32,
  * 10 classes, batch 128) on the active backend, medians of repeats after a warm-up; the `demo --quick` wall
- * time; peak RSS; tensor counts. Where Debian's python3-torch is installed, the same models and steps run in
+ * time (cells on every core) and its GIC time per aux set; every defense's wall time, ACC and ASR on the demo's
+ * victim; peak RSS; tensor counts. Where Debian's python3-torch is installed, the same models and steps run in
  * PyTorch (2 threads) in the same run and the ratios are printed. Benchmarks measure; they assert nothing.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -13,7 +14,9 @@ import { initBackend } from './backend';
 import { buildModel } from './models';
 import { SGD } from './nn/optim';
 import { crossEntropy, trainStep } from './nn/train';
-import { runDemo } from './jobs/demo';
+import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
+import { runJobFile } from './jobs/runner';
+import { writeJsonAtomic } from './util/atomic';
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
@@ -61,7 +64,45 @@ function torchPeer(repeats: number): Record<string, ModelBench> | undefined {
   }
 }
 
-export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean }): Promise<Record<string, unknown>> {
+interface DefenseBench {
+  acc: number | null;
+  asr: number | null;
+  seconds: number;
+  error: string | null;
+}
+
+/**
+ * Every defense (fast profile) on the demo's victim with an unseen auxiliary set of the demo's size, one at a
+ * time in this thread (--workers 1) so that each wall time is the defense's own.
+ */
+async function benchDefenses(demoDir: string, log: (s: string) => void): Promise<Record<string, DefenseBench>> {
+  const job = path.join(demoDir, 'bench-defenses.json');
+  fs.writeFileSync(
+    job,
+    JSON.stringify({
+      model: 'victim.safetensors',
+      data: { test: { format: 'mnist-embedded' } },
+      attack: { type: 'badnets', target: DEMO_TARGET },
+      aux: [{ name: 'unseen', type: 'unseen', source: { format: 'mnist-embedded' }, size: 300 }],
+      defenses: FULL_DEFENSES,
+      gic: { mode: 'off' },
+      embedding: { method: 'none' },
+      profile: 'fast',
+      seed: 0,
+    }),
+  );
+  log(`defenses on the demo victim (unseen, 300 images, fast profile): ${FULL_DEFENSES.join(', ')}...`);
+  const results = await runJobFile(job, { outDir: path.join(demoDir, 'bench-defenses'), workers: 1 });
+  const out: Record<string, DefenseBench> = {};
+  for (const r of results.rows) {
+    out[r.defense] = { acc: r.acc ?? null, asr: r.asr ?? null, seconds: r.seconds, error: r.error };
+    log(`  ${r.defense.padEnd(6)} ${r.error ? `error: ${r.error}` : `ACC ${(100 * r.acc!).toFixed(1)}% ASR ${(100 * r.asr!).toFixed(1)}%`} ${r.seconds.toFixed(1)} s`);
+  }
+  log(`  baseline: ACC ${(100 * results.baseline.acc).toFixed(1)}% ASR ${(100 * results.baseline.asr).toFixed(1)}%`);
+  return out;
+}
+
+export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean; skipDefenses?: boolean }): Promise<Record<string, unknown>> {
   const backend = await initBackend('auto');
   const tensorsBefore = tf.memory().numTensors;
   const repeats = 5;
@@ -91,27 +132,39 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
     o.log('  not available (install Debian python3-torch)');
   }
   let demoSeconds: number | undefined;
+  let cellWorkers: number | undefined;
+  let gic: Record<string, number> | undefined;
+  let defenses: Record<string, DefenseBench> | undefined;
   if (!o.skipDemo) {
     o.log('demo --quick...');
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-'));
-    const t0 = Date.now();
-    await runDemo({ quick: true, outDir: out, device: 'auto' });
-    demoSeconds = (Date.now() - t0) / 1000;
-    fs.rmSync(out, { recursive: true, force: true });
-    o.log(`  demo --quick: ${demoSeconds.toFixed(1)} s`);
+    try {
+      const t0 = Date.now();
+      const demo = await runDemo({ quick: true, outDir: out, device: 'auto' });
+      demoSeconds = (Date.now() - t0) / 1000;
+      cellWorkers = demo.backend.threads;
+      gic = Object.fromEntries(demo.gic.map((g) => [g.aux, g.seconds]));
+      o.log(`  demo --quick: ${demoSeconds.toFixed(1)} s with ${cellWorkers} cell thread(s); GIC per aux set: ${demo.gic.map((g) => `${g.aux} ${g.seconds.toFixed(1)} s`).join(', ')}`);
+      if (!o.skipDefenses) defenses = await benchDefenses(out, o.log);
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
   }
   const result = {
     backend: backend.name,
     threads: backend.threads,
+    cellWorkers: cellWorkers ?? null,
     nproc: os.cpus().length,
     models,
     torch: torch ?? null,
     demoQuickSeconds: demoSeconds ?? null,
+    gicSeconds: gic ?? null,
+    defenses: defenses ?? null,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     tensorsBefore,
     tensorsAfter: tf.memory().numTensors,
   };
   o.log(`peak RSS ${result.peakRssMiB} MiB; tensors ${tensorsBefore} -> ${result.tensorsAfter}`);
-  if (o.jsonPath) fs.writeFileSync(o.jsonPath, JSON.stringify(result, null, 2) + '\n');
+  if (o.jsonPath) writeJsonAtomic(o.jsonPath, result);
   return result;
 }

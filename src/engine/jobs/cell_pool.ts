@@ -35,9 +35,16 @@ export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: num
 
 interface Slot {
   worker: Worker;
-  busy: boolean;
+  /** Cells sent to this worker and not answered yet, in the order it runs them. */
+  inFlight: Task[];
   dead?: string;
 }
+
+/**
+ * Cells queued in a worker ahead of the one it runs, so that it never waits for this thread (which may be busy
+ * calibrating or projecting embeddings when a cell ends).
+ */
+const AHEAD = 2;
 
 interface Task {
   index: number;
@@ -64,16 +71,17 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
   };
   const queue: Task[] = [];
   const slots: Slot[] = [];
-  const running = new Map<Slot, Task>();
   let closed = false;
   let cancelled = false;
 
   const pump = () => {
-    for (const slot of slots) {
-      if (slot.busy || slot.dead || queue.length === 0) continue;
+    // Least loaded live worker first, each up to AHEAD cells.
+    for (;;) {
+      const live = slots.filter((s) => !s.dead && s.inFlight.length < AHEAD).sort((a, b) => a.inFlight.length - b.inFlight.length);
+      if (live.length === 0 || queue.length === 0) break;
+      const slot = live[0];
       const task = queue.shift()!;
-      slot.busy = true;
-      running.set(slot, task);
+      slot.inFlight.push(task);
       const msg: CellTaskMessage = { type: 'cell', index: task.index, cell: plainCell(task.cell), aux: task.aux, targets: task.targets };
       slot.worker.postMessage(msg);
     }
@@ -81,27 +89,30 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     if (slots.every((s) => s.dead)) for (const t of queue.splice(0)) t.resolve({ row: failedRow(t.cell, slots[0]?.dead ?? 'no cell worker') });
   };
 
+  /** The worker answered its oldest cell (it runs them in order). */
   const settle = (slot: Slot, fn: (t: Task) => void) => {
-    const task = running.get(slot);
-    running.delete(slot);
-    slot.busy = false;
+    const task = slot.inFlight.shift();
     if (task) fn(task);
     pump();
   };
 
   for (let i = 0; i < size; i++) {
     const worker = new Worker(script, { workerData: data });
-    const slot: Slot = { worker, busy: false };
+    const slot: Slot = { worker, inFlight: [] };
     worker.on('message', (m: CellWorkerReply) => {
-      if (m.type === 'progress') running.get(slot)?.progress(m.done, m.total, m.message);
+      if (m.type === 'progress') slot.inFlight[0]?.progress(m.done, m.total, m.message);
       else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome));
       else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));
     });
     const die = (why: string) => {
       if (slot.dead) return;
       slot.dead = why;
-      // A crashed worker (out of memory, say) fails the cell it was running; the others go on.
-      settle(slot, (t) => t.resolve({ row: failedRow(t.cell, why) }));
+      // A crashed worker (out of memory, say) fails the cell it was running; the cells queued behind it go to
+      // the other workers.
+      const [current, ...rest] = slot.inFlight.splice(0);
+      current?.resolve({ row: failedRow(current.cell, why) });
+      queue.unshift(...rest);
+      pump();
     };
     worker.on('error', (e) => die(`cell worker failed: ${e.message.split('\n')[0]}`));
     worker.on('exit', (code) => {

@@ -53,6 +53,10 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
       return;
     }
     chain = chain.then(async () => {
+      if (abort.signal.aborted) {
+        port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
+        return;
+      }
       try {
         const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets);
         port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply);

@@ -152,6 +152,24 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     };
     const isError = (x: ImageSet | { error: string }): x is { error: string } => 'error' in x;
 
+    const embedAll = async () => {
+      if (!job.embed) return;
+      for (const [a, aux] of job.aux.entries()) {
+        if (shard && a % shard.count !== shard.index) continue;
+        if (o.signal?.aborted) throw new CancelledError();
+        const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
+        const cal = usesGic && !failedCalibration.has(aux.name) ? await calibratedSet(aux).catch((e) => {
+          if (e instanceof CancelledError) throw e;
+          return undefined;
+        }) : calibrated.get(aux.name);
+        const entry = job.embed(job.victim, aux, cal);
+        if (entry) {
+          results.embeddings.push(entry);
+          o.emit({ type: 'embedding', entry });
+        }
+      }
+    };
+
     const outcomes = new Map<number, CellOutcome>();
     const finish = (i: number, out: CellOutcome) => {
       outcomes.set(i, out);
@@ -176,6 +194,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         if (isError(auxSet)) finish(i, { row: { ...emptyRow(cells[i]), ...auxSet } });
         else submit(i, auxSet);
       }
+      // The projections too are this thread's work, done while the workers are still busy.
+      await embedAll();
       await Promise.all(pending);
     } else {
       for (const i of mine) {
@@ -193,22 +213,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       if (out.detection && cells[i].defense.id === 'nc' && !cells[i].gic && !results.detection.nc) results.detection.nc = out.detection;
     }
 
-    if (job.embed) {
-      for (const [a, aux] of job.aux.entries()) {
-        if (shard && a % shard.count !== shard.index) continue;
-        if (o.signal?.aborted) throw new CancelledError();
-        const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
-        const cal = usesGic && !failedCalibration.has(aux.name) ? await calibratedSet(aux).catch((e) => {
-          if (e instanceof CancelledError) throw e;
-          return undefined;
-        }) : calibrated.get(aux.name);
-        const entry = job.embed(job.victim, aux, cal);
-        if (entry) {
-          results.embeddings.push(entry);
-          o.emit({ type: 'embedding', entry });
-        }
-      }
-    }
+    if (!pool) await embedAll();
   } finally {
     await pool?.close();
   }
