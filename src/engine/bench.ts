@@ -17,12 +17,32 @@ import { crossEntropy, trainStep } from './nn/train';
 import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
+import { OrtPredictor } from './metrics/ort_eval';
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
 interface ModelBench {
   trainImagesPerSecond: number;
   inferImagesPerSecond: number;
+  /** Inference through ONNX Runtime (the model exported in memory), as evaluation runs it; null without it. */
+  ortInferImagesPerSecond?: number | null;
+}
+
+async function benchOrt(arch: string, options: Record<string, unknown> | undefined, batch: number, repeats: number): Promise<number | null> {
+  const m = buildModel({ arch, inputShape: [32, 32, 3], numClasses: 10, options });
+  const ort = await OrtPredictor.create(m, os.cpus().length);
+  m.dispose();
+  if (!ort) return null;
+  const set = { n: batch, shape: [32, 32, 3] as [number, number, number], x: new Float32Array(batch * 32 * 32 * 3).fill(0.5), y: new Int32Array(batch), numClasses: 10 };
+  await ort.logits(set, batch);
+  const t: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    await ort.logits(set, batch);
+    t.push(performance.now() - t0);
+  }
+  await ort.dispose();
+  return (batch * 1000) / median(t);
 }
 
 function benchModel(arch: string, options: Record<string, unknown> | undefined, batch: number, repeats: number): ModelBench {
@@ -114,7 +134,9 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
     o.log(`benchmarking ${name} (batch 128)...`);
     try {
       models[name] = benchModel(arch, options, 128, name === 'small-cnn-32' ? repeats : 3);
-      o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s, inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s`);
+      models[name].ortInferImagesPerSecond = await benchOrt(arch, options, 128, repeats);
+      const ortRate = models[name].ortInferImagesPerSecond;
+      o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s, inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
     } catch (e) {
       // The wasm heap is limited to 4 GiB; a full-width PreAct-ResNet18 step at batch 128 can exceed it.
       o.log(`  ${name}: failed: ${(e as Error).message.split('\n')[0]}`);
@@ -126,7 +148,8 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
     for (const [name, t] of Object.entries(torch)) {
       const ours = models[name];
       if (!ours) continue;
-      o.log(`  ${name}: PyTorch train ${t.trainImagesPerSecond.toFixed(1)}, inference ${t.inferImagesPerSecond.toFixed(1)} images/s; ratio train ${(ours.trainImagesPerSecond / t.trainImagesPerSecond).toFixed(2)}x, inference ${(ours.inferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x`);
+      const ortRatio = ours.ortInferImagesPerSecond ? `, ONNX Runtime inference ${(ours.ortInferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x` : '';
+      o.log(`  ${name}: PyTorch train ${t.trainImagesPerSecond.toFixed(1)}, inference ${t.inferImagesPerSecond.toFixed(1)} images/s; ratio train ${(ours.trainImagesPerSecond / t.trainImagesPerSecond).toFixed(2)}x, inference ${(ours.inferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x${ortRatio}`);
     }
   } else {
     o.log('  not available (install Debian python3-torch)');

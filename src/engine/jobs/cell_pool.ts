@@ -68,6 +68,7 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     augment: job.augment,
     seed: job.seed,
     baseline,
+    evalThreads: 1,
   };
   const queue: Task[] = [];
   const slots: Slot[] = [];

@@ -22,6 +22,8 @@ export interface CellWorkerData {
   augment: Augment;
   seed: number;
   baseline: Metrics;
+  /** ONNX Runtime threads for evaluation (1: the cores are shared out among the workers; 0: backend only). */
+  evalThreads: number;
 }
 
 export type CellTaskMessage = { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
@@ -58,7 +60,7 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
         return;
       }
       try {
-        const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets);
+        const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets, data.evalThreads);
         port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply);
       } catch (e) {
         if (e instanceof CancelledError || abort.signal.aborted) port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);

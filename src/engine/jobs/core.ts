@@ -4,6 +4,7 @@
  * File parsing and validation happen before (prepare.ts); this part only computes.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
@@ -16,7 +17,7 @@ import { gallerySamples } from '../gic/gallery';
 import { saveModelFile, type ModelFormat } from '../io/model_io';
 import { startCellPool } from './cell_pool';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
-import { evaluateModel, der, type TriggeredSet } from '../metrics/evaluate';
+import { evaluateModelFast, der, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
 import type { BackendInfo } from '../backend';
 
@@ -97,7 +98,11 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const startTensors = tf.memory().numTensors;
   const progress = (stage: string) => (done: number, total: number, message?: string) => o.emit({ type: 'progress', stage, done, total, message });
 
-  const baseline: Metrics = evaluateModel(job.victim, job.test, job.triggered, o.signal);
+  // Evaluation through ONNX Runtime on the CPU backends (a GPU backend evaluates where it trains).
+  const cpu = o.backend.name === 'wasm' || o.backend.name === 'cpu';
+  const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  const { engine, ...baseline } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
+  if (engine === 'onnxruntime') o.emit({ type: 'log', message: 'evaluating with ONNX Runtime (CPU)' });
   o.emit({ type: 'baseline', model: job.model, baseline });
 
   const cells = planCells(job);
@@ -203,7 +208,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         if (o.signal?.aborted) throw new CancelledError();
         const auxSet = await auxFor(cell);
         if (isError(auxSet)) finish(i, { row: { ...emptyRow(cell), ...auxSet } });
-        else finish(i, await runCell(job, cell, auxSet, baseline, i, o.signal, progress(stageOf(cell))));
+        else finish(i, await runCell(job, cell, auxSet, baseline, i, o.signal, progress(stageOf(cell)), targetsFor(job, cell), cpu ? cores : 0));
       }
     }
     for (const i of mine) {
@@ -249,6 +254,8 @@ export async function runCell(
   signal: AbortSignal | undefined,
   progress: (d: number, t: number, m?: string) => void,
   targets: SaveTarget[] = targetsFor(job, cell),
+  /** ONNX Runtime threads for the evaluation; 0 evaluates on the training backend. */
+  evalThreads = 0,
 ): Promise<CellOutcome> {
   const row = emptyRow(cell);
   const t0 = Date.now();
@@ -265,7 +272,7 @@ export async function runCell(
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
     const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
     model = out.model;
-    const m = evaluateModel(model, job.test, job.triggered, signal);
+    const { engine: _engine, ...m } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
     Object.assign(row, m, { der: der(baseline, m) });
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
     detection = out.detection;

@@ -4,6 +4,7 @@
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { predictLabels } from '../nn/train';
+import { OrtPredictor } from './ort_eval';
 import type { Metrics } from '../jobs/results';
 
 export interface TriggeredSet {
@@ -14,8 +15,25 @@ export interface TriggeredSet {
 }
 
 export function evaluateModel(model: Model, test: ImageSet, triggered: TriggeredSet, signal?: AbortSignal): Metrics {
-  const clean = predictLabels(model, test, 256, signal);
-  const bad = predictLabels(model, triggered.set, 256, signal);
+  return metricsOf(test, triggered, predictLabels(model, test, 256, signal), predictLabels(model, triggered.set, 256, signal));
+}
+
+/**
+ * The same metrics, with inference through ONNX Runtime where it is available for this model (several times
+ * faster on the CPU; the same predictions), else on the training backend. `threads`: ONNX Runtime's intra-op
+ * threads (1 inside a cell worker, where the cores are already shared out).
+ */
+export async function evaluateModelFast(model: Model, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number): Promise<Metrics & { engine: 'onnxruntime' | 'backend' }> {
+  const ort = await OrtPredictor.create(model, threads);
+  if (!ort) return { ...evaluateModel(model, test, triggered, signal), engine: 'backend' };
+  try {
+    return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
+  } finally {
+    await ort.dispose();
+  }
+}
+
+function metricsOf(test: ImageSet, triggered: TriggeredSet, clean: Int32Array, bad: Int32Array): Metrics {
   let correct = 0;
   for (let i = 0; i < test.n; i++) if (clean[i] === test.y[i]) correct++;
   let hit = 0;

@@ -1,0 +1,104 @@
+/**
+ * Evaluation through ONNX Runtime. ACC and ASR of every cell are inference over the whole test set, and ONNX
+ * Runtime's CPU kernels run a small CNN several times faster than the training backend's (wasm) forward pass.
+ * The model is exported to ONNX in memory (normalization baked in, NCHW input) and predictions are the argmax
+ * of the same logits. `onnxruntime-node` is optional: when it is missing, cannot load, or the model has a
+ * module the exporter cannot write, evaluation stays on the training backend.
+ */
+import type { ImageSet } from '../data/dataset';
+import type { Model } from '../nn/model';
+import { exportOnnx } from '../io/onnx_export';
+import { throwIfAborted } from '../errors';
+
+type Ort = typeof import('onnxruntime-node');
+
+let ortModule: Ort | null | undefined;
+
+/** onnxruntime-node if it loads here (native binary for this platform), else null; loaded once. */
+export function loadOrt(): Ort | null {
+  if (ortModule === undefined) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      ortModule = require('onnxruntime-node') as Ort;
+    } catch {
+      ortModule = null;
+    }
+  }
+  return ortModule;
+}
+
+/** Whether evaluation may use ONNX Runtime: BACKDOOR_AUDIT_ORT=0 turns it off (to compare the two paths). */
+export function ortWanted(): boolean {
+  return process.env.BACKDOOR_AUDIT_ORT !== '0' && loadOrt() !== null;
+}
+
+export class OrtPredictor {
+  private constructor(
+    private readonly ort: Ort,
+    private readonly session: import('onnxruntime-node').InferenceSession,
+    private readonly shape: [number, number, number],
+    private readonly classes: number,
+  ) {}
+
+  /** A session for `model`, or undefined where ONNX Runtime or the export is not available for it. */
+  static async create(model: Model, threads: number): Promise<OrtPredictor | undefined> {
+    const ort = ortWanted() ? loadOrt() : null;
+    if (!ort) return undefined;
+    let bytes: Uint8Array;
+    try {
+      bytes = exportOnnx(model, { includeNormalization: true });
+    } catch {
+      return undefined;
+    }
+    try {
+      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+      return new OrtPredictor(ort, session, model.inputShape, model.numClasses);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Argmax labels of a whole set (images NHWC in [0, 1], as the module graph takes them). */
+  async labels(set: ImageSet, batchSize = 256, signal?: AbortSignal): Promise<Int32Array> {
+    const k = this.classes;
+    const out = new Int32Array(set.n);
+    await this.forEachBatch(set, batchSize, signal, (s, b, l) => {
+      for (let i = 0; i < b; i++) {
+        let best = 0;
+        for (let j = 1; j < k; j++) if (l[i * k + j] > l[i * k + best]) best = j;
+        out[s + i] = best;
+      }
+    });
+    return out;
+  }
+
+  /** Logits of a whole set, [n, classes]. */
+  async logits(set: ImageSet, batchSize = 256, signal?: AbortSignal): Promise<Float32Array> {
+    const out = new Float32Array(set.n * this.classes);
+    await this.forEachBatch(set, batchSize, signal, (s, _b, l) => out.set(l, s * this.classes));
+    return out;
+  }
+
+  private async forEachBatch(set: ImageSet, batchSize: number, signal: AbortSignal | undefined, use: (start: number, count: number, logits: Float32Array) => void): Promise<void> {
+    const [h, w, c] = this.shape;
+    const size = h * w * c;
+    for (let s = 0; s < set.n; s += batchSize) {
+      throwIfAborted(signal);
+      const b = Math.min(batchSize, set.n - s);
+      const nchw = new Float32Array(b * size);
+      const src = set.x.subarray(s * size, (s + b) * size);
+      if (c === 1) nchw.set(src);
+      else for (let i = 0; i < b; i++) for (let p = 0; p < h * w; p++) for (let ch = 0; ch < c; ch++) nchw[i * size + ch * h * w + p] = src[i * size + p * c + ch];
+      const input = new this.ort.Tensor('float32', nchw, [b, c, h, w]);
+      const result = await this.session.run({ [this.session.inputNames[0]]: input });
+      const logits = result[this.session.outputNames[0]];
+      use(s, b, logits.data as Float32Array);
+      input.dispose();
+      logits.dispose();
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
+  }
+}
