@@ -68,7 +68,8 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     augment: job.augment,
     seed: job.seed,
     baseline,
-    evalThreads: 1,
+    // Workers evaluate on their own backend: ONNX Runtime is loaded on the main thread only (see ort_eval.ts).
+    evalThreads: 0,
   };
   const queue: Task[] = [];
   const slots: Slot[] = [];

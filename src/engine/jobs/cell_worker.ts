@@ -22,7 +22,7 @@ export interface CellWorkerData {
   augment: Augment;
   seed: number;
   baseline: Metrics;
-  /** ONNX Runtime threads for evaluation (1: the cores are shared out among the workers; 0: backend only). */
+  /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
   evalThreads: number;
 }
 

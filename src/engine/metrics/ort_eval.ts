@@ -2,9 +2,10 @@
  * Evaluation through ONNX Runtime. ACC and ASR of every cell are inference over the whole test set, and ONNX
  * Runtime's CPU kernels run a small CNN several times faster than the training backend's (wasm) forward pass.
  * The model is exported to ONNX in memory (normalization baked in, NCHW input) and predictions are the argmax
- * of the same logits. `onnxruntime-node` is optional: when it is missing, cannot load, or the model has a
- * module the exporter cannot write, evaluation stays on the training backend.
+ * of the same logits. `onnxruntime-node` is optional: when it is missing, cannot load, the model has a module the
+ * exporter cannot write, or this is not the main thread, evaluation stays on the training backend.
  */
+import { isMainThread } from 'node:worker_threads';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { exportOnnx } from '../io/onnx_export';
@@ -14,8 +15,14 @@ type Ort = typeof import('onnxruntime-node');
 
 let ortModule: Ort | null | undefined;
 
-/** onnxruntime-node if it loads here (native binary for this platform), else null; loaded once. */
+/**
+ * onnxruntime-node if it loads here (native binary for this platform), else null; loaded once. Only on the main
+ * thread: its native binding is not safe to load in several worker threads of one process (V8 locking errors and
+ * aborts when a worker ends are known upstream), so cell workers and the extension's job worker evaluate on the
+ * training backend.
+ */
 export function loadOrt(): Ort | null {
+  if (!isMainThread) return null;
   if (ortModule === undefined) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
