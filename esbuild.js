@@ -35,6 +35,9 @@ async function main() {
         target: 'node20',
         format: 'cjs',
         external: nodeExternals,
+        // tfjs-backend-cpu declares itself free of side effects, but importing it is what registers the `cpu`
+        // backend and its kernels (the last-resort fallback): keep bare imports.
+        ignoreAnnotations: true,
         banner: src === 'src/cli.ts' ? { js: '#!/usr/bin/env node' } : undefined,
       }),
     );
