@@ -162,11 +162,9 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       for (const [a, aux] of job.aux.entries()) {
         if (shard && a % shard.count !== shard.index) continue;
         if (o.signal?.aborted) throw new CancelledError();
+        // The calibrated set is projected too whenever the job calibrates (in a shard, this may be the first use).
         const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
-        const cal = usesGic && !failedCalibration.has(aux.name) ? await calibratedSet(aux).catch((e) => {
-          if (e instanceof CancelledError) throw e;
-          return undefined;
-        }) : calibrated.get(aux.name);
+        const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0] })) ? calibrated.get(aux.name) : undefined;
         const entry = job.embed(job.victim, aux, cal);
         if (entry) {
           results.embeddings.push(entry);
