@@ -570,7 +570,11 @@ export function buildOnnxGraph(plan: OnnxPlan, inputShape: [number, number, numb
   const head = linears[linears.length - 1];
   if (!head) throw new InputError('the graph has no Gemm or MatMul classification head', where);
   const featureStep = producer.get(head.dyn[0]);
-  const spatial = graph.steps.filter((s) => values.get(s.node.outputs[0])!.layout === 'nhwc' && (s.node.op === 'Add' || s.node.op === 'Relu' || s.node.op === 'Concat'));
+  // NAD's attention taps: residual sums where the graph has them (a ReLU output can be all zero for an image,
+  // and the attention's normalization has no gradient there), else the last ReLU/Concat/pool outputs.
+  const spatialOf = (ops: string[]) => graph.steps.filter((s) => values.get(s.node.outputs[0])!.layout === 'nhwc' && ops.includes(s.node.op));
+  const adds = spatialOf(['Add']);
+  const spatial = adds.length >= 2 ? adds : spatialOf(['Add', 'Relu', 'Concat', 'MaxPool', 'AveragePool']);
   const convs = graph.steps.filter((s) => s.module instanceof Conv2d);
   const feature = featureStep ? featureStep.module.path : head.module.path;
   return {
