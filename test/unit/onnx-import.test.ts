@@ -62,6 +62,8 @@ describe('ONNX reader', () => {
     assert.ok(keys.includes('conv1.weight'));
     assert.ok(keys.includes('linear.weight') && keys.includes('linear.bias'));
     assert.equal(model.layout.head, 'linear');
+    // NAD's taps: the ends of the last two resolution stages (the residual sums ending layer3 and layer4).
+    assert.deepEqual(model.layout.stages, ['layer3.layer3.1.Add', 'layer4.layer4.1.Add', 'Flatten']);
     assert.ok(model.head().weight.shape[1] === 10);
     // Defenses work on clones: same structure, same weights, same outputs.
     const copy = model.clone();

@@ -582,10 +582,24 @@ export function buildOnnxGraph(plan: OnnxPlan, inputShape: [number, number, numb
     layout: {
       feature,
       head: head.module.path,
-      stages: [...spatial.slice(-2).map((s) => s.module.path), feature],
+      stages: [...stageEnds(spatial.map((s) => ({ path: s.module.path, shape: values.get(s.node.outputs[0])!.dims }))), feature],
       lastBlockConv: convs.length ? convs[convs.length - 1].module.path : '',
     },
   };
+}
+
+/**
+ * The outputs that end the last two resolution stages (the last candidate of each of the last two spatial
+ * sizes), as the built-in architectures tap `layer3` and `layer4`.
+ */
+export function stageEnds(cands: Array<{ path: string; shape: number[] }>): string[] {
+  const lastBySize = new Map<string, string>();
+  for (const c of cands) {
+    const key = c.shape.slice(-2).join('x');
+    lastBySize.delete(key);
+    lastBySize.set(key, c.path);
+  }
+  return [...lastBySize.values()].slice(-2);
 }
 
 /** The class count of a plan's output, once built. */

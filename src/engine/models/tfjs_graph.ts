@@ -11,7 +11,7 @@ import { Module } from '../nn/module';
 import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
-import { OnnxOp as GraphOp } from './onnx_graph';
+import { OnnxOp as GraphOp, stageEnds } from './onnx_graph';
 import type { TfjsLayer, TfjsPlan } from '../io/tfjs';
 
 export const SUPPORTED_KERAS_LAYERS = [
@@ -306,11 +306,13 @@ export function buildTfjsGraph(plan: TfjsPlan, inputShape: [number, number, numb
   if (!head) throw new InputError('the model has no Dense classification head', where);
   const feat = producer.get(head.inputs[0]);
   const feature = feat ? feat.module.path : head.module.path;
-  const spatial = graph.steps.filter((s) => shapes.get(s.output)?.length === 3 && (s.module instanceof ReLU || s.layer.className === 'Add'));
+  // NAD's attention taps: residual sums where there are any (an all-zero ReLU output has no attention gradient).
+  const adds = graph.steps.filter((s) => shapes.get(s.output)?.length === 3 && s.layer.className === 'Add');
+  const spatial = adds.length >= 2 ? adds : graph.steps.filter((s) => shapes.get(s.output)?.length === 3 && (s.module instanceof ReLU || s.layer.className === 'Add'));
   const convs = graph.steps.filter((s) => s.module instanceof Conv2d);
   return {
     root: graph,
-    layout: { feature, head: head.module.path, stages: [...spatial.slice(-2).map((s) => s.module.path), feature], lastBlockConv: convs.length ? convs[convs.length - 1].module.path : '' },
+    layout: { feature, head: head.module.path, stages: [...stageEnds(spatial.map((s) => ({ path: s.module.path, shape: shapes.get(s.output)!.slice(0, 2) }))), feature], lastBlockConv: convs.length ? convs[convs.length - 1].module.path : '' },
     numClasses: outShape[0],
   };
 }
