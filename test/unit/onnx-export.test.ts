@@ -4,7 +4,11 @@ import { onnx } from 'onnx-proto';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { exportOnnx } from '../../src/engine/io/onnx_export';
-import { Conv2d, Sequential } from '../../src/engine/nn/layers';
+import * as path from 'node:path';
+import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
+import { loadModelFile } from '../../src/engine/io/model_io';
+import { FIXTURES, maxAbsDiff, parityCases, parityData } from '../helpers/parity';
+import type { Model } from '../../src/engine/nn/model';
 import { Rng } from '../../src/engine/util/rng';
 
 function opCounts(m: onnx.ModelProto): Record<string, number> {
@@ -80,5 +84,36 @@ describe('ONNX writer', () => {
     const mean = m.graph!.initializer!.find((t) => t.name === 'normalize.mean')!;
     assert.deepEqual(Array.from(floats(mean)).map((v) => +v.toFixed(6)), [0.5, 0.4, 0.3]);
     model.dispose();
+  });
+
+  it('ONNX Runtime runs what we write for every parity checkpoint (and an inserted module) and agrees with our logits', async function () {
+    let ort: typeof import('onnxruntime-node');
+    try {
+      ort = require('onnxruntime-node');
+    } catch {
+      console.log('      (skipped: onnxruntime-node is not installed)');
+      return this.skip();
+    }
+    const check = async (label: string, model: Model, x: tf.Tensor4D) => {
+      const session = await ort.InferenceSession.create(exportOnnx(model));
+      const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]));
+      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', nchw.dataSync() as Float32Array, nchw.shape) });
+      nchw.dispose();
+      const ours = tf.tidy(() => model.forward(x).dataSync() as Float32Array);
+      const d = maxAbsDiff(out[session.outputNames[0]].data as Float32Array, ours);
+      assert.ok(d.scale > 0.05 && d.diff <= 1e-5 * Math.max(1, d.scale), `${label}: ORT diff ${d.diff} (scale ${d.scale})`);
+    };
+    for (const c of parityCases()) {
+      for (const [fmt, f] of Object.entries(c.files)) {
+        const { x } = parityData(c.name);
+        const { model } = loadModelFile({ path: path.join(FIXTURES, f!), inputShape: [x.shape[1], x.shape[2], x.shape[3]] }, 'test');
+        if (c.name === 'preact_w4_c1' && fmt === 'pt') {
+          model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(1)), new BatchNorm2d(32, 1e-3)]));
+        }
+        await check(`${c.name}.${fmt}`, model, x);
+        x.dispose();
+        model.dispose();
+      }
+    }
   });
 });
