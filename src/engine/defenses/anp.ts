@@ -5,7 +5,8 @@
  * masks are clipped to [0,1]. Channels whose mask is <= a threshold are then pruned (gamma = 0) on the
  * original model. The threshold (0..max by step) is chosen on a validation split of the auxiliary set: the
  * largest one that keeps validation accuracy within `accRatio` of the unpruned model. BackdoorBench chooses
- * it with the test set; we never look at it.
+ * it with the test set; we never look at it. The validation split is 20% of the auxiliary set: with 10% of a
+ * few hundred images, one image moves validation accuracy by several percent and the choice is noise.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
@@ -21,9 +22,10 @@ import { yieldToLoop } from './defense';
 
 /**
  * Try pruning thresholds from high to low on copies of the original model; return the largest whose
- * validation accuracy is at least accRatio * the unpruned accuracy.
+ * validation accuracy is at least accRatio * the unpruned accuracy, or threshold null (prune nothing) when
+ * even threshold 0 (the channels whose mask reached 0) costs too much.
  */
-export function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): { threshold: number; pruned: number; valAcc: number; baseAcc: number } {
+export function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): { threshold: number | null; pruned: number; valAcc: number; baseAcc: number } {
   const baseAcc = accuracyOn(victim, val);
   const n = Math.round(maxThreshold / step);
   for (let k = n; k >= 0; k--) {
@@ -34,7 +36,7 @@ export function chooseThreshold(victim: Model, masks: Float32Array[], val: Image
     m.dispose();
     if (valAcc >= accRatio * baseAcc) return { threshold, pruned, valAcc, baseAcc };
   }
-  return { threshold: 0, pruned: 0, valAcc: baseAcc, baseAcc };
+  return { threshold: null, pruned: 0, valAcc: baseAcc, baseAcc };
 }
 
 export const anp: Defense = {
@@ -51,7 +53,7 @@ export const anp: Defense = {
       maxThreshold: 0.9,
       thresholdStep: 0.05,
       accRatio: 0.95,
-      valFraction: 0.1,
+      valFraction: 0.2,
     };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
@@ -106,7 +108,7 @@ export const anp: Defense = {
       const masks = readMasks(set);
       const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
       const model = ctx.victim.clone();
-      pruneByThreshold(model, masks, choice.threshold);
+      if (choice.threshold !== null) pruneByThreshold(model, masks, choice.threshold);
       return { model, details: { threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' } };
     } finally {
       maskOpt.dispose();

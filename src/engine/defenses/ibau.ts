@@ -1,13 +1,22 @@
 /**
- * `ibau`: implicit Backdoor Adversarial Unlearning (Zeng et al., 2022). Rounds of a min-max game: find a
- * universal perturbation delta that maximizes CE over the auxiliary set (gradient ascent with lr 10 and an
- * L2 penalty 0.001 ||delta||^2, delta kept within an L2 ball), then update the model to classify the perturbed
- * auxiliary data correctly (Adam lr 1e-4, BatchNorm statistics frozen).
+ * `ibau`: implicit Backdoor Adversarial Unlearning (Zeng et al., 2022), structured as BackdoorBench's
+ * defense/i-bau.py. Rounds of a min-max game:
+ *   - inner maximization: one universal perturbation delta (starting at zero each round), one SGD ascent step
+ *     (lr 10) per auxiliary batch on CE(f(x + delta), f's own prediction on x) - 0.001 ||delta||^2, delta
+ *     kept within an L2 ball of radius `maxNorm` (10); as in BackdoorBench, x + delta is not clipped to the
+ *     pixel range. BackdoorBench works on normalized inputs, our models take pixels: with the model's
+ *     normalization std s, a pixel-space delta is s times the normalized one and its gradient 1/s times, so
+ *     the step becomes innerLr * s^2 and the radius maxNorm * s (for MNIST: about 0.95 and 3.1);
+ *   - outer minimization: per batch, a random `portion` of the images carries delta and the model is trained
+ *     to classify the batch correctly (Adam, BatchNorm statistics frozen).
  *
  * The original computes the outer update with the implicit hypergradient through K fixed-point iterations,
  * which needs second-order gradients. TensorFlow.js cannot differentiate through its own gradient kernels,
  * so this implementation uses the first-order approximation (the hypergradient's direct term: the gradient
  * of the unlearning loss at the inner optimum), and every results row says so in `details.hypergradient`.
+ * With only the direct term, the perturbed images are the whole unlearning signal, so half of each batch
+ * carries delta (BackdoorBench perturbs 1% and leaves the rest to the implicit term); the other half keeps
+ * the clean accuracy.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
@@ -24,13 +33,13 @@ export const ibau: Defense = {
   defaults(profile: Profile) {
     return {
       rounds: 5,
-      innerSteps: profile === 'paper' ? 5 : 5,
       innerLr: 10,
       penalty: 0.001,
       maxNorm: 10,
+      portion: 0.5,
       lr: profile === 'paper' ? 1e-4 : 1e-3,
       epochsPerRound: 1,
-      batchSize: 64,
+      batchSize: profile === 'paper' ? 128 : 32,
     };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
@@ -38,10 +47,16 @@ export const ibau: Defense = {
     const model = ctx.victim.clone();
     const opt = new Adam(p.lr);
     const [h, w, c] = ctx.aux.shape;
+    // Pixel-space equivalents of the normalized-space step and radius (see above).
+    const std = ctx.victim.normalize?.std ?? [1];
+    const s = std.reduce((a, b) => a + b, 0) / std.length;
+    const innerLr = p.innerLr * s * s;
+    const maxNorm = p.maxNorm * s;
     const delta = tf.tidy(() => tf.variable(tf.zeros([1, h, w, c]), false));
+    const norms: number[] = [];
     try {
       for (let r = 0; r < p.rounds; r++) {
-        // Inner maximization: a universal perturbation over batches of the auxiliary set.
+        // Inner maximization: a universal perturbation, one ascent step per batch of the auxiliary set.
         tf.tidy(() => delta.assign(tf.zeros([1, h, w, c])));
         const order = ctx.rng.permutation(ctx.aux.n);
         const batches = Math.ceil(ctx.aux.n / p.batchSize);
@@ -49,23 +64,24 @@ export const ibau: Defense = {
           throwIfAborted(ctx.signal);
           const idx = order.subarray(b * p.batchSize, Math.min(ctx.aux.n, (b + 1) * p.batchSize));
           const x = makeBatch(ctx.aux, idx, undefined, undefined);
-          const y = tf.tensor1d(Int32Array.from(idx, (i) => ctx.aux.y[i]), 'int32');
-          for (let s = 0; s < p.innerSteps; s++) {
-            tf.tidy(() => {
-              const g = inputGradient(delta as unknown as tf.Tensor4D, (d) => {
-                const xp = tf.clipByValue(tf.add(x, d), 0, 1) as tf.Tensor4D;
-                return tf.sub(crossEntropy(model.forward(xp, { training: false }), y), tf.mul(tf.sum(tf.square(d)), p.penalty)) as tf.Scalar;
-              });
-              let next = tf.add(delta, tf.mul(g, p.innerLr));
-              const norm = tf.norm(next).dataSync()[0];
-              if (norm > p.maxNorm) next = tf.mul(next, p.maxNorm / norm);
-              delta.assign(next);
+          tf.tidy(() => {
+            // The model's own labels, as BackdoorBench: the perturbation moves images off what f predicts.
+            const own = tf.argMax(model.forward(x, { training: false }), 1) as tf.Tensor1D;
+            const g = inputGradient(delta as unknown as tf.Tensor4D, (d) => {
+              // No clipping to [0,1] (as BackdoorBench): a clip passes no gradient at 0, which would freeze
+              // delta on every black background pixel, where patch triggers live.
+              const xp = tf.add(x, d) as tf.Tensor4D;
+              return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), p.penalty)) as tf.Scalar;
             });
-          }
+            let next = tf.add(delta, tf.mul(g, innerLr));
+            const norm = tf.norm(next).dataSync()[0];
+            if (norm > maxNorm) next = tf.mul(next, maxNorm / norm);
+            delta.assign(next);
+          });
           x.dispose();
-          y.dispose();
         }
-        // Outer minimization: classify the perturbed auxiliary data correctly.
+        norms.push(Math.round(tf.tidy(() => tf.norm(delta).dataSync()[0]) * 1000) / 1000);
+        // Outer minimization: classify the batch, a portion of it carrying delta, correctly.
         await trainEpochs(ctx, model, opt, {
           epochs: p.epochsPerRound,
           lr: p.lr,
@@ -75,7 +91,17 @@ export const ibau: Defense = {
           progressBase: r,
           progressTotal: p.rounds,
           label: 'round',
-          loss: (s) => crossEntropy(model.forward(tf.clipByValue(tf.add(s.x, delta), 0, 1) as tf.Tensor4D, s.ctx), s.y),
+          prepare: (s) => {
+            const n = s.x.shape[0];
+            const k = Math.max(1, Math.round(n * p.portion));
+            const picked = new Float32Array(n);
+            for (const i of ctx.rng.permutation(n).subarray(0, k)) picked[i] = 1;
+            return tf.tensor4d(picked, [n, 1, 1, 1]);
+          },
+          loss: (s) => {
+            const xp = tf.add(s.x, tf.mul(s.prepared!, delta)) as tf.Tensor4D;
+            return crossEntropy(model.forward(xp, s.ctx), s.y);
+          },
         });
         await yieldToLoop();
       }
@@ -86,6 +112,9 @@ export const ibau: Defense = {
       opt.dispose();
       delta.dispose();
     }
-    return { model, details: { rounds: p.rounds, hypergradient: 'first-order approximation (no second-order gradients on this backend)' } };
+    return {
+      model,
+      details: { rounds: p.rounds, portion: p.portion, perturbationL2: norms, hypergradient: 'first-order approximation (no second-order gradients on this backend)' },
+    };
   },
 };

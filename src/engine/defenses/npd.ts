@@ -1,17 +1,21 @@
 /**
- * `npd`: Neural Polarizer Defense (Zhu et al., 2023). Insert a polarizer — a 1x1 convolution initialized to
- * the identity, followed by BatchNorm — in front of the last block's first convolution, freeze the backbone and
- * train only the polarizer so that targeted adversarial examples (L2, norm `eps`, `steps` PGD steps, aimed at
- * the wrong class the model finds most reachable) are classified correctly:
- * CE(f(x), y) + lambda * [CE(f(x_adv), y) - log(1 - p_t(x_adv)) + relu(z_t(x_adv) - z_y(x_adv))],
- * i.e. the clean loss plus three polarizing terms that pull adversarial inputs back to the true class, away
- * from the target class, and give the true logit the margin over the target's. The backbone's BatchNorm statistics stay frozen; the polarizer's BatchNorm acts as a
- * learnable per-channel affine map (its running statistics start at 0/1). The polarizer is saved with the
+ * `npd`: Neural Polarizer Defense (Zhu et al., 2023), as BackdoorBench's defense/npd.py ("convbn" polarizer).
+ * Insert a polarizer — a 1x1 convolution initialized to the identity, followed by BatchNorm — in front of the
+ * last block's first convolution, freeze the backbone and train only the polarizer. Per batch, targeted
+ * adversarial examples are made against the current model: the target is the most probable wrong class,
+ * `steps` signed-gradient steps of `advStep` per pixel descend CE toward it, projected on the L2 ball of radius
+ * `eps` in pixel space. BackdoorBench's radius 3.0 is for 32x32x3 images; it is scaled by sqrt(H*W*C / 3072)
+ * so that the per-pixel size of the perturbation stays the same on other inputs (28x28x1: 1.52). The loss is
+ *   CE(f(x), y) + lambda * [CE(f(x_adv), f's clean prediction) - log(1 - p_u(x_adv)) - log(1 - p_t(x_adv))]
+ * with t the attack's target and u the most probable class of x_adv other than y: the clean loss plus the
+ * polarizing terms that pull adversarial inputs back and push them off both the attack's target and their own
+ * most likely wrong class. The backbone's BatchNorm statistics stay frozen; the polarizer's BatchNorm acts as
+ * a learnable per-channel affine map (its running statistics start at 0/1). The polarizer is saved with the
  * model as `<conv>.inserted.0.*` and `<conv>.inserted.1.*`.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers';
-import { Adam } from '../nn/optim';
+import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
@@ -32,21 +36,23 @@ function polarizer(channels: number): () => Sequential {
   };
 }
 
-/** Targeted L2 PGD toward the most probable wrong class; returns [x_adv, target labels]. */
-function targetedAdversarial(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, eps: number, steps: number): tf.Tensor {
+/**
+ * Targeted attack toward the most probable wrong class: signed steps of `advStep` per pixel, each projected
+ * on the L2 ball of radius eps. Returns x_adv with the target label as a last column (one tensor per batch:
+ * fit() disposes it).
+ */
+function targetedAdversarial(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, eps: number, steps: number, advStep: number): tf.Tensor {
   return tf.tidy(() => {
     const k = model.numClasses;
     const logits0 = model.forward(x, { training: false });
     const target = tf.argMax(tf.sub(logits0, tf.mul(tf.oneHot(y, k), 1e9)), 1) as tf.Tensor1D;
     let xAdv = x;
-    const stepSize = (2.5 * eps) / Math.max(1, steps);
     for (let i = 0; i < steps; i++) {
-      const g = inputGradient(xAdv, (xi) => tf.neg(crossEntropy(model.forward(xi, { training: false }), target)) as tf.Scalar);
-      const gn = tf.div(g, tf.add(tf.sqrt(tf.sum(tf.square(g), [1, 2, 3], true)), 1e-12));
-      xAdv = projectL2(x, tf.add(xAdv, tf.mul(gn, stepSize)) as tf.Tensor4D, eps);
+      const g = inputGradient(xAdv, (xi) => crossEntropy(model.forward(xi, { training: false }), target));
+      xAdv = projectL2(x, tf.sub(xAdv, tf.mul(tf.sign(g), advStep)) as tf.Tensor4D, eps);
     }
-    // One tensor per batch (fit() disposes it): flattened x_adv with the target label as a last column.
-    return tf.concat([tf.reshape(xAdv, [x.shape[0], -1]), tf.reshape(tf.cast(target, 'float32'), [-1, 1])], 1);
+    const own = tf.argMax(logits0, 1);
+    return tf.concat([tf.reshape(xAdv, [x.shape[0], -1]), tf.reshape(tf.cast(target, 'float32'), [-1, 1]), tf.reshape(tf.cast(own, 'float32'), [-1, 1])], 1);
   });
 }
 
@@ -55,8 +61,8 @@ export const npd: Defense = {
   title: 'Neural Polarizer',
   defaults(profile: Profile) {
     return profile === 'paper'
-      ? { warmupEpochs: 5, epochs: 50, lr: 0.01, batchSize: 128, eps: 3.0, steps: 2, lambda: 0.4 }
-      : { warmupEpochs: 1, epochs: 10, lr: 0.01, batchSize: 64, eps: 3.0, steps: 2, lambda: 0.4 };
+      ? { warmupEpochs: 5, warmupLr: 1e-4, epochs: 50, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 }
+      : { warmupEpochs: 1, warmupLr: 1e-4, epochs: 20, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
@@ -69,12 +75,14 @@ export const npd: Defense = {
     }
     const pol = model.insertBefore(at, polarizer(conv.inChannels));
     const vars = pol.trainableVariables();
-    const opt = new Adam(p.lr);
+    const warm = new SGD(p.warmupLr);
+    const opt = new SGD(p.lr, p.momentum, p.weightDecay);
     const [h, w, c] = ctx.aux.shape;
     const total = p.warmupEpochs + p.epochs;
+    const eps = p.eps * Math.sqrt((h * w * c) / 3072);
     try {
       // Warm-up: the polarizer learns to pass clean data through unchanged.
-      await trainEpochs(ctx, model, opt, { epochs: p.warmupEpochs, lr: p.lr, batchSize: p.batchSize, vars, bnTrain: false, progressTotal: total, label: 'warm-up epoch' });
+      await trainEpochs(ctx, model, warm, { epochs: p.warmupEpochs, lr: p.warmupLr, schedule: 'constant', batchSize: p.batchSize, vars, bnTrain: false, progressTotal: total, label: 'warm-up epoch' });
       await trainEpochs(ctx, model, opt, {
         epochs: p.epochs,
         lr: p.lr,
@@ -84,29 +92,32 @@ export const npd: Defense = {
         progressBase: p.warmupEpochs,
         progressTotal: total,
         label: 'epoch',
-        prepare: (s) => targetedAdversarial(model, s.x, s.y, p.eps, p.steps),
+        prepare: (s) => targetedAdversarial(model, s.x, s.y, eps, p.steps, p.advStep),
         loss: (s) => {
           const n = s.x.shape[0];
           const packed = s.prepared!;
           const xAdv = tf.reshape(tf.slice(packed, [0, 0], [n, h * w * c]), [n, h, w, c]) as tf.Tensor4D;
           const target = tf.cast(tf.reshape(tf.slice(packed, [0, h * w * c], [n, 1]), [n]), 'int32') as tf.Tensor1D;
+          const own = tf.cast(tf.reshape(tf.slice(packed, [0, h * w * c + 1], [n, 1]), [n]), 'int32') as tf.Tensor1D;
           const k = model.numClasses;
           const clean = crossEntropy(model.forward(s.x, s.ctx), s.y);
           const advLogits = model.forward(xAdv, s.ctx);
           const pAdv = tf.softmax(advLogits);
-          const toTrue = crossEntropy(advLogits, s.y);
-          const awayFromTarget = tf.mean(tf.neg(tf.log(tf.add(tf.sub(1, tf.sum(tf.mul(pAdv, tf.oneHot(target, k)), 1)), 1e-6))));
-          // Margin term: the true class should beat the target class on adversarial inputs.
-          const margin = tf.mean(tf.relu(tf.sub(tf.sum(tf.mul(advLogits, tf.oneHot(target, k)), 1), tf.sum(tf.mul(advLogits, tf.oneHot(s.y, k)), 1))));
-          return tf.add(clean, tf.mul(tf.add(tf.add(toTrue, awayFromTarget), margin), p.lambda)) as tf.Scalar;
+          const back = crossEntropy(advLogits, own);
+          // The most probable class of x_adv other than the true one.
+          const wrong = tf.argMax(tf.sub(pAdv, tf.mul(tf.oneHot(s.y, k), 2)), 1);
+          const away = (cls: tf.Tensor) => tf.mean(tf.neg(tf.log(tf.add(tf.sub(1.0001, tf.sum(tf.mul(pAdv, tf.oneHot(cls as tf.Tensor1D, k)), 1)), 1e-12))));
+          const polarize = tf.add(tf.add(back, away(wrong)), away(target));
+          return tf.add(clean, tf.mul(polarize, p.lambda)) as tf.Scalar;
         },
       });
     } catch (e) {
       model.dispose();
       throw e;
     } finally {
+      warm.dispose();
       opt.dispose();
     }
-    return { model, details: { insertedBefore: at, eps: p.eps, steps: p.steps } };
+    return { model, details: { insertedBefore: at, eps: Math.round(eps * 1000) / 1000, steps: p.steps, epochs: p.epochs } };
   },
 };

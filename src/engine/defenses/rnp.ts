@@ -2,15 +2,19 @@
  * `rnp`: Reconstructive Neuron Pruning (Li et al., 2023). First unlearn: gradient ascent on CE over the
  * auxiliary set until its accuracy falls to `unlearnFloor` (backdoor neurons survive unlearning, clean ones do
  * not). Then, on the unlearned model, learn masks on BatchNorm channels (gamma and beta) that recover clean
- * accuracy; channels the recovery barely needs (mask <= threshold) are the backdoor's, and are pruned
- * (gamma = 0) on the original model.
+ * accuracy; channels the recovery barely needs (low mask) are the backdoor's, and are pruned (gamma = 0) on
+ * the original model. The pruning threshold is chosen as ANP's: the largest one (up to `maxThreshold`) that
+ * keeps the pruned model's accuracy on a held-out validation split of the auxiliary set within `accRatio` of
+ * the unpruned model's (BackdoorBench's fixed 0.7 prunes most of a narrow network). Unlearning and mask
+ * learning use the rest of the auxiliary set.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, requireBatchNorm } from './bn_masks';
-import { accuracyOn, trainEpochs } from './common';
+import { accuracyOn, splitAux, trainEpochs } from './common';
+import { chooseThreshold } from './anp';
 
 export const rnp: Defense = {
   id: 'rnp',
@@ -22,25 +26,30 @@ export const rnp: Defense = {
       unlearnFloor: 0.2,
       maskLr: 0.2,
       maskEpochs: profile === 'paper' ? 20 : 10,
-      threshold: 0.7,
+      maxThreshold: 0.9,
+      thresholdStep: 0.05,
+      accRatio: 0.95,
+      valFraction: 0.2,
       batchSize: 64,
     };
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
     requireBatchNorm(ctx.victim, 'rnp');
+    const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
     const unlearned = ctx.victim.clone();
     let unlearnEpochs = 0;
     try {
       // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
       const up = new SGD(p.unlearnLr, 0.9, 5e-4);
       try {
-        while (unlearnEpochs < p.unlearnMaxEpochs && accuracyOn(unlearned, ctx.aux) > p.unlearnFloor) {
+        while (unlearnEpochs < p.unlearnMaxEpochs && accuracyOn(unlearned, train) > p.unlearnFloor) {
           await trainEpochs(ctx, unlearned, up, {
             epochs: 1,
             lr: p.unlearnLr,
             schedule: 'constant',
             batchSize: p.batchSize,
+            data: train,
             progressBase: unlearnEpochs,
             progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
             label: 'unlearning epoch',
@@ -61,8 +70,9 @@ export const rnp: Defense = {
           lr: p.maskLr,
           schedule: 'constant',
           batchSize: p.batchSize,
+          data: train,
           vars: set.masks,
-          bnTrain: false,
+          bnTrain: true,
           progressBase: p.unlearnMaxEpochs,
           progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
           label: 'mask epoch',
@@ -70,9 +80,13 @@ export const rnp: Defense = {
           afterStep: () => clipVariables(set.masks, 0, 1),
         });
         const masks = readMasks(set);
+        const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
         const model = ctx.victim.clone();
-        const pruned = pruneByThreshold(model, masks, p.threshold);
-        return { model, details: { unlearnEpochs, prunedChannels: pruned, threshold: p.threshold } };
+        if (choice.threshold !== null) pruneByThreshold(model, masks, choice.threshold);
+        return {
+          model,
+          details: { unlearnEpochs, threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' },
+        };
       } finally {
         maskOpt.dispose();
         set.dispose();

@@ -1,0 +1,82 @@
+/**
+ * The fine-tuning defenses (ft, fp, nad, ftsam, fst) on a tiny BadNets victim made here: each brings the
+ * attack success rate below half of the victim's while keeping clean accuracy above a floor; no tensor is
+ * left behind; progress is reported per epoch and a cancelled run stops with CancelledError and frees its
+ * copy of the model.
+ */
+import { strict as assert } from 'node:assert';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { getDefense } from '../../src/engine/defenses';
+import { CancelledError } from '../../src/engine/errors';
+import type { DefenseParams } from '../../src/engine/defenses/defense';
+import { buildFixture, runDefense, type Fixture } from './defenses-fixture';
+
+// [defense, overrides of the fast profile (shorter where the tiny victim allows), highest ASR, lowest ACC]
+const CASES: Array<[string, DefenseParams, number, number]> = [
+  ['ft', { epochs: 8 }, 0.5, 0.85],
+  ['fp', { epochs: 8 }, 0.5, 0.85],
+  ['nad', { teacherEpochs: 6, epochs: 6 }, 0.5, 0.75],
+  ['ftsam', { epochs: 8 }, 0.5, 0.65],
+  ['fst', { epochs: 6 }, 0.5, 0.55],
+];
+
+describe('fine-tuning defenses on a tiny BadNets victim', function () {
+  this.timeout(300_000);
+  let f: Fixture;
+
+  before(async () => {
+    await useWasm();
+    f = buildFixture();
+  });
+  after(() => f?.victim.dispose());
+
+  it('the victim is backdoored (ACC >= 0.9, ASR >= 0.9)', () => {
+    assert.ok(f.before.acc >= 0.9, `ACC ${f.before.acc}`);
+    assert.ok(f.before.asr >= 0.9, `ASR ${f.before.asr}`);
+  });
+
+  for (const [id, overrides, maxAsrFraction, minAcc] of CASES) {
+    it(`${id} halves the ASR and keeps ACC >= ${minAcc}, leaving no tensor`, async () => {
+      const n0 = tf.memory().numTensors;
+      const victimWeights = f.victim.head().weight.dataSync().slice();
+      const { out, after, progress } = await runDefense(f, getDefense(id)!, overrides);
+      assert.ok(after.asr <= maxAsrFraction * f.before.asr, `${id}: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+      assert.ok(after.acc >= minAcc, `${id}: ACC ${after.acc.toFixed(3)}`);
+      assert.ok(progress.length > 0, 'reports progress');
+      const [done, total] = progress[progress.length - 1];
+      assert.equal(done, total, 'progress reaches its total');
+      // The victim itself is never modified.
+      assert.deepEqual(f.victim.head().weight.dataSync(), victimWeights);
+      out.model.dispose();
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
+
+  it('fp reports how many channels it pruned, chosen on the aux validation split', async () => {
+    const { out } = await runDefense(f, getDefense('fp')!, { epochs: 1 });
+    out.model.dispose();
+    assert.equal(out.details!.selectedOn, 'aux validation split');
+    assert.ok(Number(out.details!.prunedChannels) >= 1 && Number(out.details!.prunedChannels) < Number(out.details!.channels));
+  });
+
+  for (const id of ['ft', 'nad']) {
+    it(`${id} stops at the next epoch when cancelled and frees its tensors`, async () => {
+      const n0 = tf.memory().numTensors;
+      const ac = new AbortController();
+      let reports = 0;
+      await assert.rejects(
+        runDefense(f, getDefense(id)!, {}, {
+          signal: ac.signal,
+          progress: () => {
+            reports++;
+            ac.abort();
+          },
+        }),
+        CancelledError,
+      );
+      assert.equal(reports, 1, 'no epoch runs after the cancellation');
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
+});

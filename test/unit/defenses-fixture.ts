@@ -1,0 +1,64 @@
+/**
+ * A tiny backdoored victim for the defense tests: the demo's narrow Conv/BN/ReLU stack (`small-cnn`, 88
+ * channels) trained for a few epochs on a seeded 2400-image subset of the embedded MNIST with BadNets (3x3 white corner patch, 10% poisoned, target
+ * 0); a disjoint class-balanced auxiliary set and a clean/triggered test split. Built once per test file.
+ */
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../../src/engine/attacks';
+import { buildModel } from '../../src/engine/models';
+import { SGD } from '../../src/engine/nn/optim';
+import { fit } from '../../src/engine/nn/train';
+import { Rng } from '../../src/engine/util/rng';
+import { sampleBalanced } from '../../src/engine/aux/sample';
+import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
+import type { ImageSet } from '../../src/engine/data/dataset';
+import type { Model } from '../../src/engine/nn/model';
+import type { Metrics } from '../../src/engine/jobs/results';
+import type { Defense, DefenseContext, DefenseParams, DefenseOutcome } from '../../src/engine/defenses/defense';
+import { resolveParams } from '../../src/engine/defenses/defense';
+
+export interface Fixture {
+  victim: Model;
+  aux: ImageSet;
+  test: ImageSet;
+  triggered: TriggeredSet;
+  before: Metrics;
+}
+
+export const TARGET = 0;
+
+export function buildFixture(seed = 7): Fixture {
+  const rng = new Rng(seed);
+  const split = splitDisjoint(loadEmbeddedMnist(), { train: 2400, pool: 600, test: 600 }, rng.fork('split'));
+  const attack = makeAttack({ type: 'badnets' }, split.train.shape, rng.fork('attack'));
+  const poisoned = poisonTrainingSet(split.train, attack, { pratio: 0.1, target: TARGET, rng: rng.fork('poison') });
+  const triggered = triggeredTestSet(split.test, attack, { target: TARGET });
+  const victim = buildModel({ arch: 'small-cnn', inputShape: split.train.shape, numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, seed);
+  const opt = new SGD(0.05, 0.9, 5e-4);
+  fit(victim, poisoned.set, { epochs: 6, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'cosine', augment: { cropPadding: 2, flip: false }, rng: rng.fork('train'), dropLast: true });
+  opt.dispose();
+  const aux = sampleBalanced(split.pool, { size: 300 }, rng.fork('aux'));
+  return { victim, aux, test: split.test, triggered, before: evaluateModel(victim, split.test, triggered) };
+}
+
+/** Run a defense on the fixture with its `fast` defaults plus overrides. */
+export async function runDefense(
+  f: Fixture,
+  d: Defense,
+  overrides: DefenseParams = {},
+  extra: Partial<DefenseContext> = {},
+): Promise<{ out: DefenseOutcome; after: Metrics; progress: Array<[number, number]> }> {
+  const progress: Array<[number, number]> = [];
+  const out = await d.run({
+    victim: f.victim,
+    aux: f.aux,
+    profile: 'fast',
+    params: resolveParams(d, 'fast', overrides),
+    augment: { cropPadding: 2, flip: false },
+    rng: new Rng(1).fork(d.id),
+    progress: (done, total) => progress.push([done, total]),
+    ...extra,
+  });
+  const after = evaluateModel(out.model, f.test, f.triggered);
+  return { out, after, progress };
+}
