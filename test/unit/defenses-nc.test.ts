@@ -1,0 +1,38 @@
+/**
+ * Neural Cleanse on a tiny BadNets victim made here: the reversed trigger of the target label is the smallest
+ * by far, the target is the one label flagged by its anomaly index, and unlearning with the reversed trigger
+ * halves the attack success rate; no tensor is left behind.
+ */
+import { strict as assert } from 'node:assert';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { getDefense } from '../../src/engine/defenses';
+import { buildFixture, runDefense, TARGET, type Fixture } from './defenses-fixture';
+
+describe('Neural Cleanse on a tiny BadNets victim', function () {
+  this.timeout(600_000);
+  let f: Fixture;
+
+  before(async () => {
+    await useWasm();
+    f = buildFixture();
+  });
+  after(() => f?.victim.dispose());
+
+  it('flags exactly the target label of the patch trigger and unlearns it', async () => {
+    const n0 = tf.memory().numTensors;
+    const { out, after, progress } = await runDefense(f, getDefense('nc')!, { steps: 200, ftLr: 0.05 });
+    const det = out.detection!;
+    assert.deepEqual(det.flagged, [TARGET], `anomaly indices ${det.anomalyIndex}`);
+    assert.ok(det.anomalyIndex[TARGET] > 2, `target anomaly ${det.anomalyIndex[TARGET]}`);
+    const l1 = out.details!.maskL1 as number[];
+    // A 3x3 patch: the target's reversed mask is far smaller than any other label's.
+    assert.ok(l1[TARGET] < 0.5 * Math.min(...l1.filter((_, i) => i !== TARGET)), `mask L1 ${l1.map((v) => v.toFixed(1))}`);
+    assert.equal(out.details!.unlearned, true);
+    assert.ok(after.asr <= 0.5 * f.before.asr, `ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+    assert.ok(after.acc >= f.before.acc - 0.05, `ACC ${after.acc.toFixed(3)} (victim ${f.before.acc.toFixed(3)})`);
+    assert.deepEqual(progress[progress.length - 1], [11, 11]);
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+});
