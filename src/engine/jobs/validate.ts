@@ -31,7 +31,14 @@ export function loadJob(jobPath: string): Job {
     const code = (e as NodeJS.ErrnoException).code;
     throw new InputError(code === 'ENOENT' ? 'no such job file' : code === 'EISDIR' ? 'the job is a folder, not a file' : `cannot read the job file (${code ?? e})`, jobPath);
   }
-  return validateJobObject(parseJson(text, label), path.dirname(path.resolve(jobPath)), label);
+  const obj = parseJson(text, label);
+  try {
+    return validateJobObject(obj, path.dirname(path.resolve(jobPath)), label);
+  } catch (e) {
+    // Copying and schema-checking a value recurse over it: deep nesting overflows the stack there.
+    if (e instanceof RangeError) throw new InputError('the job nests arrays or objects too deeply', label);
+    throw e;
+  }
 }
 
 /**
@@ -74,6 +81,8 @@ export function parseJson(text: string, label: string): unknown {
   try {
     return JSON.parse(body);
   } catch (e) {
+    // V8's parser recurses: thousands of nested brackets overflow the stack before any syntax error.
+    if (e instanceof RangeError) throw new InputError('the job nests arrays or objects too deeply', label);
     const found = locateJsonError(body);
     const pos = found?.pos ?? body.length;
     const what = found?.what ?? (e as Error).message.split('\n')[0];

@@ -16,6 +16,8 @@ interface Npy {
 export function parseNpy(buf: Buffer, file: string): Npy {
   if (buf.length < 10 || buf.toString('latin1', 0, 6) !== '\x93NUMPY') throw new InputError('not a .npy file (bad magic)', file);
   const major = buf[6];
+  // v1 has a 2-byte header length, v2/v3 a 4-byte one; anything else (or too short to hold it) is not NPY.
+  if (major < 1 || major > 3 || buf.length < (major === 1 ? 10 : 12)) throw new InputError(`.npy header is truncated or of unknown version ${major}`, file);
   const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
   const start = (major === 1 ? 10 : 12) + headerLen;
   if (start > buf.length) throw new InputError('.npy header is truncated', file);
