@@ -60,7 +60,7 @@ describe('job schema and validation', () => {
         { name: 'seen', type: 'seen', perClass: 10 },
         { name: 'heldout', type: 'unseen', source: { format: 'mnist-embedded' }, size: 500 },
         { name: 'dark', type: 'ood', source: { format: 'mnist-embedded' }, shift: 'brightness' },
-        { name: 'web', type: 'external', source: { path: 'web' } },
+        { name: 'web', type: 'external', source: { path: 'web', resize: true } },
         { name: 'inverted', type: 'synthetic', perClass: 5 },
       ],
       defenses: ['ft', 'fp', { name: 'anp', profile: 'fast' }, { name: 'nad', params: { epochs: 2, lr: 0.01 } }],
@@ -76,7 +76,7 @@ describe('job schema and validation', () => {
     const abs = (f: string) => path.join(dir, f);
     assert.equal(typeof job.model === 'object' && job.model.path, abs('victim.safetensors'));
     assert.deepEqual(job.data.train, { path: abs('train-images.npy'), labels: abs('train-labels.npy'), format: 'npy' });
-    assert.deepEqual(job.aux[3].source, { path: abs('web'), format: 'imagefolder' });
+    assert.deepEqual(job.aux[3].source, { path: abs('web'), format: 'imagefolder', resize: true });
     assert.deepEqual(job.attack, { type: 'badnets', target: 3, allToAll: false, size: 4, offset: 1 });
     assert.deepEqual(job.defenses, [
       { name: 'ft', profile: 'paper' },

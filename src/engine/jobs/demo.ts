@@ -22,6 +22,7 @@ import { throwIfAborted } from '../errors';
 import { yieldToLoop } from '../defenses/defense';
 import { saveModelFile } from '../io/model_io';
 import { calibrate } from '../gic/gic';
+import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';
 import { synthesizeAuxSet } from '../aux/synthetic';
 
@@ -113,8 +114,12 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
       seed,
       calibrate: async (v, a, signal, progress) => {
         const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 6 : 20, seed }, signal, progress);
-        out.net.dispose();
-        return { set: out.set, entry: { aux: a.name, ...out.report } };
+        try {
+          const files = saveCalibration(out.net, out.set, staging, a.name);
+          return { set: out.set, entry: { aux: a.name, ...out.report, files } };
+        } finally {
+          out.net.dispose();
+        }
       },
       embed: (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: clean, raw: a.set, calibrated: cal, points: o.quick ? 300 : 600, seed }),
       saveTargets: (base) => [{ file: path.join(staging, `${base}.safetensors`), format: 'safetensors' }],

@@ -38,6 +38,8 @@ export interface GicEntry {
   bnDistanceAfter: number | null;
   seconds: number;
   note?: string;
+  /** Saved with the outputs, relative to the results directory: g (safetensors) and the calibrated set (npz). */
+  files?: { net: string; images: string };
   /** A few calibrated examples for the panel's gallery (one per class). */
   samples?: GicSample[];
 }

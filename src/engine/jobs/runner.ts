@@ -21,6 +21,7 @@ import { sampleBalanced } from '../aux/sample';
 import { applyShift } from '../aux/shifts';
 import { synthesizeAuxSet } from '../aux/synthetic';
 import { calibrate } from '../gic/gic';
+import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';
 import { Rng } from '../util/rng';
 import { runPrepared, planCells, type PreparedAux, type PreparedJob, type ShardSpec } from './core';
@@ -47,9 +48,10 @@ function embeddedSplit(seed: number) {
   return splitDisjoint(loadEmbeddedMnist(), { train: 6000, pool: 2000, test: 2000 }, new Rng(seed).fork('split'));
 }
 
-function loadSource(src: DataSourceSpec, role: 'train' | 'test' | 'pool', field: string, numClasses: number, seed: number): ImageSet {
+function loadSource(src: DataSourceSpec, role: 'train' | 'test' | 'pool', field: string, model: { shape: [number, number, number]; numClasses: number }, seed: number): ImageSet {
   if (src.format === 'mnist-embedded') return embeddedSplit(seed)[role];
-  return loadDataSource(src, field, numClasses);
+  // Converted to the model's channels (and size, when the source asks for resizing) and checked against its classes.
+  return loadDataSource(src, field, model, role);
 }
 
 function checkShape(set: ImageSet, want: [number, number, number], field: string): void {
@@ -81,12 +83,13 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     // A format that cannot hold this model fails now, not after the defenses ran.
     if (job.outputs?.formats?.includes('tfjs')) tfjsArtifactsOf(victim, 'check.bin');
     const k = victim.numClasses;
-    const test = loadSource(job.data.test, 'test', `${name}: data.test`, k, seed);
+    // Converted to the model's channels (resized only when the source asks) and checked against its classes.
+    const test = loadSource(job.data.test, 'test', `${name}: data.test`, { shape: victim.inputShape, numClasses: k }, seed);
     // A network that pools globally takes any image size: unless the file or the job fixed one, use the data's.
     if (!loaded.inputSizeKnown) adoptInputSize(loaded, test.shape);
     const shape = victim.inputShape;
     checkShape(test, shape, `${name}: data.test`);
-    const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, k, seed) : undefined;
+    const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, { shape, numClasses: k }, seed) : undefined;
     if (train) checkShape(train, shape, `${name}: data.train`);
 
     const attackSpec = job.attack ?? { type: 'badnets' as const, target: 0, allToAll: false };
@@ -106,7 +109,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
       } else {
         let pool: ImageSet | undefined;
         if (a.type === 'seen') pool = train;
-        else if (a.source) pool = loadSource(a.source, 'pool', `${field}.source`, k, seed);
+        else if (a.source) pool = loadSource(a.source, 'pool', `${field}.source`, { shape, numClasses: k }, seed);
         if (!pool) throw new InputError(a.type === 'seen' ? 'a "seen" auxiliary set needs data.train' : `a "${a.type}" auxiliary set needs a "source"`, field);
         checkShape(pool, shape, `${field}.source`);
         // Without an explicit size, take the default but no more than every class of the pool can give.
@@ -139,8 +142,13 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         seed,
         calibrate: async (v, a, signal, progress) => {
           const out = await calibrate(v, a.set, { delta: gic.delta, norm: gic.norm, lambdaBn: gic.lambdaBn, epochs: gic.epochs, lr: gic.lr, seed }, signal, progress);
-          out.net.dispose();
-          return { set: out.set, entry: { aux: a.name, ...out.report } };
+          try {
+            // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
+            const files = saveCalibration(out.net, out.set, staging, a.name, (f) => !opts.overwrite && fs.existsSync(path.join(outDir, f)));
+            return { set: out.set, entry: { aux: a.name, ...out.report, files } };
+          } finally {
+            out.net.dispose();
+          }
         },
         embed:
           job.embedding?.method === 'none'

@@ -55,12 +55,18 @@ const dataSource = {
         'mnist-embedded: the MNIST digits shipped with the tool (no path; split into disjoint train, auxiliary-pool and test parts by the job seed). Without "format" it is inferred from the path: a folder is imagefolder, .npy, .npz, *-idx3-ubyte[.gz] is idx, *.bin is cifar10-bin.',
     },
     labels: relPath('labels file: required for npy images (an int array of length N); for idx, the *-idx1-ubyte file when its name does not follow the images file'),
+    resize: {
+      // No schema default: one would be written into mnist-embedded sources too, where the field is refused.
+      type: 'boolean',
+      description:
+        "default false. Resize images to the model's input height and width (bilinear, antialiased when shrinking); without it images of another size, or of mixed sizes in an image folder, are refused. Channels (grey/RGB) are always converted.",
+    },
   },
   allOf: [
     {
       // The embedded set is found by the tool; a path here would suggest a user file is read when it is not.
       if: when('format', 'mnist-embedded'),
-      then: { properties: { path: false, labels: false } },
+      then: { properties: { path: false, labels: false, resize: false } },
       else: { required: ['path'] },
     },
     { if: when('format', 'npy'), then: { required: ['labels'] } },
@@ -314,6 +320,8 @@ export interface DataSourceSpec {
   path?: string;
   format?: DataFormat;
   labels?: string;
+  /** Resize to the model's input height/width (default false: other sizes are refused). */
+  resize?: boolean;
 }
 
 /** A data source after validation: the format is known (given or inferred) and paths are absolute. */

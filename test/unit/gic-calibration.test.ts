@@ -1,0 +1,122 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { buildModel } from '../../src/engine/models';
+import type { Model } from '../../src/engine/nn/model';
+import { SGD } from '../../src/engine/nn/optim';
+import { fit } from '../../src/engine/nn/train';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { applyShift } from '../../src/engine/aux/shifts';
+import { sampleBalanced } from '../../src/engine/aux/sample';
+import { synthesizeAuxSet } from '../../src/engine/aux/synthetic';
+import { GicNet, GIC_DEFAULTS, applyCalibration, calibrate, measureSet, perturbationStats, type GicNorm } from '../../src/engine/gic/gic';
+import { decodeGicNet, saveCalibration } from '../../src/engine/gic/save';
+import { readNpz } from '../../src/engine/io/data/npz';
+import { imageSize, type ImageSet } from '../../src/engine/data/dataset';
+import { Rng } from '../../src/engine/util/rng';
+
+/** ||b_i - a_i||_p of every image. */
+function norms(a: ImageSet, b: ImageSet, p: GicNorm): number[] {
+  const size = imageSize(a);
+  const out: number[] = [];
+  for (let i = 0; i < a.n; i++) {
+    let v = 0;
+    for (let j = i * size; j < (i + 1) * size; j++) {
+      const d = Math.abs(b.x[j] - a.x[j]);
+      v = p === 'inf' ? Math.max(v, d) : v + d * d;
+    }
+    out.push(p === 'inf' ? v : Math.sqrt(v));
+  }
+  return out;
+}
+
+describe('GIC on a small victim trained here', function () {
+  let victim: Model;
+  let ood: ImageSet;
+  let dir: string;
+  let startTensors: number;
+
+  before(async function () {
+    await useWasm();
+    startTensors = tf.memory().numTensors;
+    const rng = new Rng(11);
+    const split = splitDisjoint(loadEmbeddedMnist(), { train: 2000, pool: 600, test: 0 }, rng.fork('split'));
+    victim = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, 1);
+    const opt = new SGD(0.05, 0.9, 5e-4);
+    fit(victim, split.train, { epochs: 2, batchSize: 64, optimizer: opt, lr: 0.05, rng: rng.fork('fit'), dropLast: true });
+    opt.dispose();
+    // An OOD auxiliary set: held-out digits with additive Gaussian noise (SPEC section 6).
+    ood = applyShift(sampleBalanced(split.pool, { perClass: 20 }, rng.fork('aux')), 'noise', rng.fork('noise'));
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-gic-'));
+  });
+
+  after(() => {
+    victim?.dispose();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    assert.equal(tf.memory().numTensors, startTensors, 'tensors leaked');
+  });
+
+  it('g is the identity at initialization (a saved and reloaded untrained net too)', () => {
+    for (const norm of ['inf', '2'] as const) {
+      const net = new GicNet(ood.shape, { ...GIC_DEFAULTS, norm });
+      const same = applyCalibration(net, ood);
+      assert.deepEqual(same.x, ood.x, `${norm}: g(x) != x at init`);
+      const files = saveCalibration(net, same, dir, `init-${norm}`);
+      const back = decodeGicNet(fs.readFileSync(path.join(dir, files.net)), files.net);
+      assert.deepEqual(applyCalibration(back, ood).x, ood.x);
+      back.dispose();
+      net.dispose();
+    }
+  });
+
+  for (const [norm, delta] of [['inf', 0.1], ['2', 1.5]] as const) {
+    it(`every saved calibrated image satisfies ||g(x) - x||_${norm} <= ${delta}; g is saved and reloads exactly`, async () => {
+      const out = await calibrate(victim, ood, { delta, norm, epochs: 4, lr: 5e-3, seed: 1 });
+      try {
+        const files = saveCalibration(out.net, out.set, dir, `ood-${norm}`);
+        assert.deepEqual(files, { net: `gic-ood-${norm}.safetensors`, images: `gic-ood-${norm}.npz` });
+        const saved = readNpz(path.join(dir, files.images), { shape: ood.shape, numClasses: 10 });
+        assert.deepEqual(Array.from(saved.y), Array.from(ood.y));
+        assert.deepEqual(saved.x, out.set.x, 'the file holds the images the defenses get');
+        const n = norms(ood, saved, norm);
+        assert.ok(n.every((v) => v <= delta), `${norm}: max ${Math.max(...n)} > ${delta}`);
+        // The training pushed against the bound, so the check above is not vacuous.
+        assert.ok(Math.max(...n) > 0.5 * delta, `${norm}: max ${Math.max(...n)}`);
+        assert.deepEqual(perturbationStats(ood, saved, norm).max, Math.max(...n));
+        // Reloading g and applying it again gives the same images.
+        const back = decodeGicNet(fs.readFileSync(path.join(dir, files.net)), files.net);
+        assert.deepEqual(applyCalibration(back, ood).x, saved.x);
+        back.dispose();
+        // A second save does not replace the first.
+        assert.deepEqual(saveCalibration(out.net, out.set, dir, `ood-${norm}`), { net: `gic-ood-${norm}-1.safetensors`, images: `gic-ood-${norm}-1.npz` });
+      } finally {
+        out.net.dispose();
+      }
+    });
+  }
+
+  it('skips the BN term on a model without BatchNorm and says so', async () => {
+    const plain = buildModel({ arch: 'plain-cnn', inputShape: [28, 28, 1], numClasses: 10, options: { layers: [] } }, undefined, 0);
+    // plain-cnn always has BN after convs; with no conv layers it is pool + linear only.
+    assert.equal(plain.batchNorms().length, 0);
+    const out = await calibrate(plain, ood, { epochs: 1 });
+    assert.match(out.report.note ?? '', /no BatchNorm layers: the BN-statistics term was skipped/);
+    assert.equal(out.report.bnDistanceBefore, null);
+    out.net.dispose();
+    plain.dispose();
+  });
+
+  it('synthetic aux set: balanced labels, [0,1] pixels, far more confident than noise', async () => {
+    const syn = await synthesizeAuxSet(victim, { perClass: 2, steps: 40, batchSize: 20 }, new Rng(3));
+    assert.deepEqual(Array.from(syn.y), Array.from({ length: 20 }, (_, i) => i % 10));
+    assert.ok(syn.x.every((v) => v >= 0 && v <= 1));
+    const rng = new Rng(4);
+    const noise: ImageSet = { ...syn, x: Float32Array.from(syn.x, () => rng.next()) };
+    const cs = measureSet(victim, syn).confidence;
+    const cn = measureSet(victim, noise).confidence;
+    assert.ok(cs > 0.5 && cs > cn + 0.3, `synthetic ${cs}, noise ${cn}`);
+  });
+});
