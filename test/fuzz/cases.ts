@@ -203,7 +203,7 @@ export const FUZZ_CASES: FuzzCase[] = [
       // Read the N from the header only to pick matching labels; a broken header makes the reader fail first.
       const m = /'shape':\s*\((\d+)/.exec(Buffer.from(fs.readFileSync(file)).subarray(0, 256).toString('latin1'));
       const n = m ? Math.min(5, Math.max(3, Number(m[1]))) : 3;
-      return readNpyPair(file, path.join(dir, `labels-${n}.npy`), 10);
+      return readNpyPair(file, path.join(dir, `labels-${n}.npy`), { numClasses: 10 });
     },
     lengthFields: () => [{ offset: 8, size: 2, le: true }],
     hostile: () => [
@@ -219,7 +219,7 @@ export const FUZZ_CASES: FuzzCase[] = [
     fileName: 'labels.npy',
     makeValidFile: (v) => npyLabels(NPY_N, v),
     setup: (dir) => fs.writeFileSync(path.join(dir, 'images.npy'), npyImages(0)),
-    read: (file, dir) => readNpyPair(path.join(dir, 'images.npy'), file, 10),
+    read: (file, dir) => readNpyPair(path.join(dir, 'images.npy'), file, { numClasses: 10 }),
     lengthFields: () => [{ offset: 8, size: 2, le: true }],
     hostile: () => [
       { label: 'labels 2^62', bytes: encodeNpy('<i8', [NPY_N], new Uint8Array(BigInt64Array.from([2n ** 62n, 0n, 1n]).buffer)) },
