@@ -37,7 +37,7 @@ export function encodeGicNet(net: GicNet): Uint8Array {
   const o = net.o;
   return encodeSafetensors(gicStateDict(net), {
     format: GIC_FORMAT,
-    transform: o.norm === 'inf' ? 'g(x) = clip01(x + delta * tanh((h(x) + offset) / delta))' : 'g(x) = clip01(x + P_delta(h(x) + offset)), P_delta the per-image L2-ball projection',
+    transform: o.norm === 'inf' ? 'g(x) = clip01(x + delta * tanh(h(x) + offset))' : 'g(x) = clip01(x + P_delta(h(x) + offset)), P_delta the per-image L2-ball projection',
     delta: String(o.delta),
     norm: o.norm,
     width: String(o.width),
