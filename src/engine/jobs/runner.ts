@@ -48,7 +48,7 @@ function embeddedSplit(seed: number) {
   return splitDisjoint(loadEmbeddedMnist(), { train: 6000, pool: 2000, test: 2000 }, new Rng(seed).fork('split'));
 }
 
-function loadSource(src: DataSourceSpec, role: 'train' | 'test' | 'pool', field: string, model: { shape: [number, number, number]; numClasses: number }, seed: number): ImageSet {
+function loadSource(src: DataSourceSpec, role: 'train' | 'test' | 'pool', field: string, model: { shape?: [number, number, number]; numClasses: number }, seed: number): ImageSet {
   if (src.format === 'mnist-embedded') return embeddedSplit(seed)[role];
   // Converted to the model's channels (and size, when the source asks for resizing) and checked against its classes.
   return loadDataSource(src, field, model, role);
@@ -84,7 +84,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     if (job.outputs?.formats?.includes('tfjs')) tfjsArtifactsOf(victim, 'check.bin');
     const k = victim.numClasses;
     // Converted to the model's channels (resized only when the source asks) and checked against its classes.
-    const test = loadSource(job.data.test, 'test', `${name}: data.test`, { shape: victim.inputShape, numClasses: k }, seed);
+    // Until a model that pools globally has adopted the data's size, only the classes are checked here.
+    const test = loadSource(job.data.test, 'test', `${name}: data.test`, { shape: loaded.inputSizeKnown ? victim.inputShape : undefined, numClasses: k }, seed);
     // A network that pools globally takes any image size: unless the file or the job fixed one, use the data's.
     if (!loaded.inputSizeKnown) adoptInputSize(loaded, test.shape);
     const shape = victim.inputShape;
