@@ -10,8 +10,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { unzipSync, zipSync, type Zippable } from 'fflate';
+import { zipSync, type Zippable } from 'fflate';
 import { InputError } from '../errors';
+import { unzipChecked } from './zip';
 import { PyDict, PyTuple, StorageRef, TensorRef, unpickle, type PyValue } from './pickle';
 import {
   DTYPE_INFO,
@@ -27,9 +28,6 @@ import {
 
 /** Keys under which training scripts commonly nest the state_dict, in order of preference. */
 export const STATE_DICT_KEYS = ['state_dict', 'model_state_dict', 'model', 'net', 'model_state', 'network', 'weights', 'params', 'module'];
-
-/** Deflate cannot expand more than ~1032:1; a larger claim in a zip header is a lie (or a bomb). */
-const MAX_DEFLATE_RATIO = 1032;
 
 const RESAVE_HINT = 're-save it with torch.save(model.state_dict(), path) from PyTorch >= 1.6 (zip format)';
 
@@ -59,7 +57,7 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
   }
 
   // Pass 1: the small records only. The filter sees each entry's declared sizes before fflate allocates.
-  const small = unzipChecked(buf, where, (name) => /^[^/]+\/(data\.pkl|version|\.data\/version|byteorder)$/.test(name), 64 << 20);
+  const small = unzipChecked(buf, where, (name) => /^[^/]+\/(data\.pkl|version|\.data\/version|byteorder)$/.test(name), { maxEntry: 64 << 20, hint: RESAVE_HINT });
   const pkls = Object.keys(small).filter((n) => n.endsWith('/data.pkl'));
   if (pkls.length !== 1) {
     throw new InputError(pkls.length ? 'archive holds more than one data.pkl' : `archive has no <folder>/data.pkl: not a torch.save file (${RESAVE_HINT})`, where);
@@ -81,7 +79,7 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
     refs.set(t.storage.key, l);
   }
   const wanted = new Set([...refs.keys()].map((k) => `${top}/data/${k}`));
-  const raw = unzipChecked(buf, where, (name) => wanted.has(name), Infinity);
+  const raw = unzipChecked(buf, where, (name) => wanted.has(name), { maxEntry: Infinity, hint: RESAVE_HINT });
   const storages = new Map<string, TensorArray>();
   for (const [k, ts] of refs) {
     const s = ts[0].storage;
@@ -108,61 +106,6 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
     sd.set(name, { shape: t.shape, dtype: t.storage.dtype, data: view(storages.get(t.storage.key)!, t) });
   }
   return { stateDict: sd, key, version };
-}
-
-/**
- * Decompress the entries `want` selects. Sizes in zip headers are attacker-controlled and fflate allocates
- * the declared uncompressed size, so each is bounded by what the file can actually hold before fflate sees it.
- */
-function unzipChecked(buf: Uint8Array, where: string, want: (name: string) => boolean, maxEntry: number): Record<string, Uint8Array> {
-  checkDirectorySize(buf, where);
-  const declared = new Map<string, { size: number; originalSize: number; compression: number }>();
-  let out: Record<string, Uint8Array>;
-  try {
-    out = unzipSync(buf, {
-      filter: (f) => {
-        if (!want(f.name)) return false;
-        if (declared.has(f.name)) throw new InputError(`archive has two records named ${f.name}`, where);
-        if (f.compression !== 0 && f.compression !== 8) throw new InputError(`archive record ${f.name} uses unsupported compression ${f.compression}`, where);
-        if (!Number.isSafeInteger(f.size) || !Number.isSafeInteger(f.originalSize) || f.size < 0 || f.originalSize < 0 || f.size > buf.length) {
-          throw new InputError(`archive record ${f.name} claims ${f.size} bytes, more than the file holds (${buf.length})`, where);
-        }
-        if (f.compression === 0 && f.originalSize !== f.size) throw new InputError(`archive record ${f.name} has inconsistent sizes`, where);
-        if (f.compression === 8 && f.originalSize > f.size * MAX_DEFLATE_RATIO + 1024) {
-          throw new InputError(`archive record ${f.name} claims to expand ${f.size} bytes to ${f.originalSize}`, where);
-        }
-        if (f.originalSize > maxEntry) throw new InputError(`archive record ${f.name} is too large (${f.originalSize} bytes)`, where);
-        declared.set(f.name, f);
-        return true;
-      },
-    });
-  } catch (e) {
-    if (e instanceof InputError) throw e;
-    throw new InputError(`corrupt zip archive (${e instanceof Error ? e.message : String(e)}): ${RESAVE_HINT}`, where);
-  }
-  for (const [name, f] of declared) {
-    // fflate clamps reads at the end of the buffer; a short record means a truncated or lying file.
-    if (!out[name] || out[name].length !== f.originalSize) throw new InputError(`archive record ${name} is truncated`, where);
-  }
-  return out;
-}
-
-/**
- * fflate walks as many central-directory entries as the end record claims (up to 2^32 with zip64) without
- * checking them against the file; a 100-byte file could keep it busy for minutes. Each entry takes at least
- * 46 bytes, so a count the file cannot hold is refused first. Mirrors fflate's own end-record lookup.
- */
-function checkDirectorySize(buf: Uint8Array, where: string): void {
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  let e = buf.length - 22;
-  while (e >= 0 && buf.length - e <= 65557 && dv.getUint32(e, true) !== 0x06054b50) e--;
-  if (e < 0 || buf.length - e > 65557) throw new InputError(`corrupt zip archive (no end of central directory): ${RESAVE_HINT}`, where);
-  let count = dv.getUint16(e + 10, true);
-  if (e >= 20 && dv.getUint32(e - 20, true) === 0x07064b50) {
-    const ze = dv.getUint32(e - 12, true);
-    if (ze + 56 <= buf.length && dv.getUint32(ze, true) === 0x06064b50) count = dv.getUint32(ze + 32, true);
-  }
-  if (count * 46 > buf.length) throw new InputError(`corrupt zip archive (directory claims ${count} entries)`, where);
 }
 
 /** A view must stay inside its storage, and cannot hold more elements than it (stride-0 repetition). */

@@ -5,7 +5,8 @@
  * y/labels/targets). Sizes declared in the zip directory are checked before anything is inflated.
  */
 import * as fs from 'node:fs';
-import { unzipSync, zipSync, type Unzipped } from 'fflate';
+import { zipSync } from 'fflate';
+import { unzipChecked } from '../zip';
 import { encodeNpy, npyToImageSet, parseNpy, type Npy } from './npy';
 import type { ImageSet } from '../../data/dataset';
 import { InputError } from '../../errors';
@@ -19,22 +20,9 @@ const LABEL_NAMES = ['y', 'labels', 'y_train', 'y_test', 'targets', 'arr_1'];
 export function readNpzArrays(file: string): Map<string, Npy> {
   const buf = fs.readFileSync(file);
   if (buf.length < 4 || buf.readUInt32LE(0) !== 0x04034b50) throw new InputError('not an .npz file (not a zip archive)', file);
-  let total = 0;
-  let files: Unzipped;
-  try {
-    files = unzipSync(buf, {
-      filter: (f) => {
-        if (!f.name.endsWith('.npy')) return false;
-        if (f.compression !== 0 && f.compression !== 8) throw new InputError(`array ${f.name} uses zip compression ${f.compression}; numpy writes stored or deflated entries`, file);
-        total += f.originalSize;
-        if (total > MAX_TOTAL) throw new InputError(`the arrays inflate to more than ${MAX_TOTAL / 1024 ** 3} GiB`, file);
-        return true;
-      },
-    });
-  } catch (e) {
-    if (e instanceof InputError) throw e;
-    throw new InputError(`corrupt .npz archive: ${(e as Error).message}`, file);
-  }
+  // Declared sizes are checked against the file before anything is inflated (fflate allocates what the
+  // header claims): a 600-byte file claiming a 4 GB array is refused, not allocated.
+  const files = unzipChecked(buf, file, (name) => name.endsWith('.npy'), { maxEntry: MAX_TOTAL, maxTotal: MAX_TOTAL, what: '.npz archive' });
   const out = new Map<string, Npy>();
   for (const [name, bytes] of Object.entries(files)) out.set(name.slice(0, -4), parseNpy(bytes, `${file}:${name}`));
   if (out.size === 0) throw new InputError('the .npz archive holds no arrays', file);
