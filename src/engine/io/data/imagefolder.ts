@@ -38,12 +38,44 @@ function fromRgba(rgba: Uint8Array, w: number, h: number): DecodedImage {
   return { data, shape: [h, w, c] };
 }
 
-export function decodePng(buf: Buffer, file: string): DecodedImage {
-  // IHDR is the first chunk: signature (8) + length (4) + "IHDR" (4) + width (4) + height (4).
-  if (buf.length < 24 || buf.readUInt32BE(0) !== 0x89504e47 || buf.toString('latin1', 12, 16) !== 'IHDR') throw new InputError('not a PNG file', file);
+/** Deflate cannot expand more than ~1032:1 (the same bound the zip readers use). */
+const MAX_DEFLATE_RATIO = 1032;
+/** Channels of each PNG colour type: grey, RGB, palette index, grey+alpha, RGBA. */
+const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+
+/**
+ * The decoded size a PNG declares, checked against the compressed image data it actually holds before
+ * pngjs allocates it (pngjs sizes its inflate buffer and bitmap from the header alone): a 100-byte file
+ * declaring 7000x7000 is refused instead of costing a gigabyte.
+ */
+function checkPngSize(buf: Buffer, file: string): void {
   const w = buf.readUInt32BE(16);
   const h = buf.readUInt32BE(20);
+  if (w === 0 || h === 0) throw new InputError(`PNG is ${w}x${h}: no pixels`, file);
   if (w * h > MAX_PIXELS) throw new InputError(`PNG is ${w}x${h}, larger than the ${MAX_PIXELS / 1e6} megapixels we decode`, file);
+  const depth = buf[24];
+  const channels = PNG_CHANNELS[buf[25]];
+  if (!channels || ![1, 2, 4, 8, 16].includes(depth)) throw new InputError(`PNG has an unsupported colour type or bit depth (type ${buf[25]}, depth ${depth})`, file);
+  let idat = 0;
+  for (let o = 8; o + 8 <= buf.length; ) {
+    const len = buf.readUInt32BE(o);
+    const type = buf.toString('latin1', o + 4, o + 8);
+    if (type === 'IDAT') idat += Math.min(len, buf.length - o - 8);
+    if (type === 'IEND') break;
+    o += 12 + len;
+  }
+  // Filtered rows: one filter byte per row (per pass when interlaced: at most 7 more per row).
+  const rows = Math.ceil((w * channels * depth) / 8) + 1;
+  const inflated = rows * h;
+  if (inflated > idat * MAX_DEFLATE_RATIO + 1024) {
+    throw new InputError(`PNG declares ${w}x${h} pixels but holds only ${idat} bytes of compressed image data (truncated or corrupt)`, file);
+  }
+}
+
+export function decodePng(buf: Buffer, file: string): DecodedImage {
+  // IHDR is the first chunk: signature (8) + length (4) + "IHDR" (4) + 13 bytes of header + CRC (4).
+  if (buf.length < 33 || buf.readUInt32BE(0) !== 0x89504e47 || buf.toString('latin1', 12, 16) !== 'IHDR') throw new InputError('not a PNG file', file);
+  checkPngSize(buf, file);
   let png: { width: number; height: number; data: Buffer };
   try {
     png = PNG.sync.read(buf);
@@ -53,12 +85,25 @@ export function decodePng(buf: Buffer, file: string): DecodedImage {
   return fromRgba(png.data, png.width, png.height);
 }
 
+/**
+ * Every 8x8 block of a JPEG's largest component costs at least one bit of entropy-coded data (a DC code;
+ * progressive AC scans can skip blocks, DC scans cannot), so a file of n bytes holds at most 512 n pixels.
+ * A frame header claiming more is a lie that jpeg-js would allocate before finding out.
+ */
+const JPEG_PIXELS_PER_BYTE = 512;
+
 export function decodeJpeg(buf: Buffer, file: string): DecodedImage {
+  const maxPixels = Math.min(MAX_PIXELS, JPEG_PIXELS_PER_BYTE * buf.length + 64 * 64);
+  // jpeg-js holds 16-bit coefficients per component (~4 bytes per pixel each, up to 4 components), the
+  // component outputs and the RGBA image: 24 bytes per pixel is an upper estimate.
+  const maxMemoryUsageInMB = Math.ceil(16 + (maxPixels * 24) / 2 ** 20);
   let img: { width: number; height: number; data: Uint8Array };
   try {
-    img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: true, maxResolutionInMP: MAX_PIXELS / 1e6, maxMemoryUsageInMB: 1024 });
+    img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: true, maxResolutionInMP: maxPixels / 1e6, maxMemoryUsageInMB });
   } catch (e) {
-    throw new InputError(`corrupt JPEG: ${(e as Error).message}`, file);
+    const msg = (e as Error).message;
+    if (/maxResolutionInMP/.test(msg)) throw new InputError(`corrupt JPEG: its frame declares more pixels than ${buf.length} bytes can hold`, file);
+    throw new InputError(`corrupt JPEG: ${msg}`, file);
   }
   if (!(img.width > 0 && img.height > 0)) throw new InputError('JPEG has no pixels', file);
   return fromRgba(img.data, img.width, img.height);
