@@ -116,21 +116,43 @@ function layersOf(topology: Json, where: string): Omit<TfjsPlan, 'json' | 'weigh
   return { sequential, layers, inputName: inputs[0].name, outputName, inputShape };
 }
 
+/**
+ * A shard path of the manifest (URL-encoded, relative to model.json) as a regular file inside the model's
+ * folder. The folder came with the model, so symlinks are resolved: a shard must not be a link to a file
+ * elsewhere (whose bytes would become weights, and end up in the purified model), nor a device or a pipe
+ * (which would block or never end).
+ */
+function shardFile(root: string, p: unknown, gi: number, where: string): string {
+  if (typeof p !== 'string' || !p) throw new InputError(`weightsManifest[${gi}] has a bad path`, where);
+  let rel: string;
+  try {
+    rel = decodeURIComponent(p);
+  } catch {
+    throw new InputError(`weight shard path ${JSON.stringify(p.slice(0, 200))} is not valid URL encoding`, where);
+  }
+  const inside = (abs: string) => abs.startsWith(root + path.sep);
+  const abs = path.resolve(root, rel);
+  if (!inside(abs)) throw new InputError(`weight shard ${p} is outside the model's folder`, where);
+  let real: string;
+  try {
+    real = fs.realpathSync(abs);
+  } catch {
+    throw new InputError(`weight shard ${p} is missing`, where);
+  }
+  if (!inside(real)) throw new InputError(`weight shard ${p} links outside the model's folder`, where);
+  if (!fs.statSync(real).isFile()) throw new InputError(`weight shard ${p} is not a file`, where);
+  return real;
+}
+
 /** Read the manifest's weights from shard files next to model.json. */
 function readWeights(json: Json, dir: string, where: string): Map<string, TfjsWeight> {
   const manifest = json.weightsManifest;
   if (!Array.isArray(manifest)) throw new InputError('model.json has no weightsManifest', where);
   const out = new Map<string, TfjsWeight>();
-  const root = path.resolve(dir);
+  const root = fs.realpathSync(dir);
   for (const [gi, group] of manifest.entries()) {
     if (!isObj(group) || !Array.isArray(group.paths) || !Array.isArray(group.weights)) throw new InputError(`weightsManifest[${gi}] needs paths and weights`, where);
-    const files = (group.paths as unknown[]).map((p) => {
-      if (typeof p !== 'string' || !p) throw new InputError(`weightsManifest[${gi}] has a bad path`, where);
-      const abs = path.resolve(root, decodeURIComponent(p));
-      if (!abs.startsWith(root + path.sep)) throw new InputError(`weight shard ${p} is outside the model's folder`, where);
-      if (!fs.existsSync(abs)) throw new InputError(`weight shard ${p} is missing`, where);
-      return abs;
-    });
+    const files = (group.paths as unknown[]).map((p) => shardFile(root, p, gi, where));
     // Sizes first: what the manifest needs against what the shards hold.
     let need = 0;
     const specs = (group.weights as unknown[]).map((w, wi) => {

@@ -10,6 +10,7 @@
  * of the node it precedes.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { importOrRelease } from './import_guard';
 import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, Identity, Linear, MaxPool2d, ReLU } from '../nn/layers';
 import { ForwardContext, Module, assignFromPt, toPt } from '../nn/module';
 import type { ArchLayout } from '../nn/model';
@@ -229,8 +230,12 @@ function resolvePads(node: OnnxNode, hw: number[], k: number[], s: number[], dl:
 
 /** Build the module graph of `plan` for inputs of `inputShape` ([H, W, C]). */
 export function buildOnnxGraph(plan: OnnxPlan, inputShape: [number, number, number], where = 'ONNX graph'): { root: Module; layout: ArchLayout } {
-  const [h, w, c] = inputShape;
   const graph = new OnnxGraph(plan, { input: plan.inputName, output: plan.outputName });
+  return importOrRelease(graph, () => importNodes(graph, plan, inputShape, where));
+}
+
+function importNodes(graph: OnnxGraph, plan: OnnxPlan, inputShape: [number, number, number], where: string): { root: Module; layout: ArchLayout } {
+  const [h, w, c] = inputShape;
   const values = new Map<string, ValueInfo>([[plan.inputName, { dims: [-1, c, h, w], layout: 'nhwc' }]]);
   const names = new Set<string>();
   const rng = new Rng(0);

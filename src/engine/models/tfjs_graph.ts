@@ -6,6 +6,7 @@
  * current values; modules inserted after import (NPD's polarizer) become layers in front of their target.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { importOrRelease } from './import_guard';
 import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Identity, Linear, MaxPool2d, ReLU, Sequential } from '../nn/layers';
 import { Module } from '../nn/module';
 import type { ArchLayout } from '../nn/model';
@@ -92,6 +93,10 @@ function activation(name: unknown, at: string): Module | undefined {
 /** Build the module graph of a TensorFlow.js layers model. */
 export function buildTfjsGraph(plan: TfjsPlan, inputShape: [number, number, number], where = 'model.json'): { root: Module; layout: ArchLayout; numClasses: number } {
   const graph = new TfjsGraph(plan);
+  return importOrRelease(graph, () => importLayers(graph, plan, inputShape, where));
+}
+
+function importLayers(graph: TfjsGraph, plan: TfjsPlan, inputShape: [number, number, number], where: string): { root: Module; layout: ArchLayout; numClasses: number } {
   const rng = new Rng(0);
   // Static shapes (without the batch): [H, W, C] for images, [F] for features.
   const shapes = new Map<string, number[]>([[plan.inputName, inputShape.slice()]]);
