@@ -14,7 +14,20 @@ import { readIdxPair } from '../../src/engine/io/data/idx';
 import { loadJob } from '../../src/engine/jobs/validate';
 import type { StateDictLike, TensorArray } from '../../src/engine/io/state_dict';
 import { Rng } from '../../src/engine/util/rng';
-import { pickleLengthFields, zipLengthFields, type LengthField } from './mutate';
+import * as tf from '@tensorflow/tfjs-core';
+import { zipSync } from 'fflate';
+import * as jpeg from 'jpeg-js';
+import { onnx } from 'onnx-proto';
+import { PNG } from 'pngjs';
+import { loadModelFile } from '../../src/engine/io/model_io';
+import { exportOnnx } from '../../src/engine/io/onnx_export';
+import { tfjsArtifactsOf } from '../../src/engine/io/tfjs_export';
+import { readNpz } from '../../src/engine/io/data/npz';
+import { readImageFolder } from '../../src/engine/io/data/imagefolder';
+import { readCifar10 } from '../../src/engine/io/data/cifar10';
+import { buildModel } from '../../src/engine/models';
+import type { Model } from '../../src/engine/nn/model';
+import { fixPngCrcs, jpegLengthFields, pickleLengthFields, pngChunk, pngLengthFields, protobufVarint, zipLengthFields, type LengthField, type Mutator } from './mutate';
 
 export interface FuzzCase {
   name: string;
@@ -34,6 +47,17 @@ export interface FuzzCase {
    * float16 to float32, gzip); a length field the file cannot back would exceed it by orders of magnitude.
    */
   allocFactor?: number;
+  /** Format-aware mutators used besides the generic ones (e.g. protobuf varints). */
+  mutators?: Record<string, Mutator>;
+  /** Repairs checksums after most mutations so that they reach the decoder behind the check (PNG CRCs). */
+  fixup?(bytes: Uint8Array): Uint8Array;
+  /**
+   * Distinct InputError messages the mutations must reach (default 3), the sign that they get past the first
+   * check. Formats without headers (a weight shard, CIFAR records) have fewer ways to be wrong.
+   */
+  minMessages?: number;
+  /** Share of the cases that must be refused (default 1/3): most mutations of a structured file break it. */
+  refusedShare?: number;
 }
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures');
@@ -111,6 +135,212 @@ function validJob(variant: number): Uint8Array {
       variant % 2 ? 2 : 0,
     ),
   );
+}
+
+/** A tiny plain CNN (conv-BN-ReLU stack, global pool, linear): valid graphs to export and mutate. */
+function tinyModel(variant: number): Model {
+  const layers = [[4, 'M', 6], [3, 5], [4, 'M', 4, 'M'], [2]][variant % 4] as Array<number | 'M'>;
+  return buildModel({ arch: 'plain-cnn', inputShape: [8, 8, 1 + 2 * (variant % 2)], numClasses: 3 + (variant % 3), options: { layers } }, undefined, variant);
+}
+
+/**
+ * Load a model file the way a job does, dispose it, and fail (as a finding: not an InputError) when the load
+ * left tensors behind, whether it succeeded or threw: a refused file must not leak the half-built model.
+ */
+function loadAndDispose(file: string): unknown {
+  const before = tf.memory().numTensors;
+  const leak = (what: string) => {
+    const n = tf.memory().numTensors - before;
+    if (n) throw new Error(`${what} left ${n} tensors behind`);
+  };
+  let loaded;
+  try {
+    loaded = loadModelFile(file, file);
+  } catch (e) {
+    leak(`a refused load (${(e as Error).message.split('\n')[0]})`);
+    throw e;
+  }
+  const info = loaded.info;
+  loaded.model.dispose();
+  leak('loading and disposing a model');
+  return info;
+}
+
+function onnxFile(variant: number): Uint8Array {
+  if (variant === 0) return fs.readFileSync(path.join(FIXTURES, 'parity_ops.onnx'));
+  if (variant === 1) return fs.readFileSync(path.join(FIXTURES, 'parity_plain_bn.onnx'));
+  const m = tinyModel(variant);
+  try {
+    return exportOnnx(m, { includeNormalization: variant === 3 });
+  } finally {
+    m.dispose();
+  }
+}
+
+/** A ModelProto around one graph, for hand-made hostile ONNX files. */
+function onnxWith(graph: onnx.IGraphProto): Uint8Array {
+  const input = { name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: 1 }, { dimValue: 1 }, { dimValue: 4 }, { dimValue: 4 }] } } } };
+  const output = { name: 'y', type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: 1 }, { dimValue: 2 }] } } } };
+  return onnx.ModelProto.encode({ irVersion: 7, opsetImport: [{ domain: '', version: 13 }], graph: { name: 'g', input: [input], output: [output], ...graph } }).finish();
+}
+
+function pbVarint(v: number): Uint8Array {
+  const out: number[] = [];
+  do {
+    out.push((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v = Math.floor(v / 128);
+  } while (v);
+  return Uint8Array.from(out);
+}
+
+/** Length-delimited protobuf field `field` holding `body`. */
+/**
+ * A graph whose node's attribute holds a graph whose node's attribute holds a graph ... `depth` times. Each
+ * level ends with its nested graph, so the file is the levels' prefixes, outermost first (built in one pass:
+ * wrapping level by level would copy the growing buffer `depth` times).
+ */
+function nestedOnnxGraphs(depth: number): Uint8Array {
+  const prefixes: Uint8Array[] = [];
+  let inner = 0; // bytes of the graph nested at this level
+  for (let i = 0; i < depth; i++) {
+    // GraphProto.node (1) -> NodeProto.attribute (5) -> AttributeProto {name (1) = "g", g (6) = graph}.
+    const attr = 3 + 1 + pbVarint(inner).length + inner;
+    const node = 1 + pbVarint(attr).length + attr;
+    prefixes.push(Buffer.concat([Buffer.from([0x0a]), pbVarint(node), Buffer.from([0x2a]), pbVarint(attr), Buffer.from([0x0a, 0x01, 0x67, 0x32]), pbVarint(inner)]));
+    inner = 1 + pbVarint(node).length + node;
+  }
+  return Buffer.concat([Buffer.from([0x08, 0x07, 0x3a]), pbVarint(inner), ...prefixes.reverse()]); // ir_version 7, ModelProto.graph (7)
+}
+
+const TFJS_SHARD = (v: number) => `w${v}.bin`;
+
+/**
+ * model.json + shard of a tiny model; variant 2 quantizes the weights to uint8 and variant 3 to float16
+ * (what the TensorFlow.js converter's --quantize options write), so the widening code is exercised too.
+ */
+function tfjsFiles(variant: number, shard = TFJS_SHARD(variant)): { json: Uint8Array; bin: Uint8Array } {
+  const m = tinyModel(variant);
+  try {
+    const { json, bin } = tfjsArtifactsOf(m, shard);
+    const groups = json.weightsManifest as Array<{ paths: string[]; weights: Array<{ name: string; shape: number[]; dtype: string; quantization?: unknown }> }>;
+    if (variant < 2) return { json: Buffer.from(JSON.stringify(json)), bin };
+    const f = new Float32Array(bin.buffer, bin.byteOffset, bin.byteLength / 4);
+    const parts: Uint8Array[] = [];
+    let off = 0;
+    for (const w of groups[0].weights) {
+      const n = w.shape.reduce((a, b) => a * b, 1);
+      const x = f.subarray(off, off + n);
+      off += n;
+      if (variant === 2) {
+        const min = Math.min(...x, 0);
+        const scale = (Math.max(...x, 0) - min) / 255 || 1;
+        parts.push(Uint8Array.from(x, (v) => Math.round((v - min) / scale)));
+        w.quantization = { dtype: 'uint8', scale, min };
+      } else {
+        const h = Uint16Array.from(x, (v) => float16(v));
+        parts.push(new Uint8Array(h.buffer));
+        w.quantization = { dtype: 'float16' };
+      }
+    }
+    return { json: Buffer.from(JSON.stringify(json)), bin: Buffer.concat(parts) };
+  } finally {
+    m.dispose();
+  }
+}
+
+/** float32 -> IEEE half (round to nearest; tiny weights only, no NaN/Inf in the fixtures). */
+function float16(v: number): number {
+  const f = new Float32Array([v]);
+  const b = new Uint32Array(f.buffer)[0];
+  const sign = (b >>> 16) & 0x8000;
+  const e = ((b >>> 23) & 0xff) - 127 + 15;
+  if (e <= 0) return sign;
+  if (e >= 31) return sign | 0x7c00;
+  return sign | (e << 10) | (((b >>> 13) & 0x3ff) + ((b >>> 12) & 1) > 0x3ff ? 0x3ff : ((b >>> 13) & 0x3ff) + ((b >>> 12) & 1));
+}
+
+function tfjsJsonWith(mut: (j: Record<string, any>) => void): Uint8Array {
+  const j = JSON.parse(Buffer.from(tfjsFiles(0).json).toString());
+  mut(j);
+  return Buffer.from(JSON.stringify(j));
+}
+
+function npz(variant: number): Uint8Array {
+  const rng = new Rng(4000 + variant);
+  const n = 3 + variant;
+  const c = variant % 2 ? 1 : 3;
+  const x = variant === 1 ? encodeNpy('<f4', [n, 4, 4, c], new Uint8Array(Float32Array.from({ length: n * 16 * c }, () => rng.next()).buffer)) : encodeNpy('|u1', [n, 4, 4, c], Uint8Array.from({ length: n * 16 * c }, () => rng.int(256)));
+  const y = encodeNpy('<i8', [n], new Uint8Array(BigInt64Array.from({ length: n }, (_, i) => BigInt((i + variant) % 10)).buffer));
+  const [xn, yn] = [['x', 'y'], ['images', 'labels'], ['arr_0', 'arr_1'], ['x_test', 'y_test']][variant % 4];
+  const files: Record<string, [Uint8Array, { level: 0 | 6 }]> = { [`${xn}.npy`]: [x, { level: variant % 2 ? 6 : 0 }], [`${yn}.npy`]: [y, { level: variant % 2 ? 6 : 0 }] };
+  if (variant === 3) files['mean.npy'] = [encodeNpy('<f4', [3], new Uint8Array(12)), { level: 0 }];
+  return zipSync(files);
+}
+
+function png(variant: number): Uint8Array {
+  const rng = new Rng(5000 + variant);
+  const p = new PNG({ width: 6, height: 6, colorType: [2, 0, 6, 4][variant % 4] as 0 | 2 | 4 | 6, bitDepth: variant === 2 ? 16 : 8, inputHasAlpha: true });
+  for (let i = 0; i < 36; i++) {
+    const grey = rng.int(256);
+    for (let k = 0; k < 3; k++) p.data[4 * i + k] = variant % 2 ? grey : rng.int(256);
+    p.data[4 * i + 3] = 255;
+  }
+  return PNG.sync.write(p, { colorType: [2, 0, 6, 4][variant % 4] as 0 | 2 | 4 | 6, bitDepth: variant === 2 ? 16 : 8 });
+}
+
+function jpg(variant: number): Uint8Array {
+  const rng = new Rng(6000 + variant);
+  const [w, h] = [[8, 8], [16, 8], [8, 16], [12, 12]][variant % 4];
+  const data = Buffer.alloc(w * h * 4);
+  for (let i = 0; i < w * h; i++) {
+    const g = rng.int(256);
+    for (let k = 0; k < 3; k++) data[4 * i + k] = variant === 1 ? g : rng.int(256);
+    data[4 * i + 3] = 255;
+  }
+  return jpeg.encode({ data, width: w, height: h }, [90, 50, 75, 20][variant % 4]).data;
+}
+
+/** An image folder with two valid classes; the file under fuzzing is one more image of class 1. */
+function imageFolderSetup(ext: 'png' | 'jpg') {
+  return (dir: string) => {
+    for (const k of ['0', '1']) fs.mkdirSync(path.join(dir, k), { recursive: true });
+    fs.writeFileSync(path.join(dir, '0', `a.${ext}`), ext === 'png' ? png(0) : jpg(0));
+    fs.writeFileSync(path.join(dir, '1', `b.${ext}`), ext === 'png' ? png(1) : jpg(1));
+  };
+}
+
+const CIFAR_RECORD = 3073;
+
+function cifarBatch(variant: number): Uint8Array {
+  const rng = new Rng(7000 + variant);
+  const n = 1 + (variant % 3);
+  const b = Uint8Array.from({ length: n * CIFAR_RECORD }, () => rng.int(256));
+  for (let i = 0; i < n; i++) b[i * CIFAR_RECORD] = (i + variant) % 10;
+  return b;
+}
+
+function pngHeader(w: number, h: number, depth = 8, colour = 2, interlace = 0): Uint8Array {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = depth;
+  ihdr[9] = colour;
+  ihdr[12] = interlace;
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), pngChunk('IHDR', ihdr)]);
+}
+
+const PNG_END = pngChunk('IEND', new Uint8Array(0));
+
+/** A baseline JPEG of `w` x `h` from jpeg-js with its frame size rewritten (the scan is for 8x8). */
+function jpegClaiming(w: number, h: number): Uint8Array {
+  const b = Buffer.from(jpg(0));
+  for (const f of jpegLengthFields(b)) {
+    if (b[f.offset - 2] === 0xff && b[f.offset - 1] === 0xc0) {
+      b.writeUInt16BE(h, f.offset + 3);
+      b.writeUInt16BE(w, f.offset + 5);
+    }
+  }
+  return b;
 }
 
 /** Every reader under fuzzing. */
@@ -288,5 +518,182 @@ export const FUZZ_CASES: FuzzCase[] = [
       { label: 'huge perClass', bytes: Buffer.from('{"model":"victim.pt","data":{"test":{"format":"mnist-embedded"}},"aux":[{"name":"a","type":"unseen","source":{"format":"mnist-embedded"},"perClass":1e300}],"defenses":["ft"]}') },
     ],
     allocFactor: 256,
+  },
+  {
+    name: 'onnx',
+    fileName: 'model.onnx',
+    makeValidFile: onnxFile,
+    // Decoding and importing the graph: the reader and the op-by-op import a job runs before anything else.
+    read: (file) => loadAndDispose(file),
+    mutators: { protobufVarint },
+    hostile: () => {
+      const f32 = (n: number) => new Uint8Array(new Float32Array(n).buffer);
+      return [
+        { label: 'initializer dims 2^20 x 2^20 with 16 bytes', bytes: onnxWith({ initializer: [{ name: 'w', dims: [1 << 20, 1 << 20], dataType: 1, rawData: f32(4) }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'initializer dims 2^62', bytes: onnxWith({ initializer: [{ name: 'w', dims: [2 ** 62], dataType: 7 }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'negative dims', bytes: onnxWith({ initializer: [{ name: 'w', dims: [-4, -4], dataType: 1, rawData: f32(16) }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'float_data shorter than dims', bytes: onnxWith({ initializer: [{ name: 'w', dims: [1000], dataType: 1, floatData: [1, 2] }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'external data', bytes: onnxWith({ initializer: [{ name: 'w', dims: [4], dataType: 1, dataLocation: 1, externalData: [{ key: 'location', value: '/etc/passwd' }] }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'string tensor', bytes: onnxWith({ initializer: [{ name: 'w', dims: [1], dataType: 8, stringData: [Buffer.from('x')] }], node: [{ opType: 'Identity', input: ['x'], output: ['y'] }] }) },
+        { label: 'custom-domain op', bytes: onnxWith({ node: [{ opType: 'Exec', domain: 'com.evil', input: ['x'], output: ['y'] }] }) },
+        { label: 'subgraphs nested 20000 deep', bytes: nestedOnnxGraphs(20000) },
+        { label: 'length prefix 2^31 past the end', bytes: Buffer.from([0x08, 0x07, 0x3a, 0x80, 0x80, 0x80, 0x80, 0x08, 0x0a]) },
+        { label: '10-byte varint field numbers', bytes: Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00]) },
+        { label: 'Conv with group 0 and a 0-sized kernel', bytes: onnxWith({ initializer: [{ name: 'w', dims: [2, 0, 3, 3], dataType: 1 }], node: [{ opType: 'Conv', input: ['x', 'w'], output: ['y'], attribute: [{ name: 'group', type: 2, i: 0 }] }] }) },
+        { label: 'a .pt zip named .onnx', bytes: encodePt(tensors(0)) },
+        { label: 'empty', bytes: new Uint8Array(0) },
+      ];
+    },
+    // Weights are float32 in the file and float32 in the model, plus the backend's copy and the plan.
+    allocFactor: 24,
+  },
+  {
+    name: 'tfjs model.json',
+    fileName: 'model.json',
+    makeValidFile: (v) => tfjsFiles(v).json,
+    setup: (dir) => {
+      for (const v of [0, 1, 2, 3]) fs.writeFileSync(path.join(dir, TFJS_SHARD(v)), tfjsFiles(v).bin);
+      fs.mkdirSync(path.join(dir, 'sub'));
+      fs.writeFileSync(path.join(dir, '..', 'outside.bin'), Buffer.alloc(4096));
+      fs.symlinkSync(path.join(dir, '..', 'outside.bin'), path.join(dir, 'link.bin'));
+    },
+    read: (file) => loadAndDispose(file),
+    hostile: () => [
+      { label: 'shard path ../outside.bin', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['../outside.bin'])) },
+      { label: 'shard path %2e%2e%2foutside.bin', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['%2e%2e%2foutside.bin'])) },
+      { label: 'shard path malformed %-escape', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['w0%.bin'])) },
+      { label: 'shard path absolute', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['/etc/passwd'])) },
+      { label: 'shard is a symlink out of the folder', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['link.bin'])) },
+      { label: 'shard is a folder', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['sub'])) },
+      { label: 'shard is a device', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].paths = ['../../../../../../../dev/zero'])) },
+      { label: 'weight shape 2^26 x 2^26', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].weights[0].shape = [2 ** 26, 2 ** 26])) },
+      { label: 'weight shape [-1]', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].weights[0].shape = [-1])) },
+      { label: 'quantization without scale', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].weights[0].quantization = { dtype: 'uint8' })) },
+      { label: 'string dtype', bytes: tfjsJsonWith((j) => (j.weightsManifest[0].weights[0].dtype = 'string')) },
+      { label: 'layers nested 100k deep', bytes: Buffer.from('{"modelTopology":' + '['.repeat(100_000) + ']'.repeat(100_000) + ',"weightsManifest":[]}') },
+      { label: '__proto__ layer config', bytes: tfjsJsonWith((j) => (j.modelTopology.model_config ?? j.modelTopology).config.layers?.push({ class_name: '__proto__', config: { name: '__proto__' } })) },
+      { label: 'graph model', bytes: Buffer.from('{"format":"graph-model","modelTopology":{"node":[]},"weightsManifest":[]}') },
+    ],
+    allocFactor: 64,
+  },
+  {
+    name: 'tfjs weights',
+    fileName: 'w0.bin',
+    makeValidFile: () => tfjsFiles(0).bin,
+    setup: (dir) => fs.writeFileSync(path.join(dir, 'model.json'), tfjsFiles(0).json),
+    read: (_file, dir) => loadAndDispose(path.join(dir, 'model.json')),
+    hostile: () => [
+      { label: 'empty shard', bytes: new Uint8Array(0) },
+      { label: 'NaN weights', bytes: new Uint8Array(new Float32Array(tfjsFiles(0).bin.length / 4).fill(NaN).buffer) },
+    ],
+    allocFactor: 64,
+    // Any bytes are valid float32 weights: only the shard's size can be wrong (truncations, splices, appends).
+    minMessages: 1,
+    refusedShare: 0.05,
+  },
+  {
+    name: 'npz',
+    fileName: 'data.npz',
+    makeValidFile: npz,
+    read: (file) => readNpz(file, { numClasses: 10 }),
+    lengthFields: zipLengthFields,
+    hostile: () => {
+      const stored = Buffer.from(npz(0));
+      const deflated = Buffer.from(npz(1));
+      const claim = (b: Buffer, size: number) => {
+        // Every central-directory and local header's uncompressed size.
+        const out = Buffer.from(b);
+        for (let i = 0; i + 4 <= out.length; i++) {
+          const sig = out.readUInt32LE(i);
+          if (sig === 0x04034b50) out.writeUInt32LE(size, i + 22);
+          if (sig === 0x02014b50) out.writeUInt32LE(size, i + 24);
+        }
+        return out;
+      };
+      const manyEntries = Buffer.from(stored);
+      const eocd = manyEntries.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+      manyEntries.writeUInt16LE(0xffff, eocd + 8);
+      manyEntries.writeUInt16LE(0xffff, eocd + 10);
+      const bomb = zipSync({ 'x.npy': [Buffer.concat([encodeNpy('|u1', [4096, 64, 64, 4], new Uint8Array(0)), Buffer.alloc(4096 * 64 * 64 * 4)]), { level: 9 }], 'y.npy': [encodeNpy('<i8', [4096], new Uint8Array(8 * 4096)), { level: 9 }] });
+      return [
+        { label: 'deflated entries claim 4 GB', bytes: claim(deflated, 0xffffffff) },
+        { label: 'deflated entries claim 1 GB', bytes: claim(deflated, 1 << 30) },
+        { label: 'stored entries claim 1 GB', bytes: claim(stored, 1 << 30) },
+        { label: 'directory claims 65535 entries', bytes: manyEntries },
+        { label: 'deflate bomb (64 MB of zero pixels)', bytes: bomb },
+        { label: 'entries named ../../x.npy', bytes: zipSync({ '../../x.npy': [encodeNpy('|u1', [1, 2, 2], new Uint8Array(4)), { level: 0 }], '/abs/y.npy': [encodeNpy('<i8', [1], new Uint8Array(8)), { level: 0 }] }) },
+        { label: 'object arrays (pickled)', bytes: zipSync({ 'x.npy': [encodeNpy('|O', [1, 1, 1], new Uint8Array(8)), { level: 0 }], 'y.npy': [encodeNpy('|O', [1], new Uint8Array(8)), { level: 0 }] }) },
+        { label: 'no .npy entries', bytes: zipSync({ 'readme.txt': [Buffer.from('hi'), { level: 0 }] }) },
+        { label: 'a .pt checkpoint named .npz', bytes: encodePt(tensors(0)) },
+      ];
+    },
+    // uint8 pixels become float32 (4x), deflate expands up to ~1032x.
+    allocFactor: 1100 * 5,
+  },
+  {
+    name: 'png folder',
+    fileName: path.join('1', 'fuzz.png'),
+    makeValidFile: png,
+    setup: imageFolderSetup('png'),
+    read: (_file, dir) => readImageFolder(dir, { numClasses: 10 }),
+    lengthFields: pngLengthFields,
+    fixup: fixPngCrcs,
+    hostile: () => {
+      const idat = (raw: Uint8Array) => pngChunk('IDAT', zlib.deflateSync(raw));
+      return [
+        { label: '7000x7000 header, 1 row of data', bytes: Buffer.concat([pngHeader(7000, 7000), idat(Buffer.alloc(21001)), PNG_END]) },
+        { label: '65535x65535 header', bytes: Buffer.concat([pngHeader(65535, 65535), idat(Buffer.alloc(100)), PNG_END]) },
+        { label: 'interlaced 7000x7000, no data', bytes: Buffer.concat([pngHeader(7000, 7000, 8, 2, 1), idat(Buffer.alloc(16)), PNG_END]) },
+        { label: 'IDAT inflates to 64 MB for a 6x6 image', bytes: Buffer.concat([pngHeader(6, 6), idat(Buffer.alloc(64 << 20)), PNG_END]) },
+        { label: 'interlaced 6x6 with 64 MB of IDAT data', bytes: Buffer.concat([pngHeader(6, 6, 8, 2, 1), idat(Buffer.alloc(64 << 20)), PNG_END]) },
+        { label: 'palette image without a palette', bytes: Buffer.concat([pngHeader(6, 6, 8, 3), idat(Buffer.alloc(42)), PNG_END]) },
+        { label: 'bit depth 3', bytes: Buffer.concat([pngHeader(6, 6, 3, 0), idat(Buffer.alloc(42)), PNG_END]) },
+        { label: 'chunk length 2^31', bytes: Buffer.concat([pngHeader(6, 6), Buffer.from([0x80, 0, 0, 0, 0x49, 0x44, 0x41, 0x54])]) },
+        { label: '100k empty chunks', bytes: Buffer.concat([pngHeader(6, 6), ...Array.from({ length: 100_000 }, () => pngChunk('tEXt', new Uint8Array(0))), idat(Buffer.alloc(42 * 6)), PNG_END]) },
+        { label: 'no IEND', bytes: Buffer.concat([pngHeader(6, 6), idat(Buffer.alloc(19 * 6))]) },
+        { label: 'a JPEG named .png', bytes: jpg(0) },
+        { label: 'empty', bytes: new Uint8Array(0) },
+      ];
+    },
+    // One deflated byte can become ~1032 bytes of rows; a 1-bit grey pixel becomes RGBA (4 B) and float32
+    // (4 B) twice over, 96 bytes per row byte. The reader's own cap (decoded size backed by the IDAT data)
+    // is what keeps a small file small.
+    allocFactor: 1100 * 96,
+  },
+  {
+    name: 'jpeg folder',
+    fileName: path.join('1', 'fuzz.jpg'),
+    makeValidFile: jpg,
+    setup: imageFolderSetup('jpg'),
+    // Resizing to the model's input, as a job with "resize": true does.
+    read: (_file, dir) => readImageFolder(dir, { numClasses: 10, shape: [8, 8, 3], resize: true }),
+    lengthFields: jpegLengthFields,
+    hostile: () => [
+      { label: 'frame claims 7000x7000', bytes: jpegClaiming(7000, 7000) },
+      { label: 'frame claims 65535x65535', bytes: jpegClaiming(65535, 65535) },
+      { label: 'frame claims 0x0', bytes: jpegClaiming(0, 0) },
+      { label: 'frame claims 1x65535', bytes: jpegClaiming(1, 65535) },
+      { label: 'SOI only', bytes: Buffer.from([0xff, 0xd8]) },
+      { label: 'SOI then 64k of 0xff fill bytes', bytes: Buffer.concat([Buffer.from([0xff, 0xd8]), Buffer.alloc(1 << 16, 0xff)]) },
+      { label: 'a PNG named .jpg', bytes: png(0) },
+    ],
+    // A JPEG needs at least one bit per 8x8 block: 512 pixels per byte, each RGBA (4 B) then float32 (12 B).
+    allocFactor: 512 * 20,
+  },
+  {
+    name: 'cifar10 batch',
+    fileName: 'data_batch_1.bin',
+    makeValidFile: cifarBatch,
+    read: (file) => readCifar10(file, 'train', { numClasses: 10, shape: [32, 32, 3] }),
+    hostile: () => [
+      { label: 'one byte short of a record', bytes: new Uint8Array(CIFAR_RECORD - 1) },
+      { label: 'CIFAR-100 record (two label bytes)', bytes: Uint8Array.from({ length: 3074 * 3 }, (_, i) => (i % 3074 === 0 ? 55 : 1)) },
+      { label: 'label 255', bytes: Uint8Array.from({ length: CIFAR_RECORD }, (_, i) => (i === 0 ? 255 : 0)) },
+      { label: 'empty', bytes: new Uint8Array(0) },
+    ],
+    // Each pixel byte becomes a float32 (4 B), twice while batches are joined.
+    allocFactor: 16,
+    // Records have no header: a file is the wrong size or holds a label above 9.
+    minMessages: 2,
   },
 ];

@@ -155,3 +155,151 @@ export function pickleLengthFields(buf: Uint8Array): LengthField[] {
   }
   return out;
 }
+
+/** PNG chunk length fields (big-endian, at each chunk start) and the IHDR width and height. */
+export function pngLengthFields(buf: Uint8Array): LengthField[] {
+  const out: LengthField[] = [];
+  if (buf.length >= 24) out.push({ offset: 16, size: 4, le: false }, { offset: 20, size: 4, le: false });
+  for (let o = 8; o + 8 <= buf.length; ) {
+    out.push({ offset: o, size: 4, le: false });
+    const len = ((buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3]) >>> 0;
+    o += 12 + len;
+  }
+  return out;
+}
+
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/**
+ * Recompute every PNG chunk's CRC after a mutation: a decoder that checks CRCs refuses almost every mutated
+ * file at the first damaged chunk, so without this the fuzzer would test little beyond the checksum.
+ */
+export function fixPngCrcs(src: Uint8Array): Uint8Array {
+  const out = copy(src);
+  for (let o = 8; o + 12 <= out.length; ) {
+    const len = ((out[o] << 24) | (out[o + 1] << 16) | (out[o + 2] << 8) | out[o + 3]) >>> 0;
+    if (o + 12 + len > out.length) break;
+    const crc = crc32(out.subarray(o + 4, o + 8 + len));
+    out[o + 8 + len] = crc >>> 24;
+    out[o + 9 + len] = (crc >>> 16) & 0xff;
+    out[o + 10 + len] = (crc >>> 8) & 0xff;
+    out[o + 11 + len] = crc & 0xff;
+    o += 12 + len;
+  }
+  return out;
+}
+
+/** A PNG chunk with a correct CRC (for hand-made hostile files). */
+export function pngChunk(type: string, data: Uint8Array): Uint8Array {
+  const head = new Uint8Array(8);
+  new DataView(head.buffer).setUint32(0, data.length);
+  head.set(Buffer.from(type, 'latin1'), 4);
+  const crc = new Uint8Array(4);
+  new DataView(crc.buffer).setUint32(0, crc32(concat(head.subarray(4), data)));
+  return concat(head, data, crc);
+}
+
+/** JPEG segment lengths (2 bytes big-endian after each marker) and the frame's height and width. */
+export function jpegLengthFields(buf: Uint8Array): LengthField[] {
+  const out: LengthField[] = [];
+  for (let o = 2; o + 4 <= buf.length; ) {
+    if (buf[o] !== 0xff) break;
+    const marker = buf[o + 1];
+    if (marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7)) {
+      o += 2;
+      continue;
+    }
+    out.push({ offset: o + 2, size: 2, le: false });
+    // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC): precision, then height and width.
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      out.push({ offset: o + 5, size: 2, le: false }, { offset: o + 7, size: 2, le: false });
+    }
+    if (marker === 0xda) break; // entropy-coded data follows
+    o += 2 + ((buf[o + 2] << 8) | buf[o + 3]);
+  }
+  return out;
+}
+
+/** A varint or a length prefix inside a protobuf message: where it is and how many bytes it takes. */
+interface PbField {
+  offset: number;
+  width: number;
+}
+
+function readVarint(b: Uint8Array, o: number): { value: bigint; next: number } | undefined {
+  let v = 0n;
+  for (let i = 0; i < 10; i++) {
+    if (o + i >= b.length) return undefined;
+    v |= BigInt(b[o + i] & 0x7f) << BigInt(7 * i);
+    if (!(b[o + i] & 0x80)) return { value: v, next: o + i + 1 };
+  }
+  return undefined;
+}
+
+function encodeVarint(v: bigint): Uint8Array {
+  const out: number[] = [];
+  let x = v & ((1n << 64n) - 1n);
+  do {
+    const byte = Number(x & 0x7fn);
+    x >>= 7n;
+    out.push(x ? byte | 0x80 : byte);
+  } while (x);
+  return Uint8Array.from(out);
+}
+
+/**
+ * Every varint value and length prefix of a protobuf message, nested messages included (a length-delimited
+ * field that parses cleanly as a message is walked too; strings and packed arrays usually do not).
+ */
+export function protobufFields(buf: Uint8Array, start = 0, end = buf.length, depth = 0, out: PbField[] = []): PbField[] {
+  const mine: PbField[] = [];
+  let o = start;
+  const nested: Array<[number, number]> = [];
+  while (o < end) {
+    const tag = readVarint(buf, o);
+    if (!tag || tag.next > end || tag.value >> 3n === 0n) return out;
+    const wire = Number(tag.value & 7n);
+    o = tag.next;
+    if (wire === 0) {
+      const v = readVarint(buf, o);
+      if (!v || v.next > end) return out;
+      mine.push({ offset: o, width: v.next - o });
+      o = v.next;
+    } else if (wire === 2) {
+      const len = readVarint(buf, o);
+      if (!len || len.next + Number(len.value) > end) return out;
+      mine.push({ offset: o, width: len.next - o });
+      nested.push([len.next, len.next + Number(len.value)]);
+      o = len.next + Number(len.value);
+    } else if (wire === 1) o += 8;
+    else if (wire === 5) o += 4;
+    else return out;
+  }
+  if (o !== end) return out;
+  out.push(...mine);
+  if (depth < 8) for (const [a, b] of nested) protobufFields(buf, a, b, depth + 1, out);
+  return out;
+}
+
+/**
+ * Protobuf-aware mutation: one varint (a length prefix, a dimension, a type tag, an attribute value) rewritten
+ * to a hostile value, the message re-encoded around it. Fixed-width `inflate` cannot do this to varints.
+ */
+export const protobufVarint: Mutator = (src, { rng }) => {
+  const fields = protobufFields(src);
+  if (!fields.length) return MUTATORS.bitflip(src, { rng, other: src, lengthFields: [] });
+  const f = fields[rng.int(fields.length)];
+  const vals = [...bigValues(src.length), 2n ** 64n - 1n, 2n ** 31n, 1n, 3n, 0x7fn];
+  const v = encodeVarint(vals[rng.int(vals.length)]);
+  return concat(src.subarray(0, f.offset), v, src.subarray(f.offset + f.width));
+};

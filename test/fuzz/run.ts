@@ -12,7 +12,7 @@ import * as vm from 'node:vm';
 import { InputError } from '../../src/engine/errors';
 import { Rng } from '../../src/engine/util/rng';
 import { FUZZ_CASES, type FuzzCase } from './cases';
-import { MUTATORS, MUTATOR_NAMES } from './mutate';
+import { MUTATORS, type Mutator } from './mutate';
 
 export type Outcome = 'ok' | 'InputError' | 'untyped' | 'alloc';
 
@@ -32,6 +32,16 @@ export interface CaseSummary {
   /** First lines of the distinct InputError messages, with counts (what users would see). */
   messages: Record<string, number>;
   maxGrowthPerByte: number;
+  /** Distinct InputError messages this case must reach (FuzzCase.minMessages). */
+  minMessages: number;
+  /** Share of the cases that must be refused (FuzzCase.refusedShare). */
+  refusedShare: number;
+  /** Wall time of the case (informational; the test asserts no timing). */
+  ms: number;
+  /** Seeded mutations run (the rest of `cases` are hand-made hostile inputs). */
+  mutations: number;
+  /** Largest peak resident growth of one read (0 where it cannot be measured). */
+  maxPeakBytes: number;
 }
 
 export interface FuzzOptions {
@@ -43,7 +53,21 @@ export interface FuzzOptions {
 }
 
 v8.setFlagsFromString('--expose-gc');
-const gc = vm.runInNewContext('gc') as () => void;
+const gc = vm.runInNewContext('gc') as (o?: { type: 'minor' | 'major' }) => void;
+
+/**
+ * A full collection costs several milliseconds, the read itself often less. Before each read only the young
+ * generation is collected, with a full collection whenever the heap has grown by GC_EVERY since the last
+ * one; a read that seems to exceed its bound is re-measured after a full collection before it counts.
+ */
+const GC_EVERY = 8 << 20;
+let lastFull = 0;
+function collect(): void {
+  if (used() - lastFull > GC_EVERY) {
+    gc();
+    lastFull = used();
+  } else gc({ type: 'minor' });
+}
 
 /** Memory the reader allocated and still holds (its result is kept alive until measured). */
 function used(): number {
@@ -53,6 +77,32 @@ function used(): number {
 
 /** Fixed slack for the reader's own code paths, JSON and regex caches, ajv, error objects. */
 const SLACK = 24 << 20;
+/** The peak also sees garbage the reader made and V8 had not collected yet, and heap pages it grew. */
+const PEAK_SLACK = 64 << 20;
+
+/**
+ * Peak resident memory during one read, from Linux's high-water mark: writing 5 to clear_refs resets VmHWM
+ * to the current RSS, so VmHWM afterwards is the peak of this read. The retained growth alone would miss a
+ * reader that allocates gigabytes from a lying header and then fails (nothing retained, the machine swapping).
+ * Undefined where /proc is not available.
+ */
+const peakMeter = (() => {
+  const status = '/proc/self/status';
+  const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(fs.readFileSync(status, 'utf8'))?.[1]) * 1024;
+  try {
+    fs.writeFileSync('/proc/self/clear_refs', '5');
+    if (!Number.isFinite(kb('VmHWM')) || !Number.isFinite(kb('VmRSS'))) return undefined;
+  } catch {
+    return undefined;
+  }
+  return {
+    start(): number {
+      fs.writeFileSync('/proc/self/clear_refs', '5');
+      return kb('VmRSS');
+    },
+    peak: () => kb('VmHWM'),
+  };
+})();
 
 function classify(e: unknown): { outcome: Outcome; detail: string } {
   if (e instanceof InputError) return { outcome: 'InputError', detail: e.message };
@@ -60,10 +110,11 @@ function classify(e: unknown): { outcome: Outcome; detail: string } {
   return { outcome: 'untyped', detail: `${err?.name ?? typeof e}: ${String(err?.message ?? e).split('\n')[0]}` };
 }
 
-function runOne(c: FuzzCase, file: string, dir: string, bytes: Uint8Array): { outcome: Outcome; detail: string; growth: number } {
+function runOne(c: FuzzCase, file: string, dir: string, bytes: Uint8Array): { outcome: Outcome; detail: string; growth: number; peak: number } {
   fs.writeFileSync(file, bytes);
-  gc();
+  collect();
   const before = used();
+  const rss0 = peakMeter?.start();
   let result: unknown;
   let r: { outcome: Outcome; detail: string };
   try {
@@ -72,12 +123,21 @@ function runOne(c: FuzzCase, file: string, dir: string, bytes: Uint8Array): { ou
   } catch (e) {
     r = classify(e);
   }
-  const growth = used() - before;
+  const peak = peakMeter && rss0 !== undefined ? Math.max(0, peakMeter.peak() - rss0) : 0;
+  const factor = c.allocFactor ?? 16;
+  const bound = factor * bytes.length + SLACK;
+  let growth = used() - before;
+  if (growth > bound) {
+    // Confirm with a full collection: garbage the read made is not what it holds.
+    gc();
+    growth = used() - before;
+  }
   result = undefined;
   void result;
-  const bound = (c.allocFactor ?? 16) * bytes.length + SLACK;
-  if (growth > bound) return { outcome: 'alloc', detail: `grew ${growth} bytes reading ${bytes.length} (bound ${bound}); ${r.outcome} ${r.detail}`, growth };
-  return { ...r, growth };
+  if (growth > bound) return { outcome: 'alloc', detail: `grew ${growth} bytes reading ${bytes.length} (bound ${bound}); ${r.outcome} ${r.detail}`, growth, peak };
+  const peakBound = factor * bytes.length + PEAK_SLACK;
+  if (peak > peakBound) return { outcome: 'alloc', detail: `peaked at ${peak} bytes reading ${bytes.length} (bound ${peakBound}); ${r.outcome} ${r.detail}`, growth, peak };
+  return { ...r, growth, peak };
 }
 
 export function runFuzz(o: FuzzOptions): { summaries: CaseSummary[]; findings: Finding[] } {
@@ -91,13 +151,14 @@ export function runFuzz(o: FuzzOptions): { summaries: CaseSummary[]; findings: F
       fs.mkdirSync(dir);
       c.setup?.(dir);
       const file = path.join(dir, c.fileName);
-      const s: CaseSummary = { name: c.name, cases: 0, outcomes: { ok: 0, InputError: 0, untyped: 0, alloc: 0 }, byInput: {}, messages: {}, maxGrowthPerByte: 0 };
+      const s: CaseSummary = { name: c.name, cases: 0, outcomes: { ok: 0, InputError: 0, untyped: 0, alloc: 0 }, byInput: {}, messages: {}, maxGrowthPerByte: 0, maxPeakBytes: 0, mutations: 0, minMessages: c.minMessages ?? 3, refusedShare: c.refusedShare ?? 1 / 3, ms: 0 };
+      const t0 = Date.now();
       const record = (input: string, bytes: Uint8Array) => {
         o.onStart?.(`${c.name} / ${input}`);
         const r = runOne(c, file, dir, bytes);
         s.cases++;
         s.outcomes[r.outcome]++;
-        const key = input.startsWith('hostile:') ? input : input.split('#')[0];
+        const key = input.startsWith('hostile:') ? input : input.split('#')[0].replace(/\+fixup$/, '');
         const b = (s.byInput[key] ??= { runs: 0, ok: 0, inputError: 0 });
         b.runs++;
         if (r.outcome === 'ok') b.ok++;
@@ -108,6 +169,7 @@ export function runFuzz(o: FuzzOptions): { summaries: CaseSummary[]; findings: F
           s.messages[shape] = (s.messages[shape] ?? 0) + 1;
         }
         if (bytes.length > 0) s.maxGrowthPerByte = Math.max(s.maxGrowthPerByte, r.growth / bytes.length);
+        s.maxPeakBytes = Math.max(s.maxPeakBytes, r.peak);
         if (r.outcome === 'untyped' || r.outcome === 'alloc') findings.push({ caseName: c.name, input, outcome: r.outcome, detail: r.detail });
       };
 
@@ -120,21 +182,29 @@ export function runFuzz(o: FuzzOptions): { summaries: CaseSummary[]; findings: F
       }
       for (const h of c.hostile?.() ?? []) record(`hostile:${h.label}`, h.bytes);
       const valid = [0, 1, 2, 3].map((v) => c.makeValidFile(v));
+      const mutators: Record<string, Mutator> = { ...MUTATORS, ...c.mutators };
+      const names = Object.keys(mutators);
       for (let i = 0; i < o.perCase; i++) {
         const rng = new Rng(o.seed).fork(`${c.name}:${i}`);
-        const m = MUTATOR_NAMES[i % MUTATOR_NAMES.length];
+        const m = names[i % names.length];
         const src = valid[rng.int(valid.length)];
         const other = valid[rng.int(valid.length)];
         // Stacked mutations now and then: a flipped bit inside a truncated file, and so on.
-        let bytes = MUTATORS[m](src, { rng, other, lengthFields: c.lengthFields?.(src) ?? [] });
+        let bytes = mutators[m](src, { rng, other, lengthFields: c.lengthFields?.(src) ?? [] });
         let label = m;
         if (rng.next() < 0.2) {
-          const m2 = MUTATOR_NAMES[rng.int(MUTATOR_NAMES.length)];
-          bytes = MUTATORS[m2](bytes, { rng, other, lengthFields: c.lengthFields?.(bytes) ?? [] });
+          const m2 = names[rng.int(names.length)];
+          bytes = mutators[m2](bytes, { rng, other, lengthFields: c.lengthFields?.(bytes) ?? [] });
           label = `${m}+${m2}`;
         }
+        if (c.fixup && rng.next() < 0.7) {
+          bytes = c.fixup(bytes);
+          label += '+fixup';
+        }
         record(`${label}#seed=${o.seed},i=${i}`, bytes);
+        s.mutations++;
       }
+      s.ms = Date.now() - t0;
       summaries.push(s);
       fs.rmSync(dir, { recursive: true, force: true });
     }
