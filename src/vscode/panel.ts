@@ -12,6 +12,7 @@ import type { Results } from '../engine/jobs/results';
 import { webviewHtml, webviewOptions } from './html';
 import type { JobListener, JobRunner, Outcome } from './jobRunner';
 import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from './panelProtocol';
+import { checkWebviewDir, resolveWebviewPath } from './webviewPaths';
 
 export const RESULTS_VIEW_TYPE = 'backdoorAudit.results';
 export const MODEL_EDITOR_VIEW_TYPE = 'backdoorAudit.modelInspector';
@@ -29,6 +30,12 @@ interface Entry {
   run: RunInfo;
   ready: boolean;
   disposables: vscode.Disposable[];
+  /**
+   * Where files opened on the page's behalf may be: the workspace folders, plus the run folder when the host
+   * chose it (a job it ran, which the output setting may put outside the workspace). A folder named only by
+   * restored page state gets the workspace folders alone.
+   */
+  roots: string[];
 }
 
 /** Reads and checks a results.json; undefined when missing or not ours. */
@@ -41,15 +48,15 @@ export function readResults(file: string): Results | undefined {
   }
 }
 
-/**
- * `rel` (from results.json or the webview) resolved inside `outDir`; undefined when it escapes the folder.
- * The webview is less trusted than the host: it must not make the host open arbitrary files.
- */
-export function resolveInside(outDir: string, rel: string): string | undefined {
-  if (path.isAbsolute(rel)) return undefined;
-  const abs = path.resolve(outDir, rel);
-  const r = path.relative(path.resolve(outDir), abs);
-  return r && !r.startsWith('..') && !path.isAbsolute(r) ? abs : undefined;
+/** The workspace folders: the only places a path from a webview may resolve into (see webviewPaths.ts). */
+function workspaceRoots(): string[] {
+  return (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath);
+}
+
+/** A path from a webview, shortened for a message (it may be anything). */
+function shown(p: string): string {
+  const s = p.replace(/[\u0000-\u001f]/g, '?');
+  return s.length > 120 ? `${s.slice(0, 117)}...` : s;
 }
 
 export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSerializer {
@@ -92,7 +99,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
       return existing.panel;
     }
     const panel = vscode.window.createWebviewPanel(RESULTS_VIEW_TYPE, run.title, { viewColumn: column, preserveFocus: true }, webviewOptions(this.extensionUri));
-    this.adopt(panel, run);
+    this.adopt(panel, run, [...workspaceRoots(), run.outDir]);
     return panel;
   }
 
@@ -105,19 +112,35 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
     return true;
   }
 
-  /** The serializer: VS Code hands back a panel it restored after a reload, with the state the page saved. */
+  /**
+   * The serializer: VS Code hands back a panel it restored after a reload, with the state the page saved.
+   * That state is the page's, not the host's: its run folder is used only if it is inside the workspace
+   * folders (real paths, so a symlink cannot lead out), or is the folder of a job this window runs.
+   */
   async deserializeWebviewPanel(panel: vscode.WebviewPanel, state: unknown): Promise<void> {
     if (!isPanelState(state)) {
       // Nothing to show (a panel saved before it received a run): close it rather than leave it blank.
       panel.dispose();
       return;
     }
+    const live = path.isAbsolute(state.run.outDir) && !!this.runner.runningById(state.run.outDir);
+    const roots = workspaceRoots();
+    const checked = live ? { ok: true as const } : checkWebviewDir(state.run.outDir, roots);
+    if (!checked.ok) {
+      panel.dispose();
+      void vscode.window.showWarningMessage(`Backdoor Audit: a results panel was not restored because its run folder ${shown(state.run.outDir)} was refused: ${checked.reason}. Open the run with "Backdoor Audit: Open Run".`);
+      return;
+    }
+    // Only the checked folder is kept: the id is the host's key for a run (its folder), the title is text.
+    const outDir = path.resolve(state.run.outDir);
+    const jobPath = state.run.jobPath && checkWebviewDir(path.dirname(state.run.jobPath), roots).ok ? state.run.jobPath : undefined;
+    const run: RunInfo = { id: outDir, title: state.run.title.slice(0, 200), outDir, ...(jobPath ? { jobPath } : {}) };
     panel.webview.options = webviewOptions(this.extensionUri);
-    this.adopt(panel, state.run);
+    this.adopt(panel, run, live ? [...roots, outDir] : roots);
   }
 
-  private adopt(panel: vscode.WebviewPanel, run: RunInfo): void {
-    const entry: Entry = { panel, run, ready: false, disposables: [] };
+  private adopt(panel: vscode.WebviewPanel, run: RunInfo, roots: string[]): void {
+    const entry: Entry = { panel, run, ready: false, disposables: [], roots };
     this.panels.set(run.id, entry);
     panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
     panel.webview.html = webviewHtml(panel.webview, this.extensionUri, 'results', run.title);
@@ -128,6 +151,14 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
         for (const d of entry.disposables) d.dispose();
       }),
     );
+  }
+
+  /** A path the page asked for, inside the run folder and the allowed roots; refusals are shown, not silent. */
+  private fromPage(entry: Entry, rel: string, what: string): string | undefined {
+    const r = resolveWebviewPath(entry.run.outDir, rel, entry.roots);
+    if (r.ok) return r.path;
+    void vscode.window.showWarningMessage(`Backdoor Audit: the results panel asked to open ${what} "${shown(rel)}", which was refused: ${r.reason}.`);
+    return undefined;
   }
 
   private receive(entry: Entry, m: unknown): void {
@@ -144,23 +175,22 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
         return;
       }
       case 'openModel': {
-        const file = resolveInside(run.outDir, m.path);
-        if (!file || !fs.existsSync(file)) {
-          void vscode.window.showWarningMessage(`The purified model ${m.path} is not in ${run.outDir}.`);
-          return;
-        }
-        const uri = vscode.Uri.file(file);
-        await vscode.commands.executeCommand('vscode.openWith', uri, inspectorViewType(file));
+        const file = this.fromPage(entry, m.path, 'the model');
+        if (!file) return;
+        await vscode.commands.executeCommand('vscode.openWith', vscode.Uri.file(file), inspectorViewType(file));
         return;
       }
       case 'openResultsJson': {
-        const file = path.join(run.outDir, 'results.json');
-        if (fs.existsSync(file)) await vscode.window.showTextDocument(vscode.Uri.file(file), { preview: true });
+        const file = this.fromPage(entry, 'results.json', 'the file');
+        if (file) await vscode.window.showTextDocument(vscode.Uri.file(file), { preview: true });
         return;
       }
-      case 'revealOutDir':
-        if (fs.existsSync(run.outDir)) await vscode.commands.executeCommand('revealFileInOS', vscode.Uri.file(run.outDir));
+      case 'revealOutDir': {
+        const dir = checkWebviewDir(run.outDir, entry.roots);
+        if (dir.ok) await vscode.commands.executeCommand('revealFileInOS', vscode.Uri.file(dir.path));
+        else void vscode.window.showWarningMessage(`Backdoor Audit: the run folder ${shown(run.outDir)} cannot be revealed: ${dir.reason}.`);
         return;
+      }
       case 'cancel':
         this.runner.cancel(run.id);
         return;

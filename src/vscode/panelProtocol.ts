@@ -83,18 +83,27 @@ export function isHostMessage(v: unknown): v is HostMessage {
   }
 }
 
+/** `v` has exactly these keys: a message with a field the protocol does not define is not that message. */
+function only(v: Record<string, unknown>, ...keys: string[]): boolean {
+  return Object.keys(v).every((k) => keys.includes(k));
+}
+
+/**
+ * A message from a webview, checked field by field before the host acts on it: an unknown type, a missing,
+ * extra or wrongly typed field, and anything that is not a plain object are refused.
+ */
 export function isViewMessage(v: unknown): v is ViewMessage {
-  if (!isObj(v)) return false;
+  if (!isObj(v) || (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null)) return false;
   switch (v.type) {
     case 'ready':
     case 'openResultsJson':
     case 'revealOutDir':
     case 'cancel':
-      return true;
+      return only(v, 'type');
     case 'openModel':
-      return typeof v.path === 'string' && v.path.length > 0 && v.path.length < 4096;
+      return only(v, 'type', 'path') && typeof v.path === 'string' && v.path.length > 0 && v.path.length < 4096;
     case 'action':
-      return MODEL_ACTIONS.includes(v.action as ModelAction);
+      return only(v, 'type', 'action') && typeof v.action === 'string' && MODEL_ACTIONS.includes(v.action as ModelAction);
     default:
       return false;
   }

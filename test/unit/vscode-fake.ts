@@ -134,8 +134,12 @@ export class FakePanel {
 
 type Answer = unknown | ((items: unknown, opts: unknown) => unknown);
 
+const trustGranted = new EventEmitter<void>();
+
 export const fake = {
   trusted: true,
+  /** Paths of the open workspace folders. */
+  folders: [] as string[],
   config: new Map<string, unknown>(),
   messages: [] as { level: 'info' | 'warning' | 'error'; text: string }[],
   /** Answers to showQuickPick / showInputBox / showOpenDialog / show*Message, consumed in order. */
@@ -151,6 +155,7 @@ export const fake = {
   registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[] },
   reset(): void {
     this.trusted = true;
+    this.folders = [];
     this.config.clear();
     this.messages = [];
     this.answers = [];
@@ -163,6 +168,11 @@ export const fake = {
     this.progress = [];
     this.cancelSource = undefined;
     this.registered = { serializers: [], editors: [], trees: [] };
+  },
+  /** The user trusts the workspace: isTrusted turns true and onDidGrantWorkspaceTrust fires. */
+  grantTrust(): void {
+    this.trusted = true;
+    trustGranted.fire();
   },
   next(kind: string, items?: unknown, opts?: { title?: string }): unknown {
     this.prompts.push({ kind, title: opts?.title, items });
@@ -239,7 +249,10 @@ export const workspace = {
   }),
   asRelativePath: (p: Uri | string) => (typeof p === 'string' ? p : p.fsPath),
   textDocuments: [] as unknown[],
-  workspaceFolders: undefined,
+  get workspaceFolders() {
+    return fake.folders.length ? fake.folders.map((f, index) => ({ uri: Uri.file(f), name: path.basename(f), index })) : undefined;
+  },
+  onDidGrantWorkspaceTrust: trustGranted.event,
   onDidChangeConfiguration: () => disposable,
 };
 

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { webviewHtml } from '../../src/vscode/html';
 import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
-import { inspectorViewType, resolveInside, ResultsPanels } from '../../src/vscode/panel';
+import { inspectorViewType, ResultsPanels } from '../../src/vscode/panel';
 import { scanDir, summarizeRun } from '../../src/vscode/runsTree';
 import { backendLabel, expectedBackend } from '../../src/vscode/statusBar';
 import { errorLine } from '../../src/vscode/inspect';
@@ -40,11 +40,7 @@ describe('vscode results panel (host)', () => {
     assert.notEqual(webviewHtml(p.webview as never, ext as never, 'results', 't'), html, 'a fresh nonce per page');
   });
 
-  it('keeps opened paths inside the run folder', () => {
-    assert.equal(resolveInside('/r/run1', 'models/a.pt'), path.resolve('/r/run1/models/a.pt'));
-    assert.equal(resolveInside('/r/run1', '../run2/a.pt'), undefined);
-    assert.equal(resolveInside('/r/run1', '/etc/passwd'), undefined);
-    assert.equal(resolveInside('/r/run1', '.'), undefined);
+  it('opens models in the inspector registered for their type', () => {
     assert.equal(inspectorViewType('/a/victim.pt'), 'backdoorAudit.modelInspector.option');
     assert.equal(inspectorViewType('/a/model.json'), 'backdoorAudit.modelInspector.option');
     assert.equal(inspectorViewType('/a/victim.onnx'), 'backdoorAudit.modelInspector');
@@ -87,7 +83,7 @@ describe('vscode results panel (host)', () => {
     panel.webview.send('ready');
     await new Promise((res) => setImmediate(res));
     assert.ok(!fake.executed.some((e) => e.id === 'vscode.openWith'));
-    assert.ok(fake.messages.some((m) => m.level === 'warning' && /not in/.test(m.text)));
+    assert.ok(fake.messages.some((m) => m.level === 'warning' && /"\.\.\/\.\.\/\.\.\/etc\/passwd", which was refused: it climbs out of the run folder/.test(m.text)));
     // Cancel from the panel reaches the runner.
     panel.webview.send({ type: 'cancel' });
     emit({ type: 'cancelled' });
@@ -104,6 +100,7 @@ describe('vscode results panel (host)', () => {
       throw new Error('no job here');
     });
     const panels = new ResultsPanels(ext as never, runner);
+    fake.folders = [dir];
     const restored = new FakePanel('backdoorAudit.results', 'old');
     await panels.deserializeWebviewPanel(restored as never, { view: 'results', run: { id: outDir, title: 'victim', outDir } });
     assert.match(restored.webview.html, /dist\/webview\.js/);
