@@ -91,7 +91,18 @@ export async function runJob(s: Services, jobPath: string): Promise<Outcome> {
   return outcome;
 }
 
+/**
+ * Jobs read and train on model files: none starts in an untrusted workspace (package.json keeps the extension
+ * out of them; this guards the commands should it run there anyway), and nothing is asked or written first.
+ */
+function refuseUntrusted(): boolean {
+  if (vscode.workspace.isTrusted) return false;
+  void vscode.window.showWarningMessage('Backdoor Audit runs jobs only in trusted workspaces. Trust this workspace to purify, evaluate or calibrate.');
+  return true;
+}
+
 async function modelAction(s: Services, kind: FlowKind, arg: unknown): Promise<void> {
+  if (refuseUntrusted()) return;
   const uri = asUri(arg) ?? (await pickFile(MODEL_GLOB, 'The model to work on'));
   if (!uri) return;
   const model = uri.fsPath;
@@ -125,6 +136,7 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
   });
 
   reg('backdoorAudit.runJob', async (arg) => {
+    if (refuseUntrusted()) return;
     const uri = asUri(arg) ?? vscode.window.activeTextEditor?.document.uri;
     const job = uri && /audit\.json$/i.test(uri.fsPath) ? uri : await pickFile('**/*audit.json', 'The job to run');
     if (!job) return;

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { webviewHtml, webviewOptions } from './html';
-import { inspectModel, type InspectResult } from './inspect';
+import { headerSummary, inspectModel, type InspectResult } from './inspect';
 import { isViewMessage, type HostMessage } from './panelProtocol';
 
 class ModelDocument implements vscode.CustomDocument {
@@ -34,6 +34,12 @@ export class ModelEditorProvider implements vscode.CustomReadonlyEditorProvider<
     panel.webview.html = webviewHtml(panel.webview, this.extensionUri, 'model', file);
     const post = (m: HostMessage) => void panel.webview.postMessage(m);
     const sendSummary = async () => {
+      // Untrusted workspace: the header only (magic bytes and size), no parsing and no inspect process.
+      if (!vscode.workspace.isTrusted) {
+        const h = headerSummary(file);
+        post({ type: 'inspect', file, info: h.info, error: h.error });
+        return;
+      }
       document.summary ??= this.inspect(file);
       const r = await document.summary;
       post({ type: 'inspect', file, info: r.info, error: r.error });
@@ -48,6 +54,8 @@ export class ModelEditorProvider implements vscode.CustomReadonlyEditorProvider<
           void vscode.commands.executeCommand(`backdoorAudit.${m.action}`, document.uri);
         }
       }),
+      // Trusting the workspace while the inspector is open: read the model now.
+      vscode.workspace.onDidGrantWorkspaceTrust(() => void sendSummary()),
     ];
     // Re-read when the checkpoint is replaced on disk (a training script saving again).
     const watcher = vscode.workspace.createFileSystemWatcher(new vscode.RelativePattern(vscode.Uri.file(path.dirname(file)), path.basename(file)));
