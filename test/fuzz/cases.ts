@@ -265,6 +265,11 @@ function tfjsJsonWith(mut: (j: Record<string, any>) => void): Uint8Array {
   return Buffer.from(JSON.stringify(j));
 }
 
+/** zipSync with a fixed modification time: the same seed must give the same bytes on every run. */
+function zipFixed(files: Parameters<typeof zipSync>[0]): Uint8Array {
+  return zipSync(files, { mtime: new Date(2020, 0, 1) });
+}
+
 function npz(variant: number): Uint8Array {
   const rng = new Rng(4000 + variant);
   const n = 3 + variant;
@@ -274,7 +279,7 @@ function npz(variant: number): Uint8Array {
   const [xn, yn] = [['x', 'y'], ['images', 'labels'], ['arr_0', 'arr_1'], ['x_test', 'y_test']][variant % 4];
   const files: Record<string, [Uint8Array, { level: 0 | 6 }]> = { [`${xn}.npy`]: [x, { level: variant % 2 ? 6 : 0 }], [`${yn}.npy`]: [y, { level: variant % 2 ? 6 : 0 }] };
   if (variant === 3) files['mean.npy'] = [encodeNpy('<f4', [3], new Uint8Array(12)), { level: 0 }];
-  return zipSync(files);
+  return zipFixed(files);
 }
 
 function png(variant: number): Uint8Array {
@@ -614,16 +619,16 @@ export const FUZZ_CASES: FuzzCase[] = [
       const eocd = manyEntries.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
       manyEntries.writeUInt16LE(0xffff, eocd + 8);
       manyEntries.writeUInt16LE(0xffff, eocd + 10);
-      const bomb = zipSync({ 'x.npy': [Buffer.concat([encodeNpy('|u1', [4096, 64, 64, 4], new Uint8Array(0)), Buffer.alloc(4096 * 64 * 64 * 4)]), { level: 9 }], 'y.npy': [encodeNpy('<i8', [4096], new Uint8Array(8 * 4096)), { level: 9 }] });
+      const bomb = zipFixed({ 'x.npy': [Buffer.concat([encodeNpy('|u1', [4096, 64, 64, 4], new Uint8Array(0)), Buffer.alloc(4096 * 64 * 64 * 4)]), { level: 9 }], 'y.npy': [encodeNpy('<i8', [4096], new Uint8Array(8 * 4096)), { level: 9 }] });
       return [
         { label: 'deflated entries claim 4 GB', bytes: claim(deflated, 0xffffffff) },
         { label: 'deflated entries claim 1 GB', bytes: claim(deflated, 1 << 30) },
         { label: 'stored entries claim 1 GB', bytes: claim(stored, 1 << 30) },
         { label: 'directory claims 65535 entries', bytes: manyEntries },
         { label: 'deflate bomb (64 MB of zero pixels)', bytes: bomb },
-        { label: 'entries named ../../x.npy', bytes: zipSync({ '../../x.npy': [encodeNpy('|u1', [1, 2, 2], new Uint8Array(4)), { level: 0 }], '/abs/y.npy': [encodeNpy('<i8', [1], new Uint8Array(8)), { level: 0 }] }) },
-        { label: 'object arrays (pickled)', bytes: zipSync({ 'x.npy': [encodeNpy('|O', [1, 1, 1], new Uint8Array(8)), { level: 0 }], 'y.npy': [encodeNpy('|O', [1], new Uint8Array(8)), { level: 0 }] }) },
-        { label: 'no .npy entries', bytes: zipSync({ 'readme.txt': [Buffer.from('hi'), { level: 0 }] }) },
+        { label: 'entries named ../../x.npy', bytes: zipFixed({ '../../x.npy': [encodeNpy('|u1', [1, 2, 2], new Uint8Array(4)), { level: 0 }], '/abs/y.npy': [encodeNpy('<i8', [1], new Uint8Array(8)), { level: 0 }] }) },
+        { label: 'object arrays (pickled)', bytes: zipFixed({ 'x.npy': [encodeNpy('|O', [1, 1, 1], new Uint8Array(8)), { level: 0 }], 'y.npy': [encodeNpy('|O', [1], new Uint8Array(8)), { level: 0 }] }) },
+        { label: 'no .npy entries', bytes: zipFixed({ 'readme.txt': [Buffer.from('hi'), { level: 0 }] }) },
         { label: 'a .pt checkpoint named .npz', bytes: encodePt(tensors(0)) },
       ];
     },
