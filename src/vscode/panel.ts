@@ -207,7 +207,10 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
       for (const e of live) this.postTo(entry, { type: 'event', runId: run.id, event: e });
       return;
     }
-    const results = readResults(path.join(run.outDir, 'results.json'));
+    // Through the same check as the page's requests: a results.json linked from outside the run folder (or a
+    // restored folder's, from outside the workspace) is not read.
+    const file = resolveWebviewPath(run.outDir, 'results.json', entry.roots);
+    const results = file.ok ? readResults(file.path) : undefined;
     this.postTo(entry, { type: 'init', run, results, running: false });
   }
 

@@ -260,6 +260,11 @@ describe('vscode boundary: paths from the page', () => {
     }
     assert.equal(shownDoc, 0);
     assert.match(warnings().at(-1)!, /the file "results\.json", which was refused: it is a link to a file outside the run folder/);
+    // Nor is it read to fill the page: after a reload of the page the run shows no results.
+    restored.webview.send({ type: 'ready' });
+    await tick();
+    const again = restored.webview.posted.at(-1) as { type: string; results?: unknown };
+    assert.deepEqual([again.type, again.results], ['init', undefined]);
     panels.dispose();
   });
 });
