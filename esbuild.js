@@ -23,6 +23,7 @@ async function main() {
     ['src/extension.ts', 'extension.js'],
     ['src/worker.ts', 'worker.js'],
     ['src/cell-worker.ts', 'cell-worker.js'],
+    ['src/train-worker.ts', 'train-worker.js'],
   ].filter(([src]) => exists(src));
   const contexts = [];
   for (const [src, out] of nodeEntries) {

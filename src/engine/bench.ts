@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { initBackend } from './backend';
+import { initBackend, type BackendName } from './backend';
+import { DataParallel, defaultReplicas } from './nn/data_parallel';
 import { buildModel } from './models';
 import { SGD } from './nn/optim';
 import { crossEntropy, trainStep } from './nn/train';
@@ -22,7 +23,11 @@ import { OrtPredictor } from './metrics/ort_eval';
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
 interface ModelBench {
+  /** Training steps split over `trainReplicas` data-parallel replicas (one per core on the CPU backends). */
   trainImagesPerSecond: number;
+  /** The same step on this thread alone. */
+  trainImagesPerSecondOneThread?: number;
+  trainReplicas?: number;
   inferImagesPerSecond: number;
   /** Inference through ONNX Runtime (the model exported in memory), as evaluation runs it; null without it. */
   ortInferImagesPerSecond?: number | null;
@@ -45,13 +50,17 @@ async function benchOrt(arch: string, options: Record<string, unknown> | undefin
   return (batch * 1000) / median(t);
 }
 
-function benchModel(arch: string, options: Record<string, unknown> | undefined, batch: number, repeats: number): ModelBench {
+async function benchModel(arch: string, options: Record<string, unknown> | undefined, batch: number, repeats: number, backend: BackendName): Promise<ModelBench> {
   const m = buildModel({ arch, inputShape: [32, 32, 3], numClasses: 10, options });
   const opt = new SGD(0.01, 0.9, 5e-4);
   const x = tf.randomUniform([batch, 32, 32, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-  const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 10), 'int32');
+  const labels = Int32Array.from({ length: batch }, (_, i) => i % 10);
+  const y = tf.tensor1d(labels, 'int32');
   const vars = m.trainableVariables();
   const step = () => trainStep(vars, opt, (ctx) => crossEntropy(m.forward(x, ctx), y), true);
+  const parallel = await DataParallel.create(m, defaultReplicas(backend), backend);
+  const xFlat = x.dataSync() as Float32Array;
+  const parallelStep = () => parallel!.step(opt, xFlat, [32, 32, 3], labels, true);
   const infer = () => tf.tidy(() => m.forward(x).dataSync());
   const time = (f: () => unknown) => {
     f();
@@ -63,7 +72,11 @@ function benchModel(arch: string, options: Record<string, unknown> | undefined, 
     }
     return (batch * 1000) / median(t);
   };
-  const out = { trainImagesPerSecond: time(step), inferImagesPerSecond: time(infer) };
+  const oneThread = time(step);
+  const out: ModelBench = parallel
+    ? { trainImagesPerSecond: time(parallelStep), trainImagesPerSecondOneThread: oneThread, trainReplicas: parallel.size, inferImagesPerSecond: time(infer) }
+    : { trainImagesPerSecond: oneThread, trainImagesPerSecondOneThread: oneThread, trainReplicas: 1, inferImagesPerSecond: time(infer) };
+  await parallel?.close();
   opt.dispose();
   m.dispose();
   tf.dispose([x, y]);
@@ -133,10 +146,10 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
   ] as const) {
     o.log(`benchmarking ${name} (batch 128)...`);
     try {
-      models[name] = benchModel(arch, options, 128, name === 'small-cnn-32' ? repeats : 3);
+      models[name] = await benchModel(arch, options, 128, name === 'small-cnn-32' ? repeats : 3, backend.name);
       models[name].ortInferImagesPerSecond = await benchOrt(arch, options, 128, repeats);
       const ortRate = models[name].ortInferImagesPerSecond;
-      o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s, inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
+      o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s on ${models[name].trainReplicas} replica(s) (${models[name].trainImagesPerSecondOneThread!.toFixed(1)} on one thread), inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
     } catch (e) {
       // The wasm heap is limited to 4 GiB; a full-width PreAct-ResNet18 step at batch 128 can exceed it.
       o.log(`  ${name}: failed: ${(e as Error).message.split('\n')[0]}`);

@@ -12,6 +12,7 @@ import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
 import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
 import { fit } from '../nn/train';
+import { DataParallel, defaultReplicas } from '../nn/data_parallel';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
 import { sampleBalanced } from '../aux/sample';
@@ -64,21 +65,29 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     const opt = new SGD(0.05, 0.9, 5e-4);
     emit({ type: 'started', jobPath: '(demo)', outDir: o.outDir, cells: 0, backend: backend.name, threads: backend.threads });
     const trainRng = rng.fork('victim');
-    for (let e = 0; e < epochs; e++) {
-      throwIfAborted(o.signal);
-      fit(victim, poisoned.set, {
-        epochs: 1,
-        batchSize: 64,
-        optimizer: opt,
-        lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2,
-        schedule: 'constant',
-        augment: { cropPadding: 2, flip: false },
-        rng: trainRng,
-        signal: o.signal,
-        dropLast: true,
-        onBatch: (_ep, b, n) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
-      });
-      await yieldToLoop();
+    // The victim trains on every core: each step split over data-parallel replicas (one per core on the CPU
+    // backends; `workers` caps them as it caps the cell threads).
+    const parallel = await DataParallel.create(victim, o.workers ?? defaultReplicas(backend.name), backend.name);
+    try {
+      for (let e = 0; e < epochs; e++) {
+        throwIfAborted(o.signal);
+        fit(victim, poisoned.set, {
+          epochs: 1,
+          batchSize: 64,
+          optimizer: opt,
+          lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2,
+          schedule: 'constant',
+          augment: { cropPadding: 2, flip: false },
+          rng: trainRng,
+          signal: o.signal,
+          dropLast: true,
+          parallel,
+          onBatch: (_ep, b, n) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
+        });
+        await yieldToLoop();
+      }
+    } finally {
+      await parallel?.close();
     }
     opt.dispose();
     saveModelFile(victim, path.join(staging, 'victim.safetensors'), 'safetensors');

@@ -12,6 +12,7 @@ import type { Rng } from '../util/rng';
 import type { ForwardContext } from './module';
 import type { Model } from './model';
 import { cosineLr, type Optimizer } from './optim';
+import type { DataParallel } from './data_parallel';
 
 export interface Augment {
   /** Zero padding of the random crop (BackdoorBench: 4). 0 = no crop. */
@@ -22,6 +23,12 @@ export interface Augment {
 
 /** Copy images at `idx` into a batch tensor, augmenting on the fly. */
 export function makeBatch(set: ImageSet, idx: ArrayLike<number>, augment: Augment | undefined, rng: Rng | undefined): tf.Tensor4D {
+  const [h, w, c] = set.shape;
+  return tf.tensor4d(makeBatchArray(set, idx, augment, rng), [idx.length, h, w, c]);
+}
+
+/** The batch of makeBatch as a flat NHWC array. */
+export function makeBatchArray(set: ImageSet, idx: ArrayLike<number>, augment: Augment | undefined, rng: Rng | undefined): Float32Array {
   const [h, w, c] = set.shape;
   const size = imageSize(set);
   const out = new Float32Array(idx.length * size);
@@ -49,7 +56,7 @@ export function makeBatch(set: ImageSet, idx: ArrayLike<number>, augment: Augmen
       }
     }
   }
-  return tf.tensor4d(out, [idx.length, h, w, c]);
+  return out;
 }
 
 /** Mean cross-entropy of logits against integer labels, with optional label smoothing. */
@@ -102,6 +109,11 @@ export interface FitOptions {
   maxSteps?: number;
   /** Drop a final partial batch (BatchNorm dislikes batches of one). */
   dropLast?: boolean;
+  /**
+   * Split each step over these replicas (data_parallel.ts). Used only for the default loss on all trainable
+   * variables without `prepare`: custom losses are closures over this thread's state.
+   */
+  parallel?: DataParallel;
 }
 
 /**
@@ -127,6 +139,7 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
   const bnTrain = o.bnTrain ?? true;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
   const batches = o.dropLast && data.n > o.batchSize ? Math.floor(data.n / o.batchSize) : Math.ceil(data.n / o.batchSize);
+  const parallel = o.parallel && !o.loss && !o.prepare && !o.vars ? o.parallel : undefined;
   let steps = 0;
   let lastEpochLoss = NaN;
   for (let epoch = 0; epoch < o.epochs; epoch++) {
@@ -137,6 +150,14 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
       throwIfAborted(o.signal);
       const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
       const labels = Int32Array.from(idx, (i) => data.y[i]);
+      if (parallel) {
+        const l = parallel.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
+        sum += l;
+        o.afterStep?.();
+        o.onBatch?.(epoch, b, batches, l);
+        if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
+        continue;
+      }
       const x = makeBatch(data, idx, o.augment, o.rng);
       const y = tf.tensor1d(labels, 'int32');
       const prepared = o.prepare?.({ x, y, labels });

@@ -1,0 +1,245 @@
+/**
+ * Data-parallel training steps on the single-threaded CPU backends. The wasm backend computes on one thread
+ * per process (its threaded build cannot start its pthreads under Node), so one training step is split over
+ * replicas: this thread and N-1 worker threads, each holding an identical copy of the model.
+ *
+ * A step: the batch is cut into contiguous slices, one per replica; every replica computes the gradients of
+ * the mean cross-entropy of its slice; this thread combines them weighted by slice size (which is exactly the
+ * gradient of the whole batch's mean loss), applies the optimizer once, and publishes the new weights through
+ * shared memory before the next step. Weights and gradients live in SharedArrayBuffers, so a step copies no
+ * more than the slice of images sent to each worker. This thread blocks on Atomics.wait while the workers
+ * finish: a step is synchronous, like trainStep.
+ *
+ * BatchNorm in training mode normalizes each slice with the slice's own statistics (as PyTorch's
+ * DistributedDataParallel without SyncBatchNorm); the running statistics are updated from this thread's slice.
+ * With BatchNorm frozen (or absent) a step equals the single-thread step up to float rounding.
+ *
+ * Only plain models take part: no inserted modules, no BatchNorm masks (those are not part of the
+ * architecture spec the workers rebuild from). `DataParallel.supports` says so.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import type { BackendName } from '../backend';
+import { JobError } from '../errors';
+import type { Model, ArchSpec, Normalization } from './model';
+import type { ForwardContext } from './module';
+import type { Optimizer } from './optim';
+import { crossEntropy } from './train';
+
+export interface ReplicaInit {
+  backend: BackendName;
+  spec: ArchSpec;
+  normalize?: Normalization;
+  /** All parameters and buffers, flat, in namedParams order (shared with the main thread). */
+  weights: SharedArrayBuffer;
+  /** This replica's gradients of the trainable parameters, flat, in namedParams order. */
+  grads: SharedArrayBuffer;
+  /** [0]: sequence number of the last finished step (Atomics). */
+  control: SharedArrayBuffer;
+  port: MessagePort;
+}
+
+export type ReplicaRequest = {
+  type: 'step';
+  seq: number;
+  x: Float32Array;
+  shape: [number, number, number, number];
+  y: Int32Array;
+  bnTrain: boolean;
+};
+
+export type ReplicaReply = { type: 'ready'; keys: string[] } | { type: 'done'; seq: number; loss: number } | { type: 'error'; seq: number; message: string };
+
+/** The bundled replica script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
+export function replicaScript(): string | undefined {
+  return [path.join(__dirname, 'train-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'train-worker.js')].find((f) => fs.existsSync(f));
+}
+
+/** Replicas a training loop gets by default: one per core on the single-threaded CPU backends, else 1. */
+export function defaultReplicas(backend: BackendName): number {
+  if (backend !== 'wasm' && backend !== 'cpu') return 1; // native and GPU backends use the cores themselves
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
+interface Replica {
+  worker: Worker;
+  port: MessagePort;
+  grads: Float32Array;
+  control: Int32Array;
+  failed?: string;
+}
+
+export class DataParallel {
+  private seq = 0;
+  private weightsDirty = true;
+  private closed = false;
+
+  private constructor(
+    private readonly model: Model,
+    private readonly replicas: Replica[],
+    private readonly weights: Float32Array,
+  ) {}
+
+  /** Whether `model` can be replicated from its architecture spec (no inserted modules, no BN masks). */
+  static supports(model: Model): boolean {
+    return model.insertions.length === 0 && model.batchNorms().every((b) => !b.mask);
+  }
+
+  /**
+   * Start `replicas - 1` worker threads holding copies of `model`; undefined when that is not possible (one
+   * replica, unsupported model, no bundled worker script), and the caller trains on this thread alone.
+   */
+  static async create(model: Model, replicas: number, backend: BackendName): Promise<DataParallel | undefined> {
+    const script = replicaScript();
+    if (replicas < 2 || !script || !DataParallel.supports(model)) return undefined;
+    const params = model.root.namedParams();
+    const total = params.reduce((s, [, p]) => s + p.variable.size, 0);
+    const trainable = params.filter(([, p]) => p.trainable).reduce((s, [, p]) => s + p.variable.size, 0);
+    const weightsBuf = new SharedArrayBuffer(total * 4);
+    const started: Replica[] = [];
+    try {
+      for (let r = 1; r < replicas; r++) {
+        const grads = new SharedArrayBuffer(trainable * 4);
+        const control = new SharedArrayBuffer(4);
+        const { port1, port2 } = new MessageChannel();
+        const init: ReplicaInit = { backend, spec: model.spec, normalize: model.normalize, weights: weightsBuf, grads, control, port: port2 };
+        const worker = new Worker(script, { workerData: init, transferList: [port2] });
+        worker.unref();
+        const replica: Replica = { worker, port: port1, grads: new Float32Array(grads), control: new Int32Array(control) };
+        started.push(replica);
+        const keys = await new Promise<string[]>((resolve, reject) => {
+          const onMessage = (m: ReplicaReply) => {
+            if (m.type === 'ready') resolve(m.keys);
+            else if (m.type === 'error') reject(new Error(m.message));
+          };
+          port1.once('message', onMessage);
+          worker.once('error', reject);
+          worker.once('exit', (code) => reject(new Error(`training replica exited (code ${code}) before it was ready`)));
+        });
+        worker.removeAllListeners('error');
+        worker.removeAllListeners('exit');
+        // The replica rebuilt the same architecture: the same parameters in the same order, or nothing works.
+        if (keys.join('\n') !== params.map(([k]) => k).join('\n')) throw new Error('training replica built a different parameter list');
+        worker.on('error', (e) => (replica.failed = e.message));
+        worker.on('exit', (code) => (replica.failed ??= `exited with code ${code}`));
+      }
+    } catch {
+      await Promise.all(started.map((r) => r.worker.terminate()));
+      return undefined;
+    }
+    return new DataParallel(model, started, new Float32Array(weightsBuf));
+  }
+
+  /** Replicas taking part in a step, this thread included. */
+  get size(): number {
+    return this.replicas.length + 1;
+  }
+
+  /**
+   * One optimizer step over the batch `x` [n, h, w, c] (flat) with integer `labels`; returns the batch's mean
+   * loss. Trains all trainable variables of the model on the cross-entropy of its logits.
+   */
+  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): number {
+    if (this.closed) throw new Error('data-parallel trainer is closed');
+    const n = labels.length;
+    const size = shape[0] * shape[1] * shape[2];
+    // Slices: the first replica (this thread) takes the remainder, workers equal shares; a replica with an
+    // empty slice sits the step out.
+    const share = Math.floor(n / this.size);
+    const own = n - share * this.replicas.length;
+    if (this.weightsDirty) this.publishWeights();
+    const seq = ++this.seq;
+    const busy: Array<{ replica: Replica; count: number }> = [];
+    if (share > 0) {
+      this.replicas.forEach((replica, r) => {
+        if (replica.failed) throw new JobError(`training replica failed: ${replica.failed}`);
+        const start = own + r * share;
+        const request: ReplicaRequest = {
+          type: 'step',
+          seq,
+          x: x.slice(start * size, (start + share) * size),
+          shape: [share, shape[0], shape[1], shape[2]],
+          y: labels.slice(start, start + share),
+          bnTrain,
+        };
+        replica.port.postMessage(request, [request.x.buffer as ArrayBuffer, request.y.buffer as ArrayBuffer]);
+        busy.push({ replica, count: share });
+      });
+    }
+    const vars = this.model.trainableVariables();
+    const ctx: ForwardContext = { training: bnTrain, bnUpdates: [] };
+    const { value, grads } = tf.tidy(() => {
+      const xs = tf.tensor4d(x.subarray(0, own * size), [own, shape[0], shape[1], shape[2]]);
+      const ys = tf.tensor1d(labels.subarray(0, own), 'int32');
+      return tf.variableGrads(() => crossEntropy(this.model.forward(xs, ctx), ys), vars);
+    });
+    let lossSum = value.dataSync()[0] * own;
+    value.dispose();
+    const failures: string[] = [];
+    for (const { replica, count } of busy) {
+      const reply = this.await(replica, seq);
+      if (reply.type === 'done') lossSum += reply.loss * count;
+      else failures.push(reply.type === 'error' ? reply.message : 'no reply');
+    }
+    if (failures.length) {
+      tf.dispose(Object.values(grads));
+      throw new JobError(`training replica failed: ${failures[0]}`);
+    }
+    // Sum of slice gradients weighted by slice size / batch size = gradient of the batch's mean loss.
+    const combined = tf.tidy(() => {
+      let offset = 0;
+      return vars.map((v) => {
+        let g = tf.mul(grads[v.name], own / n);
+        for (const { replica, count } of busy) {
+          const part = tf.tensor(replica.grads.subarray(offset, offset + v.size), v.shape);
+          g = tf.add(g, tf.mul(part, count / n));
+        }
+        offset += v.size;
+        return g;
+      });
+    });
+    tf.dispose(Object.values(grads));
+    optimizer.step(vars, combined);
+    tf.dispose(combined);
+    for (const apply of ctx.bnUpdates!) apply();
+    this.weightsDirty = true;
+    const loss = lossSum / n;
+    if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
+    return loss;
+  }
+
+  /** Copy every parameter and buffer into the shared weights (the workers read them at their next step). */
+  private publishWeights(): void {
+    let offset = 0;
+    for (const [, p] of this.model.root.namedParams()) {
+      this.weights.set(p.variable.dataSync() as Float32Array, offset);
+      offset += p.variable.size;
+    }
+    this.weightsDirty = false;
+  }
+
+  /** Block until `replica` has finished step `seq` (or died), then take its reply. */
+  private await(replica: Replica, seq: number): ReplicaReply | { type: 'lost' } {
+    for (;;) {
+      if (Atomics.load(replica.control, 0) >= seq) break;
+      if (replica.failed) return { type: 'lost' };
+      // Timed waits so that a replica that died without signalling is noticed.
+      Atomics.wait(replica.control, 0, Atomics.load(replica.control, 0), 1000);
+    }
+    // The reply is posted before the signal, so it is in the port's queue now.
+    for (;;) {
+      const m = receiveMessageOnPort(replica.port)?.message as ReplicaReply | undefined;
+      if (!m) return { type: 'lost' };
+      if (m.type !== 'ready' && m.seq === seq) return m;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.replicas.map((r) => r.worker.terminate()));
+  }
+}

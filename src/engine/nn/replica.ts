@@ -1,0 +1,66 @@
+/**
+ * The worker side of data-parallel training (data_parallel.ts): rebuild the model from its architecture spec,
+ * then for every step read the shared weights, compute the gradients of the mean cross-entropy of the slice
+ * it was sent, write them into its shared gradient buffer and signal the main thread.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../backend';
+import { buildModel } from '../models';
+import type { ForwardContext } from './module';
+import { crossEntropy } from './train';
+import type { ReplicaInit, ReplicaReply, ReplicaRequest } from './data_parallel';
+import { oneLine } from '../errors';
+
+export async function serveReplica(init: ReplicaInit): Promise<void> {
+  const { port } = init;
+  const control = new Int32Array(init.control);
+  const signal = (reply: ReplicaReply & { seq: number }) => {
+    // The reply goes first: the main thread reads it as soon as it sees the sequence number.
+    port.postMessage(reply);
+    Atomics.store(control, 0, reply.seq);
+    Atomics.notify(control, 0);
+  };
+  let model;
+  try {
+    await initBackend('cpu', init.backend);
+    model = buildModel(init.spec, init.normalize, 0);
+  } catch (e) {
+    port.postMessage({ type: 'error', seq: 0, message: oneLine(e) } satisfies ReplicaReply);
+    return;
+  }
+  const params = model.root.namedParams();
+  const trainable = params.filter(([, p]) => p.trainable).map(([, p]) => p.variable);
+  const weights = new Float32Array(init.weights);
+  const grads = new Float32Array(init.grads);
+  port.postMessage({ type: 'ready', keys: params.map(([k]) => k) } satisfies ReplicaReply);
+
+  port.on('message', (m: ReplicaRequest) => {
+    if (m.type !== 'step') return;
+    try {
+      tf.tidy(() => {
+        let offset = 0;
+        for (const [, p] of params) {
+          p.variable.assign(tf.tensor(weights.subarray(offset, offset + p.variable.size), p.variable.shape));
+          offset += p.variable.size;
+        }
+      });
+      const ctx: ForwardContext = { training: m.bnTrain, bnUpdates: [] };
+      const { value, grads: g } = tf.tidy(() => {
+        const x = tf.tensor4d(m.x, m.shape);
+        const y = tf.tensor1d(m.y, 'int32');
+        return tf.variableGrads(() => crossEntropy(model.forward(x, ctx), y), trainable);
+      });
+      // Running statistics are the main thread's business: this replica's updates are dropped.
+      let offset = 0;
+      for (const v of trainable) {
+        grads.set(g[v.name].dataSync() as Float32Array, offset);
+        offset += v.size;
+      }
+      const loss = value.dataSync()[0];
+      tf.dispose([value, ...Object.values(g)]);
+      signal({ type: 'done', seq: m.seq, loss });
+    } catch (e) {
+      signal({ type: 'error', seq: m.seq, message: oneLine(e) });
+    }
+  });
+}
