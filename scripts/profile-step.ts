@@ -1,7 +1,7 @@
 /**
  * Where a training step's time goes, per kernel: one step of `small-cnn-32` or `preact-resnet18-32` (3x32x32,
  * 10 classes) on the wasm backend under tf.profile, after a warm-up step, summed by kernel name.
- *   npx tsx scripts/profile-step.ts [small-cnn-32|preact-resnet18-32] [batch]
+ *   npx tsx scripts/profile-step.ts [small-cnn-32|preact-resnet18-32|small-cnn-mnist] [batch]  (small-cnn-mnist: the demo victim, 28x28x1)
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../src/engine/backend';
@@ -16,9 +16,11 @@ async function main(): Promise<void> {
   const model =
     name === 'preact-resnet18-32'
       ? buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 64 } })
-      : buildModel({ arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 });
+      : name === 'small-cnn-mnist'
+        ? buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] })
+        : buildModel({ arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 });
   const opt = new SGD(0.01, 0.9, 5e-4);
-  const x = tf.randomUniform([batch, 32, 32, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
+  const x = tf.randomUniform([batch, ...model.inputShape], 0, 1, 'float32', 1) as tf.Tensor4D;
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 10), 'int32');
   const vars = model.trainableVariables();
   const step = () => trainStep(vars, opt, (ctx) => crossEntropy(model.forward(x, ctx), y), true);

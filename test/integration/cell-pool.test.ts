@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { runJobFile } from '../../src/engine/jobs/runner';
 import { cellWorkerScript } from '../../src/engine/jobs/cell_pool';
 import { CancelledError } from '../../src/engine/errors';
+import { ortWanted } from '../../src/engine/metrics/ort_eval';
 import type { Results } from '../../src/engine/jobs/results';
 import { useWasm } from '../helpers/backend';
 
@@ -56,7 +57,8 @@ describe('cell workers: cells side by side on several cores', function () {
     const tensors = tf.memory().numTensors;
     const one = await runJobFile(jobPath, { outDir: path.join(dir, 'one'), workers: 1 });
     const events: string[] = [];
-    const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => events.push(e.type) });
+    const logs: string[] = [];
+    const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message)) });
     assert.equal(one.backend.threads, 1);
     assert.equal(two.backend.threads, 2);
     assert.equal(two.rows.length, 8);
@@ -64,6 +66,8 @@ describe('cell workers: cells side by side on several cores', function () {
     assert.deepEqual(comparable(two), comparable(one));
     // Rows arrive live from the workers and every purified model was written by them.
     assert.equal(events.filter((t) => t === 'row').length, 8);
+    // Where ONNX Runtime loads, the workers' models were evaluated by it in this thread, with the same rows.
+    if (ortWanted()) assert.ok(logs.some((m) => /evaluated with ONNX Runtime in this thread/.test(m)), logs.join('\n'));
     for (const r of two.rows) assert.ok(fs.existsSync(path.join(dir, 'two', r.output!)), r.output!);
     assert.equal(tf.memory().numTensors, tensors, 'no tensor left in this thread');
   });

@@ -12,7 +12,9 @@ import type { Metrics } from './results';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
 import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';
-import { CancelledError } from '../errors';
+import { CancelledError, oneLine } from '../errors';
+import { ortWanted } from '../metrics/ort_eval';
+import { der, evaluateOnnx } from '../metrics/evaluate';
 
 export interface CellPool {
   size: number;
@@ -52,7 +54,7 @@ interface Task {
   aux: ImageSet;
   targets: SaveTarget[];
   progress: (d: number, t: number, m?: string) => void;
-  resolve: (o: CellOutcome) => void;
+  resolve: (o: CellOutcome | Promise<CellOutcome>) => void;
   reject: (e: unknown) => void;
 }
 
@@ -68,9 +70,12 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     augment: job.augment,
     seed: job.seed,
     baseline,
-    // Workers evaluate on their own backend: ONNX Runtime is loaded on the main thread only (see ort_eval.ts).
+    // ONNX Runtime loads on the main thread only (see ort_eval.ts): workers send their purified models back as
+    // ONNX and this thread evaluates them, or they evaluate on their own backend when it has no ONNX Runtime.
     evalThreads: 0,
+    deferEvaluation: ortWanted(),
   };
+  if (data.deferEvaluation) o.emit({ type: 'log', message: `${size} cell workers; their purified models are evaluated with ONNX Runtime in this thread` });
   const queue: Task[] = [];
   const slots: Slot[] = [];
   let closed = false;
@@ -103,7 +108,7 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     const slot: Slot = { worker, inFlight: [] };
     worker.on('message', (m: CellWorkerReply) => {
       if (m.type === 'progress') slot.inFlight[0]?.progress(m.done, m.total, m.message);
-      else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome));
+      else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome.onnx ? evaluateHere(m.outcome) : m.outcome));
       else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));
     });
     const die = (why: string) => {
@@ -122,6 +127,26 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     });
     slots.push(slot);
   }
+
+  // Evaluations of workers' models, one at a time on one ONNX Runtime thread (the workers use the cores).
+  let evaluations: Promise<unknown> = Promise.resolve();
+  const evaluateHere = (out: CellOutcome): Promise<CellOutcome> => {
+    const { onnx, ...outcome } = out;
+    const run = evaluations.then(async () => {
+      const t0 = Date.now();
+      try {
+        const m = await evaluateOnnx(onnx!, job.victim.inputShape, job.victim.numClasses, job.test, job.triggered, o.signal, 1, 1024);
+        Object.assign(outcome.row, m, { der: der(baseline, m) });
+      } catch (e) {
+        if (e instanceof CancelledError) throw e;
+        outcome.row.error = `evaluation failed: ${oneLine(e)}`;
+      }
+      outcome.row.seconds += (Date.now() - t0) / 1000;
+      return outcome;
+    });
+    evaluations = run.catch(() => undefined);
+    return run;
+  };
 
   const onAbort = () => {
     cancelled = true;

@@ -24,6 +24,8 @@ export interface CellWorkerData {
   baseline: Metrics;
   /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
   evalThreads: number;
+  /** Send purified models back as ONNX for the main thread to evaluate (it has ONNX Runtime). */
+  deferEvaluation: boolean;
 }
 
 export type CellTaskMessage = { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
@@ -60,8 +62,8 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
         return;
       }
       try {
-        const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets, data.evalThreads);
-        port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply);
+        const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets, data.evalThreads, data.deferEvaluation);
+        port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply, outcome.onnx ? [outcome.onnx.buffer as ArrayBuffer] : []);
       } catch (e) {
         if (e instanceof CancelledError || abort.signal.aborted) port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
         else port.postMessage({ type: 'done', outcome: { row: { aux: m.cell.aux.name, auxType: m.cell.aux.type, gic: m.cell.gic, defense: m.cell.defense.id, seconds: 0, output: null, error: oneLine(e) } } } satisfies CellWorkerReply);

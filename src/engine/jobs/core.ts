@@ -16,6 +16,7 @@ import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
 import { saveModelFile, type ModelFormat } from '../io/model_io';
 import { startCellPool } from './cell_pool';
+import { exportOnnx } from '../io/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModelFast, der, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
@@ -237,6 +238,8 @@ function targetsFor(job: Pick<PreparedJob, 'saveTargets'>, cell: Cell): SaveTarg
 export interface CellOutcome {
   row: ResultRow;
   detection?: { anomalyIndex: number[]; flagged: number[] };
+  /** The purified model as ONNX, when its evaluation was left to the main thread (`deferEvaluation`). */
+  onnx?: Uint8Array;
 }
 
 /**
@@ -254,6 +257,12 @@ export async function runCell(
   targets: SaveTarget[] = targetsFor(job, cell),
   /** ONNX Runtime threads for the evaluation; 0 evaluates on the training backend. */
   evalThreads = 0,
+  /**
+   * Return the purified model as ONNX instead of evaluating it (cell workers: the main thread evaluates it
+   * through ONNX Runtime, several times faster than a worker's backend, while the worker goes on). A model
+   * the exporter cannot write is evaluated here.
+   */
+  deferEvaluation = false,
 ): Promise<CellOutcome> {
   const row = emptyRow(cell);
   const t0 = Date.now();
@@ -264,14 +273,18 @@ export async function runCell(
   }
   let model: Model | undefined;
   let detection: CellOutcome['detection'];
+  let onnx: Uint8Array | undefined;
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
     // Each cell has its own stream so that a sharded or pooled run reproduces the sequential one.
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
     const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
     model = out.model;
-    const { engine: _engine, ...m } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
-    Object.assign(row, m, { der: der(baseline, m) });
+    onnx = deferEvaluation ? exportForEvaluation(model) : undefined;
+    if (!onnx) {
+      const { engine: _engine, ...m } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
+      Object.assign(row, m, { der: der(baseline, m) });
+    }
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
     detection = out.detection;
     const written = targets.map((t) => path.basename(saveModelFile(model!, t.file, t.format)));
@@ -283,7 +296,15 @@ export async function runCell(
     model?.dispose();
     row.seconds = (Date.now() - t0) / 1000;
   }
-  return { row, detection };
+  return onnx && !row.error ? { row, detection, onnx } : { row, detection };
+}
+
+function exportForEvaluation(model: Model): Uint8Array | undefined {
+  try {
+    return exportOnnx(model, { includeNormalization: true });
+  } catch {
+    return undefined;
+  }
 }
 
 export function relativeTo(outDir: string, file: string): string {

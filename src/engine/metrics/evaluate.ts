@@ -33,6 +33,20 @@ export async function evaluateModelFast(model: Model, test: ImageSet, triggered:
   }
 }
 
+/**
+ * ACC/ASR of a model given as ONNX bytes (exportOnnx with normalization), through ONNX Runtime: how the main
+ * thread evaluates the purified models of cell workers, which cannot load ONNX Runtime themselves.
+ */
+export async function evaluateOnnx(bytes: Uint8Array, shape: [number, number, number], classes: number, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number, batchSize = 256): Promise<Metrics> {
+  const ort = await OrtPredictor.fromOnnx(bytes, shape, classes, threads);
+  try {
+    // Each batch is one round trip through this thread's event loop, which may be busy: large batches.
+    return metricsOf(test, triggered, await ort.labels(test, batchSize, signal), await ort.labels(triggered.set, batchSize, signal));
+  } finally {
+    await ort.dispose();
+  }
+}
+
 function metricsOf(test: ImageSet, triggered: TriggeredSet, clean: Int32Array, bad: Int32Array): Metrics {
   let correct = 0;
   for (let i = 0; i < test.n; i++) if (clean[i] === test.y[i]) correct++;

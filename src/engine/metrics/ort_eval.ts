@@ -49,8 +49,7 @@ export class OrtPredictor {
 
   /** A session for `model`, or undefined where ONNX Runtime or the export is not available for it. */
   static async create(model: Model, threads: number): Promise<OrtPredictor | undefined> {
-    const ort = ortWanted() ? loadOrt() : null;
-    if (!ort) return undefined;
+    if (!ortWanted()) return undefined;
     let bytes: Uint8Array;
     try {
       bytes = exportOnnx(model, { includeNormalization: true });
@@ -58,11 +57,21 @@ export class OrtPredictor {
       return undefined;
     }
     try {
-      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
-      return new OrtPredictor(ort, session, model.inputShape, model.numClasses);
+      return await OrtPredictor.fromOnnx(bytes, model.inputShape, model.numClasses, threads);
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * A session for a model already exported by exportOnnx with its normalization (a cell worker's purified
+   * model); throws when ONNX Runtime is not available here or refuses the bytes.
+   */
+  static async fromOnnx(bytes: Uint8Array, inputShape: [number, number, number], classes: number, threads: number): Promise<OrtPredictor> {
+    const ort = ortWanted() ? loadOrt() : null;
+    if (!ort) throw new Error('ONNX Runtime is not available in this thread');
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    return new OrtPredictor(ort, session, inputShape, classes);
   }
 
   /** Argmax labels of a whole set (images NHWC in [0, 1], as the module graph takes them). */
