@@ -85,6 +85,34 @@ describe('module graph', () => {
     bn.dispose();
   });
 
+  it('eval-mode BatchNorm under a gradient tape gives tf.batchNorm\'s output and gradients (input, gamma, beta)', () => {
+    const rng = new Rng(3);
+    const bn = new BatchNorm2d(3).finalize();
+    bn.runningMean.assign(tf.tensor1d([0.5, -1, 2]));
+    bn.runningVar.assign(tf.tensor1d([0.25, 4, 1.5]));
+    bn.weight.assign(tf.tensor1d([1.5, -0.5, 2]));
+    bn.bias.assign(tf.tensor1d([0.1, 0.2, -0.3]));
+    const x = tf.tensor4d(Array.from({ length: 2 * 4 * 4 * 3 }, () => rng.next() * 4 - 2), [2, 4, 4, 3]);
+    const w = tf.tensor4d(Array.from({ length: 2 * 4 * 4 * 3 }, () => rng.next()), [2, 4, 4, 3]);
+    // A weighted sum, so that every output element has its own upstream gradient.
+    const ours = (xi: tf.Tensor) => tf.sum(tf.mul(bn.forward(xi as tf.Tensor4D, { training: false }), w));
+    const ref = (xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor) =>
+      tf.sum(tf.mul(tf.batchNorm(xi as tf.Tensor4D, bn.runningMean as tf.Tensor1D, bn.runningVar as tf.Tensor1D, b as tf.Tensor1D, g as tf.Tensor1D, 1e-5), w));
+    const dxOurs = tf.grad(ours)(x);
+    const [dxRef, dgRef, dbRef] = tf.grads(ref)([x, bn.weight, bn.bias]);
+    const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
+    assert.ok(maxDiff(dxOurs, dxRef) < 1e-5, `input gradient differs by ${maxDiff(dxOurs, dxRef)}`);
+    // Gradients to the layer's own gamma and beta (what masks and fine-tuning in eval mode train).
+    const { value, grads } = tf.variableGrads(() => ours(x) as tf.Scalar, [bn.weight as tf.Variable, bn.bias as tf.Variable]);
+    assert.ok(maxDiff(grads[bn.weight.name], dgRef) < 1e-4, 'gamma gradient');
+    assert.ok(maxDiff(grads[bn.bias.name], dbRef) < 1e-4, 'beta gradient');
+    // The taped form and the fused kernel used outside a tape give the same output.
+    const plainSum = tf.sum(tf.mul(bn.forward(x, { training: false }), w));
+    assert.ok(Math.abs(plainSum.dataSync()[0] - value.dataSync()[0]) < 1e-4);
+    tf.dispose([x, w, dxOurs, dxRef, dgRef, dbRef, plainSum, value, ...Object.values(grads)]);
+    bn.dispose();
+  });
+
   it('SGD with momentum and weight decay follows torch.optim.SGD', () => {
     const v = tf.variable(tf.tensor1d([1]));
     const opt = new SGD(0.1, 0.9, 0.01);

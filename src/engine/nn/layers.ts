@@ -142,6 +142,15 @@ export class BatchNorm2d extends Module {
       ctx.bnInputStats?.set(this.path, { mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D });
       if (ctx.training) return tf.batchNorm(x, mean as tf.Tensor1D, variance as tf.Tensor1D, beta, gamma, this.eps);
     }
+    if (tf.engine().isTapeOn()) {
+      // Eval mode under a gradient tape (GIC, model inversion, adversarial examples, trigger reversal): the same
+      // affine map as x * k + c with per-channel k and c. The gradient of tf.batchNorm tiles the scale to the
+      // input's full shape, which was the largest single cost of calibration on wasm; here the input gradient
+      // is one broadcasting multiply, and gradients to gamma/beta are computed only when something trains them.
+      const k = tf.mul(gamma, tf.rsqrt(tf.add(this.runningVar, this.eps)));
+      const c = tf.sub(beta, tf.mul(this.runningMean, k));
+      return tf.add(tf.mul(x, k), c);
+    }
     return tf.batchNorm(x, this.runningMean as tf.Tensor1D, this.runningVar as tf.Tensor1D, beta, gamma, this.eps);
   }
 
