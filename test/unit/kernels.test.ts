@@ -139,6 +139,40 @@ describe('wasm training kernels agree with the cpu backend', () => {
     });
   }
 
+  const pools: Array<{ n: number; h: number; w: number; c: number; k: number; stride: number; pad: 'same' | 'valid' | number; ties?: boolean }> = [
+    { n: 2, h: 8, w: 8, c: 3, k: 2, stride: 2, pad: 'valid' },
+    { n: 2, h: 7, w: 9, c: 5, k: 2, stride: 2, pad: 'valid' },
+    { n: 1, h: 9, w: 7, c: 4, k: 3, stride: 2, pad: 'same' },
+    { n: 2, h: 6, w: 6, c: 2, k: 3, stride: 1, pad: 'same' },
+    { n: 1, h: 8, w: 8, c: 3, k: 3, stride: 2, pad: 1 },
+    // Equal values in a window (ReLU zeros, saturated pixels): the gradient goes to the first maximum only.
+    { n: 2, h: 8, w: 8, c: 3, k: 2, stride: 2, pad: 'valid', ties: true },
+  ];
+  for (const p of pools) {
+    it(`tf.grad of maxPool routes each gradient to its window's maximum: ${p.k}x${p.k}, stride ${p.stride}, pad ${p.pad}, ${p.n}x${p.h}x${p.w}x${p.c}${p.ties ? ', with ties' : ''}`, async () => {
+      const shape = [p.n, p.h, p.w, p.c];
+      const xData = p.ties ? seeded(shape, 7).map((v) => Math.max(0, Math.round(v * 4) / 4)) : seeded(shape, 7);
+      const run = () => {
+        const x = tf.tensor4d(xData, shape as [number, number, number, number]);
+        const f = (xi: tf.Tensor) => {
+          const y = tf.maxPool(xi as tf.Tensor4D, p.k, p.stride, p.pad as never);
+          return tf.sum(tf.mul(y, tf.tensor(seeded(y.shape, 8).map((v) => v + 1), y.shape)));
+        };
+        return [tf.grad(f)(x)];
+      };
+      await tf.setBackend('wasm');
+      const tensors = tf.memory().numTensors;
+      const ids = dataIds();
+      const wasm = await on('wasm', run);
+      assert.equal(tf.memory().numTensors, tensors, 'no tensors leaked');
+      assert.equal(dataIds(), ids, 'no wasm buffers leaked');
+      const cpu = await on('cpu', run);
+      await tf.setBackend('wasm');
+      assertClose(wasm, cpu, ['maxPool input gradient']);
+      if (p.ties) assert.ok(wasm[0].filter((v) => v !== 0).length <= (p.n * p.h * p.w * p.c) / 4, 'one position per window and channel');
+    });
+  }
+
   it('the NCHW input gradient falls back to the package kernel, whose wasm function is still bound', async () => {
     const [n, c, h, w, cout, k] = [2, 3, 6, 5, 4, 3];
     const run = () => [
