@@ -6,6 +6,7 @@ import { SGD, Adam, cosineLr } from '../../src/engine/nn/optim';
 import { buildModel } from '../../src/engine/models';
 import { Rng } from '../../src/engine/util/rng';
 import { batchNormTrain } from '../../src/engine/nn/batchnorm_train';
+import { BN_TRAIN, BN_TRAIN_GRAD } from '../../src/engine/backend/kernels/batch_norm_train';
 
 describe('module graph', () => {
   before(useWasm);
@@ -159,6 +160,8 @@ describe('BatchNorm training op', () => {
   before(useWasm);
 
   it('its closed-form gradient equals autodiff through tf.moments', () => {
+    // On wasm this is the fused heap kernel pair (backend/kernels/batch_norm_train.ts).
+    assert.ok(tf.getBackend() === 'wasm' && tf.getKernel(BN_TRAIN, 'wasm') && tf.getKernel(BN_TRAIN_GRAD, 'wasm'));
 
     const x = tf.randomNormal([3, 4, 5, 6], 0.5, 2, 'float32', 11) as tf.Tensor4D;
     const gamma = tf.randomNormal([6], 1, 0.3, 'float32', 12) as tf.Tensor1D;
@@ -167,6 +170,12 @@ describe('BatchNorm training op', () => {
     const before = tf.memory().numTensors;
     const ours = tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
       const out = batchNormTrain(a as tf.Tensor4D, g as tf.Tensor1D, b as tf.Tensor1D, 1e-5);
+      // The batch statistics it hands out for the running averages are tf.moments' (biased variance).
+      tf.tidy(() => {
+        const m = tf.moments(a, [0, 1, 2]);
+        assert.ok(tf.max(tf.abs(tf.sub(m.mean, out.mean))).dataSync()[0] < 1e-5, 'batch mean');
+        assert.ok(tf.max(tf.abs(tf.sub(m.variance, out.variance))).dataSync()[0] < 1e-4, 'batch variance');
+      });
       out.mean.dispose();
       out.variance.dispose();
       return tf.sum(tf.mul(out.y, weights));

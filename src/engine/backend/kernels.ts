@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { conv2dBackpropFilterConfig } from './kernels/conv2d_backprop_filter';
 import { conv2dBackpropInputConfig } from './kernels/conv2d_backprop_input';
 import { maxPoolGradConfig } from './kernels/max_pool_grad';
+import { batchNormTrainConfig, batchNormTrainGradConfig } from './kernels/batch_norm_train';
 
 let registered = false;
 /** The wasm package's own Conv2DBackpropInput, kept for the NCHW fallback and for benchmarks. */
@@ -11,7 +12,7 @@ let originalInput: tf.KernelConfig | undefined;
 
 export function registerWasmTrainingKernels(): void {
   if (registered) return;
-  const configs: tf.KernelConfig[] = [conv2dBackpropFilterConfig, maxPoolGradConfig];
+  const configs: tf.KernelConfig[] = [conv2dBackpropFilterConfig, maxPoolGradConfig, batchNormTrainConfig, batchNormTrainGradConfig];
 
   originalInput = tf.getKernel('Conv2DBackpropInput', 'wasm');
   if (originalInput) configs.push(conv2dBackpropInputConfig(originalInput));

@@ -8,6 +8,7 @@
  * The batch mean and (biased) variance are returned too, detached, for the running-statistic update.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { BN_TRAIN, BN_TRAIN_GRAD } from '../backend/kernels/batch_norm_train';
 
 export interface BatchNormTrainOutput {
   y: tf.Tensor4D;
@@ -17,6 +18,8 @@ export interface BatchNormTrainOutput {
 }
 
 export function batchNormTrain(x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): BatchNormTrainOutput {
+  // On wasm the whole op and its gradient are one kernel each (backend/kernels/batch_norm_train.ts).
+  if (tf.getBackend() === 'wasm' && tf.getKernel(BN_TRAIN, 'wasm')) return batchNormTrainFused(x, gamma, beta, eps);
   let mean!: tf.Tensor1D;
   let variance!: tf.Tensor1D;
   const op = tf.customGrad(((xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -35,6 +38,28 @@ export function batchNormTrain(x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tens
         const dgamma = tf.sum(tf.mul(dy, xh), [0, 1, 2]);
         const scale = tf.div(tf.mul(gm, inv), count);
         const dx = tf.mul(tf.sub(tf.sub(tf.mul(dy, count), dbeta), tf.mul(xh, dgamma)), scale);
+        return [dx, dgamma, dbeta];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const y = op(x, gamma, beta) as tf.Tensor4D;
+  return { y, mean, variance };
+}
+
+function batchNormTrainFused(x: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): BatchNormTrainOutput {
+  let mean!: tf.Tensor1D;
+  let variance!: tf.Tensor1D;
+  const op = tf.customGrad(((xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [y, m, v, invStd] = tf.engine().runKernel(BN_TRAIN, { x: xi, gamma: g, beta: b }, { eps } as never) as tf.Tensor[];
+    mean = tf.keep(m.clone()) as tf.Tensor1D;
+    variance = v as tf.Tensor1D;
+    tf.keep(variance);
+    save([xi, m, invStd, g]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, mu, inv, gm] = saved;
+        const [dx, dgamma, dbeta] = tf.engine().runKernel(BN_TRAIN_GRAD, { dy, x: xs, mean: mu, invStd: inv, gamma: gm }) as tf.Tensor[];
         return [dx, dgamma, dbeta];
       },
     };
