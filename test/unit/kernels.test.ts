@@ -173,6 +173,26 @@ describe('wasm training kernels agree with the cpu backend', () => {
     });
   }
 
+  it('Sum over all but the channel axis (bias gradients) agrees with the cpu backend; other reductions still work', async () => {
+    const data = seeded([3, 5, 7, 6], 9);
+    const run = () => {
+      const x = tf.tensor4d(data, [3, 5, 7, 6]);
+      const w = tf.tensor1d(seeded([6], 10));
+      // The gradient of a broadcast bias add is this reduction; the others take the package's kernel.
+      const db = tf.grad((b: tf.Tensor) => tf.sum(tf.mul(tf.add(x, b), x)))(w);
+      return [tf.sum(x, [0, 1, 2]), tf.sum(x, [2, 0, 1], true), tf.sum(tf.reshape(x, [105, 6]), 0), db, tf.sum(x, [1, 2]), tf.sum(x, 3), tf.sum(x)];
+    };
+    await tf.setBackend('wasm');
+    const ids = dataIds();
+    const wasm = await on('wasm', run);
+    assert.equal(dataIds(), ids, 'no wasm buffers leaked');
+    const cpu = await on('cpu', run);
+    await tf.setBackend('wasm');
+    assertClose(wasm, cpu, ['sum [0,1,2]', 'sum keepDims', 'sum rank 2', 'bias gradient', 'sum [1,2]', 'sum 3', 'sum all']);
+    const keep = tf.tidy(() => tf.sum(tf.ones([2, 3, 4]), [0, 1], true).shape);
+    assert.deepEqual(keep, [1, 1, 4]);
+  });
+
   it('the NCHW input gradient falls back to the package kernel, whose wasm function is still bound', async () => {
     const [n, c, h, w, cout, k] = [2, 3, 6, 5, 4, 3];
     const run = () => [
