@@ -62,20 +62,20 @@ async function benchModel(arch: string, options: Record<string, unknown> | undef
   const xFlat = x.dataSync() as Float32Array;
   const parallelStep = () => parallel!.step(opt, xFlat, [32, 32, 3], labels, true);
   const infer = () => tf.tidy(() => m.forward(x).dataSync());
-  const time = (f: () => unknown) => {
-    f();
+  const time = async (f: () => unknown) => {
+    await f();
     const t: number[] = [];
     for (let i = 0; i < repeats; i++) {
       const t0 = performance.now();
-      f();
+      await f();
       t.push(performance.now() - t0);
     }
     return (batch * 1000) / median(t);
   };
-  const oneThread = time(step);
+  const oneThread = await time(step);
   const out: ModelBench = parallel
-    ? { trainImagesPerSecond: time(parallelStep), trainImagesPerSecondOneThread: oneThread, trainReplicas: parallel.size, inferImagesPerSecond: time(infer) }
-    : { trainImagesPerSecond: oneThread, trainImagesPerSecondOneThread: oneThread, trainReplicas: 1, inferImagesPerSecond: time(infer) };
+    ? { trainImagesPerSecond: await time(parallelStep), trainImagesPerSecondOneThread: oneThread, trainReplicas: parallel.size, inferImagesPerSecond: await time(infer) }
+    : { trainImagesPerSecond: oneThread, trainImagesPerSecondOneThread: oneThread, trainReplicas: 1, inferImagesPerSecond: await time(infer) };
   await parallel?.close();
   opt.dispose();
   m.dispose();

@@ -3,8 +3,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
-import { crossEntropy, fit, predictLabels, trainStep } from '../../src/engine/nn/train';
-import { DataParallel } from '../../src/engine/nn/data_parallel';
+import { crossEntropy, predictLabels, trainStep } from '../../src/engine/nn/train';
+import { DataParallel, fitParallel } from '../../src/engine/nn/data_parallel';
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
 import { Rng } from '../../src/engine/util/rng';
 import { JobError } from '../../src/engine/errors';
@@ -45,7 +45,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
           const ys = tf.tensor1d(labels, 'int32');
           return trainStep(single.trainableVariables(), optA, (ctx) => crossEntropy(single.forward(xs, ctx), ys), false);
         });
-        const lossB = dp.step(optB, x, [28, 28, 1], labels, false);
+        const lossB = await dp.step(optB, x, [28, 28, 1], labels, false);
         assert.ok(Math.abs(lossA - lossB) < 1e-5, `step ${step}: loss ${lossA} vs ${lossB}`);
         const diff = maxWeightDiff(single, split);
         assert.ok(diff < 1e-5, `step ${step}: weights differ by ${diff}`);
@@ -63,7 +63,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
     }
   });
 
-  it('fit() with replicas trains a digit classifier (BatchNorm per slice, running statistics kept)', async () => {
+  it('fitParallel() trains a digit classifier (BatchNorm per slice, running statistics kept)', async () => {
     const data = splitDisjoint(loadEmbeddedMnist(), { train: 2000, pool: 0, test: 500 }, new Rng(5));
     const model = buildModel(spec, norm, 4);
     const dp = await DataParallel.create(model, 2, 'wasm');
@@ -71,7 +71,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
     const opt = new SGD(0.05, 0.9, 5e-4);
     const batches: number[] = [];
     try {
-      fit(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true, parallel: dp, onBatch: (_e, b) => batches.push(b) });
+      await fitParallel(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true, onBatch: (_e, b) => batches.push(b) }, dp);
       assert.equal(batches.length, 3 * Math.floor(2000 / 32));
       const pred = predictLabels(model, data.test);
       const acc = pred.reduce((s, p, i) => s + (p === data.test.y[i] ? 1 : 0), 0) / data.test.n;
@@ -97,9 +97,13 @@ describe('data-parallel training (replicas in worker threads)', function () {
     assert.ok(dp);
     const opt = new SGD(0.1);
     try {
-      await (dp as unknown as { replicas: Array<{ worker: { terminate(): Promise<number> } }> }).replicas[0].worker.terminate();
       const x = new Float32Array(8 * 28 * 28);
-      assert.throws(() => dp.step(opt, x, [28, 28, 1], new Int32Array(8), true), (e: unknown) => e instanceof JobError && /replica/.test((e as Error).message));
+      // A replica that dies during a step fails that step (and the next) with a JobError, nothing hangs.
+      const replica = (dp as unknown as { replicas: Array<{ worker: { terminate(): Promise<number> } }> }).replicas[0];
+      const step = dp.step(opt, x, [28, 28, 1], new Int32Array(8), true);
+      void replica.worker.terminate();
+      await assert.rejects(step, (e: unknown) => e instanceof JobError && /replica/.test((e as Error).message));
+      await assert.rejects(dp.step(opt, x, [28, 28, 1], new Int32Array(8), true), (e: unknown) => e instanceof JobError && /replica/.test((e as Error).message));
     } finally {
       await dp.close();
       opt.dispose();

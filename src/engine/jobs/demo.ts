@@ -11,8 +11,8 @@ import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
 import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
-import { fit } from '../nn/train';
-import { DataParallel, defaultReplicas } from '../nn/data_parallel';
+import { fit, type FitOptions } from '../nn/train';
+import { DataParallel, defaultReplicas, fitParallel } from '../nn/data_parallel';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
 import { sampleBalanced } from '../aux/sample';
@@ -71,7 +71,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     try {
       for (let e = 0; e < epochs; e++) {
         throwIfAborted(o.signal);
-        fit(victim, poisoned.set, {
+        const options: FitOptions = {
           epochs: 1,
           batchSize: 64,
           optimizer: opt,
@@ -81,9 +81,10 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
           rng: trainRng,
           signal: o.signal,
           dropLast: true,
-          parallel,
-          onBatch: (_ep, b, n) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
-        });
+          onBatch: (_ep: number, b: number, n: number) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
+        };
+        if (parallel) await fitParallel(victim, poisoned.set, options, parallel);
+        else fit(victim, poisoned.set, options);
         await yieldToLoop();
       }
     } finally {

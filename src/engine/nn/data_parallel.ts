@@ -7,8 +7,8 @@
  * the mean cross-entropy of its slice; this thread combines them weighted by slice size (which is exactly the
  * gradient of the whole batch's mean loss), applies the optimizer once, and publishes the new weights through
  * shared memory before the next step. Weights and gradients live in SharedArrayBuffers, so a step copies no
- * more than the slice of images sent to each worker. This thread blocks on Atomics.wait while the workers
- * finish: a step is synchronous, like trainStep.
+ * more than the slice of images sent to each worker. A step is asynchronous: while this thread waits for the
+ * workers its event loop runs (cancellation, progress, a worker that dies).
  *
  * BatchNorm in training mode normalizes each slice with the slice's own statistics (as PyTorch's
  * DistributedDataParallel without SyncBatchNorm); the running statistics are updated from this thread's slice.
@@ -21,13 +21,15 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { BackendName } from '../backend';
 import { JobError } from '../errors';
 import type { Model, ArchSpec, Normalization } from './model';
 import type { ForwardContext } from './module';
-import type { Optimizer } from './optim';
-import { crossEntropy } from './train';
+import { cosineLr, type Optimizer } from './optim';
+import { batchCount, crossEntropy, makeBatchArray, type FitOptions } from './train';
+import type { ImageSet } from '../data/dataset';
+import { throwIfAborted } from '../errors';
 
 export interface ReplicaInit {
   backend: BackendName;
@@ -37,8 +39,6 @@ export interface ReplicaInit {
   weights: SharedArrayBuffer;
   /** This replica's gradients of the trainable parameters, flat, in namedParams order. */
   grads: SharedArrayBuffer;
-  /** [0]: sequence number of the last finished step (Atomics). */
-  control: SharedArrayBuffer;
   port: MessagePort;
 }
 
@@ -68,8 +68,9 @@ interface Replica {
   worker: Worker;
   port: MessagePort;
   grads: Float32Array;
-  control: Int32Array;
   failed?: string;
+  /** The step this replica is computing, settled by its reply or its death. */
+  waiting?: { seq: number; resolve: (r: ReplicaReply) => void; reject: (e: Error) => void };
 }
 
 export class DataParallel {
@@ -78,7 +79,7 @@ export class DataParallel {
   private closed = false;
 
   private constructor(
-    private readonly model: Model,
+    readonly model: Model,
     private readonly replicas: Replica[],
     private readonly weights: Float32Array,
   ) {}
@@ -103,12 +104,12 @@ export class DataParallel {
     try {
       for (let r = 1; r < replicas; r++) {
         const grads = new SharedArrayBuffer(trainable * 4);
-        const control = new SharedArrayBuffer(4);
         const { port1, port2 } = new MessageChannel();
-        const init: ReplicaInit = { backend, spec: model.spec, normalize: model.normalize, weights: weightsBuf, grads, control, port: port2 };
+        const init: ReplicaInit = { backend, spec: model.spec, normalize: model.normalize, weights: weightsBuf, grads, port: port2 };
         const worker = new Worker(script, { workerData: init, transferList: [port2] });
         worker.unref();
-        const replica: Replica = { worker, port: port1, grads: new Float32Array(grads), control: new Int32Array(control) };
+        port1.unref();
+        const replica: Replica = { worker, port: port1, grads: new Float32Array(grads) };
         started.push(replica);
         const keys = await new Promise<string[]>((resolve, reject) => {
           const onMessage = (m: ReplicaReply) => {
@@ -123,8 +124,18 @@ export class DataParallel {
         worker.removeAllListeners('exit');
         // The replica rebuilt the same architecture: the same parameters in the same order, or nothing works.
         if (keys.join('\n') !== params.map(([k]) => k).join('\n')) throw new Error('training replica built a different parameter list');
-        worker.on('error', (e) => (replica.failed = e.message));
-        worker.on('exit', (code) => (replica.failed ??= `exited with code ${code}`));
+        const fail = (why: string) => {
+          replica.failed ??= why;
+          replica.waiting?.reject(new JobError(`training replica failed: ${replica.failed}`));
+          replica.waiting = undefined;
+        };
+        worker.on('error', (e) => fail(e.message.split('\n')[0]));
+        worker.on('exit', (code) => fail(`exited with code ${code}`));
+        port1.on('message', (m: ReplicaReply) => {
+          if (m.type === 'ready' || m.seq !== replica.waiting?.seq) return;
+          replica.waiting.resolve(m);
+          replica.waiting = undefined;
+        });
       }
     } catch {
       await Promise.all(started.map((r) => r.worker.terminate()));
@@ -139,23 +150,24 @@ export class DataParallel {
   }
 
   /**
-   * One optimizer step over the batch `x` [n, h, w, c] (flat) with integer `labels`; returns the batch's mean
+   * One optimizer step over the batch `x` [n, h, w, c] (flat) with integer `labels`; resolves to the batch's mean
    * loss. Trains all trainable variables of the model on the cross-entropy of its logits.
    */
-  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): number {
+  async step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number> {
     if (this.closed) throw new Error('data-parallel trainer is closed');
+    const dead = this.replicas.find((r) => r.failed);
+    if (dead) throw new JobError(`training replica failed: ${dead.failed}`);
     const n = labels.length;
     const size = shape[0] * shape[1] * shape[2];
-    // Slices: the first replica (this thread) takes the remainder, workers equal shares; a replica with an
-    // empty slice sits the step out.
+    // Slices: this thread takes the remainder, workers equal shares; with fewer images than replicas the
+    // workers sit the step out.
     const share = Math.floor(n / this.size);
     const own = n - share * this.replicas.length;
     if (this.weightsDirty) this.publishWeights();
     const seq = ++this.seq;
-    const busy: Array<{ replica: Replica; count: number }> = [];
+    const busy: Array<{ replica: Replica; count: number; reply: Promise<ReplicaReply> }> = [];
     if (share > 0) {
       this.replicas.forEach((replica, r) => {
-        if (replica.failed) throw new JobError(`training replica failed: ${replica.failed}`);
         const start = own + r * share;
         const request: ReplicaRequest = {
           type: 'step',
@@ -165,8 +177,9 @@ export class DataParallel {
           y: labels.slice(start, start + share),
           bnTrain,
         };
+        const reply = new Promise<ReplicaReply>((resolve, reject) => (replica.waiting = { seq, resolve, reject }));
         replica.port.postMessage(request, [request.x.buffer as ArrayBuffer, request.y.buffer as ArrayBuffer]);
-        busy.push({ replica, count: share });
+        busy.push({ replica, count: share, reply });
       });
     }
     const vars = this.model.trainableVariables();
@@ -178,33 +191,38 @@ export class DataParallel {
     });
     let lossSum = value.dataSync()[0] * own;
     value.dispose();
-    const failures: string[] = [];
-    for (const { replica, count } of busy) {
-      const reply = this.await(replica, seq);
-      if (reply.type === 'done') lossSum += reply.loss * count;
-      else failures.push(reply.type === 'error' ? reply.message : 'no reply');
-    }
-    if (failures.length) {
-      tf.dispose(Object.values(grads));
-      throw new JobError(`training replica failed: ${failures[0]}`);
-    }
-    // Sum of slice gradients weighted by slice size / batch size = gradient of the batch's mean loss.
-    const combined = tf.tidy(() => {
-      let offset = 0;
-      return vars.map((v) => {
-        let g = tf.mul(grads[v.name], own / n);
-        for (const { replica, count } of busy) {
-          const part = tf.tensor(replica.grads.subarray(offset, offset + v.size), v.shape);
-          g = tf.add(g, tf.mul(part, count / n));
-        }
-        offset += v.size;
-        return g;
+    // Running statistics from this thread's slice (they own the batch statistics tensors: apply them now, so
+    // that a failed step does not leak them; training-mode forwards do not read them).
+    for (const apply of ctx.bnUpdates!) apply();
+    let combined: tf.Tensor[];
+    try {
+      for (const { reply, count } of busy) {
+        const r = await reply;
+        if (r.type === 'error') throw new JobError(`training replica failed: ${r.message}`);
+        if (r.type === 'done') lossSum += r.loss * count;
+      }
+      // Sum of slice gradients weighted by slice size / batch size = gradient of the batch's mean loss.
+      combined = tf.tidy(() => {
+        let offset = 0;
+        return vars.map((v) => {
+          let g = tf.mul(grads[v.name], own / n);
+          for (const { replica, count } of busy) {
+            const part = tf.tensor(replica.grads.subarray(offset, offset + v.size), v.shape);
+            g = tf.add(g, tf.mul(part, count / n));
+          }
+          offset += v.size;
+          return g;
+        });
       });
-    });
-    tf.dispose(Object.values(grads));
+    } catch (e) {
+      // The other replicas' replies still count as settled (their rejections are handled here).
+      await Promise.allSettled(busy.map((b) => b.reply));
+      throw e;
+    } finally {
+      tf.dispose(Object.values(grads));
+    }
     optimizer.step(vars, combined);
     tf.dispose(combined);
-    for (const apply of ctx.bnUpdates!) apply();
     this.weightsDirty = true;
     const loss = lossSum / n;
     if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
@@ -221,25 +239,43 @@ export class DataParallel {
     this.weightsDirty = false;
   }
 
-  /** Block until `replica` has finished step `seq` (or died), then take its reply. */
-  private await(replica: Replica, seq: number): ReplicaReply | { type: 'lost' } {
-    for (;;) {
-      if (Atomics.load(replica.control, 0) >= seq) break;
-      if (replica.failed) return { type: 'lost' };
-      // Timed waits so that a replica that died without signalling is noticed.
-      Atomics.wait(replica.control, 0, Atomics.load(replica.control, 0), 1000);
-    }
-    // The reply is posted before the signal, so it is in the port's queue now.
-    for (;;) {
-      const m = receiveMessageOnPort(replica.port)?.message as ReplicaReply | undefined;
-      if (!m) return { type: 'lost' };
-      if (m.type !== 'ready' && m.seq === seq) return m;
-    }
-  }
-
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const r of this.replicas) {
+      r.worker.removeAllListeners('exit');
+      r.worker.removeAllListeners('error');
+    }
     await Promise.all(this.replicas.map((r) => r.worker.terminate()));
   }
+}
+
+/**
+ * fit() with every step split over the replicas of `parallel` (which holds `model`): the same batches, augmentation
+ * and schedule, on the default loss (cross-entropy) and all trainable variables. Custom losses, `prepare` and
+ * variable subsets are closures over this thread's state and stay with fit().
+ */
+export async function fitParallel(model: Model, data: ImageSet, o: Omit<FitOptions, 'loss' | 'prepare' | 'vars'>, parallel: DataParallel): Promise<number> {
+  if (parallel.model !== model) throw new Error('fitParallel: the replicas hold another model');
+  const bnTrain = o.bnTrain ?? true;
+  const batches = batchCount(data, o);
+  let steps = 0;
+  let lastEpochLoss = NaN;
+  for (let epoch = 0; epoch < o.epochs; epoch++) {
+    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
+    const order = o.rng.permutation(data.n);
+    let sum = 0;
+    for (let b = 0; b < batches; b++) {
+      throwIfAborted(o.signal);
+      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+      const labels = Int32Array.from(idx, (i) => data.y[i]);
+      const l = await parallel.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
+      sum += l;
+      o.afterStep?.();
+      o.onBatch?.(epoch, b, batches, l);
+      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
+    }
+    lastEpochLoss = sum / batches;
+  }
+  return lastEpochLoss;
 }

@@ -1,7 +1,7 @@
 /**
  * The worker side of data-parallel training (data_parallel.ts): rebuild the model from its architecture spec,
  * then for every step read the shared weights, compute the gradients of the mean cross-entropy of the slice
- * it was sent, write them into its shared gradient buffer and signal the main thread.
+ * it was sent, write them into its shared gradient buffer and reply.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../backend';
@@ -13,13 +13,7 @@ import { oneLine } from '../errors';
 
 export async function serveReplica(init: ReplicaInit): Promise<void> {
   const { port } = init;
-  const control = new Int32Array(init.control);
-  const signal = (reply: ReplicaReply & { seq: number }) => {
-    // The reply goes first: the main thread reads it as soon as it sees the sequence number.
-    port.postMessage(reply);
-    Atomics.store(control, 0, reply.seq);
-    Atomics.notify(control, 0);
-  };
+  const signal = (reply: ReplicaReply) => port.postMessage(reply);
   let model;
   try {
     await initBackend('cpu', init.backend);

@@ -12,7 +12,6 @@ import type { Rng } from '../util/rng';
 import type { ForwardContext } from './module';
 import type { Model } from './model';
 import { cosineLr, type Optimizer } from './optim';
-import type { DataParallel } from './data_parallel';
 
 export interface Augment {
   /** Zero padding of the random crop (BackdoorBench: 4). 0 = no crop. */
@@ -109,11 +108,6 @@ export interface FitOptions {
   maxSteps?: number;
   /** Drop a final partial batch (BatchNorm dislikes batches of one). */
   dropLast?: boolean;
-  /**
-   * Split each step over these replicas (data_parallel.ts). Used only for the default loss on all trainable
-   * variables without `prepare`: custom losses are closures over this thread's state.
-   */
-  parallel?: DataParallel;
 }
 
 /**
@@ -133,13 +127,17 @@ export function trainStep(vars: tf.Variable[], optimizer: Optimizer, lossFn: (ct
   return loss;
 }
 
+/** Batches per epoch (a final partial batch is dropped with `dropLast`). */
+export function batchCount(data: ImageSet, o: Pick<FitOptions, 'batchSize' | 'dropLast'>): number {
+  return o.dropLast && data.n > o.batchSize ? Math.floor(data.n / o.batchSize) : Math.ceil(data.n / o.batchSize);
+}
+
 /** Train `model` in place. Returns the mean loss of the last epoch. */
 export function fit(model: Model, data: ImageSet, o: FitOptions): number {
   const vars = o.vars ?? model.trainableVariables();
   const bnTrain = o.bnTrain ?? true;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
-  const batches = o.dropLast && data.n > o.batchSize ? Math.floor(data.n / o.batchSize) : Math.ceil(data.n / o.batchSize);
-  const parallel = o.parallel && !o.loss && !o.prepare && !o.vars ? o.parallel : undefined;
+  const batches = batchCount(data, o);
   let steps = 0;
   let lastEpochLoss = NaN;
   for (let epoch = 0; epoch < o.epochs; epoch++) {
@@ -150,14 +148,6 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
       throwIfAborted(o.signal);
       const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
       const labels = Int32Array.from(idx, (i) => data.y[i]);
-      if (parallel) {
-        const l = parallel.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
-        sum += l;
-        o.afterStep?.();
-        o.onBatch?.(epoch, b, batches, l);
-        if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
-        continue;
-      }
       const x = makeBatch(data, idx, o.augment, o.rng);
       const y = tf.tensor1d(labels, 'int32');
       const prepared = o.prepare?.({ x, y, labels });
