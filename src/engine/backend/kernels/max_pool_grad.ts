@@ -2,8 +2,11 @@
  * MaxPoolGrad for the wasm backend. The package's kernel walks the input channel by channel, striding through
  * NHWC memory, and cost as much as the forward and backward convolutions of a small CNN together; this one
  * walks each pooling window once with the channels innermost (contiguous), keeps the running maximum per
- * channel, and routes each output gradient to its window's first maximum, as PyTorch and tfjs's reference
- * kernel do. It reads and writes the wasm heap directly: views are taken after the output is allocated, since
+ * channel, and routes each output gradient to its window's maximum. Ties (common on digits: flat regions give
+ * equal activations) go to the last maximum in window order, as the package's kernel did, so that training
+ * follows the same path as before (PyTorch and tfjs's cpu kernel take the first; the choice moves training
+ * runs, not their quality). Unlike the package's kernel, a window whose values are all negative routes to its
+ * maximum, not to its first position. It reads and writes the wasm heap directly: views are taken after the output is allocated, since
  * an allocation may grow (and move) the heap.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -46,10 +49,10 @@ export function maxPoolGrad(dy: TensorInfo, input: TensorInfo, attrs: tf.MaxPool
               }
               first = false;
             } else {
-              // Strictly greater: ties keep the first position in window order.
+              // Greater or equal: ties move to the later position.
               for (let ch = 0; ch < c; ch++) {
                 const v = x[p + ch];
-                if (v > best[ch]) {
+                if (v >= best[ch]) {
                   best[ch] = v;
                   where[ch] = p + ch;
                 }
