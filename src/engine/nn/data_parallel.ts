@@ -23,13 +23,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { BackendName } from '../backend';
-import { JobError } from '../errors';
+import { JobError, throwIfAborted } from '../errors';
 import type { Model, ArchSpec, Normalization } from './model';
 import type { ForwardContext } from './module';
 import { cosineLr, type Optimizer } from './optim';
 import { batchCount, crossEntropy, makeBatchArray, type FitOptions } from './train';
 import type { ImageSet } from '../data/dataset';
-import { throwIfAborted } from '../errors';
 
 export interface ReplicaInit {
   backend: BackendName;
@@ -108,7 +107,6 @@ export class DataParallel {
         const init: ReplicaInit = { backend, spec: model.spec, normalize: model.normalize, weights: weightsBuf, grads, port: port2 };
         const worker = new Worker(script, { workerData: init, transferList: [port2] });
         worker.unref();
-        port1.unref();
         const replica: Replica = { worker, port: port1, grads: new Float32Array(grads) };
         started.push(replica);
         const keys = await new Promise<string[]>((resolve, reject) => {
@@ -128,6 +126,7 @@ export class DataParallel {
           replica.failed ??= why;
           replica.waiting?.reject(new JobError(`training replica failed: ${replica.failed}`));
           replica.waiting = undefined;
+          port1.unref();
         };
         worker.on('error', (e) => fail(e.message.split('\n')[0]));
         worker.on('exit', (code) => fail(`exited with code ${code}`));
@@ -135,7 +134,10 @@ export class DataParallel {
           if (m.type === 'ready' || m.seq !== replica.waiting?.seq) return;
           replica.waiting.resolve(m);
           replica.waiting = undefined;
+          port1.unref();
         });
+        // Idle until a step (adding the listener refs the port): an idle replica does not keep the process alive.
+        port1.unref();
       }
     } catch {
       await Promise.all(started.map((r) => r.worker.terminate()));
@@ -178,6 +180,8 @@ export class DataParallel {
           bnTrain,
         };
         const reply = new Promise<ReplicaReply>((resolve, reject) => (replica.waiting = { seq, resolve, reject }));
+        // Idle replicas do not keep the process alive; one that owes a reply does.
+        replica.port.ref();
         replica.port.postMessage(request, [request.x.buffer as ArrayBuffer, request.y.buffer as ArrayBuffer]);
         busy.push({ replica, count: share, reply });
       });
