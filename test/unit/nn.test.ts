@@ -5,6 +5,7 @@ import { Conv2d, Linear, BatchNorm2d, Flatten } from '../../src/engine/nn/layers
 import { SGD, Adam, cosineLr } from '../../src/engine/nn/optim';
 import { buildModel } from '../../src/engine/models';
 import { Rng } from '../../src/engine/util/rng';
+import { fit } from '../../src/engine/nn/train';
 import { batchNormTrain } from '../../src/engine/nn/batchnorm_train';
 import { BN_TRAIN, BN_TRAIN_GRAD } from '../../src/engine/backend/kernels/batch_norm_train';
 
@@ -193,4 +194,33 @@ describe('BatchNorm training op', () => {
     tf.dispose([...ours, ...ref]);
     tf.dispose([x, gamma, beta, weights]);
   });
+});
+
+describe('training loop memory', () => {
+  before(useWasm);
+
+  for (const name of ['SGD with momentum', 'Adam'] as const) {
+    it(`holds the same number of tensors at the end of every epoch (${name}, BatchNorm in train mode)`, () => {
+      const rng = new Rng(3);
+      const n = 40;
+      const x = new Float32Array(n * 8 * 8 * 1);
+      for (let i = 0; i < x.length; i++) x[i] = rng.next();
+      const y = Int32Array.from({ length: n }, (_, i) => i % 4);
+      const data = { n, shape: [8, 8, 1] as [number, number, number], x, y, numClasses: 4 };
+      const model = buildModel({ arch: 'small-cnn', inputShape: [8, 8, 1], numClasses: 4 }, undefined, 5);
+      const optimizer = name === 'Adam' ? new Adam(0.01) : new SGD(0.05, 0.9, 5e-4);
+      const start = tf.memory().numTensors;
+      const atEpochEnd: number[] = [];
+      fit(model, data, {
+        epochs: 5, batchSize: 16, optimizer, lr: 0.05, rng,
+        onBatch: (_e, b, batches) => { if (b === batches - 1) atEpochEnd.push(tf.memory().numTensors); },
+      });
+      assert.equal(atEpochEnd.length, 5);
+      // The optimizer's slots appear during the first epoch; after that nothing may accumulate.
+      assert.ok(atEpochEnd[0] > start, 'the optimizer holds its state as tensors');
+      assert.deepEqual(atEpochEnd.slice(1), atEpochEnd.slice(1).map(() => atEpochEnd[0]), `tensor counts per epoch ${atEpochEnd.join(', ')}`);
+      optimizer.dispose();
+      model.dispose();
+    });
+  }
 });
