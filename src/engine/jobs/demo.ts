@@ -18,7 +18,7 @@ import { subset } from '../data/dataset';
 import { sampleBalanced } from '../aux/sample';
 import { applyShift } from '../aux/shifts';
 import { runPrepared, type PreparedAux, type PreparedJob, type PlannedDefense } from './core';
-import { writeResults, type Results } from './output';
+import { makeStaging, writeResults, type Results } from './output';
 import { throwIfAborted } from '../errors';
 import { yieldToLoop } from '../defenses/defense';
 import { saveModelFile } from '../io/model_io';
@@ -48,7 +48,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
   const backend = await initBackend(o.device ?? 'auto');
   const seed = 0;
   const rng = new Rng(seed);
-  const staging = fs.mkdtempSync(path.join(path.dirname(path.resolve(o.outDir)), '.backdoor-audit-demo-'));
+  const staging = makeStaging(o.outDir).dir;
 
   try {
     const all = loadEmbeddedMnist();

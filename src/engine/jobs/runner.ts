@@ -25,7 +25,7 @@ import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';
 import { Rng } from '../util/rng';
 import { runPrepared, planCells, type PreparedAux, type PreparedJob, type ShardSpec } from './core';
-import { writeResults } from './output';
+import { makeStaging, writeResults } from './output';
 
 export interface RunOptions {
   /** Directory for results.json and purified models (created if missing). */
@@ -128,8 +128,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
 
     const gic = job.gic ?? { mode: 'off' as const, delta: 0.1, norm: 'inf' as const, lambdaBn: 1, epochs: 20, lr: 1e-3 };
     const outDir = path.resolve(opts.outDir);
-    fs.mkdirSync(path.dirname(outDir), { recursive: true });
-    const staging = fs.mkdtempSync(path.join(path.dirname(outDir), '.backdoor-audit-'));
+    const { dir: staging, removed } = makeStaging(outDir);
+    if (removed.length) emit({ type: 'log', message: `removed ${removed.length} staging folder${removed.length === 1 ? '' : 's'} left by killed jobs: ${removed.join(', ')}` });
     try {
       const prepared: PreparedJob = {
         victim,
