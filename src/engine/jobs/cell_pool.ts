@@ -13,6 +13,7 @@ import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './
 import type { ImageSet } from '../data/dataset';
 import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';
 import { CancelledError, oneLine } from '../errors';
+import { cellError, isOutOfMemory } from './checks';
 import { ortWanted } from '../metrics/ort_eval';
 import { der, evaluateOnnx } from '../metrics/evaluate';
 
@@ -121,7 +122,8 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
       queue.unshift(...rest);
       pump();
     };
-    worker.on('error', (e) => die(`cell worker failed: ${e.message.split('\n')[0]}`));
+    // A worker past its heap limit (ERR_WORKER_OUT_OF_MEMORY) is reported as out of memory, with what to lower.
+    worker.on('error', (e) => die(isOutOfMemory(e) ? cellError(e) : `cell worker failed: ${e.message.split('\n')[0]}`));
     worker.on('exit', (code) => {
       if (!closed && !cancelled) die(`cell worker exited (code ${code})`);
     });

@@ -12,7 +12,8 @@ import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
 import type { Metrics } from './results';
 import { runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
-import { CancelledError, oneLine } from '../errors';
+import { CancelledError } from '../errors';
+import { cellError } from './checks';
 
 export interface CellWorkerData {
   backend: BackendName;
@@ -66,7 +67,7 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
         port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply, outcome.onnx ? [outcome.onnx.buffer as ArrayBuffer] : []);
       } catch (e) {
         if (e instanceof CancelledError || abort.signal.aborted) port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
-        else port.postMessage({ type: 'done', outcome: { row: { aux: m.cell.aux.name, auxType: m.cell.aux.type, gic: m.cell.gic, defense: m.cell.defense.id, seconds: 0, output: null, error: oneLine(e) } } } satisfies CellWorkerReply);
+        else port.postMessage({ type: 'done', outcome: { row: { aux: m.cell.aux.name, auxType: m.cell.aux.type, gic: m.cell.gic, defense: m.cell.defense.id, seconds: 0, output: null, error: cellError(e) } } } satisfies CellWorkerReply);
       }
     });
   });

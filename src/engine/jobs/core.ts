@@ -10,7 +10,8 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Augment } from '../nn/train';
 import { Rng } from '../util/rng';
-import { CancelledError, oneLine } from '../errors';
+import { CancelledError, JobError, oneLine } from '../errors';
+import { cellError, describeNonFinite, findNonFinite } from './checks';
 import type { RunEvent } from '../../protocol';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
@@ -280,6 +281,9 @@ export async function runCell(
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
     const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
     model = out.model;
+    // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
+    const bad = findNonFinite(model);
+    if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
     onnx = deferEvaluation ? exportForEvaluation(model) : undefined;
     if (!onnx) {
       const { engine: _engine, ...m } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
@@ -291,7 +295,7 @@ export async function runCell(
     if (written.length) row.output = written[0];
   } catch (e) {
     if (e instanceof CancelledError) throw e;
-    row.error = oneLine(e);
+    row.error = cellError(e);
   } finally {
     model?.dispose();
     row.seconds = (Date.now() - t0) / 1000;

@@ -26,6 +26,7 @@ import { embedAuxSet } from '../embed';
 import { Rng } from '../util/rng';
 import { runPrepared, planCells, type PreparedAux, type PreparedJob, type ShardSpec } from './core';
 import { makeStaging, writeResults } from './output';
+import { checkClasses, checkDataSize, checkFiniteWeights, checkModelSize, type Limits } from './checks';
 
 export interface RunOptions {
   /** Directory for results.json and purified models (created if missing). */
@@ -41,6 +42,8 @@ export interface RunOptions {
   workers?: number;
   /** `i/n`: run only the i-th (1-based) of n disjoint slices of the cells. */
   shard?: string;
+  /** Size limits on the model and data files, checked before they are read (defaults: DEFAULT_LIMITS). */
+  limits?: Limits;
 }
 
 /** The embedded MNIST split used for every `mnist-embedded` source of a job (same split as the demo). */
@@ -77,9 +80,23 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
   const rng = new Rng(seed);
   const name = path.basename(jobPath);
 
+  // Sizes first: a file beyond the limits is refused before any of it is read.
+  const limits = opts.limits ?? {};
+  checkModelSize(typeof job.model === 'string' ? job.model : job.model.path, limits, `${name}: model`);
+  const sources: Array<[DataSourceSpec | undefined, string]> = [
+    [job.data.test, 'data.test'],
+    [job.data.train, 'data.train'],
+    ...(job.aux ?? []).map((a, i): [DataSourceSpec | undefined, string] => [a.source, `aux[${i}].source`]),
+  ];
+  for (const [src, field] of sources) {
+    if (src?.path && src.format !== 'mnist-embedded') checkDataSize([src.path, ...(src.labels ? [src.labels] : [])], limits, `${name}: ${field}`);
+  }
+
   const loaded = loadModelFile(job.model, `${name}: model`);
   const victim = loaded.model;
   try {
+    // NaN or Inf in the weights would make every number of the job meaningless.
+    checkFiniteWeights(victim, `${name}: model`);
     // A format that cannot hold this model fails now, not after the defenses ran.
     if (job.outputs?.formats?.includes('tfjs')) tfjsArtifactsOf(victim, 'check.bin');
     const k = victim.numClasses;
@@ -90,6 +107,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     if (!loaded.inputSizeKnown) adoptInputSize(loaded, test.shape);
     const shape = victim.inputShape;
     checkShape(test, shape, `${name}: data.test`);
+    checkClasses(test, k, `${name}: data.test`);
     const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, { shape, numClasses: k }, seed) : undefined;
     if (train) checkShape(train, shape, `${name}: data.train`);
 
