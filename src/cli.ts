@@ -46,6 +46,14 @@ function parseWorkers(v: string): number {
   return n;
 }
 
+function parseMB(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new InputError(`${flag} must be a number of megabytes >= 0 (0 = no limit), got "${v}"`, flag);
+    return n;
+  };
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -67,7 +75,9 @@ export function buildProgram(): Command {
     .option('--shard <i/n>', 'run only the i-th of n disjoint slices of the cells')
     .option('--workers <n>', 'threads running cells side by side (default: one per core on the CPU backends; 1 = none)', parseWorkers)
     .option('--overwrite', 'replace purified models an earlier run wrote to the same output directory')
-    .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean; workers?: number }) => {
+    .option('--max-model-mb <n>', 'refuse a model file larger than this (MB, default 2048; 0 = no limit)', parseMB('--max-model-mb'))
+    .option('--max-data-mb <n>', 'refuse a data source larger than this on disk (MB, default 4096; 0 = no limit)', parseMB('--max-data-mb'))
+    .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean; workers?: number; maxModelMb?: number; maxDataMb?: number }) => {
       const { runJobFile } = await import('./engine/jobs/runner');
       const outDir = path.resolve(opts.out ?? path.join(path.dirname(path.resolve(job)), 'audit-out'));
       if (opts.device && !['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
@@ -80,6 +90,7 @@ export function buildProgram(): Command {
         overwrite: opts.overwrite,
         shard: opts.shard,
         workers: opts.workers,
+        limits: { maxModelMB: opts.maxModelMb, maxDataMB: opts.maxDataMb },
       });
       await printResults(results);
       process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);

@@ -24,4 +24,6 @@ export function isRunEvent(v: unknown): v is RunEvent {
 }
 
 /** Host -> worker. */
-export type WorkerRequest = { type: 'run'; jobPath: string; outDir: string; device?: string; overwrite?: boolean } | { type: 'cancel' };
+export type WorkerRequest =
+  | { type: 'run'; jobPath: string; outDir: string; device?: string; overwrite?: boolean; limits?: { maxModelMB?: number; maxDataMB?: number } }
+  | { type: 'cancel' };

@@ -65,7 +65,7 @@ export async function runJob(s: Services, jobPath: string): Promise<Outcome> {
   } catch {
     // The runner reports the unreadable file.
   }
-  const outcome = await s.runner.run({ jobPath, outDir, device: cfg.device, title });
+  const outcome = await s.runner.run({ jobPath, outDir, device: cfg.device, title, limits: cfg.limits });
   switch (outcome.status) {
     case 'done': {
       s.runs.refresh();

@@ -7,6 +7,13 @@ export interface Settings {
   gicDelta: number;
   gicNorm: 'inf' | '2';
   outputFolder: string;
+  /** Size limits of a job's model and data files (MB, 0 = no limit). */
+  limits: { maxModelMB: number; maxDataMB: number };
+}
+
+/** A size setting: a number >= 0 (0 = no limit), else the default. */
+function megabytes(v: unknown, fallback: number): number {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : fallback;
 }
 
 export function settings(scope?: vscode.Uri): Settings {
@@ -21,5 +28,6 @@ export function settings(scope?: vscode.Uri): Settings {
     gicDelta: typeof delta === 'number' && delta > 0 ? delta : 0.1,
     gicNorm: norm === '2' ? '2' : 'inf',
     outputFolder: c.get<string>('outputFolder', '') ?? '',
+    limits: { maxModelMB: megabytes(c.get<number>('limits.maxModelMB'), 2048), maxDataMB: megabytes(c.get<number>('limits.maxDataMB'), 4096) },
   };
 }

@@ -39,6 +39,8 @@ export interface RunRequest {
   outDir: string;
   device?: 'auto' | 'gpu' | 'cpu';
   title?: string;
+  /** Size limits of the model and data files (MB, 0 = no limit); the engine's defaults when absent. */
+  limits?: { maxModelMB?: number; maxDataMB?: number };
 }
 
 /** How long a cancelled worker gets to reach a batch boundary before it is terminated. */
@@ -182,7 +184,7 @@ export class JobRunner implements vscode.Disposable {
             });
             worker.on('error', (e: Error) => finish({ status: 'failed', error: `the job worker crashed: ${e.message}` }));
             worker.on('exit', (code: number) => finish(cancelRequested ? { status: 'cancelled' } : { status: 'failed', error: `the job worker exited (code ${code}) before the job ended` }));
-            worker.postMessage({ type: 'run', jobPath: req.jobPath, outDir: req.outDir, device: req.device });
+            worker.postMessage({ type: 'run', jobPath: req.jobPath, outDir: req.outDir, device: req.device, ...(req.limits ? { limits: req.limits } : {}) });
           }),
       );
     } finally {

@@ -27,6 +27,14 @@ function isRequest(v: unknown): v is WorkerRequest {
   return r.type === 'run' && typeof r.jobPath === 'string' && typeof r.outDir === 'string';
 }
 
+/** Size limits from the host: only finite numbers >= 0 are taken; anything else leaves the engine's default. */
+function limitsOf(v: unknown): RunOptions['limits'] {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const mb = (x: unknown) => (typeof x === 'number' && Number.isFinite(x) && x >= 0 ? x : undefined);
+  const l = v as Record<string, unknown>;
+  return { maxModelMB: mb(l.maxModelMB), maxDataMB: mb(l.maxDataMB) };
+}
+
 /** Serves one job on `port`; resolves when the terminal event has been posted. */
 export function serveWorker(port: PortLike, run: RunFn): Promise<void> {
   return new Promise((resolve) => {
@@ -51,7 +59,7 @@ export function serveWorker(port: PortLike, run: RunFn): Promise<void> {
       if (started) return; // one job per worker: the host starts a fresh worker for the next one
       started = true;
       const device = m.device === 'gpu' || m.device === 'cpu' || m.device === 'auto' ? m.device : undefined;
-      run(m.jobPath, { outDir: m.outDir, device, signal: ac.signal, overwrite: m.overwrite, onEvent: post }).then(
+      run(m.jobPath, { outDir: m.outDir, device, signal: ac.signal, overwrite: m.overwrite, limits: limitsOf(m.limits), onEvent: post }).then(
         (results) => post({ type: 'done', results, resultsPath: path.join(m.outDir, 'results.json') }),
         (err: unknown) => {
           if (err instanceof CancelledError || (ac.signal.aborted && (err as Error)?.name === 'CancelledError')) post({ type: 'cancelled' });
