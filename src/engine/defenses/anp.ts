@@ -13,11 +13,9 @@ import { SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { throwIfAborted } from '../errors';
-import { accuracyOn, splitAux } from './common';
+import { accuracyOn, Pacer, splitAux } from './common';
 import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise } from './bn_masks';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { yieldToLoop } from './defense';
 
 
 /**
@@ -66,8 +64,9 @@ export const anp: Defense = {
       const noiseVars = [...set.noise, ...set.noiseBias];
       let order = ctx.rng.permutation(train.n);
       let pos = 0;
+      const pacer = new Pacer(ctx);
       for (let it = 0; it < p.iterations; it++) {
-        throwIfAborted(ctx.signal);
+        await pacer.tick(it, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
         if (pos + p.batchSize > train.n) {
           order = ctx.rng.permutation(train.n);
           pos = 0;
@@ -100,10 +99,7 @@ export const anp: Defense = {
           x.dispose();
           y.dispose();
         }
-        if (it % 20 === 19 || it === p.iterations - 1) {
-          ctx.progress(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
-          await yieldToLoop();
-        }
+        if (it === p.iterations - 1) await pacer.report(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
       }
       const masks = readMasks(set);
       const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);

@@ -1,14 +1,16 @@
 /**
- * Pieces several defenses share: an epoch loop that reports progress and yields between epochs (so that
- * cancellation and progress events get through), and the auxiliary train/validation split used wherever
- * BackdoorBench would have peeked at the test set.
+ * Pieces several defenses share: an epoch loop that reports progress and yields within epochs (so that
+ * cancellation and progress events get through), a pacer for the defenses' own loops, and the auxiliary
+ * train/validation split used wherever BackdoorBench would have peeked at the test set.
  */
+import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/dataset';
 import { subset } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Optimizer } from '../nn/optim';
 import { cosineLr } from '../nn/optim';
-import { fit, predictLabels, type FitOptions } from '../nn/train';
+import { batchCount, crossEntropy, makeBatch, predictLabels, trainStep, type FitOptions, type StepContext } from '../nn/train';
+import { throwIfAborted } from '../errors';
 import type { Rng } from '../util/rng';
 import type { DefenseContext } from './defense';
 import { yieldToLoop } from './defense';
@@ -27,25 +29,76 @@ export interface EpochLoopOptions extends Partial<Omit<FitOptions, 'epochs' | 'o
   label?: string;
 }
 
-/** Train for `epochs`, one fit() call per epoch with the scheduled rate, yielding in between. */
+/**
+ * Keeps a long synchronous computation responsive: `tick` checks for cancellation on every call and, at most
+ * every `intervalMs`, reports progress (the same `done` as the last completed unit, with a message that says
+ * where inside it we are) and yields to the event loop, so that an abort message posted to a worker is
+ * delivered within a batch or two instead of at the end of an epoch. The yield does not touch the random
+ * stream: results do not depend on timing.
+ */
+export class Pacer {
+  private last = Date.now();
+  constructor(
+    private readonly ctx: Pick<DefenseContext, 'progress' | 'signal'>,
+    private readonly intervalMs = 200,
+  ) {}
+
+  async tick(done: number, total: number, message: string): Promise<void> {
+    throwIfAborted(this.ctx.signal);
+    if (Date.now() - this.last < this.intervalMs) return;
+    this.ctx.progress(done, total, message);
+    await yieldToLoop();
+    this.last = Date.now();
+    throwIfAborted(this.ctx.signal);
+  }
+
+  /** Report a completed unit and yield (always). */
+  async report(done: number, total: number, message: string): Promise<void> {
+    this.ctx.progress(done, total, message);
+    await yieldToLoop();
+    this.last = Date.now();
+  }
+}
+
+/**
+ * Train for `epochs` with the scheduled rate. This is fit()'s batch loop (same batching, augmentation, step and
+ * random stream), made asynchronous: fit() is synchronous and could only yield between epochs, and an epoch
+ * of an adversarial defense (PGD per batch) takes seconds, during which a cancellation was not seen.
+ */
 export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: Optimizer, o: EpochLoopOptions): Promise<void> {
   const base = o.progressBase ?? 0;
   const total = o.progressTotal ?? o.epochs;
+  const label = o.label ?? 'epoch';
+  const data = o.data ?? ctx.aux;
+  const vars = o.vars ?? model.trainableVariables();
+  const bnTrain = o.bnTrain ?? true;
+  const augment = o.augment ?? ctx.augment;
+  const dropLast = o.dropLast ?? true;
+  const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
+  const batches = batchCount(data, { batchSize: o.batchSize, dropLast });
+  const pacer = new Pacer(ctx);
   for (let e = 0; e < o.epochs; e++) {
-    const lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, e, o.epochs);
-    fit(model, o.data ?? ctx.aux, {
-      ...o,
-      epochs: 1,
-      optimizer,
-      lr,
-      schedule: 'constant',
-      augment: o.augment ?? ctx.augment,
-      rng: ctx.rng,
-      signal: ctx.signal,
-      dropLast: o.dropLast ?? true,
-    });
-    ctx.progress(base + e + 1, total, `${o.label ?? 'epoch'} ${e + 1}/${o.epochs}`);
-    await yieldToLoop();
+    optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, e, o.epochs);
+    const order = ctx.rng.permutation(data.n);
+    for (let b = 0; b < batches; b++) {
+      await pacer.tick(base + e, total, `${label} ${e + 1}/${o.epochs}, batch ${b + 1}/${batches}`);
+      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+      const labels = Int32Array.from(idx, (i) => data.y[i]);
+      const x = makeBatch(data, idx, augment, ctx.rng);
+      const y = tf.tensor1d(labels, 'int32');
+      let prepared: tf.Tensor | undefined;
+      try {
+        prepared = o.prepare?.({ x, y, labels });
+        const l = trainStep(vars, optimizer, (fctx) => loss({ x, y, labels, ctx: fctx, prepared }), bnTrain);
+        o.afterStep?.();
+        o.onBatch?.(e, b, batches, l);
+      } finally {
+        x.dispose();
+        y.dispose();
+        prepared?.dispose();
+      }
+    }
+    await pacer.report(base + e + 1, total, `${label} ${e + 1}/${o.epochs}`);
   }
 }
 

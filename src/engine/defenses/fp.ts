@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { predictFeatures } from '../nn/train';
 import type { Model } from '../nn/model';
-import { accuracyOn, splitAux, trainEpochs } from './common';
+import { accuracyOn, Pacer, splitAux, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 
@@ -45,13 +45,14 @@ export const fp: Defense = {
       const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
       let mask = new Float32Array(feats.dim).fill(1);
       let prunedCount = 0;
+      const pacer = new Pacer(ctx);
       for (let k = stepSize; k < feats.dim; k += stepSize) {
+        await pacer.tick(k - stepSize, feats.dim, `pruning ${k}/${feats.dim} channels`);
         const trial = new Float32Array(feats.dim).fill(1);
         for (const c of order.slice(0, k)) trial[c] = 0;
         model.head().weight.assign(head0);
         applyHeadMask(model, trial);
         const acc = accuracyOn(model, val);
-        ctx.progress(k, feats.dim, `pruning ${k}/${feats.dim} channels, aux-val acc ${acc.toFixed(3)}`);
         if (acc < p.accRatio * base) break;
         mask = trial;
         prunedCount = k;

@@ -8,9 +8,8 @@ import { SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
 import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
-import { throwIfAborted } from '../errors';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { yieldToLoop } from './defense';
+import { Pacer } from './common';
 
 export const ftsam: Defense = {
   id: 'ftsam',
@@ -27,12 +26,13 @@ export const ftsam: Defense = {
     const opt = new SGD(p.lr, p.momentum, p.weightDecay);
     const aux = ctx.aux;
     const batches = Math.max(1, Math.floor(aux.n / p.batchSize));
+    const pacer = new Pacer(ctx);
     try {
       for (let e = 0; e < p.epochs; e++) {
         opt.lr = cosineLr(p.lr, e, p.epochs);
         const order = ctx.rng.permutation(aux.n);
         for (let b = 0; b < batches; b++) {
-          throwIfAborted(ctx.signal);
+          await pacer.tick(e, p.epochs, `epoch ${e + 1}/${p.epochs}, batch ${b + 1}/${batches}`);
           const idx = order.subarray(b * p.batchSize, Math.min(aux.n, (b + 1) * p.batchSize));
           const x = makeBatch(aux, idx, ctx.augment, ctx.rng);
           const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
@@ -43,8 +43,7 @@ export const ftsam: Defense = {
             y.dispose();
           }
         }
-        ctx.progress(e + 1, p.epochs, `epoch ${e + 1}/${p.epochs}`);
-        await yieldToLoop();
+        await pacer.report(e + 1, p.epochs, `epoch ${e + 1}/${p.epochs}`);
       }
     } catch (err) {
       model.dispose();

@@ -21,11 +21,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
-import { throwIfAborted } from '../errors';
-import { trainEpochs } from './common';
+import { Pacer, trainEpochs } from './common';
 import { inputGradient } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { yieldToLoop } from './defense';
 
 export const ibau: Defense = {
   id: 'ibau',
@@ -54,6 +52,7 @@ export const ibau: Defense = {
     const maxNorm = p.maxNorm * s;
     const delta = tf.tidy(() => tf.variable(tf.zeros([1, h, w, c]), false));
     const norms: number[] = [];
+    const pacer = new Pacer(ctx);
     try {
       for (let r = 0; r < p.rounds; r++) {
         // Inner maximization: a universal perturbation, one ascent step per batch of the auxiliary set.
@@ -61,7 +60,7 @@ export const ibau: Defense = {
         const order = ctx.rng.permutation(ctx.aux.n);
         const batches = Math.ceil(ctx.aux.n / p.batchSize);
         for (let b = 0; b < batches; b++) {
-          throwIfAborted(ctx.signal);
+          await pacer.tick(r, p.rounds, `round ${r + 1}/${p.rounds}: perturbation, batch ${b + 1}/${batches}`);
           const idx = order.subarray(b * p.batchSize, Math.min(ctx.aux.n, (b + 1) * p.batchSize));
           const x = makeBatch(ctx.aux, idx, undefined, undefined);
           tf.tidy(() => {
@@ -103,7 +102,6 @@ export const ibau: Defense = {
             return crossEntropy(model.forward(xp, s.ctx), s.y);
           },
         });
-        await yieldToLoop();
       }
     } catch (e) {
       model.dispose();

@@ -13,10 +13,8 @@ import { cloneSet, imageSize } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Adam, SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
-import { throwIfAborted } from '../errors';
-import { trainEpochs } from './common';
+import { Pacer, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { yieldToLoop } from './defense';
 
 export interface ReversedTrigger {
   label: number;
@@ -52,9 +50,10 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
     const pat = tf.div(tf.add(tf.tanh(patternRaw), 1), 2);
     return tf.add(tf.mul(tf.sub(1, m), x), tf.mul(m, pat)) as tf.Tensor4D;
   };
+  const pacer = new Pacer(ctx);
   try {
     for (let step = 0; step < p.steps; step++) {
-      throwIfAborted(ctx.signal);
+      await pacer.tick(label, model.numClasses + 1, `reversing the trigger of label ${label}, step ${step + 1}/${p.steps}`);
       const idx = Array.from({ length: p.batchSize }, () => ctx.rng.int(aux.n));
       const x = makeBatch(aux, idx, undefined, undefined);
       let hits = 0;
@@ -73,7 +72,6 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
       // Cost schedule: shrink the mask harder while the trigger works, relax when it stops working.
       cost = successRate >= p.successThreshold ? cost * p.costUp : cost / p.costDown;
       cost = Math.min(Math.max(cost, 1e-6), 1);
-      if (step % 25 === 24) await yieldToLoop();
     }
     const mask = tf.tidy(() => tf.div(tf.add(tf.tanh(maskRaw), 1), 2).dataSync() as Float32Array);
     const pattern = tf.tidy(() => tf.div(tf.add(tf.tanh(patternRaw), 1), 2).dataSync() as Float32Array);
