@@ -13,7 +13,8 @@ import { applyShift } from '../../src/engine/aux/shifts';
 import { sampleBalanced } from '../../src/engine/aux/sample';
 import { synthesizeAuxSet } from '../../src/engine/aux/synthetic';
 import { GicNet, GIC_DEFAULTS, applyCalibration, calibrate, measureSet, perturbationStats, type GicNorm } from '../../src/engine/gic/gic';
-import { decodeGicNet, saveCalibration } from '../../src/engine/gic/save';
+import { decodeGicNet, encodeGicNet, saveCalibration } from '../../src/engine/gic/save';
+import { decodeSafetensors } from '../../src/engine/io/safetensors';
 import { readNpz } from '../../src/engine/io/data/npz';
 import { imageSize, type ImageSet } from '../../src/engine/data/dataset';
 import { Rng } from '../../src/engine/util/rng';
@@ -89,6 +90,31 @@ describe('GIC on a small victim trained here', function () {
       assert.equal(r.note, undefined, 'the victim has BatchNorm layers');
     } finally {
       out.net.dispose();
+    }
+  });
+
+  it('saved files name their transform; gic@2 (tanh(h / delta)) and the older gic@1 (tanh(h)) both reload exactly', () => {
+    for (const legacy of [false, true]) {
+      const net = new GicNet(ood.shape, { ...GIC_DEFAULTS, delta: 0.1, width: 4 }, legacy);
+      // Weights large enough that tanh(h) and tanh(h / delta) differ everywhere.
+      const rng = new Rng(legacy ? 5 : 6);
+      for (const v of net.variables()) v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape));
+      const buf = encodeGicNet(net);
+      const meta = decodeSafetensors(buf, 'g').metadata;
+      assert.equal(meta.format, legacy ? 'backdoor-audit/gic@1' : 'backdoor-audit/gic@2');
+      assert.equal(meta.transform, legacy ? 'g(x) = clip01(x + delta * tanh(h(x) + offset))' : 'g(x) = clip01(x + delta * tanh((h(x) + offset) / delta))');
+      const back = decodeGicNet(buf, 'g');
+      assert.equal(back.legacyTanh, legacy);
+      const want = applyCalibration(net, ood).x;
+      assert.deepEqual(applyCalibration(back, ood).x, want);
+      // The two forms are told apart: the same weights under the other form give other images.
+      const other = new GicNet(ood.shape, net.o, !legacy);
+      for (const [i, v] of other.variables().entries()) v.assign(net.variables()[i]);
+      const alt = applyCalibration(other, ood).x;
+      assert.ok(alt.some((v, i) => Math.abs(v - want[i]) > 1e-3), 'tanh(h) and tanh(h / delta) gave the same images');
+      other.dispose();
+      back.dispose();
+      net.dispose();
     }
   });
 

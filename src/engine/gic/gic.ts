@@ -1,6 +1,6 @@
 /**
  * Guided Input Calibration (SPEC section 5). A learnable transformation g(x) = clip01(x + r(x)) with
- * r(x) = delta * tanh(h(x)) (L_inf) or h(x) projected onto the L2 ball of radius delta (per image), where h is
+ * r(x) = delta * tanh(h(x) / delta) (L_inf) or h(x) projected onto the L2 ball of radius delta (per image), where h is
  * a small residual conv net whose last layer starts at zero (so g starts as the identity), optionally plus an
  * input-independent learnable term. g is trained against the frozen victim (eval mode) to raise its confidence
  * on the true label and to align the BatchNorm input statistics with the running statistics recorded on the
@@ -44,6 +44,8 @@ export class GicNet {
   constructor(
     readonly shape: [number, number, number],
     readonly o: GicOptions,
+    /** r = delta * tanh(h) instead of delta * tanh(h / delta): only to re-apply a network saved as gic@1. */
+    readonly legacyTanh = false,
   ) {
     const rng = new Rng(o.seed).fork('gic-init');
     const c = shape[2];
@@ -61,12 +63,21 @@ export class GicNet {
     return [...this.h.trainableVariables(), ...(this.globalTerm ? [this.globalTerm] : [])];
   }
 
-  /** The perturbation r(x), bounded by construction. */
+  /**
+   * The perturbation r(x), bounded by construction. L_inf: r = delta * tanh(h / delta), which is h itself near
+   * zero (slope 1 at the origin) and saturates at +-delta. With Adam each step moves h by about lr, so the pixels
+   * move by about lr whatever delta is, as in the L2 branch (where r = h inside the ball). The older form
+   * delta * tanh(h) moved them by only about delta * lr (0.1 * lr at the default delta): g barely left the
+   * identity in a few epochs. `legacyTanh` keeps that older form for networks saved with it (format gic@1).
+   */
   residual(x: tf.Tensor4D): tf.Tensor4D {
     return tf.tidy(() => {
       let hx = this.h.forward(x, { training: false });
       if (this.globalTerm) hx = tf.add(hx, this.globalTerm);
-      if (this.o.norm === 'inf') return tf.mul(tf.tanh(hx), this.o.delta) as tf.Tensor4D;
+      if (this.o.norm === 'inf') {
+        const d = this.o.delta;
+        return (this.legacyTanh ? tf.mul(tf.tanh(hx), d) : tf.mul(tf.tanh(tf.div(hx, d)), d)) as tf.Tensor4D;
+      }
       // L2: scale each image's h(x) into the ball of radius delta.
       const norms = tf.sqrt(tf.add(tf.sum(tf.square(hx), [1, 2, 3], true), 1e-12));
       const scale = tf.minimum(1, tf.div(this.o.delta, norms));

@@ -1,8 +1,10 @@
 /**
  * GIC outputs of a job, next to the purified models:
  * - `gic-<aux>.safetensors`: the calibration network g (h's conv weights in PyTorch OIHW layout under `h.*`,
- *   the input-independent term as `offset` [1,C,H,W]); `__metadata__` records delta, norm, width and the input
- *   shape, so `loadGicNet` rebuilds g exactly and anyone can re-apply it.
+ *   the input-independent term as `offset` [1,C,H,W]); `__metadata__` records the transform, delta, norm, width
+ *   and the input shape, so `decodeGicNet` rebuilds g exactly and anyone can re-apply it. Format gic@2 is
+ *   r = delta * tanh((h(x) + offset) / delta) for L_inf; gic@1 files (r = delta * tanh(h(x) + offset)) still
+ *   load and re-apply exactly as they were written. The L2 transform is the same in both.
  * - `gic-<aux>.npz`: the calibrated auxiliary set the defenses were given, `x` float32 (N,H,W,C) in [0,1]
  *   and `y` int64 (N) — float32 rather than uint8 because rounding to 8 bits could move an image out of the
  *   delta-ball; `np.load` reads it, and so does the engine (an `npz` data source).
@@ -19,7 +21,9 @@ import { writeFileAtomic } from '../util/atomic';
 import { InputError } from '../errors';
 import * as fs from 'node:fs';
 
-export const GIC_FORMAT = 'backdoor-audit/gic@1';
+export const GIC_FORMAT = 'backdoor-audit/gic@2';
+/** The previous format: the same file layout, L_inf residual delta * tanh(h(x) + offset). */
+const GIC_FORMAT_V1 = 'backdoor-audit/gic@1';
 
 export function gicStateDict(net: GicNet): Map<string, PtTensor> {
   const sd = new Map<string, PtTensor>();
@@ -35,9 +39,15 @@ export function gicStateDict(net: GicNet): Map<string, PtTensor> {
 
 export function encodeGicNet(net: GicNet): Uint8Array {
   const o = net.o;
+  const legacy = net.legacyTanh && o.norm === 'inf';
   return encodeSafetensors(gicStateDict(net), {
-    format: GIC_FORMAT,
-    transform: o.norm === 'inf' ? 'g(x) = clip01(x + delta * tanh(h(x) + offset))' : 'g(x) = clip01(x + P_delta(h(x) + offset)), P_delta the per-image L2-ball projection',
+    format: legacy ? GIC_FORMAT_V1 : GIC_FORMAT,
+    transform:
+      o.norm === 'inf'
+        ? legacy
+          ? 'g(x) = clip01(x + delta * tanh(h(x) + offset))'
+          : 'g(x) = clip01(x + delta * tanh((h(x) + offset) / delta))'
+        : 'g(x) = clip01(x + P_delta(h(x) + offset)), P_delta the per-image L2-ball projection',
     delta: String(o.delta),
     norm: o.norm,
     width: String(o.width),
@@ -49,10 +59,10 @@ export function encodeGicNet(net: GicNet): Uint8Array {
 /** Rebuild a saved g. */
 export function decodeGicNet(buf: Uint8Array, where: string): GicNet {
   const { stateDict, metadata } = decodeSafetensors(buf, where);
-  if (metadata.format !== GIC_FORMAT) throw new InputError(`not a GIC network (format ${metadata.format ?? 'missing'})`, where);
+  if (metadata.format !== GIC_FORMAT && metadata.format !== GIC_FORMAT_V1) throw new InputError(`not a GIC network (format ${metadata.format ?? 'missing'})`, where);
   const shape = JSON.parse(metadata.inputShape) as [number, number, number];
   const norm = metadata.norm as GicNorm;
-  const net = new GicNet(shape, { ...GIC_DEFAULTS, delta: Number(metadata.delta), norm, width: Number(metadata.width), globalTerm: stateDict.has('offset') });
+  const net = new GicNet(shape, { ...GIC_DEFAULTS, delta: Number(metadata.delta), norm, width: Number(metadata.width), globalTerm: stateDict.has('offset') }, metadata.format === GIC_FORMAT_V1);
   for (const [name, p] of net.h.namedParams()) {
     const t = stateDict.get(`h.${name}`);
     if (!t || t.shape.join() !== ptShape(p).join()) {
