@@ -38,6 +38,30 @@ export interface GridGroup {
   lines: GridLine[];
   /** GIC facts for this set, one line of text (bound, perturbation, confidence), when it was calibrated. */
   gicNote?: string;
+  /** The saved GIC network and calibrated set, relative to the run's output folder (unsafe paths left out). */
+  gicFiles?: GicFileLink[];
+}
+
+export interface GicFileLink {
+  /** What the file is: `network` (g, safetensors) or `calibrated set` (npz). */
+  kind: string;
+  /** The path as results.json gives it. */
+  path: string;
+  /** A relative URL to it: every segment percent-encoded, so no scheme, host or query can come from a name. */
+  href: string;
+}
+
+/**
+ * A relative URL for a file inside the output folder, or undefined when the path is not one: absolute paths
+ * (`/x`, `C:\x`, `\\host\x`), `..` or `.` segments, empty segments, backslashes and control characters
+ * are refused. Each segment is percent-encoded, so `javascript:x` becomes the relative `javascript%3Ax`.
+ */
+export function relativeHref(p: string): string | undefined {
+  if (typeof p !== 'string' || p.length === 0 || p.length > 1024) return undefined;
+  if (/[\\\u0000-\u001f\u007f]/.test(p) || /^[a-zA-Z]:/.test(p)) return undefined;
+  const parts = p.split('/');
+  if (parts.some((s) => s === '' || s === '.' || s === '..')) return undefined;
+  return parts.map(encodeURIComponent).join('/');
 }
 
 export interface GridModel {
@@ -92,6 +116,12 @@ export function buildGrid(s: ViewState): GridModel {
       groups.push(g);
     }
     const bn = e.bnDistanceBefore !== null && e.bnDistanceAfter !== null ? `, BN distance ${num(e.bnDistanceBefore, 2)} → ${num(e.bnDistanceAfter, 2)}` : '';
+    const files: GicFileLink[] = [];
+    for (const [kind, p] of [['network', e.files?.net], ['calibrated set', e.files?.images]] as const) {
+      const href = typeof p === 'string' ? relativeHref(p) : undefined;
+      if (p && href) files.push({ kind, path: p, href });
+    }
+    g.gicFiles = files.length ? files : undefined;
     g.gicNote = `GIC: ‖g(x) − x‖${e.norm === 'inf' ? '∞' : '₂'} ≤ ${e.delta} (max ${num(e.maxPerturbation)}, mean ${num(e.meanPerturbation)}), confidence ${pct(e.confidenceBefore)} → ${pct(e.confidenceAfter)}${bn}`;
   }
   const b = s.baseline;

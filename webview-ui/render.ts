@@ -6,7 +6,7 @@
 import type { InspectInfo, ModelAction } from '../src/vscode/panelProtocol';
 import type { View } from './app';
 import { Charts } from './charts';
-import { buildGrid, classColour, galleryImage, pct, statusText, type GridCell } from './format';
+import { buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
 
@@ -150,6 +150,25 @@ export class DomView implements View {
     tr.append(mt);
   }
 
+  /**
+   * The saved GIC network and calibrated set. In report.html (next to them in the output folder) they are
+   * relative links; in the panel, where a relative URL would resolve inside the webview, their paths.
+   */
+  private gicFiles(files: GicFileLink[]): HTMLElement {
+    const p = el('p', 'gic-files', 'GIC files: ');
+    files.forEach((f, i) => {
+      if (i > 0) p.append(document.createTextNode(', '));
+      p.append(document.createTextNode(`${f.kind} `));
+      if (this.interactive) p.append(el('span', 'path', f.path));
+      else {
+        const a = el('a', 'path', f.path);
+        a.setAttribute('href', f.href);
+        p.append(a);
+      }
+    });
+    return p;
+  }
+
   private renderGrid(s: ViewState): void {
     const g = buildGrid(s);
     const body = this.grid.body;
@@ -173,6 +192,7 @@ export class DomView implements View {
       h.append(document.createTextNode(grp.aux), el('span', 'aux-type', grp.auxType ? ` ${grp.auxType}` : ''));
       box.append(h);
       if (grp.gicNote) box.append(el('p', 'gic-note', grp.gicNote));
+      if (grp.gicFiles) box.append(this.gicFiles(grp.gicFiles));
       const table = el('table', 'grid');
       const thead = el('thead');
       const r1 = el('tr');
