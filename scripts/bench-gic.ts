@@ -3,12 +3,17 @@
  * (IDX files), a BadNets small-cnn victim trained on a seeded subset of its training split, auxiliary sets
  * drawn from training images the victim never saw (`unseen`, `ood:noise`, `ood:brightness`) and `synthetic`
  * (model inversion), each defense on the fast profile with GIC off and on, through the job runner's cells
- * (core.ts) exactly as a job runs them; then a delta sweep of GIC on one OOD set. Prints the paper-style table
- * (aux set x defense x GIC: ACC/ASR) and the GIC figures.
+ * (core.ts) exactly as a job runs them; then a delta sweep of GIC on one OOD set (default `ood-noise`: a
+ * brightness shift barely moves this victim's confidence, so there is little for GIC to recover there). Prints
+ * the paper-style table (aux set x defense x GIC: ACC/ASR) and the GIC figures.
  *
  *   npx tsx scripts/bench-gic.ts [--data /usr/share/datasets/fashion-mnist] [--train 10000] [--aux-per-class 30]
  *        [--defenses ft,nad,anp,sau] [--aux unseen,ood-noise,ood-brightness,synthetic] [--sweep 0.03,0.1,0.2]
- *        [--sweep-aux ood-brightness] [--gic-epochs 20] [--victim-cache FILE] [--json FILE]
+ *        [--sweep-aux ood-noise] [--gic-epochs 20] [--victim-cache FILE] [--json FILE] [--out DIR]
+ *
+ * --json FILE writes the results of the main run and of the sweep; --out DIR writes DIR/bench-gic.txt (the
+ * tables as printed), DIR/bench-gic.json (unless --json names another file) and, per calibrated set, the GIC
+ * network and calibrated images (gic-<aux>[-delta<d>].safetensors / .npz, named in each gic entry's `files`).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -24,6 +29,8 @@ import { sampleBalanced } from '../src/engine/aux/sample';
 import { applyShift } from '../src/engine/aux/shifts';
 import { synthesizeAuxSet } from '../src/engine/aux/synthetic';
 import { calibrate } from '../src/engine/gic/gic';
+import { saveCalibration } from '../src/engine/gic/save';
+import { writeFileAtomic, writeJsonAtomic } from '../src/engine/util/atomic';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../src/engine/jobs/core';
 import type { Results } from '../src/engine/jobs/results';
 import { loadModelFile, saveModelFile } from '../src/engine/io/model_io';
@@ -37,10 +44,19 @@ const perClass = Number(opt('--aux-per-class', '30'));
 const defenses = opt('--defenses', 'ft,nad,anp,sau').split(',');
 const auxNames = opt('--aux', 'unseen,ood-noise,ood-brightness,synthetic').split(',');
 const sweep = opt('--sweep', '0.03,0.1,0.2').split(',').filter(Boolean).map(Number);
-const sweepAux = opt('--sweep-aux', 'ood-brightness');
+const sweepAux = opt('--sweep-aux', 'ood-noise');
 const gicEpochs = Number(opt('--gic-epochs', '20'));
 const cache = opt('--victim-cache', '');
-const jsonOut = opt('--json', '');
+const outDir = opt('--out', '');
+const jsonOut = opt('--json', outDir ? path.join(outDir, 'bench-gic.json') : '');
+if (outDir) fs.mkdirSync(outDir, { recursive: true });
+
+/** Everything printed to stdout, also kept for --out. */
+const printed: string[] = [];
+const print = (line: string) => {
+  printed.push(line);
+  print(line);
+};
 
 const pct = (v: number | undefined) => (v === undefined ? '   -  ' : `${(100 * v).toFixed(1).padStart(5)}%`);
 const log = (m: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${m}\n`);
@@ -104,8 +120,12 @@ async function main(): Promise<void> {
     seed,
     calibrate: async (v, a, signal, progress) => {
       const out = await calibrate(v, a.set, { delta, norm: 'inf', epochs: gicEpochs, seed }, signal, progress);
-      out.net.dispose();
-      return { set: out.set, entry: { aux: a.name, ...out.report } };
+      try {
+        const files = outDir ? saveCalibration(out.net, out.set, outDir, delta === 0.1 ? a.name : `${a.name}-delta${delta}`) : undefined;
+        return { set: out.set, entry: { aux: a.name, ...out.report, ...(files ? { files } : {}) } };
+      } finally {
+        out.net.dispose();
+      }
     },
   });
   const emit = (e: { type: string; row?: { aux: string; defense: string; gic: boolean; acc?: number; asr?: number; seconds: number; error: string | null } }) => {
@@ -116,6 +136,7 @@ async function main(): Promise<void> {
   printTable(main, 'GIC delta 0.1 (L_inf)');
   const sweepRuns: Array<{ delta: number; results: Results }> = [];
   const sweepSet = aux.find((a) => a.name === sweepAux);
+  if (sweep.length && !sweepSet) log(`no delta sweep: ${sweepAux} is not among the aux sets (${auxNames.join(', ')})`);
   if (sweepSet && sweep.length) {
     for (const delta of sweep) {
       if (delta === 0.1) {
@@ -124,34 +145,36 @@ async function main(): Promise<void> {
       }
       sweepRuns.push({ delta, results: await runPrepared(job([sweepSet], 'on', delta), { backend, emit }) });
     }
-    console.log(`\nDelta sweep on ${sweepAux} (GIC on; ACC/ASR; baseline ACC ${pct(main.baseline.acc)} ASR ${pct(main.baseline.asr)})`);
-    console.log(['delta'.padEnd(6), 'conf before->after'.padEnd(19), ...defenses.map((d) => d.padStart(15))].join(' '));
+    print(`\nDelta sweep on ${sweepAux} (GIC on; ACC/ASR; baseline ACC ${pct(main.baseline.acc)} ASR ${pct(main.baseline.asr)})`);
+    print(['delta'.padEnd(6), 'conf before->after'.padEnd(19), 'BN dist before->after'.padEnd(22), ...defenses.map((d) => d.padStart(15))].join(' '));
     const off = defenses.map((d) => main.rows.find((r) => r.aux === sweepAux && !r.gic && r.defense === d));
-    console.log(['off'.padEnd(6), ''.padEnd(19), ...off.map((r) => `${pct(r?.acc)}/${pct(r?.asr)}`.padStart(15))].join(' '));
+    print(['off'.padEnd(6), ''.padEnd(19), ''.padEnd(22), ...off.map((r) => `${pct(r?.acc)}/${pct(r?.asr)}`.padStart(15))].join(' '));
     for (const { delta, results } of sweepRuns) {
       const g = results.gic.find((e) => e.aux === sweepAux)!;
       const rows = defenses.map((d) => results.rows.find((r) => r.aux === sweepAux && r.gic && r.defense === d));
-      console.log([String(delta).padEnd(6), `${g.confidenceBefore.toFixed(3)}->${g.confidenceAfter.toFixed(3)}`.padEnd(19), ...rows.map((r) => `${pct(r?.acc)}/${pct(r?.asr)}`.padStart(15))].join(' '));
+      const bn = `${g.bnDistanceBefore?.toFixed(3)}->${g.bnDistanceAfter?.toFixed(3)}`;
+      print([String(delta).padEnd(6), `${g.confidenceBefore.toFixed(3)}->${g.confidenceAfter.toFixed(3)}`.padEnd(19), bn.padEnd(22), ...rows.map((r) => `${pct(r?.acc)}/${pct(r?.asr)}`.padStart(15))].join(' '));
     }
   }
-  if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify({ main, sweep: sweepRuns }, null, 2));
+  if (jsonOut) writeJsonAtomic(jsonOut, { main, sweep: sweepRuns });
+  if (outDir) writeFileAtomic(path.join(outDir, 'bench-gic.txt'), printed.join('\n') + '\n');
   victim.dispose();
 }
 
 function printTable(r: Results, title: string): void {
-  console.log(`\nFashion-MNIST, BadNets small-cnn victim: ACC ${pct(r.baseline.acc)} ASR ${pct(r.baseline.asr)}; ${title}; cells ACC/ASR`);
+  print(`\nFashion-MNIST, BadNets small-cnn victim: ACC ${pct(r.baseline.acc)} ASR ${pct(r.baseline.asr)}; ${title}; cells ACC/ASR`);
   const defs = [...new Set(r.rows.map((x) => x.defense))];
-  console.log(['aux'.padEnd(16), 'gic'.padEnd(4), ...defs.map((d) => d.padStart(15))].join(' '));
+  print(['aux'.padEnd(16), 'gic'.padEnd(4), ...defs.map((d) => d.padStart(15))].join(' '));
   for (const a of [...new Set(r.rows.map((x) => x.aux))]) {
     for (const gic of [false, true]) {
       const cells = defs.map((d) => r.rows.find((x) => x.aux === a && x.gic === gic && x.defense === d));
       if (cells.every((c) => !c)) continue;
-      console.log([a.padEnd(16), (gic ? 'on' : 'off').padEnd(4), ...cells.map((c) => (c?.error ? 'error'.padStart(15) : `${pct(c?.acc)}/${pct(c?.asr)}`.padStart(15)))].join(' '));
+      print([a.padEnd(16), (gic ? 'on' : 'off').padEnd(4), ...cells.map((c) => (c?.error ? 'error'.padStart(15) : `${pct(c?.acc)}/${pct(c?.asr)}`.padStart(15)))].join(' '));
     }
   }
-  console.log('\nGIC per aux set: confidence on the true label before -> after, BN distance before -> after, max/mean ||g(x)-x||_inf, seconds');
+  print('\nGIC per aux set: confidence on the true label before -> after, BN distance before -> after, max/mean ||g(x)-x||_inf, seconds');
   for (const g of r.gic) {
-    console.log(`${g.aux.padEnd(16)} ${g.confidenceBefore.toFixed(3)} -> ${g.confidenceAfter.toFixed(3)}   ${g.bnDistanceBefore?.toFixed(3)} -> ${g.bnDistanceAfter?.toFixed(3)}   ${g.maxPerturbation.toFixed(3)}/${g.meanPerturbation.toFixed(3)}   ${g.seconds.toFixed(0)} s`);
+    print(`${g.aux.padEnd(16)} ${g.confidenceBefore.toFixed(3)} -> ${g.confidenceAfter.toFixed(3)}   ${g.bnDistanceBefore?.toFixed(3)} -> ${g.bnDistanceAfter?.toFixed(3)}   ${g.maxPerturbation.toFixed(3)}/${g.meanPerturbation.toFixed(3)}   ${g.seconds.toFixed(0)} s`);
   }
 }
 
