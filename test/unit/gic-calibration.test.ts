@@ -83,9 +83,10 @@ describe('GIC on a small victim trained here', function () {
       // The report is what a fresh measurement gives.
       assert.ok(Math.abs(r.confidenceBefore - before.confidence) < 1e-6);
       assert.ok(Math.abs(r.confidenceAfter - measureSet(victim, out.set).confidence) < 1e-6);
-      // Measured: confidence 0.686 -> 0.730, BN distance 1.475 -> 0.972.
-      assert.ok(r.confidenceAfter > r.confidenceBefore + 0.03, `confidence ${r.confidenceBefore} -> ${r.confidenceAfter}`);
-      assert.ok(r.bnDistanceAfter! < 0.8 * r.bnDistanceBefore!, `BN distance ${r.bnDistanceBefore} -> ${r.bnDistanceAfter}`);
+      // Measured: confidence 0.682 -> 0.753 (the same digits unshifted: 0.793), BN distance 1.555 -> 0.575
+      // (unshifted: 0.300). With the older residual delta * tanh(h) it was 0.686 -> 0.730 and 1.475 -> 0.972.
+      assert.ok(r.confidenceAfter > r.confidenceBefore + 0.05, `confidence ${r.confidenceBefore} -> ${r.confidenceAfter}`);
+      assert.ok(r.bnDistanceAfter! < 0.5 * r.bnDistanceBefore!, `BN distance ${r.bnDistanceBefore} -> ${r.bnDistanceAfter}`);
       assert.ok(r.maxPerturbation <= 0.1 && r.maxPerturbation > 0.05, `max perturbation ${r.maxPerturbation}`);
       assert.equal(r.note, undefined, 'the victim has BatchNorm layers');
     } finally {
@@ -98,7 +99,7 @@ describe('GIC on a small victim trained here', function () {
       const net = new GicNet(ood.shape, { ...GIC_DEFAULTS, delta: 0.1, width: 4 }, legacy);
       // Weights large enough that tanh(h) and tanh(h / delta) differ everywhere.
       const rng = new Rng(legacy ? 5 : 6);
-      for (const v of net.variables()) v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape));
+      for (const v of net.variables()) tf.tidy(() => v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape)));
       const buf = encodeGicNet(net);
       const meta = decodeSafetensors(buf, 'g').metadata;
       assert.equal(meta.format, legacy ? 'backdoor-audit/gic@1' : 'backdoor-audit/gic@2');

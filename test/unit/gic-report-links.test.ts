@@ -48,6 +48,10 @@ describe('GIC files in report.html', () => {
     class FakeChart {
       static defaults = { font: {} };
       static register(): void {}
+      data: unknown;
+      constructor(_canvas: unknown, cfg: { data: unknown }) {
+        this.data = cfg.data;
+      }
       update(): void {}
       destroy(): void {}
     }
