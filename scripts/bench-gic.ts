@@ -55,7 +55,7 @@ if (outDir) fs.mkdirSync(outDir, { recursive: true });
 const printed: string[] = [];
 const print = (line: string) => {
   printed.push(line);
-  print(line);
+  process.stdout.write(`${line}\n`);
 };
 
 const pct = (v: number | undefined) => (v === undefined ? '   -  ' : `${(100 * v).toFixed(1).padStart(5)}%`);
