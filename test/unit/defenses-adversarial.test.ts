@@ -1,11 +1,11 @@
 /**
  * The pruning and adversarial defenses (anp, rnp, clp, ibau, sau, npd) on a tiny BadNets victim made here.
  * ANP brings the attack success rate below half of the victim's with clean accuracy above a floor; ANP and RNP
- * choose their thresholds on the aux validation split and report them; i-BAU records its hypergradient
- * approximation; NPD trains only its inserted polarizer, which is saved with the model; SAU finds shared
- * adversarial examples without breaking the model; CLP zeroes exactly the outlying channels of a hand-built
- * layer and chooses u on the auxiliary set; no tensor is left behind; a cancelled ANP stops at its next
- * progress report. (i-BAU, SAU, NPD and RNP do not reliably halve the ASR of this victim: see the benchmark.)
+ * select on the aux validation split and report it; RNP and NPD (on two random streams) halve the ASR too;
+ * i-BAU records its hypergradient approximation; NPD trains only its inserted polarizer, which is saved with
+ * the model; SAU finds shared adversarial examples without breaking the model; CLP zeroes exactly the
+ * outlying channels of a hand-built layer and chooses u on the auxiliary set; no tensor is left behind; a
+ * cancelled ANP stops at its next progress report.
  */
 import { strict as assert } from 'node:assert';
 import * as tf from '@tensorflow/tfjs-core';
@@ -46,17 +46,36 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     });
   }
 
-  it('anp and rnp report the pruning threshold chosen on the aux validation split', async () => {
-    for (const id of ['anp', 'rnp']) {
-      const { out } = await runDefense(f, getDefense(id)!, id === 'anp' ? { iterations: 40 } : { maskEpochs: 2 });
-      out.model.dispose();
-      const d = out.details!;
-      assert.equal(d.selectedOn, 'aux validation split', id);
-      assert.ok(d.threshold === null || (typeof d.threshold === 'number' && d.threshold >= 0 && d.threshold <= 0.9), `${id} threshold ${d.threshold}`);
-      // The chosen threshold keeps the validation accuracy within accRatio of the unpruned model's.
-      const ratio = Number(getDefense(id)!.defaults('fast').accRatio);
-      assert.ok(Number(d.auxValAcc) >= ratio * Number(d.auxValAccBefore) - 1e-9, `${id}: ${d.auxValAcc} vs ${d.auxValAccBefore}`);
-    }
+  it('anp reports the pruning threshold chosen on the aux validation split', async () => {
+    const { out } = await runDefense(f, getDefense('anp')!, { iterations: 40 });
+    out.model.dispose();
+    const d = out.details!;
+    assert.equal(d.selectedOn, 'aux validation split');
+    assert.ok(d.threshold === null || (typeof d.threshold === 'number' && d.threshold >= 0 && d.threshold <= 0.9), `threshold ${d.threshold}`);
+    // The chosen threshold keeps the validation accuracy within accRatio of the unpruned model's.
+    const ratio = Number(getDefense('anp')!.defaults('fast').accRatio);
+    assert.ok(Number(d.auxValAcc) >= ratio * Number(d.auxValAccBefore) - 1e-9, `${d.auxValAcc} vs ${d.auxValAccBefore}`);
+  });
+
+  // Measured (fixture victim ACC 0.957, ASR 1.000): ACC 0.912, ASR 0.179, 10 channels pruned (random streams 2 and 3:
+  // ACC 0.814 and 0.837, ASR 0.000 and 0.251).
+  it('rnp halves the ASR and keeps ACC >= 0.8, pruning on the aux validation split, leaving no tensor', async () => {
+    const n0 = tf.memory().numTensors;
+    const { out, after, progress } = await runDefense(f, getDefense('rnp')!);
+    assert.ok(after.asr <= 0.5 * f.before.asr, `rnp: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+    assert.ok(after.acc >= 0.8, `rnp: ACC ${after.acc.toFixed(3)}`);
+    assert.ok(progress.length > 0, 'reports progress');
+    const d = out.details!;
+    assert.equal(d.selectedOn, 'aux validation split');
+    assert.ok((d.pruned as string[]).length > 0 && (d.pruned as string[]).length === d.prunedChannels);
+    // Every kept pruning holds the validation accuracy within accRatio of the unpruned model's.
+    const ratio = Number(getDefense('rnp')!.defaults('fast').accRatio);
+    assert.ok(Number(d.auxValAcc) >= ratio * Number(d.auxValAccBefore) - 1e-9, `${d.auxValAcc} vs ${d.auxValAccBefore}`);
+    // Pruning is gamma = 0 on the victim's channels, nothing else changes.
+    const [layer, ch] = /^(.*)\[(\d+)\]$/.exec((d.pruned as string[])[0])!.slice(1);
+    assert.equal((out.model.root.find(layer) as BatchNorm2d).weight.dataSync()[Number(ch)], 0);
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
 
   it('i-BAU records the first-order hypergradient approximation', async () => {
@@ -65,20 +84,25 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     assert.match(String(out.details!.hypergradient), /first-order/);
   });
 
-  it('npd trains only an inserted polarizer, saved with the model', async () => {
-    const n0 = tf.memory().numTensors;
-    const { out, after } = await runDefense(f, getDefense('npd')!, { epochs: 2 });
-    const at = String(out.details!.insertedBefore);
-    const keys = [...out.model.stateDict().keys()];
-    assert.ok(keys.includes(`${at}.inserted.0.weight`) && keys.includes(`${at}.inserted.1.weight`), keys.join(' '));
-    // The backbone is frozen: the last conv's own weights are the victim's.
-    const key = `${at}.weight`;
-    assert.deepEqual(out.model.stateDict().get(key)!.data, f.victim.stateDict().get(key)!.data);
-    // It changes the model's decisions without destroying it (the polarizing terms cost some accuracy here).
-    assert.ok(after.acc >= 0.7, `npd: ACC ${after.acc.toFixed(3)}`);
-    out.model.dispose();
-    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
-  });
+  // Measured (fixture victim ACC 0.957, ASR 1.000): random stream 1: ACC 0.932, ASR 0.394; stream 2: ACC 0.917,
+  // ASR 0.366.
+  for (const stream of [1, 2]) {
+    it(`npd halves the ASR and keeps ACC >= 0.85 (random stream ${stream}), training only an inserted polarizer saved with the model`, async () => {
+      const n0 = tf.memory().numTensors;
+      const { out, after, progress } = await runDefense(f, getDefense('npd')!, {}, { rng: new Rng(stream).fork('npd') });
+      assert.ok(after.asr <= 0.5 * f.before.asr, `npd: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+      assert.ok(after.acc >= 0.85, `npd: ACC ${after.acc.toFixed(3)}`);
+      assert.ok(progress.length > 0, 'reports progress');
+      const at = String(out.details!.insertedBefore);
+      const keys = [...out.model.stateDict().keys()];
+      assert.ok(keys.includes(`${at}.inserted.0.weight`) && keys.includes(`${at}.inserted.1.weight`), keys.join(' '));
+      // The backbone is frozen: the last conv's own weights are the victim's.
+      const key = `${at}.weight`;
+      assert.deepEqual(out.model.stateDict().get(key)!.data, f.victim.stateDict().get(key)!.data);
+      out.model.dispose();
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
 
   it('sau unlearns shared adversarial examples without breaking the model, leaving no tensor', async () => {
     const n0 = tf.memory().numTensors;

@@ -1,21 +1,33 @@
 /**
- * `rnp`: Reconstructive Neuron Pruning (Li et al., 2023). First unlearn: gradient ascent on CE over the
- * auxiliary set until its accuracy falls to `unlearnFloor` (backdoor neurons survive unlearning, clean ones do
- * not). Then, on the unlearned model, learn masks on BatchNorm channels (gamma and beta) that recover clean
- * accuracy; channels the recovery barely needs (low mask) are the backdoor's, and are pruned (gamma = 0) on
- * the original model. The pruning threshold is chosen as ANP's: the largest one (up to `maxThreshold`) that
- * keeps the pruned model's accuracy on a held-out validation split of the auxiliary set within `accRatio` (0.9,
- * BackdoorBench's acc_ratio of 10% relative) of the unpruned model's; a fixed 0.7 prunes most of a narrow
- * network. Unlearning and mask learning use the rest of the auxiliary set; as in BackdoorBench, the masks
- * learn in train mode (batch statistics) on alpha * CE (alpha 0.2).
+ * `rnp`: Reconstructive Neuron Pruning (Li et al., 2023), after BackdoorBench's defense/rnp.py. First unlearn:
+ * gradient ascent on CE over the auxiliary set until its accuracy falls to `unlearnFloor` (backdoor neurons
+ * survive unlearning, clean ones do not: the unlearned model answers the backdoor's target for most inputs).
+ * Then, on the unlearned model, learn masks on BatchNorm channels that recover clean accuracy (train mode,
+ * alpha * CE with alpha 0.2, as BackdoorBench); channels whose mask falls low are the backdoor's, and are
+ * pruned (gamma = 0) on the original model.
+ *
+ * The masks scale gamma only, as BackdoorBench's MaskBatchNorm2d (its bias coefficient is 1): that is the
+ * operation pruning applies afterwards. Masking beta as well learned the effect of removing the whole channel,
+ * which is not what gamma = 0 does, and ranked channels by the wrong criterion.
+ *
+ * Selection without the test set: channels are taken in increasing mask order up to `maxThreshold` (0.7), and each
+ * is pruned only if that costs at most `channelAccDrop` accuracy on a held-out validation split of the auxiliary
+ * set and the total stays within `accRatio` (0.9, BackdoorBench's acc_ratio of 10% relative) of the unpruned
+ * model's; a channel that costs more is kept and the walk goes on. Unlearning damages some clean channels too,
+ * and recovery masks them off on the unlearned model (on a BadNets MNIST victim, three channels the clean task
+ * needs reached mask 0, below every backdoor channel, while the backdoor's channels cost nothing to remove): a
+ * plain threshold had to stop before reaching any backdoor channel (BackdoorBench, which picks the threshold with
+ * the test set, would also have returned the unpruned model), and without the per-channel cost the clean
+ * channels used up the whole tolerance first. The results list the pruned and the skipped channels.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, requireBatchNorm } from './bn_masks';
+import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm } from './bn_masks';
 import { accuracyOn, splitAux, trainEpochs } from './common';
-import { chooseThreshold } from './anp';
+import type { ImageSet } from '../data/dataset';
+import type { Model } from '../nn/model';
 
 export const rnp: Defense = {
   id: 'rnp',
@@ -27,8 +39,10 @@ export const rnp: Defense = {
       unlearnFloor: 0.2,
       maskLr: 0.2,
       maskEpochs: profile === 'paper' ? 20 : 10,
-      maxThreshold: 0.9,
-      thresholdStep: 0.05,
+      // The spec's pruning threshold (0.7): channels whose recovered mask stays above it are never pruned.
+      maxThreshold: 0.7,
+      // Most validation accuracy one pruned channel may cost (about one image of a 60-image split).
+      channelAccDrop: 0.02,
       accRatio: 0.9,
       alpha: 0.2,
       valFraction: 0.2,
@@ -66,7 +80,7 @@ export const rnp: Defense = {
       const set = createBnMasks(unlearned, 'rnp', false);
       const maskOpt = new SGD(p.maskLr, 0.9);
       try {
-        const hook = maskHook(set, false, true);
+        const hook = maskHook(set, false, false);
         await trainEpochs(ctx, unlearned, maskOpt, {
           epochs: p.maskEpochs,
           lr: p.maskLr,
@@ -82,12 +96,19 @@ export const rnp: Defense = {
           afterStep: () => clipVariables(set.masks, 0, 1),
         });
         const masks = readMasks(set);
-        const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
-        const model = ctx.victim.clone();
-        if (choice.threshold !== null) pruneByThreshold(model, masks, choice.threshold);
+        const choice = greedyPrune(ctx.victim, masks, val, p.maxThreshold, p.accRatio, p.channelAccDrop);
         return {
-          model,
-          details: { unlearnEpochs, threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' },
+          model: choice.model,
+          details: {
+            unlearnEpochs,
+            maxThreshold: p.maxThreshold,
+            prunedChannels: choice.pruned.length,
+            pruned: choice.pruned,
+            skipped: choice.skipped,
+            auxValAcc: choice.valAcc,
+            auxValAccBefore: choice.baseAcc,
+            selectedOn: 'aux validation split',
+          },
         };
       } finally {
         maskOpt.dispose();
@@ -98,3 +119,40 @@ export const rnp: Defense = {
     }
   },
 };
+
+/**
+ * Prune channels of a copy of the victim in increasing mask order (masks <= maxThreshold), keeping a pruning
+ * only if it costs at most `channelDrop` validation accuracy and the total stays >= accRatio * the unpruned
+ * accuracy.
+ */
+function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, accRatio: number, channelDrop: number): { model: Model; pruned: string[]; skipped: string[]; valAcc: number; baseAcc: number } {
+  const baseAcc = accuracyOn(victim, val);
+  const model = victim.clone();
+  const bns = model.batchNorms();
+  const order: Array<{ layer: number; ch: number; m: number }> = [];
+  masks.forEach((ms, layer) => ms.forEach((m, ch) => {
+    if (m <= maxThreshold) order.push({ layer, ch, m });
+  }));
+  order.sort((a, b) => a.m - b.m || a.layer - b.layer || a.ch - b.ch);
+  const pruned: string[] = [];
+  const skipped: string[] = [];
+  let valAcc = baseAcc;
+  for (const { layer, ch } of order) {
+    const bn = bns[layer];
+    const gamma = Float32Array.from(bn.weight.dataSync() as Float32Array);
+    const old = gamma[ch];
+    gamma[ch] = 0;
+    tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
+    const acc = accuracyOn(model, val);
+    const name = `${bn.path}[${ch}]`;
+    if (acc >= accRatio * baseAcc && acc >= valAcc - channelDrop) {
+      pruned.push(name);
+      valAcc = acc;
+    } else {
+      gamma[ch] = old;
+      tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
+      skipped.push(name);
+    }
+  }
+  return { model, pruned, skipped, valAcc, baseAcc };
+}
