@@ -9,6 +9,7 @@ import * as vscode from 'vscode';
 import { isRunEvent, type RunEvent, type WorkerRequest } from '../protocol';
 import type { Results } from '../engine/jobs/results';
 import { jobModelPath } from './jobSpec';
+import { removeThreadStaging } from '../engine/jobs/staging';
 import type { RunInfo } from './panelProtocol';
 
 export interface WorkerLike {
@@ -17,6 +18,8 @@ export interface WorkerLike {
   on(event: 'error', cb: (e: Error) => void): unknown;
   on(event: 'exit', cb: (code: number) => void): unknown;
   terminate(): Promise<number> | void;
+  /** The worker thread's id (worker_threads): names its staging folders. */
+  readonly threadId?: number;
 }
 
 export type WorkerFactory = () => WorkerLike;
@@ -120,6 +123,8 @@ export class JobRunner implements vscode.Disposable {
     }
     const run: RunInfo = { id: req.outDir, title: req.title ?? `${path.basename(model)} — ${path.basename(req.jobPath)}`, outDir: req.outDir, jobPath: req.jobPath };
     const worker = this.makeWorker();
+    // Read now: a worker that has exited no longer reports its id.
+    const threadId = worker.threadId;
     let cancelTimer: ReturnType<typeof setTimeout> | undefined;
     let cancelRequested = false;
     const entry: Running = {
@@ -190,7 +195,14 @@ export class JobRunner implements vscode.Disposable {
     } finally {
       if (cancelTimer) clearTimeout(cancelTimer);
       this.byModel.delete(key);
-      void worker.terminate();
+      // A worker that was terminated (cancel grace exceeded) or crashed never ran its own cleanup: once it has
+      // stopped, remove its staging folder (outputs not moved in; the out dir keeps what it had).
+      void Promise.resolve(worker.terminate()).then(() => {
+        if (typeof threadId === 'number' && threadId > 0) {
+          const removed = removeThreadStaging(path.dirname(path.resolve(req.outDir)), threadId);
+          if (removed.length) this.line(`[${run.title}] removed the stopped worker's staging folder ${removed.join(', ')}`);
+        }
+      });
     }
     if (outcome.status !== 'done') removeIfEmpty(req.outDir);
     this.line(`[${run.title}] ${outcome.status === 'failed' ? `failed: ${outcome.error}` : outcome.status}`);

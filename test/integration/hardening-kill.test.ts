@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
 import { saveModelFile } from '../../src/engine/io/model_io';
 import { runJobFile } from '../../src/engine/jobs/runner';
-import { hostTag } from '../../src/engine/jobs/output';
+import { hostTag } from '../../src/engine/jobs/staging';
 import type { Results } from '../../src/engine/jobs/results';
 import { useWasm } from '../helpers/backend';
 
@@ -141,19 +141,20 @@ describe('kill safety: a SIGKILLed job, stale staging folders, re-runs and input
 
   it('the next run removes the staging folders of dead processes of this host, and only those', async () => {
     const host = hostTag();
-    // A live process (a child that sleeps), another host, and the old naming without a pid: all kept.
+    // A live process (a child that sleeps), another host, the old naming without a pid, and a (worker thread's)
+    // folder of this very process: all kept.
     const sleeper = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)'], { stdio: 'ignore' });
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
     const deadPid = Number(dead.stdout);
     assert.ok(deadPid > 0);
-    const keep = [`.backdoor-audit-${sleeper.pid}-${host}-aaaaaa`, `.backdoor-audit-${deadPid}-${host}x-bbbbbb`, '.backdoor-audit-cccccc'];
-    const gone = [`.backdoor-audit-${deadPid}-${host}-dddddd`];
+    const keep = [`.backdoor-audit-${sleeper.pid}-t0-${host}-aaaaaa`, `.backdoor-audit-${deadPid}-t0-${host}x-bbbbbb`, '.backdoor-audit-cccccc', `.backdoor-audit-${process.pid}-t3-${host}-ffffff`];
+    const gone = [`.backdoor-audit-${deadPid}-t0-${host}-dddddd`];
     for (const d of [...keep, ...gone]) {
       fs.mkdirSync(path.join(root, d));
       fs.writeFileSync(path.join(root, d, 'x.safetensors'), 'partial');
     }
     // A file (not a folder) under a stale name is not touched either.
-    const fileNamedLikeStaging = `.backdoor-audit-${deadPid}-${host}-eeeeee`;
+    const fileNamedLikeStaging = `.backdoor-audit-${deadPid}-t0-${host}-eeeeee`;
     fs.writeFileSync(path.join(root, fileNamedLikeStaging), 'not a folder');
     const logs: string[] = [];
     try {

@@ -26,6 +26,7 @@ import { embedAuxSet } from '../embed';
 import { Rng } from '../util/rng';
 import { runPrepared, planCells, type PreparedAux, type PreparedJob, type ShardSpec } from './core';
 import { makeStaging, writeResults } from './output';
+import { sameFile } from '../util/atomic';
 import { checkClasses, checkDataSize, checkFiniteWeights, checkModelSize, type Limits } from './checks';
 
 export interface RunOptions {
@@ -82,7 +83,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
 
   // Sizes first: a file beyond the limits is refused before any of it is read.
   const limits = opts.limits ?? {};
-  checkModelSize(typeof job.model === 'string' ? job.model : job.model.path, limits, `${name}: model`);
+  const modelPath = typeof job.model === 'string' ? job.model : job.model.path;
+  checkModelSize(modelPath, limits, `${name}: model`);
   const sources: Array<[DataSourceSpec | undefined, string]> = [
     [job.data.test, 'data.test'],
     [job.data.train, 'data.train'],
@@ -146,6 +148,9 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
 
     const gic = job.gic ?? { mode: 'off' as const, delta: 0.1, norm: 'inf' as const, lambdaBn: 1, epochs: 20, lr: 1e-3 };
     const outDir = path.resolve(opts.outDir);
+    // The job's input files: an output never takes their name, even with overwrite (an out dir may hold them).
+    const inputs = [jobPath, modelPath, ...sources.flatMap(([src]) => (src?.path ? [src.path, ...(src.labels ? [src.labels] : [])] : []))];
+    const taken = (f: string) => (!opts.overwrite && fs.existsSync(f)) || inputs.some((p) => path.resolve(p) === f || sameFile(p, f));
     const { dir: staging, removed } = makeStaging(outDir);
     if (removed.length) emit({ type: 'log', message: `removed ${removed.length} staging folder${removed.length === 1 ? '' : 's'} left by killed jobs: ${removed.join(', ')}` });
     try {
@@ -163,7 +168,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
           const out = await calibrate(v, a.set, { delta: gic.delta, norm: gic.norm, lambdaBn: gic.lambdaBn, epochs: gic.epochs, lr: gic.lr, seed }, signal, progress);
           try {
             // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
-            const files = saveCalibration(out.net, out.set, staging, a.name, (f) => !opts.overwrite && fs.existsSync(path.join(outDir, f)));
+            const files = saveCalibration(out.net, out.set, staging, a.name, (f) => taken(path.join(outDir, f)));
             return { set: out.set, entry: { aux: a.name, ...out.report, files } };
           } finally {
             out.net.dispose();
@@ -179,14 +184,14 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
           const formats = job.outputs?.formats ?? [loaded.info.format as ModelFormat];
           return formats.map((fmt) => {
             const ext = FORMAT_EXT[fmt];
-            const name = !opts.overwrite && fs.existsSync(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
+            const name = taken(path.join(outDir, `${base}.${ext}`)) ? `${base}-${Date.now()}.${ext}` : `${base}.${ext}`;
             return { file: path.join(staging, name), format: fmt };
           });
         },
       };
       emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).filter((_, i) => !shard || i % shard.count === shard.index).length, backend: backend.name, threads: backend.threads });
       const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers });
-      const resultsPath = writeResults(staging, outDir, results);
+      const resultsPath = writeResults(staging, outDir, results, { protect: inputs });
       emit({ type: 'done', results, resultsPath });
       return results;
     } finally {
