@@ -10,6 +10,7 @@ import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { Pacer } from './common';
+import { JobError } from '../errors';
 
 export const ftsam: Defense = {
   id: 'ftsam',
@@ -77,5 +78,5 @@ function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, 
   opt.step(vars, g2);
   tf.dispose(g2);
   for (const apply of ctx.bnUpdates!) apply();
-  if (!Number.isFinite(loss)) throw new Error('training diverged (loss is not finite)');
+  if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
 }
