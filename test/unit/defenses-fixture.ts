@@ -1,10 +1,10 @@
 /**
  * A tiny backdoored victim for the defense tests: the demo's narrow Conv/BN/ReLU stack (`small-cnn`, 88
  * channels) trained for a few epochs on a seeded 2400-image subset of the embedded MNIST with BadNets (3x3 white corner patch, 10% poisoned, target
- * 0); a disjoint class-balanced auxiliary set and a clean/triggered test split. Built once per test file.
+ * 0), or another attack; a disjoint class-balanced auxiliary set and a clean/triggered test split. Built once per test file.
  */
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
-import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../../src/engine/attacks';
+import { makeAttack, poisonTrainingSet, triggeredTestSet, type AttackSpec } from '../../src/engine/attacks';
 import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
 import { fit } from '../../src/engine/nn/train';
@@ -27,10 +27,11 @@ export interface Fixture {
 
 export const TARGET = 0;
 
-export function buildFixture(seed = 7): Fixture {
+/** `attack` replaces the BadNets patch (e.g. a low-ratio `blended` trigger that stays within an L_inf budget). */
+export function buildFixture(seed = 7, attackSpec: AttackSpec = { type: 'badnets' }): Fixture {
   const rng = new Rng(seed);
   const split = splitDisjoint(loadEmbeddedMnist(), { train: 2400, pool: 600, test: 600 }, rng.fork('split'));
-  const attack = makeAttack({ type: 'badnets' }, split.train.shape, rng.fork('attack'));
+  const attack = makeAttack(attackSpec, split.train.shape, rng.fork('attack'));
   const poisoned = poisonTrainingSet(split.train, attack, { pratio: 0.1, target: TARGET, rng: rng.fork('poison') });
   const triggered = triggeredTestSet(split.test, attack, { target: TARGET });
   const victim = buildModel({ arch: 'small-cnn', inputShape: split.train.shape, numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, seed);
