@@ -143,6 +143,16 @@ describe('data formats', () => {
       fs.writeFileSync(path.join(dir, 'f.npy'), encodeNpy(Float32Array.from([0, 0.5, 1.5, 1]), [1, 2, 2]));
       fs.writeFileSync(path.join(dir, 'l.npy'), encodeNpy(BigInt64Array.from([0n]), [1]));
       assert.match(inputError(() => readNpyPair(path.join(dir, 'f.npy'), path.join(dir, 'l.npy'))), /^float images must be in \[0,1\]; found 1\.5 at flat index 2/);
+      // An int64 label past the Int32 range is refused, not wrapped to class 0.
+      fs.writeFileSync(path.join(dir, 'big.npy'), encodeNpy(BigInt64Array.from([2n, 2n ** 62n, 1n]), [3]));
+      assert.match(inputError(() => readNpyPair(path.join(dir, 'x.npy'), path.join(dir, 'big.npy'))), /^label 4611686018427388000 at index 1 is not a class index \(largest accepted 65535\)/);
+      // The class count of 300,000 labels (no model given) without spreading them into arguments.
+      const n = 300_000;
+      fs.writeFileSync(path.join(dir, 'many-x.npy'), encodeNpy(new Uint8Array(n), [n, 1, 1]));
+      fs.writeFileSync(path.join(dir, 'many-y.npy'), encodeNpy(BigInt64Array.from({ length: n }, (_, i) => BigInt(i % 7)), [n]));
+      const many = readNpyPair(path.join(dir, 'many-x.npy'), path.join(dir, 'many-y.npy'));
+      assert.equal(many.numClasses, 7);
+      assert.equal(many.y[n - 1], (n - 1) % 7);
     });
   });
 

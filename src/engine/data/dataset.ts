@@ -62,3 +62,10 @@ export function classCounts(set: ImageSet): number[] {
   for (let i = 0; i < set.n; i++) c[set.y[i]]++;
   return c;
 }
+
+/** Largest value without spreading the array into arguments (a spread of a few hundred thousand overflows the stack). */
+export function maxOf(values: ArrayLike<number>): number {
+  let m = -Infinity;
+  for (let i = 0; i < values.length; i++) if (values[i] > m) m = values[i];
+  return m;
+}

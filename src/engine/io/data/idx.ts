@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
-import type { ImageSet } from '../../data/dataset';
+import { maxOf, type ImageSet } from '../../data/dataset';
 import { InputError } from '../../errors';
 
 const MAX_GUNZIP = 1 << 30;
@@ -42,7 +42,7 @@ export function readIdxPair(imagesFile: string, labelsFile?: string, numClasses?
   if (img.dims.length !== 3) throw new InputError(`IDX images must be N x H x W, got ${img.dims.join(' x ')}`, imagesFile);
   if (lab.dims.length !== 1 || lab.dims[0] !== img.dims[0]) throw new InputError(`${lab.dims[0]} labels for ${img.dims[0]} images`, labelsPath);
   const y = Int32Array.from(lab.data);
-  const k = numClasses ?? Math.max(...y) + 1;
+  const k = numClasses ?? maxOf(y) + 1;
   const bad = y.findIndex((v) => v >= k);
   if (bad >= 0) throw new InputError(`label ${y[bad]} at index ${bad} is outside the model's ${k} classes`, labelsPath);
   const [n, h, w] = img.dims;

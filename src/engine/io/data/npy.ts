@@ -4,7 +4,7 @@
  * sizes against the file); C order only. Also the writer the engine uses for calibrated images.
  */
 import * as fs from 'node:fs';
-import type { ImageSet } from '../../data/dataset';
+import { maxOf, type ImageSet } from '../../data/dataset';
 import { InputError } from '../../errors';
 import { conformSet, type DataTarget } from './convert';
 
@@ -65,6 +65,9 @@ function readAt(a: Npy): (i: number) => number {
   }
 }
 
+/** Labels beyond this are not class indices of any classifier we load (and would not fit an Int32Array). */
+const MAX_LABEL = 65_535;
+
 const count = (a: Npy) => a.body.byteLength / ITEM_SIZE[a.dtype];
 
 /**
@@ -90,11 +93,12 @@ export function npyToImageSet(img: Npy, lab: Npy, where: { images: string; label
   for (let i = 0; i < n; i++) {
     const v = getL(i);
     if (!Number.isInteger(v)) throw new InputError(`labels must be integers; found ${v} at index ${i}`, where.labels);
+    if (v < 0) throw new InputError(`label ${v} at index ${i} is negative`, where.labels);
+    // Checked before the Int32Array takes it: 2^62 would silently wrap to class 0.
+    if (v > MAX_LABEL) throw new InputError(`label ${v} at index ${i} is not a class index (largest accepted ${MAX_LABEL})`, where.labels);
     y[i] = v;
   }
-  const neg = y.findIndex((v) => v < 0);
-  if (neg >= 0) throw new InputError(`label ${y[neg]} at index ${neg} is negative`, where.labels);
-  const k = target.numClasses ?? (n ? Math.max(...y) + 1 : 0);
+  const k = target.numClasses ?? (n ? maxOf(y) + 1 : 0);
   let set: ImageSet = { n, shape: [h, w, c], x, y, numClasses: k };
   // Labels are checked first so that their error names the labels file.
   if (target.numClasses !== undefined) set = conformSet(set, { numClasses: target.numClasses }, where.labels);
