@@ -6,7 +6,8 @@
  *     kept within an L2 ball of radius `maxNorm` (10); as in BackdoorBench, x + delta is not clipped to the
  *     pixel range. BackdoorBench works on normalized inputs, our models take pixels: with the model's
  *     normalization std s, a pixel-space delta is s times the normalized one and its gradient 1/s times, so
- *     the step becomes innerLr * s^2 and the radius maxNorm * s (for MNIST: about 0.95 and 3.1);
+ *     the step becomes innerLr * s^2, the radius maxNorm * s and the penalty weight penalty / s^2 (its
+ *     ||delta||^2 is 1/s^2 times larger in normalized space; for MNIST: about 0.95, 3.1 and 0.0105);
  *   - outer minimization: per batch, a random `portion` of the images carries delta and the model is trained
  *     to classify the batch correctly (Adam, BatchNorm statistics frozen).
  *
@@ -50,6 +51,8 @@ export const ibau: Defense = {
     const s = std.reduce((a, b) => a + b, 0) / std.length;
     const innerLr = p.innerLr * s * s;
     const maxNorm = p.maxNorm * s;
+    // ||delta_normalized||^2 = ||delta_pixel||^2 / s^2, so the same penalty in pixel space weighs 1/s^2 more.
+    const penalty = p.penalty / (s * s);
     const delta = tf.tidy(() => tf.variable(tf.zeros([1, h, w, c]), false));
     const norms: number[] = [];
     const pacer = new Pacer(ctx);
@@ -70,7 +73,7 @@ export const ibau: Defense = {
               // No clipping to [0,1] (as BackdoorBench): a clip passes no gradient at 0, which would freeze
               // delta on every black background pixel, where patch triggers live.
               const xp = tf.add(x, d) as tf.Tensor4D;
-              return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), p.penalty)) as tf.Scalar;
+              return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar;
             });
             let next = tf.add(delta, tf.mul(g, innerLr));
             const norm = tf.norm(next).dataSync()[0];
