@@ -75,17 +75,21 @@ async function main(): Promise<void> {
   const attack = makeAttack({ type: 'badnets' }, train.shape, rng.fork('attack'));
   const triggered = triggeredTestSet(test, attack, { target: 0 });
   const spec = { arch: 'small-cnn', inputShape: train.shape, numClasses: 10 };
+  // Taken whether or not the victim comes from the cache: each fork consumes a draw of its parent, so skipping
+  // these would give every later stream (the aux samples, shifts, inversion) other numbers than a training run's.
+  const poisonRng = rng.fork('poison');
+  const victimRng = rng.fork('victim');
   let victim: Model;
   if (cache && fs.existsSync(cache)) {
     victim = loadModelFile({ path: cache, arch: 'small-cnn', normalize: { mean: [0.286], std: [0.353] } }, 'victim cache').model;
     log(`victim from ${cache}`);
   } else {
-    const poisoned = poisonTrainingSet(victimTrain, attack, { pratio: 0.1, target: 0, rng: rng.fork('poison') });
+    const poisoned = poisonTrainingSet(victimTrain, attack, { pratio: 0.1, target: 0, rng: poisonRng });
     victim = buildModel(spec, { mean: [0.286], std: [0.353] }, seed);
     const sgd = new SGD(0.05, 0.9, 5e-4);
     const epochs = 8;
     const t0 = Date.now();
-    fit(victim, poisoned.set, { epochs, batchSize: 64, optimizer: sgd, lr: 0.05, augment: { cropPadding: 2, flip: false }, rng: rng.fork('victim'), dropLast: true });
+    fit(victim, poisoned.set, { epochs, batchSize: 64, optimizer: sgd, lr: 0.05, augment: { cropPadding: 2, flip: false }, rng: victimRng, dropLast: true });
     sgd.dispose();
     log(`victim trained on ${trainN} images, ${epochs} epochs, ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     if (cache) saveModelFile(victim, cache, 'safetensors');

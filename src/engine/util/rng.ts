@@ -61,7 +61,11 @@ export class Rng {
     return p;
   }
 
-  /** An independent stream named by `label` (stable across runs for the same parent seed). */
+  /**
+   * An independent stream named by `label` (stable across runs for the same parent seed). It consumes one draw
+   * of this stream: the streams forked after it depend on it having been forked, so code that forks
+   * conditionally (a cached result, an optional step) must still fork in the same order.
+   */
   fork(label: string): Rng {
     let h = 2166136261;
     for (let i = 0; i < label.length; i++) h = Math.imul(h ^ label.charCodeAt(i), 16777619);
