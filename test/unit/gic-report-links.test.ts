@@ -7,7 +7,6 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { Window } from 'happy-dom';
 import type * as StateModule from '../../webview-ui/state';
 import { buildGrid, relativeHref } from '../../webview-ui/format';
 import { useWasm } from '../helpers/backend';
@@ -15,68 +14,32 @@ import { GicNet, GIC_DEFAULTS, applyCalibration } from '../../src/engine/gic/gic
 import { saveCalibration } from '../../src/engine/gic/save';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import { sampleResults, tmpdir } from './vscode-fixtures';
+import { usePanelDom } from '../helpers/panel-dom';
 
 interface ViewLike {
   showResults(s: ReturnType<typeof StateModule.emptyState>): void;
 }
-type DomViewCtor = new (root: unknown, actions: Record<string, (...a: never[]) => void>, interactive: boolean) => ViewLike;
+
+/** chart.js stand-in: the embeddings chart is not under test here (happy-dom has no canvas layout). */
+class FakeChart {
+  static defaults = { font: {} };
+  static register(): void {}
+  data: unknown;
+  constructor(_canvas: unknown, cfg: { data: unknown }) {
+    this.data = cfg.data;
+  }
+  update(): void {}
+  destroy(): void {}
+}
 
 describe('GIC files in report.html', () => {
-  const win = new Window({ url: 'https://report.invalid/out/report.html' });
-  const g = globalThis as Record<string, unknown>;
-  const added: string[] = [];
-  const loaded: string[] = [];
-  const chartPath = require.resolve('chart.js');
-  const toolkitPath = require.resolve('@vscode/webview-ui-toolkit');
-  let DomView: DomViewCtor;
-  let state: typeof StateModule;
-
-  before(() => {
-    // A page's globals for this suite only; chart.js and the toolkit stubbed (happy-dom has no canvas layout).
-    const w = win as unknown as Record<string, unknown>;
-    const put = (k: string, v: unknown) => {
-      if (g[k] !== undefined) return;
-      g[k] = v;
-      added.push(k);
-    };
-    for (let o: object | null = win; o && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
-      for (const k of Object.getOwnPropertyNames(o)) if (/^[A-Z]/.test(k)) put(k, w[k]);
-    }
-    for (const k of ['document', 'customElements', 'navigator', 'location']) put(k, w[k]);
-    for (const k of ['getComputedStyle', 'requestAnimationFrame', 'cancelAnimationFrame', 'matchMedia']) put(k, (w[k] as (...a: unknown[]) => unknown).bind(win));
-    put('window', win);
-    class FakeChart {
-      static defaults = { font: {} };
-      static register(): void {}
-      data: unknown;
-      constructor(_canvas: unknown, cfg: { data: unknown }) {
-        this.data = cfg.data;
-      }
-      update(): void {}
-      destroy(): void {}
-    }
-    const chartStub = { Chart: FakeChart, BarController: {}, BarElement: {}, CategoryScale: {}, LinearScale: {}, PointElement: {}, ScatterController: {}, Legend: {}, Tooltip: {} };
-    require.cache[chartPath] = { id: chartPath, filename: chartPath, loaded: true, exports: chartStub } as NodeJS.Module;
-    const toolkitStub = { provideVSCodeDesignSystem: () => ({ register: () => undefined }), vsCodeBadge: () => ({}), vsCodeButton: () => ({}), vsCodeDivider: () => ({}), vsCodeLink: () => ({}), vsCodeProgressRing: () => ({}) };
-    require.cache[toolkitPath] = { id: toolkitPath, filename: toolkitPath, loaded: true, exports: toolkitStub } as NodeJS.Module;
-    const before = new Set(Object.keys(require.cache));
-    DomView = require('../../webview-ui/render').DomView;
-    state = require('../../webview-ui/state');
-    loaded.push(...Object.keys(require.cache).filter((k) => !before.has(k)));
-  });
-
-  after(async () => {
-    for (const k of added) delete g[k];
-    for (const k of [chartPath, toolkitPath, ...loaded]) delete require.cache[k];
-    await win.happyDOM.abort();
-    win.close();
-  });
+  const dom = usePanelDom<ViewLike>('https://report.invalid/out/report.html', FakeChart);
 
   function show(results: ReturnType<typeof sampleResults>, interactive: boolean) {
-    const root = win.document.createElement('main');
-    win.document.body.replaceChildren(root);
-    const view = new DomView(root, { openModel: () => undefined, openResultsJson: () => undefined, revealOutDir: () => undefined, cancel: () => undefined, action: () => undefined }, interactive);
-    view.showResults(state.fromResults({ id: 'report', title: 'report', outDir: '.' }, results));
+    const root = dom.win.document.createElement('main');
+    dom.win.document.body.replaceChildren(root);
+    const view = new dom.DomView(root, { openModel: () => undefined, openResultsJson: () => undefined, revealOutDir: () => undefined, cancel: () => undefined, action: () => undefined }, interactive);
+    view.showResults(dom.state.fromResults({ id: 'report', title: 'report', outDir: '.' }, results));
     return root;
   }
 
@@ -139,7 +102,7 @@ describe('GIC files in report.html', () => {
         { ...base.gic[0], aux: 'b' },
       ],
     };
-    const grid = buildGrid(state.fromResults({ id: 'r', title: 'r', outDir: '.' }, results));
+    const grid = buildGrid(dom.state.fromResults({ id: 'r', title: 'r', outDir: '.' }, results));
     assert.deepEqual(grid.groups.find((x) => x.aux === 'a')!.gicFiles, [{ kind: 'calibrated set', path: 'javascript:alert(1)', href: 'javascript%3Aalert(1)' }]);
     assert.equal(grid.groups.find((x) => x.aux === 'b')!.gicFiles, undefined);
     const root = show(results, false);

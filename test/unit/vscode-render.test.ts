@@ -5,18 +5,17 @@
  * (`<img src=x onerror=alert(1)>`) must show as those characters and create no element.
  */
 import * as assert from 'node:assert/strict';
-import { Window } from 'happy-dom';
 import type { RunEvent } from '../../src/protocol';
 import type { Results } from '../../src/engine/jobs/results';
 import type * as StateModule from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
+import { usePanelDom } from '../helpers/panel-dom';
 
 /** The parts of the DOM view the test drives (render.ts is compiled with the DOM library; the tests are not). */
 interface ViewLike {
   showResults(s: ReturnType<typeof StateModule.emptyState>): void;
   showInspect(file: string, info?: Record<string, unknown>, error?: string): void;
 }
-type DomViewCtor = new (root: unknown, actions: Record<string, (...a: never[]) => void>, interactive: boolean) => ViewLike;
 
 /**
  * chart.js draws on canvases (labels become pixels, not markup) and needs a layout engine happy-dom does not
@@ -50,54 +49,13 @@ function hostileResults(): Results {
 }
 
 describe('vscode webview: labels render as text (DOM)', () => {
-  const win = new Window({ url: 'https://webview.invalid/' });
-  const g = globalThis as Record<string, unknown>;
-  const added: string[] = [];
-  let DomView: DomViewCtor;
-  let state: typeof StateModule;
-  const chartPath = require.resolve('chart.js');
-  const toolkitPath = require.resolve('@vscode/webview-ui-toolkit');
-  const loaded: string[] = [];
-
-  before(() => {
-    // The page's globals, for this suite only (removed after: other suites must not see a browser).
-    const w = win as unknown as Record<string, unknown>;
-    const put = (k: string, v: unknown) => {
-      if (g[k] !== undefined) return;
-      g[k] = v;
-      added.push(k);
-    };
-    for (let o: object | null = win; o && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
-      for (const k of Object.getOwnPropertyNames(o)) if (/^[A-Z]/.test(k)) put(k, w[k]);
-    }
-    for (const k of ['document', 'customElements', 'navigator', 'location']) put(k, w[k]);
-    for (const k of ['getComputedStyle', 'requestAnimationFrame', 'cancelAnimationFrame', 'matchMedia']) put(k, (w[k] as (...a: unknown[]) => unknown).bind(win));
-    put('window', win);
-    const chartStub = { Chart: FakeChart, BarController: {}, BarElement: {}, CategoryScale: {}, LinearScale: {}, PointElement: {}, ScatterController: {}, Legend: {}, Tooltip: {} };
-    require.cache[chartPath] = { id: chartPath, filename: chartPath, loaded: true, exports: chartStub } as NodeJS.Module;
-    // The toolkit's elements style themselves through design tokens that need CSSOM happy-dom lacks; their
-    // content is what the view puts in them (text), so unregistered elements show the same thing.
-    const toolkitStub = { provideVSCodeDesignSystem: () => ({ register: () => undefined }), vsCodeBadge: () => ({}), vsCodeButton: () => ({}), vsCodeDivider: () => ({}), vsCodeLink: () => ({}), vsCodeProgressRing: () => ({}) };
-    require.cache[toolkitPath] = { id: toolkitPath, filename: toolkitPath, loaded: true, exports: toolkitStub } as NodeJS.Module;
-    // Loaded now, with a document to register the toolkit's elements in.
-    const before = new Set(Object.keys(require.cache));
-    DomView = require('../../webview-ui/render').DomView;
-    state = require('../../webview-ui/state');
-    loaded.push(...Object.keys(require.cache).filter((k) => !before.has(k)));
-  });
-
-  after(async () => {
-    for (const k of added) delete g[k];
-    for (const k of [chartPath, toolkitPath, ...loaded]) delete require.cache[k];
-    await win.happyDOM.abort();
-    win.close();
-  });
+  const dom = usePanelDom<ViewLike>('https://webview.invalid/', FakeChart);
 
   function mount(interactive = true) {
-    const root = win.document.createElement('main');
-    win.document.body.replaceChildren(root);
+    const root = dom.win.document.createElement('main');
+    dom.win.document.body.replaceChildren(root);
     const clicks: string[] = [];
-    const view = new DomView(root, { openModel: (p: string) => void clicks.push(p), openResultsJson: () => undefined, revealOutDir: () => undefined, cancel: () => undefined, action: () => undefined }, interactive);
+    const view = new dom.DomView(root, { openModel: (p: string) => void clicks.push(p), openResultsJson: () => undefined, revealOutDir: () => undefined, cancel: () => undefined, action: () => undefined }, interactive);
     return { root, view, clicks };
   }
 
@@ -117,7 +75,7 @@ describe('vscode webview: labels render as text (DOM)', () => {
   it('results grid, header, GIC notes, errors and links: text only', () => {
     const { root, view, clicks } = mount();
     const run = { id: '/w/out', title: `${EVIL} — run`, outDir: '/w/out' };
-    view.showResults(state.fromResults(run, hostileResults()));
+    view.showResults(dom.state.fromResults(run, hostileResults()));
     assertInert(root, [EVIL, EVIL2, `${EVIL}-0`, `${EVIL} — run`, `failed: ${EVIL2}`]);
     // The model link carries the raw path back to the host (which checks it), not a URL the page follows.
     const links = root.querySelectorAll('vscode-link');
@@ -130,17 +88,17 @@ describe('vscode webview: labels render as text (DOM)', () => {
   it('live events (log lines, progress stages, failures) and the standalone report view: text only', () => {
     const { root, view } = mount(false);
     const run = { id: '/w/out', title: EVIL, outDir: '/w/out' };
-    let s = state.emptyState(run, 'waiting');
+    let s = dom.state.emptyState(run, 'waiting');
     const events: RunEvent[] = [
       { type: 'started', jobPath: `/w/${EVIL}.json`, outDir: '/w/out', cells: 2, backend: EVIL as 'wasm', threads: 1 },
       { type: 'progress', stage: EVIL, done: 1, total: 2, message: EVIL2 } as RunEvent,
       { type: 'log', message: `${EVIL} ${EVIL2}` } as RunEvent,
       { type: 'row', row: hostileResults().rows[0] },
     ];
-    for (const e of events) s = state.applyEvent(s, e);
+    for (const e of events) s = dom.state.applyEvent(s, e);
     view.showResults(s);
     assertInert(root, [EVIL]);
-    view.showResults(state.applyEvent(s, { type: 'failed', error: `${EVIL} ${EVIL2}`, exitCode: 1 }));
+    view.showResults(dom.state.applyEvent(s, { type: 'failed', error: `${EVIL} ${EVIL2}`, exitCode: 1 }));
     assertInert(root, [EVIL, EVIL2]);
   });
 
