@@ -1,0 +1,467 @@
+/**
+ * A training step as one ONNX graph: the forward pass of the module graph in training mode, the cross-entropy
+ * loss and the backward pass written out as ordinary ONNX operators, so that ONNX Runtime's CPU kernels (MLAS:
+ * AVX2/FMA GEMMs and convolutions on every core) compute the gradients instead of the single-threaded wasm
+ * backend. ONNX Runtime's npm build has no training API; the backward pass is built here, one rule per layer:
+ *
+ *   - Conv2d: input gradient = ConvTranspose of the output gradient with the same weights (strides, pads and
+ *     an output_padding that restores the input size); weight gradient = a Conv of the input, batch and channel
+ *     axes swapped, with the output gradient (axes swapped the same way) as the kernel, dilated by the stride,
+ *     cut to the kernel size; bias gradient = the sum of the output gradient over batch and space.
+ *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
+ *     k = gamma invstd and xc = x - mean; gamma's gradient is sum(dy xc) invstd, beta's sum(dy). With frozen
+ *     statistics it is the affine map x k + c and its gradients.
+ *   - ReLU: the output gradient where the output is positive.
+ *   - MaxPool2d: the output gradient scattered (added) to the arg-max positions MaxPool reports.
+ *   - Average pools: the output gradient spread evenly over each window.
+ *   - Linear: the usual three products; Flatten: a reshape back.
+ *   - Residual additions: a tensor used twice receives the sum of both gradients.
+ *
+ * The graph's inputs are the batch (NHWC pixels in [0,1], as the module graph takes them; normalization and
+ * the NCHW transpose happen inside), the target distribution [N, classes] (one-hot or smoothed), 1/N, and every
+ * parameter in the module graph's own layout (HWIO convolutions, [in, out] linear layers), fed fresh at every
+ * step. Its outputs are the mean loss, every trainable parameter's gradient in the same layout, and each
+ * BatchNorm's batch mean and biased variance (the caller updates the running statistics, as layers.ts does).
+ *
+ * Modules without a rule here (inserted modules, BN masks, imported graphs, dropout) make the builder throw
+ * OrtGradUnsupported; the caller then trains on the TensorFlow.js backend.
+ */
+import { onnx } from 'onnx-proto';
+import { OnnxBuilder } from '../io/onnx_export';
+import type { Model } from './model';
+import type { Module } from './module';
+import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
+
+/** Opset of the training graph: ScatterElements' `reduction` (overlapping max pools) needs 16. */
+export const GRAD_OPSET = 17;
+
+export class OrtGradUnsupported extends Error {}
+
+export interface GradGraph {
+  bytes: Uint8Array;
+  /** Parameter inputs (namedParams keys) in the order the caller feeds them, with their shapes. */
+  paramInputs: Array<{ key: string; shape: number[] }>;
+  /** Gradient outputs: `grad/<key>` for each trainable parameter, in namedParams order. */
+  gradKeys: string[];
+  /** BatchNorm layers whose batch statistics come out as `mean/<path>` and `var/<path>` (training mode only). */
+  bnPaths: string[];
+}
+
+const T = onnx.TensorProto.DataType;
+
+function valueInfo(name: string, shape: number[], elemType: number = T.FLOAT): onnx.IValueInfoProto {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: { tensorType: { elemType, shape: { dim: shape.map((d) => (d < 0 ? { dimParam: 'N' } : { dimValue: d })) } } },
+  });
+}
+
+/** Forward emission with a tape of backward rules, run in reverse once the loss is in place. */
+class GradBuilder {
+  readonly b = new OnnxBuilder();
+  private readonly tape: Array<() => void> = [];
+  private readonly grads = new Map<string, string>();
+  /** Tensors that depend on a trainable parameter (only they need gradients). */
+  private readonly live = new Set<string>();
+  readonly paramInputs: Array<{ key: string; shape: number[] }> = [];
+  readonly gradOutputs: Array<{ key: string; name: string; shape: number[] }> = [];
+  readonly statOutputs: Array<{ name: string; shape: number[] }> = [];
+  readonly bnPaths: string[] = [];
+  invBatch = '';
+  private n = 0;
+
+  constructor(
+    private readonly model: Model,
+    readonly bnTrain: boolean,
+  ) {}
+
+  private name(base: string): string {
+    return this.b.fresh(base);
+  }
+
+  private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
+    return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
+  }
+
+  private i64(values: number[]): string {
+    return this.b.int64s('const', values);
+  }
+
+  private scalar(v: number): string {
+    return this.b.initializer('const', [], Float32Array.of(v));
+  }
+
+  /** A parameter as a graph input, in the module graph's layout. */
+  param(m: Module, name: string): string {
+    const key = m.path ? `${m.path}.${name}` : name;
+    const p = m.params.get(name);
+    if (!p) throw new Error(`${m.path} has no ${name}`);
+    const shape = [...p.variable.shape];
+    this.b.reserve(key);
+    this.b.shapes.set(key, shape);
+    this.paramInputs.push({ key, shape });
+    if (p.trainable) this.live.add(key);
+    return key;
+  }
+
+  private addGrad(t: string, g: string): void {
+    if (!this.live.has(t)) return;
+    const prev = this.grads.get(t);
+    this.grads.set(t, prev ? this.op('Add', [prev, g], {}, this.b.shape(t)) : g);
+  }
+
+  /** Record a backward rule for output `y`; it runs only when `y` received a gradient. */
+  private back(y: string, inputs: string[], rule: (dy: string) => void): void {
+    if (inputs.some((i) => this.live.has(i))) this.live.add(y);
+    this.tape.push(() => {
+      const dy = this.grads.get(y);
+      if (dy) rule(dy);
+    });
+  }
+
+  /** The gradient of parameter input `key`, as a named graph output. */
+  private paramGrad(key: string, g: string): void {
+    this.addGrad(key, g);
+  }
+
+  conv(m: Conv2d, x: string): string {
+    const [n, cin, h, w] = this.b.shape(x);
+    const k = m.kernelSize;
+    const s = m.stride;
+    const p = m.padding;
+    const ho = Math.floor((h + 2 * p - k) / s) + 1;
+    const wo = Math.floor((w + 2 * p - k) / s) + 1;
+    const wHwio = this.param(m, 'weight');
+    const wOihw = this.op('Transpose', [wHwio], { perm: [3, 2, 0, 1] }, [m.outChannels, cin, k, k]);
+    const inputs = [x, wOihw];
+    const bias = m.bias ? this.param(m, 'bias') : undefined;
+    if (bias) inputs.push(bias);
+    const attrs = { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] };
+    const y = this.op('Conv', inputs, attrs, [n, m.outChannels, ho, wo]);
+    this.back(y, [x, wHwio, ...(bias ? [bias] : [])], (dy) => {
+      if (this.live.has(x)) {
+        let dx: string;
+        if (s === 1) {
+          // Stride 1: the input gradient is an ordinary convolution of dy with the kernel turned by 180 degrees
+          // and its channel axes swapped, padded by k - 1 - p (ONNX Runtime's Conv is faster than ConvTranspose).
+          const swapped = this.op('Transpose', [wHwio], { perm: [2, 3, 0, 1] }, [cin, m.outChannels, k, k]);
+          const turned = this.op('Slice', [swapped, this.i64([-1, -1]), this.i64([-(k + 1), -(k + 1)]), this.i64([2, 3]), this.i64([-1, -1])], {}, [cin, m.outChannels, k, k]);
+          const q = k - 1 - p;
+          dx = this.op('Conv', [dy, turned], { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
+        } else {
+          // ConvTranspose maps [n, out, ho, wo] back to [n, in, h, w]; output_padding restores rows the strided
+          // conv dropped.
+          const outPad = [h - ((ho - 1) * s - 2 * p + k), w - ((wo - 1) * s - 2 * p + k)];
+          dx = this.op('ConvTranspose', [dy, wOihw], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s], output_padding: outPad }, [n, cin, h, w]);
+        }
+        this.addGrad(x, dx);
+      }
+      if (this.live.has(wHwio)) {
+        this.paramGrad(wHwio, process.env.DW_MODE === 'conv' ? this.weightGradByConv(x, dy, m, [h, w], [ho, wo]) : this.weightGradByColumns(x, dy, m, [h, w], [ho, wo]));
+      }
+      if (bias) this.paramGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
+    });
+    return y;
+  }
+
+  /**
+   * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b]: a
+   * convolution of x (channels as batch, batch as channels) with dy as its kernel, dilated by s. Returns HWIO.
+   */
+  private weightGradByConv(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
+    const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
+    const n = this.b.shape(x)[0];
+    const xt = this.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);
+    const dyt = this.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]);
+    const span = [h + 2 * p - s * (ho - 1), w + 2 * p - s * (wo - 1)];
+    let r = this.op('Conv', [xt, dyt], { dilations: [s, s], group: 1, kernel_shape: [ho, wo], pads: [p, p, p, p], strides: [1, 1] }, [cin, cout, span[0], span[1]]);
+    if (span[0] !== k || span[1] !== k) {
+      // A strided conv whose window does not tile the padded input exactly: the extra rows and columns are
+      // positions the forward pass never used.
+      r = this.op('Slice', [r, this.i64([0, 0]), this.i64([k, k]), this.i64([2, 3])], {}, [cin, cout, k, k]);
+    }
+    return this.op('Transpose', [r], { perm: [2, 3, 0, 1] }, [k, k, cin, cout]);
+  }
+
+  /**
+   * The same weight gradient as matrix products: for each of the k*k kernel offsets, the shifted (strided) view
+   * of the padded input [N, in, ho*wo] times dy [N, ho*wo, out], per image, summed over the batch afterwards.
+   * Each view is copied once and nothing of the size of the unfolded input is built. Returns HWIO.
+   */
+  private weightGradByColumns(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
+    const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
+    const n = this.b.shape(x)[0];
+    const xp = p ? this.op('Pad', [x, this.i64([0, 0, p, p, 0, 0, p, p])], {}, [n, cin, h + 2 * p, w + 2 * p]) : x;
+    const dyT = this.op('Transpose', [this.op('Reshape', [dy, this.i64([0, 0, -1])], {}, [n, cout, ho * wo])], { perm: [0, 2, 1] }, [n, ho * wo, cout]);
+    const parts: string[] = [];
+    for (let a = 0; a < k; a++) {
+      for (let b = 0; b < k; b++) {
+        const exact = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
+        const view = exact ? xp : this.op('Slice', [xp, this.i64([a, b]), this.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), this.i64([2, 3]), this.i64([s, s])], {}, [n, cin, ho, wo]);
+        const rows = this.op('Reshape', [view, this.i64([0, 0, -1])], {}, [n, cin, ho * wo]);
+        parts.push(this.op('MatMul', [rows, dyT], {}, [n, cin, cout]));
+      }
+    }
+    const perImage = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 1 }, [n, k * k * cin, cout]);
+    const g = this.op('ReduceSum', [perImage, this.i64([0])], { keepdims: 0 }, [k * k * cin, cout]);
+    return this.op('Reshape', [g, this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
+  }
+
+  batchNorm(m: BatchNorm2d, x: string): string {
+    if (m.mask) throw new OrtGradUnsupported('BatchNorm masks');
+    const shape = this.b.shape(x);
+    const c = shape[1];
+    const toNchw = this.i64([1, -1, 1, 1]);
+    const gammaKey = this.param(m, 'weight');
+    const betaKey = this.param(m, 'bias');
+    const gamma = this.op('Reshape', [gammaKey, toNchw], {}, [1, c, 1, 1]);
+    const beta = this.op('Reshape', [betaKey, toNchw], {}, [1, c, 1, 1]);
+    const cShape = [1, c, 1, 1];
+    let mean: string;
+    let invstd: string;
+    let xc: string;
+    if (this.bnTrain) {
+      mean = this.op('ReduceMean', [x], { axes: [0, 2, 3], keepdims: 1 }, cShape);
+      xc = this.op('Sub', [x, mean], {}, shape);
+      const variance = this.op('ReduceMean', [this.op('Mul', [xc, xc], {}, shape)], { axes: [0, 2, 3], keepdims: 1 }, cShape);
+      invstd = this.op('Reciprocal', [this.op('Sqrt', [this.op('Add', [variance, this.scalar(m.eps)], {}, cShape)], {}, cShape)], {}, cShape);
+      const meanOut = `mean/${m.path}`;
+      const varOut = `var/${m.path}`;
+      this.op('Reshape', [mean, this.i64([-1])], {}, [c], [meanOut]);
+      this.op('Reshape', [variance, this.i64([-1])], {}, [c], [varOut]);
+      this.statOutputs.push({ name: meanOut, shape: [c] }, { name: varOut, shape: [c] });
+      this.bnPaths.push(m.path);
+    } else {
+      const rm = this.param(m, 'running_mean');
+      const rv = this.param(m, 'running_var');
+      mean = this.op('Reshape', [rm, toNchw], {}, cShape);
+      invstd = this.op('Reciprocal', [this.op('Sqrt', [this.op('Add', [this.op('Reshape', [rv, toNchw], {}, cShape), this.scalar(m.eps)], {}, cShape)], {}, cShape)], {}, cShape);
+      xc = this.op('Sub', [x, mean], {}, shape);
+    }
+    const k = this.op('Mul', [gamma, invstd], {}, cShape);
+    const y = this.op('Add', [this.op('Mul', [xc, k], {}, shape), beta], {}, shape);
+    this.back(y, [x, gammaKey, betaKey], (dy) => {
+      const sumDy = this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
+      const sumDyXc = this.op('ReduceSum', [this.op('Mul', [dy, xc], {}, shape), this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
+      this.paramGrad(betaKey, this.op('Reshape', [sumDy, this.i64([-1])], {}, [c]));
+      this.paramGrad(gammaKey, this.op('Reshape', [this.op('Mul', [sumDyXc, invstd], {}, cShape), this.i64([-1])], {}, [c]));
+      if (!this.live.has(x)) return;
+      const kDy = this.op('Mul', [dy, k], {}, shape);
+      if (!this.bnTrain) {
+        this.addGrad(x, kDy);
+        return;
+      }
+      // 1/M with M = N*H*W (N is the batch, fed as 1/N).
+      const invM = this.op('Mul', [this.invBatch, this.scalar(1 / (shape[2] * shape[3]))], {}, [1]);
+      // dx = k*dy + xc * c1 + c0, with c1 = -k invstd^2 sum(dy xc)/M and c0 = -k sum(dy)/M.
+      const c1 = this.op('Neg', [this.op('Mul', [this.op('Mul', [k, this.op('Mul', [invstd, invstd], {}, cShape)], {}, cShape), this.op('Mul', [sumDyXc, invM], {}, cShape)], {}, cShape)], {}, cShape);
+      const c0 = this.op('Neg', [this.op('Mul', [k, this.op('Mul', [sumDy, invM], {}, cShape)], {}, cShape)], {}, cShape);
+      const dx = this.op('Add', [kDy, this.op('Add', [this.op('Mul', [xc, c1], {}, shape), c0], {}, shape)], {}, shape);
+      this.addGrad(x, dx);
+    });
+    return y;
+  }
+
+  relu(x: string): string {
+    const shape = this.b.shape(x);
+    const y = this.op('Relu', [x], {}, shape);
+    this.back(y, [x], (dy) => {
+      const positive = this.op('Cast', [this.op('Greater', [y, this.scalar(0)], {}, shape)], { to: T.FLOAT }, shape);
+      this.addGrad(x, this.op('Mul', [dy, positive], {}, shape));
+    });
+    return y;
+  }
+
+  add(a: string, c: string): string {
+    const y = this.op('Add', [a, c], {}, this.b.shape(a));
+    this.back(y, [a, c], (dy) => {
+      this.addGrad(a, dy);
+      this.addGrad(c, dy);
+    });
+    return y;
+  }
+
+  maxPool(m: MaxPool2d, x: string): string {
+    const [n, c, h, w] = this.b.shape(x);
+    const { kernelSize: k, stride: s, padding: p } = m;
+    const ho = Math.floor((h + 2 * p - k) / s) + 1;
+    const wo = Math.floor((w + 2 * p - k) / s) + 1;
+    const indices = this.name('maxpool_indices');
+    const y = this.b.node('MaxPool', [x], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] }, `MaxPool_${++this.n}`, [n, c, ho, wo], [this.name('maxpool_output'), indices]);
+    this.back(y, [x], (dy) => {
+      // MaxPool's indices address the flattened input, batch and channel included.
+      const flatShape = [-1];
+      const zeros = this.op('ConstantOfShape', [this.op('Reshape', [this.op('Size', [x], {}, []), this.i64([1])], {}, [1])], {}, flatShape);
+      const flatIdx = this.op('Reshape', [indices, this.i64([-1])], {}, flatShape);
+      const flatDy = this.op('Reshape', [dy, this.i64([-1])], {}, flatShape);
+      // Overlapping windows can pick the same position twice: add, do not overwrite.
+      const scattered = this.op('ScatterElements', [zeros, flatIdx, flatDy], { axis: 0, reduction: 'add' }, flatShape);
+      this.addGrad(x, this.op('Reshape', [scattered, this.op('Shape', [x], {}, [4])], {}, [n, c, h, w]));
+    });
+    return y;
+  }
+
+  /** Average over k x k windows with stride k (AvgPool2d(k) and the even AdaptiveAvgPool2d). */
+  avgPool(x: string, k: number): string {
+    const [n, c, h, w] = this.b.shape(x);
+    if (h % k || w % k) throw new OrtGradUnsupported('average pools that do not tile the input');
+    const y = this.op('AveragePool', [x], { kernel_shape: [k, k], strides: [k, k] }, [n, c, h / k, w / k]);
+    this.back(y, [x], (dy) => {
+      // Each input position receives dy/k^2 of its window: repeat every output k times along both axes.
+      const spread = this.op('Reshape', [dy, this.i64([0, 0, h / k, 1, w / k, 1])], {}, [n, c, h / k, 1, w / k, 1]);
+      const tiled = this.op('Expand', [spread, this.i64([1, 1, h / k, k, w / k, k])], {}, [n, c, h / k, k, w / k, k]);
+      const dx = this.op('Reshape', [tiled, this.i64([0, 0, h, w])], {}, [n, c, h, w]);
+      this.addGrad(x, this.op('Mul', [dx, this.scalar(1 / (k * k))], {}, [n, c, h, w]));
+    });
+    return y;
+  }
+
+  globalAvgPool(x: string): string {
+    const [n, c, h, w] = this.b.shape(x);
+    const y = this.op('ReduceMean', [x], { axes: [2, 3], keepdims: 0 }, [n, c]);
+    this.back(y, [x], (dy) => {
+      const spread = this.op('Reshape', [dy, this.i64([0, 0, 1, 1])], {}, [n, c, 1, 1]);
+      const tiled = this.op('Expand', [spread, this.op('Shape', [x], {}, [4])], {}, [n, c, h, w]);
+      this.addGrad(x, this.op('Mul', [tiled, this.scalar(1 / (h * w))], {}, [n, c, h, w]));
+    });
+    return y;
+  }
+
+  flatten(x: string): string {
+    const shape = this.b.shape(x);
+    if (shape.length === 2) return x;
+    const y = this.op('Flatten', [x], { axis: 1 }, [shape[0], shape.slice(1).reduce((a, c) => a * c, 1)]);
+    this.back(y, [x], (dy) => this.addGrad(x, this.op('Reshape', [dy, this.op('Shape', [x], {}, [shape.length])], {}, shape)));
+    return y;
+  }
+
+  linear(m: Linear, x: string): string {
+    const [n, fin] = this.b.shape(x);
+    const wKey = this.param(m, 'weight');
+    const fout = this.b.shape(wKey)[1];
+    let y = this.op('MatMul', [x, wKey], {}, [n, fout]);
+    const bias = m.bias ? this.param(m, 'bias') : undefined;
+    if (bias) y = this.op('Add', [y, bias], {}, [n, fout]);
+    this.back(y, [x, wKey, ...(bias ? [bias] : [])], (dy) => {
+      if (this.live.has(x)) this.addGrad(x, this.op('Gemm', [dy, wKey], { transB: 1 }, [n, fin]));
+      this.paramGrad(wKey, this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
+      if (bias) this.paramGrad(bias, this.op('ReduceSum', [dy, this.i64([0])], { keepdims: 0 }, [fout]));
+    });
+    return y;
+  }
+
+  /** Emit module `m` on `x`. */
+  module(m: Module, x: string): string {
+    if (m.inserted) throw new OrtGradUnsupported('inserted modules');
+    if ((m as unknown as { emitOnnx?: unknown }).emitOnnx) throw new OrtGradUnsupported(`the ${m.kind} module`);
+    const child = (name: string) => {
+      const c = m.children.get(name);
+      if (!c) throw new Error(`${m.kind} ${m.path} has no ${name}`);
+      return c;
+    };
+    switch (m.kind) {
+      case 'Conv2d':
+        return this.conv(m as Conv2d, x);
+      case 'BatchNorm2d':
+        return this.batchNorm(m as BatchNorm2d, x);
+      case 'Linear':
+        return this.linear(m as Linear, x);
+      case 'ReLU':
+        return this.relu(x);
+      case 'Identity':
+        return x;
+      case 'Dropout':
+        // Dropout draws its mask from the backend's generator; only a no-op dropout is the same here.
+        if ((m as Dropout).p > 0) throw new OrtGradUnsupported('dropout');
+        return x;
+      case 'MaxPool2d':
+        return this.maxPool(m as MaxPool2d, x);
+      case 'AvgPool2d': {
+        const p = m as AvgPool2d;
+        if (p.stride !== p.kernelSize) throw new OrtGradUnsupported('overlapping average pools');
+        return this.avgPool(x, p.kernelSize);
+      }
+      case 'GlobalAvgPool':
+        return this.globalAvgPool(x);
+      case 'Flatten':
+        return this.flatten(x);
+      case 'Sequential':
+      case 'PreActResNet18':
+      case 'ResNet':
+        for (const c of m.children.values()) x = this.module(c, x);
+        return x;
+      case 'PreActBlock': {
+        const out = this.relu(this.module(child('bn1'), x));
+        const shortcut = m.children.has('shortcut') ? this.module(child('shortcut'), out) : x;
+        const h = this.module(child('conv1'), out);
+        const y = this.module(child('conv2'), this.relu(this.module(child('bn2'), h)));
+        return this.add(y, shortcut);
+      }
+      case 'BasicBlock': {
+        const r = this.relu(this.module(child('bn1'), this.module(child('conv1'), x)));
+        const y = this.module(child('bn2'), this.module(child('conv2'), r));
+        const proj = m.children.has('downsample') ? child('downsample') : m.children.get('shortcut');
+        const identity = proj ? this.module(proj, x) : x;
+        return this.relu(this.add(y, identity));
+      }
+      default:
+        throw new OrtGradUnsupported(`the ${m.kind} module`);
+    }
+  }
+
+  build(): GradGraph {
+    const [h, w, c] = this.model.inputShape;
+    const k = this.model.numClasses;
+    for (const name of ['x', 'target', 'inv_batch', 'loss']) this.b.reserve(name);
+    this.b.shapes.set('x', [-1, h, w, c]);
+    this.b.shapes.set('target', [-1, k]);
+    this.b.shapes.set('inv_batch', [1]);
+    this.invBatch = 'inv_batch';
+    let x = this.op('Transpose', ['x'], { perm: [0, 3, 1, 2] }, [-1, c, h, w]);
+    if (this.model.normalize) {
+      const { mean, std } = this.model.normalize;
+      const per = (v: number[]) => Float32Array.from({ length: c }, (_, i) => v[v.length === 1 ? 0 : i]);
+      x = this.op('Sub', [x, this.b.initializer('normalize.mean', [1, c, 1, 1], per(mean))], {}, [-1, c, h, w]);
+      x = this.op('Div', [x, this.b.initializer('normalize.std', [1, c, 1, 1], per(std))], {}, [-1, c, h, w]);
+    }
+    const logits = this.module(this.model.root, x);
+    const outShape = this.b.shape(logits);
+    if (outShape.length !== 2 || outShape[1] !== k) throw new OrtGradUnsupported(`an output of shape [${outShape}]`);
+    // Mean cross-entropy against the target distribution; its gradient is (softmax - target) / N.
+    const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
+    const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
+    this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, [], ['loss']);
+    const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
+    this.grads.set(logits, dLogits);
+    for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
+    const params = new Map(this.model.root.namedParams());
+    for (const { key, shape } of this.paramInputs) {
+      if (!params.get(key)!.trainable) continue;
+      const g = this.grads.get(key);
+      const out = `grad/${key}`;
+      // A parameter the loss does not reach still gets a (zero) gradient output.
+      if (g) this.op('Identity', [g], {}, shape, [out]);
+      else this.op('Mul', [key, this.scalar(0)], {}, shape, [out]);
+      this.gradOutputs.push({ key, name: out, shape });
+    }
+    const graph = onnx.GraphProto.create({
+      name: `${this.model.spec.arch}-train-step`,
+      node: this.b.nodes,
+      initializer: this.b.initializers,
+      input: [valueInfo('x', [-1, h, w, c]), valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]), ...this.paramInputs.map((p) => valueInfo(p.key, p.shape))],
+      output: [valueInfo('loss', []), ...this.gradOutputs.map((g) => valueInfo(g.name, g.shape)), ...this.statOutputs.map((s) => valueInfo(s.name, s.shape))],
+    });
+    const proto = onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph });
+    return {
+      bytes: onnx.ModelProto.encode(proto).finish(),
+      paramInputs: this.paramInputs,
+      gradKeys: this.gradOutputs.map((g) => g.key),
+      bnPaths: this.bnPaths,
+    };
+  }
+}
+
+/** The training-step graph of `model` (throws OrtGradUnsupported for modules without a backward rule here). */
+export function buildGradGraph(model: Model, bnTrain: boolean): GradGraph {
+  return new GradBuilder(model, bnTrain).build();
+}

@@ -1,0 +1,137 @@
+/**
+ * Training steps computed by ONNX Runtime. The forward and backward pass of a batch run as one ONNX graph
+ * (ort_grad_graph.ts) on ONNX Runtime's CPU kernels with one thread per core; the weights stay TensorFlow.js
+ * variables, fed to the graph at every step, and the gradients it returns go through the caller's optimizer,
+ * so the update rule, the schedule, the BatchNorm running statistics and everything after a step are those of
+ * the TensorFlow.js path. A step is the gradient of the whole batch's mean cross-entropy (BatchNorm normalizes
+ * with the statistics of the whole batch, as one PyTorch process does).
+ *
+ * Only on the main thread (ONNX Runtime's native binding cannot live in worker threads, see ort_eval.ts), only
+ * where onnxruntime-node loads, and only for models the graph builder covers: `OrtTrainer.create` resolves to
+ * undefined otherwise and the caller trains on the backend.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import * as os from 'node:os';
+import { JobError } from '../errors';
+import { loadOrt, ortWanted } from '../metrics/ort_eval';
+import type { Model } from './model';
+import type { Optimizer } from './optim';
+import { buildGradGraph, OrtGradUnsupported, type GradGraph } from './ort_grad_graph';
+import { BatchNorm2d } from './layers';
+
+type OrtSession = import('onnxruntime-node').InferenceSession;
+type OrtTensor = import('onnxruntime-node').Tensor;
+
+/** What fitStepped needs of a trainer: one optimizer step on a batch of NHWC pixels, resolving to its loss. */
+export interface BatchStepper {
+  readonly model: Model;
+  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Whether training may use ONNX Runtime: BACKDOOR_AUDIT_ORT_TRAIN=0 (or BACKDOOR_AUDIT_ORT=0) turns it off. */
+export function ortTrainWanted(): boolean {
+  return process.env.BACKDOOR_AUDIT_ORT_TRAIN !== '0' && ortWanted();
+}
+
+export class OrtTrainer implements BatchStepper {
+  private closed = false;
+
+  private constructor(
+    readonly model: Model,
+    private readonly ort: typeof import('onnxruntime-node'),
+    private readonly session: OrtSession,
+    private readonly graph: GradGraph,
+    readonly bnTrain: boolean,
+    readonly threads: number,
+  ) {}
+
+  /**
+   * A trainer for `model` with BatchNorm in training mode (`bnTrain`) or frozen; undefined where ONNX Runtime
+   * is not available here or the model has a module without a backward rule in the graph builder.
+   */
+  static async create(model: Model, o: { bnTrain?: boolean; threads?: number } = {}): Promise<OrtTrainer | undefined> {
+    const ort = ortTrainWanted() ? loadOrt() : null;
+    if (!ort) return undefined;
+    const bnTrain = o.bnTrain ?? true;
+    let graph: GradGraph;
+    try {
+      graph = buildGradGraph(model, bnTrain);
+    } catch (e) {
+      if (e instanceof OrtGradUnsupported) return undefined;
+      throw e;
+    }
+    const threads = Math.max(1, o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
+    const session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    return new OrtTrainer(model, ort, session, graph, bnTrain, threads);
+  }
+
+  /** The step's gradients in the variables' layout, its mean loss and the BatchNorm batch statistics. */
+  async gradients(x: Float32Array, shape: [number, number, number], labels: Int32Array, smoothing = 0): Promise<{ loss: number; grads: Map<string, Float32Array>; stats: Map<string, { mean: Float32Array; variance: Float32Array }> }> {
+    if (this.closed) throw new Error('ONNX Runtime trainer is closed');
+    const n = labels.length;
+    const k = this.model.numClasses;
+    const target = new Float32Array(n * k).fill(smoothing / k);
+    for (let i = 0; i < n; i++) target[i * k + labels[i]] += 1 - smoothing;
+    const params = new Map(this.model.root.namedParams());
+    const feeds: Record<string, OrtTensor> = {
+      x: new this.ort.Tensor('float32', x, [n, ...shape]),
+      target: new this.ort.Tensor('float32', target, [n, k]),
+      inv_batch: new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]),
+    };
+    for (const { key, shape: s } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, s);
+    const out = await this.session.run(feeds);
+    try {
+      const grads = new Map<string, Float32Array>();
+      for (const key of this.graph.gradKeys) grads.set(key, out[`grad/${key}`].data as Float32Array);
+      const stats = new Map<string, { mean: Float32Array; variance: Float32Array }>();
+      for (const p of this.graph.bnPaths) stats.set(p, { mean: out[`mean/${p}`].data as Float32Array, variance: out[`var/${p}`].data as Float32Array });
+      return { loss: (out.loss.data as Float32Array)[0], grads, stats };
+    } finally {
+      for (const t of Object.values(feeds)) t.dispose();
+    }
+  }
+
+  /**
+   * One optimizer step on the batch `x` (flat NHWC pixels) with integer `labels`, all trainable variables, the
+   * mean cross-entropy; resolves to the loss. `bnTrain` must be the mode the trainer was built for.
+   */
+  async step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number> {
+    if (bnTrain !== this.bnTrain) throw new Error(`ONNX Runtime trainer was built with BatchNorm ${this.bnTrain ? 'training' : 'frozen'}`);
+    const { loss, grads, stats } = await this.gradients(x, shape, labels);
+    if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
+    const params = this.model.root.namedParams().filter(([, p]) => p.trainable);
+    const vars = params.map(([, p]) => p.variable);
+    const gradTensors = params.map(([key, p]) => tf.tensor(grads.get(key)!, p.variable.shape));
+    try {
+      optimizer.step(vars, gradTensors);
+    } finally {
+      tf.dispose(gradTensors);
+    }
+    this.updateRunningStats(stats, labels.length * shape[0] * shape[1]);
+    return loss;
+  }
+
+  /** BatchNorm's running statistics from the batch's (as layers.ts: momentum, unbiased variance). */
+  private updateRunningStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, count: number): void {
+    if (!stats.size) return;
+    for (const m of this.model.root.modules()) {
+      if (!(m instanceof BatchNorm2d)) continue;
+      const s = stats.get(m.path);
+      if (!s) continue;
+      const mom = m.momentum;
+      const unbiased = count > 1 ? count / (count - 1) : 1;
+      tf.tidy(() => {
+        m.runningMean.assign(tf.add(tf.mul(m.runningMean, 1 - mom), tf.mul(tf.tensor1d(s.mean), mom)));
+        m.runningVar.assign(tf.add(tf.mul(m.runningVar, 1 - mom), tf.mul(tf.tensor1d(s.variance), mom * unbiased)));
+      });
+      m.numBatchesTracked++;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.session.release();
+  }
+}
