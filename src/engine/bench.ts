@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { initBackend, type BackendName } from './backend';
 import { DataParallel, defaultReplicas } from './nn/data_parallel';
+import { OrtTrainer } from './nn/ort_train';
 import { buildModel } from './models';
 import { SGD } from './nn/optim';
 import { crossEntropy, trainStep } from './nn/train';
@@ -23,8 +24,11 @@ import { OrtPredictor } from './metrics/ort_eval';
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
 interface ModelBench {
-  /** Training steps split over `trainReplicas` data-parallel replicas (one per core on the CPU backends). */
+  /** Training steps as fitting runs them: on `trainEngine` (ONNX Runtime where it loads, else the backend). */
   trainImagesPerSecond: number;
+  trainEngine: 'onnxruntime' | 'backend';
+  /** Training steps on the backend, split over `trainReplicas` data-parallel replicas (one per core on the CPU backends). */
+  trainImagesPerSecondBackend: number;
   /** The same step on this thread alone. */
   trainImagesPerSecondOneThread?: number;
   trainReplicas?: number;
@@ -73,9 +77,20 @@ async function benchModel(arch: string, options: Record<string, unknown> | undef
     return (batch * 1000) / median(t);
   };
   const oneThread = await time(step);
-  const out: ModelBench = parallel
-    ? { trainImagesPerSecond: await time(parallelStep), trainImagesPerSecondOneThread: oneThread, trainReplicas: parallel.size, inferImagesPerSecond: await time(infer) }
-    : { trainImagesPerSecond: oneThread, trainImagesPerSecondOneThread: oneThread, trainReplicas: 1, inferImagesPerSecond: await time(infer) };
+  const backendRate = parallel ? await time(parallelStep) : oneThread;
+  const inferRate = await time(infer);
+  // The step the CPU training loops take when ONNX Runtime is there (ort_train.ts).
+  const ort = backend === 'wasm' || backend === 'cpu' ? await OrtTrainer.create(m, { threads: defaultReplicas(backend) }) : undefined;
+  const ortRate = ort ? await time(() => ort.step(opt, xFlat, [32, 32, 3], labels, true)) : undefined;
+  await ort?.close();
+  const out: ModelBench = {
+    trainImagesPerSecond: ortRate ?? backendRate,
+    trainEngine: ortRate ? 'onnxruntime' : 'backend',
+    trainImagesPerSecondBackend: backendRate,
+    trainImagesPerSecondOneThread: oneThread,
+    trainReplicas: parallel?.size ?? 1,
+    inferImagesPerSecond: inferRate,
+  };
   await parallel?.close();
   opt.dispose();
   m.dispose();
@@ -149,7 +164,8 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
       models[name] = await benchModel(arch, options, 128, name === 'small-cnn-32' ? repeats : 3, backend.name);
       models[name].ortInferImagesPerSecond = await benchOrt(arch, options, 128, repeats);
       const ortRate = models[name].ortInferImagesPerSecond;
-      o.log(`  ${name}: train ${models[name].trainImagesPerSecond.toFixed(1)} images/s on ${models[name].trainReplicas} replica(s) (${models[name].trainImagesPerSecondOneThread!.toFixed(1)} on one thread), inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
+      const r = models[name];
+      o.log(`  ${name}: train ${r.trainImagesPerSecond.toFixed(1)} images/s (${r.trainEngine === 'onnxruntime' ? 'ONNX Runtime' : 'backend'}; backend ${r.trainImagesPerSecondBackend.toFixed(1)} on ${r.trainReplicas} replica(s), ${r.trainImagesPerSecondOneThread!.toFixed(1)} on one thread), inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
     } catch (e) {
       // The wasm heap is limited to 4 GiB; a full-width PreAct-ResNet18 step at batch 128 can exceed it.
       o.log(`  ${name}: failed: ${(e as Error).message.split('\n')[0]}`);

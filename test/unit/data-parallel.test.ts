@@ -3,8 +3,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
-import { crossEntropy, predictLabels, trainStep } from '../../src/engine/nn/train';
-import { DataParallel, fitParallel } from '../../src/engine/nn/data_parallel';
+import { crossEntropy, fitStepped, predictLabels, trainStep } from '../../src/engine/nn/train';
+import { DataParallel } from '../../src/engine/nn/data_parallel';
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
 import { Rng } from '../../src/engine/util/rng';
 import { JobError } from '../../src/engine/errors';
@@ -63,7 +63,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
     }
   });
 
-  it('fitParallel() trains a digit classifier (BatchNorm per slice, running statistics kept)', async () => {
+  it('fitStepped() over replicas trains a digit classifier (BatchNorm per slice, running statistics kept)', async () => {
     const data = splitDisjoint(loadEmbeddedMnist(), { train: 2000, pool: 0, test: 500 }, new Rng(5));
     const model = buildModel(spec, norm, 4);
     const dp = await DataParallel.create(model, 2, 'wasm');
@@ -71,7 +71,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
     const opt = new SGD(0.05, 0.9, 5e-4);
     const batches: number[] = [];
     try {
-      await fitParallel(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true, onBatch: (_e, b) => batches.push(b) }, dp);
+      await fitStepped(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true, onBatch: (_e, b) => batches.push(b) }, dp);
       assert.equal(batches.length, 3 * Math.floor(2000 / 32));
       const pred = predictLabels(model, data.test);
       const acc = pred.reduce((s, p, i) => s + (p === data.test.y[i] ? 1 : 0), 0) / data.test.n;

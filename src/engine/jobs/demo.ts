@@ -11,8 +11,9 @@ import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
 import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
-import { fit, type FitOptions } from '../nn/train';
-import { DataParallel, defaultReplicas, fitParallel } from '../nn/data_parallel';
+import { fit, fitStepped, type FitOptions } from '../nn/train';
+import { defaultReplicas } from '../nn/data_parallel';
+import { createCpuTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
 import { sampleBalanced } from '../aux/sample';
@@ -65,9 +66,9 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     const opt = new SGD(0.05, 0.9, 5e-4);
     emit({ type: 'started', jobPath: '(demo)', outDir: o.outDir, cells: 0, backend: backend.name, threads: backend.threads });
     const trainRng = rng.fork('victim');
-    // The victim trains on every core: each step split over data-parallel replicas (one per core on the CPU
-    // backends; `workers` caps them as it caps the cell threads).
-    const parallel = await DataParallel.create(victim, o.workers ?? defaultReplicas(backend.name), backend.name);
+    // The victim trains on every core: each step in ONNX Runtime, or split over data-parallel replicas (one per
+    // core on the CPU backends; `workers` caps them as it caps the cell threads).
+    const parallel = await createCpuTrainer(victim, { backend: backend.name, threads: o.workers ?? defaultReplicas(backend.name) });
     try {
       for (let e = 0; e < epochs; e++) {
         throwIfAborted(o.signal);
@@ -83,7 +84,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
           dropLast: true,
           onBatch: (_ep: number, b: number, n: number) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
         };
-        if (parallel) await fitParallel(victim, poisoned.set, options, parallel);
+        if (parallel) await fitStepped(victim, poisoned.set, options, parallel);
         else fit(victim, poisoned.set, options);
         await yieldToLoop();
       }

@@ -23,12 +23,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { BackendName } from '../backend';
-import { JobError, throwIfAborted } from '../errors';
+import { JobError } from '../errors';
 import type { Model, ArchSpec, Normalization } from './model';
 import type { ForwardContext } from './module';
-import { cosineLr, type Optimizer } from './optim';
-import { batchCount, crossEntropy, makeBatchArray, type FitOptions } from './train';
-import type { ImageSet } from '../data/dataset';
+import type { Optimizer } from './optim';
+import { crossEntropy, type BatchStepper } from './train';
 
 export interface ReplicaInit {
   backend: BackendName;
@@ -72,7 +71,7 @@ interface Replica {
   waiting?: { seq: number; resolve: (r: ReplicaReply) => void; reject: (e: Error) => void };
 }
 
-export class DataParallel {
+export class DataParallel implements BatchStepper {
   private seq = 0;
   private weightsDirty = true;
   private closed = false;
@@ -252,34 +251,4 @@ export class DataParallel {
     }
     await Promise.all(this.replicas.map((r) => r.worker.terminate()));
   }
-}
-
-/**
- * fit() with every step split over the replicas of `parallel` (which holds `model`): the same batches, augmentation
- * and schedule, on the default loss (cross-entropy) and all trainable variables. Custom losses, `prepare` and
- * variable subsets are closures over this thread's state and stay with fit().
- */
-export async function fitParallel(model: Model, data: ImageSet, o: Omit<FitOptions, 'loss' | 'prepare' | 'vars'>, parallel: DataParallel): Promise<number> {
-  if (parallel.model !== model) throw new Error('fitParallel: the replicas hold another model');
-  const bnTrain = o.bnTrain ?? true;
-  const batches = batchCount(data, o);
-  let steps = 0;
-  let lastEpochLoss = NaN;
-  for (let epoch = 0; epoch < o.epochs; epoch++) {
-    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
-    const order = o.rng.permutation(data.n);
-    let sum = 0;
-    for (let b = 0; b < batches; b++) {
-      throwIfAborted(o.signal);
-      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
-      const labels = Int32Array.from(idx, (i) => data.y[i]);
-      const l = await parallel.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
-      sum += l;
-      o.afterStep?.();
-      o.onBatch?.(epoch, b, batches, l);
-      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
-    }
-    lastEpochLoss = sum / batches;
-  }
-  return lastEpochLoss;
 }

@@ -155,6 +155,8 @@ export class Model {
   }
 
   dispose(): void {
+    // The root disposes every parameter below it; BatchNorm masks are tensors of their own.
+    for (const bn of this.batchNorms()) bn.setMask(undefined);
     this.root.dispose();
   }
 }

@@ -184,26 +184,27 @@ class GradBuilder {
   }
 
   /**
-   * The same weight gradient as matrix products: for each of the k*k kernel offsets, the shifted (strided) view
-   * of the padded input [N, in, ho*wo] times dy [N, ho*wo, out], per image, summed over the batch afterwards.
-   * Each view is copied once and nothing of the size of the unfolded input is built. Returns HWIO.
+   * The same weight gradient as matrix products, one per kernel offset (a, b): the padded input with batch and
+   * channels swapped, [in, N, h+2p, w+2p], gives the shifted (strided) view of that offset as a matrix
+   * [in, N*ho*wo] (one copy of rows), times dy as [out, N*ho*wo] transposed: [in, out]. The k*k products stacked
+   * are the HWIO gradient. Nothing of the size of the unfolded input is built, and no per-image partial sums.
    */
   private weightGradByColumns(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
     const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
     const n = this.b.shape(x)[0];
-    const xp = p ? this.op('Pad', [x, this.i64([0, 0, p, p, 0, 0, p, p])], {}, [n, cin, h + 2 * p, w + 2 * p]) : x;
-    const dyT = this.op('Transpose', [this.op('Reshape', [dy, this.i64([0, 0, -1])], {}, [n, cout, ho * wo])], { perm: [0, 2, 1] }, [n, ho * wo, cout]);
+    let xt = this.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);
+    if (p) xt = this.op('Pad', [xt, this.i64([0, 0, p, p, 0, 0, p, p])], {}, [cin, n, h + 2 * p, w + 2 * p]);
+    const dyRows = this.op('Reshape', [this.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]), this.i64([cout, -1])], {}, [cout, -1]);
     const parts: string[] = [];
     for (let a = 0; a < k; a++) {
       for (let b = 0; b < k; b++) {
-        const exact = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
-        const view = exact ? xp : this.op('Slice', [xp, this.i64([a, b]), this.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), this.i64([2, 3]), this.i64([s, s])], {}, [n, cin, ho, wo]);
-        const rows = this.op('Reshape', [view, this.i64([0, 0, -1])], {}, [n, cin, ho * wo]);
-        parts.push(this.op('MatMul', [rows, dyT], {}, [n, cin, cout]));
+        const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
+        const view = whole ? xt : this.op('Slice', [xt, this.i64([a, b]), this.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), this.i64([2, 3]), this.i64([s, s])], {}, [cin, n, ho, wo]);
+        const rows = this.op('Reshape', [view, this.i64([cin, -1])], {}, [cin, -1]);
+        parts.push(this.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
       }
     }
-    const perImage = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 1 }, [n, k * k * cin, cout]);
-    const g = this.op('ReduceSum', [perImage, this.i64([0])], { keepdims: 0 }, [k * k * cin, cout]);
+    const g = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 0 }, [k * k * cin, cout]);
     return this.op('Reshape', [g, this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
   }
 

@@ -16,18 +16,14 @@ import { JobError } from '../errors';
 import { loadOrt, ortWanted } from '../metrics/ort_eval';
 import type { Model } from './model';
 import type { Optimizer } from './optim';
+import type { BatchStepper } from './train';
 import { buildGradGraph, OrtGradUnsupported, type GradGraph } from './ort_grad_graph';
 import { BatchNorm2d } from './layers';
+import { DataParallel } from './data_parallel';
+import type { BackendName } from '../backend';
 
 type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
-
-/** What fitStepped needs of a trainer: one optimizer step on a batch of NHWC pixels, resolving to its loss. */
-export interface BatchStepper {
-  readonly model: Model;
-  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number>;
-  close(): Promise<void>;
-}
 
 /** Whether training may use ONNX Runtime: BACKDOOR_AUDIT_ORT_TRAIN=0 (or BACKDOOR_AUDIT_ORT=0) turns it off. */
 export function ortTrainWanted(): boolean {
@@ -134,4 +130,14 @@ export class OrtTrainer implements BatchStepper {
     this.closed = true;
     await this.session.release();
   }
+}
+
+/**
+ * The fastest way to fit `model` on plain cross-entropy here: on the CPU backends, ONNX Runtime on `threads`
+ * cores where it loads and covers the model, else data-parallel replicas (one per thread); undefined on the
+ * native and GPU backends, which use the hardware themselves (the caller runs fit() on this thread).
+ */
+export async function createCpuTrainer(model: Model, o: { backend: BackendName; threads: number; bnTrain?: boolean }): Promise<BatchStepper | undefined> {
+  if (o.backend !== 'wasm' && o.backend !== 'cpu') return undefined;
+  return (await OrtTrainer.create(model, { bnTrain: o.bnTrain, threads: o.threads })) ?? (await DataParallel.create(model, o.threads, o.backend));
 }

@@ -168,6 +168,47 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
   return lastEpochLoss;
 }
 
+/**
+ * What fitStepped needs of a trainer that computes steps away from this thread's backend (data-parallel
+ * replicas, ONNX Runtime): one optimizer step of the mean cross-entropy over all trainable variables, on a
+ * batch of flat NHWC pixels, resolving to its loss.
+ */
+export interface BatchStepper {
+  readonly model: Model;
+  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * fit() with every step computed by `stepper` (which holds `model`): the same batches, augmentation and
+ * schedule, on the default loss (cross-entropy) and all trainable variables. Custom losses, `prepare` and
+ * variable subsets are closures over this thread's state and stay with fit().
+ */
+export async function fitStepped(model: Model, data: ImageSet, o: Omit<FitOptions, 'loss' | 'prepare' | 'vars'>, stepper: BatchStepper): Promise<number> {
+  if (stepper.model !== model) throw new Error('fitStepped: the trainer holds another model');
+  const bnTrain = o.bnTrain ?? true;
+  const batches = batchCount(data, o);
+  let steps = 0;
+  let lastEpochLoss = NaN;
+  for (let epoch = 0; epoch < o.epochs; epoch++) {
+    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
+    const order = o.rng.permutation(data.n);
+    let sum = 0;
+    for (let b = 0; b < batches; b++) {
+      throwIfAborted(o.signal);
+      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+      const labels = Int32Array.from(idx, (i) => data.y[i]);
+      const l = await stepper.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
+      sum += l;
+      o.afterStep?.();
+      o.onBatch?.(epoch, b, batches, l);
+      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
+    }
+    lastEpochLoss = sum / batches;
+  }
+  return lastEpochLoss;
+}
+
 /** Logits of a whole set, batched, as a Float32Array [n, classes]. */
 export function predictLogits(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Float32Array {
   const k = model.numClasses;
