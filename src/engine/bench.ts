@@ -27,6 +27,8 @@ interface ModelBench {
   /** Training steps as fitting runs them: on `trainEngine` (ONNX Runtime where it loads, else the backend). */
   trainImagesPerSecond: number;
   trainEngine: 'onnxruntime' | 'backend';
+  /** ONNX Runtime's intra-op threads for the training step (null when training runs on the backend). */
+  trainThreads: number | null;
   /** Training steps on the backend, split over `trainReplicas` data-parallel replicas (one per core on the CPU backends). */
   trainImagesPerSecondBackend: number;
   /** The same step on this thread alone. */
@@ -81,11 +83,13 @@ async function benchModel(arch: string, options: Record<string, unknown> | undef
   const inferRate = await time(infer);
   // The step the CPU training loops take when ONNX Runtime is there (ort_train.ts).
   const ort = backend === 'wasm' || backend === 'cpu' ? await OrtTrainer.create(m, { threads: defaultReplicas(backend) }) : undefined;
+  const trainThreads = ort?.threads ?? null;
   const ortRate = ort ? await time(() => ort.step(opt, xFlat, [32, 32, 3], labels, true)) : undefined;
   await ort?.close();
   const out: ModelBench = {
     trainImagesPerSecond: ortRate ?? backendRate,
     trainEngine: ortRate ? 'onnxruntime' : 'backend',
+    trainThreads,
     trainImagesPerSecondBackend: backendRate,
     trainImagesPerSecondOneThread: oneThread,
     trainReplicas: parallel?.size ?? 1,
@@ -165,7 +169,7 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
       models[name].ortInferImagesPerSecond = await benchOrt(arch, options, 128, repeats);
       const ortRate = models[name].ortInferImagesPerSecond;
       const r = models[name];
-      o.log(`  ${name}: train ${r.trainImagesPerSecond.toFixed(1)} images/s (${r.trainEngine === 'onnxruntime' ? 'ONNX Runtime' : 'backend'}; backend ${r.trainImagesPerSecondBackend.toFixed(1)} on ${r.trainReplicas} replica(s), ${r.trainImagesPerSecondOneThread!.toFixed(1)} on one thread), inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
+      o.log(`  ${name}: train ${r.trainImagesPerSecond.toFixed(1)} images/s (${r.trainEngine === 'onnxruntime' ? `ONNX Runtime, ${r.trainThreads} threads` : 'backend'}; backend ${r.trainImagesPerSecondBackend.toFixed(1)} on ${r.trainReplicas} replica(s), ${r.trainImagesPerSecondOneThread!.toFixed(1)} on one thread), inference ${models[name].inferImagesPerSecond.toFixed(1)} images/s${ortRate ? `, inference through ONNX Runtime ${ortRate.toFixed(1)} images/s` : ''}`);
     } catch (e) {
       // The wasm heap is limited to 4 GiB; a full-width PreAct-ResNet18 step at batch 128 can exceed it.
       o.log(`  ${name}: failed: ${(e as Error).message.split('\n')[0]}`);

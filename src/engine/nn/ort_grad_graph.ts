@@ -4,10 +4,11 @@
  * AVX2/FMA GEMMs and convolutions on every core) compute the gradients instead of the single-threaded wasm
  * backend. ONNX Runtime's npm build has no training API; the backward pass is built here, one rule per layer:
  *
- *   - Conv2d: input gradient = ConvTranspose of the output gradient with the same weights (strides, pads and
- *     an output_padding that restores the input size); weight gradient = a Conv of the input, batch and channel
- *     axes swapped, with the output gradient (axes swapped the same way) as the kernel, dilated by the stride,
- *     cut to the kernel size; bias gradient = the sum of the output gradient over batch and space.
+ *   - Conv2d: input gradient = for stride 1, a Conv of the output gradient with the kernel turned by 180
+ *     degrees and its channel axes swapped; for larger strides, ConvTranspose with the same weights (and an
+ *     output_padding that restores the input size). Weight gradient = per kernel offset, the shifted view of the
+ *     input as a matrix [in, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole
+ *     batch each). Bias gradient = the sum of the output gradient over batch and space.
  *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
  *     k = gamma invstd and xc = x - mean; gamma's gradient is sum(dy xc) invstd, beta's sum(dy). With frozen
  *     statistics it is the affine map x k + c and its gradients.
@@ -157,7 +158,7 @@ class GradBuilder {
         this.addGrad(x, dx);
       }
       if (this.live.has(wHwio)) {
-        this.paramGrad(wHwio, process.env.DW_MODE === 'conv' ? this.weightGradByConv(x, dy, m, [h, w], [ho, wo]) : this.weightGradByColumns(x, dy, m, [h, w], [ho, wo]));
+        this.paramGrad(wHwio, this.weightGrad(x, dy, m, [h, w], [ho, wo]));
       }
       if (bias) this.paramGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
     });
@@ -165,31 +166,13 @@ class GradBuilder {
   }
 
   /**
-   * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b]: a
-   * convolution of x (channels as batch, batch as channels) with dy as its kernel, dilated by s. Returns HWIO.
-   */
-  private weightGradByConv(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
-    const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
-    const n = this.b.shape(x)[0];
-    const xt = this.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);
-    const dyt = this.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]);
-    const span = [h + 2 * p - s * (ho - 1), w + 2 * p - s * (wo - 1)];
-    let r = this.op('Conv', [xt, dyt], { dilations: [s, s], group: 1, kernel_shape: [ho, wo], pads: [p, p, p, p], strides: [1, 1] }, [cin, cout, span[0], span[1]]);
-    if (span[0] !== k || span[1] !== k) {
-      // A strided conv whose window does not tile the padded input exactly: the extra rows and columns are
-      // positions the forward pass never used.
-      r = this.op('Slice', [r, this.i64([0, 0]), this.i64([k, k]), this.i64([2, 3])], {}, [cin, cout, k, k]);
-    }
-    return this.op('Transpose', [r], { perm: [2, 3, 0, 1] }, [k, k, cin, cout]);
-  }
-
-  /**
-   * The same weight gradient as matrix products, one per kernel offset (a, b): the padded input with batch and
+   * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b], as
+   * matrix products, one per kernel offset (a, b): the padded input with batch and
    * channels swapped, [in, N, h+2p, w+2p], gives the shifted (strided) view of that offset as a matrix
    * [in, N*ho*wo] (one copy of rows), times dy as [out, N*ho*wo] transposed: [in, out]. The k*k products stacked
    * are the HWIO gradient. Nothing of the size of the unfolded input is built, and no per-image partial sums.
    */
-  private weightGradByColumns(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
+  private weightGrad(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
     const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
     const n = this.b.shape(x)[0];
     let xt = this.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);

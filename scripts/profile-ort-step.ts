@@ -1,0 +1,76 @@
+/**
+ * Where a training step in ONNX Runtime spends its time, per operator: the step graph of ort_grad_graph.ts for
+ * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes) under ONNX Runtime's profiler, two threads, a
+ * warm-up run and then `runs` runs, kernel times summed by operator type and averaged per run.
+ *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32] [batch] [runs]
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { initBackend } from '../src/engine/backend';
+import { buildModel } from '../src/engine/models';
+import { buildGradGraph } from '../src/engine/nn/ort_grad_graph';
+import { loadOrt } from '../src/engine/metrics/ort_eval';
+
+async function main(): Promise<void> {
+  const name = process.argv[2] ?? 'small-cnn-32';
+  const batch = Number(process.argv[3] ?? 128);
+  const runs = Number(process.argv[4] ?? 3);
+  const ort = loadOrt();
+  if (!ort) throw new Error('onnxruntime-node does not load here');
+  await initBackend('wasm');
+  const model =
+    name === 'preact-resnet18-32'
+      ? buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 64 } })
+      : buildModel({ arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 });
+  const graph = buildGradGraph(model, true);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
+  const session = await ort.InferenceSession.create(graph.bytes, {
+    intraOpNumThreads: 2,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    enableProfiling: true,
+    profileFilePrefix: path.join(dir, 'step'),
+  });
+  const x = Float32Array.from({ length: batch * 32 * 32 * 3 }, (_, i) => (i % 13) / 13);
+  const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
+  const params = new Map(model.root.namedParams());
+  const feeds: Record<string, import('onnxruntime-node').Tensor> = {
+    x: new ort.Tensor('float32', x, [batch, 32, 32, 3]),
+    target: new ort.Tensor('float32', target, [batch, 10]),
+    inv_batch: new ort.Tensor('float32', Float32Array.of(1 / batch), [1]),
+  };
+  for (const p of graph.paramInputs) feeds[p.key] = new ort.Tensor('float32', params.get(p.key)!.variable.dataSync() as Float32Array, p.shape);
+  await session.run(feeds);
+  const t0 = performance.now();
+  for (let i = 0; i < runs; i++) await session.run(feeds);
+  const wall = (performance.now() - t0) / runs;
+  session.endProfiling();
+  await session.release();
+  const file = fs.readdirSync(dir).find((f) => f.endsWith('.json'));
+  const events = JSON.parse(fs.readFileSync(path.join(dir, file!), 'utf8')) as Array<{ cat?: string; name: string; dur: number; args?: { op_name?: string } }>;
+  fs.rmSync(dir, { recursive: true, force: true });
+  const byOp = new Map<string, { us: number; nodes: number }>();
+  for (const e of events) {
+    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
+    const op = e.args?.op_name ?? '?';
+    const s = byOp.get(op) ?? { us: 0, nodes: 0 };
+    s.us += e.dur;
+    s.nodes++;
+    byOp.set(op, s);
+  }
+  // The warm-up run is in the profile too: average over runs + 1.
+  const total = [...byOp.values()].reduce((a, s) => a + s.us, 0) / (runs + 1);
+  console.log(`${name}, batch ${batch}: ${wall.toFixed(0)} ms per step (${((batch * 1000) / wall).toFixed(1)} images/s); kernel time ${(total / 1000).toFixed(0)} ms`);
+  for (const [op, s] of [...byOp].sort((a, b) => b[1].us - a[1].us)) {
+    const ms = s.us / (runs + 1) / 1000;
+    if (ms < 0.5) continue;
+    console.log(`  ${op.padEnd(18)} ${ms.toFixed(1).padStart(8)} ms ${((100 * s.us) / (runs + 1) / total).toFixed(1).padStart(5)}%  (${s.nodes / (runs + 1)} nodes)`);
+  }
+  model.dispose();
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
