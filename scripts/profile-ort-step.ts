@@ -18,7 +18,7 @@ async function main(): Promise<void> {
   const runs = Number(process.argv[4] ?? 3);
   const ort = loadOrt();
   if (!ort) throw new Error('onnxruntime-node does not load here');
-  await initBackend('wasm');
+  await initBackend('cpu');
   const model =
     name === 'preact-resnet18-32'
       ? buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 64 } })
