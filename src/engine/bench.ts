@@ -78,14 +78,14 @@ async function benchModel(arch: string, options: Record<string, unknown> | undef
     }
     return (batch * 1000) / median(t);
   };
-  const oneThread = await time(step);
-  const backendRate = parallel ? await time(parallelStep) : oneThread;
-  const inferRate = await time(infer);
-  // The step the CPU training loops take when ONNX Runtime is there (ort_train.ts).
+  // The step the CPU training loops take when ONNX Runtime is there (ort_train.ts), first, on fresh weights.
   const ort = backend === 'wasm' || backend === 'cpu' ? await OrtTrainer.create(m, { threads: defaultReplicas(backend) }) : undefined;
   const trainThreads = ort?.threads ?? null;
   const ortRate = ort ? await time(() => ort.step(opt, xFlat, [32, 32, 3], labels, true)) : undefined;
   await ort?.close();
+  const oneThread = await time(step);
+  const backendRate = parallel ? await time(parallelStep) : oneThread;
+  const inferRate = await time(infer);
   const out: ModelBench = {
     trainImagesPerSecond: ortRate ?? backendRate,
     trainEngine: ortRate ? 'onnxruntime' : 'backend',
