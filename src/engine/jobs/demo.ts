@@ -13,7 +13,7 @@ import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
 import { fit, fitStepped, type FitOptions } from '../nn/train';
 import { defaultReplicas } from '../nn/data_parallel';
-import { createCpuTrainer } from '../nn/ort_train';
+import { createCpuTrainer, OrtTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
 import { sampleBalanced } from '../aux/sample';
@@ -68,7 +68,8 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     const trainRng = rng.fork('victim');
     // The victim trains on every core: each step in ONNX Runtime, or split over data-parallel replicas (one per
     // core on the CPU backends; `workers` caps them as it caps the cell threads).
-    const parallel = await createCpuTrainer(victim, { backend: backend.name, threads: o.workers ?? defaultReplicas(backend.name) });
+    const trainer = await createCpuTrainer(victim, { backend: backend.name, threads: o.workers ?? defaultReplicas(backend.name) });
+    if (trainer instanceof OrtTrainer) emit({ type: 'log', message: `training the victim with ONNX Runtime (${trainer.threads} threads)` });
     try {
       for (let e = 0; e < epochs; e++) {
         throwIfAborted(o.signal);
@@ -84,12 +85,12 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
           dropLast: true,
           onBatch: (_ep: number, b: number, n: number) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
         };
-        if (parallel) await fitStepped(victim, poisoned.set, options, parallel);
+        if (trainer) await fitStepped(victim, poisoned.set, options, trainer);
         else fit(victim, poisoned.set, options);
         await yieldToLoop();
       }
     } finally {
-      await parallel?.close();
+      await trainer?.close();
     }
     opt.dispose();
     saveModelFile(victim, path.join(staging, 'victim.safetensors'), 'safetensors');
