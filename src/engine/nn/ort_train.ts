@@ -58,7 +58,13 @@ export class OrtTrainer implements BatchStepper {
       throw e;
     }
     const threads = Math.max(1, o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
-    const session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    let session: OrtSession;
+    try {
+      session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    } catch {
+      // A graph this ONNX Runtime refuses (an older build without an operator) trains on the backend.
+      return undefined;
+    }
     return new OrtTrainer(model, ort, session, graph, bnTrain, threads);
   }
 
