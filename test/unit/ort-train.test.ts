@@ -9,6 +9,7 @@ import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist
 import { Rng } from '../../src/engine/util/rng';
 import { Identity } from '../../src/engine/nn/layers';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
+import { maxAbsDiff } from '../helpers/parity';
 
 const norm3 = { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] };
 
@@ -24,14 +25,9 @@ function backendGradients(model: Model, x: tf.Tensor4D, labels: Int32Array, bnTr
   return { loss, grads: out };
 }
 
-/** Largest difference between two gradients relative to the larger gradient's scale (absolute near zero). */
-function gradError(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(a[i]));
-  }
+/** Largest difference between two gradients relative to the reference's scale (absolute near zero). */
+function gradError(ours: Float32Array, ref: Float32Array): number {
+  const { diff, scale } = maxAbsDiff(ours, ref);
   return diff / Math.max(scale, 1e-3);
 }
 
@@ -68,7 +64,7 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
           assert.equal(ours.grads.size, ref.grads.size);
           let worst = 0;
           for (const [key, g] of ref.grads) {
-            const e = gradError(g, ours.grads.get(key)!);
+            const e = gradError(ours.grads.get(key)!, g);
             assert.ok(e < 1e-3, `${key}: gradient differs by ${e} of its scale`);
             worst = Math.max(worst, e);
           }

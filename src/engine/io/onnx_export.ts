@@ -148,11 +148,6 @@ export function emitModule(b: OnnxBuilder, m: Module, x: string): string {
   const shape = b.shape(x);
   const custom = (m as unknown as { emitOnnx?: (b: OnnxBuilder, x: string) => string }).emitOnnx;
   if (custom) return custom.call(m, b, x);
-  const child = (name: string) => {
-    const c = m.children.get(name);
-    if (!c) throw new Error(`${m.kind} ${m.path} has no ${name}`);
-    return c;
-  };
   switch (m.kind) {
     case 'Conv2d':
       return conv(b, m as Conv2d, x);
@@ -191,18 +186,18 @@ export function emitModule(b: OnnxBuilder, m: Module, x: string): string {
       for (const c of (m as Sequential).children.values()) if (c !== m.inserted) x = emitModule(b, c, x);
       return x;
     case 'PreActBlock': {
-      const out = b.node('Relu', [emitModule(b, child('bn1'), x)], {}, `${m.path}/Relu`, shape);
-      const shortcut = m.children.has('shortcut') ? emitModule(b, child('shortcut'), out) : x;
-      const h = emitModule(b, child('conv1'), out);
-      const r = b.node('Relu', [emitModule(b, child('bn2'), h)], {}, `${m.path}/Relu`, b.shape(h));
-      const y = emitModule(b, child('conv2'), r);
+      const out = b.node('Relu', [emitModule(b, m.child('bn1'), x)], {}, `${m.path}/Relu`, shape);
+      const shortcut = m.children.has('shortcut') ? emitModule(b, m.child('shortcut'), out) : x;
+      const h = emitModule(b, m.child('conv1'), out);
+      const r = b.node('Relu', [emitModule(b, m.child('bn2'), h)], {}, `${m.path}/Relu`, b.shape(h));
+      const y = emitModule(b, m.child('conv2'), r);
       return b.node('Add', [y, shortcut], {}, `${m.path}/Add`, b.shape(y));
     }
     case 'BasicBlock': {
-      const h = emitModule(b, child('bn1'), emitModule(b, child('conv1'), x));
+      const h = emitModule(b, m.child('bn1'), emitModule(b, m.child('conv1'), x));
       const r = b.node('Relu', [h], {}, `${m.path}/Relu`, b.shape(h));
-      const y = emitModule(b, child('bn2'), emitModule(b, child('conv2'), r));
-      const proj = m.children.has('downsample') ? child('downsample') : m.children.get('shortcut');
+      const y = emitModule(b, m.child('bn2'), emitModule(b, m.child('conv2'), r));
+      const proj = m.children.has('downsample') ? m.child('downsample') : m.children.get('shortcut');
       const identity = proj ? emitModule(b, proj, x) : x;
       const s = b.node('Add', [y, identity], {}, `${m.path}/Add`, b.shape(y));
       return b.node('Relu', [s], {}, `${m.path}/Relu`, b.shape(y));

@@ -115,6 +115,13 @@ export abstract class Module implements ModuleLike {
       .map(([, p]) => p.variable);
   }
 
+  /** The direct child `name`; a module graph without it is a programming error. */
+  child(name: string): Module {
+    const c = this.children.get(name);
+    if (!c) throw new Error(`${this.kind} ${this.path} has no ${name}`);
+    return c;
+  }
+
   find(path: string): Module | undefined {
     for (const m of this.modules()) if (m.path === path) return m;
     return undefined;

@@ -344,11 +344,6 @@ class GradBuilder {
   module(m: Module, x: string): string {
     if (m.inserted) throw new OrtGradUnsupported('inserted modules');
     if ((m as unknown as { emitOnnx?: unknown }).emitOnnx) throw new OrtGradUnsupported(`the ${m.kind} module`);
-    const child = (name: string) => {
-      const c = m.children.get(name);
-      if (!c) throw new Error(`${m.kind} ${m.path} has no ${name}`);
-      return c;
-    };
     switch (m.kind) {
       case 'Conv2d':
         return this.conv(m as Conv2d, x);
@@ -381,16 +376,16 @@ class GradBuilder {
         for (const c of m.children.values()) x = this.module(c, x);
         return x;
       case 'PreActBlock': {
-        const out = this.relu(this.module(child('bn1'), x));
-        const shortcut = m.children.has('shortcut') ? this.module(child('shortcut'), out) : x;
-        const h = this.module(child('conv1'), out);
-        const y = this.module(child('conv2'), this.relu(this.module(child('bn2'), h)));
+        const out = this.relu(this.module(m.child('bn1'), x));
+        const shortcut = m.children.has('shortcut') ? this.module(m.child('shortcut'), out) : x;
+        const h = this.module(m.child('conv1'), out);
+        const y = this.module(m.child('conv2'), this.relu(this.module(m.child('bn2'), h)));
         return this.add(y, shortcut);
       }
       case 'BasicBlock': {
-        const r = this.relu(this.module(child('bn1'), this.module(child('conv1'), x)));
-        const y = this.module(child('bn2'), this.module(child('conv2'), r));
-        const proj = m.children.has('downsample') ? child('downsample') : m.children.get('shortcut');
+        const r = this.relu(this.module(m.child('bn1'), this.module(m.child('conv1'), x)));
+        const y = this.module(m.child('bn2'), this.module(m.child('conv2'), r));
+        const proj = m.children.has('downsample') ? m.child('downsample') : m.children.get('shortcut');
         const identity = proj ? this.module(proj, x) : x;
         return this.relu(this.add(y, identity));
       }
