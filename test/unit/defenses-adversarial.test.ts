@@ -1,5 +1,5 @@
 /**
- * The pruning and adversarial defenses (anp, rnp, clp, ibau, sau, npd) on a tiny BadNets victim made here.
+ * The pruning and adversarial defenses (anp, rnp, clp, sau, npd) on a tiny BadNets victim made here.
  * ANP brings the attack success rate below half of the victim's with clean accuracy above a floor; ANP and RNP
  * select on the aux validation split and report it; RNP and NPD (on two random streams) halve the ASR too
  * (i-BAU has its own file, defenses-ibau.test.ts); NPD trains only its inserted polarizer, which is saved with

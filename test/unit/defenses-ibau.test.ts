@@ -4,7 +4,8 @@
  * W (diag p - p p^T) W^T v - 2 lambda v; the mixed product matches its closed form; and the hypergradient with
  * K fixed-point iterations matches the derivative of L_outer(delta*(theta), theta) measured by re-solving the
  * inner problem at theta +- h u, which the direct term alone misses. On the fixture's tiny BadNets victim:
- * ACC/ASR on two random streams, details.hypergradient, progress, cancellation and no tensor left behind.
+ * details.hypergradient, the clean accuracy kept and the ASR lowered on two random streams (not halved on
+ * both: see ibau.ts), progress, cancellation and no tensor left behind.
  */
 import { strict as assert } from 'node:assert';
 import * as tf from '@tensorflow/tfjs-core';
@@ -162,6 +163,22 @@ describe('i-BAU on a tiny BadNets victim', function () {
     assert.deepEqual(progress[progress.length - 1], [1, 1]);
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
+
+  // Measured with the defaults (portion 0.1, K = 5; victim ACC 0.957, ASR 1.000): stream 1: ACC 0.925, ASR 0.573;
+  // stream 2: ACC 0.953, ASR 0.272. The former default (portion 0.5, direct term only) gave 0.769/0.486 and
+  // 0.948/0.503. i-BAU does not halve the ASR on both streams (see ibau.ts for the runs and why); this checks
+  // what the defaults do hold: the clean accuracy, and an ASR below the victim's.
+  for (const stream of [1, 2]) {
+    it(`keeps ACC >= 0.9 and lowers the ASR (random stream ${stream}), leaving no tensor`, async () => {
+      const n0 = tf.memory().numTensors;
+      const { out, after, progress } = await runDefense(f, getDefense('ibau')!, {}, { rng: new Rng(stream).fork('ibau') });
+      assert.ok(after.acc >= 0.9, `ibau: ACC ${after.acc.toFixed(3)}`);
+      assert.ok(after.asr < f.before.asr, `ibau: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+      assert.ok(progress.length > 0, 'reports progress');
+      out.model.dispose();
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
 
   it('K = 0 is the direct term alone and says so', async () => {
     const { out } = await runDefense(f, getDefense('ibau')!, { rounds: 1, K: 0 });
