@@ -32,6 +32,10 @@ describe('Neural Cleanse on a tiny BadNets victim', function () {
     assert.ok(after.asr <= 0.5 * f.before.asr, `ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
     assert.ok(after.acc >= f.before.acc - 0.05, `ACC ${after.acc.toFixed(3)} (victim ${f.before.acc.toFixed(3)})`);
     assert.deepEqual(progress[progress.length - 1], [11, 11]);
+    // One scale from the first reversal to the last unlearning epoch: the fraction done never goes back.
+    const fractions = progress.map(([done, total]) => done / total);
+    assert.ok(progress.some(([, total]) => total > 11), 'the unlearning epochs report progress');
+    fractions.forEach((f, i) => assert.ok(i === 0 || f >= fractions[i - 1] - 1e-9, `progress went back at ${i}: ${fractions[i - 1]} -> ${f}`));
     out.model.dispose();
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });

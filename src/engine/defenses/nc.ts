@@ -148,7 +148,9 @@ export const nc: Defense = {
       });
       const opt = new SGD(p.ftLr, 0.9, 5e-4);
       try {
-        await trainEpochs(ctx, model, opt, { epochs: p.epochs, lr: p.ftLr, batchSize: 64, data, label: 'unlearning epoch' });
+        // Progress continues from the reversal's (label + 1) / (k + 1): the unlearning is the last of k + 1
+        // equal parts, counted in epochs.
+        await trainEpochs(ctx, model, opt, { epochs: p.epochs, lr: p.ftLr, batchSize: 64, data, label: 'unlearning epoch', progressBase: k * p.epochs, progressTotal: (k + 1) * p.epochs });
       } finally {
         opt.dispose();
       }
