@@ -27,10 +27,11 @@
  * series diverge: after one ascent pass delta is not a maximum of L_inner (its Hessian has positive
  * eigenvalues), so the iterates grow (fixture, one batch: at a pixel-space step of 0.1 instead of 0.0095 the
  * implicit term is 4x the direct one after 5 iterations and 4000x after 20). Measured, fast profile (ACC/ASR;
- * test fixture: victim 0.957/1.000, random streams 1-6; demo victim 0.974/1.000, cells 4, 0, 1):
+ * test fixture: victim 0.957/1.000, random streams 1-6; demo victim 0.974/1.000, cells 4, 0, 1 of
+ * scripts/bench-defenses.ts with a cached victim):
  *   - portion 0.5 (the former first-order default, K = 0): fixture 0.769/0.486, 0.948/0.503, 0.899/0.460,
- *     0.722/0.000 (streams 1-4), demo 0.840/0.788: ACC below 0.85 in 3 of 5 runs (the first round erases
- *     class 0, the target: per-class accuracy 0.00);
+ *     0.722/0.000 (streams 1-4), demo 0.556/0.000: ACC below 0.85 in 3 of 5 runs (after the first round,
+ *     with or without the implicit term, class 0, the target, is at accuracy 0.00 on fixture streams 1 and 3);
  *   - portion 0.5, K = 5: fixture 0.817/0.185, 0.932/0.255, 0.735/0.373, 0.932/0.993, demo 0.498/0.000;
  *   - portion 0.1, K = 5 (default): fixture 0.925/0.573, 0.953/0.272, 0.953/0.399, 0.950/0.893, 0.955/0.163,
  *     0.955/0.189, demo 0.926/0.439, 0.947/0.794, 0.889/0.000: ACC >= 0.889 in all 9 runs, ASR halved in 6;
