@@ -46,6 +46,8 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
     ['preact-resnet18 (width 8)', { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } }],
     // Basic blocks behind the ImageNet stem: 7x7 stride-2 conv and an overlapping 3x3 stride-2 max pool.
     ['resnet18 (width 8)', { arch: 'resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 8 } }],
+    // VGG with BatchNorm, an even adaptive average pool (4x4 -> 2x2), flatten and hidden linear layers.
+    ['vgg11-bn (narrow, no dropout)', { arch: 'vgg11-bn', inputShape: [16, 16, 3], numClasses: 10, options: { cfg: [8, 'M', 8, 'M'], avgpool: 2, hidden: [16], dropout: false } }],
   ];
   for (const [name, spec] of cases) {
     for (const bnTrain of [true, false]) {

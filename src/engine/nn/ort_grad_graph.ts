@@ -31,7 +31,7 @@ import { onnx } from 'onnx-proto';
 import { OnnxBuilder } from '../io/onnx_export';
 import type { Model } from './model';
 import type { Module } from './module';
-import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
+import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
 /** Opset of the training graph: ScatterElements' `reduction` (overlapping max pools) needs 16. */
 export const GRAD_OPSET = 17;
@@ -68,17 +68,14 @@ class GradBuilder {
   readonly gradOutputs: Array<{ key: string; name: string; shape: number[] }> = [];
   readonly statOutputs: Array<{ name: string; shape: number[] }> = [];
   readonly bnPaths: string[] = [];
-  invBatch = '';
+  /** The graph input holding 1/N (the batch size is symbolic). */
+  private readonly invBatch = 'inv_batch';
   private n = 0;
 
   constructor(
     private readonly model: Model,
     readonly bnTrain: boolean,
   ) {}
-
-  private name(base: string): string {
-    return this.b.fresh(base);
-  }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
     return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
@@ -125,11 +122,6 @@ class GradBuilder {
     });
   }
 
-  /** The gradient of parameter input `key`, as a named graph output. */
-  private paramGrad(key: string, g: string): void {
-    this.addGrad(key, g);
-  }
-
   conv(m: Conv2d, x: string): string {
     const [n, cin, h, w] = this.b.shape(x);
     const k = m.kernelSize;
@@ -163,9 +155,9 @@ class GradBuilder {
         this.addGrad(x, dx);
       }
       if (this.live.has(wHwio)) {
-        this.paramGrad(wHwio, this.weightGrad(x, dy, m, [h, w], [ho, wo]));
+        this.addGrad(wHwio, this.weightGrad(x, dy, m, [h, w], [ho, wo]));
       }
-      if (bias) this.paramGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
+      if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
     });
     return y;
   }
@@ -233,8 +225,8 @@ class GradBuilder {
     this.back(y, [x, gammaKey, betaKey], (dy) => {
       const sumDy = this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
       const sumDyXc = this.op('ReduceSum', [this.op('Mul', [dy, xc], {}, shape), this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
-      this.paramGrad(betaKey, this.op('Reshape', [sumDy, this.i64([-1])], {}, [c]));
-      this.paramGrad(gammaKey, this.op('Reshape', [this.op('Mul', [sumDyXc, invstd], {}, cShape), this.i64([-1])], {}, [c]));
+      this.addGrad(betaKey, this.op('Reshape', [sumDy, this.i64([-1])], {}, [c]));
+      this.addGrad(gammaKey, this.op('Reshape', [this.op('Mul', [sumDyXc, invstd], {}, cShape), this.i64([-1])], {}, [c]));
       if (!this.live.has(x)) return;
       const kDy = this.op('Mul', [dy, k], {}, shape);
       if (!this.bnTrain) {
@@ -276,8 +268,8 @@ class GradBuilder {
     const { kernelSize: k, stride: s, padding: p } = m;
     const ho = Math.floor((h + 2 * p - k) / s) + 1;
     const wo = Math.floor((w + 2 * p - k) / s) + 1;
-    const indices = this.name('maxpool_indices');
-    const y = this.b.node('MaxPool', [x], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] }, `MaxPool_${++this.n}`, [n, c, ho, wo], [this.name('maxpool_output'), indices]);
+    const indices = this.b.fresh('maxpool_indices');
+    const y = this.b.node('MaxPool', [x], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] }, `MaxPool_${++this.n}`, [n, c, ho, wo], [this.b.fresh('maxpool_output'), indices]);
     this.back(y, [x], (dy) => {
       // MaxPool's indices address the flattened input, batch and channel included.
       const flatShape = [-1];
@@ -334,8 +326,8 @@ class GradBuilder {
     if (bias) y = this.op('Add', [y, bias], {}, [n, fout]);
     this.back(y, [x, wKey, ...(bias ? [bias] : [])], (dy) => {
       if (this.live.has(x)) this.addGrad(x, this.op('Gemm', [dy, wKey], { transB: 1 }, [n, fin]));
-      this.paramGrad(wKey, this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
-      if (bias) this.paramGrad(bias, this.op('ReduceSum', [dy, this.i64([0])], { keepdims: 0 }, [fout]));
+      this.addGrad(wKey, this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
+      if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0])], { keepdims: 0 }, [fout]));
     });
     return y;
   }
@@ -365,6 +357,14 @@ class GradBuilder {
         const p = m as AvgPool2d;
         if (p.stride !== p.kernelSize) throw new OrtGradUnsupported('overlapping average pools');
         return this.avgPool(x, p.kernelSize);
+      }
+      case 'AdaptiveAvgPool2d': {
+        // The identity, or an even pool (torchvision's VGG at its own input size); PyTorch's uneven bins are not here.
+        const [, , h, w] = this.b.shape(x);
+        const o = (m as AdaptiveAvgPool2d).outputSize;
+        if (h === o && w === o) return x;
+        if (h % o || w % o || h / o !== w / o) throw new OrtGradUnsupported('uneven adaptive average pools');
+        return this.avgPool(x, h / o);
       }
       case 'GlobalAvgPool':
         return this.globalAvgPool(x);
@@ -401,7 +401,6 @@ class GradBuilder {
     this.b.shapes.set('x', [-1, h, w, c]);
     this.b.shapes.set('target', [-1, k]);
     this.b.shapes.set('inv_batch', [1]);
-    this.invBatch = 'inv_batch';
     let x = this.op('Transpose', ['x'], { perm: [0, 3, 1, 2] }, [-1, c, h, w]);
     if (this.model.normalize) {
       const { mean, std } = this.model.normalize;
