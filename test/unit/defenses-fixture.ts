@@ -16,6 +16,9 @@ import type { Model } from '../../src/engine/nn/model';
 import type { Metrics } from '../../src/engine/jobs/results';
 import type { Defense, DefenseContext, DefenseParams, DefenseOutcome } from '../../src/engine/defenses/defense';
 import { resolveParams } from '../../src/engine/defenses/defense';
+import { strict as assert } from 'node:assert';
+import * as tf from '@tensorflow/tfjs-core';
+import { CancelledError } from '../../src/engine/errors';
 
 export interface Fixture {
   victim: Model;
@@ -62,4 +65,26 @@ export async function runDefense(
   });
   const after = evaluateModel(out.model, f.test, f.triggered);
   return { out, after, progress };
+}
+
+/**
+ * Run `d` and cancel it at its first progress report; resolves to the `done` counts it reported. The run must
+ * end with CancelledError and leave no tensor behind; callers check the reports (nothing runs after the cancel).
+ */
+export async function cancelAtFirstReport(f: Fixture, d: Defense): Promise<number[]> {
+  const n0 = tf.memory().numTensors;
+  const ac = new AbortController();
+  const reports: number[] = [];
+  await assert.rejects(
+    runDefense(f, d, {}, {
+      signal: ac.signal,
+      progress: (done) => {
+        reports.push(done);
+        ac.abort();
+      },
+    }),
+    CancelledError,
+  );
+  assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  return reports;
 }
