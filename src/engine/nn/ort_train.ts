@@ -44,7 +44,8 @@ export class OrtTrainer implements BatchStepper {
 
   /**
    * A trainer for `model` with BatchNorm in training mode (`bnTrain`) or frozen; undefined where ONNX Runtime
-   * is not available here or the model has a module without a backward rule in the graph builder.
+   * is not available here, the model has a module without a backward rule in the graph builder, or ONNX
+   * Runtime refuses the graph.
    */
   static async create(model: Model, o: { bnTrain?: boolean; threads?: number } = {}): Promise<OrtTrainer | undefined> {
     const ort = ortTrainWanted() ? loadOrt() : null;
@@ -82,8 +83,8 @@ export class OrtTrainer implements BatchStepper {
       inv_batch: new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]),
     };
     for (const { key, shape: s } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, s);
-    const out = await this.session.run(feeds);
     try {
+      const out = await this.session.run(feeds);
       const grads = new Map<string, Float32Array>();
       for (const key of this.graph.gradKeys) grads.set(key, out[`grad/${key}`].data as Float32Array);
       const stats = new Map<string, { mean: Float32Array; variance: Float32Array }>();
