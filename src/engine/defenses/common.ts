@@ -34,10 +34,11 @@ export interface EpochLoopOptions extends Partial<Omit<FitOptions, 'epochs' | 'o
  * every `intervalMs`, reports progress (the same `done` as the last completed unit, with a message that says
  * where inside it we are) and yields to the event loop, so that an abort message posted to a worker is
  * delivered within a batch or two instead of at the end of an epoch. The yield does not touch the random
- * stream: results do not depend on timing.
+ * stream: results do not depend on timing. The first tick always reports, so a defense says where it is from
+ * its first batch on (and a cancel sent at that report is seen at the next tick, whatever the machine's speed).
  */
 export class Pacer {
-  private last = Date.now();
+  private last = -Infinity;
   constructor(
     private readonly ctx: Pick<DefenseContext, 'progress' | 'signal'>,
     private readonly intervalMs = 200,
