@@ -132,40 +132,81 @@ export function batchCount(data: ImageSet, o: Pick<FitOptions, 'batchSize' | 'dr
   return o.dropLast && data.n > o.batchSize ? Math.floor(data.n / o.batchSize) : Math.ceil(data.n / o.batchSize);
 }
 
+/** One batch of a fit: where it is in the schedule, the images it takes and their labels. */
+export interface FitBatch {
+  epoch: number;
+  /** Index of the batch within its epoch, of `batches`. */
+  b: number;
+  batches: number;
+  idx: Uint32Array | Int32Array;
+  labels: Int32Array;
+}
+
+/**
+ * The schedule and bookkeeping fit() and fitStepped() share: at each epoch's start the scheduled rate goes to
+ * the optimizer and a fresh permutation is drawn; cancellation is checked before every batch; `record` takes
+ * each batch's loss (running afterStep and onBatch) and ends the iteration at maxSteps; `loss` is what the fit
+ * returns (the last epoch's mean, or the mean so far when maxSteps stopped it).
+ */
+class FitLoop {
+  private steps = 0;
+  private sum = 0;
+  private stopped = false;
+  loss = NaN;
+
+  constructor(
+    private readonly data: ImageSet,
+    private readonly o: Omit<FitOptions, 'loss' | 'prepare' | 'vars'>,
+  ) {}
+
+  *batches(): Generator<FitBatch> {
+    const { data, o } = this;
+    const batches = batchCount(data, o);
+    for (let epoch = 0; epoch < o.epochs; epoch++) {
+      o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
+      const order = o.rng.permutation(data.n);
+      this.sum = 0;
+      for (let b = 0; b < batches; b++) {
+        throwIfAborted(o.signal);
+        const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+        yield { epoch, b, batches, idx, labels: Int32Array.from(idx, (i) => data.y[i]) };
+        if (this.stopped) return;
+      }
+      this.loss = this.sum / batches;
+    }
+  }
+
+  record(batch: FitBatch, l: number): void {
+    this.sum += l;
+    this.o.afterStep?.();
+    this.o.onBatch?.(batch.epoch, batch.b, batch.batches, l);
+    if (this.o.maxSteps && ++this.steps >= this.o.maxSteps) {
+      this.stopped = true;
+      this.loss = this.sum / (batch.b + 1);
+    }
+  }
+}
+
 /** Train `model` in place. Returns the mean loss of the last epoch. */
 export function fit(model: Model, data: ImageSet, o: FitOptions): number {
   const vars = o.vars ?? model.trainableVariables();
   const bnTrain = o.bnTrain ?? true;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
-  const batches = batchCount(data, o);
-  let steps = 0;
-  let lastEpochLoss = NaN;
-  for (let epoch = 0; epoch < o.epochs; epoch++) {
-    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
-    const order = o.rng.permutation(data.n);
-    let sum = 0;
-    for (let b = 0; b < batches; b++) {
-      throwIfAborted(o.signal);
-      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
-      const labels = Int32Array.from(idx, (i) => data.y[i]);
-      const x = makeBatch(data, idx, o.augment, o.rng);
-      const y = tf.tensor1d(labels, 'int32');
-      const prepared = o.prepare?.({ x, y, labels });
-      try {
-        const l = trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx, prepared }), bnTrain);
-        sum += l;
-        o.afterStep?.();
-        o.onBatch?.(epoch, b, batches, l);
-      } finally {
-        x.dispose();
-        y.dispose();
-        prepared?.dispose();
-      }
-      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
+  const loop = new FitLoop(data, o);
+  for (const batch of loop.batches()) {
+    const { idx, labels } = batch;
+    const x = makeBatch(data, idx, o.augment, o.rng);
+    const y = tf.tensor1d(labels, 'int32');
+    const prepared = o.prepare?.({ x, y, labels });
+    try {
+      loop.record(batch, trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx, prepared }), bnTrain));
+    } finally {
+      x.dispose();
+      y.dispose();
+      prepared?.dispose();
     }
-    lastEpochLoss = sum / batches;
   }
-  return lastEpochLoss;
+  return loop.loss;
 }
 
 /**
@@ -187,26 +228,11 @@ export interface BatchStepper {
 export async function fitStepped(model: Model, data: ImageSet, o: Omit<FitOptions, 'loss' | 'prepare' | 'vars'>, stepper: BatchStepper): Promise<number> {
   if (stepper.model !== model) throw new Error('fitStepped: the trainer holds another model');
   const bnTrain = o.bnTrain ?? true;
-  const batches = batchCount(data, o);
-  let steps = 0;
-  let lastEpochLoss = NaN;
-  for (let epoch = 0; epoch < o.epochs; epoch++) {
-    o.optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, epoch, o.epochs);
-    const order = o.rng.permutation(data.n);
-    let sum = 0;
-    for (let b = 0; b < batches; b++) {
-      throwIfAborted(o.signal);
-      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
-      const labels = Int32Array.from(idx, (i) => data.y[i]);
-      const l = await stepper.step(o.optimizer, makeBatchArray(data, idx, o.augment, o.rng), data.shape, labels, bnTrain);
-      sum += l;
-      o.afterStep?.();
-      o.onBatch?.(epoch, b, batches, l);
-      if (o.maxSteps && ++steps >= o.maxSteps) return sum / (b + 1);
-    }
-    lastEpochLoss = sum / batches;
+  const loop = new FitLoop(data, o);
+  for (const batch of loop.batches()) {
+    loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain));
   }
-  return lastEpochLoss;
+  return loop.loss;
 }
 
 /** Logits of a whole set, batched, as a Float32Array [n, classes]. */
