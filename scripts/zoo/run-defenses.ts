@@ -1,0 +1,115 @@
+/**
+ * Our side of the zoo comparison: runs the engine's defenses on the PyTorch-made victims of
+ * scripts/zoo/train_victims.py, on exactly the images PyTorch's reference used (the saved auxiliary sample and
+ * triggered test set, read as .npy), through the same cell code as `backdoor-audit run`, and writes a JSON
+ * table comparable with scripts/zoo/reference_defenses.py's.
+ *
+ *   npx tsx scripts/zoo/run-defenses.ts [--zoo zoo] [--victim preact-badnets ...] [--defense ft ...]
+ *        [--seeds 0,1,2] [--profile fast|paper] [--params '{"epochs":10}'] [--out zoo/ours.json] [--workers N]
+ *
+ * Each row: victim, defense, seed, profile, effective params (from the row's details), acc, asr, ra, der,
+ * seconds, and the victim's own acc/asr. The triggered images come from PyTorch's attack code, so the numbers
+ * do not depend on our attack implementations.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { initBackend } from '../../src/engine/backend';
+import { loadModelFile } from '../../src/engine/io/model_io';
+import { readNpyPair } from '../../src/engine/io/data/npy';
+import { runPrepared, type PreparedJob } from '../../src/engine/jobs/core';
+import { DEFENSES } from '../../src/engine/defenses';
+import type { Profile } from '../../src/engine/defenses/defense';
+
+interface VictimInfo {
+  name: string;
+  arch: string;
+  normalize: { mean: number[]; std: number[] };
+  inputShape: [number, number, number];
+  numClasses: number;
+  target: number;
+  metrics: { acc: number; asr: number; ra: number };
+}
+
+const program = new Command()
+  .option('--zoo <dir>', 'the zoo folder', 'zoo')
+  .option('--victim <name...>', 'victims (default: every folder with a victim.json)')
+  .option('--defense <id...>', 'defenses', ['ft'])
+  .option('--seeds <list>', 'comma-separated seeds', '0')
+  .option('--profile <p>', 'fast or paper', 'fast')
+  .option('--params <json>', 'parameter overrides for every defense', '{}')
+  .option('--out <file>', 'results JSON (merged by victim/defense/seed/profile/params)', 'zoo/ours.json')
+  .option('--workers <n>', 'cell workers (default: the runner default)')
+  .parse();
+const o = program.opts<{ zoo: string; victim?: string[]; defense: string[]; seeds: string; profile: Profile; params: string; out: string; workers?: string }>();
+
+async function main(): Promise<void> {
+  const backend = await initBackend('auto');
+  const victims = o.victim ?? fs.readdirSync(o.zoo).filter((d) => fs.existsSync(path.join(o.zoo, d, 'victim.json')));
+  const overrides = JSON.parse(o.params) as Record<string, number>;
+  for (const id of o.defense) if (!(id in DEFENSES)) throw new Error(`unknown defense ${id}`);
+  const rows: Record<string, unknown>[] = fs.existsSync(o.out) ? JSON.parse(fs.readFileSync(o.out, 'utf8')) : [];
+  const keyOf = (r: Record<string, unknown>) => JSON.stringify([r.victim, r.defense, r.seed, r.profile, r.overrides]);
+  for (const name of victims) {
+    const dir = path.join(o.zoo, name);
+    const info = JSON.parse(fs.readFileSync(path.join(dir, 'victim.json'), 'utf8')) as VictimInfo;
+    const file = fs.existsSync(path.join(dir, 'victim.pt')) ? path.join(dir, 'victim.pt') : path.join(dir, 'victim.onnx');
+    const ref = file.endsWith('.onnx')
+      ? { path: file, normalize: info.normalize }
+      : { path: file, inputShape: info.inputShape, numClasses: info.numClasses, normalize: info.normalize };
+    const loaded = loadModelFile(ref, name);
+    const target = { shape: info.inputShape, numClasses: info.numClasses };
+    const aux = readNpyPair(path.join(dir, 'aux_x.npy'), path.join(dir, 'aux_y.npy'), target);
+    const test = readNpyPair(path.join(dir, 'test_x.npy'), path.join(dir, 'test_y.npy'), target);
+    const bd = readNpyPair(path.join(dir, 'bd_x.npy'), path.join(dir, 'bd_y.npy'), target);
+    const triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(info.target) };
+    try {
+      for (const seed of o.seeds.split(',').map(Number)) {
+        const job: PreparedJob = {
+          victim: loaded.model,
+          model: loaded.info,
+          test,
+          triggered,
+          aux: [{ name: 'unseen', type: 'unseen', set: aux }],
+          defenses: o.defense.map((id) => ({ id, profile: o.profile, params: Object.keys(overrides).length ? overrides : undefined })),
+          gicMode: 'off',
+          augment: { cropPadding: 4, flip: info.inputShape[2] === 3 },
+          seed,
+        };
+        const t0 = Date.now();
+        const results = await runPrepared(job, {
+          backend,
+          workers: o.workers === undefined ? undefined : Number(o.workers),
+          emit: (e) => {
+            if (e.type === 'row') {
+              const r = e.row;
+              console.log(`${name} ${r.defense} seed ${seed}: ${r.error ? `error: ${r.error}` : `ACC ${r.acc?.toFixed(4)} ASR ${r.asr?.toFixed(4)} RA ${r.ra?.toFixed(4)} (${r.seconds.toFixed(1)} s)`}`);
+            }
+          },
+        });
+        for (const r of results.rows) {
+          const row = {
+            victim: name, defense: r.defense, seed, profile: o.profile, overrides,
+            acc: r.acc ?? null, asr: r.asr ?? null, ra: r.ra ?? null, der: r.der ?? null, seconds: r.seconds, error: r.error,
+            details: r.details ?? null, victimMetrics: results.baseline,
+          };
+          const k = keyOf(row);
+          const at = rows.findIndex((x) => keyOf(x) === k);
+          if (at >= 0) rows[at] = row;
+          else rows.push(row);
+        }
+        console.log(`${name} seed ${seed}: baseline ACC ${results.baseline.acc.toFixed(4)} ASR ${results.baseline.asr?.toFixed(4)}; ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+        const tmp = `${o.out}.tmp`;
+        fs.writeFileSync(tmp, JSON.stringify(rows, null, 1));
+        fs.renameSync(tmp, o.out);
+      }
+    } finally {
+      loaded.model.dispose();
+    }
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.stack : e);
+  process.exit(1);
+});
