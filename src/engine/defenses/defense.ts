@@ -43,6 +43,8 @@ export interface Defense {
   id: string;
   title: string;
   defaults(profile: Profile): DefenseParams;
+  /** Where this profile departs from BackdoorBench's config values, and why in a few words (named in the row). */
+  departures?(profile: Profile): string | undefined;
   run(ctx: DefenseContext): Promise<DefenseOutcome>;
 }
 

@@ -3,8 +3,7 @@
  * the auxiliary data, prune (mask) the least active ones 1% of the channels per step while the accuracy on a
  * held-out validation split of the auxiliary set stays above `accRatio` of its unpruned value, then fine-tune
  * as `ft` with the mask kept. BackdoorBench picks the stopping point on the test set; we never look at it.
- * The `fast` profile fine-tunes as `ft`'s (15 epochs, batches of 32, initial rate 0.1, cosine): with the
- * paper's rate on a small auxiliary set the pruned model barely moves and keeps its backdoor.
+ * The `fast` profile fine-tunes on the fine-tuning family's FAST_FINE_TUNE schedule (common.ts).
  *
  * The mask acts on the pooled feature that feeds the linear head, which for a global-average-pooled network
  * is the same as masking the last convolution's output channels; it is stored in the weights (zeroed rows of
@@ -14,7 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { predictFeatures } from '../nn/train';
 import type { Model } from '../nn/model';
-import { accuracyOn, Pacer, splitAux, trainEpochs } from './common';
+import { accuracyOn, FAST_FINE_TUNE, FAST_FINE_TUNE_DEPARTURES, Pacer, splitAux, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 
@@ -29,7 +28,10 @@ export const fp: Defense = {
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, accRatio: 0.9, valFraction: 0.1, step: 0.01 }
-      : { epochs: 15, lr: 0.1, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, accRatio: 0.9, valFraction: 0.1, step: 0.01 };
+      : { ...FAST_FINE_TUNE, momentum: 0.9, weightDecay: 5e-4, accRatio: 0.9, valFraction: 0.1, step: 0.01 };
+  },
+  departures(profile: Profile) {
+    return profile === 'fast' ? FAST_FINE_TUNE_DEPARTURES : undefined;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

@@ -9,7 +9,7 @@ import { crossEntropy, makeBatch } from '../nn/train';
 import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { Pacer } from './common';
+import { FAST_FINE_TUNE, Pacer } from './common';
 import { JobError } from '../errors';
 
 export const ftsam: Defense = {
@@ -17,8 +17,13 @@ export const ftsam: Defense = {
   title: 'Fine-tuning with sharpness-aware minimization',
   defaults(profile: Profile) {
     return profile === 'paper'
-      ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, rho: 2.0, labelSmoothing: 0.1 }
-      : { epochs: 15, lr: 0.1, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, rho: 2.0, labelSmoothing: 0.1 };
+      ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, rho: 2.0, labelSmoothing: 0.1 }
+      : { epochs: 10, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, batchSize: FAST_FINE_TUNE.batchSize, rho: 2.0, labelSmoothing: 0.1 };
+  },
+  departures(profile: Profile) {
+    // SAM's perturbed steps purify faster than plain fine-tuning: on the zoo's preact8-badnets 20 epochs cost
+    // 0.058 of accuracy for an ASR that 10 already reach.
+    return profile === 'fast' ? 'batch 64 (BackdoorBench: 256) so that a 500-image aux set gets 8 steps an epoch; 10 epochs (100)' : undefined;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
@@ -26,7 +31,8 @@ export const ftsam: Defense = {
     const vars = model.trainableVariables();
     const opt = new SGD(p.lr, p.momentum, p.weightDecay);
     const aux = ctx.aux;
-    const batches = Math.max(1, Math.floor(aux.n / p.batchSize));
+    // The last partial batch is kept, as PyTorch's DataLoader does.
+    const batches = Math.max(1, Math.ceil(aux.n / p.batchSize));
     const pacer = new Pacer(ctx);
     try {
       for (let e = 0; e < p.epochs; e++) {

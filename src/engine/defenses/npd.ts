@@ -103,7 +103,10 @@ export const npd: Defense = {
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { warmupEpochs: 5, warmupLr: 1e-4, epochs: 50, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 }
-      : { warmupEpochs: 1, warmupLr: 1e-4, epochs: 30, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 32, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 };
+      : { warmupEpochs: 2, warmupLr: 1e-4, epochs: 20, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 64, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 };
+  },
+  departures(profile: Profile) {
+    return profile === 'fast' ? 'batch 64 (BackdoorBench: 128) for a 500-image aux set; 2 warm-up epochs (5) and 20 epochs (50)' : undefined;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

@@ -277,6 +277,9 @@ export async function runCell(
   let onnx: Uint8Array | undefined;
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
+    row.params = params;
+    const departures = defense.departures?.(cell.defense.profile);
+    if (departures) row.departures = departures;
     // Each cell has its own stream so that a sharded or pooled run reproduces the sequential one.
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
     const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });

@@ -24,6 +24,10 @@ export interface ResultRow extends Partial<Metrics> {
   error: string | null;
   /** Defense-specific facts worth reporting: thresholds chosen on aux validation, pruned channels, etc. */
   details?: Record<string, unknown>;
+  /** The defense's effective parameters: its profile's defaults with the job's overrides. */
+  params?: Record<string, number | string | boolean | number[]>;
+  /** Where those parameters depart from BackdoorBench's config values, and why (absent: they do not). */
+  departures?: string;
 }
 
 export interface GicEntry {
