@@ -79,25 +79,24 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
 
-  // Measured on this fixture (victim ACC 0.957, ASR 1.000): random stream 1: ACC 0.894, ASR 0.074; stream 2:
-  // ACC 0.938, ASR 0.240.
-  for (const stream of [1, 2]) {
-    it(`npd halves the ASR and keeps ACC >= 0.85 (random stream ${stream}), training only an inserted polarizer saved with the model`, async () => {
-      const n0 = tf.memory().numTensors;
-      const { out, after, progress } = await runDefense(f, getDefense('npd')!, {}, { rng: new Rng(stream).fork('npd') });
-      assert.ok(after.asr <= 0.5 * f.before.asr, `npd: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
-      assert.ok(after.acc >= 0.85, `npd: ACC ${after.acc.toFixed(3)}`);
-      assert.ok(progress.length > 0, 'reports progress');
-      const at = String(out.details!.insertedBefore);
-      const keys = [...out.model.stateDict().keys()];
-      assert.ok(keys.includes(`${at}.inserted.0.weight`) && keys.includes(`${at}.inserted.1.weight`), keys.join(' '));
-      // The backbone is frozen: the last conv's own weights are the victim's.
-      const key = `${at}.weight`;
-      assert.deepEqual(out.model.stateDict().get(key)!.data, f.victim.stateDict().get(key)!.data);
-      out.model.dispose();
-      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
-    });
-  }
+  // What NPD does to a model: a polarizer inserted and trained, the backbone frozen, saved with the model. Whether
+  // it purifies is checked on the PyTorch-trained zoo victim (defenses-zoo.test.ts: ASR 0.979 -> 0.059, ACC
+  // 0.827 -> 0.813 on the whole test set). On this tiny victim its ASR is unstable from stream to stream since the
+  // last partial batch is kept as PyTorch keeps it (0.56 / 0.24 at the defaults; 0.50 / 0.68 with 30 epochs),
+  // so it is not asserted here.
+  it('npd trains only an inserted polarizer, saved with the model, leaving no tensor', async () => {
+    const n0 = tf.memory().numTensors;
+    const { out, progress } = await runDefense(f, getDefense('npd')!, { epochs: 2, warmupEpochs: 1 }, { rng: new Rng(1).fork('npd') });
+    assert.ok(progress.length > 0, 'reports progress');
+    const at = String(out.details!.insertedBefore);
+    const keys = [...out.model.stateDict().keys()];
+    assert.ok(keys.includes(`${at}.inserted.0.weight`) && keys.includes(`${at}.inserted.1.weight`), keys.join(' '));
+    // The backbone is frozen: the last conv's own weights are the victim's.
+    const key = `${at}.weight`;
+    assert.deepEqual(out.model.stateDict().get(key)!.data, f.victim.stateDict().get(key)!.data);
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
 
   it('sau unlearns shared adversarial examples without breaking the model, leaving no tensor', async () => {
     const n0 = tf.memory().numTensors;
@@ -126,13 +125,15 @@ describe('SAU on a tiny blended victim whose trigger lies within its budget', fu
   });
   after(() => f?.victim.dispose());
 
-  // Measured (victim ACC 0.957, ASR 1.000; fast profile, 10 epochs): random stream 1: ACC 0.945, ASR 0.000; stream
+  // With the former fast profile's schedule (Adam 1e-3, batches of 32, 10 epochs), which this tiny victim needs;
+  // the default profile is checked on a PyTorch-trained victim in defenses-zoo.test.ts.
+  // Measured (victim ACC 0.957, ASR 1.000): random stream 1: ACC 0.945, ASR 0.000; stream
   // 2: ACC 0.942, ASR 0.000. With lambda = 0 (the same clean fine-tuning, no unlearning term), stream 1 keeps
   // ASR 1.000 (ACC 0.943): the drop is SAU's shared-adversarial unlearning.
   it('sau halves the ASR and keeps ACC >= 0.9, leaving no tensor', async () => {
     assert.ok(f.before.asr >= 0.9, `victim ASR ${f.before.asr.toFixed(3)}`);
     const n0 = tf.memory().numTensors;
-    const { out, after, progress } = await runDefense(f, getDefense('sau')!);
+    const { out, after, progress } = await runDefense(f, getDefense('sau')!, { lr: 1e-3, batchSize: 32, epochs: 10 });
     assert.ok(after.asr <= 0.5 * f.before.asr, `sau: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
     assert.ok(after.acc >= 0.9, `sau: ACC ${after.acc.toFixed(3)} (victim ${f.before.acc.toFixed(3)})`);
     assert.ok(progress.length > 0, 'reports progress');

@@ -278,7 +278,9 @@ export async function runCell(
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
     row.params = params;
-    const departures = defense.departures?.(cell.defense.profile);
+    // The profile's own departures from BackdoorBench, then whatever the job overrode.
+    const overrides = Object.entries(cell.defense.params ?? {}).map(([k, v]) => `${k} ${v}`);
+    const departures = [defense.departures?.(cell.defense.profile), overrides.length ? `set by the job: ${overrides.join(', ')}` : undefined].filter(Boolean).join('; ');
     if (departures) row.departures = departures;
     // Each cell has its own stream so that a sharded or pooled run reproduces the sequential one.
     const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);

@@ -21,7 +21,7 @@ import { applyShift } from '../aux/shifts';
 import { runPrepared, type PreparedAux, type PreparedJob, type PlannedDefense } from './core';
 import { makeStaging, writeResults, type Results } from './output';
 import { throwIfAborted } from '../errors';
-import { yieldToLoop } from '../defenses/defense';
+import { yieldToLoop, type DefenseParams } from '../defenses/defense';
 import { saveModelFile } from '../io/model_io';
 import { calibrate } from '../gic/gic';
 import { saveCalibration } from '../gic/save';
@@ -113,7 +113,7 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     aux.push({ name: 'synthetic', type: 'synthetic', set: synthetic });
 
     const ids = o.defenses ?? (o.quick ? QUICK_DEFENSES : FULL_DEFENSES);
-    const defenses: PlannedDefense[] = ids.map((id) => ({ id, profile: 'fast' }));
+    const defenses: PlannedDefense[] = ids.map((id) => ({ id, profile: 'fast', params: DEMO_PARAMS[id] }));
     const job: PreparedJob = {
       victim,
       model: { path: 'victim.safetensors', format: 'safetensors', arch: spec.arch, params: victim.paramCount(), inputShape: spec.inputShape, numClasses: 10 },
@@ -155,4 +155,13 @@ function cleanIndices(n: number, poisoned: ArrayLike<number>): number[] {
 
 /** The quick demo's documented subset, to stay near two minutes on 2 cores: fine-tuning and the data-free CLP. */
 export const QUICK_DEFENSES = ['ft', 'clp'];
+
+/**
+ * The demo's own victim (a small CNN trained in a few epochs at lr 0.05) keeps its backdoor under BackdoorBench's
+ * fine-tuning rate: with the fast profile's lr 0.01 and batches of 64, `ft` left ASR 0.997 on `seen`. The demo
+ * shows the pipeline in a minute, so its `ft` runs the schedule that purifies this victim (lr 0.1, batches of 32,
+ * 15 epochs), and every row says so (`departures`). Users' models get the profiles as they are; the evidence
+ * for those is the PyTorch-trained zoo (scripts/zoo/).
+ */
+const DEMO_PARAMS: Record<string, DefenseParams> = { ft: { lr: 0.1, batchSize: 32, epochs: 15 } };
 export const FULL_DEFENSES = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'];
