@@ -160,7 +160,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       if (!cal) {
         if (!job.calibrate) throw new Error('GIC is not available in this build');
         const t0 = Date.now();
-        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
+        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}${job.seeds.length > 1 ? ` (seed ${aux.seed})` : ''}`));
         out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
         out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
         cal = out.set;
