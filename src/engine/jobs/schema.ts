@@ -246,7 +246,7 @@ export const AUDIT_SCHEMA = {
   type: 'object',
   additionalProperties: false,
   required: ['model', 'data'],
-  allOf: [{ not: { required: ['seed', 'seeds'] }, errorMessage: 'give either "seed" or "seeds", not both' }],
+  allOf: [{ not: { type: 'object', required: ['seed', 'seeds'] }, errorMessage: 'give either "seed" or "seeds", not both' }],
   properties: {
     $schema: { type: 'string', description: 'this schema, for editors' },
     model: {
