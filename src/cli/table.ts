@@ -52,10 +52,13 @@ export function formatResultsTable(r: Results, opts: TableOptions | boolean = {}
   }
 
   if (r.gic.length) {
-    const g = new Table({ head: ['GIC on aux', 'bound', 'max / mean |g(x)-x|', 'confidence', 'BN distance', 'seconds'], ...style });
+    // One calibration per aux set and seed when the job repeats.
+    const perSeed = new Set(r.gic.map((e) => e.seed)).size > 1;
+    const g = new Table({ head: ['GIC on aux', ...(perSeed ? ['seed'] : []), 'bound', 'max / mean |g(x)-x|', 'confidence', 'BN distance', 'seconds'], ...style });
     for (const e of r.gic) {
       g.push([
         e.aux,
+        ...(perSeed ? [String(e.seed ?? '-')] : []),
         `${e.norm === 'inf' ? 'Linf' : 'L2'} <= ${e.delta}`,
         `${num(e.maxPerturbation, 4)} / ${num(e.meanPerturbation, 4)}`,
         `${num(e.confidenceBefore, 3)} ${arrow} ${num(e.confidenceAfter, 3)}`,
