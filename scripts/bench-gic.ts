@@ -108,7 +108,7 @@ async function main(): Promise<void> {
   for (const name of auxNames) {
     if (!build[name]) throw new Error(`unknown aux set ${name} (known: ${Object.keys(build).join(', ')})`);
     const t0 = Date.now();
-    aux.push({ name, type: name.startsWith('ood') ? 'ood' : name === 'unseen' ? 'unseen' : 'synthetic', set: await build[name]() });
+    aux.push({ name, type: name.startsWith('ood') ? 'ood' : name === 'unseen' ? 'unseen' : 'synthetic', seed, set: await build[name]() });
     log(`aux ${name}: ${aux[aux.length - 1].set.n} images, ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   }
 
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
     defenses: defenses.map((id) => ({ id, profile: 'fast' as const })),
     gicMode,
     augment: { cropPadding: 2, flip: false },
-    seed,
+    seeds: [seed],
     calibrate: async (v, a, signal, progress) => {
       const out = await calibrate(v, a.set, { delta, norm: 'inf', epochs: gicEpochs, seed }, signal, progress);
       try {

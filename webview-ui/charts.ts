@@ -1,14 +1,60 @@
 /**
- * Canvas charts with chart.js (no eval, so it runs under the panel's strict CSP): the ACC/ASR bar chart and
- * one embedding scatter per auxiliary set. Chart instances are kept and updated in place so that live events
- * do not rebuild the canvases. The numbers come from format.ts; this module only draws.
+ * Canvas charts with chart.js (no eval, so it runs under the panel's strict CSP): the ACC/ASR bar chart in the
+ * style of the paper's Figure 1 (per aux set and defense, GIC off and on side by side, error bars over the
+ * seeds) and one embedding scatter per auxiliary set. Chart instances are kept and updated in place so that
+ * live events do not rebuild the canvases. The numbers come from format.ts; this module only draws.
+ *
+ * chart.js has no error bars of its own; the plugin below draws a whisker of ± the dataset's `errors` on each
+ * bar, in the chart's own scale (axes, layout, legend and tooltips stay chart.js's). The maintained plugin for
+ * this, chartjs-chart-error-bars, brings its own controllers; ours is the one draw hook we need.
  */
-import { BarController, BarElement, CategoryScale, Chart, Legend, LinearScale, PointElement, ScatterController, Tooltip } from 'chart.js';
+import { BarController, BarElement, CategoryScale, Chart, Legend, LinearScale, PointElement, ScatterController, Tooltip, type Plugin } from 'chart.js';
 import type { EmbeddingEntry } from '../src/engine/jobs/results';
-import { barSeries, scatterSeries } from './format';
+import { figureSeries, scatterSeries } from './format';
 import type { ViewState } from './state';
 
 Chart.register(BarController, BarElement, CategoryScale, LinearScale, PointElement, ScatterController, Legend, Tooltip);
+
+/** Draws ± `errors[i]` (data units) around each bar of a dataset that carries them. */
+const errorBars: Plugin<'bar'> = {
+  id: 'baErrorBars',
+  afterDatasetsDraw(chart) {
+    const y = chart.scales.y;
+    const ctx = chart.ctx;
+    ctx.save();
+    ctx.strokeStyle = themeColour('--ba-fg', '#616161');
+    ctx.lineWidth = 1.2;
+    chart.data.datasets.forEach((ds, di) => {
+      const errors = (ds as { errors?: (number | null)[] }).errors;
+      const meta = chart.getDatasetMeta(di);
+      if (!errors || meta.hidden) return;
+      meta.data.forEach((bar, i) => {
+        const v = ds.data[i];
+        const e = errors[i];
+        if (typeof v !== 'number' || typeof e !== 'number' || e <= 0) return;
+        const x = bar.x;
+        const top = y.getPixelForValue(v + e);
+        const bottom = y.getPixelForValue(Math.max(0, v - e));
+        const cap = Math.min(6, ((bar as unknown as { width?: number }).width ?? 8) / 3);
+        ctx.beginPath();
+        ctx.moveTo(x, top);
+        ctx.lineTo(x, bottom);
+        ctx.moveTo(x - cap, top);
+        ctx.lineTo(x + cap, top);
+        ctx.moveTo(x - cap, bottom);
+        ctx.lineTo(x + cap, bottom);
+        ctx.stroke();
+      });
+    });
+    ctx.restore();
+  },
+};
+
+/** A colour at an alpha, from `#rrggbb` (theme colours are hex in panel.css); other forms are used as they are. */
+function withAlpha(colour: string, alpha: number): string {
+  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(colour.trim());
+  return m ? `rgba(${parseInt(m[1], 16)}, ${parseInt(m[2], 16)}, ${parseInt(m[3], 16)}, ${alpha})` : colour;
+}
 
 /** A theme colour from the --vscode-* variables, through the CSS custom properties panel.css defines. */
 function themeColour(name: string, fallback: string): string {
@@ -41,8 +87,9 @@ export class Charts {
     this.scatters.clear();
   }
 
-  renderBar(canvas: HTMLCanvasElement, s: ViewState): void {
-    const d = barSeries(s);
+  /** The Figure-1 chart; returns the most seeds behind one bar (error bars need two). */
+  renderBar(canvas: HTMLCanvasElement, s: ViewState): number {
+    const d = figureSeries(s);
     const acc = themeColour('--ba-acc', '#3794ff');
     const asr = themeColour('--ba-asr', '#f14c4c');
     if (this.bar && this.bar.canvas !== canvas) {
@@ -57,16 +104,30 @@ export class Charts {
           responsive: true,
           maintainAspectRatio: false,
           scales: { y: { min: 0, max: 100, title: { display: true, text: '%' } }, x: { ticks: { autoSkip: false, maxRotation: 60 } } },
-          plugins: { legend: { position: 'top' }, tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${c.parsed.y ?? '—'}%` } } },
+          plugins: {
+            legend: { position: 'top' },
+            tooltip: {
+              callbacks: {
+                label: (c) => {
+                  const e = (c.dataset as { errors?: (number | null)[] }).errors?.[c.dataIndex];
+                  return `${c.dataset.label}: ${c.parsed.y ?? '—'}%${typeof e === 'number' ? ` ± ${e}` : ''}`;
+                },
+              },
+            },
+          },
         },
+        plugins: [errorBars],
       });
     }
     this.bar.data.labels = d.labels;
-    this.bar.data.datasets = [
-      { label: 'ACC', data: d.acc, backgroundColor: acc },
-      { label: 'ASR', data: d.asr, backgroundColor: asr },
-    ];
+    // GIC off: the metric's colour, lighter; GIC on: solid, so each pair reads as one metric before and after.
+    this.bar.data.datasets = d.datasets.map((x) => {
+      const base = x.metric === 'acc' ? acc : asr;
+      const colour = x.gic ? base : withAlpha(base, 0.45);
+      return { label: x.label, data: x.values, errors: x.errors, backgroundColor: colour, borderColor: base, borderWidth: x.gic ? 0 : 1 } as never;
+    });
     this.bar.update();
+    return d.runs;
   }
 
   renderScatter(canvas: HTMLCanvasElement, e: EmbeddingEntry): number[] {

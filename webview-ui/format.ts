@@ -1,9 +1,13 @@
 /**
  * Turning a ViewState into what the panel shows: the ACC/ASR/RA/DER grid per auxiliary set x defense with GIC
- * off and on side by side, the bar-chart series and the embedding scatter series. Pure (no DOM, no chart
- * library) so that the numbers on screen are unit tested; render.ts and charts.ts only draw these.
+ * off and on side by side (mean ± std over the seeds when a job repeats, the GIC side marked where the paired
+ * GIC effect's 95% interval excludes zero), the Figure-1-style bar series with error bars, and the embedding
+ * scatter series. Pure (no DOM, no chart library) so that the numbers on screen are unit tested; render.ts and
+ * charts.ts only draw these. Means and intervals are folded from the rows as they arrive (summary.ts, the
+ * runner's own code), so a live run and its results.json show the same numbers.
  */
-import type { EmbeddingEntry, GicSample, ResultRow } from '../src/engine/jobs/results';
+import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/engine/jobs/results';
+import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
 import type { ViewState } from './state';
 
 export function pct(x: number | null | undefined, digits = 1): string {
@@ -19,11 +23,20 @@ export interface GridCell {
   asr: string;
   ra: string;
   der: string;
-  /** Purified model, relative to the run's output folder. */
+  /** Purified model, relative to the run's output folder (one run; with several seeds there is one per seed). */
   output?: string;
+  /** Runs folded into this cell (seeds that succeeded), when the job repeats. */
+  runs?: number;
+  /** Runs of a repeated cell that failed, as one line. */
+  note?: string;
   error?: string;
   /** ASR went down and ACC stayed within 5 points: what a user scans the grid for. */
   good: boolean;
+  /**
+   * On the GIC side of a repeated job: per metric, the paired GIC effect (on - off) as text, and whether its
+   * 95% interval excludes zero (then the value is marked).
+   */
+  effect?: Partial<Record<'acc' | 'asr' | 'der', { text: string; significant: boolean }>>;
 }
 
 export interface GridLine {
@@ -90,24 +103,98 @@ function cell(r: ResultRow, baselineAcc: number | undefined): GridCell {
   };
 }
 
+/** Mean ± sample std in percent (the mean alone for one run). */
+export function pctSpread(x: Spread | null | undefined): string {
+  if (!x) return '—';
+  return x.std === null ? pct(x.mean) : `${pct(x.mean)} ± ${(x.std * 100).toFixed(1)}`;
+}
+
+/** A paired difference in percentage points with its 95% interval. */
+export function effectText(i: Interval): string {
+  const signed = (v: number) => `${v >= 0 ? '+' : '−'}${Math.abs(v * 100).toFixed(1)}`;
+  return i.lo === null || i.hi === null ? `${signed(i.mean)} points` : `${signed(i.mean)} points, 95% CI [${signed(i.lo)}, ${signed(i.hi)}]`;
+}
+
+/** A grid cell from several runs of one (aux, defense, GIC): means ± std, or the first error when all failed. */
+function summaryCell(e: SummaryEntry, rows: ResultRow[], baselineAcc: number | undefined, effect: GicEffectEntry | undefined): GridCell {
+  if (e.n === 0) return { acc: '—', asr: '—', ra: '—', der: '—', error: rows.find((r) => r.error)?.error ?? 'failed', good: false, runs: 0 };
+  const ok = rows.filter((r) => !r.error);
+  const ras = ok.map((r) => r.ra).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  const ra = ras.length === ok.length ? { mean: ras.reduce((a, b) => a + b, 0) / ras.length, std: null } : null;
+  const good = !!e.asr && !!e.acc && e.asr.mean < 0.2 && (baselineAcc === undefined || baselineAcc - e.acc.mean <= 0.05);
+  const failed = rows.length - ok.length;
+  const out: GridCell = {
+    acc: pctSpread(e.acc),
+    asr: pctSpread(e.asr),
+    // RA is shown as a mean only: the summary keeps the spread of ACC, ASR and DER.
+    ra: ra ? pct(ra.mean) : '—',
+    der: pctSpread(e.der),
+    runs: e.n,
+    good,
+    // The means stand on the runs that succeeded; the failures are named beside them.
+    note: failed ? `${failed} of ${rows.length} runs failed: ${rows.find((r) => r.error)!.error}` : undefined,
+  };
+  if (effect) {
+    out.effect = {};
+    for (const m of ['acc', 'asr', 'der'] as const) {
+      const i = effect[m];
+      if (i) out.effect[m] = { text: `GIC effect over ${effect.n} paired seed${effect.n === 1 ? '' : 's'}: ${effectText(i)}`, significant: excludesZero(i) };
+    }
+  }
+  return out;
+}
+
+/** What the synthetic auxiliary type is, for the panel: not data the user has, and optimised much like GIC. */
+export const AUX_TYPE_NOTES: Record<string, string> = {
+  synthetic: 'model inversion: images optimised for the victim’s confidence and BatchNorm statistics, an objective close to GIC’s',
+};
+
 export function buildGrid(s: ViewState): GridModel {
   const groups: GridGroup[] = [];
   const byAux = new Map<string, GridGroup>();
-  for (const r of s.rows) {
-    let g = byAux.get(r.aux);
+  const group = (aux: string, auxType: string) => {
+    let g = byAux.get(aux);
     if (!g) {
-      g = { aux: r.aux, auxType: r.auxType, lines: [] };
-      byAux.set(r.aux, g);
+      g = { aux, auxType, lines: [] };
+      byAux.set(aux, g);
       groups.push(g);
     }
-    let line = g.lines.find((l) => l.defense === r.defense);
-    if (!line) {
-      line = { defense: r.defense };
-      g.lines.push(line);
+    return g;
+  };
+  const repeated = new Set(s.rows.map((r) => r.seed)).size > 1;
+  if (repeated) {
+    const effects = gicEffectOfRows(s.rows);
+    for (const e of summarizeRows(s.rows)) {
+      const r0 = s.rows.find((r) => r.aux === e.aux && r.defense === e.defense && r.gic === e.gic)!;
+      const g = group(e.aux, r0.auxType);
+      let line = g.lines.find((l) => l.defense === e.defense);
+      if (!line) {
+        line = { defense: e.defense };
+        g.lines.push(line);
+      }
+      const rows = s.rows.filter((r) => r.aux === e.aux && r.defense === e.defense && r.gic === e.gic);
+      const effect = e.gic ? effects.find((x) => x.aux === e.aux && x.defense === e.defense) : undefined;
+      line[e.gic ? 'on' : 'off'] = summaryCell(e, rows, s.baseline?.acc, effect);
     }
-    line[r.gic ? 'on' : 'off'] = cell(r, s.baseline?.acc);
+  } else {
+    for (const r of s.rows) {
+      const g = group(r.aux, r.auxType);
+      let line = g.lines.find((l) => l.defense === r.defense);
+      if (!line) {
+        line = { defense: r.defense };
+        g.lines.push(line);
+      }
+      line[r.gic ? 'on' : 'off'] = cell(r, s.baseline?.acc);
+    }
   }
+  // One GIC line per aux set: its first calibration (the first seed's), with the count when there are more.
+  const firstGic = new Map<string, { entry: GicEntry; count: number }>();
   for (const e of s.gic) {
+    const f = firstGic.get(e.aux);
+    if (f) f.count++;
+    else firstGic.set(e.aux, { entry: e, count: 1 });
+  }
+  for (const { entry: e, count } of firstGic.values()) {
     let g = byAux.get(e.aux);
     if (!g) {
       // Calibration finished before any defense on this set: show the set already.
@@ -122,7 +209,9 @@ export function buildGrid(s: ViewState): GridModel {
       if (p && href) files.push({ kind, path: p, href });
     }
     g.gicFiles = files.length ? files : undefined;
-    g.gicNote = `GIC: ‖g(x) − x‖${e.norm === 'inf' ? '∞' : '₂'} ≤ ${e.delta} (max ${num(e.maxPerturbation)}, mean ${num(e.meanPerturbation)}), confidence ${pct(e.confidenceBefore)} → ${pct(e.confidenceAfter)}${bn}`;
+    const objective = e.objective ? `; objective CE${e.objective.bn ? ` + ${e.objective.bn.weight} × BN statistics (${e.objective.bn.layers} layers)` : ' only'}` : '';
+    const seeds = count > 1 ? ` (seed ${e.seed}; ${count} calibrations, one per seed)` : '';
+    g.gicNote = `GIC: ‖g(x) − x‖${e.norm === 'inf' ? '∞' : '₂'} ≤ ${e.delta} (max ${num(e.maxPerturbation)}, mean ${num(e.meanPerturbation)}), confidence ${pct(e.confidenceBefore)} → ${pct(e.confidenceAfter)}${bn}${objective}${seeds}`;
   }
   const b = s.baseline;
   return {
@@ -133,27 +222,56 @@ export function buildGrid(s: ViewState): GridModel {
   };
 }
 
-export interface BarSeries {
-  labels: string[];
-  acc: (number | null)[];
-  asr: (number | null)[];
+export interface FigureDataset {
+  metric: 'acc' | 'asr';
+  gic: boolean;
+  label: string;
+  /** Percent per label; null where there is no value (failed, or not run). */
+  values: (number | null)[];
+  /** One standard deviation over the seeds, in percent; null with one run. */
+  errors: (number | null)[];
 }
 
-/** ACC and ASR in percent per (aux, defense, GIC) and the baseline first; failed cells are gaps. */
-export function barSeries(s: ViewState): BarSeries {
-  const out: BarSeries = { labels: [], acc: [], asr: [] };
-  const p = (x: number | undefined) => (typeof x === 'number' && Number.isFinite(x) ? Math.round(x * 1000) / 10 : null);
+export interface FigureSeries {
+  labels: string[];
+  datasets: FigureDataset[];
+  /** Seeds per bar at most (error bars need at least two). */
+  runs: number;
+}
+
+/**
+ * The paper's Figure 1: per auxiliary set (its type named) and defense, ACC and ASR with GIC off and on side by
+ * side, bars at the mean over the seeds with ± one standard deviation as error bars; the baseline first.
+ */
+export function figureSeries(s: ViewState): FigureSeries {
+  const p = (x: number | null | undefined) => (typeof x === 'number' && Number.isFinite(x) ? Math.round(x * 1000) / 10 : null);
+  const summary = summarizeRows(s.rows);
+  const sides = [false, true].filter((g) => s.rows.some((r) => r.gic === g));
+  const datasets: FigureDataset[] = [];
+  for (const metric of ['acc', 'asr'] as const) {
+    for (const gic of sides) datasets.push({ metric, gic, label: `${metric.toUpperCase()}, GIC ${gic ? 'on' : 'off'}`, values: [], errors: [] });
+  }
+  const labels: string[] = [];
   if (s.baseline) {
-    out.labels.push('baseline');
-    out.acc.push(p(s.baseline.acc));
-    out.asr.push(p(s.baseline.asr));
+    labels.push('baseline');
+    for (const d of datasets) {
+      // The victim before purification: one bar per metric (on the GIC-off side when both are shown).
+      d.values.push(d.gic && sides.length > 1 ? null : p(s.baseline[d.metric]));
+      d.errors.push(null);
+    }
   }
-  for (const r of s.rows) {
-    out.labels.push(`${r.aux} · ${r.defense}${r.gic ? ' +GIC' : ''}`);
-    out.acc.push(r.error ? null : p(r.acc));
-    out.asr.push(r.error ? null : p(r.asr));
+  const keys: Array<{ aux: string; defense: string; auxType: string }> = [];
+  for (const r of s.rows) if (!keys.some((k) => k.aux === r.aux && k.defense === r.defense)) keys.push({ aux: r.aux, defense: r.defense, auxType: r.auxType });
+  for (const k of keys) {
+    labels.push(`${k.aux} (${k.auxType}) · ${k.defense}`);
+    for (const d of datasets) {
+      const e = summary.find((x) => x.aux === k.aux && x.defense === k.defense && x.gic === d.gic);
+      const v = e?.[d.metric];
+      d.values.push(v ? p(v.mean) : null);
+      d.errors.push(v && v.std !== null ? p(v.std) : null);
+    }
   }
-  return out;
+  return { labels, datasets, runs: Math.max(0, ...summary.map((e) => e.n)) };
 }
 
 /** Ten distinguishable hues (Tableau 10), by class index; colour-blind users also get shapes per set. */

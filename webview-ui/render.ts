@@ -6,7 +6,7 @@
 import type { InspectInfo, ModelAction } from '../src/vscode/panelProtocol';
 import type { View } from './app';
 import { Charts } from './charts';
-import { buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
+import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
 
@@ -40,6 +40,7 @@ export class DomView implements View {
   private status = el('div', 'status');
   private grid = section('Purification results', 'grid');
   private chart = section('ACC and ASR', 'chart');
+  private chartNote = el('p', 'muted chart-note');
   private chartCanvas = el('canvas');
   private embed = section('Feature embeddings', 'embeddings');
   private embedSlots = new Map<string, { wrap: HTMLElement; canvas: HTMLCanvasElement; legend: HTMLElement }>();
@@ -62,7 +63,7 @@ export class DomView implements View {
     this.built = true;
     const chartBox = el('div', 'chart-box');
     chartBox.append(this.chartCanvas);
-    this.chart.body.append(chartBox);
+    this.chart.body.append(chartBox, this.chartNote);
     this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.embed.root, this.gallery.root, this.detection.root);
     // Theme switches change the --vscode-* variables; charts read colours once, so redraw them.
     new MutationObserver(() => {
@@ -138,11 +139,23 @@ export class DomView implements View {
       tr.append(td);
       return;
     }
-    tr.append(el('td', 'num', c.acc));
-    const asr = el('td', `num ${c.good ? 'good' : ''}`, c.asr);
-    tr.append(asr, el('td', 'num', c.ra), el('td', 'num', c.der));
+    // A GIC-side value whose paired effect has a 95% interval excluding zero is marked; its title says by how much.
+    const metric = (cls: string, text: string, which?: 'acc' | 'asr' | 'der') => {
+      const e = which ? c.effect?.[which] : undefined;
+      const td = el('td', `num ${cls}${e?.significant ? ' significant' : ''}`, e?.significant ? `${text} *` : text);
+      if (e) td.title = e.text;
+      return td;
+    };
+    tr.append(metric('', c.acc, 'acc'), metric(c.good ? 'good' : '', c.asr, 'asr'), metric('', c.ra), metric('', c.der, 'der'));
     const mt = el('td', 'model');
-    if (c.output) {
+    if (c.runs !== undefined) {
+      mt.append(el('span', 'muted', `${c.runs} run${c.runs === 1 ? '' : 's'}`));
+      if (c.note) {
+        const n = el('span', 'error', ' (some failed)');
+        n.title = c.note;
+        mt.append(n);
+      }
+    } else if (c.output) {
       const out = c.output;
       if (this.interactive) mt.append(link('open', () => this.actions.openModel(out), out));
       else mt.append(el('span', 'path', out));
@@ -191,6 +204,8 @@ export class DomView implements View {
       const h = el('h3');
       h.append(document.createTextNode(grp.aux), el('span', 'aux-type', grp.auxType ? ` ${grp.auxType}` : ''));
       box.append(h);
+      const typeNote = AUX_TYPE_NOTES[grp.auxType];
+      if (typeNote) box.append(el('p', 'aux-note muted', typeNote));
       if (grp.gicNote) box.append(el('p', 'gic-note', grp.gicNote));
       if (grp.gicFiles) box.append(this.gicFiles(grp.gicFiles));
       const table = el('table', 'grid');
@@ -225,6 +240,9 @@ export class DomView implements View {
       box.append(table);
       body.append(box);
     }
+    if (g.groups.some((grp) => grp.lines.some((l) => l.on?.effect))) {
+      body.append(el('p', 'muted', 'Several seeds: mean ± standard deviation over the runs. * GIC on minus off, paired by seed (same auxiliary sample and random stream), has a 95% t-interval that excludes zero; hover a value for the interval.'));
+    }
   }
 
   private renderCharts(s: ViewState): void {
@@ -232,7 +250,10 @@ export class DomView implements View {
     if (!this.charts) this.charts = new Charts();
     const hasBars = Boolean(s.baseline) || s.rows.length > 0;
     this.chart.root.hidden = !hasBars;
-    if (hasBars) this.charts.renderBar(this.chartCanvas, s);
+    if (hasBars) {
+      const runs = this.charts.renderBar(this.chartCanvas, s);
+      this.chartNote.textContent = runs > 1 ? `Bars: mean over ${runs} seeds; error bars: ± one standard deviation.` : '';
+    }
 
     this.embed.root.hidden = s.embeddings.length === 0;
     const names = new Set(s.embeddings.map((e) => e.aux));
@@ -271,7 +292,8 @@ export class DomView implements View {
 
   /** Per calibrated aux set: a few x, g(x) and |g(x) - x| / delta, drawn pixel for pixel and scaled up by CSS. */
   private renderGallery(s: ViewState): void {
-    const entries = s.gic.filter((g) => g.samples && g.samples.length > 0);
+    // One gallery per aux set (the first seed's calibration when the job repeats).
+    const entries = s.gic.filter((g, i) => g.samples && g.samples.length > 0 && s.gic.findIndex((x) => x.aux === g.aux) === i);
     this.gallery.root.hidden = entries.length === 0;
     // Redraw only when the set of calibrated aux sets changed: live events repeat the same entries.
     const key = entries.map((g) => `${g.aux}:${g.samples!.length}`).join('|');

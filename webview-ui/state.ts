@@ -29,8 +29,9 @@ export function emptyState(run?: RunInfo, status: RunStatus = 'waiting'): ViewSt
   return { run, status, rows: [], gic: [], embeddings: [], log: [] };
 }
 
-export function rowKey(r: Pick<ResultRow, 'aux' | 'gic' | 'defense'>): string {
-  return `${r.aux}\u0000${r.gic ? 1 : 0}\u0000${r.defense}`;
+/** A cell: aux set, GIC, defense and (with repeated seeds) the seed. */
+export function rowKey(r: Pick<ResultRow, 'aux' | 'gic' | 'defense' | 'seed'>): string {
+  return `${r.aux}\u0000${r.gic ? 1 : 0}\u0000${r.defense}\u0000${r.seed ?? ''}`;
 }
 
 /** Replaces the entry with the same key, else appends: a re-sent event must not duplicate a cell. */
@@ -72,7 +73,7 @@ export function applyEvent(s: ViewState, e: RunEvent): ViewState {
     case 'row':
       return { ...s, rows: upsert(s.rows, e.row, rowKey) };
     case 'gic':
-      return { ...s, gic: upsert(s.gic, e.entry, (g) => g.aux) };
+      return { ...s, gic: upsert(s.gic, e.entry, (g) => `${g.aux}\u0000${g.seed ?? ''}`) };
     case 'embedding':
       return { ...s, embeddings: upsert(s.embeddings, e.entry, (x) => x.aux) };
     case 'done':

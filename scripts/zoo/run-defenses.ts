@@ -70,11 +70,11 @@ async function main(): Promise<void> {
           model: loaded.info,
           test,
           triggered,
-          aux: [{ name: 'unseen', type: 'unseen', set: aux }],
+          aux: [{ name: 'unseen', type: 'unseen', seed, set: aux }],
           defenses: o.defense.map((id) => ({ id, profile: o.profile, params: Object.keys(overrides).length ? overrides : undefined })),
           gicMode: 'off',
           augment: { cropPadding: 4, flip: info.inputShape[2] === 3 },
-          seed,
+          seeds: [seed],
         };
         const t0 = Date.now();
         const results = await runPrepared(job, {

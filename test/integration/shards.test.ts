@@ -1,7 +1,8 @@
 /**
- * Sharded sweeps: a small job run whole and as 3 shards (`run --shard i/3`) through the CLI, then
- * `merge`: the merged results equal the unsharded ones in everything but timings and output folders, and
- * every merged output path opens a purified model that exists.
+ * Sharded sweeps: a small job of two seeds run whole and as 3 shards (`run --shard i/3`) through the CLI, then
+ * `merge`: seeds are cells like any other, and the merged results equal the unsharded ones in everything but
+ * timings and output folders (rows, GIC entries per seed, summary means and paired GIC intervals), and every
+ * merged output path opens a purified model that exists.
  */
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
@@ -51,7 +52,7 @@ describe('sharded sweeps: run --shard i/n and merge', function () {
       gic: { mode: 'both', delta: 0.1, norm: 'inf', epochs: 2 },
       profile: 'fast',
       embedding: { method: 'tsne', points: 60 },
-      seed: 3,
+      seeds: [3, 4],
       device: 'cpu',
     };
     fs.writeFileSync(path.join(dir, 'audit.json'), JSON.stringify(job));
@@ -70,9 +71,12 @@ describe('sharded sweeps: run --shard i/n and merge', function () {
 
   it('splits the cells into disjoint slices that cover the job', () => {
     const shards = shardDirs.map((d) => readShard(d).results);
-    assert.equal(whole.rows.length, 2 * 2 * 2);
-    assert.deepEqual(shards.map((s) => s.rows.length), [3, 3, 2]);
-    assert.deepEqual(shards.map((s) => s.shard), [0, 1, 2].map((index) => ({ index, count: 3, cells: 8, aux: ['heldout', 'noisy'] })));
+    assert.equal(whole.rows.length, 2 * 2 * 2 * 2);
+    assert.deepEqual(whole.rows.map((r) => r.seed), [...Array(8).fill(3), ...Array(8).fill(4)]);
+    assert.deepEqual(shards.map((s) => s.rows.length), [6, 5, 5]);
+    assert.deepEqual(shards.map((s) => s.shard), [0, 1, 2].map((index) => ({ index, count: 3, cells: 16, aux: ['heldout', 'noisy'] })));
+    // One calibration per aux set and seed; every shard with a GIC cell of a seed computed that seed's.
+    assert.deepEqual(whole.gic.map((g) => `${g.aux}/${g.seed}`), ['heldout/3', 'noisy/3', 'heldout/4', 'noisy/4']);
     assert.equal(whole.shard, undefined);
     // Embeddings are split too: aux set a is projected by shard a % 3.
     assert.deepEqual(shards.map((s) => s.embeddings.map((e) => e.aux)), [['heldout'], ['noisy'], []]);
@@ -85,6 +89,12 @@ describe('sharded sweeps: run --shard i/n and merge', function () {
     assert.match(r.stdout, /ft/);
     const merged: Results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     assert.deepEqual(comparable(merged), comparable(whole));
+    // Means over the two seeds and the paired GIC intervals are part of what must agree.
+    assert.equal(merged.summary!.length, 2 * 2 * 2);
+    assert.ok(merged.summary!.every((e) => e.n === 2 && e.acc !== null && e.acc.std !== null));
+    assert.equal(merged.gicEffect!.length, 2 * 2);
+    assert.ok(merged.gicEffect!.every((e) => e.n === 2 && e.acc !== null && e.acc.lo !== null && e.acc.lo <= e.acc.mean && e.acc.mean <= e.acc.hi!));
+    assert.deepEqual(merged.gicEffect, whole.gicEffect);
     for (const row of merged.rows) if (row.output) assert.ok(fs.existsSync(path.join(out, row.output)), row.output);
     assert.ok(merged.rows.some((row) => row.output?.startsWith('../shard-')));
   });

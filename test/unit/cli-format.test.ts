@@ -3,6 +3,7 @@ import { strict as assert } from 'node:assert';
 import { formatResultsTable, pct } from '../../src/cli/table';
 import { createProgressReporter } from '../../src/cli/progress';
 import type { Results } from '../../src/engine/jobs/results';
+import { gicEffectOfRows, summarizeRows } from '../../src/engine/jobs/summary';
 
 const results: Results = {
   schema: 'backdoor-audit/results@1',
@@ -48,6 +49,24 @@ describe('CLI output', () => {
     const text = formatResultsTable(results, { tty: false });
     assert.ok(/^[\x20-\x7e\n]*$/.test(text), 'printable ASCII only');
     assert.ok(formatResultsTable({ ...results, gic: [] }, false).indexOf('GIC on aux') < 0, 'no GIC table without GIC entries');
+  });
+
+  it('with several seeds: a seed column, mean +- std per (aux, defense, GIC) and the starred paired GIC effect', () => {
+    const row = (seed: number, gic: boolean, acc: number, asr: number) => ({ aux: 'heldout', auxType: 'unseen', gic, defense: 'ft', seed, acc, asr, ra: 0.5, der: 0.5, seconds: 1, output: null, error: null });
+    const rows = [row(0, false, 0.9, 0.3), row(0, true, 0.92, 0.1), row(1, false, 0.8, 0.5), row(1, true, 0.85, 0.2), row(2, false, 0.85, 0.4), row(2, true, 0.86, 0.25)];
+    const r: Results = { ...results, rows, gic: [], summary: summarizeRows(rows), gicEffect: gicEffectOfRows(rows) };
+    const text = formatResultsTable(r, { tty: false });
+    assert.ok(/^[\x20-\x7e\n]*$/.test(text), 'printable ASCII only');
+    const lines = text.split('\n');
+    const cells = (l: string) => l.split('|').map((c) => c.trim()).filter(Boolean);
+    assert.deepEqual(cells(lines.find((l) => /\bon\b.*ft.*\b2\b.*86\.0/.test(l))!).slice(0, 6), ['heldout', 'unseen', 'on', 'ft', '2', '86.0']);
+    // ACC off: 0.9, 0.8, 0.85 -> mean 85.0, std 5.0 points; ASR on: 0.1, 0.2, 0.25 -> 18.3 +- 7.6.
+    assert.deepEqual(cells(lines.find((l) => /heldout.*ft.*\boff\b.*\+-/.test(l))!), ['heldout', 'ft', 'off', '3', '85.0 +- 5.0', '40.0 +- 10.0', '50.0 +- 0.0']);
+    assert.deepEqual(cells(lines.find((l) => /heldout.*ft.*\bon\b.*\+-/.test(l))!).slice(5, 6), ['18.3 +- 7.6']);
+    // ASR on - off: -20, -30, -15 points: mean -21.7, sd 7.64, half-width 4.303 * 7.64 / sqrt(3) = 19.0 ->
+    // [-40.6, -2.7], starred. ACC on - off: +2, +5, +1: mean 2.7, sd 2.08, half-width 5.2 -> [-2.5, +7.8].
+    const eff = cells(lines.find((l) => /heldout.*ft.*\[/.test(l))!);
+    assert.deepEqual(eff, ['heldout', 'ft', '3', '+2.7 [-2.5, +7.8]', '-21.7 [-40.6, -2.7] *', '+0.0 [+0.0, +0.0]']);
   });
 
   describe('progress off a terminal', () => {

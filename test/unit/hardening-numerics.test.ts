@@ -161,13 +161,13 @@ describe('numerical faults and out of memory', function () {
       test: split.test,
       triggered: triggeredTestSet(split.test, attack, { target: 0 }),
       aux: [
-        { name: 'a', type: 'unseen', set: auxA },
-        { name: 'b', type: 'unseen', set: auxB },
+        { name: 'a', type: 'unseen', seed: 0, set: auxA },
+        { name: 'b', type: 'unseen', seed: 0, set: auxB },
       ],
       defenses: [{ id: 'ft', profile: 'fast', params: { epochs: 1 } }],
       gicMode: 'off',
       augment: { cropPadding: 0, flip: false },
-      seed: 0,
+      seeds: [0],
     };
     const logs: string[] = [];
     try {

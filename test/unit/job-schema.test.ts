@@ -173,6 +173,17 @@ describe('job schema and validation', () => {
     assert.deepEqual(parseJson('\ufeff{"a": 1}', 'x'), { a: 1 }, 'a byte-order mark is not an error');
   });
 
+  it('repeats: "seeds" runs every cell per seed, the first fixing what they share; "seed" is one seed; not both', () => {
+    assert.deepEqual([validateJobObject(minimal(), dir).seed, validateJobObject(minimal(), dir).seeds], [0, [0]]);
+    const one = validateJobObject({ ...minimal(), seed: 4 }, dir);
+    assert.deepEqual([one.seed, one.seeds], [4, [4]]);
+    const many = validateJobObject({ ...minimal(), seeds: [3, 1, 2] }, dir);
+    assert.deepEqual([many.seed, many.seeds], [3, [3, 1, 2]]);
+    assert.equal(inputError(() => validateJobObject({ ...minimal(), seed: 0, seeds: [0, 1] }, dir)), 'give either "seed" or "seeds", not both (job)');
+    assert.equal(inputError(() => validateJobObject({ ...minimal(), seeds: [] }, dir)), 'must have at least 1 item (job: seeds)');
+    assert.equal(inputError(() => validateJobObject({ ...minimal(), seeds: [1, 1] }, dir)), 'lists 1 twice (job: seeds)');
+  });
+
   it('names a job file that does not exist', () => {
     const missing = path.join(dir, 'none.json');
     assert.equal(inputError(() => loadJob(missing)), `no such job file (${missing})`);

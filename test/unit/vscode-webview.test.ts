@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { RunEvent } from '../../src/protocol';
 import { isHostMessage, isViewMessage, type InspectInfo, type RunInfo, type ViewMessage } from '../../src/vscode/panelProtocol';
 import { App, type SavedState, type View, type WebviewApi } from '../../webview-ui/app';
-import { barSeries, buildGrid, classColour, pct, scatterSeries, statusText } from '../../webview-ui/format';
+import { AUX_TYPE_NOTES, buildGrid, figureSeries, classColour, pct, scatterSeries, statusText } from '../../webview-ui/format';
 import { jsonForScript, parseReportData, renderReportHtml, REPORT_DATA_ID } from '../../webview-ui/report';
 import { applyEvent, emptyState, fractionDone, fromResults, type ViewState } from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
@@ -64,11 +64,16 @@ describe('vscode webview: state and formatting', () => {
     assert.equal(pct(undefined), '—');
   });
 
-  it('builds the bar series (baseline first, failed cells as gaps) and the scatter series by set and class', () => {
-    const b = barSeries(fromResults(run, sampleResults()));
-    assert.deepEqual(b.labels, ['baseline', 'unseen · ft', 'unseen · ft +GIC', 'ood-brightness · ft']);
-    assert.deepEqual(b.acc, [97, 95, 96, null]);
-    assert.deepEqual(b.asr, [99, 8, 3, null]);
+  it('builds the Figure-1 series (baseline first, GIC off and on side by side, failed cells as gaps) and the scatter series by set and class', () => {
+    const b = figureSeries(fromResults(run, sampleResults()));
+    assert.deepEqual(b.labels, ['baseline', 'unseen (unseen) · ft', 'ood-brightness (ood) · ft']);
+    assert.deepEqual(b.datasets.map((d) => [d.label, d.values, d.errors]), [
+      ['ACC, GIC off', [97, 95, null], [null, null, null]],
+      ['ACC, GIC on', [null, 96, null], [null, null, null]],
+      ['ASR, GIC off', [99, 8, null], [null, null, null]],
+      ['ASR, GIC on', [null, 3, null], [null, null, null]],
+    ]);
+    assert.equal(b.runs, 1);
     const sc = scatterSeries(sampleResults().embeddings[0]);
     assert.deepEqual(sc.series.map((x) => x.set), ['reference', 'aux', 'calibrated']);
     assert.deepEqual(sc.classes, [0, 1]);
@@ -76,6 +81,40 @@ describe('vscode webview: state and formatting', () => {
     assert.notEqual(classColour(0), classColour(1));
     assert.match(classColour(12), /^hsl/);
     assert.match(statusText({ ...emptyState(run), status: 'cancelled' }), /nothing was written/);
+  });
+});
+
+describe('webview: repeated seeds', () => {
+  const run = { id: 'r', title: 't', outDir: '/o' };
+  const row = (seed: number, gic: boolean, acc: number, asr: number, error: string | null = null) => ({
+    aux: 'heldout', auxType: 'unseen', gic, defense: 'ft', seed, acc: error ? undefined : acc, asr: error ? undefined : asr, ra: error ? undefined : 0.5, der: error ? undefined : 0.5, seconds: 1, output: `ft-${seed}`, error,
+  });
+  const rows = [row(0, false, 0.9, 0.3), row(0, true, 0.92, 0.1), row(1, false, 0.8, 0.5), row(1, true, 0.85, 0.2), row(2, false, 0.85, 0.4), row(2, true, 0.86, 0.25), row(3, false, 0, 0, 'boom'), row(3, true, 0.9, 0.9)];
+  const synth = [row(0, false, 0.5, 0.9), row(1, false, 0.6, 0.8)].map((r) => ({ ...r, aux: 'inverted', auxType: 'synthetic' }));
+
+  it('keeps every seed\'s row apart while a job runs', () => {
+    let s = emptyState(run, 'running');
+    for (const r of rows) s = applyEvent(s, { type: 'row', row: r });
+    assert.equal(s.rows.length, rows.length);
+  });
+
+  it('shows mean ± std per cell, marks a GIC effect whose interval excludes zero, and labels synthetic data as model inversion', () => {
+    const g = buildGrid(fromResults(run, sampleResults({ rows: [...rows, ...synth], gic: [] })));
+    const ft = g.groups[0].lines[0];
+    // GIC off: seeds 0-2 (seed 3 failed); ACC 0.9, 0.8, 0.85 -> 85.0% ± 5.0.
+    assert.deepEqual([ft.off!.acc, ft.off!.asr, ft.off!.runs], ['85.0% ± 5.0', '40.0% ± 10.0', 3]);
+    assert.match(ft.off!.note!, /^1 of 4 runs failed: boom/);
+    // Paired ASR differences -20, -30, -15 points over seeds 0-2: [-40.6, -2.7] excludes zero; ACC's does not.
+    assert.equal(ft.on!.effect!.asr!.significant, true);
+    assert.match(ft.on!.effect!.asr!.text, /3 paired seeds: −21\.7 points, 95% CI \[−40\.6, −2\.7\]/);
+    assert.equal(ft.on!.effect!.acc!.significant, false);
+    assert.equal(ft.off!.effect, undefined);
+    assert.equal(g.groups[1].auxType, 'synthetic');
+    assert.match(AUX_TYPE_NOTES[g.groups[1].auxType], /model inversion/);
+    const f = figureSeries(fromResults(run, sampleResults({ rows, gic: [] })));
+    assert.equal(f.runs, 4);
+    assert.deepEqual(f.datasets.find((d) => d.label === 'ACC, GIC off')!.values, [97, 85]);
+    assert.deepEqual(f.datasets.find((d) => d.label === 'ACC, GIC off')!.errors, [null, 5]);
   });
 });
 

@@ -216,7 +216,9 @@ export async function calibrate(
       bnDistanceBefore: before.bnDistance,
       bnDistanceAfter: after.bnDistance,
       seconds: (Date.now() - t0) / 1000,
-      note: hasBn ? undefined : 'the model has no BatchNorm layers: the BN-statistics term was skipped',
+      // Which terms of the objective ran, with their weights (the BN term only where it could and was asked to).
+      objective: hasBn && o.lambdaBn > 0 ? { ce: 1, bn: { weight: o.lambdaBn, layers: victim.batchNorms().length } } : { ce: 1 },
+      note: hasBn ? (o.lambdaBn > 0 ? undefined : 'lambdaBn is 0: the BN-statistics term was off') : 'the model has no BatchNorm layers: the BN-statistics term was skipped',
     },
   };
 }

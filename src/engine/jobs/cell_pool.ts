@@ -69,7 +69,7 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     test: job.test,
     triggered: job.triggered,
     augment: job.augment,
-    seed: job.seed,
+    seeds: job.seeds,
     baseline,
     // ONNX Runtime loads on the main thread only (see ort_eval.ts): workers send their purified models back as
     // ONNX and this thread evaluates them, or they evaluate on their own backend when it has no ONNX Runtime.
@@ -176,9 +176,9 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
 
 /** A cell as plain data for postMessage (the aux set travels separately, raw or calibrated). */
 function plainCell(cell: Cell): Cell {
-  return { aux: { name: cell.aux.name, type: cell.aux.type, set: undefined as never }, gic: cell.gic, defense: cell.defense };
+  return { aux: { name: cell.aux.name, type: cell.aux.type, seed: cell.aux.seed, set: undefined as never }, gic: cell.gic, defense: cell.defense, seed: cell.seed, stream: cell.stream };
 }
 
 function failedRow(cell: Cell, error: string): CellOutcome['row'] {
-  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seconds: 0, output: null, error };
+  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seed: cell.seed, seconds: 0, output: null, error };
 }

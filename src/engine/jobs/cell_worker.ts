@@ -11,7 +11,7 @@ import type { ImageSet } from '../data/dataset';
 import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
 import type { Metrics } from './results';
-import { runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
+import { emptyRow, runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
 
@@ -21,7 +21,7 @@ export interface CellWorkerData {
   test: ImageSet;
   triggered: TriggeredSet;
   augment: Augment;
-  seed: number;
+  seeds: number[];
   baseline: Metrics;
   /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
   evalThreads: number;
@@ -40,7 +40,7 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
   await initBackend('cpu', data.backend);
   const victim = buildModel(data.victim.spec, data.victim.normalize);
   victim.loadStateDict(data.victim.state, 'cell worker');
-  const job = { victim, test: data.test, triggered: data.triggered, augment: data.augment, seed: data.seed };
+  const job = { victim, test: data.test, triggered: data.triggered, augment: data.augment, seeds: data.seeds };
   const abort = new AbortController();
   // Progress is rate-limited: a defense reports every batch, the host needs a few updates a second.
   let lastProgress = 0;
@@ -67,7 +67,7 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
         port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply, outcome.onnx ? [outcome.onnx.buffer as ArrayBuffer] : []);
       } catch (e) {
         if (e instanceof CancelledError || abort.signal.aborted) port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
-        else port.postMessage({ type: 'done', outcome: { row: { aux: m.cell.aux.name, auxType: m.cell.aux.type, gic: m.cell.gic, defense: m.cell.defense.id, seconds: 0, output: null, error: cellError(e) } } } satisfies CellWorkerReply);
+        else port.postMessage({ type: 'done', outcome: { row: { ...emptyRow(m.cell), error: cellError(e) } } } satisfies CellWorkerReply);
       }
     });
   });

@@ -1,7 +1,12 @@
 /**
  * The heart of the runner: given a prepared job (victim model, test and triggered sets, auxiliary sets,
- * defenses), run every cell (aux set x GIC off/on x defense), evaluate, save purified models and emit events.
- * File parsing and validation happen before (prepare.ts); this part only computes.
+ * defenses), run every cell (seed x aux set x GIC off/on x defense), evaluate, save purified models and emit
+ * events. File parsing and validation happen before (runner.ts); this part only computes.
+ *
+ * Cells are paired: the GIC-off and GIC-on cells of one (seed, aux set, defense) get the same random stream
+ * (`Cell.stream`) and the same auxiliary sample, so they draw the same validation split, batch order,
+ * augmentation and adversarial starts, and only the data differs (common random numbers). Their difference
+ * then measures GIC, not the luck of the draw; summary.ts folds the seeds into means and intervals.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import * as os from 'node:os';
@@ -22,10 +27,13 @@ import { resolveParams, type DefenseParams, type Profile } from '../defenses/def
 import { evaluateModelFast, der, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
 import type { BackendInfo } from '../backend';
+import { gicEffectOfRows, summarizeRows } from './summary';
 
+/** One auxiliary set as drawn for one repetition seed (each seed samples, shifts or synthesizes its own). */
 export interface PreparedAux {
   name: string;
   type: string;
+  seed: number;
   set: ImageSet;
 }
 
@@ -46,11 +54,13 @@ export interface PreparedJob {
   model: Results['model'];
   test: ImageSet;
   triggered: TriggeredSet;
+  /** Every (seed, aux set), seed-major: the aux sets of `seeds[0]` first, in the job's order. */
   aux: PreparedAux[];
   defenses: PlannedDefense[];
   gicMode: 'off' | 'on' | 'both';
   augment: Augment;
-  seed: number;
+  /** The repetition seeds (one or more); the rows carry theirs. */
+  seeds: number[];
   calibrate?: Calibrator;
   embed?: Embedder;
   /** Where to write a purified model named `baseName` (files in the staging folder), one per output format;
@@ -87,14 +97,31 @@ export interface Cell {
   aux: PreparedAux;
   gic: boolean;
   defense: PlannedDefense;
+  /** The repetition seed (the aux set's). */
+  seed: number;
+  /**
+   * Label of the cell's random stream, forked from `seed`: the same for the GIC-off and GIC-on cells of one
+   * (seed, aux set, defense), so the pair differs only in its data.
+   */
+  stream: string;
 }
 
 export function planCells(job: Pick<PreparedJob, 'aux' | 'defenses' | 'gicMode'>): Cell[] {
   const gics = job.gicMode === 'both' ? [false, true] : job.gicMode === 'on' ? [true] : [false];
   const cells: Cell[] = [];
-  for (const aux of job.aux) for (const gic of gics) for (const defense of job.defenses) cells.push({ aux, gic, defense });
+  for (const aux of job.aux) {
+    for (const gic of gics) for (const defense of job.defenses) cells.push({ aux, gic, defense, seed: aux.seed, stream: `cell:${aux.name}:${defense.id}` });
+  }
   return cells;
 }
+
+/** The aux sets of the first seed: those the embeddings project (one plot per aux set, not per seed). */
+export function firstSeedAux(job: Pick<PreparedJob, 'aux' | 'seeds'>): PreparedAux[] {
+  return job.aux.filter((a) => a.seed === job.seeds[0]);
+}
+
+/** Key of one (aux set, seed): calibrations are per drawn sample. */
+const auxKey = (a: PreparedAux) => `${a.name}\u0000${a.seed}`;
 
 export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Results> {
   const startTensors = tf.memory().numTensors;
@@ -122,21 +149,22 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     embeddings: [],
     detection: {},
   };
-  if (shard) results.shard = { index: shard.index, count: shard.count, cells: cells.length, aux: job.aux.map((a) => a.name) };
+  const embedded = firstSeedAux(job);
+  if (shard) results.shard = { index: shard.index, count: shard.count, cells: cells.length, aux: embedded.map((a) => a.name) };
 
   try {
     const calibrated = new Map<string, ImageSet>();
     // Calibration is deterministic (seeded), so shards that need the same calibrated set compute the same one.
     const calibratedSet = async (aux: PreparedAux): Promise<ImageSet> => {
-      let cal = calibrated.get(aux.name);
+      let cal = calibrated.get(auxKey(aux));
       if (!cal) {
         if (!job.calibrate) throw new Error('GIC is not available in this build');
         const t0 = Date.now();
-        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}`));
+        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}${job.seeds.length > 1 ? ` (seed ${aux.seed})` : ''}`));
         out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
         out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
         cal = out.set;
-        calibrated.set(aux.name, cal);
+        calibrated.set(auxKey(aux), cal);
         results.gic.push(out.entry);
         o.emit({ type: 'gic', entry: out.entry });
       }
@@ -147,26 +175,26 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     const failedCalibration = new Map<string, string>();
     const auxFor = async (cell: Cell): Promise<ImageSet | { error: string }> => {
       if (!cell.gic) return cell.aux.set;
-      const failed = failedCalibration.get(cell.aux.name);
+      const failed = failedCalibration.get(auxKey(cell.aux));
       if (failed) return { error: failed };
       try {
         return await calibratedSet(cell.aux);
       } catch (e) {
         if (e instanceof CancelledError) throw e;
-        failedCalibration.set(cell.aux.name, `GIC failed: ${oneLine(e)}`);
-        return { error: failedCalibration.get(cell.aux.name)! };
+        failedCalibration.set(auxKey(cell.aux), `GIC failed: ${oneLine(e)}`);
+        return { error: failedCalibration.get(auxKey(cell.aux))! };
       }
     };
     const isError = (x: ImageSet | { error: string }): x is { error: string } => 'error' in x;
 
     const embedAll = async () => {
       if (!job.embed) return;
-      for (const [a, aux] of job.aux.entries()) {
+      for (const [a, aux] of embedded.entries()) {
         if (shard && a % shard.count !== shard.index) continue;
         if (o.signal?.aborted) throw new CancelledError();
         // The calibrated set is projected too whenever the job calibrates (in a shard, this may be the first use).
         const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
-        const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0] })) ? calibrated.get(aux.name) : undefined;
+        const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0], seed: aux.seed, stream: '' })) ? calibrated.get(auxKey(aux)) : undefined;
         const entry = job.embed(job.victim, aux, cal);
         if (entry) {
           results.embeddings.push(entry);
@@ -180,7 +208,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       outcomes.set(i, out);
       o.emit({ type: 'row', row: out.row });
     };
-    const stageOf = (cell: Cell) => `${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}`;
+    const seedTag = (cell: Cell) => (job.seeds.length > 1 ? ` (seed ${cell.seed})` : '');
+    const stageOf = (cell: Cell) => `${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}${seedTag(cell)}`;
     if (pool) {
       // Cells on raw data start at once in the workers; this thread calibrates meanwhile and queues each
       // aux set's GIC cells as soon as its calibrated set exists. Rows are kept in cell order below.
@@ -219,6 +248,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     }
 
     if (!pool) await embedAll();
+    results.summary = summarizeRows(results.rows);
+    results.gicEffect = gicEffectOfRows(results.rows);
   } finally {
     await pool?.close();
   }
@@ -227,13 +258,14 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   return results;
 }
 
-function emptyRow(cell: Cell): ResultRow {
-  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seconds: 0, output: null, error: null };
+export function emptyRow(cell: Pick<Cell, 'aux' | 'gic' | 'defense' | 'seed'>): ResultRow {
+  return { aux: cell.aux.name, auxType: cell.aux.type, gic: cell.gic, defense: cell.defense.id, seed: cell.seed, seconds: 0, output: null, error: null };
 }
 
-/** Where a cell's purified model goes (decided here, so that a worker can write it). */
-function targetsFor(job: Pick<PreparedJob, 'saveTargets'>, cell: Cell): SaveTarget[] {
-  return job.saveTargets?.(`${cell.defense.id}-${cell.aux.name}${cell.gic ? '-gic' : ''}`) ?? [];
+/** Where a cell's purified model goes (decided here, so that a worker can write it); `-s<seed>` with several seeds. */
+function targetsFor(job: Pick<PreparedJob, 'saveTargets' | 'seeds'>, cell: Cell): SaveTarget[] {
+  const seed = job.seeds.length > 1 ? `-s${cell.seed}` : '';
+  return job.saveTargets?.(`${cell.defense.id}-${cell.aux.name}${cell.gic ? '-gic' : ''}${seed}`) ?? [];
 }
 
 export interface CellOutcome {
@@ -248,7 +280,7 @@ export interface CellOutcome {
  * `targets`. Used in this thread and by the cell workers alike, so both give the same row.
  */
 export async function runCell(
-  job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seed' | 'saveTargets'>,
+  job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seeds' | 'saveTargets'>,
   cell: Cell,
   auxSet: ImageSet,
   baseline: Metrics,
@@ -282,8 +314,9 @@ export async function runCell(
     const overrides = Object.entries(cell.defense.params ?? {}).map(([k, v]) => `${k} ${v}`);
     const departures = [defense.departures?.(cell.defense.profile), overrides.length ? `set by the job: ${overrides.join(', ')}` : undefined].filter(Boolean).join('; ');
     if (departures) row.departures = departures;
-    // Each cell has its own stream so that a sharded or pooled run reproduces the sequential one.
-    const rng = new Rng(job.seed).fork(`cell:${index}:${cell.aux.name}:${cell.gic}:${cell.defense.id}`);
+    // Each pair of cells has its own stream (so a sharded or pooled run reproduces the sequential one), shared
+    // by its GIC-off and GIC-on cell (so the two differ only in their data).
+    const rng = new Rng(cell.seed).fork(cell.stream);
     const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.

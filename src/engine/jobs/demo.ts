@@ -100,17 +100,17 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     const clean = subset(split.train, cleanIndices(split.train.n, poisoned.poisonedIndices));
     const unseen = sampleBalanced(split.pool, { size: auxSize }, rng.fork('unseen'));
     const aux: PreparedAux[] = [
-      { name: 'seen', type: 'seen', set: sampleBalanced(clean, { size: auxSize }, rng.fork('seen')) },
-      { name: 'unseen', type: 'unseen', set: unseen },
-      { name: 'ood-brightness', type: 'ood', set: applyShift(unseen, 'brightness', rng.fork('brightness')) },
-      { name: 'ood-noise', type: 'ood', set: applyShift(unseen, 'noise', rng.fork('noise')) },
+      { name: 'seen', type: 'seen', seed, set: sampleBalanced(clean, { size: auxSize }, rng.fork('seen')) },
+      { name: 'unseen', type: 'unseen', seed, set: unseen },
+      { name: 'ood-brightness', type: 'ood', seed, set: applyShift(unseen, 'brightness', rng.fork('brightness')) },
+      { name: 'ood-noise', type: 'ood', seed, set: applyShift(unseen, 'noise', rng.fork('noise')) },
     ];
     // Inversion costs a forward and backward pass per image and step: the quick demo inverts a third as many.
     const perClass = Math.round(auxSize / 10 / (o.quick ? 3 : 1));
     const synthetic = await synthesizeAuxSet(victim, { perClass, steps: o.quick ? 50 : 150 }, rng.fork('synthetic'), o.signal, (d, t, m) =>
       emit({ type: 'progress', stage: 'synthetic auxiliary set', done: d, total: t, message: m }),
     );
-    aux.push({ name: 'synthetic', type: 'synthetic', set: synthetic });
+    aux.push({ name: 'synthetic', type: 'synthetic', seed, set: synthetic });
 
     const ids = o.defenses ?? (o.quick ? QUICK_DEFENSES : FULL_DEFENSES);
     const defenses: PlannedDefense[] = ids.map((id) => ({ id, profile: 'fast', params: DEMO_PARAMS[id] }));
@@ -123,12 +123,12 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
       defenses,
       gicMode: 'both',
       augment: { cropPadding: 2, flip: false },
-      seed,
+      seeds: [seed],
       calibrate: async (v, a, signal, progress) => {
         const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 6 : 20, seed }, signal, progress);
         try {
           const files = saveCalibration(out.net, out.set, staging, a.name);
-          return { set: out.set, entry: { aux: a.name, ...out.report, files } };
+          return { set: out.set, entry: { aux: a.name, seed, ...out.report, files } };
         } finally {
           out.net.dispose();
         }

@@ -3,13 +3,16 @@
  * Kubernetes indexed-job pod) back into the results of the unsharded run. Rows go back into cell order, GIC
  * entries and embeddings into aux order (a calibration two shards both needed is kept once: it is seeded, so
  * both computed the same), NC's detection comes from the first cell that produced one, and purified models'
- * paths are rewritten relative to the merged results' folder. Only timings can differ from the unsharded run.
+ * paths are rewritten relative to the merged results' folder. Seeds are cells like any other, so a sweep over
+ * several seeds merges the same way; `summary` and `gicEffect` are computed again from the merged rows, as the
+ * unsharded run computes them from its rows. Only timings can differ from the unsharded run.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors';
 import { writeJsonAtomic } from '../util/atomic';
-import { RESULTS_SCHEMA, type Results, type ResultRow } from './results';
+import { RESULTS_SCHEMA, type GicEntry, type Results, type ResultRow } from './results';
+import { gicEffectOfRows, summarizeRows } from './summary';
 
 export interface ShardResults {
   /** Folder the shard's results.json is in (its rows' `output` paths are relative to it). */
@@ -68,9 +71,12 @@ export function mergeShards(shards: ShardResults[], outDir: string): Results {
     if (s.results.rows.length !== expected) throw new InputError(`shard ${s.results.shard!.index + 1}/${count} has ${s.results.rows.length} rows, expected ${expected}`, s.dir);
   }
 
-  // GIC entries in the order the unsharded run calibrates: first use by a cell, then by an embedding.
-  const gicByAux = new Map(shards.flatMap((s) => s.results.gic.map((g) => [g.aux, g] as const)));
-  const gicOrder = [...new Set([...rows.filter((r) => r.gic).map((r) => r.aux), ...auxOrder])].filter((a) => gicByAux.has(a));
+  // GIC entries (one per aux set and seed) in the order the unsharded run calibrates: first use by a cell, then
+  // by an embedding (which projects the first seed's sets: that seed is the first row's).
+  const key = (aux: string, seed: number | undefined) => `${aux}\u0000${seed ?? ''}`;
+  const gicByAux = new Map(shards.flatMap((s) => s.results.gic.map((g: GicEntry) => [key(g.aux, g.seed), g] as const)));
+  const firstSeed = rows[0]?.seed;
+  const gicOrder = [...new Set([...rows.filter((r) => r.gic).map((r) => key(r.aux, r.seed)), ...auxOrder.map((a) => key(a, firstSeed))])].filter((k) => gicByAux.has(k));
   const embByAux = new Map(shards.flatMap((s) => s.results.embeddings.map((e) => [e.aux, e] as const)));
 
   const merged: Results = {
@@ -82,6 +88,8 @@ export function mergeShards(shards: ShardResults[], outDir: string): Results {
     gic: gicOrder.map((a) => gicByAux.get(a)!),
     embeddings: auxOrder.filter((a) => embByAux.has(a)).map((a) => embByAux.get(a)!),
     detection: {},
+    summary: summarizeRows(rows),
+    gicEffect: gicEffectOfRows(rows),
   };
   // The unsharded run keeps the detection of the first NC cell without GIC that succeeded.
   const ncCell = rows.findIndex((r) => r.defense === 'nc' && !r.gic && r.error === null);

@@ -17,6 +17,12 @@ export interface ResultRow extends Partial<Metrics> {
   auxType: string;
   gic: boolean;
   defense: string;
+  /**
+   * The repetition seed of this run (the job's `seed`, or one of its `seeds`). The GIC-off and GIC-on rows of
+   * one (aux, defense, seed) drew the same auxiliary sample, validation split and random stream. The runner
+   * always writes it; results written before repetitions existed lack it (one run each).
+   */
+  seed?: number;
   der?: number;
   seconds: number;
   /** Path of the purified model relative to the results directory. */
@@ -32,6 +38,8 @@ export interface ResultRow extends Partial<Metrics> {
 
 export interface GicEntry {
   aux: string;
+  /** The repetition seed whose auxiliary sample this calibrates (each seed draws its own sample). */
+  seed?: number;
   delta: number;
   norm: 'inf' | '2';
   maxPerturbation: number;
@@ -42,6 +50,12 @@ export interface GicEntry {
   bnDistanceAfter: number | null;
   seconds: number;
   note?: string;
+  /**
+   * The objective terms that ran and their weights: `ce` (cross-entropy of the frozen victim on the true
+   * label, weight 1) and `bn` (distance of the BatchNorm input statistics to the running ones, weight
+   * lambdaBn over that many BN layers; absent when the victim has none or lambdaBn is 0).
+   */
+  objective?: { ce: number; bn?: { weight: number; layers: number } };
   /** Saved with the outputs, relative to the results directory: g (safetensors) and the calibrated set (npz). */
   files?: { net: string; images: string };
   /** A few calibrated examples for the panel's gallery (one per class). */
@@ -88,10 +102,51 @@ export interface Results {
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
   detection: { nc?: { anomalyIndex: number[]; flagged: number[] } };
+  /** Per (aux, defense, GIC) over the seeds: the successful runs' count, mean and sample std (null for n < 2). */
+  summary?: SummaryEntry[];
+  /**
+   * Per (aux, defense), the paired difference GIC on minus GIC off over the seeds where both runs succeeded:
+   * its mean and 95% Student-t interval (null bounds for n < 2).
+   */
+  gicEffect?: GicEffectEntry[];
   /**
    * Present only in the results of one shard of a sharded sweep (`run --shard i/n`): which slice this is, how many
    * cells the whole job has and its aux set order, so that `merge` can rebuild the unsharded results exactly.
    * Row k of shard `index` is cell `index + k * count`.
    */
   shard?: { index: number; count: number; cells: number; aux: string[] };
+}
+
+/** Mean and sample standard deviation of a metric over repeated runs; null where the metric has no value. */
+export interface Spread {
+  mean: number;
+  std: number | null;
+}
+
+export interface SummaryEntry {
+  aux: string;
+  defense: string;
+  gic: boolean;
+  /** Runs that succeeded (rows without error). */
+  n: number;
+  acc: Spread | null;
+  asr: Spread | null;
+  der: Spread | null;
+}
+
+/** A mean with its two-sided 95% t-interval. */
+export interface Interval {
+  mean: number;
+  lo: number | null;
+  hi: number | null;
+}
+
+export interface GicEffectEntry {
+  aux: string;
+  defense: string;
+  /** Seeds where both the GIC-off and the GIC-on run succeeded. */
+  n: number;
+  acc: Interval | null;
+  asr: Interval | null;
+  der: Interval | null;
 }

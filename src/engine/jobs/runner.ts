@@ -77,7 +77,10 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
   const job: Job = loadJob(jobPath);
   const shard = parseShard(opts.shard);
   const backend = await initBackend(opts.device ?? job.device);
+  // `seed` fixes what every repetition shares (the embedded data split, the trigger, the embeddings); each of
+  // `seeds` (the first is `seed`) draws its own auxiliary samples, calibration and defense streams.
   const seed = job.seed;
+  const seeds = job.seeds;
   const rng = new Rng(seed);
   const name = path.basename(jobPath);
 
@@ -118,32 +121,47 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     const triggered = triggeredTestSet(test, attack, { target: attackSpec.target, allToAll: attackSpec.allToAll });
 
     const defaultSize = Math.max(k, Math.round(0.05 * (train?.n ?? 20 * test.n)));
-    const aux: PreparedAux[] = [];
-    for (const [i, a] of (job.aux ?? []).entries()) {
-      const field = `${name}: aux[${i}]`;
-      const want = a.perClass ? { perClass: a.perClass } : { size: a.size ?? defaultSize };
-      let set: ImageSet;
-      if (a.type === 'synthetic') {
-        set = await synthesizeAuxSet(victim, { perClass: a.perClass ?? Math.max(1, Math.round((a.size ?? defaultSize) / k)) }, rng.fork(`aux:${a.name}`), opts.signal, (d, t, m) =>
-          emit({ type: 'progress', stage: `synthesizing ${a.name}`, done: d, total: t, message: m }),
-        );
-      } else {
-        let pool: ImageSet | undefined;
+    // The pools are read once; every seed draws its own sample from them (and its own shift or synthesis).
+    const pools = new Map<number, ImageSet>();
+    const poolOf = (i: number, a: (typeof job.aux)[number], field: string): ImageSet => {
+      let pool = pools.get(i);
+      if (!pool) {
         if (a.type === 'seen') pool = train;
         else if (a.source) pool = loadSource(a.source, 'pool', `${field}.source`, { shape, numClasses: k }, seed);
         if (!pool) throw new InputError(a.type === 'seen' ? 'a "seen" auxiliary set needs data.train' : `a "${a.type}" auxiliary set needs a "source"`, field);
         checkShape(pool, shape, `${field}.source`);
-        // Without an explicit size, take the default but no more than every class of the pool can give.
-        const counts = new Array(k).fill(0);
-        for (let j = 0; j < pool.n; j++) counts[pool.y[j]]++;
-        const fit = a.size || a.perClass ? want : { size: Math.min(defaultSize, k * Math.min(...counts)) };
-        set = sampleBalanced(pool, fit, rng.fork(`aux:${a.name}`), field);
-        if (a.type === 'ood') {
-          if (!a.shift) throw new InputError('an "ood" auxiliary set needs a "shift"', field);
-          set = applyShift(set, a.shift, rng.fork(`shift:${a.name}`));
-        }
+        pools.set(i, pool);
       }
-      aux.push({ name: a.name, type: a.type, set });
+      return pool;
+    };
+    const aux: PreparedAux[] = [];
+    for (const s of seeds) {
+      // The same forks in the same order as the data seed's stream above, so that `"seed": s` and `"seeds": [s]`
+      // draw the same auxiliary sets.
+      const auxRng = new Rng(s);
+      auxRng.fork('attack');
+      for (const [i, a] of (job.aux ?? []).entries()) {
+        const field = `${name}: aux[${i}]`;
+        const want = a.perClass ? { perClass: a.perClass } : { size: a.size ?? defaultSize };
+        let set: ImageSet;
+        if (a.type === 'synthetic') {
+          set = await synthesizeAuxSet(victim, { perClass: a.perClass ?? Math.max(1, Math.round((a.size ?? defaultSize) / k)) }, auxRng.fork(`aux:${a.name}`), opts.signal, (d, t, m) =>
+            emit({ type: 'progress', stage: `synthesizing ${a.name}${seeds.length > 1 ? ` (seed ${s})` : ''}`, done: d, total: t, message: m }),
+          );
+        } else {
+          const pool = poolOf(i, a, field);
+          // Without an explicit size, take the default but no more than every class of the pool can give.
+          const counts = new Array(k).fill(0);
+          for (let j = 0; j < pool.n; j++) counts[pool.y[j]]++;
+          const fit = a.size || a.perClass ? want : { size: Math.min(defaultSize, k * Math.min(...counts)) };
+          set = sampleBalanced(pool, fit, auxRng.fork(`aux:${a.name}`), field);
+          if (a.type === 'ood') {
+            if (!a.shift) throw new InputError('an "ood" auxiliary set needs a "shift"', field);
+            set = applyShift(set, a.shift, auxRng.fork(`shift:${a.name}`));
+          }
+        }
+        aux.push({ name: a.name, type: a.type, seed: s, set });
+      }
     }
 
     const gic = job.gic ?? { mode: 'off' as const, delta: 0.1, norm: 'inf' as const, lambdaBn: 1, epochs: 20, lr: 1e-3 };
@@ -163,13 +181,15 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         defenses: (job.defenses ?? []).map((d) => (typeof d === 'string' ? { id: d, profile: job.profile } : { id: d.name, profile: d.profile ?? job.profile, params: d.params })),
         gicMode: gic.mode,
         augment: { cropPadding: 4, flip: shape[2] === 3 },
-        seed,
+        seeds,
         calibrate: async (v, a, signal, progress) => {
-          const out = await calibrate(v, a.set, { delta: gic.delta, norm: gic.norm, lambdaBn: gic.lambdaBn, epochs: gic.epochs, lr: gic.lr, seed }, signal, progress);
+          // Each seed's sample is calibrated from that seed (g's initialisation and batch order).
+          const out = await calibrate(v, a.set, { delta: gic.delta, norm: gic.norm, lambdaBn: gic.lambdaBn, epochs: gic.epochs, lr: gic.lr, seed: a.seed }, signal, progress);
           try {
             // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
-            const files = saveCalibration(out.net, out.set, staging, a.name, (f) => taken(path.join(outDir, f)));
-            return { set: out.set, entry: { aux: a.name, ...out.report, files } };
+            const base = seeds.length > 1 ? `${a.name}-s${a.seed}` : a.name;
+            const files = saveCalibration(out.net, out.set, staging, base, (f) => taken(path.join(outDir, f)));
+            return { set: out.set, entry: { aux: a.name, seed: a.seed, ...out.report, files } };
           } finally {
             out.net.dispose();
           }

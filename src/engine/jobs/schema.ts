@@ -246,6 +246,7 @@ export const AUDIT_SCHEMA = {
   type: 'object',
   additionalProperties: false,
   required: ['model', 'data'],
+  allOf: [{ not: { type: 'object', required: ['seed', 'seeds'] }, errorMessage: 'give either "seed" or "seeds", not both' }],
   properties: {
     $schema: { type: 'string', description: 'this schema, for editors' },
     model: {
@@ -290,7 +291,21 @@ export const AUDIT_SCHEMA = {
         points: { type: 'integer', minimum: 10, default: 600, description: 'points per set in the plot' },
       },
     },
-    seed: { type: 'integer', minimum: 0, default: 0, description: 'one seed for every random choice: the job is deterministic for a seed' },
+    seed: {
+      type: 'integer',
+      minimum: 0,
+      // No schema default: a default would be written next to "seeds" and then refused as giving both.
+      description: 'default 0. One seed for every random choice: the job is deterministic for a seed',
+    },
+    seeds: {
+      type: 'array',
+      minItems: 1,
+      uniqueItems: true,
+      items: { type: 'integer', minimum: 0 },
+      description:
+        'instead of "seed": run every cell once per seed and report mean, std and the paired GIC effect with a 95% t-interval. Each seed draws its own auxiliary samples, GIC calibration and defense streams; the first seed also fixes what all repetitions share (the embedded data split, the trigger, the embeddings)',
+      examples: [[0, 1, 2, 3, 4]],
+    },
     device: { enum: DEVICES, default: 'auto' },
     outputs: {
       type: 'object',
@@ -395,7 +410,10 @@ export interface Job {
   gic: GicSpec;
   profile: Profile;
   embedding: { method: 'tsne' | 'none'; points: number };
+  /** The seed of what every repetition shares: `seed`, or the first of `seeds`. */
   seed: number;
+  /** The repetition seeds: `seeds`, or `[seed]`. */
+  seeds: number[];
   device: Device;
   outputs: { formats?: ModelFormat[] };
 }
@@ -425,6 +443,7 @@ export interface JobInput {
   profile?: Profile;
   embedding?: Partial<Job['embedding']>;
   seed?: number;
+  seeds?: number[];
   device?: Device;
   outputs?: Job['outputs'];
 }

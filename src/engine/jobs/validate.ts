@@ -60,6 +60,9 @@ export function validateJobObject(obj: unknown, baseDir: string, label = IN_MEMO
   j.defenses = (j.defenses as unknown as Array<string | Job['defenses'][number]>).map((d) => (typeof d === 'string' ? { name: d as Job['defenses'][number]['name'], profile: j.profile } : { ...d, profile: d.profile ?? j.profile }));
   // "norm": 2 is the natural way to write it; the engine compares strings.
   j.gic.norm = String(j.gic.norm) as Job['gic']['norm'];
+  // One seed, or several repetitions of every cell; the first fixes what the repetitions share.
+  j.seeds = j.seeds ?? [j.seed ?? 0];
+  j.seed = j.seeds[0];
   checkRules(j, label);
   resolvePaths(j, model, path.resolve(baseDir), label, modelField);
   return j;
