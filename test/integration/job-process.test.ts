@@ -97,6 +97,7 @@ describe('the VS Code job process', function () {
     assert.deepEqual(ext.baseline, cli.baseline);
     assert.deepEqual(rowsOf(ext), rowsOf(cli));
     assert.deepEqual(ext.backend, cli.backend);
+    assert.equal(ext.backend.evaluation, 'onnxruntime-cpu', 'ACC/ASR computed by ONNX Runtime, recorded in results.json');
     assert.equal(ext.rows.length, 2);
     for (const r of ext.rows) {
       assert.equal(r.error, null);
