@@ -96,6 +96,9 @@ export class JobProcess implements JobHandle {
     });
   }
 
+  on(event: 'message', cb: (m: JobToHost) => void): this;
+  on(event: 'error', cb: (e: Error) => void): this;
+  on(event: 'exit', cb: (code: number | null, signal: NodeJS.Signals | null, describe: string) => void): this;
   on(event: 'message' | 'error' | 'exit', cb: (...a: never[]) => void): this {
     (this.listeners[event] as unknown[]).push(cb);
     return this;
