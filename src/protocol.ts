@@ -23,7 +23,3 @@ export function isRunEvent(v: unknown): v is RunEvent {
   return typeof v === 'object' && v !== null && RUN_EVENT_TYPES.includes((v as { type: string }).type as never);
 }
 
-/** Host -> worker. */
-export type WorkerRequest =
-  | { type: 'run'; jobPath: string; outDir: string; device?: string; overwrite?: boolean; limits?: { maxModelMB?: number; maxDataMB?: number } }
-  | { type: 'cancel' };

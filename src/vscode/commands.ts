@@ -12,6 +12,7 @@ import { jobModelPath, runOutDir } from './jobSpec';
 import { inspectorViewType, type ResultsPanels } from './panel';
 import type { RunsTree } from './runsTree';
 import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setupFlow';
+import { doctorSummary, formatDoctor, runDoctorProcess } from './checkEnvironment';
 
 export interface Services {
   runner: JobRunner;
@@ -32,6 +33,7 @@ export const COMMANDS = [
   'backdoorAudit.refreshRuns',
   'backdoorAudit.showLog',
   'backdoorAudit.openModelInspector',
+  'backdoorAudit.checkEnvironment',
 ] as const;
 
 const EXCLUDE = '{**/node_modules/**,**/.git/**}';
@@ -162,6 +164,19 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
 
   reg('backdoorAudit.refreshRuns', () => s.runs.refresh());
   reg('backdoorAudit.showLog', () => s.log.show(true));
+  reg('backdoorAudit.checkEnvironment', () =>
+    vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Backdoor Audit: checking the environment' }, async () => {
+      try {
+        const report = await runDoctorProcess(path.join(ctx.extensionPath, 'dist', 'cli.js'));
+        s.log.appendLine('[environment]');
+        for (const line of formatDoctor(report).split('\n')) s.log.appendLine(`  ${line}`);
+        void vscode.window.showInformationMessage(doctorSummary(report, settings().device), 'Show Log').then((a) => a && s.log.show(true));
+      } catch (e) {
+        s.log.appendLine(`[environment] ${(e as Error).message}`);
+        void vscode.window.showErrorMessage(`Backdoor Audit: ${(e as Error).message}`);
+      }
+    }),
+  );
   reg('backdoorAudit.openModelInspector', async (arg) => {
     const uri = asUri(arg) ?? (await pickFile(MODEL_GLOB, 'The model to inspect'));
     if (uri) await vscode.commands.executeCommand('vscode.openWith', uri, inspectorViewType(uri.fsPath));

@@ -9,6 +9,8 @@ export interface Settings {
   outputFolder: string;
   /** Size limits of a job's model and data files (MB, 0 = no limit). */
   limits: { maxModelMB: number; maxDataMB: number };
+  /** Heap limit of a job process (MB, 0 = Node's default). */
+  jobMaxMemoryMB: number;
 }
 
 /** A size setting: a number >= 0 (0 = no limit), else the default. */
@@ -29,5 +31,6 @@ export function settings(scope?: vscode.Uri): Settings {
     gicNorm: norm === '2' ? '2' : 'inf',
     outputFolder: c.get<string>('outputFolder', '') ?? '',
     limits: { maxModelMB: megabytes(c.get<number>('limits.maxModelMB'), 2048), maxDataMB: megabytes(c.get<number>('limits.maxDataMB'), 4096) },
+    jobMaxMemoryMB: megabytes(c.get<number>('jobProcess.maxMemoryMB'), 0),
   };
 }

@@ -1,28 +1,20 @@
 /**
- * Runs jobs off the extension-host thread: one worker_threads worker per job (dist/worker.js), events
+ * Runs jobs off the extension host: one job process per job (dist/job-process.js, see jobProcess.ts), events
  * forwarded to listeners (the results panel, the status bar, the runs view) and to the Output channel, a
- * cancellable notification through window.withProgress, and one job per model at a time.
+ * cancellable notification through window.withProgress, and one job per model at a time. A job process that
+ * crashes or runs out of memory is a failed job with its last stderr lines; the host goes on.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { isRunEvent, type RunEvent, type WorkerRequest } from '../protocol';
+import type { RunEvent } from '../protocol';
 import type { Results } from '../engine/jobs/results';
 import { jobModelPath } from './jobSpec';
-import { removeThreadStaging } from '../engine/jobs/staging';
+import { removeProcessStaging } from '../engine/jobs/staging';
+import type { JobHandle } from './jobProcess';
 import type { RunInfo } from './panelProtocol';
 
-export interface WorkerLike {
-  postMessage(m: WorkerRequest): void;
-  on(event: 'message', cb: (m: unknown) => void): unknown;
-  on(event: 'error', cb: (e: Error) => void): unknown;
-  on(event: 'exit', cb: (code: number) => void): unknown;
-  terminate(): Promise<number> | void;
-  /** The worker thread's id (worker_threads): names its staging folders. */
-  readonly threadId?: number;
-}
-
-export type WorkerFactory = () => WorkerLike;
+export type JobFactory = (req: RunRequest) => JobHandle;
 
 export type Outcome =
   | { status: 'done'; results: Results; resultsPath: string }
@@ -46,12 +38,12 @@ export interface RunRequest {
   limits?: { maxModelMB?: number; maxDataMB?: number };
 }
 
-/** How long a cancelled worker gets to reach a batch boundary before it is terminated. */
+/** How long a cancelled job gets to reach a batch boundary before its process is terminated. */
 export const CANCEL_GRACE_MS = 30_000;
 
 interface Running {
   run: RunInfo;
-  worker: WorkerLike;
+  worker: JobHandle;
   cancel(): void;
 }
 
@@ -61,7 +53,7 @@ export class JobRunner implements vscode.Disposable {
 
   constructor(
     private readonly log: vscode.LogOutputChannel | vscode.OutputChannel,
-    private readonly makeWorker: WorkerFactory,
+    private readonly makeWorker: JobFactory,
   ) {}
 
   listen(l: JobListener): vscode.Disposable {
@@ -122,9 +114,13 @@ export class JobRunner implements vscode.Disposable {
       return this.refuse(`A job for ${path.basename(model)} is already running (${busy.run.title}). Wait for it or cancel it first.`);
     }
     const run: RunInfo = { id: req.outDir, title: req.title ?? `${path.basename(model)} — ${path.basename(req.jobPath)}`, outDir: req.outDir, jobPath: req.jobPath };
-    const worker = this.makeWorker();
-    // Read now: a worker that has exited no longer reports its id.
-    const threadId = worker.threadId;
+    let worker: JobHandle;
+    try {
+      worker = this.makeWorker(req);
+    } catch (e) {
+      return this.refuse(`Cannot start the job process: ${(e as Error).message.split('\n')[0]}`);
+    }
+    const pid = worker.pid;
     let cancelTimer: ReturnType<typeof setTimeout> | undefined;
     let cancelRequested = false;
     const entry: Running = {
@@ -135,7 +131,8 @@ export class JobRunner implements vscode.Disposable {
         cancelRequested = true;
         this.line(`[${run.title}] cancelling: stopping at the next batch`);
         worker.postMessage({ type: 'cancel' });
-        // A worker stuck inside one long kernel still ends; the runner's atomic writes leave nothing partial.
+        // A job stuck inside one long kernel still ends (SIGTERM, then SIGKILL); the runner's atomic writes leave
+        // nothing partial.
         cancelTimer = setTimeout(() => void worker.terminate(), CANCEL_GRACE_MS);
       },
     };
@@ -159,8 +156,8 @@ export class JobRunner implements vscode.Disposable {
               resolve(o);
             };
             token.onCancellationRequested(() => entry.cancel());
-            worker.on('message', (m: unknown) => {
-              if (!isRunEvent(m) || ended) return;
+            worker.on('message', (m: RunEvent) => {
+              if (ended) return;
               this.logEvent(run, m, lastStage);
               if (m.type === 'progress') lastStage = m.stage;
               this.emit('event', run, m);
@@ -187,20 +184,20 @@ export class JobRunner implements vscode.Disposable {
                   break;
               }
             });
-            worker.on('error', (e: Error) => finish({ status: 'failed', error: `the job worker crashed: ${e.message}` }));
-            worker.on('exit', (code: number) => finish(cancelRequested ? { status: 'cancelled' } : { status: 'failed', error: `the job worker exited (code ${code}) before the job ended` }));
+            worker.on('error', (e: Error) => finish({ status: 'failed', error: `the job process failed: ${e.message}` }));
+            worker.on('exit', (_code: number | null, _signal: NodeJS.Signals | null, describe: string) => finish(cancelRequested ? { status: 'cancelled' } : { status: 'failed', error: describe }));
             worker.postMessage({ type: 'run', jobPath: req.jobPath, outDir: req.outDir, device: req.device, ...(req.limits ? { limits: req.limits } : {}) });
           }),
       );
     } finally {
       if (cancelTimer) clearTimeout(cancelTimer);
       this.byModel.delete(key);
-      // A worker that was terminated (cancel grace exceeded) or crashed never ran its own cleanup: once it has
+      // A job process that was killed (cancel grace exceeded) or crashed never ran its own cleanup: once it has
       // stopped, remove its staging folder (outputs not moved in; the out dir keeps what it had).
       void Promise.resolve(worker.terminate()).then(() => {
-        if (typeof threadId === 'number' && threadId > 0) {
-          const removed = removeThreadStaging(path.dirname(path.resolve(req.outDir)), threadId);
-          if (removed.length) this.line(`[${run.title}] removed the stopped worker's staging folder ${removed.join(', ')}`);
+        if (typeof pid === 'number' && pid > 0) {
+          const removed = removeProcessStaging(path.dirname(path.resolve(req.outDir)), pid);
+          if (removed.length) this.line(`[${run.title}] removed the stopped job process's staging folder ${removed.join(', ')}`);
         }
       });
     }

@@ -2,7 +2,8 @@
  * Drives code-server (started by run.sh with the .vsix installed) in headless Chromium: opens the workspace,
  * right-clicks the victim in models/, runs "Purify Model..." through the set-up flow (embedded MNIST test and
  * auxiliary data, BadNets target 0, defense ft, GIC off and on), waits for the results panel to report the run done,
- * reads ACC/ASR from the grid and saves screenshots. Exits non-zero on any failure, with a screenshot.
+ * reads ACC/ASR from the grid and saves screenshots; then purifies the PyTorch checkpoint E2E_PT (GIC off) the
+ * same way. Exits non-zero on any failure, with a screenshot.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,6 +13,8 @@ const url = required('E2E_URL');
 const workspace = required('E2E_WORKSPACE');
 const artifacts = required('E2E_ARTIFACTS');
 const modelName = process.env.E2E_MODEL ?? 'victim.pt';
+/** A PyTorch .pt in models/ purified second (GIC off), or none. */
+const ptName = process.env.E2E_PT;
 const JOB_TIMEOUT_MS = Number(process.env.E2E_JOB_TIMEOUT_MS ?? 15 * 60_000);
 
 function required(name: string): string {
@@ -43,11 +46,11 @@ async function quickInput(page: Page, titlePart: RegExp, filter?: string): Promi
  * extension's contributions are registered (a cold start on a busy machine), and a menu opened then never gains
  * them: close it and try again rather than wait on a menu that will not change.
  */
-async function openContextMenu(page: Page, target: Locator, label: string): Promise<Locator> {
+async function openContextMenu(page: Page, target: Locator, label: string, name: string): Promise<Locator> {
   const item = page.locator('.context-view .action-item', { hasText: label });
   const deadline = Date.now() + 180_000;
   for (let attempt = 1; ; attempt++) {
-    step(`right-clicking models/${modelName} (attempt ${attempt})`);
+    step(`right-clicking models/${name} (attempt ${attempt})`);
     await target.click({ button: 'right' });
     try {
       await item.waitFor({ state: 'visible', timeout: 10_000 });
@@ -64,8 +67,9 @@ async function openContextMenu(page: Page, target: Locator, label: string): Prom
 }
 
 async function panelFrame(page: Page): Promise<FrameLocator> {
-  // VS Code hosts each webview in an outer iframe and the page itself in #active-frame inside it.
-  const outer = page.frameLocator('iframe.webview.ready');
+  // VS Code hosts each webview in an outer iframe and the page itself in #active-frame inside it; the newest
+  // panel is the last one.
+  const outer = page.frameLocator('iframe.webview.ready').last();
   const f = outer.frameLocator('#active-frame');
   await f.locator('body[data-view="results"]').waitFor({ state: 'attached', timeout: 60_000 });
   return f;
@@ -90,7 +94,7 @@ async function main(): Promise<void> {
     if ((await rows.filter({ hasText: modelName }).count()) === 0) await folder.click();
     const model = rows.filter({ hasText: modelName });
     await model.waitFor({ timeout: 30_000 });
-    const item = await openContextMenu(page, model, 'Purify Model...');
+    const item = await openContextMenu(page, model, 'Purify Model...', modelName);
     await page.screenshot({ path: path.join(artifacts, 'context-menu.png') });
     await item.click();
 
@@ -147,12 +151,48 @@ async function main(): Promise<void> {
     await panel.locator('#gallery').screenshot({ path: path.join(artifacts, 'gallery.png') });
     await page.screenshot({ path: path.join(artifacts, 'window.png') });
     step(`ACC ${acc}% ASR ${asr}% (baseline ASR ${m[1]}%)`);
+    if (ptName) await purifyPt(page, ptName);
   } catch (e) {
     await page.screenshot({ path: path.join(artifacts, 'failure.png') }).catch(() => undefined);
     throw e;
   } finally {
     await browser.close();
   }
+}
+
+/** Purifies a PyTorch checkpoint with ft, GIC off, and reads its ft row from the newest results panel. */
+async function purifyPt(page: Page, name: string): Promise<void> {
+  const rows = page.locator('.explorer-folders-view .monaco-list-row');
+  const model = rows.filter({ hasText: name });
+  await model.waitFor({ timeout: 30_000 });
+  const item = await openContextMenu(page, model, 'Purify Model...', name);
+  await item.click();
+  step(`answering the set-up flow for ${name}`);
+  await quickInput(page, /test data/, 'Embedded MNIST');
+  await quickInput(page, /training data/, 'No training data');
+  await quickInput(page, /attack to test against/, 'badnets');
+  await quickInput(page, /attack target class/);
+  await quickInput(page, /auxiliary data/);
+  await quickInput(page, /data for the "unseen"/, 'Embedded MNIST');
+  await quickInput(page, /images per class/, '10');
+  await quickInput(page, /defenses/);
+  await quickInput(page, /Guided Input Calibration/, 'off');
+  const panel = await panelFrame(page);
+  const status = panel.locator('.status-text');
+  const deadline = Date.now() + JOB_TIMEOUT_MS;
+  for (;;) {
+    const text = (await status.textContent({ timeout: 10_000 }).catch(() => '')) ?? '';
+    if (/^Done/.test(text)) break;
+    if (/^(Failed|Cancelled|Interrupted)/.test(text)) throw new Error(`the job on ${name} ended: ${text}`);
+    if (Date.now() > deadline) throw new Error(`the job on ${name} did not finish in time (last status: ${text})`);
+    await page.waitForTimeout(2000);
+  }
+  const ftRow = panel.locator('table.grid tbody tr', { has: panel.locator('td.defense', { hasText: /^ft$/ }) }).first();
+  const cells = (await ftRow.locator('td').allTextContents()).map((t) => t.trim());
+  const acc = Number(cells[1]?.replace('%', ''));
+  if (!(acc >= 0 && acc <= 100)) throw new Error(`ACC of ${name} not read from the panel: ${cells.join(' | ')}`);
+  await page.screenshot({ path: path.join(artifacts, 'window-pt.png') });
+  step(`${name}: ft row ${cells.join(' | ')}`);
 }
 
 main().catch((e) => {

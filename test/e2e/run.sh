@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end test of the packaged extension in a real VS Code: code-server from npm, driven in headless
 # Debian Chromium by playwright-core (test/e2e/e2e.ts). Separate from `npm test`: it installs Debian
-# packages and code-server (cached), builds the .vsix, trains a small backdoored victim with the CLI, then
-# right-clicks the model, purifies it with `ft` and reads ACC/ASR in the results panel.
+# packages and code-server (cached), builds this machine's platform .vsix (scripts/package-vsix.js), installs it
+# into an extensions folder outside the repository (no node_modules above it, as on a user's machine), trains a
+# small backdoored victim with the CLI, then right-clicks the model, purifies it with `ft` and reads ACC/ASR in
+# the results panel, purifies a PyTorch .pt the same way, and checks from the extension's log that both jobs
+# evaluated with ONNX Runtime in their job process.
 #
 # Artifacts (screenshots, logs): $E2E_ARTIFACTS (default .test-out/e2e-artifacts).
 # Environment: E2E_HOME (cache for code-server and the victim, default ~/.cache/backdoor-audit-e2e),
@@ -64,16 +67,18 @@ CODE_SERVER="$CS_DIR/node_modules/code-server/out/node/entry.js"
 CS_CONFIG="$RUN/code-server.yaml"
 printf 'auth: none\ncert: false\n' >"$CS_CONFIG"
 
-# 3. The extension: bundles and the .vsix.
+# 3. The extension: bundles and the platform .vsix (ONNX Runtime and the digits inside).
 cd "$ROOT"
 log "building the extension"
-npm run --silent build >/dev/null
-VSIX="$RUN/backdoor-audit.vsix"
-npx --no-install vsce package --no-dependencies --skip-license --allow-missing-repository \
-  --baseContentUrl https://example.invalid/backdoor-audit --baseImagesUrl https://example.invalid/backdoor-audit --out "$VSIX" >"$RUN/vsce.log" 2>&1 || {
+npm run --silent build:production >/dev/null
+TARGET="$(node -p 'process.platform + "-" + process.arch')"
+VERSION="$(node -p 'require("./package.json").version')"
+node scripts/package-vsix.js "$TARGET" >"$RUN/vsce.log" 2>&1 || {
   cat "$RUN/vsce.log" >&2
   exit 1
 }
+VSIX="$RUN/backdoor-audit.vsix"
+mv "$ROOT/backdoor-audit-$TARGET-$VERSION.vsix" "$VSIX"
 
 # 4. A small backdoored victim, trained once by the CLI (BadNets on the embedded MNIST) and cached.
 VICTIM=""
@@ -90,9 +95,19 @@ WS="$RUN/workspace"
 mkdir -p "$WS/models"
 cp "$VICTIM" "$WS/models/"
 export E2E_MODEL="$(basename "$VICTIM")"
+# A PyTorch checkpoint (BackdoorBench PreAct-ResNet18, 1 channel, width 4), read by the restricted pickle reader.
+cp "$ROOT/test/fixtures/parity_preact_w4_c1.pt" "$WS/models/preact.pt"
+export E2E_PT="preact.pt"
 
-# 5. code-server with private extension and user folders, the .vsix installed into it.
-EXT_DIR="$RUN/extensions"
+# 5. code-server with private extension and user folders, the .vsix installed into it. The extensions folder
+# is outside the repository, with no node_modules on the way up: the extension must carry what it loads.
+EXT_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/backdoor-audit-e2e-XXXXXX")"
+EXT_DIR="$EXT_ROOT/extensions"
+d="$EXT_DIR"
+while [ "$d" != / ]; do
+  d="$(dirname "$d")"
+  if [ -e "$d/node_modules" ]; then log "$d/node_modules exists above the extensions folder: set TMPDIR elsewhere"; exit 1; fi
+done
 USER_DIR="$RUN/user-data"
 mkdir -p "$USER_DIR/User"
 # Quiet start: no welcome page, no trust prompt, no telemetry notice; the Explorer stays the side bar.
@@ -122,7 +137,10 @@ node "$CODE_SERVER" --config "$CS_CONFIG" --auth none --bind-addr "127.0.0.1:$PO
   --disable-update-check --extensions-dir "$EXT_DIR" --user-data-dir "$USER_DIR" "$WS" >"$ARTIFACTS/code-server.log" 2>&1 &
 CS_PID=$!
 cleanup() {
-  if [ "${E2E_KEEP:-0}" != 1 ]; then kill "$CS_PID" 2>/dev/null || true; fi
+  if [ "${E2E_KEEP:-0}" != 1 ]; then
+    kill "$CS_PID" 2>/dev/null || true
+    rm -rf "$EXT_ROOT"
+  fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 60); do
@@ -143,4 +161,14 @@ E2E_URL="http://127.0.0.1:$PORT/?folder=$WS" E2E_WORKSPACE="$WS" E2E_ARTIFACTS="
   done
   exit 1
 }
-log "passed; artifacts in $ARTIFACTS"
+# 7. Both jobs ran in a job process with ONNX Runtime loaded (the extension's log channel, written by VS Code).
+EXT_LOG="$(find "$USER_DIR/logs" -name '*Backdoor Audit*.log' 2>/dev/null | head -n 1)"
+[ -n "$EXT_LOG" ] || { log "no Backdoor Audit log under $USER_DIR/logs"; exit 1; }
+cp "$EXT_LOG" "$ARTIFACTS/extension.log"
+ORT_JOBS="$(grep -c 'evaluating with ONNX Runtime (CPU)' "$EXT_LOG" || true)"
+if [ "$ORT_JOBS" -lt 2 ]; then
+  log "ONNX Runtime was used by $ORT_JOBS of 2 jobs; the log says:"
+  tail -n 40 "$EXT_LOG" >&2
+  exit 1
+fi
+log "passed; ONNX Runtime in both jobs; artifacts in $ARTIFACTS"

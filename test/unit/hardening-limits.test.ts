@@ -124,7 +124,7 @@ describe('size limits of models and data', function () {
     assert.ok(!fs.existsSync(path.join(dir, 'out-cli')));
   });
 
-  it('VS Code: the settings are declared with the engine\'s defaults, and the job worker passes valid limits on', async () => {
+  it('VS Code: the settings are declared with the engine\'s defaults, and the job process passes valid limits on', async () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
     const props = pkg.contributes.configuration.properties;
     assert.equal(props['backdoorAudit.limits.maxModelMB'].default, DEFAULT_LIMITS.maxModelMB);
@@ -132,6 +132,7 @@ describe('size limits of models and data', function () {
     assert.equal(props['backdoorAudit.limits.maxModelMB'].minimum, 0);
 
     const seen: Array<RunOptions['limits']> = [];
+    const ends: string[] = [];
     for (const limits of [{ maxModelMB: 10, maxDataMB: 0 }, { maxModelMB: -5, maxDataMB: 'x' }, undefined]) {
       const sent: RunEvent[] = [];
       let onMessage: (m: unknown) => void = () => undefined;
@@ -141,7 +142,10 @@ describe('size limits of models and data', function () {
       });
       onMessage({ type: 'run', jobPath: '/j/a.json', outDir: '/j/o', limits });
       await served;
+      ends.push(sent.map((e) => e.type).join());
     }
-    assert.deepEqual(seen, [{ maxModelMB: 10, maxDataMB: 0 }, { maxModelMB: undefined, maxDataMB: undefined }, undefined]);
+    // Limits that are not megabytes >= 0 make the request malformed: the job fails instead of running unlimited.
+    assert.deepEqual(seen, [{ maxModelMB: 10, maxDataMB: 0 }, undefined]);
+    assert.deepEqual(ends, ['done', 'failed', 'done']);
   });
 });

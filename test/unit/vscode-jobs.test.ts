@@ -6,12 +6,14 @@ import { fake, Uri } from './vscode-fake';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent, WorkerRequest } from '../../src/protocol';
+import type { RunEvent } from '../../src/protocol';
+import { parseHostToJob, parseJobToHost, type HostToJob } from '../../src/shared/jobProcessProtocol';
 import type { Results } from '../../src/engine/jobs/results';
 import { CancelledError, InputError, throwIfAborted } from '../../src/engine/errors';
 import { buildJob, checkAnswers, guessFormat, isLabelsNpy, jobModelPath, pairLabels, runOutDir, auxName, type JobAnswers } from '../../src/vscode/jobSpec';
 import { serveWorker, type PortLike } from '../../src/vscode/workerLoop';
-import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
+import { JobRunner } from '../../src/vscode/jobRunner';
+import { describeExit, type JobHandle } from '../../src/vscode/jobProcess';
 import { SetupFlow } from '../../src/vscode/setupFlow';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
@@ -89,6 +91,63 @@ function fakePort(): PortLike & { sent: RunEvent[]; deliver(m: unknown): void } 
   return { sent, postMessage: (m) => sent.push(m), on: (_e, f) => (cb = f), deliver: (m) => cb(m) };
 }
 
+describe('job process protocol', () => {
+  it('takes host requests by exact keys and types', () => {
+    const run = { type: 'run', jobPath: '/j/a.json', outDir: '/j/o', device: 'gpu', overwrite: true, limits: { maxModelMB: 0, maxDataMB: 10 } };
+    assert.deepEqual(parseHostToJob(run), run);
+    assert.deepEqual(parseHostToJob({ type: 'cancel' }), { type: 'cancel' });
+    for (const bad of [
+      { ...run, extra: 1 },
+      { ...run, device: 'tpu' },
+      { ...run, jobPath: 3 },
+      { ...run, limits: { maxModelMB: -1 } },
+      { ...run, limits: { maxModelMB: 1, other: 2 } },
+      { type: 'run', outDir: '/j/o' },
+      { type: 'cancel', now: true },
+      { type: 'exec', cmd: 'rm' },
+      'run',
+      null,
+    ]) {
+      assert.equal(parseHostToJob(bad), undefined, JSON.stringify(bad));
+    }
+  });
+
+  it('takes job events by exact keys and types', () => {
+    const r = sampleResults();
+    const good: unknown[] = [
+      { type: 'started', jobPath: '/j', outDir: '/o', cells: 2, backend: 'wasm', threads: 2 },
+      { type: 'progress', stage: 'ft', done: 1, total: 4 },
+      { type: 'progress', stage: 'ft', done: 1, total: 4, message: 'epoch 1' },
+      { type: 'log', message: 'evaluating with ONNX Runtime (CPU)' },
+      { type: 'row', row: r.rows[0] },
+      { type: 'done', results: r, resultsPath: '/o/results.json' },
+      { type: 'failed', error: 'x (y)', exitCode: 2 },
+      { type: 'cancelled' },
+    ];
+    for (const m of good) assert.deepEqual(parseJobToHost(m), m);
+    const bad: unknown[] = [
+      { type: 'started', jobPath: '/j', outDir: '/o', cells: -1, backend: 'wasm', threads: 2 },
+      { type: 'progress', stage: 'ft', done: '1', total: 4 },
+      { type: 'log', message: 'x', html: '<b>' },
+      { type: 'row', row: { aux: 'a', defense: 'ft' } },
+      { type: 'done', results: { ...r, schema: 'other' }, resultsPath: '/o' },
+      { type: 'failed', error: 'x', exitCode: 139 },
+      { type: 'shell', cmd: 'x' },
+      '{"type":"cancelled"}',
+    ];
+    for (const m of bad) assert.equal(parseJobToHost(m), undefined, JSON.stringify(m));
+  });
+
+  it('describes a process that ended without a last event', () => {
+    assert.equal(describeExit(null, 'SIGKILL', []), 'the job process was killed by SIGKILL before the job ended');
+    assert.equal(
+      describeExit(null, 'SIGABRT', ['<--- Last few GCs --->', 'FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory', ' 1: 0xb8 node::Abort()'], 512),
+      'the job process ran out of memory (limit 512 MB: setting backdoorAudit.jobProcess.maxMemoryMB) before the job ended; last output: FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory',
+    );
+    assert.equal(describeExit(3, null, ['a', 'b', 'c', 'd']), 'the job process exited with code 3 before the job ended; last output: b | c | d');
+  });
+});
+
 describe('vscode worker loop', () => {
   it('runs the job, forwards events and ends with exactly one done', async () => {
     const port = fakePort();
@@ -101,7 +160,7 @@ describe('vscode worker loop', () => {
       return r;
     });
     port.deliver({ type: 'bogus' });
-    port.deliver({ type: 'run', jobPath: '/j/audit.json', outDir: '/j/out', device: 'cpu' } satisfies WorkerRequest);
+    port.deliver({ type: 'run', jobPath: '/j/audit.json', outDir: '/j/out', device: 'cpu' } satisfies HostToJob);
     await served;
     assert.deepEqual(port.sent.map((e) => e.type), ['started', 'row', 'done']);
     const done = port.sent[2] as Extract<RunEvent, { type: 'done' }>;
@@ -150,28 +209,36 @@ describe('vscode worker loop', () => {
   });
 });
 
-/** A worker the test drives: it records requests and emits what the test tells it to. */
-class FakeWorker implements WorkerLike {
-  requests: WorkerRequest[] = [];
+/**
+ * A job process the test drives: it records requests and emits what the test tells it to; like the real one,
+ * it delivers only messages that parse as job events, and describes its exit.
+ */
+class FakeWorker implements JobHandle {
+  requests: HostToJob[] = [];
   terminated = false;
-  private handlers: Record<string, ((x: any) => void)[]> = { message: [], error: [], exit: [] };
-  onRun?: (w: FakeWorker, req: WorkerRequest) => void;
+  private handlers: Record<string, ((...x: any[]) => void)[]> = { message: [], error: [], exit: [] };
+  onRun?: (w: FakeWorker, req: HostToJob) => void;
   onCancel?: (w: FakeWorker) => void;
-  postMessage(m: WorkerRequest): void {
+  postMessage(m: HostToJob): void {
     this.requests.push(m);
     if (m.type === 'run') setImmediate(() => this.onRun?.(this, m));
     else setImmediate(() => this.onCancel?.(this));
   }
-  on(event: string, cb: (x: any) => void): this {
+  on(event: string, cb: (...x: any[]) => void): this {
     this.handlers[event].push(cb);
     return this;
   }
   emit(event: 'message' | 'error' | 'exit', x: unknown): void {
-    for (const h of this.handlers[event]) h(x);
+    if (event === 'message') {
+      const m = parseJobToHost(x);
+      if (m) for (const h of this.handlers.message) h(m);
+    } else if (event === 'exit') {
+      for (const h of this.handlers.exit) h(x, null, describeExit(x as number, null, ['fatal: something broke']));
+    } else for (const h of this.handlers[event]) h(x);
   }
-  terminate(): Promise<number> {
+  terminate(): Promise<void> {
     this.terminated = true;
-    return Promise.resolve(0);
+    return Promise.resolve();
   }
 }
 
@@ -249,7 +316,7 @@ describe('vscode JobRunner', () => {
     const runner = new JobRunner(log, () => w);
     const o = await runner.run({ jobPath, outDir: path.join(dir, 'o') });
     assert.equal(o.status, 'failed');
-    assert.match((o as { error: string }).error, /exited \(code 134\)/);
+    assert.equal((o as { error: string }).error, 'the job process exited with code 134 before the job ended; last output: fatal: something broke');
     fake.trusted = false;
     assert.equal((await runner.run({ jobPath, outDir: path.join(dir, 'o') })).status, 'refused');
     fake.trusted = true;

