@@ -6,7 +6,9 @@
 import type { EmbeddingEntry, GicSample, ResultRow } from '../src/engine/jobs/results';
 import type { ViewState } from './state';
 
+/** null means "cannot be measured" (no trigger known; RA without true labels): "n/a", never 0 or a gap. */
 export function pct(x: number | null | undefined, digits = 1): string {
+  if (x === null) return 'n/a';
   return typeof x === 'number' && Number.isFinite(x) ? `${(x * 100).toFixed(digits)}%` : '—';
 }
 
@@ -142,7 +144,7 @@ export interface BarSeries {
 /** ACC and ASR in percent per (aux, defense, GIC) and the baseline first; failed cells are gaps. */
 export function barSeries(s: ViewState): BarSeries {
   const out: BarSeries = { labels: [], acc: [], asr: [] };
-  const p = (x: number | undefined) => (typeof x === 'number' && Number.isFinite(x) ? Math.round(x * 1000) / 10 : null);
+  const p = (x: number | null | undefined) => (typeof x === 'number' && Number.isFinite(x) ? Math.round(x * 1000) / 10 : null);
   if (s.baseline) {
     out.labels.push('baseline');
     out.acc.push(p(s.baseline.acc));

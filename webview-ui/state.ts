@@ -4,7 +4,7 @@
  * panel and the self-contained report page.
  */
 import type { RunEvent, RunInfo, Results } from '../src/vscode/panelProtocol';
-import type { EmbeddingEntry, GicEntry, Metrics, ResultRow } from '../src/engine/jobs/results';
+import type { EmbeddingEntry, GicEntry, ReportedMetrics, ResultRow } from '../src/engine/jobs/results';
 
 export type RunStatus = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted';
 
@@ -14,7 +14,7 @@ export interface ViewState {
   backend?: { name: string; threads: number };
   cells?: number;
   model?: Results['model'];
-  baseline?: Metrics;
+  baseline?: ReportedMetrics;
   rows: ResultRow[];
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];

@@ -6,18 +6,29 @@ import type { BackendName } from '../backend';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
 
+/** What an evaluation measures (evaluate.ts). */
 export interface Metrics {
   acc: number;
   asr: number;
   ra: number;
 }
 
-export interface ResultRow extends Partial<Metrics> {
+/**
+ * What results report: ASR and RA are null where they cannot be measured (no trigger known, `attack: unknown`;
+ * RA of a poisoned set given without true labels). Shown as "n/a", never as 0.
+ */
+export interface ReportedMetrics {
+  acc: number;
+  asr: number | null;
+  ra: number | null;
+}
+
+export interface ResultRow extends Partial<ReportedMetrics> {
   aux: string;
   auxType: string;
   gic: boolean;
   defense: string;
-  der?: number;
+  der?: number | null;
   seconds: number;
   /** Path of the purified model relative to the results directory. */
   output?: string | null;
@@ -72,6 +83,38 @@ export interface EmbeddingEntry {
   points: EmbeddingPoint[];
 }
 
+/** Neural Cleanse's verdict: anomaly index per class, the flagged classes and, for each flagged class, its
+ * reversed trigger (mask times pattern) as a PNG saved with the outputs and as raw bytes for the panel. */
+export interface NcDetection {
+  anomalyIndex: number[];
+  flagged: number[];
+  triggers?: ReversedTriggerImage[];
+  /** The clean data the triggers were reversed on, when detection ran on its own (`attack: unknown`). */
+  source?: string;
+}
+
+export interface ReversedTriggerImage {
+  label: number;
+  /** PNG file relative to the results directory. */
+  file?: string;
+  /** [H, W, C] bytes of mask * pattern, base64 (as GicSample). */
+  shape: [number, number, number];
+  image: string;
+  /** [H, W] bytes of the mask, base64. */
+  mask: string;
+  /** L1 norm of the mask (pixels). */
+  maskL1: number;
+}
+
+export interface AttackInfo {
+  type: string;
+  target: number;
+  /** Triggered images the ASR is measured on (0 when no trigger is known). */
+  images: number;
+  trueLabels: boolean;
+  note?: string;
+}
+
 export interface Results {
   schema: typeof RESULTS_SCHEMA;
   backend: { name: BackendName; threads: number };
@@ -83,11 +126,16 @@ export interface Results {
     inputShape: [number, number, number];
     numClasses: number;
   };
-  baseline: Metrics;
+  baseline: ReportedMetrics;
   rows: ResultRow[];
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
-  detection: { nc?: { anomalyIndex: number[]; flagged: number[] } };
+  detection: { nc?: NcDetection };
+  /**
+   * What the triggered set was (absent in results of older versions): the attack type and target, how many
+   * triggered images ASR counts, whether their true labels were known, and a sentence saying what that means.
+   */
+  attack?: AttackInfo;
   /**
    * Present only in the results of one shard of a sharded sweep (`run --shard i/n`): which slice this is, how many
    * cells the whole job has and its aux set order, so that `merge` can rebuild the unsharded results exactly.
