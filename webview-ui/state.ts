@@ -19,6 +19,8 @@ export interface ViewState {
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
   detection?: Results['detection'];
+  /** What the triggered set was (poisoned set without labels, unknown trigger, ...). */
+  attack?: Results['attack'];
   progress?: { stage: string; done: number; total: number; message?: string };
   error?: string;
   /** The last few log lines, shown under the progress while a job runs. */
@@ -53,6 +55,7 @@ export function fromResults(run: RunInfo | undefined, r: Results): ViewState {
     gic: r.gic ?? [],
     embeddings: r.embeddings ?? [],
     detection: r.detection,
+    attack: r.attack,
     cells: r.rows?.length,
   };
 }
