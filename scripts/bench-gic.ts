@@ -58,7 +58,7 @@ const print = (line: string) => {
   process.stdout.write(`${line}\n`);
 };
 
-const pct = (v: number | undefined) => (v === undefined ? '   -  ' : `${(100 * v).toFixed(1).padStart(5)}%`);
+const pct = (v: number | null | undefined) => (v === undefined || v === null ? '   -  ' : `${(100 * v).toFixed(1).padStart(5)}%`);
 const log = (m: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 async function main(): Promise<void> {
@@ -132,7 +132,7 @@ async function main(): Promise<void> {
       }
     },
   });
-  const emit = (e: { type: string; row?: { aux: string; defense: string; gic: boolean; acc?: number; asr?: number; seconds: number; error: string | null } }) => {
+  const emit = (e: { type: string; row?: { aux: string; defense: string; gic: boolean; acc?: number | null; asr?: number | null; seconds: number; error: string | null } }) => {
     if (e.type === 'row' && e.row) log(`${e.row.aux} ${e.row.defense}${e.row.gic ? '+gic' : ''}: ACC ${pct(e.row.acc)} ASR ${pct(e.row.asr)} ${e.row.seconds.toFixed(0)} s${e.row.error ? ' error ' + e.row.error : ''}`);
   };
 

@@ -26,7 +26,7 @@ const eff = (i: Interval | null | undefined) =>
 
 const seeds = [...new Set(r.rows.map((x) => x.seed))];
 const lines: string[] = [];
-lines.push(`Baseline (no defense): ACC ${(100 * r.baseline.acc).toFixed(1)}%, ASR ${(100 * r.baseline.asr).toFixed(1)}%; ${seeds.length} seed${seeds.length === 1 ? '' : 's'} (${seeds.join(', ')}); percent, mean ± std; GIC effect = on − off in points, paired by seed, 95% t-interval, * excludes zero.`);
+lines.push(`Baseline (no defense): ACC ${(100 * r.baseline.acc).toFixed(1)}%, ASR ${r.baseline.asr === null ? "n/a" : `${(100 * r.baseline.asr).toFixed(1)}%`}; ${seeds.length} seed${seeds.length === 1 ? '' : 's'} (${seeds.join(', ')}); percent, mean ± std; GIC effect = on − off in points, paired by seed, 95% t-interval, * excludes zero.`);
 lines.push('');
 lines.push('| aux (type) | defense | ACC off | ACC on | ASR off | ASR on | GIC effect on ACC | GIC effect on ASR |');
 lines.push('|---|---|---|---|---|---|---|---|');

@@ -2,14 +2,14 @@
  * Typed messages between the job runner (worker or CLI), the extension host and the webview panel.
  * Everything here is plain JSON; receivers validate what they get (see isRunEvent / isPanelMessage).
  */
-import type { Results, ResultRow, GicEntry, EmbeddingEntry, Metrics } from './engine/jobs/results';
+import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './engine/jobs/results';
 
 /** Events the runner emits while a job runs, in order; `done` or `failed` ends the stream. */
 export type RunEvent =
   | { type: 'started'; jobPath: string; outDir: string; cells: number; backend: string; threads: number }
   | { type: 'progress'; stage: string; done: number; total: number; message?: string }
   | { type: 'log'; message: string }
-  | { type: 'baseline'; model: Results['model']; baseline: Metrics }
+  | { type: 'baseline'; model: Results['model']; baseline: ReportedMetrics }
   | { type: 'row'; row: ResultRow }
   | { type: 'gic'; entry: GicEntry }
   | { type: 'embedding'; entry: EmbeddingEntry }

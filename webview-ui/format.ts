@@ -10,7 +10,9 @@ import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, Res
 import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
 import type { ViewState } from './state';
 
+/** null means "cannot be measured" (no trigger known; RA without true labels): "n/a", never 0 or a gap. */
 export function pct(x: number | null | undefined, digits = 1): string {
+  if (x === null) return 'n/a';
   return typeof x === 'number' && Number.isFinite(x) ? `${(x * 100).toFixed(digits)}%` : '—';
 }
 

@@ -339,7 +339,22 @@ export class DomView implements View {
     const body = this.detection.body;
     body.replaceChildren();
     const flagged = nc.flagged.length ? `flagged target class${nc.flagged.length > 1 ? 'es' : ''}: ${nc.flagged.join(', ')}` : 'no class flagged';
+    if (s.attack?.note) body.append(el('p', 'muted', s.attack.note));
     body.append(el('p', undefined, `Anomaly index per class (> 2 flags a trigger): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
+    // The reversed trigger (mask x pattern) of each flagged class: where the model's shortcut sits.
+    for (const t of nc.triggers ?? []) {
+      const img = galleryImage({ label: t.label, shape: t.shape, x: t.image, gx: t.image, diff: t.image }, 'x');
+      const fig = el('figure', 'reversed-trigger');
+      if (img) {
+        const canvas = el('canvas', 'gallery-image');
+        canvas.width = img.width;
+        canvas.height = img.height;
+        canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
+        fig.append(canvas);
+      }
+      fig.append(el('figcaption', undefined, `class ${t.label}: reversed trigger (mask L1 ${t.maskL1})${t.file ? ` — ${t.file}` : ''}`));
+      body.append(fig);
+    }
   }
 
   showInspect(file: string, info?: InspectInfo, error?: string): void {

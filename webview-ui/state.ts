@@ -4,7 +4,7 @@
  * panel and the self-contained report page.
  */
 import type { RunEvent, RunInfo, Results } from '../src/vscode/panelProtocol';
-import type { EmbeddingEntry, GicEntry, Metrics, ResultRow } from '../src/engine/jobs/results';
+import type { EmbeddingEntry, GicEntry, ReportedMetrics, ResultRow } from '../src/engine/jobs/results';
 
 export type RunStatus = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted';
 
@@ -14,11 +14,13 @@ export interface ViewState {
   backend?: { name: string; threads: number };
   cells?: number;
   model?: Results['model'];
-  baseline?: Metrics;
+  baseline?: ReportedMetrics;
   rows: ResultRow[];
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
   detection?: Results['detection'];
+  /** What the triggered set was (poisoned set without labels, unknown trigger, ...). */
+  attack?: Results['attack'];
   progress?: { stage: string; done: number; total: number; message?: string };
   error?: string;
   /** The last few log lines, shown under the progress while a job runs. */
@@ -54,6 +56,7 @@ export function fromResults(run: RunInfo | undefined, r: Results): ViewState {
     gic: r.gic ?? [],
     embeddings: r.embeddings ?? [],
     detection: r.detection,
+    attack: r.attack,
     cells: r.rows?.length,
   };
 }

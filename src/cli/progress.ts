@@ -25,7 +25,8 @@ export interface ProgressOptions {
 
 export type ProgressReporter = ((e: RunEvent) => void) & { stop(): void };
 
-const pct1 = (v: number | undefined) => (v === undefined || v === null ? '-' : `${(100 * v).toFixed(1)}%`);
+// null: not measurable (no trigger known, or RA without true labels).
+const pct1 = (v: number | null | undefined) => (v === null ? 'n/a' : v === undefined ? '-' : `${(100 * v).toFixed(1)}%`);
 
 function rowLine(r: Extract<RunEvent, { type: 'row' }>['row']): string {
   const what = `${r.defense} on ${r.aux}${r.gic ? ' + GIC' : ''}`;

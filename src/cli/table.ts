@@ -10,9 +10,11 @@ import Table from 'cli-table3';
 import type { Interval, Results, Spread } from '../engine/jobs/results';
 import { excludesZero } from '../engine/jobs/summary';
 
-/** A fraction as a percentage with one decimal; '-' where there is no value (a failed cell). */
+/** A fraction as a percentage with one decimal; 'n/a' where it cannot be measured (null: no trigger known), '-'
+ * where there is no value (a failed cell). */
 export function pct(v: number | null | undefined): string {
-  return v === undefined || v === null || !Number.isFinite(v) ? '-' : (100 * v).toFixed(1);
+  if (v === null) return 'n/a';
+  return v === undefined || !Number.isFinite(v) ? '-' : (100 * v).toFixed(1);
 }
 
 const num = (v: number | null | undefined, digits: number) => (v === undefined || v === null || !Number.isFinite(v) ? '-' : v.toFixed(digits));

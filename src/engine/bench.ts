@@ -150,7 +150,7 @@ async function benchDefenses(demoDir: string, log: (s: string) => void): Promise
     out[r.defense] = { acc: r.acc ?? null, asr: r.asr ?? null, seconds: r.seconds, error: r.error };
     log(`  ${r.defense.padEnd(6)} ${r.error ? `error: ${r.error}` : `ACC ${(100 * r.acc!).toFixed(1)}% ASR ${(100 * r.asr!).toFixed(1)}%`} ${r.seconds.toFixed(1)} s`);
   }
-  log(`  baseline: ACC ${(100 * results.baseline.acc).toFixed(1)}% ASR ${(100 * results.baseline.asr).toFixed(1)}%`);
+  log(`  baseline: ACC ${(100 * results.baseline.acc).toFixed(1)}% ASR ${(100 * results.baseline.asr!).toFixed(1)}%`);
   return out;
 }
 

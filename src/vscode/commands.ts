@@ -73,7 +73,7 @@ export async function runJob(s: Services, jobPath: string): Promise<Outcome> {
       s.runs.refresh();
       const r = outcome.results;
       const best = r.rows.filter((x) => !x.error && typeof x.asr === 'number').sort((a, b) => (a.asr as number) - (b.asr as number))[0];
-      const pct = (x?: number) => (typeof x === 'number' ? `${(x * 100).toFixed(1)}%` : '—');
+      const pct = (x?: number | null) => (typeof x === 'number' ? `${(x * 100).toFixed(1)}%` : x === null ? 'n/a' : '—');
       const msg = best
         ? `Backdoor Audit: ASR ${pct(r.baseline.asr)} → ${pct(best.asr)} with ${best.defense}${best.gic ? ' + GIC' : ''} on ${best.aux} (ACC ${pct(best.acc)}).`
         : `Backdoor Audit: ACC ${pct(r.baseline.acc)}, ASR ${pct(r.baseline.asr)}.`;

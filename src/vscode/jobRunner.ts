@@ -254,8 +254,8 @@ export class JobRunner implements vscode.Disposable {
   }
 }
 
-function pct(x: number | undefined): string {
-  return typeof x === 'number' ? `${(x * 100).toFixed(1)}%` : '—';
+function pct(x: number | null | undefined): string {
+  return typeof x === 'number' ? `${(x * 100).toFixed(1)}%` : x === null ? 'n/a' : '—';
 }
 
 /** Case-insensitive on Windows and macOS file systems would be kinder, but a resolved path is what we know. */

@@ -17,7 +17,7 @@ export interface DataSource {
 export type AuxType = 'seen' | 'unseen' | 'ood' | 'external' | 'synthetic';
 export const AUX_TYPES: readonly AuxType[] = ['seen', 'unseen', 'ood', 'external', 'synthetic'];
 export const OOD_SHIFTS = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
-export const ATTACKS = ['badnets', 'blended', 'sig', 'wanet'] as const;
+export const ATTACKS = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set', 'record', 'unknown'] as const;
 /** Defense ids of the engine's registry, fastest first (the order the set-up flow offers them in). */
 export const DEFENSES: readonly { id: string; label: string }[] = [
   { id: 'ft', label: 'FT — fine-tuning' },
@@ -43,12 +43,27 @@ export interface AuxAnswer {
   perClass?: number;
 }
 
+/**
+ * The attack as the set-up flow asks it: a built-in trigger, the user's triggered test images (`data`), their
+ * trigger file (`image` for BadNets/Blended with the patch `position`, `grids` for WaNet), the model's
+ * BackdoorBench record, or no trigger known. Paths are absolute.
+ */
+export interface AttackAnswer {
+  type: (typeof ATTACKS)[number];
+  target: number;
+  data?: DataSource;
+  image?: string;
+  position?: string;
+  alpha?: number;
+  grids?: string;
+}
+
 export interface JobAnswers {
   /** Absolute paths everywhere; `buildJob` makes them relative to the job file. */
   model: string;
   test: DataSource;
   train?: DataSource;
-  attack: { type: (typeof ATTACKS)[number]; target: number };
+  attack: AttackAnswer;
   aux: AuxAnswer[];
   defenses: string[];
   gic: { mode: 'off' | 'on' | 'both'; delta: number; norm: 'inf' | '2' };
@@ -132,6 +147,7 @@ export function checkAnswers(a: JobAnswers): string[] {
   }
   if (a.defenses.length > 0 && a.aux.length === 0 && !a.defenses.every((d) => d === 'clp')) errs.push('the defenses need at least one auxiliary set');
   if (!Number.isInteger(a.attack.target) || a.attack.target < 0) errs.push('the attack target must be a class index');
+  if (a.attack.type === 'poisoned-set' && !a.attack.data) errs.push('the triggered test images are missing');
   if (!(a.gic.delta > 0)) errs.push('the GIC bound delta must be positive');
   const names = new Set<string>();
   for (const x of a.aux) {
@@ -156,7 +172,7 @@ export function buildJob(a: JobAnswers, jobPath: string): Record<string, unknown
   const job: Record<string, unknown> = {
     model: relPath(dir, a.model),
     data,
-    attack: { type: a.attack.type, target: a.attack.target },
+    attack: attackOf(a.attack, dir),
     aux,
     defenses: a.defenses,
     gic: { mode: a.gic.mode, delta: a.gic.delta, norm: a.gic.norm },
@@ -165,6 +181,18 @@ export function buildJob(a: JobAnswers, jobPath: string): Record<string, unknown
     device: a.device,
   };
   return job;
+}
+
+/** The job's attack for an answer: files relative to the job folder; no target where none is meaningful. */
+function attackOf(a: AttackAnswer, dir: string): Record<string, unknown> {
+  if (a.type === 'unknown' || a.type === 'record') return { type: a.type };
+  const o: Record<string, unknown> = { type: a.type, target: a.target };
+  if (a.type === 'poisoned-set' && a.data) o.data = relSource(dir, a.data);
+  if (a.type === 'badnets' && a.image) o.patch = { image: relPath(dir, a.image), ...(a.position ? { position: a.position } : {}) };
+  if (a.type === 'blended' && a.image) o.image = relPath(dir, a.image);
+  if (a.type === 'blended' && a.alpha !== undefined) o.alpha = a.alpha;
+  if (a.type === 'wanet' && a.grids) o.grids = relPath(dir, a.grids);
+  return o;
 }
 
 /** Where a model's job file goes: `audit.json` next to it, or `<model>.audit.json` when that is taken. */

@@ -17,8 +17,8 @@ export interface RunSummary {
   mtime: number;
 }
 
-function pct(x: number | undefined): string {
-  return typeof x === 'number' && Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : '—';
+function pct(x: number | null | undefined): string {
+  return typeof x === 'number' && Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : x === null ? 'n/a' : '—';
 }
 
 /** What a run's tree item says: the model, when, and the best purification (lowest ASR) it found. */

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { settings } from './config';
 import {
-  ATTACKS,
+  type AttackAnswer,
   DEFENSES,
   OOD_SHIFTS,
   auxName,
@@ -156,24 +156,8 @@ export class SetupFlow {
       train = tr ?? undefined;
     }
 
-    const attackPick = await vscode.window.showQuickPick(
-      [
-        { label: 'badnets', description: 'white square patch at the bottom-right corner' },
-        { label: 'blended', description: 'image blended into the input' },
-        { label: 'sig', description: 'sinusoidal signal (clean label)' },
-        { label: 'wanet', description: 'warping-based trigger' },
-      ],
-      { title: `${t} — attack to test against`, placeHolder: 'The trigger used to measure ASR', ignoreFocusOut: true },
-    );
-    if (!attackPick) return undefined;
-    const targetText = await vscode.window.showInputBox({
-      title: `${t} — attack target class`,
-      value: '0',
-      prompt: 'The label the trigger forces (all-to-one)',
-      ignoreFocusOut: true,
-      validateInput: (v) => (/^\d+$/.test(v.trim()) ? undefined : 'A class index: 0, 1, 2, …'),
-    });
-    if (targetText === undefined) return undefined;
+    const attack = await this.askAttack(t, model);
+    if (!attack) return undefined;
 
     let aux: AuxAnswer[] = [];
     if (kind !== 'evaluate') {
@@ -210,13 +194,83 @@ export class SetupFlow {
       model,
       test,
       train,
-      attack: { type: attackPick.label as (typeof ATTACKS)[number], target: Number(targetText.trim()) },
+      attack,
       aux,
       defenses,
       gic: { mode, delta: s.gicDelta, norm: s.gicNorm },
       profile: s.profile,
       device: s.device,
     };
+  }
+
+  /** What the user knows of the backdoor: their triggered images, their trigger file, a record, nothing, or a built-in. */
+  private async askAttack(t: string, model: string): Promise<AttackAnswer | undefined> {
+    type Item = vscode.QuickPickItem & { type: AttackAnswer['type']; file?: 'image' | 'patch' | 'grids' };
+    const items: Item[] = [
+      { label: 'I have triggered test images', description: 'poisoned-set: any data format, with or without true labels', type: 'poisoned-set' },
+      { label: 'I have the trigger image', description: 'BadNets patch (at a position or as a full-size mask) or Blended image', type: 'badnets', file: 'patch' },
+      { label: 'I have WaNet grids', description: 'identity_grid / noise_grid (.pt or .npz)', type: 'wanet', file: 'grids' },
+      ...(/\.(pt|pth)$/i.test(model) ? [{ label: 'BackdoorBench record', description: 'the model is an attack_result.pt: its bd_test is the poisoned set', type: 'record' as const }] : []),
+      { label: "I don't know the trigger", description: 'ACC, Neural Cleanse detection and purification; ASR is n/a', type: 'unknown' },
+      { label: 'badnets', description: 'built in: white square patch at the bottom-right corner', type: 'badnets' },
+      { label: 'blended', description: 'built in: seeded noise image blended into the input', type: 'blended' },
+      { label: 'sig', description: 'built in: sinusoidal signal (clean label)', type: 'sig' },
+      { label: 'wanet', description: 'built in: seeded warping-based trigger', type: 'wanet' },
+    ];
+    const pick = await vscode.window.showQuickPick(items, { title: `${t} — attack to test against`, placeHolder: 'What do you know about the backdoor? (measures ASR)', ignoreFocusOut: true, matchOnDescription: true });
+    if (!pick) return undefined;
+    if (pick.type === 'unknown' || pick.type === 'record') return { type: pick.type, target: 0 };
+    const answer: AttackAnswer = { type: pick.type, target: 0 };
+    const browse = async (what: string, filters: Record<string, string[]>) => (await vscode.window.showOpenDialog({ canSelectMany: false, filters, title: `${t} — ${what}`, defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri }))?.[0]?.fsPath;
+    if (pick.type === 'poisoned-set') {
+      const data = await this.pickData(`${t} — triggered test images`, 'Images carrying the trigger (with their true labels if you have them)', false);
+      if (!data) return undefined;
+      answer.data = data;
+    } else if (pick.file === 'patch') {
+      const kind = await vscode.window.showQuickPick(
+        [
+          { label: 'BadNets patch', description: 'pasted at a position you give', how: 'patch' },
+          { label: 'BadNets mask image', description: "BackdoorBench's full-size trigger image: its non-zero pixels replace the input's", how: 'mask' },
+          { label: 'Blended image', description: "x' = (1 - alpha) x + alpha t, t resized to the input", how: 'blend' },
+        ],
+        { title: `${t} — how the trigger image is applied`, ignoreFocusOut: true },
+      );
+      if (!kind) return undefined;
+      const image = await browse('trigger image', { Images: ['png', 'jpg', 'jpeg', 'npy'] });
+      if (!image) return undefined;
+      answer.image = image;
+      if (kind.how === 'blend') {
+        answer.type = 'blended';
+        const alpha = await vscode.window.showInputBox({ title: `${t} — blend weight alpha`, value: '0.2', ignoreFocusOut: true, validateInput: (v) => (Number(v) > 0 && Number(v) <= 1 ? undefined : 'A number in (0, 1]') });
+        if (alpha === undefined) return undefined;
+        answer.alpha = Number(alpha);
+      } else if (kind.how === 'mask') answer.position = 'mask';
+      else {
+        const pos = await vscode.window.showInputBox({
+          title: `${t} — patch position`,
+          value: 'bottom-right',
+          prompt: '"x,y" of the patch\'s top-left pixel, or a corner: top-left, top-right, bottom-left, bottom-right',
+          ignoreFocusOut: true,
+          validateInput: (v) => (/^(\d+,\d+|top-left|top-right|bottom-left|bottom-right)$/.test(v.trim()) ? undefined : 'x,y or a corner name'),
+        });
+        if (pos === undefined) return undefined;
+        answer.position = pos.trim();
+      }
+    } else if (pick.file === 'grids') {
+      const grids = await browse('WaNet grids', { 'Grids (.pt, .npz)': ['pt', 'pth', 'npz'] });
+      if (!grids) return undefined;
+      answer.grids = grids;
+    }
+    const targetText = await vscode.window.showInputBox({
+      title: `${t} — attack target class`,
+      value: '0',
+      prompt: 'The label the trigger forces (all-to-one)',
+      ignoreFocusOut: true,
+      validateInput: (v) => (/^\d+$/.test(v.trim()) ? undefined : 'A class index: 0, 1, 2, …'),
+    });
+    if (targetText === undefined) return undefined;
+    answer.target = Number(targetText.trim());
+    return answer;
   }
 
   private async askAux(t: string, hasTrain: boolean, kind: FlowKind): Promise<AuxAnswer[] | undefined> {

@@ -34,7 +34,7 @@ describe('demo on the embedded MNIST (ft and clp)', function () {
 
   it('trains a backdoored victim (ACC >= 0.95, ASR >= 0.95)', () => {
     assert.ok(results.baseline.acc >= 0.95, `ACC ${results.baseline.acc}`);
-    assert.ok(results.baseline.asr >= 0.95, `ASR ${results.baseline.asr}`);
+    assert.ok(results.baseline.asr! >= 0.95, `ASR ${results.baseline.asr}`);
   });
 
   it('ft on the unseen auxiliary set brings ASR to <= 0.10 and costs at most 0.03 ACC', () => {
@@ -96,7 +96,7 @@ describe('demo on the embedded MNIST (ft and clp)', function () {
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stdout, /clp/);
       const res = JSON.parse(fs.readFileSync(path.join(outDir, 'results.json'), 'utf8')) as Results;
-      assert.ok(Math.abs(res.baseline.asr - results.baseline.asr) < 1e-9);
+      assert.ok(Math.abs(res.baseline.asr! - results.baseline.asr!) < 1e-9);
       assert.equal(res.rows[0].defense, 'clp');
     });
 

@@ -42,7 +42,7 @@ describe('job schema and validation', () => {
   it('accepts a minimal job and applies the documented defaults', () => {
     const job = loadJob(writeJob(minimal()));
     assert.deepEqual(job.model, { path: path.join(dir, 'victim.safetensors') });
-    assert.deepEqual(job.attack, { type: 'badnets', target: 0, allToAll: false, size: 3, offset: 0 });
+    assert.equal(job.attack, undefined, 'no attack: the runner uses the model\'s record or "unknown"');
     assert.deepEqual(job.gic, { mode: 'off', delta: 0.1, norm: 'inf', lambdaBn: 1, epochs: 20, lr: 0.001 });
     assert.deepEqual(job.embedding, { method: 'tsne', points: 600 });
     assert.deepEqual([job.aux, job.defenses, job.profile, job.seed, job.device], [[], [], 'fast', 0, 'auto']);
@@ -96,15 +96,21 @@ describe('job schema and validation', () => {
     assert.deepEqual(attack({ type: 'wanet', allToAll: true }), { type: 'wanet', k: 4, s: 0.5, target: 0, allToAll: true });
   });
 
-  it('refuses, by field, contract parts the runner cannot act on yet (rather than ignoring them)', () => {
+  it('resolves trigger files, patch positions and poisoned sets; refuses what cannot be one', () => {
+    const ok = (a: unknown) => validateJobObject({ ...minimal(), attack: a }, dir, 'audit.json').attack;
     const attack = (a: unknown) => inputError(() => validateJobObject({ ...minimal(), attack: a }, dir, 'audit.json'));
-    const notYet = 'valid, but not supported by this version of the runner yet';
-    assert.equal(attack({ type: 'badnets', patch: { image: 'patch.png', top: 1 } }), `${notYet} (audit.json: attack.patch)`);
-    assert.equal(attack({ type: 'blended', image: 'trig.png' }), `${notYet} (audit.json: attack.image)`);
-    assert.equal(attack({ type: 'wanet', seed: 3 }), `${notYet} (audit.json: attack.seed)`);
-    assert.equal(attack({ type: 'poisoned-set', data: { format: 'mnist-embedded' } }), `${notYet} (audit.json: attack.type)`);
-    // The files are checked first: a typo is reported as such.
+    assert.deepEqual(ok({ type: 'badnets', patch: { image: 'patch.png', position: '3,4' } }), { type: 'badnets', target: 0, allToAll: false, size: 3, offset: 0, patchFile: { path: path.join(dir, 'patch.png'), position: { x: 3, y: 4 } } });
+    assert.deepEqual((ok({ type: 'badnets', patch: { image: 'patch.png' } }) as { patchFile: unknown }).patchFile, { path: path.join(dir, 'patch.png'), position: { corner: 'bottom-right' } });
+    assert.deepEqual((ok({ type: 'badnets', patch: { image: 'patch.png', position: 'mask' } }) as { patchFile: unknown }).patchFile, { path: path.join(dir, 'patch.png'), position: 'mask' });
+    assert.deepEqual(ok({ type: 'blended', image: 'trig.png', alpha: 0.1 }), { type: 'blended', target: 0, allToAll: false, alpha: 0.1, imageFile: path.join(dir, 'trig.png') });
+    assert.deepEqual(ok({ type: 'wanet', seed: 3 }), { type: 'wanet', target: 0, allToAll: false, k: 4, s: 0.5, seed: 3 });
+    assert.deepEqual(ok({ type: 'unknown' }), { type: 'unknown', target: 0, allToAll: false });
+    const ps = ok({ type: 'poisoned-set', target: 2, data: { path: 'train-images.npy' } }) as { data: unknown };
+    assert.deepEqual(ps.data, { path: path.join(dir, 'train-images.npy'), format: 'npy' }, 'labels are optional for a poisoned set');
+    assert.match(attack({ type: 'poisoned-set', data: { format: 'mnist-embedded', path: 'train-images.npy' } }), /^must be one of imagefolder, npy, npz, idx, cifar10-bin, not "mnist-embedded" \(audit.json: attack.data.format\)$/);
+    assert.match(attack({ type: 'badnets', patch: { image: 'patch.png', position: 'middle' } }), /^must be "x,y" .* \(audit.json: attack.patch.position\)$/);
     assert.equal(attack({ type: 'blended', image: 'nope.png' }), 'no such file: nope.png (audit.json: attack.image)');
+    assert.equal(attack({ type: 'wanet', grids: 'nope.pt' }), 'no such file: nope.pt (audit.json: attack.grids)');
   });
 
   it('does not modify the object it validates (the demo reuses its job object)', () => {

@@ -103,6 +103,25 @@ export function stampSet(set: ImageSet, t: ReversedTrigger, indices: number[]): 
   return out;
 }
 
+/**
+ * NC's detection alone: a reversed trigger per label, the anomaly index of each mask's L1 norm and the flagged
+ * labels (small-side outliers). The audit of a model whose trigger is unknown runs this on its own.
+ */
+export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: ReversedTrigger[]; norms: number[]; flagged: number[]; detection: { anomalyIndex: number[]; flagged: number[] } }> {
+  const p = ctx.params as Record<string, number>;
+  const k = ctx.victim.numClasses;
+  const triggers: ReversedTrigger[] = [];
+  for (let label = 0; label < k; label++) {
+    triggers.push(await reverseTrigger(ctx.victim, ctx.aux, label, p, ctx));
+    ctx.progress(label + 1, k + 1, `reversed trigger for label ${label}`);
+  }
+  const norms = triggers.map((t) => t.l1);
+  const anomaly = anomalyIndices(norms);
+  const median = [...norms].sort((a, b) => a - b)[k >> 1];
+  const flagged = triggers.filter((t, i) => anomaly[i] > p.anomalyThreshold && t.l1 < median).map((t) => t.label);
+  return { triggers, norms, flagged, detection: { anomalyIndex: anomaly.map((a) => Math.round(a * 1000) / 1000), flagged } };
+}
+
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
@@ -125,16 +144,7 @@ export const nc: Defense = {
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
     const k = ctx.victim.numClasses;
-    const triggers: ReversedTrigger[] = [];
-    for (let label = 0; label < k; label++) {
-      triggers.push(await reverseTrigger(ctx.victim, ctx.aux, label, p, ctx));
-      ctx.progress(label + 1, k + 1, `reversed trigger for label ${label}`);
-    }
-    const norms = triggers.map((t) => t.l1);
-    const anomaly = anomalyIndices(norms);
-    const median = [...norms].sort((a, b) => a - b)[k >> 1];
-    const flagged = triggers.filter((t, i) => anomaly[i] > p.anomalyThreshold && t.l1 < median).map((t) => t.label);
-    const detection = { anomalyIndex: anomaly.map((a) => Math.round(a * 1000) / 1000), flagged };
+    const { triggers, norms, detection, flagged } = await detectTriggers(ctx);
     const model = ctx.victim.clone();
     if (flagged.length === 0) return { model, detection, details: { flagged, unlearned: false, maskL1: norms } };
     try {

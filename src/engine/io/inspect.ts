@@ -18,11 +18,13 @@ export interface InspectInfo {
   layers: Array<{ name: string; kind: string; params: number; shape?: number[] }>;
   /** Every parameter and buffer as a PyTorch state_dict would name and shape it. */
   tensors: Array<{ name: string; shape: number[]; dtype: string }>;
+  /** A BackdoorBench attack record's metadata (the poisoned set is not read here). */
+  backdoorBench?: { modelName: string; cleanData: string | null; layout: string; bdTestImages: number; bdTrainImages: number | null };
 }
 
 export async function inspectModelFile(file: string): Promise<InspectInfo> {
   await initBackend('cpu');
-  const { model, info, inputSizeKnown } = loadModelFile(file, path.basename(file));
+  const { model, info, inputSizeKnown, record } = loadModelFile(file, path.basename(file));
   try {
     const layers = [...model.root.modules()]
       .filter((m) => m.path && m.children.size === 0)
@@ -32,7 +34,10 @@ export async function inspectModelFile(file: string): Promise<InspectInfo> {
         return { name: m.path, kind: m.kind, params: trainable.reduce((s, p) => s + p.variable.size, 0), ...(weight ? { shape: ptShape(weight) } : {}) };
       });
     const tensors = model.root.namedParams().map(([name, p]) => ({ name, shape: ptShape(p), dtype: 'float32' }));
-    return { ...info, inputSizeKnown, normalize: model.normalize ?? null, layers, tensors };
+    const backdoorBench = record
+      ? { modelName: record.modelName, cleanData: record.cleanData ?? null, layout: record.layout, bdTestImages: record.bdTestCount, bdTrainImages: record.bdTrainCount ?? null }
+      : undefined;
+    return { ...info, inputSizeKnown, normalize: model.normalize ?? null, ...(backdoorBench ? { backdoorBench } : {}), layers, tensors };
   } finally {
     model.dispose();
   }
@@ -47,6 +52,9 @@ export function formatInspect(i: InspectInfo): string {
     `classes:      ${i.numClasses}`,
     `parameters:   ${i.params.toLocaleString('en-US')}`,
     ...(i.normalize ? [`normalize:    mean ${i.normalize.mean.join(', ')} / std ${i.normalize.std.join(', ')}`] : []),
+    ...(i.backdoorBench
+      ? [`record:       BackdoorBench attack record (${i.backdoorBench.layout} layout): model_name ${i.backdoorBench.modelName}, data ${i.backdoorBench.cleanData ?? '?'}, bd_test ${i.backdoorBench.bdTestImages} images${i.backdoorBench.bdTrainImages !== null ? `, bd_train ${i.backdoorBench.bdTrainImages}` : ''}`]
+      : []),
     `layers:       ${i.layers.length}`,
     ...i.layers.map((l) => `  ${l.name.padEnd(28)} ${l.kind.padEnd(18)} ${String(l.params).padStart(9)}${l.shape ? `  [${l.shape.join(', ')}]` : ''}`),
   ];

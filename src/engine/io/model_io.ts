@@ -7,11 +7,12 @@ import * as path from 'node:path';
 import type { Model } from '../nn/model';
 import type { Results } from '../jobs/results';
 import type { Job } from '../jobs/schema';
-import { buildModel } from '../models';
-import { requireArchitecture, stripDataParallel } from '../models/detect';
+import { ARCHITECTURES, buildModel } from '../models';
+import { detectArchitecture, requireArchitecture, stripDataParallel } from '../models/detect';
 import { InputError } from '../errors';
 import { decodeSafetensors, writeSafetensors } from './safetensors';
-import { readPt, writePt } from './pt';
+import { openPtArchive, readStateDict, writePt } from './pt';
+import { isBackdoorBenchRoot, readBackdoorBenchArchive, type BackdoorBenchRecord } from './backdoorbench';
 import { writeOnnx } from './onnx_export';
 import { readOnnx } from './onnx';
 import { onnxNumClasses } from '../models/onnx_graph';
@@ -86,6 +87,38 @@ export interface LoadedModel {
   info: Results['model'];
   /** False when the network pools globally and neither the file nor the job records its input size. */
   inputSizeKnown: boolean;
+  /** Set when the file is a BackdoorBench attack record: its metadata and poisoned test set. */
+  record?: BackdoorBenchRecord;
+}
+
+function readModelBytes(file: string): Uint8Array {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new InputError(`cannot read the checkpoint: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, file);
+  }
+}
+
+/**
+ * The victim of a BackdoorBench record: architecture from `model_name` (and the state_dict's keys), input shape
+ * from `img_size`, classes from `num_classes`, normalization from `clean_data`; the job's model fields win.
+ */
+function loadRecordModel(record: BackdoorBenchRecord, spec: Exclude<Job['model'], string>, where: string): LoadedModel {
+  const sd = stripDataParallel(record.stateDict as unknown as PtStateDict);
+  // Detection from the keys also finds the options (widths, blocks); model_name decides only where it cannot.
+  const detected = detectArchitecture(sd);
+  const ref = {
+    ...spec,
+    arch: spec.arch ?? (detected ? undefined : record.arch),
+    inputShape: spec.inputShape ?? record.inputShape,
+    numClasses: spec.numClasses ?? record.numClasses,
+    normalize: spec.normalize ?? record.normalize,
+  };
+  if (!ref.arch && !detected) {
+    throw new InputError(`the attack record's model_name "${record.modelName}" is not an architecture this version builds (known: ${ARCHITECTURES.join(', ')}); export the model to ONNX`, where);
+  }
+  const loaded = modelFromStateDict(sd, {}, ref, 'pt', spec.path, where);
+  return { ...loaded, record };
 }
 
 /**
@@ -105,7 +138,10 @@ export function loadModelFile(ref: Job['model'], where: string): LoadedModel {
   let sd: PtStateDict;
   let meta: Record<string, string> = {};
   if (format === 'pt') {
-    sd = readPt(file) as unknown as PtStateDict;
+    const archive = openPtArchive(readModelBytes(file), file);
+    // A BackdoorBench attack record: the victim, what it was trained on, and its poisoned test set.
+    if (isBackdoorBenchRoot(archive.root)) return loadRecordModel(readBackdoorBenchArchive(archive), spec, where);
+    sd = readStateDict(archive).stateDict as unknown as PtStateDict;
   } else {
     const st = decodeSafetensors(new Uint8Array(fs.readFileSync(file)), file);
     sd = st.stateDict as unknown as PtStateDict;

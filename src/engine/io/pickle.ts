@@ -10,6 +10,12 @@
  * allocated, and the stack, mark depth and memo have caps, so a hostile file cannot make us allocate more
  * than a small multiple of its own size.
  *
+ * BackdoorBench's attack records (`attack_result.pt`) also hold numpy arrays (`bd_train.original_index`), pickled
+ * as `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')` followed by BUILD with the array's shape,
+ * dtype and raw bytes, the dtype itself as `numpy.dtype('<i8', False, True)` plus BUILD. Those three globals are
+ * accepted as data constructors only: the reader builds an NpArray (shape, dtype, bytes) itself, checks that the
+ * bytes match the shape, and refuses object arrays (whose "bytes" would be a list of arbitrary objects).
+ *
  * Reference for the opcode semantics: Python's Lib/pickletools.py documentation.
  */
 import { InputError } from '../errors';
@@ -66,6 +72,24 @@ export class TensorRef {
   ) {}
 }
 
+/** numpy.dtype as pickled: its type string (`i8`, `f4`, `u1`, ...) and, after BUILD, its byte order. */
+export class NpDtype {
+  byteorder = '|';
+  constructor(readonly str: string) {}
+}
+
+/** A numpy array read as data: C-ordered bytes of `shape` elements of `dtype` (filled in by BUILD). */
+export class NpArray {
+  shape: number[] = [0];
+  dtype?: NpDtype;
+  fortran = false;
+  data: Uint8Array = new Uint8Array(0);
+  built = false;
+}
+
+/** Bytes per element of the numpy dtypes an attack record holds (numbers only: no objects, no strings). */
+export const NP_ITEM_SIZE: Record<string, number> = { b1: 1, i1: 1, u1: 1, i2: 2, u2: 2, i4: 4, u4: 4, i8: 8, u8: 8, f2: 2, f4: 4, f8: 8 };
+
 export type PyValue =
   | null
   | boolean
@@ -79,7 +103,9 @@ export type PyValue =
   | PySet
   | PyGlobal
   | StorageRef
-  | TensorRef;
+  | TensorRef
+  | NpDtype
+  | NpArray;
 
 // ---- the allow-list ---------------------------------------------------------------------------------------
 
@@ -107,6 +133,12 @@ const CALLABLES = new Set([
   'torch.device',
   // Python 3 pickles `bytes` at protocol 2 as _codecs.encode(str, 'latin1'); emulated as a pure conversion.
   '_codecs.encode',
+  // Counter pickles as Counter(dict): a plain dict for us (MultiStepLR's milestones in a scheduler state).
+  'collections.Counter',
+  // numpy arrays as data (see the header): the reconstruct helper under numpy 1 and 2 names, the dtype.
+  'numpy.core.multiarray._reconstruct',
+  'numpy._core.multiarray._reconstruct',
+  'numpy.dtype',
   // Plain containers. `__builtin__` is the name Python 3 writes at protocol <= 2 (fix_imports).
   'builtins.set',
   'builtins.frozenset',
@@ -118,6 +150,8 @@ const CALLABLES = new Set([
 
 function isAllowedGlobal(module: string, name: string): boolean {
   if (module === 'torch' && Object.prototype.hasOwnProperty.call(STORAGE_DTYPES, name)) return true;
+  // The array class, as the first argument of _reconstruct only (calling it is refused like any storage).
+  if (module === 'numpy' && name === 'ndarray') return true;
   return CALLABLES.has(`${module}.${name}`);
 }
 
@@ -147,6 +181,10 @@ const OPNAMES: Record<number, string> = {
 };
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function describeValue(v: PyValue): string {
+  return v === null ? 'None' : typeof v === 'object' ? (v.constructor?.name ?? 'object') : typeof v;
+}
 const IDENT = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
 
 /** A global's name as shown in errors: readable when it is a dotted identifier, escaped and clipped otherwise. */
@@ -290,6 +328,28 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
     if (!(argsV instanceof PyTuple)) return fail(`arguments of ${g.fullName} are not a tuple`);
     const args = (argsV as PyTuple).items;
     switch (g.fullName) {
+      case 'collections.Counter': {
+        const d = new PyDict();
+        if (args.length === 0) return d;
+        if (args.length === 1 && args[0] instanceof PyDict) {
+          for (const [k, v] of args[0].map) d.map.set(k, v);
+          return d;
+        }
+        return fail('unsupported Counter arguments');
+      }
+      case 'numpy.core.multiarray._reconstruct':
+      case 'numpy._core.multiarray._reconstruct': {
+        // (numpy.ndarray, (0,), b'b'): an empty array that BUILD fills.
+        const cls = args[0];
+        if (!(cls instanceof PyGlobal) || cls.fullName !== 'numpy.ndarray') return fail('_reconstruct of something other than numpy.ndarray');
+        return new NpArray();
+      }
+      case 'numpy.dtype': {
+        const t = args[0];
+        const name = typeof t === 'string' ? t : t instanceof Uint8Array ? latin1(t) : undefined;
+        if (!name || !Object.prototype.hasOwnProperty.call(NP_ITEM_SIZE, name)) return fail(`numpy dtype ${showName(String(name ?? describeValue(t)))} is not a plain number type`);
+        return new NpDtype(name);
+      }
       case 'collections.OrderedDict': {
         const d = new PyDict(true);
         if (args.length === 0) return d;
@@ -603,16 +663,40 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
         // NEWOBJ: cls.__new__(cls, *args); only for the containers we emulate.
         const args = pop();
         const cls = pop();
-        if (!(cls instanceof PyGlobal) || !/^(collections\.OrderedDict|(builtins|__builtin__)\.(set|frozenset|bytearray))$/.test(cls.fullName)) {
+        if (!(cls instanceof PyGlobal) || !/^(collections\.(OrderedDict|Counter)|(builtins|__builtin__)\.(set|frozenset|bytearray))$/.test(cls.fullName)) {
           fail('NEWOBJ of an unsupported class');
         }
         push(call(cls, args));
         break;
       }
       case 0x62: {
-        // BUILD: only instance attributes of an OrderedDict (torch's state_dict `_metadata`).
+        // BUILD: instance attributes of an OrderedDict (torch's state_dict `_metadata`), or a numpy dtype/array.
         const state = pop();
         const inst = top();
+        if (inst instanceof NpDtype) {
+          // (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+          const it = state instanceof PyTuple ? state.items : fail('numpy dtype state is not a tuple');
+          const order = (it as PyValue[])[1];
+          if (typeof order !== 'string' || !['<', '>', '|', '='].includes(order)) fail('numpy dtype has an unknown byte order');
+          if ((it as PyValue[]).slice(2, 5).some((v) => v !== null)) fail('structured numpy dtypes are not supported');
+          inst.byteorder = order as string;
+          break;
+        }
+        if (inst instanceof NpArray) {
+          // (version, shape, dtype, is_fortran, raw bytes); a list instead of bytes is an object array.
+          const it = state instanceof PyTuple ? state.items : fail('numpy array state is not a tuple');
+          const [, shapeV, dtype, fortran, raw] = it as PyValue[];
+          if (inst.built) fail('numpy array built twice');
+          if (!(dtype instanceof NpDtype)) fail('numpy array without a dtype');
+          const bytesV = typeof raw === 'string' ? Uint8Array.from(raw, (ch) => ch.charCodeAt(0) & 0xff) : raw;
+          if (!(bytesV instanceof Uint8Array)) fail('numpy object arrays are not supported (only numbers)');
+          const shape = intList(shapeV, 'numpy array shape');
+          if (shape.some((d) => d < 0)) fail('numpy array shape is negative');
+          const count = shape.reduce((a, b) => a * b, 1);
+          if ((bytesV as Uint8Array).length !== count * NP_ITEM_SIZE[(dtype as NpDtype).str]) fail(`numpy array of shape (${shape.join(',')}) holds ${(bytesV as Uint8Array).length} bytes`);
+          Object.assign(inst, { shape, dtype, fortran: fortran === true, data: bytesV, built: true });
+          break;
+        }
         if (!(inst instanceof PyDict)) fail('BUILD on something that is not a dict');
         if (state === null) break;
         let attrs = state;

@@ -44,8 +44,29 @@ export function readPt(file: string): StateDict {
   return readPtBytes(readInput(file), file).stateDict;
 }
 
+/** A torch.save archive opened: its unpickled root object (tensors as TensorRef) and what reading storages needs. */
+export interface PtArchive {
+  root: PyValue;
+  buf: Uint8Array;
+  top: string;
+  byteorder: 'little' | 'big';
+  version?: string;
+  where: string;
+}
+
 /** Same as readPt, with where the state_dict was found. `where` names the file in errors. */
 export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
+  return readStateDict(openPtArchive(buf, where));
+}
+
+/** The state_dict of an opened archive (the file itself, or the value of one of its top-level keys). */
+export function readStateDict(archive: PtArchive): ReadPtResult {
+  const { dict, key } = findStateDict(archive.root, archive.where);
+  return { stateDict: readTensors(archive, dict), key, version: archive.version };
+}
+
+/** Unzip and unpickle a torch.save file (no storage is read yet). */
+export function openPtArchive(buf: Uint8Array, where: string): PtArchive {
   if (buf.length >= 2 && buf[0] === 0x80 && buf[1] <= 5) {
     throw new InputError(`legacy (pre-1.6, non-zip) PyTorch checkpoint is not supported: ${RESAVE_HINT}`, where);
   }
@@ -65,13 +86,18 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
   const top = pkls[0].slice(0, -'/data.pkl'.length);
   const text = (n: string): string | undefined => (small[`${top}/${n}`] ? Buffer.from(small[`${top}/${n}`]).toString('latin1').trim() : undefined);
   const version = text('version') ?? text('.data/version');
-  const byteorder = text('byteorder') ?? 'little';
-  if (byteorder !== 'little' && byteorder !== 'big') throw new InputError(`unknown byteorder record "${byteorder.slice(0, 20)}"`, where);
+  const order = text('byteorder') ?? 'little';
+  if (order !== 'little' && order !== 'big') throw new InputError(`unknown byteorder record "${order.slice(0, 20)}"`, where);
+  const byteorder: 'little' | 'big' = order;
 
   const root = unpickle(small[pkls[0]], { where });
-  const { dict, key } = findStateDict(root, where);
+  return { root, buf, top, byteorder, version, where };
+}
 
-  // Pass 2: only the storages this state_dict uses, each checked against the size the pickle declares.
+/** The tensors of `dict` read from the archive: only the storages they use are decompressed, each checked. */
+export function readTensors(archive: PtArchive, dict: Map<string, TensorRef>): StateDict {
+  const { buf, top, byteorder, where } = archive;
+  // Pass 2: only the storages these tensors use, each checked against the size the pickle declares.
   const refs = new Map<string, TensorRef[]>();
   for (const [, t] of dict) {
     const l = refs.get(t.storage.key) ?? [];
@@ -105,7 +131,7 @@ export function readPtBytes(buf: Uint8Array, where: string): ReadPtResult {
     if (budget < 0) throw new InputError(`tensors view their storages more than 4 times over (at ${name})`, where);
     sd.set(name, { shape: t.shape, dtype: t.storage.dtype, data: view(storages.get(t.storage.key)!, t) });
   }
-  return { stateDict: sd, key, version };
+  return sd;
 }
 
 /** A view must stay inside its storage, and cannot hold more elements than it (stride-0 repetition). */
@@ -154,7 +180,7 @@ function view(storage: TensorArray, t: TensorRef): TensorArray {
 }
 
 /** A dict with string keys and only tensors as values. */
-function asTensorDict(v: PyValue): Map<string, TensorRef> | undefined {
+export function asTensorDict(v: PyValue): Map<string, TensorRef> | undefined {
   if (!(v instanceof PyDict) || v.map.size === 0) return undefined;
   const out = new Map<string, TensorRef>();
   for (const [k, t] of v.map) {

@@ -8,14 +8,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { Metrics } from './results';
+import type { ReportedMetrics } from './results';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
 import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';
 import { CancelledError, oneLine } from '../errors';
 import { cellError, isOutOfMemory } from './checks';
 import { ortWanted } from '../metrics/ort_eval';
-import { der, evaluateOnnx } from '../metrics/evaluate';
+import { der, evaluateOnnx, reported } from '../metrics/evaluate';
 
 export interface CellPool {
   size: number;
@@ -59,7 +59,7 @@ interface Task {
   reject: (e: unknown) => void;
 }
 
-export async function startCellPool(job: PreparedJob, baseline: Metrics, o: CoreOptions, cells: number): Promise<CellPool | undefined> {
+export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics, o: CoreOptions, cells: number): Promise<CellPool | undefined> {
   const size = poolSize(o, cells);
   const script = cellWorkerScript();
   if (size < 2 || !script) return undefined;
@@ -137,7 +137,7 @@ export async function startCellPool(job: PreparedJob, baseline: Metrics, o: Core
     const run = evaluations.then(async () => {
       const t0 = Date.now();
       try {
-        const m = await evaluateOnnx(onnx!, job.victim.inputShape, job.victim.numClasses, job.test, job.triggered, o.signal, 1, 1024);
+        const m = reported(await evaluateOnnx(onnx!, job.victim.inputShape, job.victim.numClasses, job.test, job.triggered, o.signal, 1, 1024), job.triggered);
         Object.assign(outcome.row, m, { der: der(baseline, m) });
       } catch (e) {
         if (e instanceof CancelledError) throw e;

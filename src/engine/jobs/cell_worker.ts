@@ -10,7 +10,7 @@ import type { PtStateDict } from '../nn/module';
 import type { ImageSet } from '../data/dataset';
 import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
-import type { Metrics } from './results';
+import type { ReportedMetrics } from './results';
 import { emptyRow, runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
@@ -22,7 +22,7 @@ export interface CellWorkerData {
   triggered: TriggeredSet;
   augment: Augment;
   seeds: number[];
-  baseline: Metrics;
+  baseline: ReportedMetrics;
   /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
   evalThreads: number;
   /** Send purified models back as ONNX for the main thread to evaluate (it has ONNX Runtime). */

@@ -24,8 +24,8 @@ import { saveModelFile, type ModelFormat } from '../io/model_io';
 import { startCellPool } from './cell_pool';
 import { exportOnnx } from '../io/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
-import { evaluateModelFast, der, type TriggeredSet } from '../metrics/evaluate';
-import { RESULTS_SCHEMA, type GicEntry, type Metrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
+import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
+import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
 import type { BackendInfo } from '../backend';
 import { gicEffectOfRows, summarizeRows } from './summary';
 
@@ -130,7 +130,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   // Evaluation through ONNX Runtime on the CPU backends (a GPU backend evaluates where it trains).
   const cpu = o.backend.name === 'wasm' || o.backend.name === 'cpu';
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  const { engine, ...baseline } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
+  const { engine, ...measured } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
+  const baseline = reported(measured, job.triggered);
   if (engine === 'onnxruntime') o.emit({ type: 'log', message: 'evaluating with ONNX Runtime (CPU)' });
   o.emit({ type: 'baseline', model: job.model, baseline });
 
@@ -283,7 +284,7 @@ export async function runCell(
   job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seeds' | 'saveTargets'>,
   cell: Cell,
   auxSet: ImageSet,
-  baseline: Metrics,
+  baseline: ReportedMetrics,
   index: number,
   signal: AbortSignal | undefined,
   progress: (d: number, t: number, m?: string) => void,
@@ -324,7 +325,8 @@ export async function runCell(
     if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
     onnx = deferEvaluation ? exportForEvaluation(model) : undefined;
     if (!onnx) {
-      const { engine: _engine, ...m } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
+      const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
+      const m = reported(measured, job.triggered);
       Object.assign(row, m, { der: der(baseline, m) });
     }
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };

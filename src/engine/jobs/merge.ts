@@ -93,9 +93,16 @@ export function mergeShards(shards: ShardResults[], outDir: string): Results {
   };
   // The unsharded run keeps the detection of the first NC cell without GIC that succeeded.
   const ncCell = rows.findIndex((r) => r.defense === 'nc' && !r.gic && r.error === null);
-  const nc = ncCell >= 0 ? rowShard[ncCell].results.detection.nc : undefined;
+  // With no trigger known, shard 1 ran the detection on its own (its PNGs stay in that shard's folder).
+  const own = byIndex[0]?.results.detection.nc?.source ? byIndex[0] : undefined;
+  const nc = own ? relocateTriggers(own.results.detection.nc!, own.dir, outDir) : ncCell >= 0 ? rowShard[ncCell].results.detection.nc : undefined;
   if (nc) merged.detection.nc = nc;
+  if (first.attack) merged.attack = first.attack;
   return merged;
+}
+
+function relocateTriggers(nc: NonNullable<Results['detection']['nc']>, fromDir: string, toDir: string): NonNullable<Results['detection']['nc']> {
+  return { ...nc, triggers: nc.triggers?.map((t) => (t.file ? { ...t, file: relocate(t.file, fromDir, toDir) } : t)) };
 }
 
 function relocate(output: string, fromDir: string, toDir: string): string {

@@ -6,13 +6,24 @@ import type { BackendName } from '../backend';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
 
+/** What an evaluation measures (evaluate.ts). */
 export interface Metrics {
   acc: number;
   asr: number;
   ra: number;
 }
 
-export interface ResultRow extends Partial<Metrics> {
+/**
+ * What results report: ASR and RA are null where they cannot be measured (no trigger known, `attack: unknown`;
+ * RA of a poisoned set given without true labels). Shown as "n/a", never as 0.
+ */
+export interface ReportedMetrics {
+  acc: number;
+  asr: number | null;
+  ra: number | null;
+}
+
+export interface ResultRow extends Partial<ReportedMetrics> {
   aux: string;
   auxType: string;
   gic: boolean;
@@ -23,7 +34,7 @@ export interface ResultRow extends Partial<Metrics> {
    * always writes it; results written before repetitions existed lack it (one run each).
    */
   seed?: number;
-  der?: number;
+  der?: number | null;
   seconds: number;
   /** Path of the purified model relative to the results directory. */
   output?: string | null;
@@ -86,6 +97,38 @@ export interface EmbeddingEntry {
   points: EmbeddingPoint[];
 }
 
+/** Neural Cleanse's verdict: anomaly index per class, the flagged classes and, for each flagged class, its
+ * reversed trigger (mask times pattern) as a PNG saved with the outputs and as raw bytes for the panel. */
+export interface NcDetection {
+  anomalyIndex: number[];
+  flagged: number[];
+  triggers?: ReversedTriggerImage[];
+  /** The clean data the triggers were reversed on, when detection ran on its own (`attack: unknown`). */
+  source?: string;
+}
+
+export interface ReversedTriggerImage {
+  label: number;
+  /** PNG file relative to the results directory. */
+  file?: string;
+  /** [H, W, C] bytes of mask * pattern, base64 (as GicSample). */
+  shape: [number, number, number];
+  image: string;
+  /** [H, W] bytes of the mask, base64. */
+  mask: string;
+  /** L1 norm of the mask (pixels). */
+  maskL1: number;
+}
+
+export interface AttackInfo {
+  type: string;
+  target: number;
+  /** Triggered images the ASR is measured on (0 when no trigger is known). */
+  images: number;
+  trueLabels: boolean;
+  note?: string;
+}
+
 export interface Results {
   schema: typeof RESULTS_SCHEMA;
   /**
@@ -101,11 +144,16 @@ export interface Results {
     inputShape: [number, number, number];
     numClasses: number;
   };
-  baseline: Metrics;
+  baseline: ReportedMetrics;
   rows: ResultRow[];
   gic: GicEntry[];
   embeddings: EmbeddingEntry[];
-  detection: { nc?: { anomalyIndex: number[]; flagged: number[] } };
+  detection: { nc?: NcDetection };
+  /**
+   * What the triggered set was (absent in results of older versions): the attack type and target, how many
+   * triggered images ASR counts, whether their true labels were known, and a sentence saying what that means.
+   */
+  attack?: AttackInfo;
   /** Per (aux, defense, GIC) over the seeds: the successful runs' count, mean and sample std (null for n < 2). */
   summary?: SummaryEntry[];
   /**

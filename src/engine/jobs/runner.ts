@@ -16,7 +16,8 @@ import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { loadDataSource } from '../io/data';
 import { FORMAT_EXT, adoptInputSize, loadModelFile, type ModelFormat } from '../io/model_io';
 import { tfjsArtifactsOf } from '../io/tfjs_export';
-import { makeAttack, triggeredTestSet } from '../attacks';
+import { jobTriggeredSet } from '../attacks';
+import { detectUnknownTrigger } from './detect';
 import { sampleBalanced } from '../aux/sample';
 import { applyShift } from '../aux/shifts';
 import { synthesizeAuxSet } from '../aux/synthetic';
@@ -92,6 +93,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     [job.data.test, 'data.test'],
     [job.data.train, 'data.train'],
     ...(job.aux ?? []).map((a, i): [DataSourceSpec | undefined, string] => [a.source, `aux[${i}].source`]),
+    [job.attack?.type === 'poisoned-set' ? job.attack.data : undefined, 'attack.data'],
   ];
   for (const [src, field] of sources) {
     if (src?.path && src.format !== 'mnist-embedded') checkDataSize([src.path, ...(src.labels ? [src.labels] : [])], limits, `${name}: ${field}`);
@@ -116,9 +118,9 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     const train = job.data.train ? loadSource(job.data.train, 'train', `${name}: data.train`, { shape, numClasses: k }, seed) : undefined;
     if (train) checkShape(train, shape, `${name}: data.train`);
 
-    const attackSpec = job.attack ?? { type: 'badnets' as const, target: 0, allToAll: false };
-    const attack = makeAttack(attackSpec, shape, rng.fork('attack'));
-    const triggered = triggeredTestSet(test, attack, { target: attackSpec.target, allToAll: attackSpec.allToAll });
+    // The triggered set: built from the attack (and its trigger files), the user's poisoned set, the model's
+    // BackdoorBench record, or none at all when no trigger is known.
+    const { triggered, info: attackInfo } = jobTriggeredSet(job.attack, { test, shape, numClasses: k, normalize: victim.normalize, record: loaded.record, rng: rng.fork('attack'), label: `${name}: ` });
 
     const defaultSize = Math.max(k, Math.round(0.05 * (train?.n ?? 20 * test.n)));
     // The pools are read once; every seed draws its own sample from them (and its own shift or synthesis).
@@ -167,7 +169,9 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
     const gic = job.gic ?? { mode: 'off' as const, delta: 0.1, norm: 'inf' as const, lambdaBn: 1, epochs: 20, lr: 1e-3 };
     const outDir = path.resolve(opts.outDir);
     // The job's input files: an output never takes their name, even with overwrite (an out dir may hold them).
-    const inputs = [jobPath, modelPath, ...sources.flatMap(([src]) => (src?.path ? [src.path, ...(src.labels ? [src.labels] : [])] : []))];
+    const a = job.attack;
+    const triggerFiles = a?.type === 'badnets' && a.patchFile ? [a.patchFile.path] : a?.type === 'blended' && a.imageFile ? [a.imageFile] : a?.type === 'wanet' && a.gridsFile ? [a.gridsFile] : [];
+    const inputs = [jobPath, modelPath, ...triggerFiles, ...sources.flatMap(([src]) => (src?.path ? [src.path, ...(src.labels ? [src.labels] : [])] : []))];
     const taken = (f: string) => (!opts.overwrite && fs.existsSync(f)) || inputs.some((p) => path.resolve(p) === f || sameFile(p, f));
     const { dir: staging, removed } = makeStaging(outDir);
     if (removed.length) emit({ type: 'log', message: `removed ${removed.length} staging folder${removed.length === 1 ? '' : 's'} left by killed jobs: ${removed.join(', ')}` });
@@ -210,7 +214,22 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
         },
       };
       emit({ type: 'started', jobPath, outDir, cells: planCells(prepared).filter((_, i) => !shard || i % shard.count === shard.index).length, backend: backend.name, threads: backend.threads });
+      // No trigger known: Neural Cleanse's detection first, on the first auxiliary set (else the training data,
+      // else the clean test set), with the reversed trigger of each flagged class saved as a PNG.
+      const unknownDetection =
+        triggered.unknown && (!shard || shard.index === 0)
+          ? await detectUnknownTrigger(victim, aux[0]?.set ?? train ?? test, {
+              profile: job.profile,
+              seed,
+              signal: opts.signal,
+              progress: (d, t, m) => emit({ type: 'progress', stage: 'detecting a trigger (Neural Cleanse)', done: d, total: t, message: m }),
+              dir: staging,
+              taken: (f) => taken(path.join(outDir, f)),
+            })
+          : undefined;
       const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers });
+      results.attack = attackInfo;
+      if (unknownDetection) results.detection.nc = { ...unknownDetection, source: aux[0] ? `aux ${aux[0].name}` : train ? 'data.train' : 'data.test' };
       const resultsPath = writeResults(staging, outDir, results, { protect: inputs });
       emit({ type: 'done', results, resultsPath });
       return results;

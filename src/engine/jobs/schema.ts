@@ -22,7 +22,7 @@ export const DEFENSE_IDS = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'f
 export const AUX_TYPES = ['seen', 'unseen', 'ood', 'external', 'synthetic'] as const;
 export const SHIFT_NAMES = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
 export const DATA_FORMATS = ['mnist-embedded', 'imagefolder', 'npy', 'npz', 'idx', 'cifar10-bin'] as const;
-export const ATTACK_TYPES = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set'] as const;
+export const ATTACK_TYPES = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set', 'record', 'unknown'] as const;
 export const MODEL_FORMATS = ['pt', 'safetensors', 'onnx', 'tfjs'] as const;
 export const PROFILES = ['fast', 'paper'] as const;
 export const DEVICES = ['auto', 'gpu', 'cpu'] as const;
@@ -115,9 +115,15 @@ const attackCommon = {
 } as const;
 const common = { type: true, target: true, allToAll: true } as const;
 
+// A trigger image file: PNG, JPEG or a numpy array (H,W[,C]; uint8, or float in [0,1]).
+const triggerImage = (what: string) => relPath(`${what} (PNG, JPEG or .npy: H,W or H,W,C, uint8 or float in [0,1])`);
+
+// No default: an omitted attack means no trigger is known ("unknown"), or, when the model file is a BackdoorBench
+// attack record, the poisoned test set stored in it ("record"). The runner decides, once it has read the model.
 const attack = {
   type: 'object',
-  default: { type: 'badnets' },
+  description:
+    'the backdoor to measure ASR and RA with. Omitted: "record" when the model is a BackdoorBench attack_result.pt, else "unknown" (ACC, Neural Cleanse detection and purification; ASR, RA and DER are null, shown as n/a).',
   required: ['type'],
   properties: attackCommon,
   allOf: [
@@ -131,13 +137,19 @@ const attack = {
           offset: { type: 'integer', minimum: 0, default: 0, description: 'pixels in from the bottom-right corner' },
           patch: {
             type: 'object',
-            description: 'a custom patch image instead of the white square; top/left default to the bottom-right corner minus offset',
+            description:
+              'a patch image instead of the white square. Pasted whole at "position" (default the bottom-right corner minus offset); with "position": "mask" it is BackdoorBench\'s full-size trigger image instead: resized to the input (as PIL does), its non-zero pixels replace the image\'s.',
             additionalProperties: false,
             required: ['image'],
             properties: {
-              image: relPath('patch image (PNG or JPEG)'),
-              top: { type: 'integer', minimum: 0 },
-              left: { type: 'integer', minimum: 0 },
+              image: triggerImage('patch image'),
+              position: {
+                type: 'string',
+                pattern: '^(\\d+,\\d+|top-left|top-right|bottom-left|bottom-right|mask)$',
+                errorMessage: 'must be "x,y" (the top-left pixel of the patch), a corner (top-left, top-right, bottom-left, bottom-right) or "mask"',
+                description: '"x,y" (column, row of the patch\'s top-left pixel), a corner, or "mask"',
+                examples: ['24,24', 'bottom-right', 'mask'],
+              },
             },
           },
         },
@@ -149,7 +161,7 @@ const attack = {
         additionalProperties: false,
         properties: {
           ...common,
-          image: relPath('trigger image (PNG or JPEG), resized to the input; default a seeded noise image'),
+          image: triggerImage('trigger image, resized to the input as BackdoorBench does (PIL bilinear); default a seeded noise image'),
           alpha: { type: 'number', exclusiveMinimum: 0, maximum: 1, default: 0.2, description: "blend weight: x' = (1 - alpha) x + alpha t" },
         },
       },
@@ -171,7 +183,10 @@ const attack = {
         additionalProperties: false,
         properties: {
           ...common,
-          seed: { type: 'integer', description: 'seed of the warp field; default the job seed' },
+          seed: { type: 'integer', minimum: 0, description: 'seed of the warp field; default the job seed' },
+          grids: relPath(
+            'the warp of a trained WaNet victim: a file holding identity_grid and noise_grid (1,H,W,2) as BackdoorBench saves them (its state_dict.pt, a .pt of just those two, or an .npz); then k, s and seed are not used',
+          ),
           k: { type: 'integer', minimum: 2, default: 4, description: 'control grid size k x k' },
           s: { type: 'number', exclusiveMinimum: 0, default: 0.5, description: 'warp strength' },
         },
@@ -182,8 +197,23 @@ const attack = {
       then: {
         additionalProperties: false,
         required: ['data'],
-        properties: { ...common, data: { ...dataSource, description: 'the triggered test images, labelled with their true labels' } },
+        properties: {
+          ...common,
+          data: {
+            ...dataSource,
+            description:
+              'the triggered test images (any data format; N,H,W,C or N,C,H,W; uint8, float in [0,1] or float in 0-255, detected) with their true labels, or without labels (npy without "labels", npz without a labels array): then ASR counts every image and RA is n/a',
+            // Labels are optional here; the embedded digits are no one's triggered images.
+            properties: { ...dataSource.properties, format: { enum: DATA_FORMATS.filter((f) => f !== 'mnist-embedded'), description: dataSource.properties.format.description } },
+            required: ['path'],
+            allOf: undefined,
+          },
+        },
       },
+    },
+    {
+      if: when('type', ['record', 'unknown']),
+      then: { additionalProperties: false, properties: { ...common } },
     },
   ],
 } as const;
@@ -364,10 +394,16 @@ interface AttackBase {
  * shape, which is known only once the model is loaded.
  */
 export type AttackJobSpec =
-  | (AttackBase & { type: 'badnets'; size: number; offset: number; patchFile?: { path: string; top?: number; left?: number } })
+  | (AttackBase & { type: 'badnets'; size: number; offset: number; patchFile?: { path: string; position: PatchPosition } })
   | (AttackBase & { type: 'blended'; alpha: number; imageFile?: string })
   | (AttackBase & { type: 'sig'; frequency: number; amplitude: number })
-  | (AttackBase & { type: 'wanet'; k: number; s: number; seed?: number });
+  | (AttackBase & { type: 'wanet'; k: number; s: number; seed?: number; gridsFile?: string })
+  | (AttackBase & { type: 'poisoned-set'; data: ResolvedDataSource })
+  | (AttackBase & { type: 'record' })
+  | (AttackBase & { type: 'unknown' });
+
+/** Where a patch image goes: pasted at a pixel or a corner, or BackdoorBench's full-size mask image. */
+export type PatchPosition = { x: number; y: number } | { corner: 'top-left' | 'top-right' | 'bottom-left' | 'bottom-right' } | 'mask';
 
 export interface AuxSpec {
   name: string;
@@ -404,7 +440,8 @@ export interface Job {
    */
   model: string | ModelSpec;
   data: { train?: ResolvedDataSource; test: ResolvedDataSource };
-  attack: AttackJobSpec;
+  /** Absent when the job omits it: the runner then uses the model's attack record, or "unknown". */
+  attack?: AttackJobSpec;
   aux: AuxSpec[];
   defenses: DefenseSpec[];
   gic: GicSpec;
@@ -425,11 +462,12 @@ interface AttackInputBase {
 }
 /** The attack as written in audit.json. */
 export type AttackInput =
-  | (AttackInputBase & { type: 'badnets'; size?: number; offset?: number; patch?: { image: string; top?: number; left?: number } })
+  | (AttackInputBase & { type: 'badnets'; size?: number; offset?: number; patch?: { image: string; position?: string } })
   | (AttackInputBase & { type: 'blended'; image?: string; alpha?: number })
   | (AttackInputBase & { type: 'sig'; freq?: number; amplitude?: number })
-  | (AttackInputBase & { type: 'wanet'; seed?: number; k?: number; s?: number })
-  | (AttackInputBase & { type: 'poisoned-set'; data: DataSourceSpec });
+  | (AttackInputBase & { type: 'wanet'; seed?: number; grids?: string; k?: number; s?: number })
+  | (AttackInputBase & { type: 'poisoned-set'; data: DataSourceSpec })
+  | (AttackInputBase & { type: 'record' | 'unknown' });
 
 /** What an audit.json may contain (before defaults and path resolution). */
 export interface JobInput {

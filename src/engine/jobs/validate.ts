@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
-import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type ResolvedDataSource } from './schema';
+import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from './schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
 // variants the first error is the meaningful one). verbose: errors carry their schema, for `errorMessage`
@@ -351,7 +351,7 @@ function checkRules(job: Job, label: string): void {
   if (fmts.includes('tfjs') && /\.onnx$/i.test(m.path)) {
     fail('an ONNX model cannot be written as TensorFlow.js; choose onnx, pt or safetensors', `outputs.formats[${fmts.indexOf('tfjs')}]`);
   }
-  if (m.numClasses !== undefined && job.attack.target >= m.numClasses) fail(`target ${job.attack.target} is not a class of a ${m.numClasses}-class model`, 'attack.target');
+  if (m.numClasses !== undefined && job.attack && job.attack.target >= m.numClasses) fail(`target ${job.attack.target} is not a class of a ${m.numClasses}-class model`, 'attack.target');
 }
 
 // ---- Paths: resolve against the job folder, check they exist
@@ -368,36 +368,36 @@ export function inferDataFormat(p: string, isDir: boolean): DataFormat | undefin
 }
 
 /**
- * The validated attack in the engine's vocabulary (see AttackJobSpec). Parts of the contract the runner
- * cannot act on yet are refused here, by field, rather than accepted and silently ignored: a triggered test
- * set built without the user's patch or trigger image would report a wrong ASR.
+ * The validated attack in the engine's vocabulary (see AttackJobSpec): files checked and made absolute, the
+ * patch position parsed. The files are decoded by the runner, which knows the model's input shape.
  */
-function resolveAttack(a: AttackInput, existing: (p: string, field: string, kind: 'file') => string, label: string): AttackJobSpec {
-  const notYet = (field: string): never => {
-    throw new InputError('valid, but not supported by this version of the runner yet', where(label, field));
-  };
+function resolveAttack(a: AttackInput, existing: (p: string, field: string, kind: 'file') => string, source: (s: DataSourceSpec, field: string) => ResolvedDataSource): AttackJobSpec {
   const base = { target: a.target ?? 0, allToAll: a.allToAll ?? false };
   switch (a.type) {
     case 'badnets':
-      if (a.patch) {
-        existing(a.patch.image, 'attack.patch.image', 'file');
-        notYet('attack.patch');
-      }
+      if (a.patch) return { ...base, type: 'badnets', size: a.size!, offset: a.offset!, patchFile: { path: existing(a.patch.image, 'attack.patch.image', 'file'), position: parsePosition(a.patch.position) } };
       return { ...base, type: 'badnets', size: a.size!, offset: a.offset! };
     case 'blended':
-      if (a.image) {
-        existing(a.image, 'attack.image', 'file');
-        notYet('attack.image');
-      }
-      return { ...base, type: 'blended', alpha: a.alpha! };
+      return { ...base, type: 'blended', alpha: a.alpha!, ...(a.image ? { imageFile: existing(a.image, 'attack.image', 'file') } : {}) };
     case 'sig':
       return { ...base, type: 'sig', frequency: a.freq!, amplitude: a.amplitude! };
     case 'wanet':
-      if (a.seed !== undefined) notYet('attack.seed');
-      return { ...base, type: 'wanet', k: a.k!, s: a.s! };
+      return { ...base, type: 'wanet', k: a.k!, s: a.s!, ...(a.seed !== undefined ? { seed: a.seed } : {}), ...(a.grids ? { gridsFile: existing(a.grids, 'attack.grids', 'file') } : {}) };
     case 'poisoned-set':
-      return notYet('attack.type');
+      return { ...base, type: 'poisoned-set', data: source(a.data, 'attack.data') };
+    case 'record':
+    case 'unknown':
+      return { ...base, type: a.type };
   }
+}
+
+/** "x,y", a corner or "mask" (the schema checked the form); default the bottom-right corner. */
+function parsePosition(p: string | undefined): PatchPosition {
+  if (!p) return { corner: 'bottom-right' };
+  if (p === 'mask') return 'mask';
+  const m = /^(\d+),(\d+)$/.exec(p);
+  if (m) return { x: Number(m[1]), y: Number(m[2]) };
+  return { corner: p as 'top-left' | 'top-right' | 'bottom-left' | 'bottom-right' };
 }
 
 function resolvePaths(job: Job, model: ModelSpec, baseDir: string, label: string, modelField: string): void {
@@ -414,13 +414,13 @@ function resolvePaths(job: Job, model: ModelSpec, baseDir: string, label: string
     if (kind === 'dir' && !st.isDirectory()) throw new InputError(`${p} is a file, expected a folder (one sub-folder per class)`, where(label, field));
     return abs;
   };
-  const source = (s: DataSourceSpec | undefined, field: string): void => {
+  const source = (s: DataSourceSpec | undefined, field: string, labelsOptional = false): void => {
     if (!s || s.format === 'mnist-embedded') return;
     const given = s.path!; // the schema requires a path for every other format
     const abs = existing(given, `${field}.path`, s.format === 'imagefolder' ? 'dir' : s.format === 'cifar10-bin' ? 'any' : s.format ? 'file' : 'any');
     const format = s.format ?? inferDataFormat(abs, fs.statSync(abs).isDirectory());
     if (!format) throw new InputError(`cannot tell the format of ${given}: add "format" (one of imagefolder, npy, npz, idx, cifar10-bin)`, where(label, `${field}.format`));
-    if (format === 'npy' && !s.labels) throw new InputError('npy images need a "labels" file', where(label, `${field}.labels`));
+    if (format === 'npy' && !s.labels && !labelsOptional) throw new InputError('npy images need a "labels" file', where(label, `${field}.labels`));
     (s as ResolvedDataSource).format = format;
     s.path = abs;
     if (s.labels) s.labels = existing(s.labels, `${field}.labels`, 'file');
@@ -430,4 +430,10 @@ function resolvePaths(job: Job, model: ModelSpec, baseDir: string, label: string
   source(job.data.train, 'data.train');
   source(job.data.test, 'data.test');
   job.aux.forEach((a, i) => source(a.source, `aux[${i}].source`));
-  job.attack = resolveAttack(job.attack as unknown as AttackInput, existing, label);}
+  if (job.attack) {
+    job.attack = resolveAttack(job.attack as unknown as AttackInput, existing, (s, field) => {
+      source(s, field, true);
+      return s as ResolvedDataSource;
+    });
+  }
+}

@@ -1,17 +1,33 @@
 /**
- * Evaluate a model on the clean test set (ACC) and on the triggered test set (ASR, RA).
+ * Evaluate a model on the clean test set (ACC) and on the triggered test set (ASR, RA). What the triggered set
+ * can tell depends on what is known about it: with the true labels, ASR counts the images whose true label is
+ * not the attack's label and RA is measured; a user's poisoned set without true labels gives ASR over all of its
+ * images and no RA; with no trigger known at all (`attack: unknown`) there is no ASR, RA or DER, and they are
+ * null rather than a number that would read as "no backdoor".
  */
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { predictLabels } from '../nn/train';
 import { OrtPredictor } from './ort_eval';
-import type { Metrics } from '../jobs/results';
+import type { Metrics, ReportedMetrics } from '../jobs/results';
 
 export interface TriggeredSet {
-  /** Triggered images whose true label is not the target, with their TRUE labels. */
+  /** Triggered images whose true label is not the target, with their TRUE labels (see `trueLabels`). */
   set: ImageSet;
   /** The label the attack wants for each image (all-to-one: the target; all-to-all: y+1 mod K). */
   attackLabels: Int32Array;
+  /**
+   * Whether `set.y` holds the images' true labels (default true). False for a poisoned set given without them:
+   * then every image counts for ASR and RA is null.
+   */
+  trueLabels?: boolean;
+  /** No trigger is known (`attack: unknown`): the set is empty and ASR, RA and DER are null. */
+  unknown?: boolean;
+}
+
+/** The triggered set of an audit that knows no trigger. */
+export function noTriggeredSet(shape: [number, number, number], numClasses: number): TriggeredSet {
+  return { set: { n: 0, shape: [...shape] as [number, number, number], x: new Float32Array(0), y: new Int32Array(0), numClasses }, attackLabels: new Int32Array(0), unknown: true };
 }
 
 export function evaluateModel(model: Model, test: ImageSet, triggered: TriggeredSet, signal?: AbortSignal): Metrics {
@@ -50,6 +66,7 @@ export async function evaluateOnnx(bytes: Uint8Array, shape: [number, number, nu
 function metricsOf(test: ImageSet, triggered: TriggeredSet, clean: Int32Array, bad: Int32Array): Metrics {
   let correct = 0;
   for (let i = 0; i < test.n; i++) if (clean[i] === test.y[i]) correct++;
+  const acc = correct / Math.max(1, test.n);
   let hit = 0;
   let robust = 0;
   for (let i = 0; i < triggered.set.n; i++) {
@@ -57,10 +74,17 @@ function metricsOf(test: ImageSet, triggered: TriggeredSet, clean: Int32Array, b
     if (bad[i] === triggered.set.y[i]) robust++;
   }
   const m = triggered.set.n || 1;
-  return { acc: correct / Math.max(1, test.n), asr: hit / m, ra: robust / m };
+  return { acc, asr: hit / m, ra: robust / m };
 }
 
-/** SPEC's DER: (max(0, ASR_before - ASR_after) - max(0, ACC_before - ACC_after) + 1) / 2. */
-export function der(before: Metrics, after: Metrics): number {
+/** The metrics as results report them: ASR and RA null where the triggered set cannot measure them. */
+export function reported(m: Metrics, triggered: TriggeredSet): ReportedMetrics {
+  if (triggered.unknown) return { acc: m.acc, asr: null, ra: null };
+  return { acc: m.acc, asr: m.asr, ra: triggered.trueLabels === false ? null : m.ra };
+}
+
+/** SPEC's DER: (max(0, ASR_before - ASR_after) - max(0, ACC_before - ACC_after) + 1) / 2; null without an ASR. */
+export function der(before: ReportedMetrics, after: ReportedMetrics): number | null {
+  if (before.asr === null || after.asr === null) return null;
   return (Math.max(0, before.asr - after.asr) - Math.max(0, before.acc - after.acc) + 1) / 2;
 }
