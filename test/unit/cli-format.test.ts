@@ -23,8 +23,8 @@ const results: Results = {
 };
 
 describe('CLI output', () => {
-  it('percentages with one decimal, "-" for missing values', () => {
-    assert.deepEqual([pct(0.9876), pct(1), pct(0), pct(undefined), pct(null), pct(NaN)], ['98.8', '100.0', '0.0', '-', '-', '-']);
+  it('percentages with one decimal, "-" for missing values, "n/a" for what cannot be measured (null)', () => {
+    assert.deepEqual([pct(0.9876), pct(1), pct(0), pct(undefined), pct(null), pct(NaN)], ['98.8', '100.0', '0.0', '-', 'n/a', '-']);
   });
 
   it('the results table has the baseline, one row per cell with ACC/ASR/RA/DER, seconds and errors, and the GIC summary', () => {
