@@ -59,6 +59,8 @@ describe('the VS Code job process', function () {
       JSON.stringify({
         model: 'victim.safetensors',
         data: { test: { format: 'mnist-embedded' } },
+        // A known trigger: without one the job audits an unknown backdoor and also writes NC's reversed triggers.
+        attack: { type: 'badnets', target: 0 },
         aux: aux.map(([n, size]) => ({ name: n, type: 'unseen', source: { format: 'mnist-embedded' }, size })),
         defenses: [{ name: 'ft', params: { epochs } }],
         embedding: { method: 'none' },

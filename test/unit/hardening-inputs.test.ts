@@ -65,6 +65,8 @@ describe('inputs are never replaced by outputs', function () {
       JSON.stringify({
         model: 'clp-a.safetensors',
         data: { test: { format: 'mnist-embedded' } },
+        // A known trigger: without one the job audits an unknown backdoor and also writes NC's reversed triggers.
+        attack: { type: 'badnets', target: 0 },
         aux: [{ name: 'a', type: 'unseen', source: { format: 'mnist-embedded' }, size: 100 }],
         defenses: ['clp'],
         embedding: { method: 'none' },

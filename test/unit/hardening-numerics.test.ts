@@ -44,6 +44,8 @@ describe('numerical faults and out of memory', function () {
       JSON.stringify({
         model: path.basename(modelFile),
         data: { test: { format: 'mnist-embedded' } },
+        // A known trigger: without one the job audits an unknown backdoor and also writes NC's reversed triggers.
+        attack: { type: 'badnets', target: 0 },
         aux: [{ name: 'a', type: 'unseen', source: { format: 'mnist-embedded' }, size: 100 }],
         defenses: ['clp'],
         embedding: { method: 'none' },

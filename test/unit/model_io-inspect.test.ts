@@ -87,7 +87,8 @@ describe('inspect and evaluation-only jobs across model formats', () => {
     // TensorFlow.js output of an ONNX graph is refused when the job is read, by field.
     fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, outputs: { formats: ['tfjs'] } }));
     assert.throws(() => loadJob(job), (e: Error & { where?: string }) => /cannot be written as TensorFlow.js/.test(e.message) && /outputs\.formats\[0\]/.test(e.where ?? ''));
-    fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, defenses: [] }));
+    // A known trigger: without one the job audits an unknown backdoor (NC detection, reversed-trigger images).
+    fs.writeFileSync(job, JSON.stringify({ model: 'victim.onnx', data: { test: { path: 't-images-idx3-ubyte', format: 'idx' } }, attack: { type: 'badnets', target: 0 }, defenses: [] }));
     const out = path.join(dir, 'out');
     const results = await runJobFile(job, { outDir: out, device: 'cpu' });
     assert.equal(results.model.format, 'onnx');
