@@ -217,7 +217,7 @@ export class SetupFlow {
       { label: 'sig', description: 'built in: sinusoidal signal (clean label)', type: 'sig' },
       { label: 'wanet', description: 'built in: seeded warping-based trigger', type: 'wanet' },
     ];
-    const pick = await vscode.window.showQuickPick(items, { title: `${t} — attack to test against`, placeHolder: 'What do you know about the backdoor? (measures ASR)', ignoreFocusOut: true, matchOnDescription: true });
+    const pick = await vscode.window.showQuickPick(items, { title: `${t} — attack to test against`, placeHolder: 'What do you know about the backdoor? (measures ASR)', ignoreFocusOut: true });
     if (!pick) return undefined;
     if (pick.type === 'unknown' || pick.type === 'record') return { type: pick.type, target: 0 };
     const answer: AttackAnswer = { type: pick.type, target: 0 };
