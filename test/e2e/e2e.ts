@@ -167,6 +167,14 @@ async function purifyPt(page: Page, name: string): Promise<void> {
   await model.waitFor({ timeout: 30_000 });
   const item = await openContextMenu(page, model, 'Purify Model...', name);
   await item.click();
+  // With a results panel open, the menu lies over the webview's iframe and a click on its item can go unseen
+  // (the menu stays open, the item highlighted): then choose the highlighted item with the keyboard.
+  await page.waitForTimeout(1_000);
+  if (await item.isVisible().catch(() => false)) {
+    step('the menu is still open after the click: choosing the item with Enter');
+    await item.hover();
+    await page.keyboard.press('Enter');
+  }
   step(`answering the set-up flow for ${name}`);
   await quickInput(page, /test data/, 'Embedded MNIST');
   await quickInput(page, /training data/, 'No training data');
