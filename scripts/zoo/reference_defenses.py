@@ -33,7 +33,8 @@ written here from that reading, not copied):
           = the victim trained te_epochs=10 with CE + 500*AT(layer3) + 1000*AT(layer4) + 1000*AT(pooled), AT =
           MSE between attention maps sum_c |f|^p (p=2) divided by their spatial L2 norm (+1e-6); SGD lr 0.01 held
           constant (nad.py's adjust_learning_rate gives 0.01 for every epoch < 20), momentum 0.9, wd 5e-4;
-          teacher in eval mode.
+          teacher in eval mode; the student's BN running statistics move as nad.py's separate forward per tap
+          moves them (--nad-single-bn-update: one update per step).
   sau     Adam lr 1e-4 (amsgrad, wd 0, constant: the scheduler is never stepped), 100 rounds (here 10 by default:
           100 take ~30 min of one core on the width-16 victim), models in eval mode
           (BN frozen; train_mode False), no augmentation (sau.py loads the aux data with the test transform);
@@ -89,6 +90,7 @@ RECIPES = {
         'epochs': 10, 'paperEpochs': 10, 'batchSize': 256, 'optimizer': 'sgd', 'lr': 0.01, 'momentum': 0.9,
         'weightDecay': 5e-4, 'teacherSchedule': 'cosine', 'teacherCosTMax': 100, 'studentSchedule': 'constant',
         'beta1': 500, 'beta2': 1000, 'beta3': 1000, 'p': 2.0, 'augment': 'random-crop-4',
+        'bnUpdatesAsBackdoorBench': True,
     },
     'sau': {
         'source': f'{BB} defense/sau.py, config/defense/sau/config.yaml',
@@ -292,6 +294,22 @@ def taps(model, x):
     return model.linear(pooled), [pooled[:, :, None, None]]
 
 
+def bn_updates_per_step(model):
+    """How many train-mode forward passes BackdoorBench's NAD student step runs through each BatchNorm layer: it
+    computes the logits and each tap with a separate forward of the (truncated) network, children()[:-1], [:-2],
+    [:-3] for PreActResNet18 (layers up to layer3: 4 passes, layer4: 3), children()[:-1] otherwise (2 passes)."""
+    counts = {}
+    if isinstance(model, Z.PreActResNet18):
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                counts[m] = 3 if name.startswith('layer4') else 4
+    else:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                counts[m] = 2
+    return counts
+
+
 def run_nad(model, v, r, a, gen, log):
     x, y = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
     teacher = copy.deepcopy(model)
@@ -299,6 +317,12 @@ def run_nad(model, v, r, a, gen, log):
     train_ce(teacher, x, y, r, r['epochs'], r['teacherCosTMax'], gen, log=log)
     teacher.eval()
     betas = [r['beta1'], r['beta2'], r['beta3']] if isinstance(model, Z.PreActResNet18) else [r['beta3']]
+    # One forward per step with the BN momentum that k same-batch updates amount to, 1 - (1 - 0.1)^k: the same
+    # running statistics and the same gradients as BackdoorBench's k separate forwards.
+    counts = bn_updates_per_step(model)
+    if r['bnUpdatesAsBackdoorBench']:
+        for m, k in counts.items():
+            m.momentum = 1 - (1 - m.momentum) ** k
     opt = sgd(model, r)
     log('    student:')
     for e in range(r['epochs']):
@@ -319,7 +343,10 @@ def run_nad(model, v, r, a, gen, log):
             opt.step()
             tot += loss.item() * len(idx)
         log(f'    epoch {e + 1}/{r["epochs"]} loss {tot / len(x):.4f}')
-    return model, {'taps': 'layer3,layer4,pooled' if len(betas) == 3 else 'pooled'}
+    for m in counts:
+        m.momentum = 0.1
+    return model, {'taps': 'layer3,layer4,pooled' if len(betas) == 3 else 'pooled',
+                   'bnUpdatesPerStep': sorted(set(counts.values()))}
 
 
 def perturbed(x, pert):
@@ -488,6 +515,8 @@ def effective(defense, a):
         # CosineAnnealingLR: BackdoorBench passes T_max=100 (its default epochs); with fewer epochs the cosine runs
         # over the run's own length unless --cos-tmax says otherwise.
         r['cosTMax'] = a.cos_tmax if a.cos_tmax is not None else r['epochs']
+    if defense == 'nad' and a.nad_single_bn_update:
+        r['bnUpdatesAsBackdoorBench'] = False
     if defense == 'sau' and a.sau_augment:
         r['augment'] = 'random-crop-4'
     r['epochsDeparture'] = r['epochs'] != r['paperEpochs']
@@ -552,19 +581,29 @@ def main():
     ap.add_argument('--batch-size', type=int, help='override the batch size (default: the config\'s 256)')
     ap.add_argument('--cos-tmax', type=int, help='ft/fp CosineAnnealingLR T_max (default: the epochs; '
                                                  'BackdoorBench hard-codes 100)')
+    ap.add_argument('--nad-single-bn-update', action='store_true',
+                    help='NAD: one BN running-statistics update per step (BackdoorBench: one per forward, 3-4)')
     ap.add_argument('--sau-augment', action='store_true', help='random crop in SAU (BackdoorBench uses none)')
     ap.add_argument('--zoo', default=os.path.join(ROOT, 'zoo'))
     ap.add_argument('--out', default=os.path.join(ROOT, 'zoo', 'reference.json'))
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--skip-done', action='store_true', help='skip (victim, defense, seed) already in --out')
     ap.add_argument('--verbose', '-v', action='store_true', help='per-epoch lines')
     a = ap.parse_args()
     if not a.defense:
         ap.error('--defense is required')
     torch.set_num_threads(a.threads)
+    done = set()
+    if a.skip_done and os.path.exists(a.out):
+        with open(a.out) as f:
+            old = json.load(f)
+        done = {(o['victim'], o['defense'], o['seed']) for o in (old.get('rows', []) if isinstance(old, dict) else old)}
     for name in a.victim:
         v = Victim(a.zoo, name)
         for d in a.defense:
             for s in a.seeds:
+                if (name, d, s) in done:
+                    continue
                 row = run_one(v, d, s, a)
                 merge(a.out, [row])
 
