@@ -32,7 +32,7 @@ import { calibrate } from '../src/engine/gic/gic';
 import { saveCalibration } from '../src/engine/gic/save';
 import { writeFileAtomic, writeJsonAtomic } from '../src/engine/util/atomic';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../src/engine/jobs/core';
-import type { Results } from '../src/engine/jobs/results';
+import type { Results } from '../src/shared/results';
 import { loadModelFile, saveModelFile } from '../src/engine/io/model_io';
 import type { Model } from '../src/engine/nn/model';
 

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { forkJobProcess } from '../src/vscode/jobProcess';
-import type { Results } from '../src/engine/jobs/results';
+import type { Results } from '../src/shared/results';
 
 const root = path.join(__dirname, '..');
 const model = path.resolve(process.argv[2] ?? path.join(root, 'test', 'fixtures', 'parity_preact_w4_c1.pt'));

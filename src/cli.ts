@@ -6,8 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import * as path from 'node:path';
 import { InputError, CancelledError, oneLine } from './engine/errors';
-import type { RunEvent } from './protocol';
-import type { Results } from './engine/jobs/results';
+import type { RunEvent } from './shared/run_events';
+import type { Results } from './shared/results';
 
 let verbose = false;
 

@@ -9,7 +9,7 @@
  */
 import { serveWorker, type PortLike } from './vscode/workerLoop';
 import { runJobFile } from './engine/jobs/runner';
-import type { RunEvent } from './protocol';
+import type { RunEvent } from './shared/run_events';
 
 function main(): void {
   const send = process.send?.bind(process);

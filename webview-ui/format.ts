@@ -6,7 +6,7 @@
  * charts.ts only draw these. Means and intervals are folded from the rows as they arrive (summary.ts, the
  * runner's own code), so a live run and its results.json show the same numbers.
  */
-import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/engine/jobs/results';
+import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/shared/results';
 import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
 import type { ViewState } from './state';
 

@@ -7,7 +7,7 @@
  */
 import { App, type WebviewApi } from './app';
 import { DomView } from './render';
-import { REPORT_DATA_ID, parseReportData } from './report';
+import { REPORT_DATA_ID, parseReportData } from '../src/shared/report_page';
 
 declare function acquireVsCodeApi(): WebviewApi;
 

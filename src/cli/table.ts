@@ -7,7 +7,7 @@
  * grepped and diffed.
  */
 import Table from 'cli-table3';
-import type { Interval, Results, Spread } from '../engine/jobs/results';
+import type { Interval, Results, Spread } from '../shared/results';
 import { excludesZero } from '../engine/jobs/summary';
 
 /** A fraction as a percentage with one decimal; 'n/a' where it cannot be measured (null: no trigger known), '-'

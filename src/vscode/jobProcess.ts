@@ -6,7 +6,7 @@
  * a real child process, the way the extension does.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { parseJobToHost, type HostToJob, type JobToHost } from '../shared/jobProcessProtocol';
+import { parseJobToHost, type HostToJob, type JobToHost } from '../shared/job_process';
 
 /** What the JobRunner needs of a running job: the job process here, a fake in unit tests. */
 export interface JobHandle {

@@ -7,11 +7,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { RunEvent } from '../protocol';
-import type { Results } from '../engine/jobs/results';
+import type { RunEvent } from '../shared/run_events';
+import type { Results } from '../shared/results';
 import { webviewHtml, webviewOptions } from './html';
 import type { JobListener, JobRunner, Outcome } from './jobRunner';
-import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from './panelProtocol';
+import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from '../shared/panel_messages';
 import { checkWebviewDir, resolveWebviewPath } from './webviewPaths';
 
 export const RESULTS_VIEW_TYPE = 'backdoorAudit.results';

@@ -7,9 +7,9 @@
  * the runner itself emitted. Messages that do not parse are dropped.
  */
 import * as path from 'node:path';
-import type { RunEvent } from '../protocol';
-import { parseHostToJob } from '../shared/jobProcessProtocol';
-import type { Results } from '../engine/jobs/results';
+import type { RunEvent } from '../shared/run_events';
+import { parseHostToJob } from '../shared/job_process';
+import type { Results } from '../shared/results';
 import type { RunOptions } from '../engine/jobs/runner';
 import { CancelledError, oneLine } from '../engine/errors';
 

@@ -12,7 +12,7 @@ import { runJobFile } from '../../src/engine/jobs/runner';
 import { cellWorkerScript } from '../../src/engine/jobs/cell_pool';
 import { CancelledError } from '../../src/engine/errors';
 import { ortWanted } from '../../src/engine/metrics/ort_eval';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 
 const ROOT = path.join(__dirname, '..', '..');

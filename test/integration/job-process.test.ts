@@ -19,7 +19,7 @@ import { saveModelFile } from '../../src/engine/io/model_io';
 import { JobRunner, type Outcome } from '../../src/vscode/jobRunner';
 import { forkJobProcess, type JobProcess } from '../../src/vscode/jobProcess';
 import { useWasm } from '../helpers/backend';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 
 const DIST = path.join(__dirname, '..', '..', 'dist');
 const SCRIPT = path.join(DIST, 'job-process.js');

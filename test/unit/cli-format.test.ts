@@ -2,7 +2,7 @@
 import { strict as assert } from 'node:assert';
 import { formatResultsTable, pct } from '../../src/cli/table';
 import { createProgressReporter } from '../../src/cli/progress';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 import { gicEffectOfRows, summarizeRows } from '../../src/engine/jobs/summary';
 
 const results: Results = {

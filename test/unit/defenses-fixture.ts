@@ -13,7 +13,7 @@ import { sampleBalanced } from '../../src/engine/aux/sample';
 import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { Model } from '../../src/engine/nn/model';
-import type { Metrics } from '../../src/engine/jobs/results';
+import type { Metrics } from '../../src/shared/results';
 import type { Defense, DefenseContext, DefenseParams, DefenseOutcome } from '../../src/engine/defenses/defense';
 import { resolveParams } from '../../src/engine/defenses/defense';
 import { strict as assert } from 'node:assert';

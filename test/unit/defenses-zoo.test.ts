@@ -20,7 +20,7 @@ import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evalu
 import { Rng } from '../../src/engine/util/rng';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { Model } from '../../src/engine/nn/model';
-import type { Metrics } from '../../src/engine/jobs/results';
+import type { Metrics } from '../../src/shared/results';
 
 const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
 const TARGET = 0;

@@ -17,8 +17,8 @@ import { runJobFile, type RunOptions } from '../../src/engine/jobs/runner';
 import { DEFAULT_LIMITS, type Limits } from '../../src/engine/jobs/checks';
 import { InputError, oneLine } from '../../src/engine/errors';
 import { serveWorker } from '../../src/vscode/workerLoop';
-import type { Results } from '../../src/engine/jobs/results';
-import type { RunEvent } from '../../src/protocol';
+import type { Results } from '../../src/shared/results';
+import type { RunEvent } from '../../src/shared/run_events';
 import { useWasm } from '../helpers/backend';
 
 const MB = 1024 * 1024;

@@ -20,7 +20,7 @@ import { makeAttack, triggeredTestSet } from '../../src/engine/attacks';
 import { sampleBalanced } from '../../src/engine/aux/sample';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';
-import type { RunEvent } from '../../src/protocol';
+import type { RunEvent } from '../../src/shared/run_events';
 import { useWasm } from '../helpers/backend';
 
 const NORM = { mean: [0.1307], std: [0.3081] };

@@ -16,7 +16,7 @@ import { sampleBalanced } from '../../src/engine/aux/sample';
 import { Rng } from '../../src/engine/util/rng';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../../src/engine/jobs/core';
 import { excludesZero } from '../../src/engine/jobs/summary';
-import type { ResultRow } from '../../src/engine/jobs/results';
+import type { ResultRow } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 
 const VICTIM = path.join(__dirname, '..', '..', 'examples', 'mnist-badnets', 'victim.safetensors');

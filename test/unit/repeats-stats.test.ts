@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { mean, sampleStd, studentTCdf, studentTQuantile, tInterval } from '../../src/engine/metrics/stats';
 import { excludesZero, gicEffectOfRows, summarizeRows } from '../../src/engine/jobs/summary';
-import type { ResultRow } from '../../src/engine/jobs/results';
+import type { ResultRow } from '../../src/shared/results';
 
 const close = (a: number | null | undefined, b: number, tol = 1e-9, what = '') => assert.ok(typeof a === 'number' && Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);
 

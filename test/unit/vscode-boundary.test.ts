@@ -16,7 +16,7 @@ import { headerSummary } from '../../src/vscode/inspect';
 import { JobRunner } from '../../src/vscode/jobRunner';
 import { ModelEditorProvider } from '../../src/vscode/modelEditor';
 import { ResultsPanels } from '../../src/vscode/panel';
-import { isViewMessage } from '../../src/vscode/panelProtocol';
+import { isViewMessage } from '../../src/shared/panel_messages';
 import { checkWebviewDir, resolveWebviewPath } from '../../src/vscode/webviewPaths';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 

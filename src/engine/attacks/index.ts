@@ -15,7 +15,7 @@ import { wanet, wanetFromGrids } from './wanet';
 import { readTriggerImage, readWanetGrids, type TriggerImage, type WanetGrids } from './trigger_files';
 import { noTriggeredSet } from '../metrics/evaluate';
 import type { AttackJobSpec } from '../jobs/schema';
-import type { AttackInfo } from '../jobs/results';
+import type { AttackInfo } from '../../shared/results';
 import type { BackdoorBenchRecord } from '../io/backdoorbench';
 import { loadPoisonedSet, poisonedTriggeredSet } from './poisoned_set';
 import { conformSet } from '../io/data/convert';

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import type { ImageSet } from '../data/dataset';
 import { InputError } from '../errors';
 import type { ResolvedDataSource } from '../jobs/schema';
-import type { AttackInfo } from '../jobs/results';
+import type { AttackInfo } from '../../shared/results';
 import type { TriggeredSet } from '../metrics/evaluate';
 import { loadDataSource } from '../io/data';
 import { conformSet, checkLabels, type Shape } from '../io/data/convert';

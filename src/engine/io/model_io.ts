@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import type { Model } from '../nn/model';
-import type { Results } from '../jobs/results';
+import type { Results } from '../../shared/results';
 import type { Job } from '../jobs/schema';
 import { ARCHITECTURES, buildModel } from '../models';
 import { detectArchitecture, requireArchitecture, stripDataParallel } from '../models/detect';

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { ReportedMetrics } from './results';
+import type { ReportedMetrics } from '../../shared/results';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
 import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';

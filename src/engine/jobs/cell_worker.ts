@@ -10,7 +10,7 @@ import type { PtStateDict } from '../nn/module';
 import type { ImageSet } from '../data/dataset';
 import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
-import type { ReportedMetrics } from './results';
+import type { ReportedMetrics } from '../../shared/results';
 import { emptyRow, runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';

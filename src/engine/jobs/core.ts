@@ -17,7 +17,7 @@ import type { Augment } from '../nn/train';
 import { Rng } from '../util/rng';
 import { CancelledError, JobError, oneLine } from '../errors';
 import { cellError, describeNonFinite, findNonFinite } from './checks';
-import type { RunEvent } from '../../protocol';
+import type { RunEvent } from '../../shared/run_events';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
 import { saveModelFile, type ModelFormat } from '../io/model_io';
@@ -25,7 +25,7 @@ import { startCellPool } from './cell_pool';
 import { exportOnnx } from '../io/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
-import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
+import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
 import { gicEffectOfRows, summarizeRows } from './summary';
 

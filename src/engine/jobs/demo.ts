@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent } from '../../protocol';
+import type { RunEvent } from '../../shared/run_events';
 import { initBackend, type Device } from '../backend';
 import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors';
 import { writeJsonAtomic } from '../util/atomic';
-import { RESULTS_SCHEMA, type GicEntry, type Results, type ResultRow } from './results';
+import { RESULTS_SCHEMA, type GicEntry, type Results, type ResultRow } from '../../shared/results';
 import { gicEffectOfRows, summarizeRows } from './summary';
 
 export interface ShardResults {

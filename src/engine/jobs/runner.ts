@@ -5,8 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent } from '../../protocol';
-import type { Results } from './results';
+import type { RunEvent } from '../../shared/run_events';
+import type { Results } from '../../shared/results';
 import { initBackend } from '../backend';
 import { loadJob } from './validate';
 import type { Job, DataSourceSpec } from './schema';

@@ -2,7 +2,7 @@
  * The `results.json` contract (schema `backdoor-audit/results@1`, SPEC section 9). Fractions are in [0, 1].
  * These types are shared by the runner, the CLI, the extension host and the webview.
  */
-import type { BackendName } from '../backend';
+import type { BackendName } from '../engine/backend';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
 

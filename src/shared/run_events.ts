@@ -2,7 +2,7 @@
  * Typed messages between the job runner (worker or CLI), the extension host and the webview panel.
  * Everything here is plain JSON; receivers validate what they get (see isRunEvent / isPanelMessage).
  */
-import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './engine/jobs/results';
+import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './results';
 
 /** Events the runner emits while a job runs, in order; `done` or `failed` ends the stream. */
 export type RunEvent =
