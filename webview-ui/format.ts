@@ -7,7 +7,7 @@
  * runner's own code), so a live run and its results.json show the same numbers.
  */
 import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/shared/results';
-import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
+import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/shared/summary';
 import type { ViewState } from './state';
 
 /** null means "cannot be measured" (no trigger known; RA without true labels): "n/a", never 0 or a gap. */

@@ -15,7 +15,7 @@ import { makeAttack, triggeredTestSet } from '../../src/engine/attacks';
 import { sampleBalanced } from '../../src/engine/aux/sample';
 import { Rng } from '../../src/engine/util/rng';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../../src/engine/jobs/core';
-import { excludesZero } from '../../src/engine/jobs/summary';
+import { excludesZero } from '../../src/shared/summary';
 import type { ResultRow } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 

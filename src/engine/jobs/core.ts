@@ -27,7 +27,7 @@ import { resolveParams, type DefenseParams, type Profile } from '../defenses/def
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
-import { gicEffectOfRows, summarizeRows } from './summary';
+import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
 
 /** One auxiliary set as drawn for one repetition seed (each seed samples, shifts or synthesizes its own). */
 export interface PreparedAux {

@@ -6,8 +6,8 @@
  * Pure and computed from rows only, so the runner, `merge` (from merged rows) and the panel (from rows as they
  * arrive) all get the same numbers.
  */
-import type { GicEffectEntry, Interval, ResultRow, Spread, SummaryEntry } from '../../shared/results';
-import { mean, sampleStd, tInterval } from '../metrics/stats';
+import type { GicEffectEntry, Interval, ResultRow, Spread, SummaryEntry } from './results';
+import { mean, sampleStd, tInterval } from './stats';
 
 const METRICS = ['acc', 'asr', 'der'] as const;
 type MetricName = (typeof METRICS)[number];
