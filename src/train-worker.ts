@@ -4,7 +4,7 @@
  */
 import { workerData } from 'node:worker_threads';
 import { serveReplica } from './engine/nn/replica';
-import type { ReplicaInit } from './engine/nn/data_parallel';
+import type { ReplicaInit } from './engine/nn/replica_protocol';
 
 serveReplica(workerData as ReplicaInit).catch((e: unknown) => {
   throw e instanceof Error ? e : new Error(String(e));

@@ -1,6 +1,7 @@
 /**
- * Typed messages between the job runner (worker or CLI), the extension host and the webview panel.
- * Everything here is plain JSON; receivers validate what they get (see isRunEvent / isPanelMessage).
+ * The run-event channel: what a running job reports, in order, to whoever follows it (the CLI's progress
+ * lines, the extension host through the job process, the panel). Plain JSON; receivers check each event with
+ * isRunEvent before acting on it.
  */
 import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './results';
 
