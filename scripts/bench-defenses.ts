@@ -15,7 +15,7 @@ import { buildModel } from '../src/engine/models';
 import { SGD } from '../src/engine/nn/optim';
 import { fit } from '../src/engine/nn/train';
 import { Rng } from '../src/engine/util/rng';
-import { sampleBalanced } from '../src/engine/aux/sample';
+import { sampleBalanced } from '../src/engine/auxdata/sample';
 import { evaluateModel } from '../src/engine/metrics/evaluate';
 import { getDefense } from '../src/engine/defenses';
 import { resolveParams, type DefenseParams, type Profile } from '../src/engine/defenses/defense';

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { forkJobProcess } from '../src/vscode/jobProcess';
+import { forkJobProcess } from '../src/vscode/job_process';
 import type { Results } from '../src/shared/results';
 
 const root = path.join(__dirname, '..');

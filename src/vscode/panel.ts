@@ -10,9 +10,9 @@ import * as vscode from 'vscode';
 import type { RunEvent } from '../shared/run_events';
 import type { Results } from '../shared/results';
 import { webviewHtml, webviewOptions } from './html';
-import type { JobListener, JobRunner, Outcome } from './jobRunner';
+import type { JobListener, JobRunner, Outcome } from './job_runner';
 import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from '../shared/panel_messages';
-import { checkWebviewDir, resolveWebviewPath } from './webviewPaths';
+import { checkWebviewDir, resolveWebviewPath } from './webview_paths';
 
 export const RESULTS_VIEW_TYPE = 'backdoorAudit.results';
 export const MODEL_EDITOR_VIEW_TYPE = 'backdoorAudit.modelInspector';

@@ -16,8 +16,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
 import { saveModelFile } from '../../src/engine/io/model_io';
-import { JobRunner, type Outcome } from '../../src/vscode/jobRunner';
-import { forkJobProcess, type JobProcess } from '../../src/vscode/jobProcess';
+import { JobRunner, type Outcome } from '../../src/vscode/job_runner';
+import { forkJobProcess, type JobProcess } from '../../src/vscode/job_process';
 import { useWasm } from '../helpers/backend';
 import type { Results } from '../../src/shared/results';
 

@@ -9,7 +9,7 @@ import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
 import { fit } from '../../src/engine/nn/train';
 import { Rng } from '../../src/engine/util/rng';
-import { sampleBalanced } from '../../src/engine/aux/sample';
+import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { Model } from '../../src/engine/nn/model';

@@ -16,7 +16,7 @@ import { saveModelFile } from '../../src/engine/io/model_io';
 import { runJobFile, type RunOptions } from '../../src/engine/jobs/runner';
 import { DEFAULT_LIMITS, type Limits } from '../../src/engine/jobs/checks';
 import { InputError, oneLine } from '../../src/engine/errors';
-import { serveWorker } from '../../src/vscode/workerLoop';
+import { serveWorker } from '../../src/vscode/worker_loop';
 import type { Results } from '../../src/shared/results';
 import type { RunEvent } from '../../src/shared/run_events';
 import { useWasm } from '../helpers/backend';

@@ -17,7 +17,7 @@ import { InputError, oneLine } from '../../src/engine/errors';
 import { initBackend } from '../../src/engine/backend';
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
 import { makeAttack, triggeredTestSet } from '../../src/engine/attacks';
-import { sampleBalanced } from '../../src/engine/aux/sample';
+import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';
 import type { RunEvent } from '../../src/shared/run_events';

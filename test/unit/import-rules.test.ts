@@ -6,7 +6,7 @@
  */
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { folderCycles, folderOf, importsOf, layeringViolations, readImportGraph, type ImportEdge } from '../helpers/import-graph';
+import { folderCycles, folderOf, importsOf, layeringViolations, readImportGraph, type ImportEdge } from '../helpers/import_graph';
 
 const root = path.join(__dirname, '..', '..');
 

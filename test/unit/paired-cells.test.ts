@@ -12,7 +12,7 @@ import { initBackend } from '../../src/engine/backend';
 import { loadModelFile } from '../../src/engine/io/model_io';
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
 import { makeAttack, triggeredTestSet } from '../../src/engine/attacks';
-import { sampleBalanced } from '../../src/engine/aux/sample';
+import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { Rng } from '../../src/engine/util/rng';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../../src/engine/jobs/core';
 import { excludesZero } from '../../src/shared/summary';

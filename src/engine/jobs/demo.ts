@@ -16,8 +16,8 @@ import { defaultReplicas } from '../nn/data_parallel';
 import { createCpuTrainer, OrtTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
-import { sampleBalanced } from '../aux/sample';
-import { applyShift } from '../aux/shifts';
+import { sampleBalanced } from '../auxdata/sample';
+import { applyShift } from '../auxdata/shifts';
 import { runPrepared, type PreparedAux, type PreparedJob, type PlannedDefense } from './core';
 import { makeStaging, writeResults, type Results } from './output';
 import { throwIfAborted } from '../errors';
@@ -26,7 +26,7 @@ import { saveModelFile } from '../io/model_io';
 import { calibrate } from '../gic/gic';
 import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';
-import { synthesizeAuxSet } from '../aux/synthetic';
+import { synthesizeAuxSet } from '../auxdata/synthetic';
 
 export interface DemoOptions {
   quick: boolean;

@@ -18,9 +18,9 @@ import { FORMAT_EXT, adoptInputSize, loadModelFile, type ModelFormat } from '../
 import { tfjsArtifactsOf } from '../io/tfjs_export';
 import { jobTriggeredSet } from '../attacks';
 import { detectUnknownTrigger } from './detect';
-import { sampleBalanced } from '../aux/sample';
-import { applyShift } from '../aux/shifts';
-import { synthesizeAuxSet } from '../aux/synthetic';
+import { sampleBalanced } from '../auxdata/sample';
+import { applyShift } from '../auxdata/shifts';
+import { synthesizeAuxSet } from '../auxdata/synthetic';
 import { calibrate } from '../gic/gic';
 import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';

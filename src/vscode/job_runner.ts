@@ -9,9 +9,9 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { RunEvent } from '../shared/run_events';
 import type { Results } from '../shared/results';
-import { jobModelPath } from './jobSpec';
+import { jobModelPath } from './job_spec';
 import { removeProcessStaging } from '../engine/jobs/staging';
-import type { JobHandle } from './jobProcess';
+import type { JobHandle } from './job_process';
 import type { RunInfo } from '../shared/panel_messages';
 
 export type JobFactory = (req: RunRequest) => JobHandle;

@@ -7,7 +7,7 @@
  * SIGTERM cancels like a `cancel` message (the runner stops between batches and removes its staging folder);
  * the host sends SIGKILL only when that does not end the process within its grace period.
  */
-import { serveWorker, type PortLike } from './vscode/workerLoop';
+import { serveWorker, type PortLike } from './vscode/worker_loop';
 import { runJobFile } from './engine/jobs/runner';
 import type { RunEvent } from './shared/run_events';
 
