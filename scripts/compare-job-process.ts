@@ -1,6 +1,6 @@
 /**
  * Wall time of one job run by the CLI (`node dist/cli.js run`) and by the extension's job process
- * (dist/job-process.js forked by src/vscode/jobProcess.ts, as VS Code does), in alternating pairs, with a check
+ * (dist/job-process.js forked by src/vscode/job_process.ts, as VS Code does), in alternating pairs, with a check
  * that both gave the same rows. A measurement, not a test: `npx tsx scripts/compare-job-process.ts [model]
  * [pairs]` (default: the BackdoorBench PreAct-ResNet18 .pt fixture, ft, 2 pairs). Run `node esbuild.js` first.
  */

@@ -48,7 +48,7 @@ export function readResults(file: string): Results | undefined {
   }
 }
 
-/** The workspace folders: the only places a path from a webview may resolve into (see webviewPaths.ts). */
+/** The workspace folders: the only places a path from a webview may resolve into (see webview_paths.ts). */
 function workspaceRoots(): string[] {
   return (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath);
 }

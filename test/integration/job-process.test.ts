@@ -1,5 +1,5 @@
 /**
- * The extension's job process (dist/job-process.js forked by src/vscode/jobProcess.ts, driven by the JobRunner
+ * The extension's job process (dist/job-process.js forked by src/vscode/job_process.ts, driven by the JobRunner
  * against the fake `vscode` module): the same job gives the same rows and the same purified models as the CLI,
  * with ONNX Runtime in the job process as in the CLI; a job process killed with SIGKILL mid-job is a failed job
  * whose out dir keeps the previous run's files byte for byte, with its staging folder removed, and the next job
