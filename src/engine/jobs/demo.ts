@@ -27,6 +27,7 @@ import { calibrate } from '../gic/gic';
 import { saveCalibration } from '../gic/save';
 import { embedAuxSet } from '../embed';
 import { synthesizeAuxSet } from '../auxdata/synthetic';
+import { DEFENSE_IDS } from '../catalog';
 
 export interface DemoOptions {
   quick: boolean;
@@ -164,4 +165,4 @@ export const QUICK_DEFENSES = ['ft', 'clp'];
  * for those is the PyTorch-trained zoo (scripts/zoo/).
  */
 const DEMO_PARAMS: Record<string, DefenseParams> = { ft: { lr: 0.1, batchSize: 32, epochs: 15 } };
-export const FULL_DEFENSES = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'];
+export const FULL_DEFENSES: string[] = [...DEFENSE_IDS];

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
+import { guessDataFormat, needsAuxData } from '../catalog';
 import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from './schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
@@ -336,7 +337,7 @@ function checkRules(job: Job, label: string): void {
     if (seen.has(d.name)) fail(`defense "${d.name}" is already listed at defenses[${seen.get(d.name)}]`, `defenses[${i}]`);
     seen.set(d.name, i);
   });
-  if (job.aux.length === 0 && job.defenses.some((d) => d.name !== 'clp')) {
+  if (job.aux.length === 0 && job.defenses.some((d) => needsAuxData(d.name))) {
     fail('the defenses purify with auxiliary data: add at least one auxiliary set', 'aux');
   }
   const m = job.model as ModelSpec;
@@ -358,13 +359,7 @@ function checkRules(job: Job, label: string): void {
 
 /** The format a path implies, for sources that do not name one. */
 export function inferDataFormat(p: string, isDir: boolean): DataFormat | undefined {
-  const base = path.basename(p).toLowerCase();
-  if (/-idx3-ubyte(\.gz)?$/.test(base)) return 'idx';
-  if (base.endsWith('.npy')) return 'npy';
-  if (base.endsWith('.npz')) return 'npz';
-  if (base.endsWith('.bin')) return 'cifar10-bin';
-  if (isDir) return fs.readdirSync(p).some((f) => /^(data|test)_batch(_\d+)?\.bin$/.test(f)) ? 'cifar10-bin' : 'imagefolder';
-  return undefined;
+  return guessDataFormat(p, isDir, isDir ? fs.readdirSync(p) : []);
 }
 
 /**
