@@ -144,6 +144,7 @@ describe('job schema and validation', () => {
       ['an aux name unfit for file names', (j) => (j.aux = [{ name: 'my set', type: 'synthetic' }]), 'may contain only letters, digits, "_", "." and "-" (it names output files) (audit.json: aux[0].name)'],
       ['a repeated aux name', (j) => (j.aux = [{ name: 'a', type: 'synthetic' }, { name: 'a', type: 'synthetic' }]), 'aux name "a" is already used by aux[0] (audit.json: aux[1].name)'],
       ['a repeated defense', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['ft', { name: 'ft', profile: 'paper' }])), 'defense "ft" is already listed at defenses[0] (audit.json: defenses[1])'],
+      ['an unknown defense parameter', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['fp', { name: 'ft', params: { lr: 0.01, learningRate: 0.1 } }])), 'unknown parameter "learningRate" for defense ft (known: epochs, lr, batchSize, momentum, weightDecay) (audit.json: defenses[1].params.learningRate)'],
       ['defenses without aux sets', (j) => (j.defenses = ['ft']), 'the defenses purify with auxiliary data: add at least one auxiliary set (audit.json: aux)'],
       ['a seen set without training data', (j) => (j.aux = [{ name: 'a', type: 'seen' }]), 'a "seen" auxiliary set is drawn from data.train, which the job does not give (audit.json: aux[0].type)'],
       ['an input shape of two numbers', (j) => (j.model = { path: 'victim.safetensors', inputShape: [28, 28] }), 'must have exactly 3 items (audit.json: model.inputShape)'],

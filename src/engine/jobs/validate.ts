@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
 import { guessDataFormat, needsAuxData } from '../catalog';
+import { getDefense } from '../defenses';
 import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from './schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
@@ -336,6 +337,12 @@ function checkRules(job: Job, label: string): void {
   job.defenses.forEach((d, i) => {
     if (seen.has(d.name)) fail(`defense "${d.name}" is already listed at defenses[${seen.get(d.name)}]`, `defenses[${i}]`);
     seen.set(d.name, i);
+    // Parameter names are the defense's own (its defaults for the profile): a misspelt one is refused here,
+    // before anything runs, rather than failing the defense's rows one by one.
+    const known = getDefense(d.name)?.defaults(d.profile);
+    for (const k of Object.keys(d.params ?? {})) {
+      if (known && !(k in known)) fail(`unknown parameter "${k}" for defense ${d.name} (known: ${Object.keys(known).join(', ')})`, `defenses[${i}].params.${k}`);
+    }
   });
   if (job.aux.length === 0 && job.defenses.some((d) => needsAuxData(d.name))) {
     fail('the defenses purify with auxiliary data: add at least one auxiliary set', 'aux');
