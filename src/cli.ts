@@ -130,7 +130,7 @@ export function buildProgram(): Command {
     .argument('<model>', 'model file (.pt, .pth, .safetensors, .onnx, model.json)')
     .option('--json', 'print JSON')
     .action(async (model: string, opts: { json?: boolean }) => {
-      const { inspectModelFile, formatInspect } = await import('./engine/io/inspect');
+      const { inspectModelFile, formatInspect } = await import('./engine/model_files/inspect');
       const info = await inspectModelFile(path.resolve(model));
       process.stdout.write(opts.json ? JSON.stringify(info, null, 2) + '\n' : formatInspect(info) + '\n');
     });

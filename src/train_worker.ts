@@ -3,7 +3,7 @@
  * on its own single-threaded backend.
  */
 import { workerData } from 'node:worker_threads';
-import { serveReplica } from './engine/nn/replica';
+import { serveReplica } from './engine/models/replica';
 import type { ReplicaInit } from './engine/nn/replica_protocol';
 
 serveReplica(workerData as ReplicaInit).catch((e: unknown) => {

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
-import { saveModelFile } from '../../src/engine/io/model_io';
+import { saveModelFile } from '../../src/engine/model_files/model_io';
 import { JobRunner, type Outcome } from '../../src/vscode/job_runner';
 import { forkJobProcess, type JobProcess } from '../../src/vscode/job_process';
 import { useWasm } from '../helpers/backend';

@@ -3,7 +3,7 @@
  * channels) trained for a few epochs on a seeded 2400-image subset of the embedded MNIST with BadNets (3x3 white corner patch, 10% poisoned, target
  * 0), or another attack; a disjoint class-balanced auxiliary set and a clean/triggered test split. Built once per test file.
  */
-import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet, type AttackSpec } from '../../src/engine/attacks';
 import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';

@@ -8,14 +8,14 @@ import { buildModel } from '../../src/engine/models';
 import type { Model } from '../../src/engine/nn/model';
 import { SGD } from '../../src/engine/nn/optim';
 import { fit } from '../../src/engine/nn/train';
-import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
 import { applyShift } from '../../src/engine/auxdata/shifts';
 import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { synthesizeAuxSet } from '../../src/engine/auxdata/synthetic';
 import { GicNet, GIC_DEFAULTS, applyCalibration, calibrate, measureSet, perturbationStats, type GicNorm } from '../../src/engine/gic/gic';
 import { decodeGicNet, encodeGicNet, saveCalibration } from '../../src/engine/gic/save';
-import { decodeSafetensors } from '../../src/engine/io/safetensors';
-import { readNpz } from '../../src/engine/io/data/npz';
+import { decodeSafetensors } from '../../src/engine/formats/safetensors';
+import { readNpz } from '../../src/engine/formats/data/npz';
 import { imageSize, type ImageSet } from '../../src/engine/data/dataset';
 import { Rng } from '../../src/engine/util/rng';
 

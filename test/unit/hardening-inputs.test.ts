@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
-import { saveModelFile } from '../../src/engine/io/model_io';
+import { saveModelFile } from '../../src/engine/model_files/model_io';
 import { runJobFile } from '../../src/engine/jobs/runner';
 import { writeResults } from '../../src/engine/jobs/output';
 import type { Results } from '../../src/shared/results';

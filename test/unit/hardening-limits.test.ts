@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
-import { saveModelFile } from '../../src/engine/io/model_io';
+import { saveModelFile } from '../../src/engine/model_files/model_io';
 import { runJobFile, type RunOptions } from '../../src/engine/jobs/runner';
 import { DEFAULT_LIMITS, type Limits } from '../../src/engine/jobs/checks';
 import { InputError, oneLine } from '../../src/engine/errors';

@@ -16,9 +16,9 @@ import { readTriggerImage, readWanetGrids, type TriggerImage, type WanetGrids } 
 import { noTriggeredSet } from '../metrics/evaluate';
 import type { AttackJobSpec } from '../jobs/schema';
 import type { AttackInfo } from '../../shared/results';
-import type { BackdoorBenchRecord } from '../io/backdoorbench';
+import type { BackdoorBenchRecord } from '../formats/backdoorbench';
 import { loadPoisonedSet, poisonedTriggeredSet } from './poisoned_set';
-import { conformSet } from '../io/data/convert';
+import { conformSet } from '../formats/data/convert';
 
 export type { Attack };
 

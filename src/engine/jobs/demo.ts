@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { RunEvent } from '../../shared/run_events';
 import { initBackend, type Device } from '../backend';
-import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../formats/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
 import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
@@ -23,7 +23,7 @@ import { assemblePreparedJob, planDefenses } from './prepare';
 import { makeStaging, writeResults, type Results } from './output';
 import { throwIfAborted } from '../errors';
 import { yieldToLoop, type DefenseParams } from '../defenses/defense';
-import { saveModelFile } from '../io/model_io';
+import { saveModelFile } from '../model_files/model_io';
 import { synthesizeAuxSet } from '../auxdata/synthetic';
 import { DEFENSE_IDS } from '../catalog';
 

@@ -11,7 +11,7 @@ import { initBackend } from '../backend';
 import { loadJob } from './validate';
 import type { Job } from './schema';
 import { InputError } from '../errors';
-import { loadModelFile, type ModelFormat } from '../io/model_io';
+import { loadModelFile, type ModelFormat } from '../model_files/model_io';
 import { detectUnknownTrigger } from './detect';
 import { runPrepared, planCells, type ShardSpec } from './core';
 import { assemblePreparedJob, checkInputSizes, jobInputFiles, planDefenses, prepareInputs } from './prepare';

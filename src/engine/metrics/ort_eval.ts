@@ -8,7 +8,7 @@
 import { isMainThread } from 'node:worker_threads';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { exportOnnx } from '../io/onnx_export';
+import { exportOnnx } from '../model_files/onnx_export';
 import { throwIfAborted } from '../errors';
 
 type Ort = typeof import('onnxruntime-node');

@@ -16,8 +16,8 @@ import { ForwardContext, Module, assignFromPt, toPt } from '../nn/module';
 import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
-import type { OnnxAttr, OnnxConst, OnnxNode, OnnxPlan } from '../io/onnx';
-import { emitModule, type AttrValue, type OnnxBuilder } from '../io/onnx_export';
+import type { OnnxAttr, OnnxConst, OnnxNode, OnnxPlan } from '../formats/onnx';
+import { emitModule, type AttrValue, type OnnxBuilder } from '../model_files/onnx_export';
 
 export const SUPPORTED_ONNX_OPS = [
   'Conv', 'BatchNormalization', 'Relu', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Add', 'Sub', 'Mul', 'Div', 'Flatten',

@@ -5,10 +5,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../backend';
-import { buildModel } from '../models';
-import type { ForwardContext } from './module';
-import { crossEntropy } from './train';
-import { isReplicaRequest, type ReplicaInit, type ReplicaReply } from './replica_protocol';
+import { buildModel } from '.';
+import type { ForwardContext } from '../nn/module';
+import { crossEntropy } from '../nn/train';
+import { isReplicaRequest, type ReplicaInit, type ReplicaReply } from '../nn/replica_protocol';
 import { oneLine } from '../errors';
 
 export async function serveReplica(init: ReplicaInit): Promise<void> {
