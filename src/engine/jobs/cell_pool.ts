@@ -14,7 +14,7 @@ import type { ImageSet } from '../data/dataset';
 import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
 import { CancelledError, oneLine } from '../errors';
 import { cellError, isOutOfMemory } from './checks';
-import { ortWanted } from '../metrics/ort_eval';
+import { ortWanted } from '../backend/onnx_runtime';
 import { der, evaluateOnnx, reported } from '../metrics/evaluate';
 
 export interface CellPool {
