@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { publishedSchemaText } from '../src/engine/jobs/schema';
+import { publishedSchemaText } from '../src/engine/job_schema';
 
 const file = path.join(__dirname, '..', 'schema', 'audit.schema.json');
 const text = publishedSchemaText();

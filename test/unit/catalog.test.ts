@@ -6,7 +6,7 @@
 import * as assert from 'node:assert/strict';
 import { ATTACK_TYPES, DATA_FORMATS, DEFENSE_CATALOG, DEFENSE_IDS, SHIFT_NAMES, guessDataFormat, needsAuxData } from '../../src/engine/catalog';
 import { DEFENSES } from '../../src/engine/defenses';
-import { AUDIT_SCHEMA } from '../../src/engine/jobs/schema';
+import { AUDIT_SCHEMA } from '../../src/engine/job_schema';
 import { FULL_DEFENSES } from '../../src/engine/jobs/demo';
 import { DEFENSES as SETUP_DEFENSES, OOD_SHIFTS } from '../../src/vscode/job_spec';
 

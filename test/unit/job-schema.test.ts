@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError } from '../../src/engine/errors';
 import { loadJob, validateJobObject, parseJson } from '../../src/engine/jobs/validate';
-import { publishedSchemaText, type JobInput } from '../../src/engine/jobs/schema';
+import { publishedSchemaText, type JobInput } from '../../src/engine/job_schema';
 
 const ROOT = path.join(__dirname, '..', '..');
 

@@ -14,7 +14,7 @@ import { sig } from './sig';
 import { wanet, wanetFromGrids } from './wanet';
 import { readTriggerImage, readWanetGrids, type TriggerImage, type WanetGrids } from './trigger_files';
 import { noTriggeredSet } from '../metrics/evaluate';
-import type { AttackJobSpec } from '../jobs/schema';
+import type { AttackJobSpec } from '../job_schema';
 import type { AttackInfo } from '../../shared/results';
 import type { BackdoorBenchRecord } from '../formats/backdoorbench';
 import { loadPoisonedSet, poisonedTriggeredSet } from './poisoned_set';

@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import type { ImageSet } from '../data/dataset';
 import { InputError } from '../errors';
-import type { ResolvedDataSource } from '../jobs/schema';
+import type { ResolvedDataSource } from '../job_schema';
 import type { AttackInfo } from '../../shared/results';
 import type { TriggeredSet } from '../metrics/evaluate';
 import { loadDataSource } from '../formats/data';

@@ -9,7 +9,7 @@
 import * as path from 'node:path';
 import type { RunEvent } from '../../shared/run_events';
 import type { AttackInfo } from '../../shared/results';
-import type { Job, DataSourceSpec } from './schema';
+import type { Job, DataSourceSpec } from '../job_schema';
 import { InputError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';

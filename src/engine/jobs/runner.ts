@@ -9,7 +9,7 @@ import type { RunEvent } from '../../shared/run_events';
 import type { Results } from '../../shared/results';
 import { initBackend } from '../backend';
 import { loadJob } from './validate';
-import type { Job } from './schema';
+import type { Job } from '../job_schema';
 import { InputError } from '../errors';
 import { loadModelFile, type ModelFormat } from '../model_files/model_io';
 import { detectUnknownTrigger } from './detect';

@@ -10,7 +10,7 @@ import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
 import { guessDataFormat, needsAuxData } from '../catalog';
 import { getDefense } from '../defenses';
-import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from './schema';
+import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from '../job_schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
 // variants the first error is the meaningful one). verbose: errors carry their schema, for `errorMessage`

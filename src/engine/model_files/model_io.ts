@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import type { Model } from '../nn/model';
 import type { Results } from '../../shared/results';
-import type { Job } from '../jobs/schema';
+import type { Job } from '../job_schema';
 import { ARCHITECTURES, buildModel } from '../models';
 import { detectArchitecture, requireArchitecture, stripDataParallel } from '../models/detect';
 import { InputError } from '../errors';

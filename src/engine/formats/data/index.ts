@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import type { ImageSet } from '../../data/dataset';
 import { InputError } from '../../errors';
-import type { DataSourceSpec } from '../../jobs/schema';
+import type { DataSourceSpec } from '../../job_schema';
 import { conformSet, type DataTarget, type Shape } from './convert';
 import { readIdxPair } from './idx';
 import { readNpyPair } from './npy';

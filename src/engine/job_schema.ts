@@ -35,7 +35,7 @@ import {
   type ModelFormat,
   type Profile,
   type ShiftName,
-} from '../catalog';
+} from './catalog';
 
 // The names come from the catalog; re-exported for the modules that read them with the schema.
 export { ATTACK_TYPES, AUX_TYPES, DATA_FORMATS, DEFENSE_IDS, DEVICES, MODEL_FORMATS, PROFILES, SHIFT_NAMES };
