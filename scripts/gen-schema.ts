@@ -1,5 +1,5 @@
 /**
- * Writes schema/audit.schema.json from the single source in src/engine/jobs/schema.ts.
+ * Writes schema/audit.schema.json from the single source in src/engine/job_schema.ts.
  * `--check` writes nothing and exits 1 when the committed file is stale (for CI).
  */
 import * as fs from 'node:fs';

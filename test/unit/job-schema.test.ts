@@ -208,7 +208,7 @@ describe('job schema and validation', () => {
     assert.ok(job.aux.length > 0 && job.defenses.length > 0);
   });
 
-  it('the committed schema/audit.schema.json is the one schema.ts generates', () => {
+  it('the committed schema/audit.schema.json is the one job_schema.ts generates', () => {
     const committed = fs.readFileSync(path.join(ROOT, 'schema', 'audit.schema.json'), 'utf8');
     assert.equal(committed, publishedSchemaText(), 'run: npx tsx scripts/gen-schema.ts');
     const s = JSON.parse(committed);

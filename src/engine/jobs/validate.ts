@@ -1,5 +1,5 @@
 /**
- * Loading and validating a job: JSON syntax, the schema of schema.ts (ajv, defaults applied), the rules a
+ * Loading and validating a job: JSON syntax, the schema of job_schema.ts (ajv, defaults applied), the rules a
  * schema cannot express (unique names, consistent shapes), then the files the job names, resolved against the
  * job file's folder. The first problem becomes one InputError whose `where` is `<job file>: <field path>`, so
  * the CLI prints e.g. `error: unknown field "colour" (audit.json: aux[0].colour)`.
