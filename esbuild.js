@@ -22,9 +22,9 @@ async function main() {
   const nodeEntries = [
     ['src/cli.ts', 'cli.js'],
     ['src/extension.ts', 'extension.js'],
-    ['src/job-process.ts', 'job-process.js'],
-    ['src/cell-worker.ts', 'cell-worker.js'],
-    ['src/train-worker.ts', 'train-worker.js'],
+    ['src/job_process.ts', 'job-process.js'],
+    ['src/cell_worker.ts', 'cell-worker.js'],
+    ['src/train_worker.ts', 'train-worker.js'],
   ].filter(([src]) => exists(src));
   const contexts = [];
   for (const [src, out] of nodeEntries) {

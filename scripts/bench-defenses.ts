@@ -9,17 +9,17 @@
  */
 import * as fs from 'node:fs';
 import { initBackend } from '../src/engine/backend';
-import { loadEmbeddedMnist, splitDisjoint } from '../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../src/engine/formats/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../src/engine/attacks';
 import { buildModel } from '../src/engine/models';
 import { SGD } from '../src/engine/nn/optim';
 import { fit } from '../src/engine/nn/train';
 import { Rng } from '../src/engine/util/rng';
-import { sampleBalanced } from '../src/engine/aux/sample';
+import { sampleBalanced } from '../src/engine/auxdata/sample';
 import { evaluateModel } from '../src/engine/metrics/evaluate';
 import { getDefense } from '../src/engine/defenses';
 import { resolveParams, type DefenseParams, type Profile } from '../src/engine/defenses/defense';
-import { loadModelFile, saveModelFile } from '../src/engine/io/model_io';
+import { loadModelFile, saveModelFile } from '../src/engine/model_files/model_io';
 import { oneLine } from '../src/engine/errors';
 import * as tf from '@tensorflow/tfjs-core';
 

@@ -18,22 +18,22 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { initBackend } from '../src/engine/backend';
-import { readIdxPair } from '../src/engine/io/data/idx';
+import { readIdxPair } from '../src/engine/formats/data/idx';
 import { subset, type ImageSet } from '../src/engine/data/dataset';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../src/engine/attacks';
 import { buildModel } from '../src/engine/models';
 import { SGD } from '../src/engine/nn/optim';
 import { fit } from '../src/engine/nn/train';
 import { Rng } from '../src/engine/util/rng';
-import { sampleBalanced } from '../src/engine/aux/sample';
-import { applyShift } from '../src/engine/aux/shifts';
-import { synthesizeAuxSet } from '../src/engine/aux/synthetic';
+import { sampleBalanced } from '../src/engine/auxdata/sample';
+import { applyShift } from '../src/engine/auxdata/shifts';
+import { synthesizeAuxSet } from '../src/engine/auxdata/synthetic';
 import { calibrate } from '../src/engine/gic/gic';
 import { saveCalibration } from '../src/engine/gic/save';
 import { writeFileAtomic, writeJsonAtomic } from '../src/engine/util/atomic';
 import { runPrepared, type PreparedAux, type PreparedJob } from '../src/engine/jobs/core';
-import type { Results } from '../src/engine/jobs/results';
-import { loadModelFile, saveModelFile } from '../src/engine/io/model_io';
+import type { Results } from '../src/shared/results';
+import { loadModelFile, saveModelFile } from '../src/engine/model_files/model_io';
 import type { Model } from '../src/engine/nn/model';
 
 const args = process.argv.slice(2);

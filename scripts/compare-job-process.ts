@@ -1,6 +1,6 @@
 /**
  * Wall time of one job run by the CLI (`node dist/cli.js run`) and by the extension's job process
- * (dist/job-process.js forked by src/vscode/jobProcess.ts, as VS Code does), in alternating pairs, with a check
+ * (dist/job-process.js forked by src/vscode/job_process.ts, as VS Code does), in alternating pairs, with a check
  * that both gave the same rows. A measurement, not a test: `npx tsx scripts/compare-job-process.ts [model]
  * [pairs]` (default: the BackdoorBench PreAct-ResNet18 .pt fixture, ft, 2 pairs). Run `node esbuild.js` first.
  */
@@ -8,8 +8,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { forkJobProcess } from '../src/vscode/jobProcess';
-import type { Results } from '../src/engine/jobs/results';
+import { forkJobProcess } from '../src/vscode/job_process';
+import type { Results } from '../src/shared/results';
 
 const root = path.join(__dirname, '..');
 const model = path.resolve(process.argv[2] ?? path.join(root, 'test', 'fixtures', 'parity_preact_w4_c1.pt'));

@@ -1,10 +1,10 @@
 /**
- * Writes schema/audit.schema.json from the single source in src/engine/jobs/schema.ts.
+ * Writes schema/audit.schema.json from the single source in src/engine/job_schema.ts.
  * `--check` writes nothing and exits 1 when the committed file is stale (for CI).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { publishedSchemaText } from '../src/engine/jobs/schema';
+import { publishedSchemaText } from '../src/engine/job_schema';
 
 const file = path.join(__dirname, '..', 'schema', 'audit.schema.json');
 const text = publishedSchemaText();

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { initBackend } from '../src/engine/backend';
 import { buildModel } from '../src/engine/models';
 import { buildGradGraph } from '../src/engine/nn/ort_grad_graph';
-import { loadOrt } from '../src/engine/metrics/ort_eval';
+import { loadOrt } from '../src/engine/backend/onnx_runtime';
 
 async function main(): Promise<void> {
   const name = process.argv[2] ?? 'small-cnn-32';

@@ -7,8 +7,8 @@
  *   npx tsx scripts/study-table.ts OUT/results.json
  */
 import * as fs from 'node:fs';
-import type { Interval, Results, Spread } from '../src/engine/jobs/results';
-import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
+import type { Interval, Results, Spread } from '../src/shared/results';
+import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/shared/summary';
 
 const file = process.argv[2];
 if (!file) {

@@ -6,8 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import * as path from 'node:path';
 import { InputError, CancelledError, oneLine } from './engine/errors';
-import type { RunEvent } from './protocol';
-import type { Results } from './engine/jobs/results';
+import type { RunEvent } from './shared/run_events';
+import type { Results } from './shared/results';
 
 let verbose = false;
 
@@ -130,7 +130,7 @@ export function buildProgram(): Command {
     .argument('<model>', 'model file (.pt, .pth, .safetensors, .onnx, model.json)')
     .option('--json', 'print JSON')
     .action(async (model: string, opts: { json?: boolean }) => {
-      const { inspectModelFile, formatInspect } = await import('./engine/io/inspect');
+      const { inspectModelFile, formatInspect } = await import('./engine/model_files/inspect');
       const info = await inspectModelFile(path.resolve(model));
       process.stdout.write(opts.json ? JSON.stringify(info, null, 2) + '\n' : formatInspect(info) + '\n');
     });

@@ -5,13 +5,13 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { registerCommands } from './vscode/commands';
-import { JobRunner } from './vscode/jobRunner';
-import { forkJobProcess } from './vscode/jobProcess';
+import { JobRunner } from './vscode/job_runner';
+import { forkJobProcess } from './vscode/job_process';
 import { settings } from './vscode/config';
-import { ModelEditorProvider } from './vscode/modelEditor';
+import { ModelEditorProvider } from './vscode/model_editor';
 import { MODEL_EDITOR_VIEW_TYPE, RESULTS_VIEW_TYPE, ResultsPanels } from './vscode/panel';
-import { RunsTree } from './vscode/runsTree';
-import { BackendStatus } from './vscode/statusBar';
+import { RunsTree } from './vscode/runs_tree';
+import { BackendStatus } from './vscode/status_bar';
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Backdoor Audit', { log: true });

@@ -3,7 +3,7 @@
  * restore, and turns clicks into typed messages. DOM-free (the View is an interface) so that it is unit
  * tested in Node with a stubbed `acquireVsCodeApi()` and a recording view.
  */
-import { isHostMessage, isRunInfo, type HostMessage, type InspectInfo, type ModelAction, type PanelState, type ViewMessage } from '../src/vscode/panelProtocol';
+import { isHostMessage, isRunInfo, type HostMessage, type InspectInfo, type ModelAction, type PanelState, type ViewMessage } from '../src/shared/panel_messages';
 import { applyEvent, emptyState, fromResults, type ViewState } from './state';
 
 /** The part of the object `acquireVsCodeApi()` returns that the panel uses. */

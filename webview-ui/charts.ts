@@ -9,7 +9,7 @@
  * this, chartjs-chart-error-bars, brings its own controllers; ours is the one draw hook we need.
  */
 import { BarController, BarElement, CategoryScale, Chart, Legend, LinearScale, PointElement, ScatterController, Tooltip, type Plugin } from 'chart.js';
-import type { EmbeddingEntry } from '../src/engine/jobs/results';
+import type { EmbeddingEntry } from '../src/shared/results';
 import { figureSeries, scatterSeries } from './format';
 import type { ViewState } from './state';
 

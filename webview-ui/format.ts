@@ -6,8 +6,8 @@
  * charts.ts only draw these. Means and intervals are folded from the rows as they arrive (summary.ts, the
  * runner's own code), so a live run and its results.json show the same numbers.
  */
-import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/engine/jobs/results';
-import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/engine/jobs/summary';
+import type { EmbeddingEntry, GicEffectEntry, GicEntry, GicSample, Interval, ResultRow, Spread, SummaryEntry } from '../src/shared/results';
+import { excludesZero, gicEffectOfRows, summarizeRows } from '../src/shared/summary';
 import type { ViewState } from './state';
 
 /** null means "cannot be measured" (no trigger known; RA without true labels): "n/a", never 0 or a gap. */

@@ -2,12 +2,12 @@
  * Entry of the webview bundle (dist/webview.js), used three ways:
  * - the results panel (`<body data-view="results">`) and the model inspector (`data-view="model"`) inside VS
  *   Code, talking to the host through acquireVsCodeApi();
- * - the standalone report.html the CLI writes, where the results are embedded in the page (see report.ts)
+ * - the standalone report.html the CLI writes, where the results are embedded in the page (see src/shared/report_page.ts)
  *   and there is no host: links and buttons that need one are left out.
  */
 import { App, type WebviewApi } from './app';
 import { DomView } from './render';
-import { REPORT_DATA_ID, parseReportData } from './report';
+import { REPORT_DATA_ID, parseReportData } from '../src/shared/report_page';
 
 declare function acquireVsCodeApi(): WebviewApi;
 

@@ -3,7 +3,7 @@
  * file or results.json is inserted as text (textContent / createTextNode), never as HTML: aux names and
  * layer names are user-controlled. Colours come from --vscode-* variables through panel.css.
  */
-import type { InspectInfo, ModelAction } from '../src/vscode/panelProtocol';
+import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
 import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';

@@ -3,8 +3,8 @@
  * from a results.json (a finished run). Pure and DOM-free, so it is unit tested in Node and shared by the
  * panel and the self-contained report page.
  */
-import type { RunEvent, RunInfo, Results } from '../src/vscode/panelProtocol';
-import type { EmbeddingEntry, GicEntry, ReportedMetrics, ResultRow } from '../src/engine/jobs/results';
+import type { RunEvent, RunInfo, Results } from '../src/shared/panel_messages';
+import type { EmbeddingEntry, GicEntry, ReportedMetrics, ResultRow } from '../src/shared/results';
 
 export type RunStatus = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted';
 

@@ -6,7 +6,7 @@
  * Rows, the baseline and log messages are printed as lines in both modes.
  */
 import { SingleBar, Presets } from 'cli-progress';
-import type { RunEvent } from '../protocol';
+import type { RunEvent } from '../shared/run_events';
 
 /** The part of a stream the reporter needs (process.stderr, or a test double). */
 export interface ProgressStream {

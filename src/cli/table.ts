@@ -7,8 +7,8 @@
  * grepped and diffed.
  */
 import Table from 'cli-table3';
-import type { Interval, Results, Spread } from '../engine/jobs/results';
-import { excludesZero } from '../engine/jobs/summary';
+import type { Interval, Results, Spread } from '../shared/results';
+import { excludesZero } from '../shared/summary';
 
 /** A fraction as a percentage with one decimal; 'n/a' where it cannot be measured (null: no trigger known), '-'
  * where there is no value (a failed cell). */

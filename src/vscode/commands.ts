@@ -7,12 +7,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { settings } from './config';
-import type { JobRunner, Outcome } from './jobRunner';
-import { jobModelPath, runOutDir } from './jobSpec';
+import type { JobRunner, Outcome } from './job_runner';
+import { jobModelPath, runOutDir } from './job_spec';
 import { inspectorViewType, type ResultsPanels } from './panel';
-import type { RunsTree } from './runsTree';
-import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setupFlow';
-import { doctorSummary, formatDoctor, runDoctorProcess } from './checkEnvironment';
+import type { RunsTree } from './runs_tree';
+import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setup_flow';
+import { doctorSummary, formatDoctor, runDoctorProcess } from './check_environment';
 
 export interface Services {
   runner: JobRunner;

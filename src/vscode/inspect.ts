@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { InspectInfo } from './panelProtocol';
+import type { InspectInfo } from '../shared/panel_messages';
 
 export interface InspectResult {
   info?: InspectInfo;

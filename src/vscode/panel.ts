@@ -7,12 +7,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { RunEvent } from '../protocol';
-import type { Results } from '../engine/jobs/results';
+import type { RunEvent } from '../shared/run_events';
+import type { Results } from '../shared/results';
 import { webviewHtml, webviewOptions } from './html';
-import type { JobListener, JobRunner, Outcome } from './jobRunner';
-import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from './panelProtocol';
-import { checkWebviewDir, resolveWebviewPath } from './webviewPaths';
+import type { JobListener, JobRunner, Outcome } from './job_runner';
+import { isPanelState, isResults, isViewMessage, type HostMessage, type RunInfo, type ViewMessage } from '../shared/panel_messages';
+import { checkWebviewDir, resolveWebviewPath } from './webview_paths';
 
 export const RESULTS_VIEW_TYPE = 'backdoorAudit.results';
 export const MODEL_EDITOR_VIEW_TYPE = 'backdoorAudit.modelInspector';
@@ -48,7 +48,7 @@ export function readResults(file: string): Results | undefined {
   }
 }
 
-/** The workspace folders: the only places a path from a webview may resolve into (see webviewPaths.ts). */
+/** The workspace folders: the only places a path from a webview may resolve into (see webview_paths.ts). */
 function workspaceRoots(): string[] {
   return (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath);
 }

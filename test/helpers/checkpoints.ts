@@ -6,7 +6,7 @@ import * as crypto from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { strict as assert } from 'node:assert';
 import { InputError } from '../../src/engine/errors';
-import type { StateDict } from '../../src/engine/io/state_dict';
+import type { StateDict } from '../../src/engine/formats/state_dict';
 
 export const FIXTURES = path.join(__dirname, '..', 'fixtures');
 export const fixture = (name: string): string => path.join(FIXTURES, name);

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { readSafetensors } from '../../src/engine/io/safetensors';
+import { readSafetensors } from '../../src/engine/formats/safetensors';
 
 export const FIXTURES = path.join(__dirname, '..', 'fixtures');
 

@@ -11,8 +11,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { runJobFile } from '../../src/engine/jobs/runner';
 import { cellWorkerScript } from '../../src/engine/jobs/cell_pool';
 import { CancelledError } from '../../src/engine/errors';
-import { ortWanted } from '../../src/engine/metrics/ort_eval';
-import type { Results } from '../../src/engine/jobs/results';
+import { ortWanted } from '../../src/engine/backend/onnx_runtime';
+import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 
 const ROOT = path.join(__dirname, '..', '..');

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runDemo } from '../../src/engine/jobs/demo';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 
 const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');

@@ -1,5 +1,5 @@
 /**
- * The extension's job process (dist/job-process.js forked by src/vscode/jobProcess.ts, driven by the JobRunner
+ * The extension's job process (dist/job-process.js forked by src/vscode/job_process.ts, driven by the JobRunner
  * against the fake `vscode` module): the same job gives the same rows and the same purified models as the CLI,
  * with ONNX Runtime in the job process as in the CLI; a job process killed with SIGKILL mid-job is a failed job
  * whose out dir keeps the previous run's files byte for byte, with its staging folder removed, and the next job
@@ -15,11 +15,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
-import { saveModelFile } from '../../src/engine/io/model_io';
-import { JobRunner, type Outcome } from '../../src/vscode/jobRunner';
-import { forkJobProcess, type JobProcess } from '../../src/vscode/jobProcess';
+import { saveModelFile } from '../../src/engine/model_files/model_io';
+import { JobRunner, type Outcome } from '../../src/vscode/job_runner';
+import { forkJobProcess, type JobProcess } from '../../src/vscode/job_process';
 import { useWasm } from '../helpers/backend';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 
 const DIST = path.join(__dirname, '..', '..', 'dist');
 const SCRIPT = path.join(DIST, 'job-process.js');

@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 import { mergeShards, readShard } from '../../src/engine/jobs/merge';
 import { InputError } from '../../src/engine/errors';
 

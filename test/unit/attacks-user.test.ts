@@ -16,9 +16,9 @@ import { runJobFile } from '../../src/engine/jobs/runner';
 import { InputError } from '../../src/engine/errors';
 import { makeAttack } from '../../src/engine/attacks';
 import { readTriggerImage, readWanetGrids } from '../../src/engine/attacks/trigger_files';
-import { parseNpy } from '../../src/engine/io/data/npy';
+import { parseNpy } from '../../src/engine/formats/data/npy';
 import { Rng } from '../../src/engine/util/rng';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 
 const FIX = path.join(__dirname, '..', 'fixtures', 'attacks');
 const fx = (f: string) => path.join(FIX, f);

@@ -2,8 +2,8 @@
 import { strict as assert } from 'node:assert';
 import { formatResultsTable, pct } from '../../src/cli/table';
 import { createProgressReporter } from '../../src/cli/progress';
-import type { Results } from '../../src/engine/jobs/results';
-import { gicEffectOfRows, summarizeRows } from '../../src/engine/jobs/summary';
+import type { Results } from '../../src/shared/results';
+import { gicEffectOfRows, summarizeRows } from '../../src/shared/summary';
 
 const results: Results = {
   schema: 'backdoor-audit/results@1',

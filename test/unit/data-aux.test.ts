@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { applyShift, SHIFTS } from '../../src/engine/aux/shifts';
-import { sampleBalanced } from '../../src/engine/aux/sample';
+import { applyShift, SHIFTS } from '../../src/engine/auxdata/shifts';
+import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { classCounts, type ImageSet } from '../../src/engine/data/dataset';
 import { Rng } from '../../src/engine/util/rng';
 import { InputError } from '../../src/engine/errors';

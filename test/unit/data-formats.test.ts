@@ -6,12 +6,12 @@ import * as zlib from 'node:zlib';
 import { PNG } from 'pngjs';
 import * as jpeg from 'jpeg-js';
 import { zipSync } from 'fflate';
-import { loadDataSource } from '../../src/engine/io/data';
-import { readImageFolder } from '../../src/engine/io/data/imagefolder';
-import { encodeNpy, readNpyPair } from '../../src/engine/io/data/npy';
-import { encodeNpz, readNpz } from '../../src/engine/io/data/npz';
-import { readCifar10 } from '../../src/engine/io/data/cifar10';
-import { conformSet, resizeImage } from '../../src/engine/io/data/convert';
+import { loadDataSource } from '../../src/engine/formats/data';
+import { readImageFolder } from '../../src/engine/formats/data/imagefolder';
+import { encodeNpy, readNpyPair } from '../../src/engine/formats/data/npy';
+import { encodeNpz, readNpz } from '../../src/engine/formats/data/npz';
+import { readCifar10 } from '../../src/engine/formats/data/cifar10';
+import { conformSet, resizeImage } from '../../src/engine/formats/data/convert';
 import { InputError } from '../../src/engine/errors';
 import type { ImageSet } from '../../src/engine/data/dataset';
 

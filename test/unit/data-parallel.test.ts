@@ -5,7 +5,7 @@ import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
 import { crossEntropy, fitStepped, predictLabels, trainStep } from '../../src/engine/nn/train';
 import { DataParallel } from '../../src/engine/nn/data_parallel';
-import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
 import { Rng } from '../../src/engine/util/rng';
 import { JobError } from '../../src/engine/errors';
 import type { Model } from '../../src/engine/nn/model';

@@ -3,17 +3,17 @@
  * channels) trained for a few epochs on a seeded 2400-image subset of the embedded MNIST with BadNets (3x3 white corner patch, 10% poisoned, target
  * 0), or another attack; a disjoint class-balanced auxiliary set and a clean/triggered test split. Built once per test file.
  */
-import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet, type AttackSpec } from '../../src/engine/attacks';
 import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
 import { fit } from '../../src/engine/nn/train';
 import { Rng } from '../../src/engine/util/rng';
-import { sampleBalanced } from '../../src/engine/aux/sample';
+import { sampleBalanced } from '../../src/engine/auxdata/sample';
 import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { Model } from '../../src/engine/nn/model';
-import type { Metrics } from '../../src/engine/jobs/results';
+import type { Metrics } from '../../src/shared/results';
 import type { Defense, DefenseContext, DefenseParams, DefenseOutcome } from '../../src/engine/defenses/defense';
 import { resolveParams } from '../../src/engine/defenses/defense';
 import { strict as assert } from 'node:assert';

@@ -14,13 +14,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { getDefense } from '../../src/engine/defenses';
 import { resolveParams } from '../../src/engine/defenses/defense';
-import { loadModelFile } from '../../src/engine/io/model_io';
-import { readNpyPair } from '../../src/engine/io/data/npy';
+import { loadModelFile } from '../../src/engine/model_files/model_io';
+import { readNpyPair } from '../../src/engine/formats/data/npy';
 import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
 import { Rng } from '../../src/engine/util/rng';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { Model } from '../../src/engine/nn/model';
-import type { Metrics } from '../../src/engine/jobs/results';
+import type { Metrics } from '../../src/shared/results';
 
 const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
 const TARGET = 0;

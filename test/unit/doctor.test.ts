@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatDoctor, gpuUnavailable, runDoctor, type DoctorProbes } from '../../src/engine/backend/doctor';
-import { doctorSummary, runDoctorProcess } from '../../src/vscode/checkEnvironment';
+import { doctorSummary, runDoctorProcess } from '../../src/vscode/check_environment';
 
 function missing(id: string): Error {
   return Object.assign(new Error(`Cannot find module '${id}'\nRequire stack:\n- x`), { code: 'MODULE_NOT_FOUND' });

@@ -12,13 +12,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildModel } from '../../src/engine/models';
-import { saveModelFile } from '../../src/engine/io/model_io';
+import { saveModelFile } from '../../src/engine/model_files/model_io';
 import { runJobFile, type RunOptions } from '../../src/engine/jobs/runner';
 import { DEFAULT_LIMITS, type Limits } from '../../src/engine/jobs/checks';
 import { InputError, oneLine } from '../../src/engine/errors';
-import { serveWorker } from '../../src/vscode/workerLoop';
-import type { Results } from '../../src/engine/jobs/results';
-import type { RunEvent } from '../../src/protocol';
+import { serveWorker } from '../../src/vscode/worker_loop';
+import type { Results } from '../../src/shared/results';
+import type { RunEvent } from '../../src/shared/run_events';
 import { useWasm } from '../helpers/backend';
 
 const MB = 1024 * 1024;

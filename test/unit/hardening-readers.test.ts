@@ -16,11 +16,11 @@ import { PNG } from 'pngjs';
 import * as jpeg from 'jpeg-js';
 import { useWasm } from '../helpers/backend';
 import { InputError } from '../../src/engine/errors';
-import { encodeNpy } from '../../src/engine/io/data/npy';
-import { readNpz } from '../../src/engine/io/data/npz';
-import { decodeJpeg, decodePng, readImageFolder } from '../../src/engine/io/data/imagefolder';
-import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
-import { exportOnnx } from '../../src/engine/io/onnx_export';
+import { encodeNpy } from '../../src/engine/formats/data/npy';
+import { readNpz } from '../../src/engine/formats/data/npz';
+import { decodeJpeg, decodePng, readImageFolder } from '../../src/engine/formats/data/imagefolder';
+import { loadModelFile, saveModelFile } from '../../src/engine/model_files/model_io';
+import { exportOnnx } from '../../src/engine/model_files/onnx_export';
 import { buildModel } from '../../src/engine/models';
 import { pngChunk } from '../fuzz/mutate';
 

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError } from '../../src/engine/errors';
 import { loadJob, validateJobObject, parseJson } from '../../src/engine/jobs/validate';
-import { publishedSchemaText, type JobInput } from '../../src/engine/jobs/schema';
+import { publishedSchemaText, type JobInput } from '../../src/engine/job_schema';
 
 const ROOT = path.join(__dirname, '..', '..');
 
@@ -144,6 +144,7 @@ describe('job schema and validation', () => {
       ['an aux name unfit for file names', (j) => (j.aux = [{ name: 'my set', type: 'synthetic' }]), 'may contain only letters, digits, "_", "." and "-" (it names output files) (audit.json: aux[0].name)'],
       ['a repeated aux name', (j) => (j.aux = [{ name: 'a', type: 'synthetic' }, { name: 'a', type: 'synthetic' }]), 'aux name "a" is already used by aux[0] (audit.json: aux[1].name)'],
       ['a repeated defense', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['ft', { name: 'ft', profile: 'paper' }])), 'defense "ft" is already listed at defenses[0] (audit.json: defenses[1])'],
+      ['an unknown defense parameter', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['fp', { name: 'ft', params: { lr: 0.01, learningRate: 0.1 } }])), 'unknown parameter "learningRate" for defense ft (known: epochs, lr, batchSize, momentum, weightDecay) (audit.json: defenses[1].params.learningRate)'],
       ['defenses without aux sets', (j) => (j.defenses = ['ft']), 'the defenses purify with auxiliary data: add at least one auxiliary set (audit.json: aux)'],
       ['a seen set without training data', (j) => (j.aux = [{ name: 'a', type: 'seen' }]), 'a "seen" auxiliary set is drawn from data.train, which the job does not give (audit.json: aux[0].type)'],
       ['an input shape of two numbers', (j) => (j.model = { path: 'victim.safetensors', inputShape: [28, 28] }), 'must have exactly 3 items (audit.json: model.inputShape)'],
@@ -207,7 +208,7 @@ describe('job schema and validation', () => {
     assert.ok(job.aux.length > 0 && job.defenses.length > 0);
   });
 
-  it('the committed schema/audit.schema.json is the one schema.ts generates', () => {
+  it('the committed schema/audit.schema.json is the one job_schema.ts generates', () => {
     const committed = fs.readFileSync(path.join(ROOT, 'schema', 'audit.schema.json'), 'utf8');
     assert.equal(committed, publishedSchemaText(), 'run: npx tsx scripts/gen-schema.ts');
     const s = JSON.parse(committed);

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
-import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
+import { loadModelFile, saveModelFile } from '../../src/engine/model_files/model_io';
 
 describe('model files', () => {
   before(useWasm);

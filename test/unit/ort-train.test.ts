@@ -5,7 +5,7 @@ import { buildModel } from '../../src/engine/models';
 import { SGD } from '../../src/engine/nn/optim';
 import { crossEntropy, fitStepped, predictLabels, trainStep } from '../../src/engine/nn/train';
 import { OrtTrainer } from '../../src/engine/nn/ort_train';
-import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
 import { Rng } from '../../src/engine/util/rng';
 import { Identity } from '../../src/engine/nn/layers';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';

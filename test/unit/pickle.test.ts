@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { unzipSync } from 'fflate';
-import { PyDict, PyGlobal, PySet, PyTuple, StorageRef, TensorRef, unpickle, type PyValue } from '../../src/engine/io/pickle';
+import { PyDict, PyGlobal, PySet, PyTuple, StorageRef, TensorRef, unpickle, type PyValue } from '../../src/engine/formats/pickle';
 import { InputError } from '../../src/engine/errors';
 import { assertInputError, expected, fixture, python, sha256 } from '../helpers/checkpoints';
 

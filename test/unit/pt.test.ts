@@ -2,10 +2,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { zipSync } from 'fflate';
-import { encodePt, encodeStateDictPickle, readPt, readPtBytes, writePt } from '../../src/engine/io/pt';
-import { TensorRef, unpickle, type PyDict } from '../../src/engine/io/pickle';
+import { encodePt, encodeStateDictPickle, readPt, readPtBytes, writePt } from '../../src/engine/formats/pt';
+import { TensorRef, unpickle, type PyDict } from '../../src/engine/formats/pickle';
 import { InputError } from '../../src/engine/errors';
-import type { StateDict } from '../../src/engine/io/state_dict';
+import type { StateDict } from '../../src/engine/formats/state_dict';
 import { assertInputError, assertStateDict, expected, fixture, hasTorch, python, sha256, tmpDir } from '../helpers/checkpoints';
 
 /** Rewrite fields of one entry in the zip's central directory (what fflate reads sizes from). */

@@ -4,9 +4,9 @@
  * differences and their 95% t-intervals; failed runs and unpaired seeds left out).
  */
 import { strict as assert } from 'node:assert';
-import { mean, sampleStd, studentTCdf, studentTQuantile, tInterval } from '../../src/engine/metrics/stats';
-import { excludesZero, gicEffectOfRows, summarizeRows } from '../../src/engine/jobs/summary';
-import type { ResultRow } from '../../src/engine/jobs/results';
+import { mean, sampleStd, studentTCdf, studentTQuantile, tInterval } from '../../src/shared/stats';
+import { excludesZero, gicEffectOfRows, summarizeRows } from '../../src/shared/summary';
+import type { ResultRow } from '../../src/shared/results';
 
 const close = (a: number | null | undefined, b: number, tol = 1e-9, what = '') => assert.ok(typeof a === 'number' && Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);
 

@@ -7,10 +7,10 @@ import {
   readSafetensors,
   readSafetensorsMetadata,
   writeSafetensors,
-} from '../../src/engine/io/safetensors';
-import { readPt } from '../../src/engine/io/pt';
+} from '../../src/engine/formats/safetensors';
+import { readPt } from '../../src/engine/formats/pt';
 import { InputError } from '../../src/engine/errors';
-import { floatToBf16, floatToHalf, halfToFloat, bf16ToFloat, toFloat32 } from '../../src/engine/io/state_dict';
+import { floatToBf16, floatToHalf, halfToFloat, bf16ToFloat, toFloat32 } from '../../src/engine/formats/state_dict';
 import { assertInputError, assertStateDict, expected, fixture, hasTorch, python, sha256, tmpDir } from '../helpers/checkpoints';
 
 /** A safetensors file from a header object and a data length (bytes are zero). */

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { useWasm } from '../helpers/backend';
 import { maxAbsDiff } from '../helpers/parity';
-import { loadModelFile, saveModelFile } from '../../src/engine/io/model_io';
+import { loadModelFile, saveModelFile } from '../../src/engine/model_files/model_io';
 import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';

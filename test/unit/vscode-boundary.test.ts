@@ -13,11 +13,11 @@ import * as path from 'node:path';
 import { activate } from '../../src/extension';
 import { webviewHtml, webviewOptions } from '../../src/vscode/html';
 import { headerSummary } from '../../src/vscode/inspect';
-import { JobRunner } from '../../src/vscode/jobRunner';
-import { ModelEditorProvider } from '../../src/vscode/modelEditor';
+import { JobRunner } from '../../src/vscode/job_runner';
+import { ModelEditorProvider } from '../../src/vscode/model_editor';
 import { ResultsPanels } from '../../src/vscode/panel';
-import { isViewMessage } from '../../src/vscode/panelProtocol';
-import { checkWebviewDir, resolveWebviewPath } from '../../src/vscode/webviewPaths';
+import { isViewMessage } from '../../src/shared/panel_messages';
+import { checkWebviewDir, resolveWebviewPath } from '../../src/vscode/webview_paths';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 const root = path.join(__dirname, '..', '..');

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Results } from '../../src/engine/jobs/results';
+import type { Results } from '../../src/shared/results';
 
 const made: string[] = [];
 

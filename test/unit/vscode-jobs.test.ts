@@ -6,15 +6,15 @@ import { fake, Uri } from './vscode-fake';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent } from '../../src/protocol';
-import { parseHostToJob, parseJobToHost, type HostToJob } from '../../src/shared/jobProcessProtocol';
-import type { Results } from '../../src/engine/jobs/results';
+import type { RunEvent } from '../../src/shared/run_events';
+import { parseHostToJob, parseJobToHost, type HostToJob } from '../../src/shared/job_process';
+import type { Results } from '../../src/shared/results';
 import { CancelledError, InputError, throwIfAborted } from '../../src/engine/errors';
-import { buildJob, checkAnswers, guessFormat, isLabelsNpy, jobModelPath, pairLabels, runOutDir, auxName, type JobAnswers } from '../../src/vscode/jobSpec';
-import { serveWorker, type PortLike } from '../../src/vscode/workerLoop';
-import { JobRunner } from '../../src/vscode/jobRunner';
-import { describeExit, type JobHandle } from '../../src/vscode/jobProcess';
-import { SetupFlow } from '../../src/vscode/setupFlow';
+import { buildJob, checkAnswers, guessFormat, isLabelsNpy, jobModelPath, pairLabels, runOutDir, auxName, type JobAnswers } from '../../src/vscode/job_spec';
+import { serveWorker, type PortLike } from '../../src/vscode/worker_loop';
+import { JobRunner } from '../../src/vscode/job_runner';
+import { describeExit, type JobHandle } from '../../src/vscode/job_process';
+import { SetupFlow } from '../../src/vscode/setup_flow';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {

@@ -7,13 +7,13 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { webviewHtml } from '../../src/vscode/html';
-import { JobRunner } from '../../src/vscode/jobRunner';
-import type { JobHandle } from '../../src/vscode/jobProcess';
+import { JobRunner } from '../../src/vscode/job_runner';
+import type { JobHandle } from '../../src/vscode/job_process';
 import { inspectorViewType, ResultsPanels } from '../../src/vscode/panel';
-import { scanDir, summarizeRun } from '../../src/vscode/runsTree';
-import { backendLabel, expectedBackend } from '../../src/vscode/statusBar';
+import { scanDir, summarizeRun } from '../../src/vscode/runs_tree';
+import { backendLabel, expectedBackend } from '../../src/vscode/status_bar';
 import { errorLine } from '../../src/vscode/inspect';
-import { ModelEditorProvider } from '../../src/vscode/modelEditor';
+import { ModelEditorProvider } from '../../src/vscode/model_editor';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 const ext = Uri.file('/ext');

@@ -5,8 +5,8 @@
  * (`<img src=x onerror=alert(1)>`) must show as those characters and create no element.
  */
 import * as assert from 'node:assert/strict';
-import type { RunEvent } from '../../src/protocol';
-import type { Results } from '../../src/engine/jobs/results';
+import type { RunEvent } from '../../src/shared/run_events';
+import type { Results } from '../../src/shared/results';
 import type * as StateModule from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
 import { usePanelDom } from '../helpers/panel-dom';

@@ -5,11 +5,11 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent } from '../../src/protocol';
-import { isHostMessage, isViewMessage, type InspectInfo, type RunInfo, type ViewMessage } from '../../src/vscode/panelProtocol';
+import type { RunEvent } from '../../src/shared/run_events';
+import { isHostMessage, isViewMessage, type InspectInfo, type RunInfo, type ViewMessage } from '../../src/shared/panel_messages';
 import { App, type SavedState, type View, type WebviewApi } from '../../webview-ui/app';
 import { AUX_TYPE_NOTES, buildGrid, figureSeries, classColour, pct, scatterSeries, statusText } from '../../webview-ui/format';
-import { jsonForScript, parseReportData, renderReportHtml, REPORT_DATA_ID } from '../../webview-ui/report';
+import { jsonForScript, parseReportData, renderReportHtml, REPORT_DATA_ID } from '../../src/shared/report_page';
 import { applyEvent, emptyState, fractionDone, fromResults, type ViewState } from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
 

@@ -8,7 +8,7 @@
  * Patch pixels are 8-bit values, so the triggered pixels are exactly the values BackdoorBench writes.
  */
 import type { Attack } from './attack';
-import type { PatchPosition } from '../jobs/schema';
+import type { PatchPosition } from '../job_schema';
 import { InputError } from '../errors';
 import { pilResizeBilinear } from './pil_resize';
 import { convertChannels8, type TriggerImage } from './trigger_files';

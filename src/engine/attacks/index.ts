@@ -14,11 +14,11 @@ import { sig } from './sig';
 import { wanet, wanetFromGrids } from './wanet';
 import { readTriggerImage, readWanetGrids, type TriggerImage, type WanetGrids } from './trigger_files';
 import { noTriggeredSet } from '../metrics/evaluate';
-import type { AttackJobSpec } from '../jobs/schema';
-import type { AttackInfo } from '../jobs/results';
-import type { BackdoorBenchRecord } from '../io/backdoorbench';
+import type { AttackJobSpec } from '../job_schema';
+import type { AttackInfo } from '../../shared/results';
+import type { BackdoorBenchRecord } from '../formats/backdoorbench';
 import { loadPoisonedSet, poisonedTriggeredSet } from './poisoned_set';
-import { conformSet } from '../io/data/convert';
+import { conformSet } from '../formats/data/convert';
 
 export type { Attack };
 

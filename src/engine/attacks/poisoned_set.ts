@@ -12,13 +12,13 @@
 import * as fs from 'node:fs';
 import type { ImageSet } from '../data/dataset';
 import { InputError } from '../errors';
-import type { ResolvedDataSource } from '../jobs/schema';
-import type { AttackInfo } from '../jobs/results';
+import type { ResolvedDataSource } from '../job_schema';
+import type { AttackInfo } from '../../shared/results';
 import type { TriggeredSet } from '../metrics/evaluate';
-import { loadDataSource } from '../io/data';
-import { conformSet, checkLabels, type Shape } from '../io/data/convert';
-import { parseNpy, type Npy } from '../io/data/npy';
-import { readNpzArrays } from '../io/data/npz';
+import { loadDataSource } from '../formats/data';
+import { conformSet, checkLabels, type Shape } from '../formats/data/convert';
+import { parseNpy, type Npy } from '../formats/data/npy';
+import { readNpzArrays } from '../formats/data/npz';
 import { npyValues, pixelScale } from './trigger_files';
 
 export interface PoisonedSetOptions {

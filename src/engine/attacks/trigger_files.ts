@@ -8,12 +8,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors';
-import { decodeImageFile } from '../io/data/imagefolder';
-import { parseNpy, type Npy } from '../io/data/npy';
-import { readNpzArrays } from '../io/data/npz';
-import { openPtArchive, readTensors } from '../io/pt';
-import { PyDict, TensorRef } from '../io/pickle';
-import { LUMA } from '../io/data/convert';
+import { decodeImageFile } from '../formats/data/imagefolder';
+import { parseNpy, type Npy } from '../formats/data/npy';
+import { readNpzArrays } from '../formats/data/npz';
+import { openPtArchive, readTensors } from '../formats/pt';
+import { PyDict, TensorRef } from '../formats/pickle';
+import { LUMA } from '../formats/data/convert';
 
 /** An 8-bit image, HWC. */
 export interface TriggerImage {

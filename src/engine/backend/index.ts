@@ -15,7 +15,8 @@ import { JobError } from '../errors';
 import { gpuUnavailable, type LoadStatus } from './doctor';
 
 export type Device = 'auto' | 'gpu' | 'cpu';
-export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+import type { BackendName } from '../../shared/results';
+export type { BackendName };
 
 export interface BackendInfo {
   name: BackendName;

@@ -1,5 +1,6 @@
 /** The registry of purification defenses, by job id. */
 import type { Defense } from './defense';
+import { isDefenseId, type DefenseId } from '../catalog';
 import { clp } from './clp';
 import { fp } from './fp';
 import { fst } from './fst';
@@ -13,7 +14,8 @@ import { ibau } from './ibau';
 import { nc } from './nc';
 import { npd } from './npd';
 
-export const DEFENSES: Record<string, Defense> = {
+/** One entry per catalog id (catalog.ts): a defense named there without a file here fails to compile. */
+export const DEFENSES: Record<DefenseId, Defense> = {
   ft,
   fp,
   nad,
@@ -29,5 +31,5 @@ export const DEFENSES: Record<string, Defense> = {
 };
 
 export function getDefense(id: string): Defense | undefined {
-  return DEFENSES[id];
+  return isDefenseId(id) ? DEFENSES[id] : undefined;
 }

@@ -7,7 +7,7 @@ import type { ImageSet } from '../data/dataset';
 import { subset } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { predictFeatures } from '../nn/train';
-import type { EmbeddingEntry, EmbeddingPoint } from '../jobs/results';
+import type { EmbeddingEntry, EmbeddingPoint } from '../../shared/results';
 import { Rng } from '../util/rng';
 import { tsne2d } from './tsne';
 

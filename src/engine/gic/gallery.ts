@@ -4,7 +4,7 @@
  * the bound delta is full scale, because most of it is below one 8-bit step and would vanish in g(x) - x.
  */
 import { imageSize, type ImageSet } from '../data/dataset';
-import type { GicSample } from '../jobs/results';
+import type { GicSample } from '../../shared/results';
 
 /** One image per class in class order (the first of each in the set), up to `count`. */
 export function gallerySamples(raw: ImageSet, calibrated: ImageSet, delta: number, count = 6): GicSample[] {

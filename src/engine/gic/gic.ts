@@ -16,7 +16,7 @@ import { crossEntropy, makeBatch, trainStep } from '../nn/train';
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { throwIfAborted } from '../errors';
-import type { GicEntry } from '../jobs/results';
+import type { GicEntry } from '../../shared/results';
 
 export type GicNorm = 'inf' | '2';
 

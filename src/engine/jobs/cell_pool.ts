@@ -8,13 +8,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { ReportedMetrics } from './results';
+import type { ReportedMetrics } from '../../shared/results';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
-import type { CellTaskMessage, CellWorkerData, CellWorkerReply } from './cell_worker';
+import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
 import { CancelledError, oneLine } from '../errors';
 import { cellError, isOutOfMemory } from './checks';
-import { ortWanted } from '../metrics/ort_eval';
+import { ortWanted } from '../backend/onnx_runtime';
 import { der, evaluateOnnx, reported } from '../metrics/evaluate';
 
 export interface CellPool {
@@ -107,7 +107,8 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
   for (let i = 0; i < size; i++) {
     const worker = new Worker(script, { workerData: data });
     const slot: Slot = { worker, inFlight: [] };
-    worker.on('message', (m: CellWorkerReply) => {
+    worker.on('message', (m: unknown) => {
+      if (!isCellWorkerReply(m)) return;
       if (m.type === 'progress') slot.inFlight[0]?.progress(m.done, m.total, m.message);
       else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome.onnx ? evaluateHere(m.outcome) : m.outcome));
       else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));

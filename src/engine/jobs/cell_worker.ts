@@ -1,40 +1,14 @@
 /**
  * The worker side of the cell pool (cell_pool.ts): rebuild the victim from its architecture and state_dict,
- * then run the cells it is sent with the same code as the sequential path (core.runCell) and send the rows back.
+ * then run the cells it is sent (messages: cell_protocol.ts) with the same code as the sequential path (core.runCell) and send the rows back.
  */
 import type { MessagePort } from 'node:worker_threads';
-import { initBackend, type BackendName } from '../backend';
+import { initBackend } from '../backend';
 import { buildModel } from '../models';
-import type { ArchSpec, Normalization } from '../nn/model';
-import type { PtStateDict } from '../nn/module';
-import type { ImageSet } from '../data/dataset';
-import type { TriggeredSet } from '../metrics/evaluate';
-import type { Augment } from '../nn/train';
-import type { ReportedMetrics } from './results';
-import { emptyRow, runCell, type Cell, type CellOutcome, type SaveTarget } from './core';
+import { emptyRow, runCell } from './core';
+import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
-
-export interface CellWorkerData {
-  backend: BackendName;
-  victim: { spec: ArchSpec; normalize?: Normalization; state: PtStateDict };
-  test: ImageSet;
-  triggered: TriggeredSet;
-  augment: Augment;
-  seeds: number[];
-  baseline: ReportedMetrics;
-  /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
-  evalThreads: number;
-  /** Send purified models back as ONNX for the main thread to evaluate (it has ONNX Runtime). */
-  deferEvaluation: boolean;
-}
-
-export type CellTaskMessage = { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
-
-export type CellWorkerReply =
-  | { type: 'progress'; done: number; total: number; message?: string }
-  | { type: 'done'; outcome: CellOutcome }
-  | { type: 'cancelled' };
 
 export async function serveCells(port: MessagePort, data: CellWorkerData): Promise<void> {
   await initBackend('cpu', data.backend);
@@ -52,7 +26,8 @@ export async function serveCells(port: MessagePort, data: CellWorkerData): Promi
   };
   // One cell at a time, in the order they come.
   let chain = Promise.resolve();
-  port.on('message', (m: CellTaskMessage) => {
+  port.on('message', (m: unknown) => {
+    if (!isCellTaskMessage(m)) return;
     if (m.type === 'cancel') {
       abort.abort();
       return;

@@ -17,17 +17,17 @@ import type { Augment } from '../nn/train';
 import { Rng } from '../util/rng';
 import { CancelledError, JobError, oneLine } from '../errors';
 import { cellError, describeNonFinite, findNonFinite } from './checks';
-import type { RunEvent } from '../../protocol';
+import type { RunEvent } from '../../shared/run_events';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
-import { saveModelFile, type ModelFormat } from '../io/model_io';
+import { saveModelFile, type ModelFormat } from '../model_files/model_io';
 import { startCellPool } from './cell_pool';
-import { exportOnnx } from '../io/onnx_export';
+import { exportOnnx } from '../model_files/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
-import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from './results';
+import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
-import { gicEffectOfRows, summarizeRows } from './summary';
+import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
 
 /** One auxiliary set as drawn for one repetition seed (each seed samples, shifts or synthesizes its own). */
 export interface PreparedAux {

@@ -5,9 +5,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { RunEvent } from '../../protocol';
+import type { RunEvent } from '../../shared/run_events';
 import { initBackend, type Device } from '../backend';
-import { loadEmbeddedMnist, splitDisjoint } from '../io/data/mnist';
+import { loadEmbeddedMnist, splitDisjoint } from '../formats/data/mnist';
 import { makeAttack, poisonTrainingSet, triggeredTestSet } from '../attacks';
 import { buildModel } from '../models';
 import { SGD } from '../nn/optim';
@@ -16,17 +16,16 @@ import { defaultReplicas } from '../nn/data_parallel';
 import { createCpuTrainer, OrtTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { subset } from '../data/dataset';
-import { sampleBalanced } from '../aux/sample';
-import { applyShift } from '../aux/shifts';
-import { runPrepared, type PreparedAux, type PreparedJob, type PlannedDefense } from './core';
+import { sampleBalanced } from '../auxdata/sample';
+import { applyShift } from '../auxdata/shifts';
+import { runPrepared, type PreparedAux } from './core';
+import { assemblePreparedJob, planDefenses } from './prepare';
 import { makeStaging, writeResults, type Results } from './output';
 import { throwIfAborted } from '../errors';
 import { yieldToLoop, type DefenseParams } from '../defenses/defense';
-import { saveModelFile } from '../io/model_io';
-import { calibrate } from '../gic/gic';
-import { saveCalibration } from '../gic/save';
-import { embedAuxSet } from '../embed';
-import { synthesizeAuxSet } from '../aux/synthetic';
+import { saveModelFile } from '../model_files/model_io';
+import { synthesizeAuxSet } from '../auxdata/synthetic';
+import { DEFENSE_IDS } from '../catalog';
 
 export interface DemoOptions {
   quick: boolean;
@@ -113,29 +112,20 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
     aux.push({ name: 'synthetic', type: 'synthetic', seed, set: synthetic });
 
     const ids = o.defenses ?? (o.quick ? QUICK_DEFENSES : FULL_DEFENSES);
-    const defenses: PlannedDefense[] = ids.map((id) => ({ id, profile: 'fast', params: DEMO_PARAMS[id] }));
-    const job: PreparedJob = {
+    const job = assemblePreparedJob({
       victim,
       model: { path: 'victim.safetensors', format: 'safetensors', arch: spec.arch, params: victim.paramCount(), inputShape: spec.inputShape, numClasses: 10 },
       test: split.test,
       triggered,
       aux,
-      defenses,
-      gicMode: 'both',
-      augment: { cropPadding: 2, flip: false },
+      defenses: planDefenses(ids.map((id) => ({ name: id, params: DEMO_PARAMS[id] })), 'fast'),
       seeds: [seed],
-      calibrate: async (v, a, signal, progress) => {
-        const out = await calibrate(v, a.set, { delta: 0.1, norm: 'inf', epochs: o.quick ? 6 : 20, seed }, signal, progress);
-        try {
-          const files = saveCalibration(out.net, out.set, staging, a.name);
-          return { set: out.set, entry: { aux: a.name, seed, ...out.report, files } };
-        } finally {
-          out.net.dispose();
-        }
-      },
-      embed: (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: clean, raw: a.set, calibrated: cal, points: o.quick ? 300 : 600, seed }),
-      saveTargets: (base) => [{ file: path.join(staging, `${base}.safetensors`), format: 'safetensors' }],
-    };
+      gic: { mode: 'both', delta: 0.1, norm: 'inf', epochs: o.quick ? 6 : 20 },
+      embedding: { points: o.quick ? 300 : 600, reference: clean, seed },
+      augment: { cropPadding: 2, flip: false },
+      staging,
+      formats: ['safetensors'],
+    });
     const results = await runPrepared(job, { backend, signal: o.signal, emit, workers: o.workers });
     victim.dispose();
     const resultsPath = writeResults(staging, o.outDir, results, { html: true });
@@ -164,4 +154,4 @@ export const QUICK_DEFENSES = ['ft', 'clp'];
  * for those is the PyTorch-trained zoo (scripts/zoo/).
  */
 const DEMO_PARAMS: Record<string, DefenseParams> = { ft: { lr: 0.1, batchSize: 32, epochs: 15 } };
-export const FULL_DEFENSES = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'];
+export const FULL_DEFENSES: string[] = [...DEFENSE_IDS];

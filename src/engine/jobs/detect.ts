@@ -13,7 +13,7 @@ import { Rng } from '../util/rng';
 import { detectTriggers, nc } from '../defenses/nc';
 import { resolveParams, type Profile } from '../defenses/defense';
 import { writeFileAtomic } from '../util/atomic';
-import type { NcDetection, ReversedTriggerImage } from './results';
+import type { NcDetection, ReversedTriggerImage } from '../../shared/results';
 
 export interface DetectOptions {
   profile: Profile;

@@ -11,8 +11,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors';
 import { writeJsonAtomic } from '../util/atomic';
-import { RESULTS_SCHEMA, type GicEntry, type Results, type ResultRow } from './results';
-import { gicEffectOfRows, summarizeRows } from './summary';
+import { RESULTS_SCHEMA, type GicEntry, type Results, type ResultRow } from '../../shared/results';
+import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
 
 export interface ShardResults {
   /** Folder the shard's results.json is in (its rows' `output` paths are relative to it). */

@@ -5,9 +5,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Results } from './results';
+import type { Results } from '../../shared/results';
 import { ClobberError, sameFile, writeFileAtomic, writeJsonAtomic } from '../util/atomic';
-import { renderReportHtml } from '../../../webview-ui/report';
+import { renderReportHtml } from '../../shared/report_page';
 
 export type { Results };
 export { hostTag, makeStaging, processAlive, removeStaleStaging } from './staging';

@@ -1,5 +1,5 @@
 /**
- * Loading and validating a job: JSON syntax, the schema of schema.ts (ajv, defaults applied), the rules a
+ * Loading and validating a job: JSON syntax, the schema of job_schema.ts (ajv, defaults applied), the rules a
  * schema cannot express (unique names, consistent shapes), then the files the job names, resolved against the
  * job file's folder. The first problem becomes one InputError whose `where` is `<job file>: <field path>`, so
  * the CLI prints e.g. `error: unknown field "colour" (audit.json: aux[0].colour)`.
@@ -8,7 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
-import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from './schema';
+import { guessDataFormat, needsAuxData } from '../catalog';
+import { getDefense } from '../defenses';
+import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from '../job_schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
 // variants the first error is the meaningful one). verbose: errors carry their schema, for `errorMessage`
@@ -335,8 +337,14 @@ function checkRules(job: Job, label: string): void {
   job.defenses.forEach((d, i) => {
     if (seen.has(d.name)) fail(`defense "${d.name}" is already listed at defenses[${seen.get(d.name)}]`, `defenses[${i}]`);
     seen.set(d.name, i);
+    // Parameter names are the defense's own (its defaults for the profile): a misspelt one is refused here,
+    // before anything runs, rather than failing the defense's rows one by one.
+    const known = getDefense(d.name)?.defaults(d.profile);
+    for (const k of Object.keys(d.params ?? {})) {
+      if (known && !(k in known)) fail(`unknown parameter "${k}" for defense ${d.name} (known: ${Object.keys(known).join(', ')})`, `defenses[${i}].params.${k}`);
+    }
   });
-  if (job.aux.length === 0 && job.defenses.some((d) => d.name !== 'clp')) {
+  if (job.aux.length === 0 && job.defenses.some((d) => needsAuxData(d.name))) {
     fail('the defenses purify with auxiliary data: add at least one auxiliary set', 'aux');
   }
   const m = job.model as ModelSpec;
@@ -358,13 +366,7 @@ function checkRules(job: Job, label: string): void {
 
 /** The format a path implies, for sources that do not name one. */
 export function inferDataFormat(p: string, isDir: boolean): DataFormat | undefined {
-  const base = path.basename(p).toLowerCase();
-  if (/-idx3-ubyte(\.gz)?$/.test(base)) return 'idx';
-  if (base.endsWith('.npy')) return 'npy';
-  if (base.endsWith('.npz')) return 'npz';
-  if (base.endsWith('.bin')) return 'cifar10-bin';
-  if (isDir) return fs.readdirSync(p).some((f) => /^(data|test)_batch(_\d+)?\.bin$/.test(f)) ? 'cifar10-bin' : 'imagefolder';
-  return undefined;
+  return guessDataFormat(p, isDir, isDir ? fs.readdirSync(p) : []);
 }
 
 /**

@@ -9,7 +9,7 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { predictLabels } from '../nn/train';
 import { OrtPredictor } from './ort_eval';
-import type { Metrics, ReportedMetrics } from '../jobs/results';
+import type { Metrics, ReportedMetrics } from '../../shared/results';
 
 export interface TriggeredSet {
   /** Triggered images whose true label is not the target, with their TRUE labels (see `trueLabels`). */

@@ -5,39 +5,13 @@
  * of the same logits. `onnxruntime-node` is optional: when it is missing, cannot load, the model has a module the
  * exporter cannot write, or this is not the main thread, evaluation stays on the training backend.
  */
-import { isMainThread } from 'node:worker_threads';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { exportOnnx } from '../io/onnx_export';
+import { exportOnnx } from '../model_files/onnx_export';
 import { throwIfAborted } from '../errors';
+import { loadOrt, ortWanted } from '../backend/onnx_runtime';
 
-type Ort = typeof import('onnxruntime-node');
-
-let ortModule: Ort | null | undefined;
-
-/**
- * onnxruntime-node if it loads here (native binary for this platform), else null; loaded once. Only on the main
- * thread: its native binding is not safe to load in several worker threads of one process (V8 locking errors and
- * aborts when a worker ends are known upstream), so cell workers and the extension's job worker evaluate on the
- * training backend.
- */
-export function loadOrt(): Ort | null {
-  if (!isMainThread) return null;
-  if (ortModule === undefined) {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      ortModule = require('onnxruntime-node') as Ort;
-    } catch {
-      ortModule = null;
-    }
-  }
-  return ortModule;
-}
-
-/** Whether evaluation may use ONNX Runtime: BACKDOOR_AUDIT_ORT=0 turns it off (to compare the two paths). */
-export function ortWanted(): boolean {
-  return process.env.BACKDOOR_AUDIT_ORT !== '0' && loadOrt() !== null;
-}
+type Ort = NonNullable<ReturnType<typeof loadOrt>>;
 
 export class OrtPredictor {
   private constructor(

@@ -10,8 +10,8 @@ import { buildResNet, type ResNetOptions } from './resnet';
 import { VGG_CFGS, buildVgg, type VggOptions } from './vgg';
 import { buildOnnxGraph } from './onnx_graph';
 import { buildTfjsGraph } from './tfjs_graph';
-import type { TfjsPlan } from '../io/tfjs';
-import type { OnnxPlan } from '../io/onnx';
+import type { TfjsPlan } from '../formats/tfjs';
+import type { OnnxPlan } from '../formats/onnx';
 
 export const ARCHITECTURES = ['preact-resnet18', 'resnet18', 'resnet34', 'vgg11-bn', 'vgg13-bn', 'vgg16-bn', 'vgg19-bn', ...Object.keys(PLAIN_CNNS), 'plain-cnn'];
 

@@ -16,8 +16,9 @@ import { ForwardContext, Module, assignFromPt, toPt } from '../nn/module';
 import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
-import type { OnnxAttr, OnnxConst, OnnxNode, OnnxPlan } from '../io/onnx';
-import { emitModule, type AttrValue, type OnnxBuilder } from '../io/onnx_export';
+import type { OnnxAttr, OnnxConst, OnnxNode, OnnxPlan } from '../formats/onnx';
+import { emitModule } from '../nn/onnx_emit';
+import type { AttrValue, OnnxBuilder } from '../formats/onnx_builder';
 
 export const SUPPORTED_ONNX_OPS = [
   'Conv', 'BatchNormalization', 'Relu', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Add', 'Sub', 'Mul', 'Div', 'Flatten',

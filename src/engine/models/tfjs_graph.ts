@@ -13,7 +13,7 @@ import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
 import { OnnxOp as GraphOp, stageEnds } from './onnx_graph';
-import type { TfjsLayer, TfjsPlan } from '../io/tfjs';
+import type { TfjsLayer, TfjsPlan } from '../formats/tfjs';
 
 export const SUPPORTED_KERAS_LAYERS = [
   'InputLayer', 'Conv2D', 'Dense', 'BatchNormalization', 'Activation', 'ReLU', 'Softmax', 'MaxPooling2D', 'AveragePooling2D',

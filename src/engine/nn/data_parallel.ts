@@ -24,32 +24,11 @@ import * as path from 'node:path';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { BackendName } from '../backend';
 import { JobError } from '../errors';
-import type { Model, ArchSpec, Normalization } from './model';
+import type { Model } from './model';
 import type { ForwardContext } from './module';
 import type { Optimizer } from './optim';
 import { crossEntropy, type BatchStepper } from './train';
-
-export interface ReplicaInit {
-  backend: BackendName;
-  spec: ArchSpec;
-  normalize?: Normalization;
-  /** All parameters and buffers, flat, in namedParams order (shared with the main thread). */
-  weights: SharedArrayBuffer;
-  /** This replica's gradients of the trainable parameters, flat, in namedParams order. */
-  grads: SharedArrayBuffer;
-  port: MessagePort;
-}
-
-export type ReplicaRequest = {
-  type: 'step';
-  seq: number;
-  x: Float32Array;
-  shape: [number, number, number, number];
-  y: Int32Array;
-  bnTrain: boolean;
-};
-
-export type ReplicaReply = { type: 'ready'; keys: string[] } | { type: 'done'; seq: number; loss: number } | { type: 'error'; seq: number; message: string };
+import { isReplicaReply, type ReplicaInit, type ReplicaReply, type ReplicaRequest } from './replica_protocol';
 
 /** The bundled replica script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
 export function replicaScript(): string | undefined {
@@ -109,8 +88,9 @@ export class DataParallel implements BatchStepper {
         const replica: Replica = { worker, port: port1, grads: new Float32Array(grads) };
         started.push(replica);
         const keys = await new Promise<string[]>((resolve, reject) => {
-          const onMessage = (m: ReplicaReply) => {
-            if (m.type === 'ready') resolve(m.keys);
+          const onMessage = (m: unknown) => {
+            if (!isReplicaReply(m)) reject(new Error('training replica sent an unknown message'));
+            else if (m.type === 'ready') resolve(m.keys);
             else if (m.type === 'error') reject(new Error(m.message));
           };
           port1.once('message', onMessage);
@@ -129,8 +109,8 @@ export class DataParallel implements BatchStepper {
         };
         worker.on('error', (e) => fail(e.message.split('\n')[0]));
         worker.on('exit', (code) => fail(`exited with code ${code}`));
-        port1.on('message', (m: ReplicaReply) => {
-          if (m.type === 'ready' || m.seq !== replica.waiting?.seq) return;
+        port1.on('message', (m: unknown) => {
+          if (!isReplicaReply(m) || m.type === 'ready' || m.seq !== replica.waiting?.seq) return;
           replica.waiting.resolve(m);
           replica.waiting = undefined;
           port1.unref();

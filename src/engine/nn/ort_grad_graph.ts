@@ -28,7 +28,7 @@
  * OrtGradUnsupported; the caller then trains on the TensorFlow.js backend.
  */
 import { onnx } from 'onnx-proto';
-import { OnnxBuilder } from '../io/onnx_export';
+import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Model } from './model';
 import type { Module } from './module';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';

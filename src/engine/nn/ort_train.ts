@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as os from 'node:os';
 import { JobError } from '../errors';
-import { loadOrt, ortWanted } from '../metrics/ort_eval';
+import { loadOrt, ortWanted } from '../backend/onnx_runtime';
 import type { Model } from './model';
 import type { Optimizer } from './optim';
 import type { BatchStepper } from './train';

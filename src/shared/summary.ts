@@ -7,7 +7,7 @@
  * arrive) all get the same numbers.
  */
 import type { GicEffectEntry, Interval, ResultRow, Spread, SummaryEntry } from './results';
-import { mean, sampleStd, tInterval } from '../metrics/stats';
+import { mean, sampleStd, tInterval } from './stats';
 
 const METRICS = ['acc', 'asr', 'der'] as const;
 type MetricName = (typeof METRICS)[number];

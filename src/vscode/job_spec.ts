@@ -3,9 +3,12 @@
  * paths relative to the job file, data formats guessed from names, defaults from the settings — are unit
  * tested without an editor.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ATTACK_TYPES, AUX_TYPES, DEFENSE_CATALOG, DEFENSES_OFFERED, SHIFT_NAMES, guessDataFormat, needsAuxData, type AuxType, type DataFormat } from '../engine/catalog';
 
-export type DataFormat = 'mnist-embedded' | 'imagefolder' | 'npy' | 'npz' | 'idx' | 'cifar10-bin';
+export type { AuxType, DataFormat };
+export { AUX_TYPES };
 
 export interface DataSource {
   /** Absolute while the flow runs; absent for the built-in MNIST digits. */
@@ -14,25 +17,10 @@ export interface DataSource {
   labels?: string;
 }
 
-export type AuxType = 'seen' | 'unseen' | 'ood' | 'external' | 'synthetic';
-export const AUX_TYPES: readonly AuxType[] = ['seen', 'unseen', 'ood', 'external', 'synthetic'];
-export const OOD_SHIFTS = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
-export const ATTACKS = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set', 'record', 'unknown'] as const;
-/** Defense ids of the engine's registry, fastest first (the order the set-up flow offers them in). */
-export const DEFENSES: readonly { id: string; label: string }[] = [
-  { id: 'ft', label: 'FT — fine-tuning' },
-  { id: 'fp', label: 'FP — fine-pruning' },
-  { id: 'clp', label: 'CLP — channel Lipschitzness pruning (data-free)' },
-  { id: 'nad', label: 'NAD — neural attention distillation' },
-  { id: 'ftsam', label: 'FT-SAM — sharpness-aware fine-tuning' },
-  { id: 'fst', label: 'FST — feature shift tuning' },
-  { id: 'anp', label: 'ANP — adversarial neuron pruning' },
-  { id: 'rnp', label: 'RNP — reconstructive neuron pruning' },
-  { id: 'sau', label: 'SAU — shared adversarial unlearning' },
-  { id: 'ibau', label: 'i-BAU — implicit backdoor adversarial unlearning' },
-  { id: 'npd', label: 'NPD — neural polarizer' },
-  { id: 'nc', label: 'NC — neural cleanse (detection + unlearning)' },
-];
+export const OOD_SHIFTS = SHIFT_NAMES;
+export const ATTACKS = ATTACK_TYPES;
+/** Defense ids of the engine's catalog, fastest first (the order the set-up flow offers them in). */
+export const DEFENSES: readonly { id: string; label: string }[] = DEFENSES_OFFERED.map((id) => ({ id, label: DEFENSE_CATALOG[id].title }));
 
 export interface AuxAnswer {
   name: string;
@@ -74,13 +62,13 @@ export interface JobAnswers {
 
 /** The data format a path most likely holds, from its name; undefined when it cannot tell. */
 export function guessFormat(file: string, isDirectory: boolean): DataFormat | undefined {
-  if (isDirectory) return 'imagefolder';
-  const base = path.basename(file).toLowerCase();
-  if (base.endsWith('.npy')) return 'npy';
-  if (base.endsWith('.npz')) return 'npz';
-  if (/-idx[13]-ubyte(\.gz)?$/.test(base) || /\.idx[13]-ubyte(\.gz)?$/.test(base)) return 'idx';
-  if (/^(data_batch_\d|test_batch)\.bin$/.test(base) || base.endsWith('.bin')) return 'cifar10-bin';
-  return undefined;
+  let entries: string[] = [];
+  try {
+    if (isDirectory) entries = fs.readdirSync(file);
+  } catch {
+    // An unreadable folder is guessed from its name alone; reading it later says what is wrong.
+  }
+  return guessDataFormat(file, isDirectory, entries);
 }
 
 /** A `.npy` file that holds labels rather than images, by the usual naming conventions. */
@@ -145,7 +133,7 @@ export function checkAnswers(a: JobAnswers): string[] {
     if ((x.type === 'unseen' || x.type === 'ood' || x.type === 'external') && !x.source) errs.push(`auxiliary set "${x.name}" needs a data source`);
     if (x.type === 'ood' && !x.shift) errs.push(`auxiliary set "${x.name}" needs a shift`);
   }
-  if (a.defenses.length > 0 && a.aux.length === 0 && !a.defenses.every((d) => d === 'clp')) errs.push('the defenses need at least one auxiliary set');
+  if (a.defenses.length > 0 && a.aux.length === 0 && a.defenses.some((d) => needsAuxData(d))) errs.push('the defenses need at least one auxiliary set');
   if (!Number.isInteger(a.attack.target) || a.attack.target < 0) errs.push('the attack target must be a class index');
   if (a.attack.type === 'poisoned-set' && !a.attack.data) errs.push('the triggered test images are missing');
   if (!(a.gic.delta > 0)) errs.push('the GIC bound delta must be positive');

@@ -4,7 +4,7 @@
  */
 import * as vscode from 'vscode';
 import { settings } from './config';
-import type { JobListener } from './jobRunner';
+import type { JobListener } from './job_runner';
 
 /** Whether a package resolves from the extension, without loading it (loading libtensorflow takes seconds). */
 export type Resolves = (id: string) => boolean;

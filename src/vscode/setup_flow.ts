@@ -23,7 +23,7 @@ import {
   type AuxType,
   type DataSource,
   type JobAnswers,
-} from './jobSpec';
+} from './job_spec';
 
 export type FlowKind = 'purify' | 'evaluate' | 'calibrate';
 

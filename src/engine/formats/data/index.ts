@@ -2,7 +2,8 @@
 import * as path from 'node:path';
 import type { ImageSet } from '../../data/dataset';
 import { InputError } from '../../errors';
-import type { DataSourceSpec } from '../../jobs/schema';
+import type { DataSourceSpec } from '../../job_schema';
+import { guessDataFormat } from '../../catalog';
 import { conformSet, type DataTarget, type Shape } from './convert';
 import { readIdxPair } from './idx';
 import { readNpyPair } from './npy';
@@ -13,11 +14,7 @@ import { readCifar10, type DataRole } from './cifar10';
 export type { DataRole, DataTarget, Shape };
 
 export function inferFormat(p: string): DataSourceSpec['format'] {
-  if (/-idx3-ubyte(\.gz)?$/.test(p)) return 'idx';
-  if (p.endsWith('.npy')) return 'npy';
-  if (p.endsWith('.npz')) return 'npz';
-  if (p.endsWith('.bin')) return 'cifar10-bin';
-  return undefined;
+  return guessDataFormat(p, false);
 }
 
 /**

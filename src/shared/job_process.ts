@@ -5,7 +5,7 @@
  * before they act on it: a message that does not fit is dropped (a stray line of a native library, a
  * mismatched build of the other side), never half-trusted.
  */
-import type { RunEvent } from '../protocol';
+import type { RunEvent } from './run_events';
 
 export type Device = 'auto' | 'gpu' | 'cpu';
 

@@ -5,18 +5,18 @@
  */
 import * as path from 'node:path';
 import type { Model } from '../nn/model';
-import type { Results } from '../jobs/results';
-import type { Job } from '../jobs/schema';
+import type { Results } from '../../shared/results';
+import type { Job } from '../job_schema';
 import { ARCHITECTURES, buildModel } from '../models';
 import { detectArchitecture, requireArchitecture, stripDataParallel } from '../models/detect';
 import { InputError } from '../errors';
-import { decodeSafetensors, writeSafetensors } from './safetensors';
-import { openPtArchive, readStateDict, writePt } from './pt';
-import { isBackdoorBenchRoot, readBackdoorBenchArchive, type BackdoorBenchRecord } from './backdoorbench';
+import { decodeSafetensors, writeSafetensors } from '../formats/safetensors';
+import { openPtArchive, readStateDict, writePt } from '../formats/pt';
+import { isBackdoorBenchRoot, readBackdoorBenchArchive, type BackdoorBenchRecord } from '../formats/backdoorbench';
 import { writeOnnx } from './onnx_export';
-import { readOnnx } from './onnx';
+import { readOnnx } from '../formats/onnx';
 import { onnxNumClasses } from '../models/onnx_graph';
-import { readTfjs } from './tfjs';
+import { readTfjs } from '../formats/tfjs';
 import { tfjsArtifactsOf } from './tfjs_export';
 import { writeFileAtomic } from '../util/atomic';
 import type { Module, PtStateDict } from '../nn/module';

@@ -10,8 +10,11 @@ import { cloneSet, imageSize } from '../data/dataset';
 import type { Rng } from '../util/rng';
 import { InputError } from '../errors';
 
-export const SHIFTS = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
-export type ShiftName = (typeof SHIFTS)[number];
+import { SHIFT_NAMES, type ShiftName } from '../catalog';
+
+/** The shifts this module implements: the catalog's names (the record below has one function per name). */
+export const SHIFTS = SHIFT_NAMES;
+export type { ShiftName };
 
 const clip = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v);
 

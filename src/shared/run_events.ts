@@ -1,8 +1,9 @@
 /**
- * Typed messages between the job runner (worker or CLI), the extension host and the webview panel.
- * Everything here is plain JSON; receivers validate what they get (see isRunEvent / isPanelMessage).
+ * The run-event channel: what a running job reports, in order, to whoever follows it (the CLI's progress
+ * lines, the extension host through the job process, the panel). Plain JSON; receivers check each event with
+ * isRunEvent before acting on it.
  */
-import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './engine/jobs/results';
+import type { Results, ResultRow, GicEntry, EmbeddingEntry, ReportedMetrics } from './results';
 
 /** Events the runner emits while a job runs, in order; `done` or `failed` ends the stream. */
 export type RunEvent =

@@ -7,12 +7,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { RunEvent } from '../protocol';
-import type { Results } from '../engine/jobs/results';
-import { jobModelPath } from './jobSpec';
+import type { RunEvent } from '../shared/run_events';
+import type { Results } from '../shared/results';
+import { jobModelPath } from './job_spec';
 import { removeProcessStaging } from '../engine/jobs/staging';
-import type { JobHandle } from './jobProcess';
-import type { RunInfo } from './panelProtocol';
+import type { JobHandle } from './job_process';
+import type { RunInfo } from '../shared/panel_messages';
 
 export type JobFactory = (req: RunRequest) => JobHandle;
 

@@ -18,23 +18,28 @@
  * as `JobInput` that sets every field, so a field added to one side only fails the test.
  */
 
-export const DEFENSE_IDS = ['ft', 'fp', 'nad', 'anp', 'ibau', 'sau', 'ftsam', 'fst', 'npd', 'rnp', 'clp', 'nc'] as const;
-export const AUX_TYPES = ['seen', 'unseen', 'ood', 'external', 'synthetic'] as const;
-export const SHIFT_NAMES = ['brightness', 'contrast', 'blur', 'noise', 'rotation', 'jitter'] as const;
-export const DATA_FORMATS = ['mnist-embedded', 'imagefolder', 'npy', 'npz', 'idx', 'cifar10-bin'] as const;
-export const ATTACK_TYPES = ['badnets', 'blended', 'sig', 'wanet', 'poisoned-set', 'record', 'unknown'] as const;
-export const MODEL_FORMATS = ['pt', 'safetensors', 'onnx', 'tfjs'] as const;
-export const PROFILES = ['fast', 'paper'] as const;
-export const DEVICES = ['auto', 'gpu', 'cpu'] as const;
+import {
+  ATTACK_TYPES,
+  AUX_TYPES,
+  DATA_FORMATS,
+  DEFENSE_IDS,
+  DEVICES,
+  MODEL_FORMATS,
+  PROFILES,
+  SHIFT_NAMES,
+  type AttackType,
+  type AuxType,
+  type DataFormat,
+  type DefenseId,
+  type Device,
+  type ModelFormat,
+  type Profile,
+  type ShiftName,
+} from './catalog';
 
-export type DefenseId = (typeof DEFENSE_IDS)[number];
-export type AuxType = (typeof AUX_TYPES)[number];
-export type ShiftName = (typeof SHIFT_NAMES)[number];
-export type DataFormat = (typeof DATA_FORMATS)[number];
-export type AttackType = (typeof ATTACK_TYPES)[number];
-export type ModelFormat = (typeof MODEL_FORMATS)[number];
-export type Profile = (typeof PROFILES)[number];
-export type Device = (typeof DEVICES)[number];
+// The names come from the catalog; re-exported for the modules that read them with the schema.
+export { ATTACK_TYPES, AUX_TYPES, DATA_FORMATS, DEFENSE_IDS, DEVICES, MODEL_FORMATS, PROFILES, SHIFT_NAMES };
+export type { AttackType, AuxType, DataFormat, DefenseId, Device, ModelFormat, Profile, ShiftName };
 
 // A variant condition on a discriminating field. `required` matters: without it an object lacking the field
 // would satisfy every `if` and collect every variant's defaults.

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { webviewHtml, webviewOptions } from './html';
 import { headerSummary, inspectModel, type InspectResult } from './inspect';
-import { isViewMessage, type HostMessage } from './panelProtocol';
+import { isViewMessage, type HostMessage } from '../shared/panel_messages';
 
 class ModelDocument implements vscode.CustomDocument {
   /** One inspect per open document, shared by its editors (split views) and re-run when the file changes. */

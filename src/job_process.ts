@@ -2,14 +2,14 @@
  * Entry of the job process (dist/job-process.js): the extension host forks one per job, so that a job runs the
  * CLI's engine on the main thread of its own process — ONNX Runtime loads there as it does in the CLI (it
  * cannot load in worker threads), the cell pool spreads cells over the cores, and an out-of-memory error or a
- * native abort ends this process, not the extension host. Messages: src/shared/jobProcessProtocol.ts.
+ * native abort ends this process, not the extension host. Messages: src/shared/job_process.ts.
  *
  * SIGTERM cancels like a `cancel` message (the runner stops between batches and removes its staging folder);
  * the host sends SIGKILL only when that does not end the process within its grace period.
  */
-import { serveWorker, type PortLike } from './vscode/workerLoop';
+import { serveWorker, type PortLike } from './vscode/worker_loop';
 import { runJobFile } from './engine/jobs/runner';
-import type { RunEvent } from './protocol';
+import type { RunEvent } from './shared/run_events';
 
 function main(): void {
   const send = process.send?.bind(process);

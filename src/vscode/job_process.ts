@@ -1,12 +1,12 @@
 /**
  * The host side of a job process: forks dist/job-process.js (one per job), sends it typed requests, parses
- * what it answers (src/shared/jobProcessProtocol.ts), keeps the last lines it wrote on stderr so that a crash
+ * what it answers (src/shared/job_process.ts), keeps the last lines it wrote on stderr so that a crash
  * or an out-of-memory abort can be shown with its cause, and stops it in two steps (SIGTERM, which the job
  * process takes as a cancel, then SIGKILL after a grace period). No `vscode` import: plain mocha drives it with
  * a real child process, the way the extension does.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { parseJobToHost, type HostToJob, type JobToHost } from '../shared/jobProcessProtocol';
+import { parseJobToHost, type HostToJob, type JobToHost } from '../shared/job_process';
 
 /** What the JobRunner needs of a running job: the job process here, a fake in unit tests. */
 export interface JobHandle {

@@ -3,7 +3,8 @@
  * job on its own single-threaded backend.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { serveCells, type CellWorkerData } from './engine/jobs/cell_worker';
+import { serveCells } from './engine/jobs/cell_worker';
+import type { CellWorkerData } from './engine/jobs/cell_protocol';
 
 if (parentPort) {
   const port = parentPort;

@@ -4,8 +4,8 @@
  * validated on arrival: a webview is a separate, less trusted context, and a stale panel restored after an
  * upgrade may speak an older dialect.
  */
-import { isRunEvent, type RunEvent } from '../protocol';
-import type { Results } from '../engine/jobs/results';
+import { isRunEvent, type RunEvent } from './run_events';
+import type { Results } from './results';
 
 /** Which run a results panel shows. `outDir` is where results.json and the purified models are. */
 export interface RunInfo {

@@ -9,7 +9,7 @@
  * This module is pure (no DOM, no Node APIs): the CLI imports `renderReportHtml` and passes the file
  * contents it read; the webview imports `parseReportData`.
  */
-import { isResults, isRunInfo, type Results, type RunInfo } from '../src/vscode/panelProtocol';
+import { isResults, isRunInfo, type Results, type RunInfo } from './panel_messages';
 
 export const REPORT_DATA_ID = 'backdoor-audit-report';
 

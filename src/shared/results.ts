@@ -1,8 +1,9 @@
 /**
  * The `results.json` contract (schema `backdoor-audit/results@1`, SPEC section 9). Fractions are in [0, 1].
- * These types are shared by the runner, the CLI, the extension host and the webview.
+ * These types are shared by the runner, the CLI, the extension host and the webview; this module imports nothing.
  */
-import type { BackendName } from '../backend';
+/** The tensor backends a job can run on (the backend module picks one; results.json names it). */
+export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
 

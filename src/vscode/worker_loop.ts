@@ -1,15 +1,15 @@
 /**
- * The job process's message loop, separated from its entry (src/job-process.ts) so that it is tested with a
+ * The job process's message loop, separated from its entry (src/job_process.ts) so that it is tested with a
  * fake port. Runs inside the job process: it must never import `vscode` (not available there).
  *
- * Contract with the host (src/shared/jobProcessProtocol.ts): the host sends one `run`, maybe a `cancel`; the
+ * Contract with the host (src/shared/job_process.ts): the host sends one `run`, maybe a `cancel`; the
  * loop posts RunEvents and always ends the stream with exactly one of `done`, `failed`, `cancelled`, whatever
  * the runner itself emitted. Messages that do not parse are dropped.
  */
 import * as path from 'node:path';
-import type { RunEvent } from '../protocol';
-import { parseHostToJob } from '../shared/jobProcessProtocol';
-import type { Results } from '../engine/jobs/results';
+import type { RunEvent } from '../shared/run_events';
+import { parseHostToJob } from '../shared/job_process';
+import type { Results } from '../shared/results';
 import type { RunOptions } from '../engine/jobs/runner';
 import { CancelledError, oneLine } from '../engine/errors';
 

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import type { Results } from '../engine/jobs/results';
+import type { Results } from '../shared/results';
 import { settings } from './config';
 import { readResults } from './panel';
 

@@ -1,14 +1,14 @@
 /**
  * The worker side of data-parallel training (data_parallel.ts): rebuild the model from its architecture spec,
  * then for every step read the shared weights, compute the gradients of the mean cross-entropy of the slice
- * it was sent, write them into its shared gradient buffer and reply.
+ * it was sent (messages: replica_protocol.ts), write them into its shared gradient buffer and reply.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../backend';
-import { buildModel } from '../models';
-import type { ForwardContext } from './module';
-import { crossEntropy } from './train';
-import type { ReplicaInit, ReplicaReply, ReplicaRequest } from './data_parallel';
+import { buildModel } from '.';
+import type { ForwardContext } from '../nn/module';
+import { crossEntropy } from '../nn/train';
+import { isReplicaRequest, type ReplicaInit, type ReplicaReply } from '../nn/replica_protocol';
 import { oneLine } from '../errors';
 
 export async function serveReplica(init: ReplicaInit): Promise<void> {
@@ -28,8 +28,8 @@ export async function serveReplica(init: ReplicaInit): Promise<void> {
   const grads = new Float32Array(init.grads);
   port.postMessage({ type: 'ready', keys: params.map(([k]) => k) } satisfies ReplicaReply);
 
-  port.on('message', (m: ReplicaRequest) => {
-    if (m.type !== 'step') return;
+  port.on('message', (m: unknown) => {
+    if (!isReplicaRequest(m)) return;
     try {
       tf.tidy(() => {
         let offset = 0;
