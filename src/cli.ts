@@ -136,6 +136,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('diff')
+    .description('what changed from model A to model B (same architecture, any formats): per layer the relative weight change, zeroed channels, BatchNorm statistics; inserted modules')
+    .argument('<a>', 'the first model (e.g. the victim)')
+    .argument('<b>', 'the second model (e.g. a purified model)')
+    .option('--json', 'print JSON')
+    .action(async (a: string, b: string, opts: { json?: boolean }) => {
+      const { diffModelFiles, formatModelDiff } = await import('./engine/model_files/diff');
+      const d = await diffModelFiles(path.resolve(a), path.resolve(b));
+      process.stdout.write(opts.json ? JSON.stringify(d, null, 2) + '\n' : formatModelDiff(d) + '\n');
+    });
+
+  program
     .command('doctor')
     .description('what this machine offers a job: NVIDIA driver, CUDA/cuDNN, WebGPU adapter, each backend, ONNX Runtime, and what each device setting would run on')
     .option('--json', 'print JSON')
