@@ -70,9 +70,81 @@ function applyTheme(): void {
   Chart.defaults.animation = false;
 }
 
+/** A plain bar chart: one value per label, each bar its own colour (model diff per layer, NC's anomaly index). */
+export interface SimpleBars {
+  labels: string[];
+  values: number[];
+  colours: string[];
+  seriesLabel: string;
+  yTitle: string;
+  /** A horizontal reference line (NC's anomaly threshold), drawn with its label. */
+  line?: { value: number; label: string };
+}
+
+/** The reference line of each SimpleBars chart (kept beside the chart, not in chart.js's typed options). */
+const referenceLines = new WeakMap<object, NonNullable<SimpleBars['line']>>();
+
+/** Draws the reference line of a SimpleBars chart. */
+const referenceLine: Plugin<'bar'> = {
+  id: 'baReferenceLine',
+  afterDatasetsDraw(chart) {
+    const line = referenceLines.get(chart);
+    if (!line) return;
+    const y = chart.scales.y.getPixelForValue(line.value);
+    const { left, right } = chart.chartArea;
+    const ctx = chart.ctx;
+    ctx.save();
+    ctx.strokeStyle = themeColour('--ba-fg', '#616161');
+    ctx.setLineDash([4, 3]);
+    ctx.beginPath();
+    ctx.moveTo(left, y);
+    ctx.lineTo(right, y);
+    ctx.stroke();
+    ctx.fillStyle = themeColour('--ba-fg', '#616161');
+    ctx.fillText(line.label, left + 4, y - 4);
+    ctx.restore();
+  },
+};
+
 export class Charts {
   private bar?: Chart<'bar'>;
   private scatters = new Map<string, Chart<'scatter'>>();
+  private simple = new Map<string, Chart<'bar'>>();
+
+  /** Theme colours by role, for charts whose colours format code picks per bar. */
+  colour(role: 'acc' | 'asr' | 'muted'): string {
+    if (role === 'acc') return themeColour('--ba-acc', '#3794ff');
+    if (role === 'asr') return themeColour('--ba-asr', '#f14c4c');
+    return themeColour('--ba-muted', '#6b6b6b');
+  }
+
+  /** A SimpleBars chart on `canvas`, kept under `id` and updated in place. */
+  renderSimpleBars(id: string, canvas: HTMLCanvasElement, d: SimpleBars): void {
+    let chart = this.simple.get(id);
+    if (chart && chart.canvas !== canvas) {
+      chart.destroy();
+      chart = undefined;
+    }
+    if (!chart) {
+      chart = new Chart(canvas, {
+        type: 'bar',
+        data: { labels: [], datasets: [] },
+        options: {
+          responsive: true,
+          maintainAspectRatio: false,
+          scales: { y: { beginAtZero: true, title: { display: true, text: d.yTitle } }, x: { ticks: { autoSkip: false, maxRotation: 70 } } },
+          plugins: { legend: { display: false } },
+        },
+        plugins: [referenceLine],
+      });
+      this.simple.set(id, chart);
+    }
+    if (d.line) referenceLines.set(chart, d.line);
+    else referenceLines.delete(chart);
+    chart.data.labels = d.labels;
+    chart.data.datasets = [{ label: d.seriesLabel, data: d.values, backgroundColor: d.colours, borderColor: d.colours, borderWidth: 1 }];
+    chart.update();
+  }
 
   constructor() {
     applyTheme();
@@ -85,6 +157,8 @@ export class Charts {
     this.bar = undefined;
     for (const c of this.scatters.values()) c.destroy();
     this.scatters.clear();
+    for (const c of this.simple.values()) c.destroy();
+    this.simple.clear();
   }
 
   /** The Figure-1 chart; returns the most seeds behind one bar (error bars need two). */

@@ -6,6 +6,7 @@
 import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
+import { DiffView } from './diff_view';
 import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
@@ -42,6 +43,8 @@ export class DomView implements View {
   private chart = section('ACC and ASR', 'chart');
   private chartNote = el('p', 'muted chart-note');
   private chartCanvas = el('canvas');
+  private diff = section('What the defenses changed (model diff)', 'model-diff');
+  private diffView?: DiffView;
   private embed = section('Feature embeddings', 'embeddings');
   private embedSlots = new Map<string, { wrap: HTMLElement; canvas: HTMLCanvasElement; legend: HTMLElement }>();
   private gallery = section('Calibrated examples (GIC)', 'gallery');
@@ -64,10 +67,13 @@ export class DomView implements View {
     const chartBox = el('div', 'chart-box');
     chartBox.append(this.chartCanvas);
     this.chart.body.append(chartBox, this.chartNote);
-    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.embed.root, this.gallery.root, this.detection.root);
+    this.diff.body.append(el('p', 'muted', 'Per layer of the purified model against the victim: ‖W′−W‖/‖W‖ over weight and bias, channels zeroed (BatchNorm gamma 0, all-zero filters or head columns), the relative change of the BatchNorm running statistics, and inserted modules. Bars in the alarm colour: layers with zeroed channels.'));
+    this.diffView = new DiffView(this.diff.body, () => (this.charts ??= new Charts()));
+    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.diff.root, this.embed.root, this.gallery.root, this.detection.root);
     // Theme switches change the --vscode-* variables; charts read colours once, so redraw them.
     new MutationObserver(() => {
       this.charts?.retheme();
+      this.diffView?.invalidate();
       this.embedSlots.clear();
       this.embed.body.replaceChildren();
       if (this.last) this.showResults(this.last);
@@ -83,6 +89,7 @@ export class DomView implements View {
     this.renderStatus(s);
     this.renderGrid(s);
     this.renderCharts(s);
+    this.diff.root.hidden = !this.diffView!.render(s);
     this.renderGallery(s);
     this.renderDetection(s);
   }

@@ -3,6 +3,8 @@
  * These types are shared by the runner, the CLI, the extension host and the webview; this module imports nothing.
  */
 /** The tensor backends a job can run on (the backend module picks one; results.json names it). */
+import type { ModelDiff } from './model_diff';
+
 export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
@@ -46,6 +48,11 @@ export interface ResultRow extends Partial<ReportedMetrics> {
   params?: Record<string, number | string | boolean | number[]>;
   /** Where those parameters depart from BackdoorBench's config values, and why (absent: they do not). */
   departures?: string;
+  /**
+   * What the defense changed in the victim, layer by layer (`backdoor-audit diff` of the victim and this row's
+   * purified model). Absent in results of older versions and in failed rows.
+   */
+  diff?: ModelDiff;
 }
 
 export interface GicEntry {

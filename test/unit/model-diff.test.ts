@@ -17,6 +17,8 @@ import { clp } from '../../src/engine/defenses/clp';
 import { diffModelFiles, diffModels, diffStateDicts, formatModelDiff } from '../../src/engine/model_files/diff';
 import { loadModelFile, saveModelFile } from '../../src/engine/model_files/model_io';
 import { isModelDiff } from '../../src/shared/model_diff';
+import { runCell } from '../../src/engine/jobs/core';
+import type { ImageSet } from '../../src/engine/data/dataset';
 
 const ROOT = path.join(__dirname, '..', '..');
 const VICTIM = path.join(ROOT, 'test', 'fixtures', 'zoo', 'preact8-badnets', 'victim.pt');
@@ -72,6 +74,25 @@ describe('model diff', () => {
     a.dispose();
     b.dispose();
     assert.equal(tf.memory().numTensors, start, 'every tensor disposed');
+  });
+
+  it('a job row carries the diff of its purified model against the victim (CLP: its pruned channels)', async () => {
+    const victim = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 2, options: { layers: [16] } });
+    const conv = victim.root.find('features.0') as Conv2d;
+    const w = new Float32Array(9 * 16);
+    for (let k = 0; k < 16; k++) for (let i = 0; i < 9; i++) w[i * 16 + k] = (k === 5 ? 50 : 1) * (i === 4 ? 1 : 0.1);
+    tf.tidy(() => conv.weight.assign(tf.tensor4d(w, [3, 3, 1, 16])));
+    const rng = new Rng(3);
+    const set = (n: number): ImageSet => ({ n, shape: [6, 6, 1], x: Float32Array.from({ length: n * 36 }, () => rng.next()), y: Int32Array.from({ length: n }, (_, i) => i % 2), numClasses: 2 });
+    const test = set(8);
+    const triggered = { set: set(4), attackLabels: new Int32Array(4) };
+    const cell = { aux: { name: 'a', type: 'unseen', seed: 0, set: set(8) }, gic: false, defense: { id: 'clp', profile: 'paper' as const, params: { u: 3 } }, seed: 0, stream: 'cell:a:clp' };
+    const out = await runCell({ victim, test, triggered, augment: { cropPadding: 0, flip: false }, seeds: [0] }, cell, cell.aux.set, { acc: 0.5, asr: 0.5, ra: 0.5 }, 0, undefined, () => undefined, []);
+    assert.equal(out.row.error, null);
+    assert.ok(isModelDiff(out.row.diff));
+    assert.deepEqual(out.row.diff!.layers.filter((l) => l.zeroed.length).map((l) => [l.name, l.zeroed]), Object.entries(out.row.details!.pruned as object));
+    assert.deepEqual(out.row.details!.pruned, { 'features.1': [5] });
+    victim.dispose();
   });
 
   it('refuses two models of different architectures with one line', () => {

@@ -21,6 +21,8 @@ import type { RunEvent } from '../../shared/run_events';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
 import { saveModelFile, type ModelFormat } from '../model_files/model_io';
+import { diffStateDicts } from '../model_files/diff';
+import type { PtStateDict } from '../nn/module';
 import { startCellPool } from './cell_pool';
 import { exportOnnx } from '../model_files/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
@@ -330,6 +332,13 @@ export async function runCell(
       Object.assign(row, m, { der: der(baseline, m) });
     }
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
+    // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
+    // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
+    try {
+      row.diff = diffStateDicts(victimStateDict(job.victim), model.stateDict());
+    } catch {
+      /* no diff for this row */
+    }
     detection = out.detection;
     const written = targets.map((t) => path.basename(saveModelFile(model!, t.file, t.format)));
     if (written.length) row.output = written[0];
@@ -341,6 +350,17 @@ export async function runCell(
     row.seconds = (Date.now() - t0) / 1000;
   }
   return onnx && !row.error ? { row, detection, onnx } : { row, detection };
+}
+
+/** The victim's state_dict, read once per victim: every cell compares its purified model with it. */
+const victimDicts = new WeakMap<Model, PtStateDict>();
+function victimStateDict(victim: Model): PtStateDict {
+  let sd = victimDicts.get(victim);
+  if (!sd) {
+    sd = victim.stateDict();
+    victimDicts.set(victim, sd);
+  }
+  return sd;
 }
 
 function exportForEvaluation(model: Model): Uint8Array | undefined {
