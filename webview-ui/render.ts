@@ -7,7 +7,8 @@ import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
 import { DiffView } from './diff_view';
-import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
+import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, relativeHref, statusText, type GicFileLink, type GridCell } from './format';
+import { ANOMALY_THRESHOLD, anomalyChartLabel, anomalySeries, triggerCards } from './detection_format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
 
@@ -74,6 +75,7 @@ export class DomView implements View {
     new MutationObserver(() => {
       this.charts?.retheme();
       this.diffView?.invalidate();
+      this.detectionShown = '';
       this.embedSlots.clear();
       this.embed.body.replaceChildren();
       if (this.last) this.showResults(this.last);
@@ -339,29 +341,83 @@ export class DomView implements View {
     }
   }
 
+  private detectionCanvas = el('canvas');
+  private detectionShown = '';
+
+  /** Draws 8-bit pixels (base64, [H, W, C]) on a canvas scaled up by CSS; undefined when they are malformed. */
+  private pixels(label: number, shape: [number, number, number], data: string, name: string): HTMLCanvasElement | undefined {
+    const img = galleryImage({ label, shape, x: data, gx: data, diff: data }, 'x');
+    if (!img) return undefined;
+    const canvas = el('canvas', 'gallery-image');
+    canvas.width = img.width;
+    canvas.height = img.height;
+    canvas.setAttribute('role', 'img');
+    canvas.setAttribute('aria-label', name);
+    canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
+    return canvas;
+  }
+
+  /**
+   * Neural Cleanse: the anomaly index per class as bars (flagged classes in the alarm colour, the threshold as a
+   * dashed line) and every class's reversed trigger, mask x pattern and mask, flagged classes first and marked.
+   */
   private renderDetection(s: ViewState): void {
     const nc = s.detection?.nc;
     this.detection.root.hidden = !nc;
     if (!nc) return;
+    const key = JSON.stringify([nc.anomalyIndex, nc.flagged, (nc.triggers ?? []).map((t) => [t.label, t.maskL1]), s.attack?.note]);
+    if (key === this.detectionShown && this.detection.body.childElementCount > 0) return;
+    this.detectionShown = key;
     const body = this.detection.body;
     body.replaceChildren();
     const flagged = nc.flagged.length ? `flagged target class${nc.flagged.length > 1 ? 'es' : ''}: ${nc.flagged.join(', ')}` : 'no class flagged';
     if (s.attack?.note) body.append(el('p', 'muted', s.attack.note));
-    body.append(el('p', undefined, `Anomaly index per class (> 2 flags a trigger): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
-    // The reversed trigger (mask x pattern) of each flagged class: where the model's shortcut sits.
-    for (const t of nc.triggers ?? []) {
-      const img = galleryImage({ label: t.label, shape: t.shape, x: t.image, gx: t.image, diff: t.image }, 'x');
-      const fig = el('figure', 'reversed-trigger');
-      if (img) {
-        const canvas = el('canvas', 'gallery-image');
-        canvas.width = img.width;
-        canvas.height = img.height;
-        canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
-        fig.append(canvas);
+    body.append(el('p', undefined, `Anomaly index per class (> ${ANOMALY_THRESHOLD} flags a trigger): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
+    if (!this.charts) this.charts = new Charts();
+    const series = anomalySeries(nc);
+    const box = el('div', 'chart-box anomaly-chart');
+    box.append(this.detectionCanvas);
+    body.append(box);
+    this.detectionCanvas.setAttribute('role', 'img');
+    this.detectionCanvas.setAttribute('aria-label', anomalyChartLabel(nc));
+    const alarm = this.charts.colour('asr');
+    const calm = this.charts.colour('muted');
+    this.charts.renderSimpleBars('nc-anomaly', this.detectionCanvas, {
+      labels: series.labels,
+      values: series.values,
+      colours: series.flagged.map((f) => (f ? alarm : calm)),
+      seriesLabel: 'anomaly index',
+      yTitle: 'anomaly index',
+      line: { value: ANOMALY_THRESHOLD, label: `threshold ${ANOMALY_THRESHOLD}` },
+    });
+    const cards = triggerCards(nc);
+    if (!cards.length) return;
+    body.append(el('h3', undefined, 'Reversed triggers (mask × pattern, and the mask)'));
+    const list = el('div', 'trigger-list');
+    for (const c of cards) {
+      const t = c.trigger;
+      const fig = el('figure', `reversed-trigger${c.flagged ? ' flagged' : ''}`);
+      const pair = el('div', 'trigger-pair');
+      const image = this.pixels(t.label, t.shape, t.image, c.alt);
+      const mask = this.pixels(t.label, [t.shape[0], t.shape[1], 1], t.mask, `Mask of the reversed trigger of class ${t.label}`);
+      if (image) pair.append(image);
+      if (mask) pair.append(mask);
+      fig.append(pair);
+      const cap = el('figcaption', undefined, c.caption);
+      if (t.file) {
+        cap.append(document.createTextNode(' — '));
+        if (this.interactive) cap.append(el('span', 'path', t.file));
+        else {
+          const href = relativeHref(t.file);
+          const a = el('a', 'path', t.file);
+          if (href) a.setAttribute('href', href);
+          cap.append(a);
+        }
       }
-      fig.append(el('figcaption', undefined, `class ${t.label}: reversed trigger (mask L1 ${t.maskL1})${t.file ? ` — ${t.file}` : ''}`));
-      body.append(fig);
+      fig.append(cap);
+      list.append(fig);
     }
+    body.append(list);
   }
 
   showInspect(file: string, info?: InspectInfo, error?: string): void {

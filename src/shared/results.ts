@@ -105,8 +105,9 @@ export interface EmbeddingEntry {
   points: EmbeddingPoint[];
 }
 
-/** Neural Cleanse's verdict: anomaly index per class, the flagged classes and, for each flagged class, its
- * reversed trigger (mask times pattern) as a PNG saved with the outputs and as raw bytes for the panel. */
+/** Neural Cleanse's verdict: anomaly index per class, the flagged classes and the reversed trigger (mask times
+ * pattern) of every class as raw bytes for the panel (at most 100: then the flagged and smallest masks); a
+ * flagged class's is also a PNG saved with the outputs. */
 export interface NcDetection {
   anomalyIndex: number[];
   flagged: number[];
@@ -117,7 +118,7 @@ export interface NcDetection {
 
 export interface ReversedTriggerImage {
   label: number;
-  /** PNG file relative to the results directory. */
+  /** PNG file relative to the results directory (flagged classes). */
   file?: string;
   /** [H, W, C] bytes of mask * pattern, base64 (as GicSample). */
   shape: [number, number, number];

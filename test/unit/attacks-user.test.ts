@@ -157,6 +157,10 @@ describe('attacks the user brings (poisoned sets, trigger files, BackdoorBench r
     assert.deepEqual([results.rows[0].asr, results.rows[0].ra, results.rows[0].der], [null, null, null]);
     const nc = results.detection.nc!;
     assert.ok(nc.flagged.includes(0), `flagged ${nc.flagged}, anomaly ${nc.anomalyIndex}`);
+    // Every class's reversed trigger is carried for the panel; only the flagged ones are written as PNGs.
+    assert.deepEqual(nc.triggers!.map((x) => x.label), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(nc.triggers!.filter((x) => x.file).map((x) => x.label), nc.flagged);
+    assert.deepEqual(fs.readdirSync(out).filter((f) => f.startsWith('nc-trigger-')).sort(), nc.flagged.map((c) => `nc-trigger-${c}.png`).sort());
     const t = nc.triggers!.find((x) => x.label === 0)!;
     assert.ok(fs.existsSync(path.join(out, t.file!)), 'the reversed trigger PNG is written');
     const png = PNG.sync.read(fs.readFileSync(path.join(out, t.file!)));

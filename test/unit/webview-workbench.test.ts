@@ -11,6 +11,8 @@ import type * as StateModule from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
 import { usePanelDom } from '../helpers/panel-dom';
 import { diffChartLabel, diffChoices, diffSeries, diffSummary, relText } from '../../webview-ui/diff_format';
+import { anomalyChartLabel, anomalySeries, triggerCards } from '../../webview-ui/detection_format';
+import type { NcDetection } from '../../src/shared/results';
 
 interface ViewLike {
   showResults(s: ReturnType<typeof StateModule.emptyState>): void;
@@ -55,6 +57,27 @@ export function resultsWithDiffs(): Results {
   r.rows = r.rows.map((row: ResultRow, i) => (i === 0 ? { ...row, diff: d } : i === 1 ? { ...row, diff: other } : row));
   return r;
 }
+
+/** NC on 3 classes, class 2 flagged; 2x2 grey triggers. */
+export function sampleNc(): NcDetection {
+  const b64 = (a: number[]) => Buffer.from(a).toString('base64');
+  return {
+    anomalyIndex: [0.4, 0.9, 3.5],
+    flagged: [2],
+    triggers: [0, 1, 2].map((label) => ({ label, shape: [2, 2, 1] as [number, number, number], image: b64([label * 50, 0, 0, 255]), mask: b64([255, 0, 0, 255]), maskL1: 10 - label, ...(label === 2 ? { file: 'nc-trigger-2.png' } : {}) })),
+  };
+}
+
+describe('webview: reversed triggers (numbers)', () => {
+  it('bars per class with the flagged class marked, a chart name that says which, flagged cards first', () => {
+    const nc = sampleNc();
+    assert.deepEqual(anomalySeries(nc), { labels: ['class 0', 'class 1', 'class 2'], values: [0.4, 0.9, 3.5], flagged: [false, false, true] });
+    assert.equal(anomalyChartLabel(nc), 'Bar chart: Neural Cleanse anomaly index per class, 3 classes, threshold 2; flagged: class 2 (3.50); highest: class 2 3.50, class 1 0.90, class 0 0.40.');
+    const cards = triggerCards(nc);
+    assert.deepEqual(cards.map((c) => [c.trigger.label, c.flagged]), [[2, true], [0, false], [1, false]]);
+    assert.equal(cards[0].caption, 'class 2 — flagged: mask L1 8, anomaly index 3.50');
+  });
+});
 
 describe('webview: model diff (numbers)', () => {
   it('offers every successful row with a diff, labelled by defense, aux set and GIC', () => {
@@ -119,6 +142,27 @@ describe('webview: model diff (DOM)', () => {
     select.dispatchEvent(new dom.win.Event('change') as never);
     assert.deepEqual(rowsText().map((r) => r[3]), ['0', '0', '0']);
     assert.match(canvas.getAttribute('aria-label')!, /ft on unseen \+ GIC.*no layer changed/);
+  });
+
+  it('shows the anomaly index chart and every class\'s reversed trigger, the flagged class marked', () => {
+    FakeChart.last = [];
+    const { root, view } = mount();
+    view.showResults(dom.state.fromResults({ id: 'r', title: 't', outDir: '/o' }, sampleResults({ detection: { nc: sampleNc() } })));
+    const sec = root.querySelector('#detection')!;
+    assert.equal((sec as unknown as { hidden: boolean }).hidden, false);
+    const bars = FakeChart.last.find((c) => (c.data.labels ?? [])[0] === 'class 0')!;
+    assert.deepEqual(bars.data.datasets![0].data, [0.4, 0.9, 3.5]);
+    const colours = bars.data.datasets![0].backgroundColor as string[];
+    assert.equal(colours[2] !== colours[0] && colours[0] === colours[1], true, 'the flagged bar has its own colour');
+    const figs = [...sec.querySelectorAll('figure')];
+    assert.equal(figs.length, 3);
+    assert.equal(figs[0].className, 'reversed-trigger flagged');
+    assert.match(figs[0].textContent!, /class 2 — flagged: mask L1 8, anomaly index 3\.50 — nc-trigger-2\.png/);
+    // Two images per class (mask x pattern, mask), each named.
+    const canvases = [...sec.querySelectorAll('figure canvas')];
+    assert.equal(canvases.length, 6);
+    assert.ok(canvases.every((c) => c.getAttribute('role') === 'img' && (c.getAttribute('aria-label') ?? '').length > 10));
+    assert.match(sec.querySelector('.anomaly-chart canvas')!.getAttribute('aria-label')!, /flagged: class 2/);
   });
 
   it('is hidden when no row has a diff (results of older versions)', () => {

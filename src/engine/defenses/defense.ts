@@ -7,6 +7,7 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Augment } from '../nn/train';
 import type { Rng } from '../util/rng';
+import type { ReversedTriggerImage } from '../../shared/results';
 
 /**
  * `paper`: BackdoorBench's defaults. `fast`: the same algorithm on a shorter schedule; the fine-tuning based
@@ -35,8 +36,8 @@ export interface DefenseOutcome {
   model: Model;
   /** Thresholds chosen on the auxiliary validation split, pruned channels, approximations used, etc. */
   details?: Record<string, unknown>;
-  /** Backdoor detection (NC): per-class anomaly index and flagged labels. */
-  detection?: { anomalyIndex: number[]; flagged: number[] };
+  /** Backdoor detection (NC): per-class anomaly index, flagged labels and the reversed triggers. */
+  detection?: { anomalyIndex: number[]; flagged: number[]; triggers?: ReversedTriggerImage[] };
 }
 
 export interface Defense {

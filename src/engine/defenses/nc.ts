@@ -15,6 +15,7 @@ import { Adam, SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
 import { Pacer, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
+import type { ReversedTriggerImage } from '../../shared/results';
 
 export interface ReversedTrigger {
   label: number;
@@ -34,6 +35,35 @@ export function anomalyIndices(values: number[]): number[] {
   const med = median(values);
   const mad = 1.4826 * median(values.map((v) => Math.abs(v - med)));
   return values.map((v) => (mad > 0 ? Math.abs(v - med) / mad : 0));
+}
+
+/**
+ * A reversed trigger as the panel shows it: mask x pattern and the mask as 8-bit pixels (base64), the mask's L1.
+ * No file: the caller names one where it writes a PNG.
+ */
+export function triggerImage(t: ReversedTrigger, shape: readonly [number, number, number]): ReversedTriggerImage {
+  const [h, w, c] = shape;
+  const image = new Uint8Array(h * w * c);
+  const mask = new Uint8Array(h * w);
+  for (let p = 0; p < h * w; p++) {
+    mask[p] = Math.round(255 * t.mask[p]);
+    for (let k = 0; k < c; k++) image[p * c + k] = Math.round(255 * t.mask[p] * t.pattern[p * c + k]);
+  }
+  return { label: t.label, shape: [h, w, c], image: Buffer.from(image).toString('base64'), mask: Buffer.from(mask).toString('base64'), maskL1: Math.round(t.l1 * 100) / 100 };
+}
+
+/** At most this many reversed triggers travel with the results (the flagged ones and the smallest masks). */
+export const MAX_TRIGGER_IMAGES = 100;
+
+/** The triggers worth showing: every class up to MAX_TRIGGER_IMAGES, else the flagged and smallest masks. */
+export function triggersToShow(triggers: readonly ReversedTrigger[], flagged: readonly number[]): ReversedTrigger[] {
+  if (triggers.length <= MAX_TRIGGER_IMAGES) return triggers.slice();
+  const chosen = new Set(flagged);
+  for (const t of [...triggers].sort((a, b) => a.l1 - b.l1)) {
+    if (chosen.size >= MAX_TRIGGER_IMAGES) break;
+    chosen.add(t.label);
+  }
+  return triggers.filter((t) => chosen.has(t.label));
 }
 
 async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Record<string, number>, ctx: DefenseContext): Promise<ReversedTrigger> {
@@ -144,7 +174,10 @@ export const nc: Defense = {
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
     const k = ctx.victim.numClasses;
-    const { triggers, norms, detection, flagged } = await detectTriggers(ctx);
+    const found = await detectTriggers(ctx);
+    const { triggers, norms, flagged } = found;
+    // Every class's reversed trigger travels with the verdict: the panel shows them beside the anomaly index.
+    const detection = { ...found.detection, triggers: triggersToShow(triggers, flagged).map((t) => triggerImage(t, ctx.aux.shape)) };
     const model = ctx.victim.clone();
     if (flagged.length === 0) return { model, detection, details: { flagged, unlearned: false, maskL1: norms } };
     try {

@@ -27,7 +27,7 @@ import { startCellPool } from './cell_pool';
 import { exportOnnx } from '../model_files/onnx_export';
 import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
-import { RESULTS_SCHEMA, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
+import { RESULTS_SCHEMA, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
 import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
 
@@ -273,7 +273,7 @@ function targetsFor(job: Pick<PreparedJob, 'saveTargets' | 'seeds'>, cell: Cell)
 
 export interface CellOutcome {
   row: ResultRow;
-  detection?: { anomalyIndex: number[]; flagged: number[] };
+  detection?: { anomalyIndex: number[]; flagged: number[]; triggers?: ReversedTriggerImage[] };
   /** The purified model as ONNX, when its evaluation was left to the main thread (`deferEvaluation`). */
   onnx?: Uint8Array;
 }

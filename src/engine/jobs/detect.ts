@@ -1,16 +1,16 @@
 /**
  * The audit of a model whose trigger nobody knows (`attack: unknown`, the common case): Neural Cleanse's
  * detection runs once on clean data before the cells, whatever the defenses are. Its verdict (anomaly index per
- * class, flagged classes) goes into `results.detection.nc`, and each flagged class's reversed trigger (mask times
- * pattern) is written as a PNG next to the results and carried as bytes for the panel and report, so the user can
- * see where the suspected trigger sits.
+ * class, flagged classes) goes into `results.detection.nc`; every class's reversed trigger (mask times pattern) is
+ * carried as bytes for the panel and report, and each flagged class's is also written as a PNG next to the
+ * results, so the user can see where the suspected trigger sits.
  */
 import * as path from 'node:path';
 import { PNG } from 'pngjs';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
-import { detectTriggers, nc } from '../defenses/nc';
+import { detectTriggers, nc, triggerImage, triggersToShow } from '../defenses/nc';
 import { resolveParams, type Profile } from '../defenses/defense';
 import { writeFileAtomic } from '../util/atomic';
 import type { NcDetection, ReversedTriggerImage } from '../../shared/results';
@@ -32,18 +32,16 @@ export async function detectUnknownTrigger(victim: Model, data: ImageSet, o: Det
   const { triggers, flagged, detection } = await detectTriggers({ victim, aux: data, profile: o.profile, params, augment: { cropPadding: 0, flip: false }, rng, signal: o.signal, progress: o.progress });
   const [h, w, c] = data.shape;
   const images: ReversedTriggerImage[] = [];
-  for (const label of flagged) {
-    const t = triggers[label];
-    const image = new Uint8Array(h * w * c);
-    const mask = new Uint8Array(h * w);
-    for (let p = 0; p < h * w; p++) {
-      mask[p] = Math.round(255 * t.mask[p]);
-      for (let k = 0; k < c; k++) image[p * c + k] = Math.round(255 * t.mask[p] * t.pattern[p * c + k]);
+  // Every class's reversed trigger goes to the panel; the flagged ones are also written as PNGs.
+  for (const t of triggersToShow(triggers, flagged)) {
+    const img = triggerImage(t, data.shape);
+    if (flagged.includes(t.label)) {
+      let name = `nc-trigger-${t.label}.png`;
+      if (o.taken(name)) name = `nc-trigger-${t.label}-${Date.now()}.png`;
+      writeFileAtomic(path.join(o.dir, name), encodePng(new Uint8Array(Buffer.from(img.image, 'base64')), h, w, c));
+      img.file = name;
     }
-    let name = `nc-trigger-${label}.png`;
-    if (o.taken(name)) name = `nc-trigger-${label}-${Date.now()}.png`;
-    writeFileAtomic(path.join(o.dir, name), encodePng(image, h, w, c));
-    images.push({ label, file: name, shape: [h, w, c], image: Buffer.from(image).toString('base64'), mask: Buffer.from(mask).toString('base64'), maskL1: Math.round(t.l1 * 100) / 100 });
+    images.push(img);
   }
   return { ...detection, triggers: images };
 }
