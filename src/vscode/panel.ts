@@ -128,7 +128,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
     const checked = live ? { ok: true as const } : checkWebviewDir(state.run.outDir, roots);
     if (!checked.ok) {
       panel.dispose();
-      void vscode.window.showWarningMessage(`Backdoor Audit: a results panel was not restored because its run folder ${shown(state.run.outDir)} was refused: ${checked.reason}. Open the run with "Backdoor Audit: Open Run".`);
+      void vscode.window.showWarningMessage(`Backdoor Audit: a results panel was not restored because its run folder ${shown(state.run.outDir)} was refused: ${checked.reason}. Open the run with "Backdoor Audit: Open Run Results...", on its results.json.`);
       return;
     }
     // Only the checked folder is kept: the id is the host's key for a run (its folder), the title is text.
