@@ -110,4 +110,10 @@ export class App {
   action(a: ModelAction): void {
     this.api.postMessage({ type: 'action', action: a });
   }
+  copyText(text: string): void {
+    this.api.postMessage({ type: 'copy', text });
+  }
+  exportCsv(text: string): void {
+    this.api.postMessage({ type: 'exportCsv', text });
+  }
 }

@@ -375,3 +375,26 @@ export function galleryImage(sample: GicSample, which: 'x' | 'gx' | 'diff'): Gal
   }
   return { width: w, height: h, rgba };
 }
+
+/**
+ * The Figure-1 chart's accessible name: what it plots and the values per bar group, so a screen reader user
+ * gets the chart's content, not only its title (the grid above holds the same numbers as a table).
+ */
+export function figureChartLabel(f: FigureSeries): string {
+  const v = (x: number | null | undefined) => (typeof x === 'number' ? `${x}%` : 'n/a');
+  const groups = f.labels.map((label, i) => `${label}: ${f.datasets.map((d) => `${d.label} ${v(d.values[i])}`).join(', ')}`);
+  const head = `Bar chart: ACC and ASR per aux set and defense${f.datasets.some((d) => d.gic) ? ', GIC off and on' : ''}${f.runs > 1 ? `, mean over ${f.runs} seeds` : ''}`;
+  return `${head}. ${groups.join('; ')}.`;
+}
+
+/** A scatter's accessible name: the projection, and how many points of each set and class it shows. */
+export function scatterLabel(e: EmbeddingEntry): string {
+  const { series, classes } = scatterSeries(e);
+  return `Scatter plot: ${e.method} of the model's features for aux set ${e.aux}: ${series.map((s) => `${s.points.length} ${s.label} points`).join(', ')}; colours are the ${classes.length} classes (${classes.join(', ')}).`;
+}
+
+/** The live region's text: changes only when the state or the count of finished cells does (no chatter). */
+export function statusAnnouncement(s: ViewState): string {
+  if (s.status === 'running') return `Running: ${s.rows.length}${s.cells ? ` of ${s.cells}` : ''} cells done.`;
+  return statusText(s);
+}

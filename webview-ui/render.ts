@@ -7,7 +7,8 @@ import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
 import { DiffView } from './diff_view';
-import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, relativeHref, statusText, type GicFileLink, type GridCell } from './format';
+import { AUX_TYPE_NOTES, buildGrid, classColour, figureChartLabel, figureSeries, galleryImage, pct, relativeHref, scatterLabel, statusAnnouncement, statusText, type GicFileLink, type GridCell } from './format';
+import { ResultsTableView } from './results_table_view';
 import { ANOMALY_THRESHOLD, anomalyChartLabel, anomalySeries, triggerCards } from './detection_format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
@@ -18,6 +19,10 @@ export interface Actions {
   revealOutDir(): void;
   cancel(): void;
   action(a: ModelAction): void;
+  /** Put a table's text on the clipboard (the host's in VS Code, the browser's in report.html). */
+  copyText(text: string): void;
+  /** Save a CSV (a save dialog in VS Code, a download in report.html). */
+  exportCsv(text: string): void;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string): HTMLElementTagNameMap[K] {
@@ -44,6 +49,10 @@ export class DomView implements View {
   private chart = section('ACC and ASR', 'chart');
   private chartNote = el('p', 'muted chart-note');
   private chartCanvas = el('canvas');
+  private table = section('Results table', 'results-table');
+  private tableView?: ResultsTableView;
+  /** Announces status changes to screen readers (polite); the visible status line below updates freely. */
+  private announcer = el('div', 'visually-hidden');
   private diff = section('What the defenses changed (model diff)', 'model-diff');
   private diffView?: DiffView;
   private embed = section('Feature embeddings', 'embeddings');
@@ -69,8 +78,13 @@ export class DomView implements View {
     chartBox.append(this.chartCanvas);
     this.chart.body.append(chartBox, this.chartNote);
     this.diff.body.append(el('p', 'muted', 'Per layer of the purified model against the victim: ‖W′−W‖/‖W‖ over weight and bias, channels zeroed (BatchNorm gamma 0, all-zero filters or head columns), the relative change of the BatchNorm running statistics, and inserted modules. Bars in the alarm colour: layers with zeroed channels.'));
+    this.tableView = new ResultsTableView(this.table.body, { copyText: (t) => this.actions.copyText(t), exportCsv: (t) => this.actions.exportCsv(t) });
+    this.announcer.setAttribute('role', 'status');
+    this.announcer.setAttribute('aria-live', 'polite');
+    this.announcer.setAttribute('aria-atomic', 'true');
+    this.chartCanvas.setAttribute('role', 'img');
     this.diffView = new DiffView(this.diff.body, () => (this.charts ??= new Charts()));
-    this.root.replaceChildren(this.header, this.status, this.grid.root, this.chart.root, this.diff.root, this.embed.root, this.gallery.root, this.detection.root);
+    this.root.replaceChildren(this.header, this.announcer, this.status, this.grid.root, this.table.root, this.chart.root, this.diff.root, this.embed.root, this.gallery.root, this.detection.root);
     // Theme switches change the --vscode-* variables; charts read colours once, so redraw them.
     new MutationObserver(() => {
       this.charts?.retheme();
@@ -90,6 +104,7 @@ export class DomView implements View {
     this.renderHeader(s);
     this.renderStatus(s);
     this.renderGrid(s);
+    this.table.root.hidden = !this.tableView!.render(s);
     this.renderCharts(s);
     this.diff.root.hidden = !this.diffView!.render(s);
     this.renderGallery(s);
@@ -118,6 +133,8 @@ export class DomView implements View {
   }
 
   private renderStatus(s: ViewState): void {
+    const said = statusAnnouncement(s);
+    if (this.announcer.textContent !== said) this.announcer.textContent = said;
     const st = this.status;
     st.replaceChildren();
     st.className = `status status-${s.status}`;
@@ -218,17 +235,25 @@ export class DomView implements View {
       if (grp.gicNote) box.append(el('p', 'gic-note', grp.gicNote));
       if (grp.gicFiles) box.append(this.gicFiles(grp.gicFiles));
       const table = el('table', 'grid');
+      // The table's accessible name; the header cells name every column (and the GIC side above them).
+      table.append(el('caption', 'visually-hidden', `Aux set ${grp.aux}: ACC, ASR, RA and DER per defense${sides.length > 1 ? ', without and with GIC' : ''}`));
       const thead = el('thead');
       const r1 = el('tr');
-      r1.append(el('th', undefined, ''));
+      r1.append(el('td'));
       for (const side of sides) {
         const th = el('th', 'side', side === 'off' ? 'without GIC' : 'with GIC');
         th.colSpan = 5;
+        th.scope = 'colgroup';
         r1.append(th);
       }
       const r2 = el('tr');
-      r2.append(el('th', undefined, 'defense'));
-      for (let i = 0; i < sides.length; i++) for (const k of ['ACC', 'ASR', 'RA', 'DER', 'model']) r2.append(el('th', k === 'model' ? '' : 'num', k));
+      const colHead = (cls: string | undefined, text: string) => {
+        const th = el('th', cls, text);
+        th.scope = 'col';
+        return th;
+      };
+      r2.append(colHead(undefined, 'defense'));
+      for (let i = 0; i < sides.length; i++) for (const k of ['ACC', 'ASR', 'RA', 'DER', 'model']) r2.append(colHead(k === 'model' ? '' : 'num', k));
       thead.append(r1, r2);
       const tbody = el('tbody');
       if (s.baseline) {
@@ -261,6 +286,7 @@ export class DomView implements View {
     this.chart.root.hidden = !hasBars;
     if (hasBars) {
       const runs = this.charts.renderBar(this.chartCanvas, s);
+      this.chartCanvas.setAttribute('aria-label', figureChartLabel(figureSeries(s)));
       this.chartNote.textContent = runs > 1 ? `Bars: mean over ${runs} seeds; error bars: ± one standard deviation.` : '';
     }
 
@@ -288,6 +314,8 @@ export class DomView implements View {
         this.embedSlots.set(e.aux, slot);
       }
       const classes = this.charts.renderScatter(slot.canvas, e);
+      slot.canvas.setAttribute('role', 'img');
+      slot.canvas.setAttribute('aria-label', scatterLabel(e));
       slot.legend.replaceChildren(el('span', 'muted', 'classes: '));
       for (const c of classes) {
         const item = el('span', 'legend-item');
@@ -329,6 +357,8 @@ export class DomView implements View {
             const canvas = el('canvas', 'gallery-image');
             canvas.width = img.width;
             canvas.height = img.height;
+            canvas.setAttribute('role', 'img');
+            canvas.setAttribute('aria-label', `${title} of a class ${sample.label} image of aux set ${g.aux}`);
             canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
             td.append(canvas);
           } else td.append(el('span', 'muted', '—'));

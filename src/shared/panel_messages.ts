@@ -38,7 +38,14 @@ export type ViewMessage =
   | { type: 'revealOutDir' }
   | { type: 'cancel' }
   /** A button of the model inspector. */
-  | { type: 'action'; action: ModelAction };
+  | { type: 'action'; action: ModelAction }
+  /** Put this text (a table as Markdown or CSV) on the clipboard. */
+  | { type: 'copy'; text: string }
+  /** Save this CSV where the user chooses (a save dialog opened in the run folder). */
+  | { type: 'exportCsv'; text: string };
+
+/** The most text a copy or export message may carry (a results table is far smaller). */
+export const MAX_TABLE_TEXT = 8 * 1024 * 1024;
 
 function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -104,6 +111,9 @@ export function isViewMessage(v: unknown): v is ViewMessage {
       return only(v, 'type', 'path') && typeof v.path === 'string' && v.path.length > 0 && v.path.length < 4096;
     case 'action':
       return only(v, 'type', 'action') && typeof v.action === 'string' && MODEL_ACTIONS.includes(v.action as ModelAction);
+    case 'copy':
+    case 'exportCsv':
+      return only(v, 'type', 'text') && typeof v.text === 'string' && v.text.length <= MAX_TABLE_TEXT;
     default:
       return false;
   }

@@ -196,6 +196,18 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
         return;
       case 'action':
         return;
+      case 'copy':
+        await vscode.env.clipboard.writeText(m.text);
+        void vscode.window.setStatusBarMessage('Backdoor Audit: table copied', 3000);
+        return;
+      case 'exportCsv': {
+        // The dialog starts in the run folder; the user picks the file, so any path they choose is theirs.
+        const target = await vscode.window.showSaveDialog({ defaultUri: vscode.Uri.file(path.join(run.outDir, 'results.csv')), filters: { CSV: ['csv'] }, title: 'Export the results table as CSV' });
+        if (!target) return;
+        await vscode.workspace.fs.writeFile(target, Buffer.from(m.text, 'utf8'));
+        void vscode.window.setStatusBarMessage(`Backdoor Audit: wrote ${path.basename(target.fsPath)}`, 3000);
+        return;
+      }
     }
   }
 

@@ -13,6 +13,9 @@ import { usePanelDom } from '../helpers/panel-dom';
 import { diffChartLabel, diffChoices, diffSeries, diffSummary, relText } from '../../webview-ui/diff_format';
 import { anomalyChartLabel, anomalySeries, triggerCards } from '../../webview-ui/detection_format';
 import type { NcDetection } from '../../src/shared/results';
+import { nextSort, sortRows, toCsv, toMarkdown, type Column } from '../../webview-ui/table_data';
+import { bestByDer, filterRows, resultColumns } from '../../webview-ui/results_table';
+import { figureChartLabel, figureSeries, statusAnnouncement } from '../../webview-ui/format';
 
 interface ViewLike {
   showResults(s: ReturnType<typeof StateModule.emptyState>): void;
@@ -101,14 +104,81 @@ describe('webview: model diff (numbers)', () => {
   });
 });
 
+/** Rows with a known best per aux set: unseen's best is ft + GIC (DER 0.975), ood-brightness's only success is fp. */
+function tableRows(): ResultRow[] {
+  const r = sampleResults().rows;
+  return [
+    ...r,
+    { aux: 'unseen', auxType: 'unseen', gic: false, defense: 'fp', acc: 0.9, asr: 0.2, ra: 0.7, der: 0.86, seconds: 9.5, output: 'models/unseen-fp.pt', error: null },
+    { aux: 'ood-brightness', auxType: 'ood', gic: false, defense: 'fp', acc: 0.8, asr: 0.5, ra: 0.4, der: 0.66, seconds: 2, output: 'models/ood-fp.pt', error: null },
+  ];
+}
+
+function sampleState() {
+  const r = sampleResults();
+  return { status: 'done' as const, rows: r.rows, gic: r.gic, embeddings: r.embeddings, log: [] as string[], baseline: r.baseline, model: r.model };
+}
+
+describe('webview: the results table as data (numbers)', () => {
+  const cols: Column<{ n: number | null; s: string }>[] = [
+    { key: 'n', label: 'n', numeric: true, value: (r) => r.n },
+    { key: 's', label: 's|t', value: (r) => r.s },
+  ];
+  const data = [
+    { n: 2, s: 'b' },
+    { n: null, s: 'a,"x"' },
+    { n: 10, s: '=cmd()' },
+  ];
+
+  it('sorts numbers as numbers, missing values last in both directions; a click flips the order', () => {
+    assert.deepEqual(sortRows(data, cols[0], 'descending').map((r) => r.n), [10, 2, null]);
+    assert.deepEqual(sortRows(data, cols[0], 'ascending').map((r) => r.n), [2, 10, null]);
+    assert.deepEqual(nextSort(undefined, cols[0]), { key: 'n', dir: 'descending' });
+    assert.deepEqual(nextSort({ key: 'n', dir: 'descending' }, cols[0]), { key: 'n', dir: 'ascending' });
+    assert.deepEqual(nextSort({ key: 'n', dir: 'descending' }, cols[1]), { key: 's', dir: 'ascending' });
+  });
+
+  it('CSV quotes what needs it and defuses formulas; Markdown escapes pipes and right-aligns numbers', () => {
+    assert.equal(toCsv(cols, data), 'n,s|t\r\n2,b\r\n,"a,""x"""\r\n10,\'=cmd()\r\n');
+    assert.equal(toMarkdown(cols, data), '| n | s\\|t |\n| ---: | --- |\n| 2 | b |\n|  | a,"x" |\n| 10 | =cmd() |\n');
+  });
+
+  it('marks the best run per aux set by DER, filters by aux set and defense, exports raw fractions', () => {
+    const rows = tableRows();
+    const best = bestByDer(rows);
+    assert.deepEqual([...best].map((r) => `${r.aux}/${r.defense}/${r.gic}`), ['unseen/ft/true', 'ood-brightness/fp/false']);
+    assert.deepEqual(filterRows(rows, { aux: 'unseen' }).map((r) => r.defense), ['ft', 'ft', 'fp']);
+    assert.equal(filterRows(rows, { aux: 'unseen', defense: 'fp' }).length, 1);
+    const csv = toCsv(resultColumns(false), filterRows(rows, { defense: 'ft' }));
+    assert.equal(csv.split('\r\n')[0], 'aux set,type,GIC,defense,ACC,ASR,RA,DER,seconds,model / error');
+    assert.equal(csv.split('\r\n')[2], 'unseen,unseen,on,ft,0.96,0.03,0.9,0.975,4.1,models/unseen-ft-gic.pt');
+    assert.equal(csv.split('\r\n')[3], 'ood-brightness,ood,off,ft,,,,,0.1,failed: diverged');
+    assert.match(toMarkdown(resultColumns(false), rows.slice(0, 1)), /\| unseen \| unseen \| off \| ft \| 95\.0% \| 8\.0% \| 85\.0% \| 94\.5% \| 3\.2 \| models\/unseen-ft\.pt \|/);
+  });
+
+  it('names the Figure-1 chart with its values and announces only state changes', () => {
+    const s = { ...sampleState(), rows: tableRows() };
+    assert.match(figureChartLabel(figureSeries(s)), /^Bar chart: ACC and ASR per aux set and defense, GIC off and on\. baseline: ACC, GIC off 97%, .*unseen \(unseen\) · ft: ACC, GIC off 95%, ACC, GIC on 96%, ASR, GIC off 8%, ASR, GIC on 3%/);
+    assert.equal(statusAnnouncement({ ...s, status: 'running', cells: 9, progress: { stage: 'ft', done: 3, total: 20 } }), 'Running: 5 of 9 cells done.');
+    assert.equal(statusAnnouncement({ ...s, status: 'running', cells: 9, progress: { stage: 'ft', done: 4, total: 20 } }), 'Running: 5 of 9 cells done.');
+    assert.equal(statusAnnouncement({ ...s, status: 'done' }), 'Done: 5 cells, 1 failed');
+  });
+});
+
 describe('webview: model diff (DOM)', () => {
   const dom = usePanelDom<ViewLike>('https://webview.invalid/', FakeChart);
+  const sent: Array<[string, string]> = [];
 
-  function mount() {
+  function mount(interactive = true) {
     const root = dom.win.document.createElement('main');
     dom.win.document.body.replaceChildren(root);
     const noop = () => undefined;
-    const view = new dom.DomView(root, { openModel: noop, openResultsJson: noop, revealOutDir: noop, cancel: noop, action: noop }, true);
+    sent.length = 0;
+    const view = new dom.DomView(
+      root,
+      { openModel: noop, openResultsJson: noop, revealOutDir: noop, cancel: noop, action: noop, copyText: (t: string) => void sent.push(['copy', t]), exportCsv: (t: string) => void sent.push(['export', t]) },
+      interactive,
+    );
     return { root, view };
   }
 
@@ -163,6 +233,100 @@ describe('webview: model diff (DOM)', () => {
     assert.equal(canvases.length, 6);
     assert.ok(canvases.every((c) => c.getAttribute('role') === 'img' && (c.getAttribute('aria-label') ?? '').length > 10));
     assert.match(sec.querySelector('.anomaly-chart canvas')!.getAttribute('aria-label')!, /flagged: class 2/);
+  });
+
+  it('the results table: filters, sorts, marks the best run, copies and exports what it shows', () => {
+    const { root, view } = mount();
+    view.showResults(dom.state.fromResults({ id: 'r', title: 't', outDir: '/o' }, sampleResults({ rows: tableRows() })));
+    const sec = root.querySelector('#results-table')!;
+    const rows = () => [...sec.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent ?? ''));
+    assert.equal(rows().length, 5);
+    const [auxSel, defSel] = [...sec.querySelectorAll('select')] as unknown as Array<{ value: string; dispatchEvent(e: unknown): void; querySelectorAll(s: string): unknown[] }>;
+    assert.equal(auxSel.querySelectorAll('option').length, 3, 'all, unseen, ood-brightness');
+    auxSel.value = 'unseen';
+    auxSel.dispatchEvent(new dom.win.Event('change'));
+    assert.deepEqual(rows().map((r) => r[3]), ['ft', 'ft', 'fp']);
+    assert.match(sec.textContent!, /3 of 5 runs/);
+    const header = (label: string) => [...sec.querySelectorAll('th button')].find((b) => b.textContent!.replace(/[▲▼]/g, '').trim() === label)! as unknown as { click(): void };
+    header('DER').click();
+    assert.deepEqual(rows().map((r) => r[7]), ['97.5% ★ (best DER of this aux set)', '94.5%', '86.0%']);
+    assert.equal(sec.querySelectorAll('tr.best-row').length, 1);
+    assert.equal(sec.querySelector('tr.best-row .visually-hidden')!.textContent, ' (best DER of this aux set)');
+    assert.equal(sec.querySelector('th[aria-sort="descending"]')!.textContent!.replace(/[▲▼]/g, '').trim(), 'DER');
+    // The live view keeps the filter and the order when an event re-renders the panel.
+    view.showResults(dom.state.fromResults({ id: 'r', title: 't', outDir: '/o' }, sampleResults({ rows: tableRows() })));
+    assert.deepEqual(rows().map((r) => r[7].slice(0, 5)), ['97.5%', '94.5%', '86.0%']);
+    const tool = (label: string) => ([...sec.querySelectorAll('button.tool-button')].find((b) => b.textContent === label)! as unknown as { click(): void }).click();
+    tool('Copy as Markdown');
+    tool('Copy as CSV');
+    tool('Export CSV…');
+    assert.deepEqual(sent.map((x) => x[0]), ['copy', 'copy', 'export']);
+    assert.equal(sent[0][1].split('\n').length, 6, 'header, rule, three rows, final newline');
+    assert.match(sent[0][1].split('\n')[2], /^\| unseen \| unseen \| on \| ft \| 96\.0%/);
+    assert.equal(sent[1][1], sent[2][1]);
+    assert.deepEqual(sent[2][1].split('\r\n').slice(1, 4).map((l) => l.split(',')[3]), ['ft', 'ft', 'fp']);
+    defSel.value = 'fp';
+    defSel.dispatchEvent(new dom.win.Event('change'));
+    assert.deepEqual(rows().map((r) => r[3]), ['fp']);
+  });
+
+  it('accessibility: every canvas is named, every table has a name and header cells, Tab reaches every control, the status is announced', () => {
+    const { root, view } = mount();
+    const r = resultsWithDiffs();
+    r.detection = { nc: sampleNc() };
+    const px = Buffer.from([0, 128, 255, 64]).toString('base64');
+    r.gic[0].samples = [{ label: 1, shape: [2, 2, 1], x: px, gx: px, diff: px }];
+    view.showResults(dom.state.fromResults({ id: 'r', title: 't', outDir: '/o' }, r));
+    const doc = dom.win.document;
+    // Canvases: the Figure-1 chart, the scatter, the gallery, the model diff, NC's chart and the triggers.
+    const canvases = [...root.querySelectorAll('canvas')];
+    assert.ok(canvases.length >= 10, `${canvases.length} canvases`);
+    for (const c of canvases) {
+      const name = c.getAttribute('aria-label') ?? '';
+      assert.equal(c.getAttribute('role'), 'img', `${c.className} in #${c.closest('section')?.id} has role img`);
+      assert.ok(name.trim().length >= 10, `canvas ${c.className} in #${c.closest('section')?.id} is named ("${name}")`);
+    }
+    // Tables: a name (caption) and header cells for every column.
+    const tables = [...root.querySelectorAll('table')];
+    assert.ok(tables.length >= 4);
+    for (const t of tables) {
+      const section = t.closest('section')?.id;
+      if (t.classList.contains('gallery-table')) {
+        assert.ok(t.querySelectorAll('th').length > 0, 'the gallery has header cells');
+        continue;
+      }
+      assert.ok((t.querySelector('caption')?.textContent ?? '').length > 5, `a table in #${section} has a caption`);
+      const heads = [...t.querySelectorAll('thead th')];
+      assert.ok(heads.length > 0, `a table in #${section} has header cells`);
+      assert.ok(heads.every((h) => ['col', 'colgroup'].includes(h.getAttribute('scope') ?? '')), `header cells of #${section} are scoped`);
+      const lastRow = t.querySelector('thead tr:last-child')!;
+      const firstBody = t.querySelector('tbody tr:not(.baseline-row)');
+      if (firstBody && !firstBody.querySelector('[colspan]')) assert.equal(lastRow.querySelectorAll('th').length, firstBody.querySelectorAll('td').length, `one header cell per column in #${section}`);
+    }
+    // Focus order: the sequential navigation order (tabindex >= 0, not hidden, DOM order; no positive tabindex).
+    assert.equal(root.querySelectorAll('[tabindex]:not([tabindex="0"]):not([tabindex="-1"])').length, 0, 'no positive tabindex reorders focus');
+    const focusable = [...root.querySelectorAll('button, select, input, textarea, a[href], [tabindex="0"]')].filter((e) => !e.closest('[hidden]') && !(e as unknown as { disabled?: boolean }).disabled);
+    const names = focusable.map((e) => {
+      (e as unknown as { focus(): void }).focus();
+      assert.equal(doc.activeElement, e, 'each control takes the focus');
+      const id = e.getAttribute('id');
+      const label = id ? root.querySelector(`label[for="${id}"]`)?.textContent?.trim() : undefined;
+      return `${e.closest('section')?.id}:${label ?? e.textContent!.replace(/[▲▼]/g, '').trim()}`;
+    });
+    for (const want of ['results-table:Aux set', 'results-table:Defense', 'results-table:Copy as Markdown', 'results-table:Copy as CSV', 'results-table:Export CSV…', 'results-table:DER', 'model-diff:Purified model', 'model-diff:‖W′−W‖/‖W‖']) {
+      assert.ok(names.includes(want), `Tab reaches ${want} (order: ${names.join(', ')})`);
+    }
+    assert.ok(names.indexOf('results-table:Aux set') < names.indexOf('results-table:DER') && names.indexOf('results-table:DER') < names.indexOf('model-diff:Purified model'), 'in reading order');
+    // Every select has a label; every button has text.
+    for (const e of focusable) {
+      if (e.tagName === 'SELECT') assert.ok(root.querySelector(`label[for="${e.getAttribute('id')}"]`), 'select labelled');
+      if (e.tagName === 'BUTTON') assert.ok(e.textContent!.trim().length > 0, 'button has text');
+    }
+    // The status is announced politely, once per change.
+    const live = root.querySelector('[aria-live]')!;
+    assert.equal(live.getAttribute('aria-live'), 'polite');
+    assert.equal(live.getAttribute('role'), 'status');
+    assert.equal(live.textContent, 'Done: 3 cells, 1 failed');
   });
 
   it('is hidden when no row has a diff (results of older versions)', () => {
