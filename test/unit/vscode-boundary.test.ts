@@ -79,7 +79,7 @@ describe('vscode boundary: CSP', () => {
 
 describe('vscode boundary: messages from the page', () => {
   it('accepts exactly the protocol and nothing more', () => {
-    const good = [{ type: 'ready' }, { type: 'cancel' }, { type: 'openResultsJson' }, { type: 'revealOutDir' }, { type: 'openModel', path: 'models/a.pt' }, { type: 'action', action: 'purify' }];
+    const good = [{ type: 'ready' }, { type: 'cancel' }, { type: 'openResultsJson' }, { type: 'revealOutDir' }, { type: 'openModel', path: 'models/a.pt' }, { type: 'action', action: 'purify' }, { type: 'copy', text: '| a |' }, { type: 'exportCsv', text: 'a,b\r\n' }];
     for (const m of good) assert.ok(isViewMessage(m), JSON.stringify(m));
     const bad: unknown[] = [
       null,
@@ -97,6 +97,11 @@ describe('vscode boundary: messages from the page', () => {
       { type: 'action', action: 'rm -rf' },
       { type: 'action', action: ['purify'] },
       { type: 'action', action: 'toString' },
+      { type: 'copy' },
+      { type: 'copy', text: 3 },
+      { type: 'copy', text: 'x', html: '<b>' },
+      { type: 'exportCsv', text: 'x', path: '/etc/passwd' },
+      { type: 'exportCsv', text: 'a'.repeat(8 * 1024 * 1024 + 1) },
       Object.assign(Object.create({ polluted: true }), { type: 'ready' }),
     ];
     for (const m of bad) assert.ok(!isViewMessage(m), JSON.stringify(m));
@@ -190,6 +195,32 @@ describe('vscode boundary: paths from the page', () => {
     page.send({ type: 'openModel', path: 'models/unseen-ft.pt' });
     await tick();
     assert.deepEqual(opened(), [path.join(w.outDir, 'models', 'unseen-ft.pt')]);
+    panels.dispose();
+  });
+
+  it('copy puts the text on the clipboard; export writes the CSV only where the user chose in the save dialog', async () => {
+    fake.reset();
+    const w = workspace();
+    fake.folders = [w.ws];
+    const panels = new ResultsPanels(ext as never, idleRunner());
+    assert.ok(panels.openRun(w.outDir));
+    const page = fake.panels[0].webview;
+    page.send({ type: 'ready' });
+    page.send({ type: 'copy', text: '| aux |\n| --- |\n' });
+    await tick();
+    assert.deepEqual(fake.clipboard, ['| aux |\n| --- |\n']);
+    const target = path.join(w.ws, 'table.csv');
+    let offered: string | undefined;
+    fake.answers.push((def: { fsPath: string }) => ((offered = def.fsPath), Uri.file(target)));
+    page.send({ type: 'exportCsv', text: 'aux,ACC\r\nunseen,0.95\r\n' });
+    await tick();
+    assert.equal(offered, path.join(w.outDir, 'results.csv'), 'the dialog opens in the run folder');
+    assert.equal(fs.readFileSync(target, 'utf8'), 'aux,ACC\r\nunseen,0.95\r\n');
+    // Dismissing the dialog writes nothing.
+    page.send({ type: 'exportCsv', text: 'other' });
+    await tick();
+    assert.equal(fs.readFileSync(target, 'utf8'), 'aux,ACC\r\nunseen,0.95\r\n');
+    assert.ok(!fs.existsSync(path.join(w.outDir, 'results.csv')));
     panels.dispose();
   });
 

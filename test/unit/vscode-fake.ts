@@ -5,6 +5,7 @@
  */
 import Module = require('node:module');
 import * as path from 'node:path';
+import * as fs from 'node:fs';
 
 type Listener<T> = (e: T) => unknown;
 
@@ -152,6 +153,7 @@ export const fake = {
   files: [] as string[],
   progress: [] as { message?: string; increment?: number }[],
   cancelSource: undefined as CancellationTokenSource | undefined,
+  clipboard: [] as string[],
   registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[] },
   reset(): void {
     this.trusted = true;
@@ -167,6 +169,7 @@ export const fake = {
     this.files = [];
     this.progress = [];
     this.cancelSource = undefined;
+    this.clipboard = [];
     this.registered = { serializers: [], editors: [], trees: [] };
   },
   /** The user trusts the workspace: isTrusted turns true and onDidGrantWorkspaceTrust fires. */
@@ -230,7 +233,19 @@ export const window = {
     return disposable;
   },
   showTextDocument: async () => undefined,
+  showSaveDialog: async (opts?: { title?: string; defaultUri?: Uri }) => fake.next('saveDialog', opts?.defaultUri, opts),
+  setStatusBarMessage: (text: string) => {
+    fake.messages.push({ level: 'info', text });
+    return disposable;
+  },
   activeTextEditor: undefined,
+};
+
+/** What the extension put on the clipboard. */
+export const env = {
+  clipboard: {
+    writeText: async (text: string) => void fake.clipboard.push(text),
+  },
 };
 
 export const workspace = {
@@ -251,6 +266,9 @@ export const workspace = {
   textDocuments: [] as unknown[],
   get workspaceFolders() {
     return fake.folders.length ? fake.folders.map((f, index) => ({ uri: Uri.file(f), name: path.basename(f), index })) : undefined;
+  },
+  fs: {
+    writeFile: async (uri: Uri, data: Uint8Array) => fs.writeFileSync(uri.fsPath, data),
   },
   onDidGrantWorkspaceTrust: trustGranted.event,
   onDidChangeConfiguration: () => disposable,
