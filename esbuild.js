@@ -67,6 +67,9 @@ async function main() {
   const digits = path.join(path.dirname(require.resolve('mnist/package.json')), 'src', 'digits');
   fs.mkdirSync(path.join(dist, 'mnist-digits'), { recursive: true });
   for (let d = 0; d < 10; d++) fs.copyFileSync(path.join(digits, `${d}.json`), path.join(dist, 'mnist-digits', `${d}.json`));
+  // The demo victim (examples/mnist-badnets) for "Backdoor Audit: Run Demo": a first run needs no model of one's own.
+  fs.mkdirSync(path.join(dist, 'demo'), { recursive: true });
+  fs.copyFileSync(path.join(__dirname, 'examples', 'mnist-badnets', 'victim.safetensors'), path.join(dist, 'demo', 'victim.safetensors'));
   if (watch) {
     await Promise.all(contexts.map((c) => c.watch()));
   } else {

@@ -57,7 +57,7 @@ function main() {
   const host = `${process.platform}-${process.arch}`;
   const targets = args.includes('--all') ? ALL : args.filter((a) => !a.startsWith('-')).length ? args.filter((a) => !a.startsWith('-')) : [host];
   for (const t of targets) if (!ALL.includes(t)) throw new Error(`unknown target ${t} (one of ${ALL.join(', ')})`);
-  for (const f of ['job-process.js', 'cli.js', 'extension.js', 'cell-worker.js', 'mnist-digits/0.json', 'tfjs-backend-wasm-simd.wasm']) {
+  for (const f of ['job-process.js', 'cli.js', 'extension.js', 'cell-worker.js', 'mnist-digits/0.json', 'demo/victim.safetensors', 'tfjs-backend-wasm-simd.wasm']) {
     if (!fs.existsSync(path.join(dist, f))) throw new Error(`dist/${f} is missing: run node esbuild.js --production first`);
   }
   const version = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version;

@@ -13,6 +13,7 @@ import { inspectorViewType, type ResultsPanels } from './panel';
 import type { RunsTree } from './runs_tree';
 import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setup_flow';
 import { doctorSummary, formatDoctor, runDoctorProcess } from './check_environment';
+import { prepareDemo } from './demo';
 
 export interface Services {
   runner: JobRunner;
@@ -34,6 +35,7 @@ export const COMMANDS = [
   'backdoorAudit.showLog',
   'backdoorAudit.openModelInspector',
   'backdoorAudit.checkEnvironment',
+  'backdoorAudit.runDemo',
 ] as const;
 
 const EXCLUDE = '{**/node_modules/**,**/.git/**}';
@@ -160,6 +162,21 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
       dir = pick?.outDir;
     }
     if (dir && !s.panels.openRun(dir)) void vscode.window.showWarningMessage(`No results.json in ${dir}.`);
+  });
+
+  reg('backdoorAudit.runDemo', async () => {
+    if (refuseUntrusted()) return;
+    let jobPath: string;
+    try {
+      const demo = prepareDemo(ctx.extensionPath, vscode.workspace.workspaceFolders?.[0]?.uri.fsPath);
+      jobPath = demo.jobPath;
+      s.log.appendLine(`demo: ${demo.folder}${demo.written.length ? ` (wrote ${demo.written.map((f) => path.basename(f)).join(', ')})` : ' (reused)'}`);
+    } catch (e) {
+      void vscode.window.showErrorMessage(`Backdoor Audit: cannot set up the demo: ${(e as Error).message}`);
+      return;
+    }
+    // The panel opens as soon as the job starts (the runner's listeners), as for any other job.
+    await runJob(s, jobPath);
   });
 
   reg('backdoorAudit.refreshRuns', () => s.runs.refresh());
