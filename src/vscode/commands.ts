@@ -14,6 +14,7 @@ import type { RunsTree } from './runs_tree';
 import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setup_flow';
 import { doctorSummary, formatDoctor, runDoctorProcess } from './check_environment';
 import { prepareDemo } from './demo';
+import { deleteRun, jobOfRun, rememberRunJob, runDirOf } from './run_actions';
 
 export interface Services {
   runner: JobRunner;
@@ -36,6 +37,10 @@ export const COMMANDS = [
   'backdoorAudit.openModelInspector',
   'backdoorAudit.checkEnvironment',
   'backdoorAudit.runDemo',
+  'backdoorAudit.revealRun',
+  'backdoorAudit.openRunResultsJson',
+  'backdoorAudit.rerun',
+  'backdoorAudit.deleteRun',
 ] as const;
 
 const EXCLUDE = '{**/node_modules/**,**/.git/**}';
@@ -72,6 +77,8 @@ export async function runJob(s: Services, jobPath: string): Promise<Outcome> {
   const outcome = await s.runner.run({ jobPath, outDir, device: cfg.device, title, limits: cfg.limits });
   switch (outcome.status) {
     case 'done': {
+      // Past Runs offers "Re-run" on this folder: remember which job made it.
+      await rememberRunJob(s.state, outDir, jobPath);
       s.runs.refresh();
       const r = outcome.results;
       const best = r.rows.filter((x) => !x.error && typeof x.asr === 'number').sort((a, b) => (a.asr as number) - (b.asr as number))[0];
@@ -151,8 +158,7 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
   });
 
   reg('backdoorAudit.openRun', async (arg) => {
-    let dir = asUri(arg)?.fsPath;
-    if (dir && path.basename(dir) === 'results.json') dir = path.dirname(dir);
+    let dir = runDirOf(arg);
     if (!dir) {
       const runs = await s.runs.runs();
       const pick = await vscode.window.showQuickPick(
@@ -177,6 +183,30 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
     }
     // The panel opens as soon as the job starts (the runner's listeners), as for any other job.
     await runJob(s, jobPath);
+  });
+
+  reg('backdoorAudit.revealRun', async (arg) => {
+    const dir = runDirOf(arg);
+    if (dir) await vscode.commands.executeCommand('revealInExplorer', vscode.Uri.file(dir));
+  });
+  reg('backdoorAudit.openRunResultsJson', async (arg) => {
+    const dir = runDirOf(arg);
+    if (dir) await vscode.window.showTextDocument(vscode.Uri.file(path.join(dir, 'results.json')), { preview: true });
+  });
+  reg('backdoorAudit.rerun', async (arg) => {
+    if (refuseUntrusted()) return;
+    const dir = runDirOf(arg);
+    if (!dir) return;
+    const job = jobOfRun(s.state, dir) ?? (await pickFile('**/*audit.json', `The job that produced ${path.basename(dir)} (it is not recorded)`))?.fsPath;
+    if (job) await runJob(s, job);
+  });
+  reg('backdoorAudit.deleteRun', async (arg) => {
+    const dir = runDirOf(arg);
+    if (!dir) return;
+    if (await deleteRun(dir, !!s.runner.runningById(dir))) {
+      s.log.appendLine(`deleted run folder ${dir}`);
+      s.runs.refresh();
+    }
   });
 
   reg('backdoorAudit.refreshRuns', () => s.runs.refresh());

@@ -154,6 +154,7 @@ export const fake = {
   progress: [] as { message?: string; increment?: number }[],
   cancelSource: undefined as CancellationTokenSource | undefined,
   clipboard: [] as string[],
+  deleted: [] as { path: string; useTrash: boolean }[],
   registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[] },
   reset(): void {
     this.trusted = true;
@@ -170,6 +171,7 @@ export const fake = {
     this.progress = [];
     this.cancelSource = undefined;
     this.clipboard = [];
+    this.deleted = [];
     this.registered = { serializers: [], editors: [], trees: [] };
   },
   /** The user trusts the workspace: isTrusted turns true and onDidGrantWorkspaceTrust fires. */
@@ -269,6 +271,10 @@ export const workspace = {
   },
   fs: {
     writeFile: async (uri: Uri, data: Uint8Array) => fs.writeFileSync(uri.fsPath, data),
+    delete: async (uri: Uri, opts?: { recursive?: boolean; useTrash?: boolean }) => {
+      fake.deleted.push({ path: uri.fsPath, useTrash: !!opts?.useTrash });
+      fs.rmSync(uri.fsPath, { recursive: !!opts?.recursive });
+    },
   },
   onDidGrantWorkspaceTrust: trustGranted.event,
   onDidChangeConfiguration: () => disposable,
