@@ -12,6 +12,7 @@ import { ModelEditorProvider } from './vscode/model_editor';
 import { MODEL_EDITOR_VIEW_TYPE, RESULTS_VIEW_TYPE, ResultsPanels } from './vscode/panel';
 import { RunsTree } from './vscode/runs_tree';
 import { BackendStatus } from './vscode/status_bar';
+import { logLine } from './vscode/log';
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Backdoor Audit', { log: true });
@@ -21,7 +22,8 @@ export function activate(context: vscode.ExtensionContext): void {
       script,
       cwd: path.dirname(req.jobPath),
       maxMemoryMB: settings().jobMaxMemoryMB,
-      onOutput: (line, stream) => log.appendLine(`[job process ${stream}] ${line}`),
+      // The job process's stderr carries Node's and native libraries' warnings and crash reports.
+      onOutput: (line, stream) => logLine(log, stream === 'stderr' ? 'warn' : 'info', `[job process ${stream}] ${line}`),
     }),
   );
   const panels = new ResultsPanels(context.extensionUri, runner);

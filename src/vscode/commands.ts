@@ -15,12 +15,13 @@ import { AUX_SOURCES_KEY, MODEL_GLOB, SetupFlow, type FlowKind } from './setup_f
 import { doctorSummary, formatDoctor, runDoctorProcess } from './check_environment';
 import { prepareDemo } from './demo';
 import { deleteRun, jobOfRun, rememberRunJob, runDirOf } from './run_actions';
+import { logLine } from './log';
 
 export interface Services {
   runner: JobRunner;
   panels: ResultsPanels;
   runs: RunsTree;
-  log: vscode.OutputChannel;
+  log: vscode.OutputChannel | vscode.LogOutputChannel;
   state: vscode.Memento;
 }
 
@@ -124,7 +125,7 @@ async function modelAction(s: Services, kind: FlowKind, arg: unknown): Promise<v
   const flow = new SetupFlow(s.state);
   const jobPath = await flow.run(kind, model);
   if (!jobPath) return;
-  s.log.appendLine(`wrote ${jobPath}`);
+  logLine(s.log, 'info', `wrote ${jobPath}`);
   await runJob(s, jobPath);
 }
 
@@ -176,8 +177,9 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
     try {
       const demo = prepareDemo(ctx.extensionPath, vscode.workspace.workspaceFolders?.[0]?.uri.fsPath);
       jobPath = demo.jobPath;
-      s.log.appendLine(`demo: ${demo.folder}${demo.written.length ? ` (wrote ${demo.written.map((f) => path.basename(f)).join(', ')})` : ' (reused)'}`);
+      logLine(s.log, 'info', `demo: ${demo.folder}${demo.written.length ? ` (wrote ${demo.written.map((f) => path.basename(f)).join(', ')})` : ' (reused)'}`);
     } catch (e) {
+      logLine(s.log, 'error', `demo: ${(e as Error).message}`);
       void vscode.window.showErrorMessage(`Backdoor Audit: cannot set up the demo: ${(e as Error).message}`);
       return;
     }
@@ -204,7 +206,7 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
     const dir = runDirOf(arg);
     if (!dir) return;
     if (await deleteRun(dir, !!s.runner.runningById(dir))) {
-      s.log.appendLine(`deleted run folder ${dir}`);
+      logLine(s.log, 'info', `deleted run folder ${dir}`);
       s.runs.refresh();
     }
   });
@@ -215,11 +217,11 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
     vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Backdoor Audit: checking the environment' }, async () => {
       try {
         const report = await runDoctorProcess(path.join(ctx.extensionPath, 'dist', 'cli.js'));
-        s.log.appendLine('[environment]');
-        for (const line of formatDoctor(report).split('\n')) s.log.appendLine(`  ${line}`);
+        // The report is one block: one info entry whose lines stay together in the Output view.
+        logLine(s.log, 'info', ['[environment]', ...formatDoctor(report).split('\n').map((l) => `  ${l}`)].join('\n'));
         void vscode.window.showInformationMessage(doctorSummary(report, settings().device), 'Show Log').then((a) => a && s.log.show(true));
       } catch (e) {
-        s.log.appendLine(`[environment] ${(e as Error).message}`);
+        logLine(s.log, 'error', `[environment] ${(e as Error).message}`);
         void vscode.window.showErrorMessage(`Backdoor Audit: ${(e as Error).message}`);
       }
     }),

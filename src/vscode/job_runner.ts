@@ -13,6 +13,7 @@ import { jobModelPath } from './job_spec';
 import { removeProcessStaging } from '../engine/jobs/staging';
 import type { JobHandle } from './job_process';
 import type { RunInfo } from '../shared/panel_messages';
+import { levelOfJobMessage, logLine, type LogLevel } from './log';
 
 export type JobFactory = (req: RunRequest) => JobHandle;
 
@@ -81,8 +82,8 @@ export class JobRunner implements vscode.Disposable {
     return false;
   }
 
-  private line(s: string): void {
-    this.log.appendLine(s);
+  private line(s: string, level: LogLevel = 'info'): void {
+    logLine(this.log, level, s);
   }
 
   private emit<K extends keyof JobListener>(k: K, ...args: Parameters<NonNullable<JobListener[K]>>): void {
@@ -91,7 +92,7 @@ export class JobRunner implements vscode.Disposable {
         (l[k] as ((...a: unknown[]) => void) | undefined)?.(...args);
       } catch (e) {
         // A failing listener (a disposed panel) must not stop the job or the other listeners.
-        this.line(`[listener] ${(e as Error).message}`);
+        this.line(`[listener] ${(e as Error).message}`, 'error');
       }
     }
   }
@@ -202,13 +203,13 @@ export class JobRunner implements vscode.Disposable {
       });
     }
     if (outcome.status !== 'done') removeIfEmpty(req.outDir);
-    this.line(`[${run.title}] ${outcome.status === 'failed' ? `failed: ${outcome.error}` : outcome.status}`);
+    this.line(`[${run.title}] ${outcome.status === 'failed' ? `failed: ${outcome.error}` : outcome.status}`, outcome.status === 'failed' ? 'error' : 'info');
     this.emit('ended', run, outcome);
     return outcome;
   }
 
   private refuse(reason: string): Outcome {
-    this.line(reason);
+    this.line(reason, 'warn');
     return { status: 'refused', reason };
   }
 
@@ -223,7 +224,7 @@ export class JobRunner implements vscode.Disposable {
         if (e.stage !== lastStage) this.line(`${p} ${e.stage}${e.message ? `: ${e.message}` : ''}`);
         break;
       case 'log':
-        this.line(`${p} ${e.message}`);
+        this.line(`${p} ${e.message}`, levelOfJobMessage(e.message));
         break;
       case 'baseline':
         this.line(`${p} baseline: ACC ${pct(e.baseline.acc)} ASR ${pct(e.baseline.asr)} RA ${pct(e.baseline.ra)}`);
@@ -231,7 +232,8 @@ export class JobRunner implements vscode.Disposable {
       case 'row': {
         const r = e.row;
         const what = `${r.aux}/${r.defense}${r.gic ? ' +GIC' : ''}`;
-        this.line(r.error ? `${p} ${what}: failed: ${r.error}` : `${p} ${what}: ACC ${pct(r.acc)} ASR ${pct(r.asr)} RA ${pct(r.ra)} DER ${pct(r.der)} (${r.seconds.toFixed(1)} s)`);
+        if (r.error) this.line(`${p} ${what}: failed: ${r.error}`, 'warn');
+        else this.line(`${p} ${what}: ACC ${pct(r.acc)} ASR ${pct(r.asr)} RA ${pct(r.ra)} DER ${pct(r.der)} (${r.seconds.toFixed(1)} s)`);
         break;
       }
       case 'gic':

@@ -15,6 +15,7 @@ import { serveWorker, type PortLike } from '../../src/vscode/worker_loop';
 import { JobRunner } from '../../src/vscode/job_runner';
 import { describeExit, type JobHandle } from '../../src/vscode/job_process';
 import { SetupFlow } from '../../src/vscode/setup_flow';
+import { logLine } from '../../src/vscode/log';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {
@@ -276,6 +277,35 @@ describe('vscode JobRunner', () => {
     assert.ok(fake.log.some((l) => /unseen\/ft: ACC 95\.0% ASR 8\.0%/.test(l)), fake.log.join('\n'));
     assert.ok(w.terminated);
     assert.equal(runner.isModelBusy(path.join(dir, 'victim.pt')), false);
+  });
+
+  it('logs with levels: info for progress and rows, warn for failed cells and warnings, error for a failed job', async () => {
+    const lines: string[] = [];
+    const leveled = { appendLine: (x: string) => lines.push(`plain ${x}`), info: (x: string) => lines.push(`info ${x}`), warn: (x: string) => lines.push(`warn ${x}`), error: (x: string) => lines.push(`error ${x}`) } as never;
+    const r = sampleResults();
+    const w = new FakeWorker();
+    w.onRun = (wk) => {
+      wk.emit('message', { type: 'started', jobPath, outDir: dir, cells: 3, backend: 'wasm', threads: 1 });
+      wk.emit('message', { type: 'row', row: r.rows[0] });
+      wk.emit('message', { type: 'row', row: r.rows[2] });
+      wk.emit('message', { type: 'log', message: 'warning: 2 tensors more than at the start of the job' });
+      wk.emit('message', { type: 'failed', error: 'out of memory', exitCode: 1 });
+      wk.emit('exit', 1);
+    };
+    const o = await new JobRunner(leveled, () => w).run({ jobPath, outDir: path.join(dir, 'out') });
+    assert.equal(o.status, 'failed');
+    const level = (re: RegExp) => lines.find((l) => re.test(l))?.split(' ')[0];
+    assert.equal(level(/started: 3 cells/), 'info');
+    assert.equal(level(/unseen\/ft: ACC 95\.0%/), 'info');
+    assert.equal(level(/ood-brightness\/ft: failed: diverged/), 'warn');
+    assert.equal(level(/warning: 2 tensors/), 'warn');
+    assert.equal(level(/failed: out of memory/), 'error');
+    assert.ok(lines.every((l) => !l.startsWith('plain ')), 'a LogOutputChannel gets levelled lines only');
+    // A plain channel gets the level as a prefix.
+    const plain: string[] = [];
+    logLine({ appendLine: (x: string) => plain.push(x) }, 'warn', 'w');
+    logLine({ appendLine: (x: string) => plain.push(x) }, 'info', 'i');
+    assert.deepEqual(plain, ['[warn] w', 'i']);
   });
 
   it('runs one job per model at a time', async () => {
