@@ -13,6 +13,7 @@ import { MODEL_EDITOR_VIEW_TYPE, RESULTS_VIEW_TYPE, ResultsPanels } from './vsco
 import { RunsTree } from './vscode/runs_tree';
 import { BackendStatus } from './vscode/status_bar';
 import { logLine } from './vscode/log';
+import { CALIBRATION_VIEW_ID, CalibrationView } from './vscode/calibration_view';
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel('Backdoor Audit', { log: true });
@@ -30,6 +31,7 @@ export function activate(context: vscode.ExtensionContext): void {
   const runs = new RunsTree();
   const status = new BackendStatus();
   const editor = new ModelEditorProvider(context.extensionUri);
+  const calibration = new CalibrationView(context.extensionUri, panels, runner);
   const editorOptions = { webviewOptions: { retainContextWhenHidden: false }, supportsMultipleEditorsPerDocument: true };
 
   context.subscriptions.push(
@@ -44,6 +46,8 @@ export function activate(context: vscode.ExtensionContext): void {
     // The same editor, as an option only, for extensions other tools also claim (.pt, .pth, model.json).
     vscode.window.registerCustomEditorProvider(`${MODEL_EDITOR_VIEW_TYPE}.option`, editor, editorOptions),
     vscode.window.registerTreeDataProvider('backdoorAudit.runs', runs),
+    calibration,
+    vscode.window.registerWebviewViewProvider(CALIBRATION_VIEW_ID, calibration),
     vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration('backdoorAudit') && status.update()),
   );
   registerCommands(context, { runner, panels, runs, log, state: context.workspaceState });

@@ -110,6 +110,10 @@ export class App {
   action(a: ModelAction): void {
     this.api.postMessage({ type: 'action', action: a });
   }
+  /** The calibration side view's link into the results panel. */
+  showPanel(): void {
+    this.api.postMessage({ type: 'showPanel' });
+  }
   copyText(text: string): void {
     this.api.postMessage({ type: 'copy', text });
   }

@@ -7,6 +7,7 @@
  */
 import { App, type WebviewApi } from './app';
 import { DomView } from './render';
+import { CalibrationDomView } from './calibration_view';
 import { REPORT_DATA_ID, parseReportData } from '../src/shared/report_page';
 
 declare function acquireVsCodeApi(): WebviewApi;
@@ -56,6 +57,14 @@ function boot(): void {
     return;
   }
   const api = acquireVsCodeApi();
+  if (document.body.dataset.view === 'calibration') {
+    // The side view follows runs like the panel (same messages, same state), drawn as calibration cards.
+    let side!: App;
+    side = new App(api, new CalibrationDomView(root, () => side.showPanel()), 'results');
+    window.addEventListener('message', (ev: MessageEvent) => side.receive(ev.data));
+    side.start();
+    return;
+  }
   const mode = document.body.dataset.view === 'model' ? 'model' : 'results';
   // The view calls back into the app; the app is created right after and the view only calls on clicks.
   let app!: App;

@@ -42,7 +42,9 @@ export type ViewMessage =
   /** Put this text (a table as Markdown or CSV) on the clipboard. */
   | { type: 'copy'; text: string }
   /** Save this CSV where the user chooses (a save dialog opened in the run folder). */
-  | { type: 'exportCsv'; text: string };
+  | { type: 'exportCsv'; text: string }
+  /** The calibration side view's link: show the run it follows in the results panel. */
+  | { type: 'showPanel' };
 
 /** The most text a copy or export message may carry (a results table is far smaller). */
 export const MAX_TABLE_TEXT = 8 * 1024 * 1024;
@@ -103,6 +105,7 @@ export function isViewMessage(v: unknown): v is ViewMessage {
   if (!isObj(v) || (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null)) return false;
   switch (v.type) {
     case 'ready':
+    case 'showPanel':
     case 'openResultsJson':
     case 'revealOutDir':
     case 'cancel':
@@ -118,6 +121,9 @@ export function isViewMessage(v: unknown): v is ViewMessage {
       return false;
   }
 }
+
+/** Which page the bundle renders (`<body data-view>`): the results panel, the model inspector, the calibration side view. */
+export type PageView = 'results' | 'model' | 'calibration';
 
 /** What the results panel keeps in `vscode.setState` so that a reload restores it (see the serializer). */
 export interface PanelState {

@@ -1,10 +1,11 @@
 /**
- * The HTML shell of both webviews: the bundle and the stylesheet from the extension folder through
+ * The HTML shell of the webviews: the bundle and the stylesheet from the extension folder through
  * asWebviewUri, a strict CSP (`default-src 'none'`, scripts only with this page's nonce), and a
  * `data-view` attribute that tells the bundle which view to render.
  */
 import * as crypto from 'node:crypto';
 import * as vscode from 'vscode';
+import type { PageView } from '../shared/panel_messages';
 
 export function nonce(): string {
   return crypto.randomBytes(16).toString('base64').replace(/[^A-Za-z0-9]/g, '');
@@ -18,7 +19,7 @@ export function webviewOptions(extensionUri: vscode.Uri): vscode.WebviewOptions 
   };
 }
 
-export function webviewHtml(webview: vscode.Webview, extensionUri: vscode.Uri, view: 'results' | 'model', title: string): string {
+export function webviewHtml(webview: vscode.Webview, extensionUri: vscode.Uri, view: PageView, title: string): string {
   const n = nonce();
   const script = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, 'dist', 'webview.js'));
   const css = webview.asWebviewUri(vscode.Uri.joinPath(extensionUri, 'media', 'panel.css'));

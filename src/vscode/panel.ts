@@ -64,6 +64,10 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
   /** Events of running jobs, by run id, for replay to panels that (re)load. */
   private readonly live = new Map<string, RunEvent[]>();
   private readonly subscription: vscode.Disposable;
+  /** The run the user looks at: the last panel shown or focused, or the job started last (the side view follows it). */
+  private active?: { run: RunInfo; roots: string[] };
+  private readonly activeChanged = new vscode.EventEmitter<void>();
+  readonly onDidChangeActiveRun = this.activeChanged.event;
 
   constructor(
     private readonly extensionUri: vscode.Uri,
@@ -95,6 +99,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
     const existing = this.panels.get(run.id);
     if (existing) {
       existing.panel.reveal(column, true);
+      this.setActive(existing.run, existing.roots);
       if (existing.ready && !this.live.has(run.id)) this.sendInit(existing);
       return existing.panel;
     }
@@ -139,13 +144,26 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
     this.adopt(panel, run, live ? [...roots, outDir] : roots);
   }
 
+  /** The run the side view shows, with the folders its files may be read from. */
+  activeRun(): { run: RunInfo; roots: string[] } | undefined {
+    return this.active;
+  }
+
+  private setActive(run: RunInfo, roots: string[]): void {
+    if (this.active?.run.id === run.id) return;
+    this.active = { run, roots };
+    this.activeChanged.fire();
+  }
+
   private adopt(panel: vscode.WebviewPanel, run: RunInfo, roots: string[]): void {
     const entry: Entry = { panel, run, ready: false, disposables: [], roots };
     this.panels.set(run.id, entry);
+    this.setActive(run, roots);
     panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
     panel.webview.html = webviewHtml(panel.webview, this.extensionUri, 'results', run.title);
     entry.disposables.push(
       panel.webview.onDidReceiveMessage((m: unknown) => this.receive(entry, m)),
+      panel.onDidChangeViewState((e) => e.webviewPanel.active && this.setActive(entry.run, entry.roots)),
       panel.onDidDispose(() => {
         this.panels.delete(run.id);
         for (const d of entry.disposables) d.dispose();
@@ -195,6 +213,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
         this.runner.cancel(run.id);
         return;
       case 'action':
+      case 'showPanel':
         return;
       case 'copy':
         await vscode.env.clipboard.writeText(m.text);
@@ -212,18 +231,20 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
   }
 
   private sendInit(entry: Entry): void {
-    const { run } = entry;
+    for (const m of this.initMessages(entry.run, entry.roots)) this.postTo(entry, m);
+  }
+
+  /**
+   * What a page showing `run` is sent after its "ready": the events so far of a running job, else the run's
+   * results.json, read through the same check as the page's requests (a results.json linked from outside the
+   * run folder, or a restored folder's from outside the workspace, is not read).
+   */
+  initMessages(run: RunInfo, roots: string[]): HostMessage[] {
     const live = this.live.get(run.id);
-    if (live) {
-      this.postTo(entry, { type: 'init', run, running: true });
-      for (const e of live) this.postTo(entry, { type: 'event', runId: run.id, event: e });
-      return;
-    }
-    // Through the same check as the page's requests: a results.json linked from outside the run folder (or a
-    // restored folder's, from outside the workspace) is not read.
-    const file = resolveWebviewPath(run.outDir, 'results.json', entry.roots);
+    if (live) return [{ type: 'init', run, running: true }, ...live.map((e): HostMessage => ({ type: 'event', runId: run.id, event: e }))];
+    const file = resolveWebviewPath(run.outDir, 'results.json', roots);
     const results = file.ok ? readResults(file.path) : undefined;
-    this.postTo(entry, { type: 'init', run, results, running: false });
+    return [{ type: 'init', run, results, running: false }];
   }
 
   private post(runId: string, m: HostMessage): void {
@@ -237,6 +258,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
 
   dispose(): void {
     this.subscription.dispose();
+    this.activeChanged.dispose();
     for (const e of this.panels.values()) e.panel.dispose();
     this.panels.clear();
   }

@@ -41,7 +41,10 @@ describe('vscode extension: manifest and activation', () => {
     assert.deepEqual(fake.registered.serializers, ['backdoorAudit.results']);
     const editors = pkg.contributes.customEditors.map((e: { viewType: string }) => e.viewType).sort();
     assert.deepEqual([...fake.registered.editors].sort(), editors);
-    assert.deepEqual(fake.registered.trees, pkg.contributes.views.backdoorAudit.map((v: { id: string }) => v.id));
+    const views = pkg.contributes.views.backdoorAudit as Array<{ id: string; type?: string }>;
+    assert.deepEqual(fake.registered.trees, views.filter((v) => v.type !== 'webview').map((v) => v.id));
+    assert.deepEqual(fake.registered.webviewViews, views.filter((v) => v.type === 'webview').map((v) => v.id));
+    assert.deepEqual(fake.registered.webviewViews, ['backdoorAudit.calibration']);
     assert.ok(pkg.activationEvents.includes('onWebviewPanel:backdoorAudit.results'), 'the serializer needs its activation event');
     for (const d of ctx.subscriptions) d.dispose();
   });

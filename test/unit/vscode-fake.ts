@@ -112,13 +112,31 @@ export class FakeWebview {
   }
 }
 
+/** A webview view (side bar) as VS Code hands it to a provider. */
+export class FakeWebviewView {
+  webview = new FakeWebview();
+  private disp = new EventEmitter<void>();
+  onDidDispose = this.disp.event;
+  dispose(): void {
+    this.disp.fire();
+  }
+}
+
 export class FakePanel {
   webview = new FakeWebview();
   iconPath: unknown;
   disposed = false;
   revealed = 0;
+  active = true;
   private disp = new EventEmitter<void>();
   onDidDispose = this.disp.event;
+  private viewState = new EventEmitter<{ webviewPanel: FakePanel }>();
+  onDidChangeViewState = this.viewState.event;
+  /** Test side: the user brings this panel to the front. */
+  focus(): void {
+    this.active = true;
+    this.viewState.fire({ webviewPanel: this });
+  }
   constructor(
     readonly viewType: string,
     public title: string,
@@ -155,7 +173,8 @@ export const fake = {
   cancelSource: undefined as CancellationTokenSource | undefined,
   clipboard: [] as string[],
   deleted: [] as { path: string; useTrash: boolean }[],
-  registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[] },
+  registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[], webviewViews: [] as string[] },
+  webviewViewProviders: new Map<string, unknown>(),
   reset(): void {
     this.trusted = true;
     this.folders = [];
@@ -172,7 +191,8 @@ export const fake = {
     this.cancelSource = undefined;
     this.clipboard = [];
     this.deleted = [];
-    this.registered = { serializers: [], editors: [], trees: [] };
+    this.registered = { serializers: [], editors: [], trees: [], webviewViews: [] };
+    this.webviewViewProviders.clear();
   },
   /** The user trusts the workspace: isTrusted turns true and onDidGrantWorkspaceTrust fires. */
   grantTrust(): void {
@@ -232,6 +252,11 @@ export const window = {
   },
   registerTreeDataProvider: (id: string) => {
     fake.registered.trees.push(id);
+    return disposable;
+  },
+  registerWebviewViewProvider: (id: string, provider: unknown) => {
+    fake.registered.webviewViews.push(id);
+    fake.webviewViewProviders.set(id, provider);
     return disposable;
   },
   showTextDocument: async () => undefined,
