@@ -1,6 +1,8 @@
 /**
- * The status bar item: which tensor backend jobs run on (GPU through @tensorflow/tfjs-node-gpu when it is
- * installed, else WebAssembly on the CPU) and, while jobs run, how far they are. Clicking shows the log.
+ * The status bar item, shown only while jobs run: that they run and on which tensor backend (GPU through
+ * @tensorflow/tfjs-node-gpu when it is installed, else WebAssembly on the CPU). It is not a progress display:
+ * the cancellable notification counts cells and the results panel shows them, so one place says how far a job
+ * is. Clicking shows the log.
  */
 import * as vscode from 'vscode';
 import { settings } from './config';
@@ -44,25 +46,25 @@ export class BackendStatus implements vscode.Disposable, JobListener {
   private readonly item: vscode.StatusBarItem;
   /** The backend the last job reported (`started` event); it wins over the guess. */
   private reported?: string;
-  private running = new Map<string, string>();
+  private running = new Set<string>();
 
   constructor(private readonly resolves: Resolves = defaultResolves) {
     this.item = vscode.window.createStatusBarItem('backdoorAudit.backend', vscode.StatusBarAlignment.Right, 100);
     this.item.name = 'Backdoor Audit Backend';
     this.item.command = 'backdoorAudit.showLog';
     this.update();
-    this.item.show();
   }
 
   started(run: { id: string; title: string }): void {
-    this.running.set(run.id, 'starting');
+    this.running.add(run.id);
     this.update();
   }
 
-  event(run: { id: string }, e: { type: string; backend?: string; stage?: string; done?: number; total?: number }): void {
-    if (e.type === 'started' && e.backend) this.reported = e.backend;
-    if (e.type === 'progress') this.running.set(run.id, `${e.stage} ${e.done}/${e.total}`);
-    this.update();
+  event(_run: { id: string }, e: { type: string; backend?: string }): void {
+    if (e.type === 'started' && e.backend) {
+      this.reported = e.backend;
+      this.update();
+    }
   }
 
   ended(run: { id: string }): void {
@@ -75,13 +77,11 @@ export class BackendStatus implements vscode.Disposable, JobListener {
     const backend = this.reported ?? expectedBackend(s.device, this.resolves);
     const gpu = backend === 'tensorflow-gpu';
     const label = backendLabel(backend);
-    if (this.running.size > 0) {
-      const first = [...this.running.values()][0];
-      this.item.text = `$(sync~spin) ${label}: ${this.running.size > 1 ? `${this.running.size} jobs` : first}`;
-    } else {
-      this.item.text = `$(${gpu ? 'circuit-board' : 'server-process'}) ${label}`;
-    }
-    this.item.tooltip = `Backdoor Audit runs jobs on ${label}${this.reported ? '' : ' (expected)'}; device setting: ${s.device}.${gpu ? '' : ' Install @tensorflow/tfjs-node-gpu for CUDA.'} Click for the log.`;
+    const n = this.running.size;
+    this.item.text = `$(${gpu ? 'circuit-board' : 'server-process'}) Backdoor Audit: ${n > 1 ? `${n} jobs` : 'a job'} on ${label}`;
+    this.item.tooltip = `Backdoor Audit runs ${n === 1 ? 'a job' : `${n} jobs`} on ${label}${this.reported ? '' : ' (expected)'}; device setting: ${s.device}.${gpu ? '' : ' Install @tensorflow/tfjs-node-gpu for CUDA.'} The notification shows the progress; click for the log.`;
+    if (n > 0) this.item.show();
+    else this.item.hide();
   }
 
   dispose(): void {

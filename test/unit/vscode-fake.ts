@@ -172,6 +172,7 @@ export const fake = {
   progress: [] as { message?: string; increment?: number }[],
   cancelSource: undefined as CancellationTokenSource | undefined,
   clipboard: [] as string[],
+  statusItems: [] as { text: string; tooltip: string; visible: boolean }[],
   deleted: [] as { path: string; useTrash: boolean }[],
   registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[], webviewViews: [] as string[] },
   webviewViewProviders: new Map<string, unknown>(),
@@ -190,6 +191,7 @@ export const fake = {
     this.progress = [];
     this.cancelSource = undefined;
     this.clipboard = [];
+    this.statusItems = [];
     this.deleted = [];
     this.registered = { serializers: [], editors: [], trees: [], webviewViews: [] };
     this.webviewViewProviders.clear();
@@ -241,7 +243,11 @@ export const window = {
     fake.panels.push(p);
     return p;
   },
-  createStatusBarItem: () => ({ text: '', tooltip: '', command: '', name: '', show: () => undefined, dispose: () => undefined }),
+  createStatusBarItem: () => {
+    const item = { text: '', tooltip: '', command: '', name: '', visible: false, show: () => void (item.visible = true), hide: () => void (item.visible = false), dispose: () => undefined };
+    fake.statusItems.push(item);
+    return item;
+  },
   registerWebviewPanelSerializer: (viewType: string) => {
     fake.registered.serializers.push(viewType);
     return disposable;

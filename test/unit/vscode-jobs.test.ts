@@ -16,6 +16,7 @@ import { JobRunner } from '../../src/vscode/job_runner';
 import { describeExit, type JobHandle } from '../../src/vscode/job_process';
 import { SetupFlow } from '../../src/vscode/setup_flow';
 import { logLine } from '../../src/vscode/log';
+import { BackendStatus } from '../../src/vscode/status_bar';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {
@@ -306,6 +307,23 @@ describe('vscode JobRunner', () => {
     logLine({ appendLine: (x: string) => plain.push(x) }, 'warn', 'w');
     logLine({ appendLine: (x: string) => plain.push(x) }, 'info', 'i');
     assert.deepEqual(plain, ['[warn] w', 'i']);
+  });
+
+  it('the status item shows only while jobs run, names the backend, and leaves progress to the notification', () => {
+    const status = new BackendStatus(() => false);
+    const item = fake.statusItems.at(-1)!;
+    assert.equal(item.visible, false, 'hidden with no job');
+    status.started({ id: 'a', title: 'a' });
+    status.event({ id: 'a' }, { type: 'started', backend: 'wasm' });
+    status.event({ id: 'a' }, { type: 'progress' } as never);
+    assert.equal(item.visible, true);
+    assert.equal(item.text, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly)');
+    status.started({ id: 'b', title: 'b' });
+    assert.match(item.text, /2 jobs on CPU \(WebAssembly\)$/);
+    status.ended({ id: 'a' });
+    status.ended({ id: 'b' });
+    assert.equal(item.visible, false, 'hidden again');
+    status.dispose();
   });
 
   it('runs one job per model at a time', async () => {
