@@ -28,7 +28,7 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
   );
   const panels = new ResultsPanels(context.extensionUri, runner);
-  const runs = new RunsTree();
+  const runs = new RunsTree(runner);
   const status = new BackendStatus();
   const editor = new ModelEditorProvider(context.extensionUri);
   const calibration = new CalibrationView(context.extensionUri, panels, runner);

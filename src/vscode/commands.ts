@@ -42,6 +42,7 @@ export const COMMANDS = [
   'backdoorAudit.openRunResultsJson',
   'backdoorAudit.rerun',
   'backdoorAudit.deleteRun',
+  'backdoorAudit.cancelJob',
 ] as const;
 
 const EXCLUDE = '{**/node_modules/**,**/.git/**}';
@@ -209,6 +210,12 @@ export function registerCommands(ctx: vscode.ExtensionContext, s: Services): voi
       logLine(s.log, 'info', `deleted run folder ${dir}`);
       s.runs.refresh();
     }
+  });
+
+  reg('backdoorAudit.cancelJob', (arg) => {
+    // The inline button of a running job in Past Runs (its run is the item's).
+    const id = (arg as { run?: { id?: unknown } } | undefined)?.run?.id;
+    if (typeof id === 'string') s.runner.cancel(id);
   });
 
   reg('backdoorAudit.refreshRuns', () => s.runs.refresh());

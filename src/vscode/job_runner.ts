@@ -68,6 +68,11 @@ export class JobRunner implements vscode.Disposable {
     return undefined;
   }
 
+  /** The jobs running now, in start order. */
+  runningRuns(): RunInfo[] {
+    return [...this.byModel.values()].map((r) => r.run);
+  }
+
   isModelBusy(modelPath: string): boolean {
     return this.byModel.has(modelKey(modelPath));
   }

@@ -1,6 +1,7 @@
 /**
- * The "Past Runs" view: every results.json under the workspace (and under the configured output folder when
- * it lies outside), newest first; selecting one reopens its results panel.
+ * The "Past Runs" view: the jobs running now first (with an inline Cancel and their progress in cells), then
+ * every results.json under the workspace (and under the configured output folder when it lies outside), newest
+ * first; selecting one opens its results panel.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -8,6 +9,8 @@ import * as vscode from 'vscode';
 import type { Results } from '../shared/results';
 import { settings } from './config';
 import { readResults } from './panel';
+import type { JobListener, JobRunner } from './job_runner';
+import type { RunInfo } from '../shared/panel_messages';
 
 export interface RunSummary {
   outDir: string;
@@ -73,12 +76,52 @@ export class RunItem extends vscode.TreeItem {
   }
 }
 
-export class RunsTree implements vscode.TreeDataProvider<RunItem>, vscode.Disposable {
-  private readonly changed = new vscode.EventEmitter<RunItem | undefined | void>();
+/** A job running now: its panel on click, Cancel inline (contextValue `backdoorAudit.runningJob`). */
+export class RunningItem extends vscode.TreeItem {
+  constructor(
+    readonly run: RunInfo,
+    progress: { rows: number; cells?: number },
+  ) {
+    super(run.title, vscode.TreeItemCollapsibleState.None);
+    this.description = `running · ${progress.rows}/${progress.cells ?? '?'} cells`;
+    this.tooltip = `${run.title}\nrun folder: ${run.outDir}${run.jobPath ? `\njob: ${run.jobPath}` : ''}`;
+    this.contextValue = 'backdoorAudit.runningJob';
+    this.iconPath = new vscode.ThemeIcon('sync~spin');
+    this.id = `running:${run.id}`;
+    this.command = { command: 'backdoorAudit.openRun', title: 'Open Results', arguments: [vscode.Uri.file(run.outDir)] };
+  }
+}
+
+export type RunsTreeItem = RunItem | RunningItem;
+
+export class RunsTree implements vscode.TreeDataProvider<RunsTreeItem>, vscode.Disposable {
+  private readonly changed = new vscode.EventEmitter<RunsTreeItem | undefined | void>();
   readonly onDidChangeTreeData = this.changed.event;
   private readonly watcher: vscode.FileSystemWatcher;
+  /** Cells done and planned per running job (from its events). */
+  private readonly progress = new Map<string, { rows: number; cells?: number }>();
+  private readonly subscription?: vscode.Disposable;
 
-  constructor() {
+  constructor(private readonly runner?: JobRunner) {
+    const l: JobListener = {
+      started: (run) => {
+        this.progress.set(run.id, { rows: 0 });
+        this.refresh();
+      },
+      event: (run, e) => {
+        const p = this.progress.get(run.id);
+        if (!p) return;
+        if (e.type === 'started') p.cells = e.cells;
+        else if (e.type === 'row') p.rows++;
+        else return;
+        this.refresh();
+      },
+      ended: (run) => {
+        this.progress.delete(run.id);
+        this.refresh();
+      },
+    };
+    this.subscription = runner?.listen(l);
     // A run's results.json appears at the end of the job (atomic rename), so a create event means a new run.
     this.watcher = vscode.workspace.createFileSystemWatcher('**/results.json');
     this.watcher.onDidCreate(() => this.refresh());
@@ -90,13 +133,16 @@ export class RunsTree implements vscode.TreeDataProvider<RunItem>, vscode.Dispos
     this.changed.fire();
   }
 
-  getTreeItem(e: RunItem): vscode.TreeItem {
+  getTreeItem(e: RunsTreeItem): vscode.TreeItem {
     return e;
   }
 
-  async getChildren(parent?: RunItem): Promise<RunItem[]> {
+  async getChildren(parent?: RunsTreeItem): Promise<RunsTreeItem[]> {
     if (parent) return [];
-    return (await this.runs()).map((s) => new RunItem(s));
+    const running = (this.runner?.runningRuns() ?? []).map((r) => new RunningItem(r, this.progress.get(r.id) ?? { rows: 0 }));
+    // A running job's folder may already hold an earlier results.json: list the run once, as running.
+    const busy = new Set(running.map((r) => path.resolve(r.run.outDir)));
+    return [...running, ...(await this.runs()).filter((s) => !busy.has(path.resolve(s.outDir))).map((s) => new RunItem(s))];
   }
 
   async runs(): Promise<RunSummary[]> {
@@ -120,6 +166,7 @@ export class RunsTree implements vscode.TreeDataProvider<RunItem>, vscode.Dispos
   }
 
   dispose(): void {
+    this.subscription?.dispose();
     this.watcher.dispose();
     this.changed.dispose();
   }

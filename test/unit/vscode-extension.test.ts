@@ -57,8 +57,10 @@ describe('vscode extension: manifest and activation', () => {
     for (const c of pkg.contributes.commands) assert.equal(c.category, 'Backdoor Audit');
     const hidden = pkg.contributes.menus.commandPalette.filter((m: { when: string }) => m.when === 'false').map((m: { command: string }) => m.command);
     // Context-only: the Explorer's "use as aux" and the Past Runs item actions (they act on the clicked run).
-    assert.deepEqual(hidden, ['backdoorAudit.useAsAux', 'backdoorAudit.revealRun', 'backdoorAudit.openRunResultsJson', 'backdoorAudit.rerun', 'backdoorAudit.deleteRun']);
-    for (const m of pkg.contributes.menus['view/item/context']) assert.equal(m.when, 'view == backdoorAudit.runs && viewItem == backdoorAudit.run');
+    assert.deepEqual(hidden, ['backdoorAudit.useAsAux', 'backdoorAudit.revealRun', 'backdoorAudit.openRunResultsJson', 'backdoorAudit.rerun', 'backdoorAudit.deleteRun', 'backdoorAudit.cancelJob']);
+    for (const m of pkg.contributes.menus['view/item/context']) {
+      assert.equal(m.when, `view == backdoorAudit.runs && viewItem == backdoorAudit.${m.command === 'backdoorAudit.cancelJob' ? 'runningJob' : 'run'}`);
+    }
     const ctxMenu = pkg.contributes.menus['explorer/context'];
     const purify = ctxMenu.find((m: { command: string }) => m.command === 'backdoorAudit.purify');
     assert.match(purify.when, /pt\|pth\|onnx\|safetensors/);

@@ -9,7 +9,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { activate } from '../../src/extension';
-import { RunItem, summarizeRun } from '../../src/vscode/runs_tree';
+import { RunItem, RunningItem, RunsTree, summarizeRun } from '../../src/vscode/runs_tree';
+import { JobRunner } from '../../src/vscode/job_runner';
+import { registerCommands } from '../../src/vscode/commands';
 import { jobOfRun, RUN_JOBS_KEY } from '../../src/vscode/run_actions';
 import { sampleResults } from './vscode-fixtures';
 
@@ -86,5 +88,41 @@ describe('vscode: Past Runs item actions', () => {
     await call('backdoorAudit.deleteRun', item);
     assert.ok(fs.existsSync(path.join(outDir, 'model.pt')));
     assert.match(fake.messages.at(-1)!.text, /holds no results\.json; nothing was deleted/);
+  });
+
+  it('lists a running job first with its cells, and its inline Cancel reaches the job', async () => {
+    const handlers: Record<string, Array<(...a: unknown[]) => void>> = { message: [], error: [], exit: [] };
+    const sent: unknown[] = [];
+    const worker = {
+      pid: 0,
+      postMessage: (m: unknown) => void sent.push(m),
+      on: (ev: string, cb: (...a: unknown[]) => void) => void handlers[ev].push(cb),
+      terminate: () => Promise.resolve(),
+    };
+    const emit = (m: unknown) => handlers.message.forEach((h) => h(m));
+    const runner = new JobRunner({ appendLine: () => undefined } as never, () => worker as never);
+    const tree = new RunsTree(runner);
+    const job = path.join(ws, 'audit.json');
+    fs.writeFileSync(job, JSON.stringify({ model: 'victim.pt' }));
+    const running = path.join(ws, 'audit-out', 'run-20260101-130000');
+    const done = runner.run({ jobPath: job, outDir: running, title: 'victim.pt — run-20260101-130000' });
+    await new Promise((r) => setImmediate(r));
+    emit({ type: 'started', jobPath: job, outDir: running, cells: 4, backend: 'wasm', threads: 1 });
+    emit({ type: 'row', row: sampleResults().rows[0] });
+    const items = await tree.getChildren();
+    assert.ok(items[0] instanceof RunningItem);
+    assert.equal(items[0].description, 'running · 1/4 cells');
+    assert.equal(items[0].contextValue, 'backdoorAudit.runningJob');
+    assert.ok(items.slice(1).every((i) => i instanceof RunItem));
+    // The inline button runs the command with the item: registered here over this runner.
+    fake.commands.clear();
+    registerCommands({ subscriptions: [], extensionPath: root } as never, { runner, panels: {} as never, runs: tree, log: { appendLine: () => undefined } as never, state: ctx.workspaceState as never });
+    await fake.commands.get('backdoorAudit.cancelJob')!(items[0]);
+    assert.deepEqual(sent.at(-1), { type: 'cancel' });
+    emit({ type: 'cancelled' });
+    assert.equal((await done).status, 'cancelled');
+    assert.ok(!((await tree.getChildren())[0] instanceof RunningItem), 'gone once it ended');
+    tree.dispose();
+    runner.dispose();
   });
 });
