@@ -1,13 +1,15 @@
 /**
- * The guided job set-up: a few quick picks (test data, attack, auxiliary sets, defenses, GIC) that end in an
- * `audit.json` next to the model. Data sets found in the workspace are offered first so that a typical set-up
- * is a handful of Enter presses; file dialogs remain for anything else. Escape at any step abandons the
- * flow and writes nothing.
+ * The guided job set-up: numbered quick-input steps (test data, training data, attack, auxiliary sets,
+ * defenses, GIC) that end in an `audit.json` next to the model. Data sets found in the workspace are offered
+ * first so that a typical set-up is a handful of Enter presses; file dialogs remain for anything else. Back
+ * returns to the previous step with the earlier answers as its defaults; Escape at any step abandons the flow
+ * and writes nothing.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { settings } from './config';
+import { BACK, inputText, pickMany, pickOne, type Answer, type StepTitle } from './quick_steps';
 import {
   type AttackAnswer,
   DEFENSES,
@@ -46,8 +48,11 @@ const TITLES: Record<FlowKind, string> = {
   calibrate: 'Calibrate Auxiliary Data (GIC)',
 };
 
-/** A data source for a path: format from the name, labels paired for .npy (asked when no pair is found). */
-export async function sourceFor(file: string, isDir: boolean, title: string): Promise<DataSource | undefined> {
+/**
+ * A data source for a path: format from the name, labels paired for .npy (asked when no pair is found; Back
+ * from that question returns BACK to the caller's own question).
+ */
+export async function sourceFor(file: string, isDir: boolean, st: StepTitle): Promise<Answer<DataSource>> {
   const format = guessFormat(file, isDir);
   if (!format) {
     void vscode.window.showErrorMessage(`Cannot tell the data format of ${path.basename(file)}: use an image folder, .npy/.npz, IDX or CIFAR-10 binary files.`);
@@ -60,15 +65,14 @@ export async function sourceFor(file: string, isDir: boolean, title: string): Pr
     if (paired) src.labels = paired;
     else {
       const others = siblings.filter((s) => s.endsWith('.npy') && s !== file);
-      const pick = await vscode.window.showQuickPick(
-        [...others.map((o) => ({ label: path.basename(o), detail: o })), { label: '$(folder-opened) Browse…', detail: '' }],
-        { title: `${title}: labels of ${path.basename(file)}`, placeHolder: 'The .npy file with one integer label per image', ignoreFocusOut: true },
-      );
-      if (!pick) return undefined;
+      const pick = await pickOne({ ...st, title: `${st.title}: labels of ${path.basename(file)}`, back: true }, [...others.map((o) => ({ label: path.basename(o), detail: o })), { label: '$(folder-opened) Browse…', detail: '' }], {
+        placeHolder: 'The .npy file with one integer label per image',
+      });
+      if (pick === BACK || pick === undefined) return pick;
       if (pick.detail) src.labels = pick.detail;
       else {
         const u = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'NumPy arrays': ['npy'] }, title: `Labels of ${path.basename(file)}` });
-        if (!u?.[0]) return undefined;
+        if (!u?.[0]) return BACK;
         src.labels = u[0].fsPath;
       }
     }
@@ -114,82 +118,149 @@ async function dataCandidates(state: vscode.Memento): Promise<DataItem[]> {
   return items;
 }
 
+/** What a step ends with: go on, go back a step, or abandon the flow (nothing is written). */
+type StepEnd = 'next' | 'back' | 'cancel';
+
+/** Earlier answers, kept when the user steps back so that each question opens on what they chose before. */
+interface Memory {
+  testLabel?: string;
+  trainLabel?: string;
+  attackLabel?: string;
+  target?: string;
+  alpha?: string;
+  position?: string;
+  howLabel?: string;
+  auxLabels?: string[];
+  auxDataLabels?: Record<string, string>;
+  shifts?: string[];
+  perClass?: string;
+  defenses?: string[];
+  gicMode?: string;
+}
+
+/** BACK and Escape of a step's first question end the step; anything else is the answer. */
+function ended<T>(a: Answer<T>): a is typeof BACK | undefined {
+  return a === BACK || a === undefined;
+}
+const endOf = (a: typeof BACK | undefined): StepEnd => (a === BACK ? 'back' : 'cancel');
+
 export class SetupFlow {
+  private memory: Memory = {};
+
   constructor(private readonly state: vscode.Memento) {}
 
-  /** One data-source step; undefined means the user escaped, `null` that they chose to skip an optional step. */
-  private async pickData(title: string, placeHolder: string, optional: boolean, skipLabel = 'Skip'): Promise<DataSource | null | undefined> {
+  /**
+   * One data-source question; `null` means the user chose to skip an optional step. Back from a follow-up
+   * question (the labels of a .npy, a file dialog dismissed) returns to this question.
+   */
+  private async pickData(st: StepTitle, placeHolder: string, optional: boolean, remember: (label: string) => void, previous?: string, skipLabel = 'Skip'): Promise<Answer<DataSource | null>> {
     const items: DataItem[] = [];
     if (optional) items.push({ label: `$(debug-step-over) ${skipLabel}`, skip: true });
     items.push(...(await dataCandidates(this.state)));
     items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
     items.push({ label: '$(folder-opened) Browse for files…', description: '.npy, .npz, IDX, CIFAR-10 .bin', browse: 'files' });
     items.push({ label: '$(folder-opened) Browse for an image folder…', description: 'one sub-folder per class', browse: 'folder' });
-    const pick = await vscode.window.showQuickPick(items, { title, placeHolder, ignoreFocusOut: true, matchOnDescription: true });
-    if (!pick) return undefined;
-    if (pick.skip) return null;
-    if (pick.source?.format === 'mnist-embedded') return pick.source;
-    if (pick.source?.path) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title);
-    const uris = await vscode.window.showOpenDialog({
-      canSelectMany: false,
-      canSelectFiles: pick.browse === 'files',
-      canSelectFolders: pick.browse === 'folder',
-      title,
-      defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
-    });
-    if (!uris?.[0]) return undefined;
-    return sourceFor(uris[0].fsPath, pick.browse === 'folder', title);
+    for (;;) {
+      const pick = await pickOne(st, items, { placeHolder, matchOnDescription: true, active: items.find((i) => i.label === previous) });
+      if (ended(pick)) return pick;
+      remember(pick.label);
+      previous = pick.label;
+      if (pick.skip) return null;
+      if (pick.source?.format === 'mnist-embedded') return pick.source;
+      let src: Answer<DataSource>;
+      if (pick.source?.path) src = await sourceFor(pick.source.path, pick.source.format === 'imagefolder', st);
+      else {
+        const uris = await vscode.window.showOpenDialog({
+          canSelectMany: false,
+          canSelectFiles: pick.browse === 'files',
+          canSelectFolders: pick.browse === 'folder',
+          title: st.title,
+          defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
+        });
+        // A dismissed dialog returns to the list rather than abandoning the whole set-up.
+        src = uris?.[0] ? await sourceFor(uris[0].fsPath, pick.browse === 'folder', st) : BACK;
+      }
+      if (src === BACK) continue;
+      return src;
+    }
   }
 
-  /** Asks everything a job needs; undefined when the user escaped. */
+  /**
+   * Asks everything a job needs as numbered steps (test data, training data, attack, auxiliary data, defenses,
+   * GIC; fewer for evaluate and calibrate) with Back; undefined when the user escaped.
+   */
   async ask(kind: FlowKind, model: string): Promise<JobAnswers | undefined> {
     const s = settings(vscode.Uri.file(model));
     const t = `${TITLES[kind]}: ${path.basename(model)}`;
-
-    const test = await this.pickData(`${t} — test data`, 'The clean test set (triggered copies are made from it for ASR)', false);
-    if (!test) return undefined;
-
+    const m = this.memory;
+    let test: DataSource | undefined;
     let train: DataSource | undefined;
-    if (kind !== 'evaluate') {
-      const tr = await this.pickData(`${t} — training data (optional)`, 'Needed for "seen" auxiliary sets and the reference embedding', true, 'No training data');
-      if (tr === undefined) return undefined;
-      train = tr ?? undefined;
-    }
-
-    const attack = await this.askAttack(t, model);
-    if (!attack) return undefined;
-
+    let attack: AttackAnswer | undefined;
     let aux: AuxAnswer[] = [];
-    if (kind !== 'evaluate') {
-      const a = await this.askAux(t, train !== undefined, kind);
-      if (!a) return undefined;
-      aux = a;
-    }
-
     let defenses: string[] = [];
-    if (kind === 'purify') {
-      const picks = await vscode.window.showQuickPick(
-        DEFENSES.map((d) => ({ label: d.id, description: d.label.split(' — ')[1], picked: d.id === 'ft' })),
-        { title: `${t} — defenses`, placeHolder: 'Each runs on every auxiliary set (fastest first)', canPickMany: true, ignoreFocusOut: true },
-      );
-      if (!picks || picks.length === 0) return undefined;
-      defenses = picks.map((p) => p.label);
-    }
-
     let mode: 'off' | 'on' | 'both' = kind === 'calibrate' ? 'on' : 'off';
+
+    const steps: Array<(st: (what: string) => StepTitle) => Promise<StepEnd>> = [
+      async (st) => {
+        const r = await this.pickData(st('test data'), 'The clean test set (triggered copies are made from it for ASR)', false, (l) => (m.testLabel = l), m.testLabel);
+        if (ended(r)) return endOf(r);
+        test = r ?? undefined;
+        return 'next';
+      },
+    ];
+    if (kind !== 'evaluate') {
+      steps.push(async (st) => {
+        const r = await this.pickData(st('training data (optional)'), 'Needed for "seen" auxiliary sets and the reference embedding', true, (l) => (m.trainLabel = l), m.trainLabel, 'No training data');
+        if (ended(r)) return endOf(r);
+        train = r ?? undefined;
+        return 'next';
+      });
+    }
+    steps.push(async (st) => {
+      const r = await this.askAttack(st, t, model);
+      if (ended(r)) return endOf(r);
+      attack = r;
+      return 'next';
+    });
+    if (kind !== 'evaluate') {
+      steps.push(async (st) => {
+        const r = await this.askAux(st, t, train !== undefined, kind);
+        if (ended(r)) return endOf(r);
+        aux = r;
+        return 'next';
+      });
+    }
     if (kind === 'purify') {
-      const m = await vscode.window.showQuickPick(
-        [
+      steps.push(async (st) => {
+        const items = DEFENSES.map((d) => ({ label: d.id, description: d.label.split(' — ')[1] }));
+        const chosen = m.defenses ?? ['ft'];
+        const picks = await pickMany(st('defenses'), items, { placeHolder: 'Each runs on every auxiliary set (fastest first)', selected: (i) => chosen.includes(i.label) });
+        if (ended(picks)) return endOf(picks);
+        defenses = picks.map((p) => p.label);
+        m.defenses = defenses;
+        return 'next';
+      });
+      steps.push(async (st) => {
+        const items = [
           { label: 'both', description: 'every defense with raw and with calibrated auxiliary data, side by side' },
           { label: 'off', description: 'raw auxiliary data only (fastest)' },
           { label: 'on', description: 'calibrated auxiliary data only' },
-        ],
-        { title: `${t} — Guided Input Calibration (‖g(x) − x‖${s.gicNorm === 'inf' ? '∞' : '₂'} ≤ ${s.gicDelta})`, ignoreFocusOut: true },
-      );
-      if (!m) return undefined;
-      mode = m.label as 'off' | 'on' | 'both';
+        ];
+        const r = await pickOne(st(`Guided Input Calibration (‖g(x) − x‖${s.gicNorm === 'inf' ? '∞' : '₂'} ≤ ${s.gicDelta})`), items, { active: items.find((i) => i.label === m.gicMode) });
+        if (ended(r)) return endOf(r);
+        mode = r.label as 'off' | 'on' | 'both';
+        m.gicMode = r.label;
+        return 'next';
+      });
     }
 
+    for (let i = 0; i < steps.length; ) {
+      const st = (what: string): StepTitle => ({ title: `${t} — ${what}`, step: i + 1, totalSteps: steps.length, back: i > 0 });
+      const end = await steps[i](st);
+      if (end === 'cancel') return undefined;
+      i = end === 'back' ? Math.max(0, i - 1) : i + 1;
+    }
+    if (!test || !attack) return undefined;
     return {
       model,
       test,
@@ -203,9 +274,13 @@ export class SetupFlow {
     };
   }
 
-  /** What the user knows of the backdoor: their triggered images, their trigger file, a record, nothing, or a built-in. */
-  private async askAttack(t: string, model: string): Promise<AttackAnswer | undefined> {
+  /**
+   * What the user knows of the backdoor: their triggered images, their trigger file, a record, nothing, or a
+   * built-in. Back from a follow-up question returns to the choice of attack.
+   */
+  private async askAttack(st: (what: string) => StepTitle, t: string, model: string): Promise<Answer<AttackAnswer>> {
     type Item = vscode.QuickPickItem & { type: AttackAnswer['type']; file?: 'image' | 'patch' | 'grids' };
+    const m = this.memory;
     const items: Item[] = [
       { label: 'I have triggered test images', description: 'poisoned-set: any data format, with or without true labels', type: 'poisoned-set' },
       { label: 'I have the trigger image', description: 'BadNets patch (at a position or as a full-size mask) or Blended image', type: 'badnets', file: 'patch' },
@@ -217,63 +292,76 @@ export class SetupFlow {
       { label: 'sig', description: 'built in: sinusoidal signal (clean label)', type: 'sig' },
       { label: 'wanet', description: 'built in: seeded warping-based trigger', type: 'wanet' },
     ];
-    const pick = await vscode.window.showQuickPick(items, { title: `${t} — attack to test against`, placeHolder: 'What do you know about the backdoor? (measures ASR)', ignoreFocusOut: true });
-    if (!pick) return undefined;
-    if (pick.type === 'unknown' || pick.type === 'record') return { type: pick.type, target: 0 };
-    const answer: AttackAnswer = { type: pick.type, target: 0 };
+    const first = st('attack to test against');
+    const sub = (what: string): StepTitle => ({ ...first, title: `${t} — ${what}`, back: true });
     const browse = async (what: string, filters: Record<string, string[]>) => (await vscode.window.showOpenDialog({ canSelectMany: false, filters, title: `${t} — ${what}`, defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri }))?.[0]?.fsPath;
-    if (pick.type === 'poisoned-set') {
-      const data = await this.pickData(`${t} — triggered test images`, 'Images carrying the trigger (with their true labels if you have them)', false);
-      if (!data) return undefined;
-      answer.data = data;
-    } else if (pick.file === 'patch') {
-      const kind = await vscode.window.showQuickPick(
-        [
+    for (;;) {
+      const pick = await pickOne(first, items, { placeHolder: 'What do you know about the backdoor? (measures ASR)', active: items.find((i) => i.label === m.attackLabel) });
+      if (ended(pick)) return pick;
+      m.attackLabel = pick.label;
+      if (pick.type === 'unknown' || pick.type === 'record') return { type: pick.type, target: 0 };
+      const answer: AttackAnswer = { type: pick.type, target: 0 };
+      // Each follow-up: BACK (or a dismissed file dialog) returns to the choice of attack, Escape abandons.
+      let back = false;
+      if (pick.type === 'poisoned-set') {
+        const data = await this.pickData(sub('triggered test images'), 'Images carrying the trigger (with their true labels if you have them)', false, () => undefined);
+        if (data === undefined) return undefined;
+        if (data === BACK || data === null) back = true;
+        else answer.data = data;
+      } else if (pick.file === 'patch') {
+        const kinds = [
           { label: 'BadNets patch', description: 'pasted at a position you give', how: 'patch' },
           { label: 'BadNets mask image', description: "BackdoorBench's full-size trigger image: its non-zero pixels replace the input's", how: 'mask' },
           { label: 'Blended image', description: "x' = (1 - alpha) x + alpha t, t resized to the input", how: 'blend' },
-        ],
-        { title: `${t} — how the trigger image is applied`, ignoreFocusOut: true },
-      );
-      if (!kind) return undefined;
-      const image = await browse('trigger image', { Images: ['png', 'jpg', 'jpeg', 'npy'] });
-      if (!image) return undefined;
-      answer.image = image;
-      if (kind.how === 'blend') {
-        answer.type = 'blended';
-        const alpha = await vscode.window.showInputBox({ title: `${t} — blend weight alpha`, value: '0.2', ignoreFocusOut: true, validateInput: (v) => (Number(v) > 0 && Number(v) <= 1 ? undefined : 'A number in (0, 1]') });
-        if (alpha === undefined) return undefined;
-        answer.alpha = Number(alpha);
-      } else if (kind.how === 'mask') answer.position = 'mask';
-      else {
-        const pos = await vscode.window.showInputBox({
-          title: `${t} — patch position`,
-          value: 'bottom-right',
-          prompt: '"x,y" of the patch\'s top-left pixel, or a corner: top-left, top-right, bottom-left, bottom-right',
-          ignoreFocusOut: true,
-          validateInput: (v) => (/^(\d+,\d+|top-left|top-right|bottom-left|bottom-right)$/.test(v.trim()) ? undefined : 'x,y or a corner name'),
-        });
-        if (pos === undefined) return undefined;
-        answer.position = pos.trim();
+        ];
+        const kind = await pickOne(sub('how the trigger image is applied'), kinds, { active: kinds.find((k) => k.label === m.howLabel) });
+        if (kind === undefined) return undefined;
+        if (kind === BACK) continue;
+        m.howLabel = kind.label;
+        const image = await browse('trigger image', { Images: ['png', 'jpg', 'jpeg', 'npy'] });
+        if (!image) continue;
+        answer.image = image;
+        if (kind.how === 'blend') {
+          answer.type = 'blended';
+          const alpha = await inputText(sub('blend weight alpha'), { value: m.alpha ?? '0.2', validate: (v) => (Number(v) > 0 && Number(v) <= 1 ? undefined : 'A number in (0, 1]') });
+          if (alpha === undefined) return undefined;
+          if (alpha === BACK) continue;
+          m.alpha = alpha;
+          answer.alpha = Number(alpha);
+        } else if (kind.how === 'mask') answer.position = 'mask';
+        else {
+          const pos = await inputText(sub('patch position'), {
+            value: m.position ?? 'bottom-right',
+            prompt: '"x,y" of the patch\'s top-left pixel, or a corner: top-left, top-right, bottom-left, bottom-right',
+            validate: (v) => (/^(\d+,\d+|top-left|top-right|bottom-left|bottom-right)$/.test(v.trim()) ? undefined : 'x,y or a corner name'),
+          });
+          if (pos === undefined) return undefined;
+          if (pos === BACK) continue;
+          m.position = pos.trim();
+          answer.position = pos.trim();
+        }
+      } else if (pick.file === 'grids') {
+        const grids = await browse('WaNet grids', { 'Grids (.pt, .npz)': ['pt', 'pth', 'npz'] });
+        if (!grids) continue;
+        answer.grids = grids;
       }
-    } else if (pick.file === 'grids') {
-      const grids = await browse('WaNet grids', { 'Grids (.pt, .npz)': ['pt', 'pth', 'npz'] });
-      if (!grids) return undefined;
-      answer.grids = grids;
+      if (back) continue;
+      const targetText = await inputText(sub('attack target class'), {
+        value: m.target ?? '0',
+        prompt: 'The label the trigger forces (all-to-one)',
+        validate: (v) => (/^\d+$/.test(v.trim()) ? undefined : 'A class index: 0, 1, 2, …'),
+      });
+      if (targetText === undefined) return undefined;
+      if (targetText === BACK) continue;
+      m.target = targetText.trim();
+      answer.target = Number(targetText.trim());
+      return answer;
     }
-    const targetText = await vscode.window.showInputBox({
-      title: `${t} — attack target class`,
-      value: '0',
-      prompt: 'The label the trigger forces (all-to-one)',
-      ignoreFocusOut: true,
-      validateInput: (v) => (/^\d+$/.test(v.trim()) ? undefined : 'A class index: 0, 1, 2, …'),
-    });
-    if (targetText === undefined) return undefined;
-    answer.target = Number(targetText.trim());
-    return answer;
   }
 
-  private async askAux(t: string, hasTrain: boolean, kind: FlowKind): Promise<AuxAnswer[] | undefined> {
+  /** The auxiliary sets and their data; Back from a follow-up returns to the choice of sets. */
+  private async askAux(st: (what: string) => StepTitle, t: string, hasTrain: boolean, kind: FlowKind): Promise<Answer<AuxAnswer[]>> {
+    const m = this.memory;
     const marked = this.state.get<string[]>(AUX_SOURCES_KEY, []).filter((p) => fs.existsSync(p));
     type Item = vscode.QuickPickItem & { type: AuxType; path?: string };
     const items: Item[] = [
@@ -284,51 +372,63 @@ export class SetupFlow {
       { label: 'synthetic', description: 'images synthesized from the model itself: no data needed', type: 'synthetic' },
     ];
     if (hasTrain) items.splice(marked.length, 0, { label: 'seen', description: 'a class-balanced subset of the training data', type: 'seen' });
-    const picks = await vscode.window.showQuickPick(items, {
-      title: `${t} — auxiliary data`,
-      placeHolder: kind === 'calibrate' ? 'The sets to calibrate with GIC' : 'The clean data each defense gets; compare several kinds',
-      canPickMany: true,
-      ignoreFocusOut: true,
-    });
-    if (!picks || picks.length === 0) return undefined;
-    const used = new Set<string>();
-    const out: AuxAnswer[] = [];
-    for (const p of picks) {
-      if (p.path) {
-        const src = await sourceFor(p.path, isDirectory(p.path), t);
-        if (!src) return undefined;
-        out.push({ name: auxName('external', used, path.basename(p.path).replace(/\.[^.]+$/, '')), type: 'external', source: src });
-        continue;
-      }
-      if (p.type === 'seen' || p.type === 'synthetic') {
-        out.push({ name: auxName(p.type, used), type: p.type });
-        continue;
-      }
-      const src = await this.pickData(`${t} — data for the "${p.type}" auxiliary set`, p.type === 'external' ? 'Clean images from another source' : 'A held-out split the model never saw', false);
-      if (!src) return undefined;
-      if (p.type === 'ood') {
-        const shifts = await vscode.window.showQuickPick(
-          OOD_SHIFTS.map((x) => ({ label: x, picked: x === 'brightness' })),
-          { title: `${t} — distribution shifts (one auxiliary set each)`, canPickMany: true, ignoreFocusOut: true },
+    // Coming back to this step: the sets chosen before are the ones checked.
+    if (m.auxLabels) for (const i of items) i.picked = m.auxLabels.includes(i.label);
+    const first = st('auxiliary data');
+    const sub = (what: string): StepTitle => ({ ...first, title: `${t} — ${what}`, back: true });
+    outer: for (;;) {
+      const picks = await pickMany(first, items, { placeHolder: kind === 'calibrate' ? 'The sets to calibrate with GIC' : 'The clean data each defense gets; compare several kinds' });
+      if (ended(picks)) return picks;
+      m.auxLabels = picks.map((p) => p.label);
+      for (const i of items) i.picked = m.auxLabels.includes(i.label);
+      const used = new Set<string>();
+      const out: AuxAnswer[] = [];
+      const dataLabels = (m.auxDataLabels ??= {});
+      for (const p of picks) {
+        if (p.path) {
+          const src = await sourceFor(p.path, isDirectory(p.path), sub(`data of ${path.basename(p.path)}`));
+          if (src === undefined) return undefined;
+          if (src === BACK) continue outer;
+          out.push({ name: auxName('external', used, path.basename(p.path).replace(/\.[^.]+$/, '')), type: 'external', source: src });
+          continue;
+        }
+        if (p.type === 'seen' || p.type === 'synthetic') {
+          out.push({ name: auxName(p.type, used), type: p.type });
+          continue;
+        }
+        const src = await this.pickData(
+          sub(`data for the "${p.type}" auxiliary set`),
+          p.type === 'external' ? 'Clean images from another source' : 'A held-out split the model never saw',
+          false,
+          (l) => (dataLabels[p.type] = l),
+          dataLabels[p.type],
         );
-        if (!shifts || shifts.length === 0) return undefined;
-        for (const sh of shifts) out.push({ name: auxName('ood', used, sh.label), type: 'ood', source: src, shift: sh.label as (typeof OOD_SHIFTS)[number] });
-      } else {
-        out.push({ name: auxName(p.type, used), type: p.type, source: src });
+        if (src === undefined) return undefined;
+        if (src === BACK || src === null) continue outer;
+        if (p.type === 'ood') {
+          const chosen = m.shifts ?? ['brightness'];
+          const shifts = await pickMany(sub('distribution shifts (one auxiliary set each)'), OOD_SHIFTS.map((x) => ({ label: x })), { selected: (i) => chosen.includes(i.label) });
+          if (shifts === undefined) return undefined;
+          if (shifts === BACK) continue outer;
+          m.shifts = shifts.map((x) => x.label);
+          for (const sh of shifts) out.push({ name: auxName('ood', used, sh.label), type: 'ood', source: src, shift: sh.label as (typeof OOD_SHIFTS)[number] });
+        } else {
+          out.push({ name: auxName(p.type, used), type: p.type, source: src });
+        }
       }
+      // The paper's question is how little clean data suffices; and a small held-out split may not hold the
+      // default (5% of the training set), so the size is asked, with the engine's default when left empty.
+      const size = await inputText(sub('images per class in each auxiliary set'), {
+        prompt: 'Leave empty for the default: 5% of the training set, class-balanced',
+        value: m.perClass ?? '',
+        validate: (v) => (v.trim() === '' || /^[1-9]\d*$/.test(v.trim()) ? undefined : 'A positive whole number, or empty'),
+      });
+      if (size === undefined) return undefined;
+      if (size === BACK) continue;
+      m.perClass = size.trim();
+      if (size.trim()) for (const a of out) a.perClass = Number(size.trim());
+      return out;
     }
-    // The paper's question is how little clean data suffices; and a small held-out split may not hold the
-    // default (5% of the training set), so the size is asked, with the engine's default when left empty.
-    const size = await vscode.window.showInputBox({
-      title: `${t} — images per class in each auxiliary set`,
-      prompt: 'Leave empty for the default: 5% of the training set, class-balanced',
-      value: '',
-      ignoreFocusOut: true,
-      validateInput: (v) => (v.trim() === '' || /^[1-9]\d*$/.test(v.trim()) ? undefined : 'A positive whole number, or empty'),
-    });
-    if (size === undefined) return undefined;
-    if (size.trim()) for (const a of out) a.perClass = Number(size.trim());
-    return out;
   }
 
   /**

@@ -151,6 +151,59 @@ export class FakePanel {
   }
 }
 
+/** The Back button of a multi-step quick input. */
+export const QuickInputButtons = { Back: { iconPath: new ThemeIcon('arrow-left'), tooltip: 'Back' } };
+
+/** Queue this as an answer to press Back on that quick input (createQuickPick / createInputBox). */
+export const PRESS_BACK = Symbol('press Back');
+
+/**
+ * A quick pick or input box made with createQuickPick / createInputBox: `show()` takes the next scripted
+ * answer (a function gets the items) and then accepts it, presses Back (PRESS_BACK) or hides (undefined).
+ */
+function quickInput(kind: 'quickPick' | 'inputBox') {
+  const accept = new EventEmitter<void>();
+  const hide = new EventEmitter<void>();
+  const button = new EventEmitter<unknown>();
+  const value = new EventEmitter<string>();
+  const q = {
+    title: undefined as string | undefined,
+    step: undefined as number | undefined,
+    totalSteps: undefined as number | undefined,
+    items: [] as unknown[],
+    selectedItems: [] as unknown[],
+    activeItems: [] as unknown[],
+    buttons: [] as unknown[],
+    value: '',
+    prompt: undefined as string | undefined,
+    placeholder: undefined as string | undefined,
+    validationMessage: undefined as string | undefined,
+    canSelectMany: false,
+    ignoreFocusOut: false,
+    matchOnDescription: false,
+    onDidAccept: accept.event,
+    onDidHide: hide.event,
+    onDidTriggerButton: button.event,
+    onDidChangeValue: value.event,
+    show() {
+      fake.steps.push({ kind, title: q.title, step: q.step, totalSteps: q.totalSteps, back: q.buttons.includes(QuickInputButtons.Back), value: q.value, selected: q.selectedItems.map((i) => (i as { label: string }).label), active: q.activeItems.map((i) => (i as { label: string }).label) });
+      queueMicrotask(() => {
+        const a = fake.next(kind, kind === 'quickPick' ? q.items : undefined, { title: q.title });
+        if (a === PRESS_BACK) return button.fire(QuickInputButtons.Back);
+        if (a === undefined) return hide.fire();
+        if (kind === 'inputBox') {
+          q.value = String(a);
+          value.fire(q.value);
+        } else q.selectedItems = Array.isArray(a) ? a : [a];
+        accept.fire();
+      });
+    },
+    hide: () => hide.fire(),
+    dispose: () => undefined,
+  };
+  return q;
+}
+
 type Answer = unknown | ((items: unknown, opts: unknown) => unknown);
 
 const trustGranted = new EventEmitter<void>();
@@ -172,6 +225,8 @@ export const fake = {
   progress: [] as { message?: string; increment?: number }[],
   cancelSource: undefined as CancellationTokenSource | undefined,
   clipboard: [] as string[],
+  /** Every multi-step question shown: its title, step counter, Back button and defaults. */
+  steps: [] as { kind: string; title?: string; step?: number; totalSteps?: number; back: boolean; value: string; selected: string[]; active: string[] }[],
   statusItems: [] as { text: string; tooltip: string; visible: boolean }[],
   deleted: [] as { path: string; useTrash: boolean }[],
   registered: { serializers: [] as string[], editors: [] as string[], trees: [] as string[], webviewViews: [] as string[] },
@@ -191,6 +246,7 @@ export const fake = {
     this.progress = [];
     this.cancelSource = undefined;
     this.clipboard = [];
+    this.steps = [];
     this.statusItems = [];
     this.deleted = [];
     this.registered = { serializers: [], editors: [], trees: [], webviewViews: [] };
@@ -266,6 +322,8 @@ export const window = {
     return disposable;
   },
   showTextDocument: async () => undefined,
+  createQuickPick: () => quickInput('quickPick'),
+  createInputBox: () => quickInput('inputBox'),
   showSaveDialog: async (opts?: { title?: string; defaultUri?: Uri }) => fake.next('saveDialog', opts?.defaultUri, opts),
   setStatusBarMessage: (text: string) => {
     fake.messages.push({ level: 'info', text });

@@ -2,7 +2,7 @@
  * Host-side job logic: the audit.json the set-up flow writes, the worker's message loop, and the JobRunner
  * (worker events -> listeners, progress, Output channel; cancellation; one job per model; untrusted refusal).
  */
-import { fake, Uri } from './vscode-fake';
+import { fake, PRESS_BACK, Uri } from './vscode-fake';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -415,6 +415,43 @@ describe('vscode set-up flow', () => {
     // Labels files are not offered as data sets.
     const testItems = fake.prompts[0].items as { label: string }[];
     assert.ok(!testItems.some((i) => /_y\.npy/.test(i.label)));
+  });
+
+  it('numbered steps with Back: the previous step comes back with the earlier answers as its defaults', async () => {
+    fake.answers = [
+      byLabel(/test_x\.npy/), // 1/6 test data
+      byLabel(/No training data/), // 2/6
+      byLabel(/^badnets$/), // 3/6 attack
+      '7', // its target
+      picked, // 4/6 aux: unseen
+      byLabel(/aux_x\.npy/),
+      '25',
+      PRESS_BACK, // 5/6 defenses: Back to the auxiliary data
+      picked, // 4/6 again: unseen still checked
+      byLabel(/aux_x\.npy/), // its data (the earlier choice is the active item)
+      (_: unknown) => '30', // the size, shown with the earlier 25
+      picked, // 5/6 defenses: ft
+      PRESS_BACK, // 6/6 GIC: Back to the defenses
+      (items: { label: string }[]) => items.filter((i) => i.label === 'ft' || i.label === 'clp'),
+      byLabel(/^off$/),
+    ];
+    const jobPath = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.equal(job.attack.target, 7);
+    assert.equal(job.aux[0].perClass, 30);
+    assert.deepEqual(job.defenses, ['ft', 'clp']);
+    assert.equal(job.gic.mode, 'off');
+    const main = fake.steps.filter((q) => !/labels of|data for|images per|target class/.test(q.title ?? ''));
+    assert.deepEqual(main.map((q) => `${q.step}/${q.totalSteps}${q.back ? ' back' : ''}`), ['1/6', '2/6 back', '3/6 back', '4/6 back', '5/6 back', '4/6 back', '5/6 back', '6/6 back', '5/6 back', '6/6 back']);
+    assert.deepEqual(main[5].selected, ['unseen'], 'the sets chosen before are checked');
+    const sizes = fake.steps.filter((q) => /images per class/.test(q.title ?? ''));
+    assert.deepEqual(sizes.map((q) => q.value), ['', '25'], 'the size asked again shows the earlier answer');
+    const data = fake.steps.filter((q) => /data for the "unseen"/.test(q.title ?? ''));
+    assert.match(data[1].active[0], /aux_x\.npy/);
+    assert.deepEqual(main[8].selected, ['ft'], 'the defenses chosen before are checked');
+    // The titles keep their words (the e2e finds each question by them).
+    assert.match(main[0].title!, /^Purify Model: victim\.pt — test data$/);
+    assert.match(main[7].title!, /Guided Input Calibration/);
   });
 
   it('escape at any step writes nothing; evaluate asks no aux or defenses', async () => {
