@@ -68,7 +68,7 @@ function main() {
       const out = path.join(root, `backdoor-audit-${t}-${version}.vsix`);
       execFileSync(
         process.execPath,
-        [vsce, 'package', '--target', t, '--no-dependencies', '--skip-license', '--allow-missing-repository', '--baseContentUrl', 'https://example.invalid/backdoor-audit', '--baseImagesUrl', 'https://example.invalid/backdoor-audit', '--out', out],
+        [vsce, 'package', '--target', t, '--no-dependencies', '--skip-license', '--allow-missing-repository', '--no-rewrite-relative-links', '--out', out],
         { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] },
       );
       const mb = (fs.statSync(out).size / 1e6).toFixed(1);

@@ -75,6 +75,32 @@ async function panelFrame(page: Page): Promise<FrameLocator> {
   return f;
 }
 
+/**
+ * Opens the Backdoor Audit side bar and screenshots its Calibration view (best effort: a missing view is
+ * logged, the check above is what passes or fails the run).
+ */
+async function calibrationView(page: Page): Promise<void> {
+  try {
+    await page.locator('.activitybar a.action-label[aria-label^="Backdoor Audit"]').first().click();
+    const frames = page.locator('iframe.webview.ready');
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      for (let i = (await frames.count()) - 1; i >= 0; i--) {
+        const f = page.frameLocator('iframe.webview.ready').nth(i).frameLocator('#active-frame');
+        if ((await f.locator('body[data-view="calibration"]').count()) === 0) continue;
+        await f.locator('.calibration-card').first().waitFor({ state: 'visible', timeout: 30_000 });
+        await page.locator('.part.sidebar').screenshot({ path: path.join(artifacts, 'calibration.png') });
+        step(`calibration view: ${await f.locator('.calibration-card').count()} aux sets`);
+        return;
+      }
+      await page.waitForTimeout(1000);
+    }
+    step('calibration view: not found');
+  } catch (e) {
+    step(`calibration view: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
 async function main(): Promise<void> {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -151,7 +177,19 @@ async function main(): Promise<void> {
     await panel.locator('#gallery').screenshot({ path: path.join(artifacts, 'gallery.png') });
     await page.screenshot({ path: path.join(artifacts, 'window.png') });
     step(`ACC ${acc}% ASR ${asr}% (baseline ASR ${m[1]}%)`);
+
+    // The results table sorted by DER, and the model diff of the first purified model (for the README).
+    const table = panel.locator('#results-table');
+    await table.locator('th button', { hasText: /^DER/ }).click();
+    await table.locator('th[aria-sort="descending"]').waitFor({ state: 'attached', timeout: 10_000 });
+    await table.screenshot({ path: path.join(artifacts, 'results-table.png') });
+    const layers = await panel.locator('#model-diff tbody tr').count();
+    if (layers < 2) throw new Error(`the model diff lists ${layers} layers`);
+    await panel.locator('#model-diff').screenshot({ path: path.join(artifacts, 'model-diff.png') });
+    step(`results table sorted by DER; model diff: ${layers} layers`);
     if (ptName) await purifyPt(page, ptName);
+    // Last, as it adds a webview of its own: the Calibration side view following the open run.
+    await calibrationView(page);
   } catch (e) {
     await page.screenshot({ path: path.join(artifacts, 'failure.png') }).catch(() => undefined);
     throw e;
