@@ -474,6 +474,7 @@ export class DomView implements View {
       return;
     }
     const facts = el('table', 'facts-table');
+    facts.append(el('caption', 'visually-hidden', 'Model facts'));
     let layers: unknown[] | undefined;
     for (const [k, v] of Object.entries(info)) {
       if (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'object' && x !== null)) {
@@ -481,7 +482,9 @@ export class DomView implements View {
         continue;
       }
       const tr = el('tr');
-      tr.append(el('th', undefined, k), el('td', undefined, formatValue(v, k)));
+      const th = el('th', undefined, k);
+      th.scope = 'row';
+      tr.append(th, el('td', undefined, formatValue(v, k)));
       facts.append(tr);
     }
     r.append(facts);
@@ -490,8 +493,13 @@ export class DomView implements View {
       const keys: string[] = [];
       for (const row of layers.slice(0, 2000)) for (const k of Object.keys(row as object)) if (!keys.includes(k)) keys.push(k);
       const t = el('table', 'grid layers');
+      t.append(el('caption', 'visually-hidden', `Layers of ${file.split(/[\\/]/).pop() ?? file}`));
       const hr = el('tr');
-      for (const k of keys) hr.append(el('th', undefined, k));
+      for (const k of keys) {
+        const th = el('th', undefined, k);
+        th.scope = 'col';
+        hr.append(th);
+      }
       const thead = el('thead');
       thead.append(hr);
       const tbody = el('tbody');

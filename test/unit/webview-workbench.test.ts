@@ -19,6 +19,7 @@ import { figureChartLabel, figureSeries, statusAnnouncement } from '../../webvie
 
 interface ViewLike {
   showResults(s: ReturnType<typeof StateModule.emptyState>): void;
+  showInspect(file: string, info?: Record<string, unknown>, error?: string): void;
 }
 
 /** Records what each chart would draw (chart.js needs a layout engine happy-dom lacks). */
@@ -327,6 +328,18 @@ describe('webview: model diff (DOM)', () => {
     assert.equal(live.getAttribute('aria-live'), 'polite');
     assert.equal(live.getAttribute('role'), 'status');
     assert.equal(live.textContent, 'Done: 3 cells, 1 failed');
+  });
+
+  it('accessibility of the model inspector: its tables are named and their header cells scoped', () => {
+    const { root, view } = mount();
+    view.showInspect('/w/victim.pt', { format: 'pt', arch: 'small-cnn', layers: [{ name: 'features.0', kind: 'Conv2d', params: 80 }] });
+    const tables = [...root.querySelectorAll('table')];
+    assert.equal(tables.length, 2);
+    for (const t of tables) {
+      assert.ok((t.querySelector('caption')?.textContent ?? '').length > 5);
+      assert.ok([...t.querySelectorAll('th')].every((h) => ['row', 'col'].includes(h.getAttribute('scope') ?? '')));
+    }
+    assert.equal(tables[1].querySelector('caption')!.textContent, 'Layers of victim.pt');
   });
 
   it('is hidden when no row has a diff (results of older versions)', () => {
