@@ -31,7 +31,7 @@ export function anomalyChartLabel(nc: NcDetection): string {
     .slice(0, 3)
     .map((x) => `class ${x.c} ${x.v.toFixed(2)}`);
   return [
-    `Bar chart: Neural Cleanse anomaly index per class, ${nc.anomalyIndex.length} classes, threshold ${ANOMALY_THRESHOLD}`,
+    `Bar chart: Neural Cleanse anomaly index per class, ${nc.anomalyIndex.length} classes, threshold ${ANOMALY_THRESHOLD} (small-mask outliers are flagged)`,
     flagged.length ? `flagged: ${flagged.join(', ')}` : 'no class flagged',
     `highest: ${top.join(', ')}`,
   ].join('; ') + '.';

@@ -402,7 +402,7 @@ export class DomView implements View {
     body.replaceChildren();
     const flagged = nc.flagged.length ? `flagged target class${nc.flagged.length > 1 ? 'es' : ''}: ${nc.flagged.join(', ')}` : 'no class flagged';
     if (s.attack?.note) body.append(el('p', 'muted', s.attack.note));
-    body.append(el('p', undefined, `Anomaly index per class (> ${ANOMALY_THRESHOLD} flags a trigger): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
+    body.append(el('p', undefined, `Anomaly index per class (a class whose reversed-trigger mask is unusually small, with an index above ${ANOMALY_THRESHOLD}, is flagged; a large index from an unusually large mask is not): ${nc.anomalyIndex.map((x) => x.toFixed(2)).join(', ')} — ${flagged}`));
     if (!this.charts) this.charts = new Charts();
     const series = anomalySeries(nc);
     const box = el('div', 'chart-box anomaly-chart');

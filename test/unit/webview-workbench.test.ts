@@ -76,7 +76,7 @@ describe('webview: reversed triggers (numbers)', () => {
   it('bars per class with the flagged class marked, a chart name that says which, flagged cards first', () => {
     const nc = sampleNc();
     assert.deepEqual(anomalySeries(nc), { labels: ['class 0', 'class 1', 'class 2'], values: [0.4, 0.9, 3.5], flagged: [false, false, true] });
-    assert.equal(anomalyChartLabel(nc), 'Bar chart: Neural Cleanse anomaly index per class, 3 classes, threshold 2; flagged: class 2 (3.50); highest: class 2 3.50, class 1 0.90, class 0 0.40.');
+    assert.equal(anomalyChartLabel(nc), 'Bar chart: Neural Cleanse anomaly index per class, 3 classes, threshold 2 (small-mask outliers are flagged); flagged: class 2 (3.50); highest: class 2 3.50, class 1 0.90, class 0 0.40.');
     const cards = triggerCards(nc);
     assert.deepEqual(cards.map((c) => [c.trigger.label, c.flagged]), [[2, true], [0, false], [1, false]]);
     assert.equal(cards[0].caption, 'class 2 — flagged: mask L1 8, anomaly index 3.50');
