@@ -99,11 +99,14 @@ describe('model diff', () => {
     const a = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 3, options: { layers: [4] } });
     const b = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 3, options: { layers: [8] } });
     assert.throws(() => diffStateDicts(a.stateDict(), b.stateDict()), /features\.0\.weight is \[4, 1, 3, 3\] in one model and \[8, 1, 3, 3\] in the other/);
+    // Another naming scheme (most weights renamed) is refused rather than listed as everything inserted and removed.
+    const renamed = new Map([...a.stateDict()].map(([k, t]) => [k.startsWith('features') ? `keras_${k}` : k, t]));
+    assert.throws(() => diffStateDicts(a.stateDict(), renamed), /name their parameters differently \(2 of 6 weights match by name; e\.g\. features\.0\.weight vs keras_features\.0\.weight\)/);
     a.dispose();
     b.dispose();
   });
 
-  it('on the PyTorch victim and its CLP-purified model (another format) lists exactly the channels CLP zeroed', async function () {
+  it('on the PyTorch victim and its CLP-purified model (safetensors, TensorFlow.js) lists exactly the channels CLP zeroed', async function () {
     this.timeout(600_000);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-diff-'));
     try {
@@ -113,6 +116,8 @@ describe('model diff', () => {
       const pruned = out.details!.pruned as Record<string, number[]>;
       assert.ok(Object.keys(pruned).length >= 2, `CLP pruned in ${Object.keys(pruned).length} layers`);
       const purified = saveModelFile(out.model, path.join(dir, 'clp.safetensors'), 'safetensors');
+      // The same purified model as a TensorFlow.js model (its layers named layer1_0_bn1, not layer1.0.bn1).
+      const tfjsFile = saveModelFile(out.model, path.join(dir, 'model.json'), 'tfjs');
       out.model.dispose();
       victim.dispose();
       const before = fs.readFileSync(VICTIM);
@@ -131,6 +136,10 @@ describe('model diff', () => {
       assert.deepEqual(d.inserted, []);
       assert.equal(d.a.format, 'pt');
       assert.equal(d.b.format, 'safetensors');
+      const t = await diffModelFiles(VICTIM, tfjsFile);
+      assert.equal(t.b.format, 'tfjs');
+      assert.deepEqual(Object.fromEntries(t.layers.filter((l) => l.zeroed.length).map((l) => [l.name, l.zeroed])), pruned);
+      assert.deepEqual([t.inserted, t.removed], [[], []]);
       const text = formatModelDiff(d);
       const first = Object.keys(pruned)[0];
       assert.match(text, new RegExp(`^${first.replace(/\./g, '\\.')}\\s+batchnorm.*\\s${pruned[first].slice(0, 12).join(', ')}`, 'm'));

@@ -118,14 +118,48 @@ function onlyIn(sd: PtStateDict, other: PtStateDict): ModuleOnlyIn[] {
   return [...groups.values()];
 }
 
+/** A name with its separators unified: TensorFlow.js layer names write `layer1.0.bn1` as `layer1_0_bn1`. */
+const flat = (k: string) => k.replace(/[./]/g, '_');
+
+/**
+ * `b` with its keys renamed to `a`'s where they differ only in separators (a TensorFlow.js model written from a
+ * PyTorch one), so that both compare by the PyTorch names; unchanged when the names already agree.
+ */
+function alignNames(a: PtStateDict, b: PtStateDict): PtStateDict {
+  const direct = [...a.keys()].filter((k) => b.has(k)).length;
+  const byFlat = new Map([...a.keys()].map((k) => [flat(k), k]));
+  if (byFlat.size !== a.size) return b;
+  const renamed: PtStateDict = new Map();
+  let matched = 0;
+  for (const [k, t] of b) {
+    const target = a.has(k) ? k : byFlat.get(flat(k));
+    if (target && target !== k && b.has(target)) return b; // ambiguous: keep the names as they are
+    if (target) matched++;
+    renamed.set(target ?? k, t);
+  }
+  return matched > direct ? renamed : b;
+}
+
 /**
  * Compare two PyTorch-layout state_dicts. Every tensor both have must have the same shape (otherwise they are
  * not one architecture); tensors only one has are reported as inserted or removed modules.
  */
-export function diffStateDicts(a: PtStateDict, b: PtStateDict, where = 'diff'): ModelDiff {
+export function diffStateDicts(a: PtStateDict, b0: PtStateDict, where = 'diff'): ModelDiff {
+  const b = alignNames(a, b0);
   const shared = [...a.keys()].filter((k) => b.has(k));
   if (!shared.some((k) => TRAINABLE.has(split(k)[1]))) {
     throw new InputError('the two models share no parameter name: they are not two models of the same architecture', where);
+  }
+  // A defense adds or removes a module or two; most names differing means another naming scheme (a graph whose
+  // layers were named by hand), where a per-layer comparison would list everything as inserted and removed.
+  const trainableA = [...a.keys()].filter((k) => TRAINABLE.has(split(k)[1]));
+  const sharedTrainable = trainableA.filter((k) => b.has(k));
+  if (sharedTrainable.length < 0.5 * trainableA.length) {
+    const onlyB = [...b.keys()].filter((k) => !a.has(k) && TRAINABLE.has(split(k)[1]));
+    throw new InputError(
+      `the two models name their parameters differently (${sharedTrainable.length} of ${trainableA.length} weights match by name; e.g. ${trainableA.find((k) => !b.has(k))} vs ${onlyB[0] ?? '?'}): compare files that keep the PyTorch names (.pt, .safetensors, .onnx)`,
+      where,
+    );
   }
   for (const k of shared) {
     const sa = a.get(k)!.shape;
