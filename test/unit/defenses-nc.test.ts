@@ -29,6 +29,11 @@ describe('Neural Cleanse on a tiny BadNets victim', function () {
     // A 3x3 patch: the target's reversed mask is far smaller than any other label's.
     assert.ok(l1[TARGET] < 0.5 * Math.min(...l1.filter((_, i) => i !== TARGET)), `mask L1 ${l1.map((v) => v.toFixed(1))}`);
     assert.equal(out.details!.unlearned, true);
+    // Every label's reversed trigger travels with the verdict (the panel shows them beside the anomaly index).
+    assert.deepEqual(det.triggers!.map((t) => t.label), l1.map((_, i) => i));
+    assert.deepEqual(det.triggers!.map((t) => t.maskL1), l1.map((v) => Math.round(v * 100) / 100));
+    const [h, w, c] = f.aux.shape;
+    assert.ok(det.triggers!.every((t) => Buffer.from(t.image, 'base64').length === h * w * c && Buffer.from(t.mask, 'base64').length === h * w));
     assert.ok(after.asr <= 0.5 * f.before.asr, `ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
     assert.ok(after.acc >= f.before.acc - 0.05, `ACC ${after.acc.toFixed(3)} (victim ${f.before.acc.toFixed(3)})`);
     assert.deepEqual(progress[progress.length - 1], [11, 11]);
