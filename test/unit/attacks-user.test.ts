@@ -128,7 +128,7 @@ describe('attacks the user brings (poisoned sets, trigger files, BackdoorBench r
     const rv2 = (f: string) => fx(path.join('record-v2', f));
     const want = JSON.parse(fs.readFileSync(rv2('expected.json'), 'utf8'));
     const rec = readBackdoorBenchRecord(rv2('attack_result.pt'))!;
-    assert.deepEqual([rec.layout, rec.arch, rec.numClasses, rec.inputShape, rec.bdTestCount], ['dataset-state', 'preact-resnet18', 10, [28, 28, 1], want.images]);
+    assert.deepEqual([rec.layout, rec.arch, rec.numClasses, rec.inputShape, rec.bdTestCount, rec.bdTrainCount], ['dataset-state', 'preact-resnet18', 10, [28, 28, 1], want.images, 8]);
     // The images are read from the PNGs under the record's folder (the saved paths are the attacker's), pixel for
     // pixel the patched images make-attack-fixtures.py made, in index order, with their true labels.
     const p = rec.poisonedSet();
@@ -152,6 +152,13 @@ describe('attacks the user brings (poisoned sets, trigger files, BackdoorBench r
     near(results.baseline.asr, want.asr, 'ASR');
     near(results.baseline.ra, want.ra, 'RA');
     assert.deepEqual([results.attack?.type, results.attack?.images, results.attack?.trueLabels], ['record', want.images, true]);
+
+    // A record moved without its bd_test_dataset/ images: refused with one line naming the missing file.
+    const moved = path.join(dir, 'moved-record');
+    fs.cpSync(path.join(FIX, 'record-v2'), moved, { recursive: true });
+    const first = fs.readdirSync(path.join(moved, 'bd_test_dataset', '3'))[0];
+    fs.rmSync(path.join(moved, 'bd_test_dataset', '3', first));
+    assert.match(await refused({ model: path.join(moved, 'attack_result.pt') }), new RegExp(`^the attack record's poisoned test image bd_test_dataset/3/${first} is missing \\(keep bd_test_dataset/ next to the record\\)`));
   });
 
   it('refuses hostile inputs with one line and writes nothing', async () => {

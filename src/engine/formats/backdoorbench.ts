@@ -138,11 +138,14 @@ export function readBackdoorBenchArchive(archive: PtArchive): BackdoorBenchRecor
   if (container instanceof PyDict && get(container, 'data_dict') instanceof PyDict) {
     const dataDict = get(container, 'data_dict') as PyDict;
     const recordDir = path.dirname(path.resolve(where));
+    // bd_train in the same layout: its container's entries are the poisoned training images.
+    const trainContainer = bdTrain instanceof PyDict ? get(bdTrain, 'bd_data_container') : undefined;
+    const trainDict = trainContainer instanceof PyDict ? get(trainContainer, 'data_dict') : undefined;
     return {
       layout: 'dataset-state',
       ...common,
       bdTestCount: dataDict.map.size,
-      bdTrainCount: undefined,
+      bdTrainCount: trainDict instanceof PyDict ? trainDict.map.size : undefined,
       poisonedSet: () => fromDataDict(dataDict, recordDir, where),
     };
   }
