@@ -2,7 +2,8 @@
  * Drives code-server (started by run.sh with the .vsix installed) in headless Chromium: opens the workspace,
  * right-clicks the victim in models/, runs "Purify Model..." through the set-up flow (embedded MNIST test and
  * auxiliary data, BadNets target 0, defense ft, GIC off and on), waits for the results panel to report the run done,
- * reads ACC/ASR from the grid and saves screenshots; then purifies the PyTorch checkpoint E2E_PT (GIC off) the
+ * reads ACC/ASR from the grid, checks that the status bar names the job process's backends (WebAssembly + ONNX
+ * Runtime) and saves screenshots; then purifies the PyTorch checkpoint E2E_PT (GIC off) the
  * same way; then purifies E2E_POISONED_MODEL (a copy of the victim) against the user's own poisoned set, chosen in
  * the set-up flow as "I have triggered test images" (data/triggered_x.npy with its paired true labels), and checks
  * the job file, the baseline ASR of the panel and the attack the run's results.json names. Exits non-zero on any
@@ -158,6 +159,7 @@ async function main(): Promise<void> {
     await panel.locator('#gallery').screenshot({ path: path.join(artifacts, 'gallery.png') });
     await page.screenshot({ path: path.join(artifacts, 'window.png') });
     step(`ACC ${acc}% ASR ${asr}% (baseline ASR ${m[1]}%)`);
+    await checkStatusBar(page);
     if (ptName) await purifyPt(page, ptName);
     if (poisonedModel) await purifyWithPoisonedSet(page, poisonedModel);
   } catch (e) {
@@ -166,6 +168,27 @@ async function main(): Promise<void> {
   } finally {
     await browser.close();
   }
+}
+
+/**
+ * The status bar item names what the job process computed with, as its messages reported it: a job on the CPU
+ * trains on WebAssembly and evaluates with ONNX Runtime (run.sh checks the latter in the log), so the item says
+ * both. An item that cannot be found is reported, not failed (the check is of its text).
+ */
+async function checkStatusBar(page: Page): Promise<void> {
+  const item = page.locator('.statusbar-item', { hasText: /(CPU|GPU) \(/ }).first();
+  let text = '';
+  for (let i = 0; i < 20; i++) {
+    text = ((await item.textContent({ timeout: 2_000 }).catch(() => '')) ?? '').trim();
+    if (/ONNX Runtime/.test(text)) break;
+    await page.waitForTimeout(500);
+  }
+  if (!text) {
+    step('warning: no Backdoor Audit item found in the status bar; its text was not checked');
+    return;
+  }
+  step(`status bar: ${text}`);
+  if (!/CPU \(WebAssembly \+ ONNX Runtime\)/.test(text)) throw new Error(`the status bar names "${text}", not the job process's WebAssembly + ONNX Runtime`);
 }
 
 /** Purifies a PyTorch checkpoint with ft, GIC off, and reads its ft row from the newest results panel. */
