@@ -6,7 +6,7 @@
 import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
-import { AUX_TYPE_NOTES, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
+import { AUX_TYPE_NOTES, backendText, buildGrid, classColour, galleryImage, pct, statusText, type GicFileLink, type GridCell } from './format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
 
@@ -97,7 +97,7 @@ export class DomView implements View {
       const m = s.model;
       facts.append(el('span', undefined, `${m.arch} · ${m.format} · ${m.inputShape.join('×')} · ${m.numClasses} classes · ${m.params.toLocaleString('en-US')} parameters`));
     }
-    if (s.backend) facts.append(badge(`${s.backend.name}${s.backend.threads ? ` ×${s.backend.threads}` : ''}`));
+    if (s.backend) facts.append(badge(backendText(s.backend)));
     h.append(facts);
     if (this.interactive && s.run) {
       const bar = el('div', 'toolbar');

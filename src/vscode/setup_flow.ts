@@ -46,8 +46,13 @@ const TITLES: Record<FlowKind, string> = {
   calibrate: 'Calibrate Auxiliary Data (GIC)',
 };
 
-/** A data source for a path: format from the name, labels paired for .npy (asked when no pair is found). */
-export async function sourceFor(file: string, isDir: boolean, title: string): Promise<DataSource | undefined> {
+/**
+ * A data source for a path: format from the name, labels paired for .npy (asked when no pair is found). With
+ * `labelsOptional` (a poisoned set: its images' true labels, if the user has them) a .npy's labels are always
+ * asked, the paired file first and "No true labels" beside it; the other formats decide for themselves (an .npz
+ * without a 1-D array has none, image folders, IDX and CIFAR batches always carry them).
+ */
+export async function sourceFor(file: string, isDir: boolean, title: string, opts: { labelsOptional?: boolean } = {}): Promise<DataSource | undefined> {
   const format = guessFormat(file, isDir);
   if (!format) {
     void vscode.window.showErrorMessage(`Cannot tell the data format of ${path.basename(file)}: use an image folder, .npy/.npz, IDX or CIFAR-10 binary files.`);
@@ -57,15 +62,24 @@ export async function sourceFor(file: string, isDir: boolean, title: string): Pr
   if (format === 'npy') {
     const siblings = safeReaddir(path.dirname(file)).map((n) => path.join(path.dirname(file), n));
     const paired = pairLabels(file, siblings);
-    if (paired) src.labels = paired;
+    if (paired && !opts.labelsOptional) src.labels = paired;
     else {
-      const others = siblings.filter((s) => s.endsWith('.npy') && s !== file);
-      const pick = await vscode.window.showQuickPick(
-        [...others.map((o) => ({ label: path.basename(o), detail: o })), { label: '$(folder-opened) Browse…', detail: '' }],
-        { title: `${title}: labels of ${path.basename(file)}`, placeHolder: 'The .npy file with one integer label per image', ignoreFocusOut: true },
-      );
+      type Item = vscode.QuickPickItem & { file?: string; none?: true; browse?: true };
+      const others = siblings.filter((s) => s.endsWith('.npy') && s !== file && s !== paired);
+      const items: Item[] = [
+        ...(paired ? [{ label: path.basename(paired), description: 'found next to the images', detail: paired, file: paired }] : []),
+        ...(opts.labelsOptional ? [{ label: '$(circle-slash) No true labels', description: 'ASR counts every image (those of the target class too); RA is n/a', none: true as const }] : []),
+        ...others.map((o) => ({ label: path.basename(o), detail: o, file: o })),
+        { label: '$(folder-opened) Browse…', browse: true as const },
+      ];
+      const pick = await vscode.window.showQuickPick(items, {
+        title: `${title}: ${opts.labelsOptional ? 'true labels' : 'labels'} of ${path.basename(file)}`,
+        placeHolder: opts.labelsOptional ? "The .npy with each image's true label (before the trigger), or none" : 'The .npy file with one integer label per image',
+        ignoreFocusOut: true,
+      });
       if (!pick) return undefined;
-      if (pick.detail) src.labels = pick.detail;
+      if (pick.none) return src;
+      if (pick.file) src.labels = pick.file;
       else {
         const u = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'NumPy arrays': ['npy'] }, title: `Labels of ${path.basename(file)}` });
         if (!u?.[0]) return undefined;
@@ -117,19 +131,22 @@ async function dataCandidates(state: vscode.Memento): Promise<DataItem[]> {
 export class SetupFlow {
   constructor(private readonly state: vscode.Memento) {}
 
-  /** One data-source step; undefined means the user escaped, `null` that they chose to skip an optional step. */
-  private async pickData(title: string, placeHolder: string, optional: boolean, skipLabel = 'Skip'): Promise<DataSource | null | undefined> {
+  /**
+   * One data-source step; undefined means the user escaped, `null` that they chose to skip an optional step.
+   * `poisoned`: the user's triggered images, whose labels are optional and which the embedded digits cannot be.
+   */
+  private async pickData(title: string, placeHolder: string, optional: boolean, skipLabel = 'Skip', poisoned = false): Promise<DataSource | null | undefined> {
     const items: DataItem[] = [];
     if (optional) items.push({ label: `$(debug-step-over) ${skipLabel}`, skip: true });
     items.push(...(await dataCandidates(this.state)));
-    items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
+    if (!poisoned) items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
     items.push({ label: '$(folder-opened) Browse for files…', description: '.npy, .npz, IDX, CIFAR-10 .bin', browse: 'files' });
     items.push({ label: '$(folder-opened) Browse for an image folder…', description: 'one sub-folder per class', browse: 'folder' });
     const pick = await vscode.window.showQuickPick(items, { title, placeHolder, ignoreFocusOut: true, matchOnDescription: true });
     if (!pick) return undefined;
     if (pick.skip) return null;
     if (pick.source?.format === 'mnist-embedded') return pick.source;
-    if (pick.source?.path) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title);
+    if (pick.source?.path) return sourceFor(pick.source.path, pick.source.format === 'imagefolder', title, { labelsOptional: poisoned });
     const uris = await vscode.window.showOpenDialog({
       canSelectMany: false,
       canSelectFiles: pick.browse === 'files',
@@ -138,7 +155,7 @@ export class SetupFlow {
       defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
     });
     if (!uris?.[0]) return undefined;
-    return sourceFor(uris[0].fsPath, pick.browse === 'folder', title);
+    return sourceFor(uris[0].fsPath, pick.browse === 'folder', title, { labelsOptional: poisoned });
   }
 
   /** Asks everything a job needs; undefined when the user escaped. */
@@ -223,7 +240,13 @@ export class SetupFlow {
     const answer: AttackAnswer = { type: pick.type, target: 0 };
     const browse = async (what: string, filters: Record<string, string[]>) => (await vscode.window.showOpenDialog({ canSelectMany: false, filters, title: `${t} — ${what}`, defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri }))?.[0]?.fsPath;
     if (pick.type === 'poisoned-set') {
-      const data = await this.pickData(`${t} — triggered test images`, 'Images carrying the trigger (with their true labels if you have them)', false);
+      const data = await this.pickData(
+        `${t} — triggered test images`,
+        'Images carrying the trigger: for .npy you choose their true labels or none next; an .npz without a 1-D labels array has none',
+        false,
+        undefined,
+        true,
+      );
       if (!data) return undefined;
       answer.data = data;
     } else if (pick.file === 'patch') {

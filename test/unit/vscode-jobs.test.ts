@@ -15,6 +15,7 @@ import { serveWorker, type PortLike } from '../../src/vscode/worker_loop';
 import { JobRunner } from '../../src/vscode/job_runner';
 import { describeExit, type JobHandle } from '../../src/vscode/job_process';
 import { SetupFlow } from '../../src/vscode/setup_flow';
+import { loadJob } from '../../src/engine/jobs/validate';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {
@@ -119,6 +120,8 @@ describe('job process protocol', () => {
       { type: 'progress', stage: 'ft', done: 1, total: 4 },
       { type: 'progress', stage: 'ft', done: 1, total: 4, message: 'epoch 1' },
       { type: 'log', message: 'evaluating with ONNX Runtime (CPU)' },
+      { type: 'baseline', model: r.model, baseline: r.baseline },
+      { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'onnxruntime-cpu' },
       { type: 'row', row: r.rows[0] },
       { type: 'done', results: r, resultsPath: '/o/results.json' },
       { type: 'failed', error: 'x (y)', exitCode: 2 },
@@ -129,6 +132,7 @@ describe('job process protocol', () => {
       { type: 'started', jobPath: '/j', outDir: '/o', cells: -1, backend: 'wasm', threads: 2 },
       { type: 'progress', stage: 'ft', done: '1', total: 4 },
       { type: 'log', message: 'x', html: '<b>' },
+      { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 1 },
       { type: 'row', row: { aux: 'a', defense: 'ft' } },
       { type: 'done', results: { ...r, schema: 'other' }, resultsPath: '/o' },
       { type: 'failed', error: 'x', exitCode: 139 },
@@ -367,6 +371,57 @@ describe('vscode set-up flow', () => {
     // Labels files are not offered as data sets.
     const testItems = fake.prompts[0].items as { label: string }[];
     assert.ok(!testItems.some((i) => /_y\.npy/.test(i.label)));
+  });
+
+  it('purify with the user\'s triggered images: a poisoned .npy with its true labels, or with none', async () => {
+    for (const f of ['bd_x.npy', 'bd_y.npy']) fs.writeFileSync(path.join(dir, 'data', f), '');
+    fake.files.push(path.join(dir, 'data', 'bd_x.npy'), path.join(dir, 'data', 'bd_y.npy'));
+    const flow = (labels: RegExp) => [
+      byLabel(/test_x\.npy/),
+      byLabel(/No training data/),
+      byLabel(/^I have triggered test images$/),
+      byLabel(/bd_x\.npy/), // the triggered images
+      byLabel(labels), // their true labels, or none
+      '3', // target
+      picked,
+      byLabel(/aux_x\.npy/),
+      '',
+      picked,
+      byLabel(/^off$/),
+    ];
+    fake.answers = flow(/No true labels/);
+    const jobPath = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.deepEqual(job.attack, { type: 'poisoned-set', target: 3, data: { path: 'data/bd_x.npy', format: 'npy' } });
+    // The engine takes the job as written: a poisoned .npy without labels is allowed (and only there).
+    assert.deepEqual(loadJob(jobPath!).attack, { type: 'poisoned-set', target: 3, allToAll: false, data: { path: path.join(dir, 'data', 'bd_x.npy'), format: 'npy' } });
+    // The triggered-images step offers the workspace's data but not the embedded digits (no one's triggered images).
+    const step = fake.prompts.find((p) => /triggered test images/.test(p.title ?? ''))!;
+    const offered = (step.items as { label: string }[]).map((i) => i.label);
+    assert.ok(offered.some((l) => /bd_x\.npy/.test(l)) && !offered.some((l) => /Embedded MNIST/.test(l)), offered.join(' | '));
+    // The labels step lists the paired file first, then "No true labels"; clean data sources still pair silently.
+    const labelsStep = fake.prompts.find((p) => /true labels of bd_x\.npy/.test(p.title ?? ''))!;
+    assert.deepEqual((labelsStep.items as { label: string }[]).slice(0, 2).map((i) => i.label), ['bd_y.npy', '$(circle-slash) No true labels']);
+    assert.equal(fake.prompts.filter((p) => /labels of (test|aux)_x/.test(p.title ?? '')).length, 0);
+
+    fake.prompts = [];
+    fake.answers = flow(/^bd_y\.npy$/);
+    fake.answers.push('Replace audit.json');
+    const again = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    assert.equal(again, jobPath);
+    const withLabels = JSON.parse(fs.readFileSync(again!, 'utf8'));
+    assert.deepEqual(withLabels.attack, { type: 'poisoned-set', target: 3, data: { path: 'data/bd_x.npy', format: 'npy', labels: 'data/bd_y.npy' } });
+    const embedded: JobAnswers = {
+      model: path.join(dir, 'victim.pt'),
+      test: { format: 'mnist-embedded' },
+      attack: { type: 'poisoned-set', target: 0, data: { format: 'mnist-embedded' } },
+      aux: [{ name: 'synthetic', type: 'synthetic' }],
+      defenses: ['ft'],
+      gic: { mode: 'off', delta: 0.1, norm: 'inf' },
+      profile: 'fast',
+      device: 'auto',
+    };
+    assert.deepEqual(checkAnswers(embedded), ['the embedded MNIST digits carry no trigger: the triggered test images must be your own']);
   });
 
   it('escape at any step writes nothing; evaluate asks no aux or defenses', async () => {

@@ -14,7 +14,9 @@
  * as `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')` followed by BUILD with the array's shape,
  * dtype and raw bytes, the dtype itself as `numpy.dtype('<i8', False, True)` plus BUILD. Those three globals are
  * accepted as data constructors only: the reader builds an NpArray (shape, dtype, bytes) itself, checks that the
- * bytes match the shape, and refuses object arrays (whose "bytes" would be a list of arbitrary objects).
+ * bytes match the shape, and refuses object arrays (whose "bytes" would be a list of arbitrary objects). Numpy
+ * number scalars (`numpy.core.multiarray.scalar(dtype, bytes)`: the numpy.int64 keys of the current record
+ * layout's `bd_data_container.data_dict`) are read the same way, into a plain number.
  *
  * Reference for the opcode semantics: Python's Lib/pickletools.py documentation.
  */
@@ -107,6 +109,44 @@ export type PyValue =
   | NpDtype
   | NpArray;
 
+/** One numpy number from its raw bytes: a number (a bigint for 64-bit integers beyond 2^53), a boolean for b1. */
+function npScalar(dtype: NpDtype, bytes: Uint8Array): PyValue {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const le = dtype.byteorder !== '>';
+  switch (dtype.str) {
+    case 'b1':
+      return v.getUint8(0) !== 0;
+    case 'i1':
+      return v.getInt8(0);
+    case 'u1':
+      return v.getUint8(0);
+    case 'i2':
+      return v.getInt16(0, le);
+    case 'u2':
+      return v.getUint16(0, le);
+    case 'i4':
+      return v.getInt32(0, le);
+    case 'u4':
+      return v.getUint32(0, le);
+    case 'i8':
+    case 'u8': {
+      const b = dtype.str === 'i8' ? v.getBigInt64(0, le) : v.getBigUint64(0, le);
+      return b >= BigInt(Number.MIN_SAFE_INTEGER) && b <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(b) : b;
+    }
+    case 'f2': {
+      const h = v.getUint16(0, le);
+      const e = (h >> 10) & 0x1f;
+      const m = h & 0x3ff;
+      const mag = e === 0 ? m * 2 ** -24 : e === 31 ? (m ? NaN : Infinity) : (1 + m / 1024) * 2 ** (e - 15);
+      return h & 0x8000 ? -mag : mag;
+    }
+    case 'f4':
+      return v.getFloat32(0, le);
+    default:
+      return v.getFloat64(0, le);
+  }
+}
+
 // ---- the allow-list ---------------------------------------------------------------------------------------
 
 /** torch storage classes -> element dtype (the legacy typed-storage names torch still pickles). */
@@ -139,6 +179,9 @@ const CALLABLES = new Set([
   'numpy.core.multiarray._reconstruct',
   'numpy._core.multiarray._reconstruct',
   'numpy.dtype',
+  // numpy number scalars (a numpy.int64 dict key: BackdoorBench's bd_data_container.data_dict) as data.
+  'numpy.core.multiarray.scalar',
+  'numpy._core.multiarray.scalar',
   // Plain containers. `__builtin__` is the name Python 3 writes at protocol <= 2 (fix_imports).
   'builtins.set',
   'builtins.frozenset',
@@ -343,6 +386,16 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
         const cls = args[0];
         if (!(cls instanceof PyGlobal) || cls.fullName !== 'numpy.ndarray') return fail('_reconstruct of something other than numpy.ndarray');
         return new NpArray();
+      }
+      case 'numpy.core.multiarray.scalar':
+      case 'numpy._core.multiarray.scalar': {
+        // (dtype, raw bytes): one number of a plain number dtype, already built (byte order set).
+        const [dtype, raw] = args;
+        if (!(dtype instanceof NpDtype)) return fail('numpy scalar without a dtype');
+        const bytes = typeof raw === 'string' ? Uint8Array.from(raw, (ch) => ch.charCodeAt(0) & 0xff) : raw;
+        if (!(bytes instanceof Uint8Array)) return fail('numpy object scalars are not supported (only numbers)');
+        if (bytes.length !== NP_ITEM_SIZE[dtype.str]) return fail(`numpy ${dtype.str} scalar of ${bytes.length} bytes`);
+        return npScalar(dtype, bytes);
       }
       case 'numpy.dtype': {
         const t = args[0];
