@@ -91,7 +91,7 @@ async function main(): Promise<void> {
           const row = {
             victim: name, defense: r.defense, seed, profile: o.profile, overrides,
             acc: r.acc ?? null, asr: r.asr ?? null, ra: r.ra ?? null, der: r.der ?? null, seconds: r.seconds, error: r.error,
-            details: r.details ?? null, victimMetrics: results.baseline,
+            params: r.params ?? null, details: r.details ?? null, victimMetrics: results.baseline,
           };
           const k = keyOf(row);
           const at = rows.findIndex((x) => keyOf(x) === k);
