@@ -322,6 +322,12 @@ export function scatterSeries(e: EmbeddingEntry): { series: ScatterSeries[]; cla
   return { series, classes: [...classes].sort((a, b) => a - b) };
 }
 
+/** The header's backend badge: the training backend and its threads, and what evaluates when that differs. */
+export function backendText(b: NonNullable<ViewState['backend']>): string {
+  const evaluation = b.evaluation && b.evaluation !== b.name ? ` + ${b.evaluation === 'onnxruntime-cpu' ? 'ONNX Runtime (evaluation)' : `${b.evaluation} (evaluation)`}` : '';
+  return `${b.name}${b.threads ? ` ×${b.threads}` : ''}${evaluation}`;
+}
+
 export function statusText(s: ViewState): string {
   switch (s.status) {
     case 'waiting':

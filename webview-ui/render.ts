@@ -7,7 +7,7 @@ import type { InspectInfo, ModelAction } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { Charts } from './charts';
 import { DiffView } from './diff_view';
-import { AUX_TYPE_NOTES, buildGrid, classColour, figureChartLabel, figureSeries, galleryImage, pct, relativeHref, scatterLabel, statusAnnouncement, statusText, type GicFileLink, type GridCell } from './format';
+import { AUX_TYPE_NOTES, backendText, buildGrid, classColour, figureChartLabel, figureSeries, galleryImage, pct, relativeHref, scatterLabel, statusAnnouncement, statusText, type GicFileLink, type GridCell } from './format';
 import { ResultsTableView } from './results_table_view';
 import { ANOMALY_THRESHOLD, anomalyChartLabel, anomalySeries, triggerCards } from './detection_format';
 import { fractionDone, type ViewState } from './state';
@@ -121,7 +121,7 @@ export class DomView implements View {
       const m = s.model;
       facts.append(el('span', undefined, `${m.arch} · ${m.format} · ${m.inputShape.join('×')} · ${m.numClasses} classes · ${m.params.toLocaleString('en-US')} parameters`));
     }
-    if (s.backend) facts.append(badge(`${s.backend.name}${s.backend.threads ? ` ×${s.backend.threads}` : ''}`));
+    if (s.backend) facts.append(badge(backendText(s.backend)));
     h.append(facts);
     if (this.interactive && s.run) {
       const bar = el('div', 'toolbar');

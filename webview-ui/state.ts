@@ -11,7 +11,8 @@ export type RunStatus = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled' 
 export interface ViewState {
   run?: RunInfo;
   status: RunStatus;
-  backend?: { name: string; threads: number };
+  /** The tensor backend that trains and, once the baseline names it, what evaluates (`onnxruntime-cpu` or the backend). */
+  backend?: { name: string; threads: number; evaluation?: string };
   cells?: number;
   model?: Results['model'];
   baseline?: ReportedMetrics;
@@ -49,7 +50,7 @@ function upsert<T>(list: T[], item: T, key: (t: T) => string): T[] {
 export function fromResults(run: RunInfo | undefined, r: Results): ViewState {
   return {
     ...emptyState(run, 'done'),
-    backend: r.backend ? { name: r.backend.name, threads: r.backend.threads } : undefined,
+    backend: r.backend ? { name: r.backend.name, threads: r.backend.threads, ...(r.backend.evaluation ? { evaluation: r.backend.evaluation } : {}) } : undefined,
     model: r.model,
     baseline: r.baseline,
     rows: r.rows ?? [],
@@ -72,7 +73,7 @@ export function applyEvent(s: ViewState, e: RunEvent): ViewState {
     case 'log':
       return { ...s, log: [...s.log, e.message].slice(-LOG_LINES) };
     case 'baseline':
-      return { ...s, model: e.model, baseline: e.baseline };
+      return { ...s, model: e.model, baseline: e.baseline, backend: s.backend && e.evaluation ? { ...s.backend, evaluation: e.evaluation } : s.backend };
     case 'row':
       return { ...s, rows: upsert(s.rows, e.row, rowKey) };
     case 'gic':

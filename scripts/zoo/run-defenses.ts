@@ -43,7 +43,21 @@ const program = new Command()
   .parse();
 const o = program.opts<{ zoo: string; victim?: string[]; defense: string[]; seeds: string; profile: Profile; params: string; out: string; workers?: string }>();
 
+/**
+ * The cells run in workers that load the built bundle (dist/cell-worker.js), not these sources: a bundle older
+ * than any engine source would run yesterday's defenses under today's parameter names.
+ */
+function refuseStaleBundle(): void {
+  const bundle = path.join(__dirname, '..', '..', 'dist', 'cell-worker.js');
+  if (!fs.existsSync(bundle)) throw new Error('dist/cell-worker.js is missing: run `npm run build` first');
+  const built = fs.statSync(bundle).mtimeMs;
+  const walk = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  const newer = walk(path.join(__dirname, '..', '..', 'src')).filter((f) => fs.statSync(f).mtimeMs > built);
+  if (newer.length) throw new Error(`dist/ is older than ${newer[0]} (and ${newer.length - 1} more): run \`npm run build\` first`);
+}
+
 async function main(): Promise<void> {
+  refuseStaleBundle();
   const backend = await initBackend('auto');
   const victims = o.victim ?? fs.readdirSync(o.zoo).filter((d) => fs.existsSync(path.join(o.zoo, d, 'victim.json')));
   const overrides = JSON.parse(o.params) as Record<string, number>;
@@ -91,7 +105,7 @@ async function main(): Promise<void> {
           const row = {
             victim: name, defense: r.defense, seed, profile: o.profile, overrides,
             acc: r.acc ?? null, asr: r.asr ?? null, ra: r.ra ?? null, der: r.der ?? null, seconds: r.seconds, error: r.error,
-            details: r.details ?? null, victimMetrics: results.baseline,
+            params: r.params ?? null, details: r.details ?? null, victimMetrics: results.baseline,
           };
           const k = keyOf(row);
           const at = rows.findIndex((x) => keyOf(x) === k);

@@ -66,7 +66,7 @@ const EVENTS: Record<RunEvent['type'], Record<string, Check & { optional?: true 
   started: { type: str, jobPath: str, outDir: str, cells: count, backend: str, threads: count },
   progress: { type: str, stage: str, done: num, total: num, message: opt(str) },
   log: { type: str, message: str },
-  baseline: { type: str, model: obj, baseline: obj },
+  baseline: { type: str, model: obj, baseline: obj, evaluation: opt(str) },
   row: { type: str, row },
   gic: { type: str, entry: entryOf },
   embedding: { type: str, entry: entryOf },

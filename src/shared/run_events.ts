@@ -10,7 +10,8 @@ export type RunEvent =
   | { type: 'started'; jobPath: string; outDir: string; cells: number; backend: string; threads: number }
   | { type: 'progress'; stage: string; done: number; total: number; message?: string }
   | { type: 'log'; message: string }
-  | { type: 'baseline'; model: Results['model']; baseline: ReportedMetrics }
+  /** `evaluation`: what computed the metrics (results.json's `backend.evaluation`), so a client can name it before `done`. */
+  | { type: 'baseline'; model: Results['model']; baseline: ReportedMetrics; evaluation?: Results['backend']['evaluation'] }
   | { type: 'row'; row: ResultRow }
   | { type: 'gic'; entry: GicEntry }
   | { type: 'embedding'; entry: EmbeddingEntry }

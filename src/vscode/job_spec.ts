@@ -136,6 +136,7 @@ export function checkAnswers(a: JobAnswers): string[] {
   if (a.defenses.length > 0 && a.aux.length === 0 && a.defenses.some((d) => needsAuxData(d))) errs.push('the defenses need at least one auxiliary set');
   if (!Number.isInteger(a.attack.target) || a.attack.target < 0) errs.push('the attack target must be a class index');
   if (a.attack.type === 'poisoned-set' && !a.attack.data) errs.push('the triggered test images are missing');
+  if (a.attack.type === 'poisoned-set' && a.attack.data?.format === 'mnist-embedded') errs.push('the embedded MNIST digits carry no trigger: the triggered test images must be your own');
   if (!(a.gic.delta > 0)) errs.push('the GIC bound delta must be positive');
   const names = new Set<string>();
   for (const x of a.aux) {

@@ -50,9 +50,12 @@ const TITLES: Record<FlowKind, string> = {
 
 /**
  * A data source for a path: format from the name, labels paired for .npy (asked when no pair is found; Back
- * from that question returns BACK to the caller's own question).
+ * from that question returns BACK to the caller's own question). With `labelsOptional` (a poisoned set: its
+ * images' true labels, if the user has them) a .npy's labels are always asked, the paired file first and "No
+ * true labels" beside it; the other formats decide for themselves (an .npz without a 1-D array has none, image
+ * folders, IDX and CIFAR batches always carry them).
  */
-export async function sourceFor(file: string, isDir: boolean, st: StepTitle): Promise<Answer<DataSource>> {
+export async function sourceFor(file: string, isDir: boolean, st: StepTitle, opts: { labelsOptional?: boolean } = {}): Promise<Answer<DataSource>> {
   const format = guessFormat(file, isDir);
   if (!format) {
     void vscode.window.showErrorMessage(`Cannot tell the data format of ${path.basename(file)}: use an image folder, .npy/.npz, IDX or CIFAR-10 binary files.`);
@@ -62,14 +65,22 @@ export async function sourceFor(file: string, isDir: boolean, st: StepTitle): Pr
   if (format === 'npy') {
     const siblings = safeReaddir(path.dirname(file)).map((n) => path.join(path.dirname(file), n));
     const paired = pairLabels(file, siblings);
-    if (paired) src.labels = paired;
+    if (paired && !opts.labelsOptional) src.labels = paired;
     else {
-      const others = siblings.filter((s) => s.endsWith('.npy') && s !== file);
-      const pick = await pickOne({ ...st, title: `${st.title}: labels of ${path.basename(file)}`, back: true }, [...others.map((o) => ({ label: path.basename(o), detail: o })), { label: '$(folder-opened) Browse…', detail: '' }], {
-        placeHolder: 'The .npy file with one integer label per image',
+      type Item = vscode.QuickPickItem & { file?: string; none?: true; browse?: true };
+      const others = siblings.filter((s) => s.endsWith('.npy') && s !== file && s !== paired);
+      const items: Item[] = [
+        ...(paired ? [{ label: path.basename(paired), description: 'found next to the images', detail: paired, file: paired }] : []),
+        ...(opts.labelsOptional ? [{ label: '$(circle-slash) No true labels', description: 'ASR counts every image (those of the target class too); RA is n/a', none: true as const }] : []),
+        ...others.map((o) => ({ label: path.basename(o), detail: o, file: o })),
+        { label: '$(folder-opened) Browse…', browse: true as const },
+      ];
+      const pick = await pickOne({ ...st, title: `${st.title}: ${opts.labelsOptional ? 'true labels' : 'labels'} of ${path.basename(file)}`, back: true }, items, {
+        placeHolder: opts.labelsOptional ? "The .npy with each image's true label (before the trigger), or none" : 'The .npy file with one integer label per image',
       });
       if (pick === BACK || pick === undefined) return pick;
-      if (pick.detail) src.labels = pick.detail;
+      if (pick.none) return src;
+      if (pick.file) src.labels = pick.file;
       else {
         const u = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'NumPy arrays': ['npy'] }, title: `Labels of ${path.basename(file)}` });
         if (!u?.[0]) return BACK;
@@ -126,6 +137,7 @@ interface Memory {
   testLabel?: string;
   trainLabel?: string;
   attackLabel?: string;
+  poisonedLabel?: string;
   target?: string;
   alpha?: string;
   position?: string;
@@ -151,13 +163,22 @@ export class SetupFlow {
 
   /**
    * One data-source question; `null` means the user chose to skip an optional step. Back from a follow-up
-   * question (the labels of a .npy, a file dialog dismissed) returns to this question.
+   * question (the labels of a .npy, a file dialog dismissed) returns to this question. `poisoned`: the user's
+   * triggered images, whose labels are optional and which the embedded digits cannot be.
    */
-  private async pickData(st: StepTitle, placeHolder: string, optional: boolean, remember: (label: string) => void, previous?: string, skipLabel = 'Skip'): Promise<Answer<DataSource | null>> {
+  private async pickData(
+    st: StepTitle,
+    placeHolder: string,
+    optional: boolean,
+    remember: (label: string) => void,
+    previous?: string,
+    skipLabel = 'Skip',
+    poisoned = false,
+  ): Promise<Answer<DataSource | null>> {
     const items: DataItem[] = [];
     if (optional) items.push({ label: `$(debug-step-over) ${skipLabel}`, skip: true });
     items.push(...(await dataCandidates(this.state)));
-    items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
+    if (!poisoned) items.push({ label: '$(database) Embedded MNIST digits', description: 'built in: disjoint train, held-out and test splits', source: { format: 'mnist-embedded' } });
     items.push({ label: '$(folder-opened) Browse for files…', description: '.npy, .npz, IDX, CIFAR-10 .bin', browse: 'files' });
     items.push({ label: '$(folder-opened) Browse for an image folder…', description: 'one sub-folder per class', browse: 'folder' });
     for (;;) {
@@ -168,7 +189,7 @@ export class SetupFlow {
       if (pick.skip) return null;
       if (pick.source?.format === 'mnist-embedded') return pick.source;
       let src: Answer<DataSource>;
-      if (pick.source?.path) src = await sourceFor(pick.source.path, pick.source.format === 'imagefolder', st);
+      if (pick.source?.path) src = await sourceFor(pick.source.path, pick.source.format === 'imagefolder', st, { labelsOptional: poisoned });
       else {
         const uris = await vscode.window.showOpenDialog({
           canSelectMany: false,
@@ -178,7 +199,7 @@ export class SetupFlow {
           defaultUri: vscode.workspace.workspaceFolders?.[0]?.uri,
         });
         // A dismissed dialog returns to the list rather than abandoning the whole set-up.
-        src = uris?.[0] ? await sourceFor(uris[0].fsPath, pick.browse === 'folder', st) : BACK;
+        src = uris?.[0] ? await sourceFor(uris[0].fsPath, pick.browse === 'folder', st, { labelsOptional: poisoned }) : BACK;
       }
       if (src === BACK) continue;
       return src;
@@ -304,7 +325,15 @@ export class SetupFlow {
       // Each follow-up: BACK (or a dismissed file dialog) returns to the choice of attack, Escape abandons.
       let back = false;
       if (pick.type === 'poisoned-set') {
-        const data = await this.pickData(sub('triggered test images'), 'Images carrying the trigger (with their true labels if you have them)', false, () => undefined);
+        const data = await this.pickData(
+          sub('triggered test images'),
+          'Images carrying the trigger: for .npy you choose their true labels or none next; an .npz without a 1-D labels array has none',
+          false,
+          (l) => (m.poisonedLabel = l),
+          m.poisonedLabel,
+          undefined,
+          true,
+        );
         if (data === undefined) return undefined;
         if (data === BACK || data === null) back = true;
         else answer.data = data;

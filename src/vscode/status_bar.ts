@@ -1,12 +1,14 @@
 /**
- * The status bar item, shown only while jobs run: that they run and on which tensor backend (GPU through
- * @tensorflow/tfjs-node-gpu when it is installed, else WebAssembly on the CPU). It is not a progress display:
- * the cancellable notification counts cells and the results panel shows them, so one place says how far a job
- * is. Clicking shows the log.
+ * The status bar item, shown only while jobs run: that they run and what they compute with, as the job process
+ * reports it — the tensor backend that trains (GPU through @tensorflow/tfjs-node-gpu when it is installed, else
+ * WebAssembly on the CPU) and what evaluates ACC/ASR/RA (ONNX Runtime's CPU kernels beside a CPU backend, where it
+ * loads). Before a job has reported, it names what a job would most likely get. It is not a progress display: the
+ * cancellable notification counts cells and the results panel shows them. Clicking shows the log.
  */
 import * as vscode from 'vscode';
 import { settings } from './config';
 import type { JobListener } from './job_runner';
+import type { RunEvent } from '../shared/run_events';
 
 /** Whether a package resolves from the extension, without loading it (loading libtensorflow takes seconds). */
 export type Resolves = (id: string) => boolean;
@@ -27,25 +29,53 @@ export function expectedBackend(device: 'auto' | 'gpu' | 'cpu', resolves: Resolv
   return 'wasm';
 }
 
-export function backendLabel(name: string): string {
+/** Whether a tensor backend is one of the CPU backends beside which the job process evaluates with ONNX Runtime. */
+const evaluatesWithOrt = (backend: string) => backend === 'wasm' || backend === 'cpu';
+
+/**
+ * What will most likely evaluate beside `backend` (results.json's `backend.evaluation`): ONNX Runtime on the CPU
+ * backends where onnxruntime-node resolves (the packaged extension carries it), else the backend itself.
+ */
+export function expectedEvaluation(backend: string, resolves: Resolves): string {
+  return evaluatesWithOrt(backend) && resolves('onnxruntime-node') ? 'onnxruntime-cpu' : backend;
+}
+
+/** A training backend and, when something else evaluates, that too: "CPU (WebAssembly + ONNX Runtime)". */
+export function backendLabel(name: string, evaluation?: string): string {
+  const ort = evaluation === 'onnxruntime-cpu' && name !== evaluation;
   switch (name) {
     case 'tensorflow-gpu':
       return 'GPU (CUDA)';
     case 'tensorflow':
       return 'CPU (TensorFlow)';
     case 'wasm':
-      return 'CPU (WebAssembly)';
+      return ort ? 'CPU (WebAssembly + ONNX Runtime)' : 'CPU (WebAssembly)';
     case 'cpu':
-      return 'CPU (JavaScript)';
+      return ort ? 'CPU (JavaScript + ONNX Runtime)' : 'CPU (JavaScript)';
     default:
       return name;
   }
 }
 
+const ENGINE_NAMES: Record<string, string> = {
+  'tensorflow-gpu': 'TensorFlow on the GPU (CUDA)',
+  tensorflow: 'TensorFlow on the CPU',
+  wasm: 'WebAssembly',
+  cpu: 'plain JavaScript',
+  'onnxruntime-cpu': 'ONNX Runtime (CPU)',
+};
+const engineName = (n: string) => ENGINE_NAMES[n] ?? n;
+
+/** What the job process reported: the `started` event's backend, then the `baseline` event's evaluation. */
+interface Reported {
+  name: string;
+  evaluation?: string;
+}
+
 export class BackendStatus implements vscode.Disposable, JobListener {
   private readonly item: vscode.StatusBarItem;
-  /** The backend the last job reported (`started` event); it wins over the guess. */
-  private reported?: string;
+  /** What the last job process reported (`started`, `baseline`, `done`); it wins over the guess. */
+  private reported?: Reported;
   private running = new Set<string>();
 
   constructor(private readonly resolves: Resolves = defaultResolves) {
@@ -60,11 +90,12 @@ export class BackendStatus implements vscode.Disposable, JobListener {
     this.update();
   }
 
-  event(_run: { id: string }, e: { type: string; backend?: string }): void {
-    if (e.type === 'started' && e.backend) {
-      this.reported = e.backend;
-      this.update();
-    }
+  event(_run: { id: string }, e: RunEvent): void {
+    if (e.type === 'started') this.reported = { name: e.backend };
+    // The baseline is the job's first evaluation: the job process names what computed it.
+    if (e.type === 'baseline' && e.evaluation && this.reported) this.reported = { ...this.reported, evaluation: e.evaluation };
+    if (e.type === 'done') this.reported = { name: e.results.backend.name, evaluation: e.results.backend.evaluation ?? this.reported?.evaluation };
+    this.update();
   }
 
   ended(run: { id: string }): void {
@@ -74,12 +105,16 @@ export class BackendStatus implements vscode.Disposable, JobListener {
 
   update(): void {
     const s = settings();
-    const backend = this.reported ?? expectedBackend(s.device, this.resolves);
+    const backend = this.reported?.name ?? expectedBackend(s.device, this.resolves);
+    // Until a job names what evaluated, the job process's likely choice (it loads ONNX Runtime as the CLI does).
+    const evaluation = this.reported?.evaluation ?? expectedEvaluation(backend, this.resolves);
     const gpu = backend === 'tensorflow-gpu';
-    const label = backendLabel(backend);
+    const label = backendLabel(backend, evaluation);
     const n = this.running.size;
     this.item.text = `$(${gpu ? 'circuit-board' : 'server-process'}) Backdoor Audit: ${n > 1 ? `${n} jobs` : 'a job'} on ${label}`;
-    this.item.tooltip = `Backdoor Audit runs ${n === 1 ? 'a job' : `${n} jobs`} on ${label}${this.reported ? '' : ' (expected)'}; device setting: ${s.device}.${gpu ? '' : ' Install @tensorflow/tfjs-node-gpu for CUDA.'} The notification shows the progress; click for the log.`;
+    const what = evaluation === backend ? `train and evaluate on ${engineName(backend)}` : `train on ${engineName(backend)} and evaluate with ${engineName(evaluation)}`;
+    const known = this.reported ? (this.reported.evaluation ? 'as the last job reported' : 'as the last job reported; evaluation expected') : 'expected';
+    this.item.tooltip = `Backdoor Audit jobs ${what} (${known}); device setting: ${s.device}.${gpu ? '' : ' Install @tensorflow/tfjs-node-gpu for CUDA.'} The notification shows the progress; click for the log.`;
     if (n > 0) this.item.show();
     else this.item.hide();
   }

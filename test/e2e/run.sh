@@ -4,8 +4,10 @@
 # packages and code-server (cached), builds this machine's platform .vsix (scripts/package-vsix.js), installs it
 # into an extensions folder outside the repository (no node_modules above it, as on a user's machine), trains a
 # small backdoored victim with the CLI, then right-clicks the model, purifies it with `ft` and reads ACC/ASR in
-# the results panel, purifies a PyTorch .pt the same way, and checks from the extension's log that both jobs
-# evaluated with ONNX Runtime in their job process.
+# the results panel, purifies a PyTorch .pt the same way, purifies a copy of the victim against the user's own
+# poisoned set (data/triggered_x.npy with its true labels, made by test/e2e/make-poisoned-set.ts) chosen in the
+# set-up flow, and checks from the extension's log that all three jobs evaluated with ONNX Runtime in their job
+# process.
 #
 # Artifacts (screenshots, logs): $E2E_ARTIFACTS (default .test-out/e2e-artifacts).
 # Environment: E2E_HOME (cache for code-server and the victim, default ~/.cache/backdoor-audit-e2e),
@@ -98,6 +100,15 @@ export E2E_MODEL="$(basename "$VICTIM")"
 # A PyTorch checkpoint (BackdoorBench PreAct-ResNet18, 1 channel, width 4), read by the restricted pickle reader.
 cp "$ROOT/test/fixtures/parity_preact_w4_c1.pt" "$WS/models/preact.pt"
 export E2E_PT="preact.pt"
+# The user's own poisoned set: triggered digits and their true labels as numpy arrays in data/ (200 images, those
+# of the target class included), and a copy of the victim to purify with it, chosen in the set-up flow.
+E2E_POISONED_COUNT="$(npx --no-install tsx "$ROOT/test/e2e/make-poisoned-set.ts" "$WS/data" 2>"$RUN/poisoned-set.log")" || {
+  cat "$RUN/poisoned-set.log" >&2
+  exit 1
+}
+export E2E_POISONED_COUNT
+export E2E_POISONED_MODEL="mnist-badnets.${VICTIM##*.}"
+cp "$VICTIM" "$WS/models/$E2E_POISONED_MODEL"
 
 # 5. code-server with private extension and user folders, the .vsix installed into it. The extensions folder
 # is outside the repository, with no node_modules on the way up: the extension must carry what it loads.
@@ -161,14 +172,14 @@ E2E_URL="http://127.0.0.1:$PORT/?folder=$WS" E2E_WORKSPACE="$WS" E2E_ARTIFACTS="
   done
   exit 1
 }
-# 7. Both jobs ran in a job process with ONNX Runtime loaded (the extension's log channel, written by VS Code).
+# 7. All three jobs ran in a job process with ONNX Runtime loaded (the extension's log channel, written by VS Code).
 EXT_LOG="$(find "$USER_DIR/logs" -name '*Backdoor Audit*.log' 2>/dev/null | head -n 1)"
 [ -n "$EXT_LOG" ] || { log "no Backdoor Audit log under $USER_DIR/logs"; exit 1; }
 cp "$EXT_LOG" "$ARTIFACTS/extension.log"
 ORT_JOBS="$(grep -c 'evaluating with ONNX Runtime (CPU)' "$EXT_LOG" || true)"
-if [ "$ORT_JOBS" -lt 2 ]; then
-  log "ONNX Runtime was used by $ORT_JOBS of 2 jobs; the log says:"
+if [ "$ORT_JOBS" -lt 3 ]; then
+  log "ONNX Runtime was used by $ORT_JOBS of 3 jobs; the log says:"
   tail -n 40 "$EXT_LOG" >&2
   exit 1
 fi
-log "passed; ONNX Runtime in both jobs; artifacts in $ARTIFACTS"
+log "passed; ONNX Runtime in all three jobs; artifacts in $ARTIFACTS"

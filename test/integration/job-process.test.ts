@@ -18,6 +18,7 @@ import { buildModel } from '../../src/engine/models';
 import { saveModelFile } from '../../src/engine/model_files/model_io';
 import { JobRunner, type Outcome } from '../../src/vscode/job_runner';
 import { forkJobProcess, type JobProcess } from '../../src/vscode/job_process';
+import { BackendStatus } from '../../src/vscode/status_bar';
 import { useWasm } from '../helpers/backend';
 import type { Results } from '../../src/shared/results';
 
@@ -93,7 +94,15 @@ describe('the VS Code job process', function () {
 
     fake.log.length = 0;
     const outDir = path.join(root, 'ext-out');
+    // The status bar item follows what the job process reports (the host here resolves nothing: its guess would be
+    // plain WebAssembly).
+    const status = new BackendStatus(() => false);
+    const listening = runner.listen(status);
     const o = await runner.run({ jobPath, outDir, device: 'cpu' });
+    listening.dispose();
+    const statusText = (status as unknown as { item: { text: string } }).item.text;
+    status.dispose();
+    assert.equal(statusText, '$(server-process) CPU (WebAssembly + ONNX Runtime)');
     assert.equal(o.status, 'done', JSON.stringify(o));
     const ext = (o as Extract<Outcome, { status: 'done' }>).results;
     assert.deepEqual(ext.baseline, cli.baseline);

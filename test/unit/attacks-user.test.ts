@@ -15,8 +15,9 @@ import { PNG } from 'pngjs';
 import { runJobFile } from '../../src/engine/jobs/runner';
 import { InputError } from '../../src/engine/errors';
 import { makeAttack } from '../../src/engine/attacks';
-import { readTriggerImage, readWanetGrids } from '../../src/engine/attacks/trigger_files';
+import { npyValues, readTriggerImage, readWanetGrids } from '../../src/engine/attacks/trigger_files';
 import { parseNpy } from '../../src/engine/formats/data/npy';
+import { readBackdoorBenchRecord } from '../../src/engine/formats/backdoorbench';
 import { Rng } from '../../src/engine/util/rng';
 import type { Results } from '../../src/shared/results';
 
@@ -121,6 +122,43 @@ describe('attacks the user brings (poisoned sets, trigger files, BackdoorBench r
     near(results.baseline.asr, expected.record.asr, 'ASR');
     assert.equal(results.baseline.ra, null);
     assert.deepEqual([results.attack?.type, results.attack?.images, results.attack?.target], ['record', expected.record.images, 0]);
+  });
+
+  it('a BackdoorBench record in the current layout: bd_test as a dataset state (numpy.int64 keys), its PNGs in bd_test_dataset/ next to the record, with true labels', async () => {
+    const rv2 = (f: string) => fx(path.join('record-v2', f));
+    const want = JSON.parse(fs.readFileSync(rv2('expected.json'), 'utf8'));
+    const rec = readBackdoorBenchRecord(rv2('attack_result.pt'))!;
+    assert.deepEqual([rec.layout, rec.arch, rec.numClasses, rec.inputShape, rec.bdTestCount, rec.bdTrainCount], ['dataset-state', 'preact-resnet18', 10, [28, 28, 1], want.images, 8]);
+    // The images are read from the PNGs under the record's folder (the saved paths are the attacker's), pixel for
+    // pixel the patched images make-attack-fixtures.py made, in index order, with their true labels.
+    const p = rec.poisonedSet();
+    const patched = u8(fx('expected-badnets_patch.npy'));
+    const truth = npyValues(parseNpy(fs.readFileSync(fx('plain-y.npy')), 'plain-y'));
+    const keep = [...Array(expected.n).keys()].filter((i) => truth[i] !== 0);
+    assert.equal(p.n, keep.length);
+    let differ = 0;
+    keep.forEach((j, i) => {
+      for (let q = 0; q < 784; q++) if (Math.round(p.x[i * 784 + q] * 255) !== patched[j * 784 + q]) differ++;
+    });
+    assert.equal(differ, 0, `${differ} pixels differ from the images BackdoorBench saved`);
+    assert.deepEqual([...p.trueLabels!], keep.map((j) => truth[j]));
+    assert.ok(p.attackLabels.every((a) => a === 0));
+
+    const f = path.join(dir, 'record-v2-job.json');
+    fs.writeFileSync(f, JSON.stringify({ model: rv2('attack_result.pt'), data: { test: { path: fx('clean-x.npy'), labels: fx('clean-y.npy') } }, device: 'cpu', embedding: { method: 'none' } }));
+    const results = await runJobFile(f, { outDir: path.join(dir, 'record-v2-out'), workers: 1 });
+    assert.equal(results.model.arch, 'preact-resnet18');
+    near(results.baseline.acc, want.acc, 'ACC (normalization from clean_data "mnist")');
+    near(results.baseline.asr, want.asr, 'ASR');
+    near(results.baseline.ra, want.ra, 'RA');
+    assert.deepEqual([results.attack?.type, results.attack?.images, results.attack?.trueLabels], ['record', want.images, true]);
+
+    // A record moved without its bd_test_dataset/ images: refused with one line naming the missing file.
+    const moved = path.join(dir, 'moved-record');
+    fs.cpSync(path.join(FIX, 'record-v2'), moved, { recursive: true });
+    const first = fs.readdirSync(path.join(moved, 'bd_test_dataset', '3'))[0];
+    fs.rmSync(path.join(moved, 'bd_test_dataset', '3', first));
+    assert.match(await refused({ model: path.join(moved, 'attack_result.pt') }), new RegExp(`^the attack record's poisoned test image bd_test_dataset/3/${first} is missing \\(keep bd_test_dataset/ next to the record\\)`));
   });
 
   it('refuses hostile inputs with one line and writes nothing', async () => {

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { clp, largestSingularValue, channelLipschitz } from '../../src/engine/defenses/clp';
-import { anomalyIndices } from '../../src/engine/defenses/nc';
+import { anomalyIndices, flagSmallNorms } from '../../src/engine/defenses/nc';
 import { Conv2d, BatchNorm2d } from '../../src/engine/nn/layers';
 import { GicNet, GIC_DEFAULTS, enforceBound, perturbationStats } from '../../src/engine/gic/gic';
 import { Rng } from '../../src/engine/util/rng';
@@ -49,6 +49,27 @@ describe('Neural Cleanse anomaly index', () => {
     const a = anomalyIndices([100, 102, 98, 101, 99, 100, 103, 97, 100, 10]);
     assert.ok(a[9] > 2);
     assert.ok(a.slice(0, 9).every((v) => v < 2));
+  });
+
+  // Mask norms NC reversed on the zoo's preact8-badnets (PyTorch-trained, 3x3 patch, target 0): the clean labels
+  // spread from 44 to 129 pixels, the target's mask is the patch's 8.
+  const zooNorms = [8.1, 129.2, 47.4, 123.1, 88.3, 99.7, 58.1, 116.1, 44.5, 91.6];
+
+  it('on the linear scale a widely spread set of clean norms hides the patch (index 1.7)', () => {
+    const { anomaly, flagged } = flagSmallNorms(zooNorms, 'linear', 2);
+    assert.deepEqual(flagged, []);
+    assert.ok(Math.abs(anomaly[0] - 1.7) < 0.05, `anomaly ${anomaly[0]}`);
+  });
+
+  it('on the log scale the patch stands out (index 4.8) and no clean label comes near the threshold', () => {
+    const { anomaly, flagged } = flagSmallNorms(zooNorms, 'log', 2);
+    assert.deepEqual(flagged, [0]);
+    assert.ok(anomaly[0] > 4.5, `anomaly ${anomaly[0]}`);
+    assert.ok(anomaly.slice(1).every((v) => v < 1.5), `anomaly ${anomaly}`);
+  });
+
+  it('flags only the small side: an unusually large mask is not a trigger', () => {
+    assert.deepEqual(flagSmallNorms([100, 102, 98, 101, 99, 100, 103, 97, 100, 1000], 'log', 2).flagged, []);
   });
 });
 

@@ -4,6 +4,8 @@
  * model with a module a defense inserted; without ONNX Runtime (BACKDOOR_AUDIT_ORT=0) it falls back.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
@@ -16,6 +18,8 @@ import { evaluateModel, evaluateModelFast } from '../../src/engine/metrics/evalu
 import { OrtPredictor } from '../../src/engine/metrics/ort_eval';
 import { loadOrt } from '../../src/engine/backend/onnx_runtime';
 import { Rng } from '../../src/engine/util/rng';
+import { runJobFile } from '../../src/engine/jobs/runner';
+import type { RunEvent } from '../../src/shared/run_events';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import { subset } from '../../src/engine/data/dataset';
 
@@ -84,6 +88,26 @@ describe('evaluation through ONNX Runtime', function () {
     } finally {
       delete process.env.BACKDOOR_AUDIT_ORT;
       victim.dispose();
+    }
+  });
+
+  it("a job names what evaluated in its baseline event, as results.json's backend.evaluation does (the status bar shows it)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-ort-events-'));
+    try {
+      const job = path.join(dir, 'audit.json');
+      fs.writeFileSync(job, JSON.stringify({ model: VICTIM, data: { test: { format: 'mnist-embedded' } }, attack: { type: 'badnets', target: 0 }, device: 'cpu', embedding: { method: 'none' } }));
+      for (const [ort, want] of [['1', 'onnxruntime-cpu'], ['0', 'wasm']] as const) {
+        process.env.BACKDOOR_AUDIT_ORT = ort;
+        const events: RunEvent[] = [];
+        const results = await runJobFile(job, { outDir: path.join(dir, `out-${ort}`), workers: 1, onEvent: (e) => events.push(e) });
+        const baseline = events.find((e): e is Extract<RunEvent, { type: 'baseline' }> => e.type === 'baseline')!;
+        assert.equal(baseline.evaluation, want);
+        assert.deepEqual([results.backend.name, results.backend.evaluation], ['wasm', want]);
+        assert.equal(events.find((e) => e.type === 'started' && e.backend === 'wasm')?.type, 'started');
+      }
+    } finally {
+      delete process.env.BACKDOOR_AUDIT_ORT;
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

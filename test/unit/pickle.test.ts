@@ -110,6 +110,20 @@ describe('restricted pickle reader', () => {
       }
     });
 
+    it('numpy number scalars (the numpy.int64 keys of a BackdoorBench record) are read as data, nothing else', () => {
+      // scalar(dtype('<i8' / '>i4' / '<f8'), raw bytes), as numpy pickles them, with the dtype built first.
+      const dtype = (t: string, order: string) => `cnumpy\ndtype\nX${String.fromCharCode(t.length)}\x00\x00\x00${t}\x89\x88\x87R(K\x03X\x01\x00\x00\x00${order}NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb`;
+      const scalar = (mod: string, t: string, order: string, raw: number[]) => bytes([0x80, 3], `c${mod}\nscalar\n${dtype(t, order)}C${String.fromCharCode(raw.length)}`, raw, '\x86R.');
+      assert.equal(unpickle(scalar('numpy.core.multiarray', 'i8', '<', [205, 0, 0, 0, 0, 0, 0, 0])), 205);
+      assert.equal(unpickle(scalar('numpy._core.multiarray', 'i4', '>', [0xff, 0xff, 0xff, 0xfe])), -2);
+      assert.equal(unpickle(scalar('numpy.core.multiarray', 'f8', '<', [...Buffer.from(new Float64Array([0.25]).buffer)])), 0.25);
+      assert.deepEqual(plain(unpickle(scalar('numpy.core.multiarray', 'u8', '<', [0, 0, 0, 0, 0, 0, 0, 0x80]))), { big: (2n ** 63n).toString() });
+      assertInputError(() => unpickle(scalar('numpy.core.multiarray', 'i8', '<', [1, 2, 3])), /numpy i8 scalar of 3 bytes/);
+      // An object scalar (dtype 'O' wraps any object) is refused at its dtype; a scalar needs a built dtype.
+      assertInputError(() => unpickle(scalar('numpy.core.multiarray', 'O8', '|', [0, 0, 0, 0, 0, 0, 0, 0])), /numpy dtype O8 is not a plain number type/);
+      assertInputError(() => unpickle(bytes([0x80, 3], 'cnumpy.core.multiarray\nscalar\nK\x01C\x01\x00\x86R.')), /numpy scalar without a dtype/);
+    });
+
     it('an allowed global that is not callable (a storage class) cannot be REDUCEd', () => {
       assertInputError(() => unpickle(dataPkl(fixture('mal_call_storage.pt')), { where: 'x' }), /refusing to call torch\.FloatStorage/);
     });
@@ -123,7 +137,7 @@ describe('restricted pickle reader', () => {
         ['torch', 'load'],
         ['torch._utils', '_rebuild_qtensor'],
         ['copyreg', '_reconstructor'],
-        ['numpy.core.multiarray', 'scalar'],
+        ['numpy.core.multiarray', 'frombuffer'],
         ['collections', 'defaultdict'],
       ]) {
         assertInputError(() => unpickle(bytes([0x80, 2], `c${mod}\n${name}\n`, ')R.')), new RegExp(`^refusing to load ${mod.replace(/\./g, '\\.')}\\.${name}\\b`));

@@ -17,6 +17,7 @@ import { describeExit, type JobHandle } from '../../src/vscode/job_process';
 import { SetupFlow } from '../../src/vscode/setup_flow';
 import { logLine } from '../../src/vscode/log';
 import { BackendStatus } from '../../src/vscode/status_bar';
+import { loadJob } from '../../src/engine/jobs/validate';
 import { sampleResults, tmpdir } from './vscode-fixtures';
 
 describe('vscode jobSpec: the audit.json of the set-up flow', () => {
@@ -121,6 +122,8 @@ describe('job process protocol', () => {
       { type: 'progress', stage: 'ft', done: 1, total: 4 },
       { type: 'progress', stage: 'ft', done: 1, total: 4, message: 'epoch 1' },
       { type: 'log', message: 'evaluating with ONNX Runtime (CPU)' },
+      { type: 'baseline', model: r.model, baseline: r.baseline },
+      { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'onnxruntime-cpu' },
       { type: 'row', row: r.rows[0] },
       { type: 'done', results: r, resultsPath: '/o/results.json' },
       { type: 'failed', error: 'x (y)', exitCode: 2 },
@@ -131,6 +134,7 @@ describe('job process protocol', () => {
       { type: 'started', jobPath: '/j', outDir: '/o', cells: -1, backend: 'wasm', threads: 2 },
       { type: 'progress', stage: 'ft', done: '1', total: 4 },
       { type: 'log', message: 'x', html: '<b>' },
+      { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 1 },
       { type: 'row', row: { aux: 'a', defense: 'ft' } },
       { type: 'done', results: { ...r, schema: 'other' }, resultsPath: '/o' },
       { type: 'failed', error: 'x', exitCode: 139 },
@@ -314,12 +318,16 @@ describe('vscode JobRunner', () => {
     const item = fake.statusItems.at(-1)!;
     assert.equal(item.visible, false, 'hidden with no job');
     status.started({ id: 'a', title: 'a' });
-    status.event({ id: 'a' }, { type: 'started', backend: 'wasm' });
+    status.event({ id: 'a' }, { type: 'started', jobPath: 'audit.json', outDir: 'out', cells: 2, backend: 'wasm', threads: 2 });
     status.event({ id: 'a' }, { type: 'progress' } as never);
     assert.equal(item.visible, true);
     assert.equal(item.text, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly)');
+    // The baseline names what evaluated: the item says so beside the training backend.
+    const r = sampleResults();
+    status.event({ id: 'a' }, { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'onnxruntime-cpu' });
+    assert.equal(item.text, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly + ONNX Runtime)');
     status.started({ id: 'b', title: 'b' });
-    assert.match(item.text, /2 jobs on CPU \(WebAssembly\)$/);
+    assert.match(item.text, /2 jobs on CPU \(WebAssembly \+ ONNX Runtime\)$/);
     status.ended({ id: 'a' });
     status.ended({ id: 'b' });
     assert.equal(item.visible, false, 'hidden again');
@@ -452,6 +460,100 @@ describe('vscode set-up flow', () => {
     // The titles keep their words (the e2e finds each question by them).
     assert.match(main[0].title!, /^Purify Model: victim\.pt — test data$/);
     assert.match(main[7].title!, /Guided Input Calibration/);
+  });
+
+  it('purify with the user\'s triggered images: a poisoned .npy with its true labels, or with none', async () => {
+    for (const f of ['bd_x.npy', 'bd_y.npy']) fs.writeFileSync(path.join(dir, 'data', f), '');
+    fake.files.push(path.join(dir, 'data', 'bd_x.npy'), path.join(dir, 'data', 'bd_y.npy'));
+    const flow = (labels: RegExp) => [
+      byLabel(/test_x\.npy/),
+      byLabel(/No training data/),
+      byLabel(/^I have triggered test images$/),
+      byLabel(/bd_x\.npy/), // the triggered images
+      byLabel(labels), // their true labels, or none
+      '3', // target
+      picked,
+      byLabel(/aux_x\.npy/),
+      '',
+      picked,
+      byLabel(/^off$/),
+    ];
+    fake.answers = flow(/No true labels/);
+    const jobPath = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.deepEqual(job.attack, { type: 'poisoned-set', target: 3, data: { path: 'data/bd_x.npy', format: 'npy' } });
+    // The engine takes the job as written: a poisoned .npy without labels is allowed (and only there).
+    assert.deepEqual(loadJob(jobPath!).attack, { type: 'poisoned-set', target: 3, allToAll: false, data: { path: path.join(dir, 'data', 'bd_x.npy'), format: 'npy' } });
+    // The triggered-images step offers the workspace's data but not the embedded digits (no one's triggered images).
+    const step = fake.prompts.find((p) => /triggered test images/.test(p.title ?? ''))!;
+    const offered = (step.items as { label: string }[]).map((i) => i.label);
+    assert.ok(offered.some((l) => /bd_x\.npy/.test(l)) && !offered.some((l) => /Embedded MNIST/.test(l)), offered.join(' | '));
+    // The labels step lists the paired file first, then "No true labels"; clean data sources still pair silently.
+    const labelsStep = fake.prompts.find((p) => /true labels of bd_x\.npy/.test(p.title ?? ''))!;
+    assert.deepEqual((labelsStep.items as { label: string }[]).slice(0, 2).map((i) => i.label), ['bd_y.npy', '$(circle-slash) No true labels']);
+    assert.equal(fake.prompts.filter((p) => /labels of (test|aux)_x/.test(p.title ?? '')).length, 0);
+
+    fake.prompts = [];
+    fake.answers = flow(/^bd_y\.npy$/);
+    fake.answers.push('Replace audit.json');
+    const again = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    assert.equal(again, jobPath);
+    const withLabels = JSON.parse(fs.readFileSync(again!, 'utf8'));
+    assert.deepEqual(withLabels.attack, { type: 'poisoned-set', target: 3, data: { path: 'data/bd_x.npy', format: 'npy', labels: 'data/bd_y.npy' } });
+    const embedded: JobAnswers = {
+      model: path.join(dir, 'victim.pt'),
+      test: { format: 'mnist-embedded' },
+      attack: { type: 'poisoned-set', target: 0, data: { format: 'mnist-embedded' } },
+      aux: [{ name: 'synthetic', type: 'synthetic' }],
+      defenses: ['ft'],
+      gic: { mode: 'off', delta: 0.1, norm: 'inf' },
+      profile: 'fast',
+      device: 'auto',
+    };
+    assert.deepEqual(checkAnswers(embedded), ['the embedded MNIST digits carry no trigger: the triggered test images must be your own']);
+  });
+
+  it('poisoned set in steps: Back from its true labels returns to the triggered images, Back there to the attack', async () => {
+    for (const f of ['bd_x.npy', 'bd_y.npy']) fs.writeFileSync(path.join(dir, 'data', f), '');
+    fake.files.push(path.join(dir, 'data', 'bd_x.npy'), path.join(dir, 'data', 'bd_y.npy'));
+    fake.answers = [
+      byLabel(/test_x\.npy/), // 1/6
+      byLabel(/No training data/), // 2/6
+      byLabel(/^I have triggered test images$/), // 3/6
+      byLabel(/bd_x\.npy/),
+      PRESS_BACK, // its true labels: Back to the triggered images
+      byLabel(/bd_x\.npy/),
+      byLabel(/No true labels/),
+      PRESS_BACK, // the target: Back to the choice of attack
+      byLabel(/^I have triggered test images$/),
+      PRESS_BACK, // the triggered images: Back to the choice of attack
+      byLabel(/^I have triggered test images$/),
+      byLabel(/bd_x\.npy/),
+      byLabel(/^bd_y\.npy$/),
+      '3',
+      picked,
+      byLabel(/aux_x\.npy/),
+      '',
+      picked,
+      byLabel(/^off$/),
+    ];
+    const jobPath = await new SetupFlow(memento() as never).run('purify', path.join(dir, 'victim.pt'));
+    const job = JSON.parse(fs.readFileSync(jobPath!, 'utf8'));
+    assert.deepEqual(job.attack, { type: 'poisoned-set', target: 3, data: { path: 'data/bd_x.npy', format: 'npy', labels: 'data/bd_y.npy' } });
+    const counter = (q: { step?: number; totalSteps?: number; back: boolean }) => `${q.step}/${q.totalSteps}${q.back ? ' back' : ''}`;
+    const images = fake.steps.filter((q) => /— triggered test images$/.test(q.title ?? ''));
+    assert.deepEqual(images.map(counter), ['3/6 back', '3/6 back', '3/6 back', '3/6 back']);
+    assert.deepEqual(images.map((q) => q.active.some((l) => /bd_x\.npy/.test(l))), [false, true, true, true], 'the images chosen before are the active item');
+    const labels = fake.steps.filter((q) => /— triggered test images: true labels of bd_x\.npy$/.test(q.title ?? ''));
+    assert.deepEqual(labels.map(counter), ['3/6 back', '3/6 back', '3/6 back']);
+    const attacks = fake.steps.filter((q) => /— attack to test against$/.test(q.title ?? ''));
+    assert.deepEqual(attacks.map((q) => q.active[0]), [undefined, 'I have triggered test images', 'I have triggered test images']);
+    // The labels question: the paired file first, "No true labels", the other .npy files, Browse last.
+    const offered = (fake.prompts.find((p) => /true labels of bd_x\.npy/.test(p.title ?? ''))!.items as { label: string }[]).map((i) => i.label);
+    assert.equal(offered[0], 'bd_y.npy');
+    assert.equal(offered[1], '$(circle-slash) No true labels');
+    assert.ok(offered.includes('test_x.npy') && !offered.includes('bd_x.npy'), offered.join(' | '));
+    assert.equal(offered.at(-1), '$(folder-opened) Browse…');
   });
 
   it('escape at any step writes nothing; evaluate asks no aux or defenses', async () => {

@@ -11,7 +11,8 @@ import { JobRunner } from '../../src/vscode/job_runner';
 import type { JobHandle } from '../../src/vscode/job_process';
 import { inspectorViewType, ResultsPanels } from '../../src/vscode/panel';
 import { scanDir, summarizeRun } from '../../src/vscode/runs_tree';
-import { backendLabel, expectedBackend } from '../../src/vscode/status_bar';
+import { BackendStatus, backendLabel, expectedBackend, expectedEvaluation } from '../../src/vscode/status_bar';
+import { parseJobToHost } from '../../src/shared/job_process';
 import { errorLine } from '../../src/vscode/inspect';
 import { ModelEditorProvider } from '../../src/vscode/model_editor';
 import { sampleResults, tmpdir } from './vscode-fixtures';
@@ -179,5 +180,67 @@ describe('vscode runs view and status bar', () => {
     assert.equal(expectedBackend('cpu', (id) => id === '@tensorflow/tfjs-node-gpu'), 'wasm');
     assert.equal(expectedBackend('auto', () => false), 'wasm');
     assert.equal(backendLabel('tensorflow-gpu'), 'GPU (CUDA)');
+    assert.equal(expectedEvaluation('wasm', (id) => id === 'onnxruntime-node'), 'onnxruntime-cpu');
+    assert.equal(expectedEvaluation('wasm', () => false), 'wasm');
+    assert.equal(expectedEvaluation('tensorflow-gpu', () => true), 'tensorflow-gpu', 'a GPU backend evaluates where it trains');
+  });
+
+  it("names the job process's backend: WebAssembly training, ONNX Runtime evaluation, as its messages report them", async () => {
+    fake.reset();
+    const dir = tmpdir('ba-status-');
+    let emit: (m: unknown) => void = () => undefined;
+    const worker: JobHandle = {
+      postMessage: () => undefined,
+      on: ((ev: string, cb: (m: unknown) => void) => {
+        if (ev === 'message') emit = cb;
+      }) as never,
+      terminate: () => Promise.resolve(),
+    };
+    // The job process, as the host receives it: every message passes the channel's check first.
+    const send = (m: unknown) => {
+      const parsed = parseJobToHost(m);
+      assert.ok(parsed, `the host drops ${JSON.stringify(m).slice(0, 80)}`);
+      emit(parsed);
+    };
+    const jobPath = path.join(dir, 'audit.json');
+    fs.writeFileSync(jobPath, JSON.stringify({ model: 'victim.pt' }));
+    const runner = new JobRunner({ appendLine: () => undefined } as never, () => worker);
+    // The extension host itself resolves neither tfjs-node nor onnxruntime-node here: its guess is plain WebAssembly.
+    const status = new BackendStatus(() => false);
+    runner.listen(status);
+    const item = (status as unknown as { item: { text: string; tooltip: string; visible: boolean } }).item;
+    // Shown only while jobs run; its text and tooltip are ready for the first.
+    assert.equal(item.visible, false);
+    assert.match(item.text, / on CPU \(WebAssembly\)$/);
+    assert.match(item.tooltip, /expected/);
+
+    const outDir = path.join(dir, 'out');
+    const done = runner.run({ jobPath, outDir, title: 'victim.pt — run' });
+    await new Promise((res) => setImmediate(res));
+    const r = sampleResults();
+    send({ type: 'started', jobPath, outDir, cells: 2, backend: 'wasm', threads: 2 });
+    send({ type: 'log', message: 'evaluating with ONNX Runtime (CPU)' });
+    send({ type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'onnxruntime-cpu' });
+    assert.equal(item.visible, true);
+    assert.equal(item.text, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly + ONNX Runtime)');
+    assert.match(item.tooltip, /train on WebAssembly and evaluate with ONNX Runtime \(CPU\) \(as the last job reported\)/);
+    // Progress is the notification's: the item's text stays.
+    send({ type: 'progress', stage: 'ft on unseen', done: 3, total: 10 });
+    assert.equal(item.text, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly + ONNX Runtime)');
+    send({ type: 'done', results: { ...r, backend: { name: 'wasm', threads: 2, evaluation: 'onnxruntime-cpu' } }, resultsPath: path.join(outDir, 'results.json') });
+    assert.equal((await done).status, 'done');
+    assert.equal(item.visible, false, 'hidden once no job runs');
+    assert.match(item.text, / on CPU \(WebAssembly \+ ONNX Runtime\)$/);
+
+    // A job process without ONNX Runtime says so in results.json: the item follows it, not the last job.
+    const second = runner.run({ jobPath, outDir: path.join(dir, 'out2'), title: 'victim.pt — run 2' });
+    await new Promise((res) => setImmediate(res));
+    send({ type: 'started', jobPath, outDir, cells: 2, backend: 'wasm', threads: 2 });
+    send({ type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'wasm' });
+    send({ type: 'done', results: { ...r, backend: { name: 'wasm', threads: 2, evaluation: 'wasm' } }, resultsPath: path.join(dir, 'out2', 'results.json') });
+    assert.equal((await second).status, 'done');
+    assert.match(item.text, / on CPU \(WebAssembly\)$/);
+    assert.match(item.tooltip, /train and evaluate on WebAssembly/);
+    status.dispose();
   });
 });

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { RunEvent } from '../../src/shared/run_events';
 import { isHostMessage, isViewMessage, type InspectInfo, type RunInfo, type ViewMessage } from '../../src/shared/panel_messages';
 import { App, type SavedState, type View, type WebviewApi } from '../../webview-ui/app';
-import { AUX_TYPE_NOTES, buildGrid, figureSeries, classColour, pct, scatterSeries, statusText } from '../../webview-ui/format';
+import { AUX_TYPE_NOTES, backendText, buildGrid, figureSeries, classColour, pct, scatterSeries, statusText } from '../../webview-ui/format';
 import { jsonForScript, parseReportData, renderReportHtml, REPORT_DATA_ID } from '../../src/shared/report_page';
 import { applyEvent, emptyState, fractionDone, fromResults, type ViewState } from '../../webview-ui/state';
 import { sampleResults } from './vscode-fixtures';
@@ -19,7 +19,7 @@ function liveEvents(): RunEvent[] {
   const r = sampleResults();
   return [
     { type: 'started', jobPath: '/w/audit.json', outDir: run.outDir, cells: 3, backend: 'wasm', threads: 1 },
-    { type: 'baseline', model: r.model, baseline: r.baseline },
+    { type: 'baseline', model: r.model, baseline: r.baseline, evaluation: 'onnxruntime-cpu' },
     { type: 'progress', stage: 'ft', done: 2, total: 4 },
     { type: 'row', row: r.rows[0] },
     { type: 'gic', entry: r.gic[0] },
@@ -35,6 +35,11 @@ describe('vscode webview: state and formatting', () => {
     assert.equal(s.status, 'running');
     assert.equal(s.rows.length, 2);
     assert.equal(fractionDone(s), (2 + 0.5) / 3);
+    // The header names the training backend and, from the baseline on, what evaluates.
+    assert.deepEqual(s.backend, { name: 'wasm', threads: 1, evaluation: 'onnxruntime-cpu' });
+    assert.equal(backendText(s.backend!), 'wasm ×1 + ONNX Runtime (evaluation)');
+    assert.equal(backendText({ name: 'tensorflow-gpu', threads: 1, evaluation: 'tensorflow-gpu' }), 'tensorflow-gpu ×1');
+    assert.equal(backendText(fromResults(run, { ...sampleResults(), backend: { name: 'wasm', threads: 2, evaluation: 'onnxruntime-cpu' } }).backend!), 'wasm ×2 + ONNX Runtime (evaluation)');
     // A re-sent row replaces, never duplicates.
     s = applyEvent(s, { type: 'row', row: { ...sampleResults().rows[0], asr: 0.07 } });
     assert.equal(s.rows.length, 2);

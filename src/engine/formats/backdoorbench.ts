@@ -8,8 +8,9 @@
  *
  * Layouts: the earlier one keeps `bd_test` as tensors, `x` N,C,H,W float in 0..255 and `y` the attack labels
  * (no true labels), and `bd_train.original_index` as a numpy array (read as data by the restricted unpickler).
- * The current one keeps `bd_test` as a dataset state (`bd_data_container.data_dict`: original index -> the path of
- * a PNG under `bd_test_dataset/<label>/` next to the record, plus the attack label and the true label); its images
+ * The current one keeps `bd_test` as a dataset state (`bd_data_container.data_dict`: original index, a numpy.int64,
+ * -> the path of a PNG under `bd_test_dataset/<label>/` next to the record, plus the attack label and the true label;
+ * fixture: scripts/make-record-fixture.py); its images
  * are read from those files, found relative to the record's folder (the saved paths are the attacker's). A
  * container that kept its images in memory holds pickled PIL images, which the restricted unpickler refuses.
  *
@@ -137,11 +138,14 @@ export function readBackdoorBenchArchive(archive: PtArchive): BackdoorBenchRecor
   if (container instanceof PyDict && get(container, 'data_dict') instanceof PyDict) {
     const dataDict = get(container, 'data_dict') as PyDict;
     const recordDir = path.dirname(path.resolve(where));
+    // bd_train in the same layout: its container's entries are the poisoned training images.
+    const trainContainer = bdTrain instanceof PyDict ? get(bdTrain, 'bd_data_container') : undefined;
+    const trainDict = trainContainer instanceof PyDict ? get(trainContainer, 'data_dict') : undefined;
     return {
       layout: 'dataset-state',
       ...common,
       bdTestCount: dataDict.map.size,
-      bdTrainCount: undefined,
+      bdTrainCount: trainDict instanceof PyDict ? trainDict.map.size : undefined,
       poisonedSet: () => fromDataDict(dataDict, recordDir, where),
     };
   }

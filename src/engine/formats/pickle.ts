@@ -14,98 +14,18 @@
  * as `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')` followed by BUILD with the array's shape,
  * dtype and raw bytes, the dtype itself as `numpy.dtype('<i8', False, True)` plus BUILD. Those three globals are
  * accepted as data constructors only: the reader builds an NpArray (shape, dtype, bytes) itself, checks that the
- * bytes match the shape, and refuses object arrays (whose "bytes" would be a list of arbitrary objects).
+ * bytes match the shape, and refuses object arrays (whose "bytes" would be a list of arbitrary objects). Numpy
+ * number scalars (`numpy.core.multiarray.scalar(dtype, bytes)`: the numpy.int64 keys of the current record
+ * layout's `bd_data_container.data_dict`) are read the same way, into a plain number.
  *
  * Reference for the opcode semantics: Python's Lib/pickletools.py documentation.
  */
 import { InputError } from '../errors';
 import type { DType } from './state_dict';
 
-// ---- the values a pickle can produce here ----------------------------------------------------------------
-
-export class PyTuple {
-  constructor(readonly items: PyValue[]) {}
-}
-
-/** dict and collections.OrderedDict. `attrs` holds instance attributes set by BUILD (torch's `_metadata`). */
-export class PyDict {
-  readonly map = new Map<PyValue, PyValue>();
-  readonly attrs = new Map<string, PyValue>();
-  constructor(readonly ordered = false) {}
-}
-
-export class PySet {
-  constructor(
-    readonly items: PyValue[],
-    readonly frozen = false,
-  ) {}
-}
-
-/** A reference to an allowed global. Only names in ALLOWED ever become one. */
-export class PyGlobal {
-  constructor(
-    readonly module: string,
-    readonly name: string,
-  ) {}
-  get fullName(): string {
-    return `${this.module}.${this.name}`;
-  }
-}
-
-/** A torch storage named by a persistent id: ('storage', torch.FloatStorage, key, location, numel). */
-export class StorageRef {
-  constructor(
-    readonly dtype: DType,
-    readonly key: string,
-    readonly location: string,
-    readonly numel: number,
-  ) {}
-}
-
-/** What torch._utils._rebuild_tensor_v2 would build: a strided view of a storage. Data is resolved later. */
-export class TensorRef {
-  constructor(
-    readonly storage: StorageRef,
-    readonly offset: number,
-    readonly shape: number[],
-    readonly stride: number[],
-  ) {}
-}
-
-/** numpy.dtype as pickled: its type string (`i8`, `f4`, `u1`, ...) and, after BUILD, its byte order. */
-export class NpDtype {
-  byteorder = '|';
-  constructor(readonly str: string) {}
-}
-
-/** A numpy array read as data: C-ordered bytes of `shape` elements of `dtype` (filled in by BUILD). */
-export class NpArray {
-  shape: number[] = [0];
-  dtype?: NpDtype;
-  fortran = false;
-  data: Uint8Array = new Uint8Array(0);
-  built = false;
-}
-
-/** Bytes per element of the numpy dtypes an attack record holds (numbers only: no objects, no strings). */
-export const NP_ITEM_SIZE: Record<string, number> = { b1: 1, i1: 1, u1: 1, i2: 2, u2: 2, i4: 4, u4: 4, i8: 8, u8: 8, f2: 2, f4: 4, f8: 8 };
-
-export type PyValue =
-  | null
-  | boolean
-  | number
-  | bigint
-  | string
-  | Uint8Array
-  | PyValue[]
-  | PyTuple
-  | PyDict
-  | PySet
-  | PyGlobal
-  | StorageRef
-  | TensorRef
-  | NpDtype
-  | NpArray;
+// The values a pickle can produce here live in pickle_values.ts; they are re-exported for the readers.
+import { PyTuple, PyDict, PySet, PyGlobal, StorageRef, TensorRef, NpDtype, NpArray, NP_ITEM_SIZE, npScalar, type PyValue } from './pickle_values';
+export { PyTuple, PyDict, PySet, PyGlobal, StorageRef, TensorRef, NpDtype, NpArray, NP_ITEM_SIZE, type PyValue };
 
 // ---- the allow-list ---------------------------------------------------------------------------------------
 
@@ -139,6 +59,9 @@ const CALLABLES = new Set([
   'numpy.core.multiarray._reconstruct',
   'numpy._core.multiarray._reconstruct',
   'numpy.dtype',
+  // numpy number scalars (a numpy.int64 dict key: BackdoorBench's bd_data_container.data_dict) as data.
+  'numpy.core.multiarray.scalar',
+  'numpy._core.multiarray.scalar',
   // Plain containers. `__builtin__` is the name Python 3 writes at protocol <= 2 (fix_imports).
   'builtins.set',
   'builtins.frozenset',
@@ -343,6 +266,16 @@ export function unpickle(bytes: Uint8Array, opts: UnpickleOptions = {}): PyValue
         const cls = args[0];
         if (!(cls instanceof PyGlobal) || cls.fullName !== 'numpy.ndarray') return fail('_reconstruct of something other than numpy.ndarray');
         return new NpArray();
+      }
+      case 'numpy.core.multiarray.scalar':
+      case 'numpy._core.multiarray.scalar': {
+        // (dtype, raw bytes): one number of a plain number dtype, already built (byte order set).
+        const [dtype, raw] = args;
+        if (!(dtype instanceof NpDtype)) return fail('numpy scalar without a dtype');
+        const bytes = typeof raw === 'string' ? Uint8Array.from(raw, (ch) => ch.charCodeAt(0) & 0xff) : raw;
+        if (!(bytes instanceof Uint8Array)) return fail('numpy object scalars are not supported (only numbers)');
+        if (bytes.length !== NP_ITEM_SIZE[dtype.str]) return fail(`numpy ${dtype.str} scalar of ${bytes.length} bytes`);
+        return npScalar(dtype, bytes);
       }
       case 'numpy.dtype': {
         const t = args[0];

@@ -134,8 +134,9 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
   const { engine, ...measured } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
   const baseline = reported(measured, job.triggered);
+  const evaluation = engine === 'onnxruntime' ? ('onnxruntime-cpu' as const) : o.backend.name;
   if (engine === 'onnxruntime') o.emit({ type: 'log', message: 'evaluating with ONNX Runtime (CPU)' });
-  o.emit({ type: 'baseline', model: job.model, baseline });
+  o.emit({ type: 'baseline', model: job.model, baseline, evaluation });
 
   const cells = planCells(job);
   const shard = o.shard;
@@ -144,7 +145,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const results: Results = {
     schema: RESULTS_SCHEMA,
     // With a pool, that many single-threaded backends compute cells side by side (and this thread calibrates).
-    backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads, evaluation: engine === 'onnxruntime' ? 'onnxruntime-cpu' : o.backend.name },
+    backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads, evaluation },
     model: job.model,
     baseline,
     rows: [],
