@@ -102,7 +102,8 @@ describe('the VS Code job process', function () {
     listening.dispose();
     const statusText = (status as unknown as { item: { text: string } }).item.text;
     status.dispose();
-    assert.equal(statusText, '$(server-process) CPU (WebAssembly + ONNX Runtime)');
+    // The item is hidden once no job runs; its text keeps what the last job process reported.
+    assert.equal(statusText, '$(server-process) Backdoor Audit: a job on CPU (WebAssembly + ONNX Runtime)');
     assert.equal(o.status, 'done', JSON.stringify(o));
     const ext = (o as Extract<Outcome, { status: 'done' }>).results;
     assert.deepEqual(ext.baseline, cli.baseline);
