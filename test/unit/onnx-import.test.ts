@@ -19,6 +19,15 @@ function logitsOf(model: Model, x: tf.Tensor4D): Float32Array {
 }
 
 describe('ONNX reader', () => {
+  // Every folder a test makes is removed after the file's tests, whatever they assert.
+  const made: string[] = [];
+  const tempDir = (prefix: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    made.push(dir);
+    return dir;
+  };
+  after(() => made.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
+
   before(useWasm);
 
   for (const c of parityCases()) {
@@ -28,7 +37,7 @@ describe('ONNX reader', () => {
       const before = tf.memory().numTensors;
       const { model, info } = loadModelFile(path.join(FIXTURES, file), 'test');
       const { x, logits, shape } = parityData(c.name);
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-onnx-'));
+      const dir = tempDir('ba-onnx-');
       try {
         assert.equal(info.format, 'onnx');
         assert.equal(info.numClasses, c.numClasses);
@@ -77,7 +86,7 @@ describe('ONNX reader', () => {
     copy.dispose();
     // Its weights as safetensors carry no architecture (the graph is not in them): reading goes through
     // detection, which the folded convolutions defeat, so the error points back to the graph file.
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-onnx-'));
+    const dir = tempDir('ba-onnx-');
     const st = saveModelFile(model, path.join(dir, 'w.safetensors'), 'safetensors');
     assert.throws(() => loadModelFile(st, 'job'), /no known architecture matches this state_dict .*ONNX/);
     model.dispose();
@@ -101,7 +110,7 @@ describe('ONNX reader', () => {
       if (spec.arch === 'preact-resnet18') {
         model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(3)), new BatchNorm2d(32)]));
       }
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-onnx-'));
+      const dir = tempDir('ba-onnx-');
       const file = saveModelFile(model, path.join(dir, 'm.onnx'), 'onnx');
       const { model: back } = loadModelFile(file, 'test');
       assert.deepEqual(back.normalize, model.normalize, 'normalization travels in the metadata');
@@ -117,7 +126,7 @@ describe('ONNX reader', () => {
     const m = onnx.ModelProto.decode(fs.readFileSync(path.join(FIXTURES, 'parity_plain_bn.onnx')));
     m.graph!.node![2].opType = 'LpPool';
     const name = m.graph!.node![2].name;
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-onnx-'));
+    const dir = tempDir('ba-onnx-');
     const bad = path.join(dir, 'bad.onnx');
     fs.writeFileSync(bad, onnx.ModelProto.encode(m).finish());
     assert.throws(() => loadModelFile(bad, 'job'), (e: Error & { exitCode?: number }) => e.exitCode === 2 && e.message.includes(`unsupported ONNX op LpPool (node "${name}")`));

@@ -75,11 +75,20 @@ const ours = (m: Model, x: tf.Tensor4D) => tf.tidy(() => m.forward(x).dataSync()
 const theirs = (m: tfl.LayersModel, x: tf.Tensor4D) => tf.tidy(() => (m.predict(x) as tf.Tensor).dataSync() as Float32Array);
 
 describe('TensorFlow.js layers models (model.json + shards)', () => {
+  // Every folder a test makes is removed after the file's tests, whatever they assert.
+  const made: string[] = [];
+  const tempDir = (prefix: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    made.push(dir);
+    return dir;
+  };
+  after(() => made.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
+
   before(useWasm);
 
   for (const [label, make] of [['Sequential', sequentialNet], ['functional', functionalNet]] as const) {
     it(`${label}: our import computes what tfjs-layers computes; written back, tfjs-layers reads it and agrees`, async () => {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-tfjs-'));
+      const dir = tempDir('ba-tfjs-');
       const ref = make();
       randomize(ref, 3);
       const file = await saveLayers(ref, dir);
@@ -118,7 +127,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
 
   it('an inserted module (1x1 conv + BN) is written as layers in front of its target that tfjs-layers runs identically', async () => {
     for (const make of [sequentialNet, functionalNet]) {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-tfjs-'));
+      const dir = tempDir('ba-tfjs-');
       const ref = make();
       randomize(ref, 5);
       const { model } = loadModelFile(await saveLayers(ref, dir), 'test');
@@ -145,7 +154,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
   });
 
   it('refuses shards outside the folder, short shards and unknown layers, each with a one-line input error', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-tfjs-'));
+    const dir = tempDir('ba-tfjs-');
     const ref = sequentialNet();
     const file = await saveLayers(ref, dir);
     ref.dispose();
@@ -168,7 +177,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
   });
 
   it('PyTorch-layout models written as TensorFlow.js: tfjs-layers and our reader both compute the source logits', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-tfjs-'));
+    const dir = tempDir('ba-tfjs-');
     const cases: Array<[string, Parameters<typeof buildModel>[0]]> = [
       ['preact', { arch: 'preact-resnet18', inputShape: [20, 20, 1], numClasses: 6, options: { width: 4 } }],
       ['resnet-cifar', { arch: 'resnet18', inputShape: [16, 16, 3], numClasses: 5, options: { width: 4, stem: 'cifar', shortcut: 'shortcut', head: 'linear' } }],
