@@ -326,7 +326,10 @@ def run_nad(model, v, r, a, gen, log):
     opt = sgd(model, r)
     log('    student:')
     for e in range(r['epochs']):
-        set_lr(opt, r['lr'])  # adjust_learning_rate: 0.01 for every epoch < 20
+        if r['studentSchedule'] == 'cosine':  # the engine's fast profile: per-epoch cosine over the student's epochs
+            set_lr(opt, r['lr'] * 0.5 * (1 + math.cos(math.pi * e / r['epochs'])))
+        else:
+            set_lr(opt, r['lr'])  # adjust_learning_rate: 0.01 for every epoch < 20
         model.train()
         tot = 0.0
         for idx in batches(len(x), r['batchSize'], gen):
@@ -486,6 +489,9 @@ def run_ibau(model, v, r, a, gen, log):
             popt.zero_grad()
             loss.backward()
             popt.step()
+            if r.get('pertMaxNorm'):  # the engine's L2 ball (i-BAU's own code; BackdoorBench comments it out)
+                with torch.no_grad():
+                    pert.mul_(min(1.0, r['pertMaxNorm'] / (float(pert.norm()) + 1e-12)))
         tot = 0.0
         for b in range(len(fixed)):
             opt.zero_grad()
@@ -502,11 +508,25 @@ def run_ibau(model, v, r, a, gen, log):
 
 DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau}
 
+# `--recipe fast`: the departures our `fast` profile names for each defense (src/engine/defenses/<name>.ts,
+# `defaults('fast')` and `departures('fast')`), applied to BackdoorBench's recipe above, so that the engine's
+# default profile can be compared with PyTorch running the same hyperparameters on the same images.
+FAST = {
+    'ft': {'epochs': 20, 'batchSize': 64},
+    'fp': {'epochs': 20, 'batchSize': 64},
+    'nad': {'batchSize': 64, 'teacherCosTMax': 10, 'studentSchedule': 'cosine'},
+    'sau': {'epochs': 20, 'batchSize': 64},
+    'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0},
+}
+
 
 # ---------------------------------------------------------------- runs and output
 
 def effective(defense, a):
     r = dict(RECIPES[defense])
+    if a.recipe == 'fast':
+        r.update(FAST[defense])
+        r['recipe'] = 'fast (the engine\'s fast profile)'
     if a.epochs is not None:
         r['epochs'] = a.epochs
     if a.batch_size is not None:
@@ -584,6 +604,9 @@ def main():
     ap.add_argument('--nad-single-bn-update', action='store_true',
                     help='NAD: one BN running-statistics update per step (BackdoorBench: one per forward, 3-4)')
     ap.add_argument('--sau-augment', action='store_true', help='random crop in SAU (BackdoorBench uses none)')
+    ap.add_argument('--recipe', choices=['paper', 'fast'], default='paper',
+                    help="paper: BackdoorBench's values (fewer epochs, see the README); fast: with the departures "
+                         "of the engine's fast profile")
     ap.add_argument('--zoo', default=os.path.join(ROOT, 'zoo'))
     ap.add_argument('--out', default=os.path.join(ROOT, 'zoo', 'reference.json'))
     ap.add_argument('--threads', type=int, default=1)
