@@ -145,6 +145,9 @@ describe('job schema and validation', () => {
       ['a repeated aux name', (j) => (j.aux = [{ name: 'a', type: 'synthetic' }, { name: 'a', type: 'synthetic' }]), 'aux name "a" is already used by aux[0] (audit.json: aux[1].name)'],
       ['a repeated defense', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['ft', { name: 'ft', profile: 'paper' }])), 'defense "ft" is already listed at defenses[0] (audit.json: defenses[1])'],
       ['an unknown defense parameter', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = ['fp', { name: 'ft', params: { lr: 0.01, learningRate: 0.1 } }])), 'unknown parameter "learningRate" for defense ft (known: epochs, lr, batchSize, momentum, weightDecay) (audit.json: defenses[1].params.learningRate)'],
+      ['a misspelt word for a string parameter', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = [{ name: 'nad', params: { studentSchedule: 'cosin' } }])), 'parameter "studentSchedule" of defense nad takes one of "constant", "cosine" (got "cosin") (audit.json: defenses[0].params.studentSchedule)'],
+      ['a number given as a string', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = [{ name: 'ft', params: { lr: '0.01' } }])), 'parameter "lr" of defense ft takes a number (got "0.01") (audit.json: defenses[0].params.lr)'],
+      ['a word where CLP takes a number or "auto"', (j) => ((j.aux = [{ name: 'a', type: 'synthetic' }]), (j.defenses = [{ name: 'clp', params: { u: 'max' } }])), 'parameter "u" of defense clp takes a number or one of "auto" (got "max") (audit.json: defenses[0].params.u)'],
       ['defenses without aux sets', (j) => (j.defenses = ['ft']), 'the defenses purify with auxiliary data: add at least one auxiliary set (audit.json: aux)'],
       ['a seen set without training data', (j) => (j.aux = [{ name: 'a', type: 'seen' }]), 'a "seen" auxiliary set is drawn from data.train, which the job does not give (audit.json: aux[0].type)'],
       ['an input shape of two numbers', (j) => (j.model = { path: 'victim.safetensors', inputShape: [28, 28] }), 'must have exactly 3 items (audit.json: model.inputShape)'],
@@ -169,6 +172,12 @@ describe('job schema and validation', () => {
     it('a job that is not an object', () => {
       assert.equal(inputError(() => loadJob(writeJob('[1]'))), 'must be an object (audit.json)');
     });
+  });
+
+  it('accepts each defense parameter in every kind a profile gives it', () => {
+    const job = loadJob(writeJob({ ...minimal(), aux: [{ name: 'a', type: 'synthetic' }], defenses: [{ name: 'clp', params: { u: 2.5 } }, { name: 'nad', params: { studentSchedule: 'constant' } }, { name: 'nc', params: { anomalyScale: 'linear' } }] }));
+    assert.deepEqual(job.defenses.map((d) => d.params), [{ u: 2.5 }, { studentSchedule: 'constant' }, { anomalyScale: 'linear' }]);
+    assert.equal(loadJob(writeJob({ ...minimal(), aux: [{ name: 'a', type: 'synthetic' }], defenses: [{ name: 'clp', params: { u: 'auto' } }] })).defenses[0].params?.u, 'auto');
   });
 
   it('reports JSON syntax errors with line and column', () => {

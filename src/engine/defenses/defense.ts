@@ -10,9 +10,9 @@ import type { Rng } from '../util/rng';
 import type { ReversedTriggerImage } from '../../shared/results';
 
 /**
- * `paper`: BackdoorBench's defaults. `fast`: the same algorithm on a shorter schedule; the fine-tuning based
- * defenses (ft, nad, ftsam, fst) then use batches of 32 and an initial rate of 0.1 so that a small auxiliary
- * set still gives enough update steps to move the weights (with lr 0.01 and few epochs they barely change).
+ * `paper`: BackdoorBench's config values. `fast`: the same algorithm and hyperparameters on a shorter schedule;
+ * where a defense departs from that (most use batches of 64 rather than 256, so that a 500-image auxiliary set
+ * still gives several update steps an epoch), `departures('fast')` names it and the row carries it.
  */
 export type Profile = 'fast' | 'paper';
 
@@ -47,6 +47,37 @@ export interface Defense {
   /** Where this profile departs from BackdoorBench's config values, and why in a few words (named in the row). */
   departures?(profile: Profile): string | undefined;
   run(ctx: DefenseContext): Promise<DefenseOutcome>;
+  /**
+   * The words a parameter may take where its value is a string (e.g. NAD's `studentSchedule`); any other
+   * string is refused before the job runs, rather than silently meaning the defense's fallback.
+   */
+  choices?: Record<string, readonly string[]>;
+}
+
+const PARAM_PROFILES: readonly Profile[] = ['fast', 'paper'];
+
+function kindOf(v: unknown): 'number' | 'string' | 'boolean' | 'number[]' | 'other' {
+  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') return typeof v as 'number' | 'string' | 'boolean';
+  if (Array.isArray(v) && v.every((x) => typeof x === 'number')) return 'number[]';
+  return 'other';
+}
+
+/**
+ * Why `value` cannot be parameter `key` of `defense`, or undefined when it can. A value must be of a kind one
+ * of the profiles' defaults has (CLP's `u` is a number in `paper` and "auto" in `fast`, so both are accepted),
+ * numbers finite, strings one of the defense's `choices`.
+ */
+export function paramValueProblem(defense: Defense, key: string, value: unknown): string | undefined {
+  const kinds = new Set(PARAM_PROFILES.map((p) => kindOf(defense.defaults(p)[key])));
+  const words = defense.choices?.[key] ?? [];
+  const expected = [...[...kinds].filter((k) => k !== 'string' && k !== 'other').map((k) => (k === 'number[]' ? 'a list of numbers' : `a ${k}`)), ...(words.length ? [`one of ${words.map((w) => JSON.stringify(w)).join(', ')}`] : [])].join(' or ');
+  const kind = kindOf(value);
+  const ok =
+    kind === 'string' ? words.includes(value as string)
+    : kind === 'number' ? kinds.has('number') && Number.isFinite(value as number)
+    : kind === 'number[]' ? kinds.has('number[]') && (value as number[]).every(Number.isFinite)
+    : kind === 'boolean' && kinds.has('boolean');
+  return ok ? undefined : `parameter "${key}" of defense ${defense.id} takes ${expected || 'no value of this kind'} (got ${JSON.stringify(value)})`;
 }
 
 /** Merge profile defaults with user overrides, refusing unknown parameter names. */
@@ -54,6 +85,8 @@ export function resolveParams(defense: Defense, profile: Profile, overrides: Def
   const base = defense.defaults(profile);
   for (const k of Object.keys(overrides ?? {})) {
     if (!(k in base)) throw new Error(`unknown parameter "${k}" for defense ${defense.id} (known: ${Object.keys(base).join(', ')})`);
+    const problem = paramValueProblem(defense, k, overrides![k]);
+    if (problem) throw new Error(problem);
   }
   return { ...base, ...(overrides ?? {}) };
 }

@@ -24,6 +24,7 @@ export function attentionMap(f: tf.Tensor): tf.Tensor2D {
 export const nad: Defense = {
   id: 'nad',
   title: 'Neural Attention Distillation',
+  choices: { studentSchedule: ['constant', 'cosine'] },
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { teacherEpochs: 10, epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, beta1: 500, beta2: 1000, beta3: 1000, studentSchedule: 'constant' }

@@ -168,6 +168,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
+  choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {
       steps: profile === 'paper' ? 1000 : 150,

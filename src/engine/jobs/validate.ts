@@ -10,6 +10,7 @@ import Ajv, { type ErrorObject } from 'ajv';
 import { InputError } from '../errors';
 import { guessDataFormat, needsAuxData } from '../catalog';
 import { getDefense } from '../defenses';
+import { paramValueProblem } from '../defenses/defense';
 import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from '../job_schema';
 
 // allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
@@ -339,9 +340,12 @@ function checkRules(job: Job, label: string): void {
     seen.set(d.name, i);
     // Parameter names are the defense's own (its defaults for the profile): a misspelt one is refused here,
     // before anything runs, rather than failing the defense's rows one by one.
-    const known = getDefense(d.name)?.defaults(d.profile);
+    const defense = getDefense(d.name);
+    const known = defense?.defaults(d.profile);
     for (const k of Object.keys(d.params ?? {})) {
       if (known && !(k in known)) fail(`unknown parameter "${k}" for defense ${d.name} (known: ${Object.keys(known).join(', ')})`, `defenses[${i}].params.${k}`);
+      const problem = defense && paramValueProblem(defense, k, d.params![k]);
+      if (problem) fail(problem, `defenses[${i}].params.${k}`);
     }
   });
   if (job.aux.length === 0 && job.defenses.some((d) => needsAuxData(d.name))) {
