@@ -1,12 +1,12 @@
 /** Shared bits of the checkpoint I/O tests: fixture paths, expected values, hashing, torch availability. */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as crypto from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { strict as assert } from 'node:assert';
 import { InputError } from '../../src/engine/errors';
 import type { StateDict } from '../../src/engine/formats/state_dict';
+import { tempDir } from './temp';
 
 export const FIXTURES = path.join(__dirname, '..', 'fixtures');
 export const fixture = (name: string): string => path.join(FIXTURES, name);
@@ -27,7 +27,7 @@ export const expected = (): Expected => JSON.parse(fs.readFileSync(fixture('expe
 export const sha256 = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 export function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'bda-io-'));
+  return tempDir('bda-io-');
 }
 
 /** Assert a state_dict equals the fixture's expected values exactly (every value, dtype and shape, in order). */

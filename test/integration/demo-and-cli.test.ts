@@ -5,12 +5,12 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runDemo } from '../../src/engine/jobs/demo';
 import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
+import { tempDir } from '../helpers/temp';
 
 const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');
 
@@ -27,7 +27,7 @@ describe('demo on the embedded MNIST (ft and clp)', function () {
 
   before(async () => {
     await useWasm();
-    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-demo-'));
+    out = tempDir('ba-demo-');
     tensorsBefore = tf.memory().numTensors;
     results = await runDemo({ quick: true, outDir: out, device: 'cpu', defenses: ['ft', 'clp'] });
   });
@@ -73,7 +73,7 @@ describe('demo on the embedded MNIST (ft and clp)', function () {
   describe('CLI', () => {
     let jobDir: string;
     before(() => {
-      jobDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-job-'));
+      jobDir = tempDir('ba-job-');
       fs.copyFileSync(path.join(out, 'victim.safetensors'), path.join(jobDir, 'victim.safetensors'));
     });
     const writeJob = (job: unknown) => {

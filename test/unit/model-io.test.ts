@@ -1,17 +1,17 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { loadModelFile, saveModelFile } from '../../src/engine/model_files/model_io';
+import { tempDir } from '../helpers/temp';
 
 describe('model files', () => {
   before(useWasm);
 
   it('a PreAct-ResNet18 .pt state_dict is recognized (width, channels, classes) and gives the same logits', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-mio-'));
+    const dir = tempDir('ba-mio-');
     const src = buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 1], numClasses: 7, options: { width: 8 } }, undefined, 5);
     const file = saveModelFile(src, path.join(dir, 'victim.pt'), 'pt');
     const before = fs.readFileSync(file);
@@ -31,7 +31,7 @@ describe('model files', () => {
   });
 
   it('a state_dict of no known architecture is refused with its first keys and a pointer to ONNX', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-mio-'));
+    const dir = tempDir('ba-mio-');
     const src = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 });
     const file = saveModelFile(src, path.join(dir, 'plain.pt'), 'pt');
     assert.throws(() => loadModelFile(file, 'audit.json: model'), /no known architecture.*features\.0\.weight.*ONNX/);

@@ -1,7 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { useWasm } from '../helpers/backend';
 import { FIXTURES } from '../helpers/parity';
@@ -13,6 +12,7 @@ import { buildModel } from '../../src/engine/models';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { onnx } from 'onnx-proto';
+import { tempDir } from '../helpers/temp';
 
 const CLI = path.join(__dirname, '..', '..', 'dist', 'cli.js');
 
@@ -20,7 +20,7 @@ describe('inspect and evaluation-only jobs across model formats', () => {
   before(useWasm);
 
   it('inspect reports format, architecture, input shape, classes, parameters and layers for every format', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-insp-'));
+    const dir = tempDir('ba-insp-');
     // A TensorFlow.js model.json written by tfjs-layers itself.
     const keras = tfl.sequential({ layers: [tfl.layers.conv2d({ inputShape: [8, 8, 3], filters: 4, kernelSize: 3, activation: 'relu', name: 'c' }), tfl.layers.flatten({ name: 'f' }), tfl.layers.dense({ units: 3, name: 'd' })] });
     await keras.save({
@@ -67,7 +67,7 @@ describe('inspect and evaluation-only jobs across model formats', () => {
   });
 
   it('a job with an empty defenses list only evaluates the model (baseline, no cells, no model written)', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-eval-'));
+    const dir = tempDir('ba-eval-');
     const n = 24;
     const img = Buffer.alloc(16 + n * 28 * 28);
     img.writeUInt32BE(0x00000803, 0);
@@ -120,7 +120,7 @@ describe('inspect and evaluation-only jobs across model formats', () => {
 
   it('the CLI gives exit code 2 and one line for malicious and broken model files', function () {
     if (!fs.existsSync(CLI)) this.skip();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-bad-'));
+    const dir = tempDir('ba-bad-');
     const pt = fs.readFileSync(path.join(FIXTURES, 'parity_vgg_bn_flat.pt'));
     const st = Buffer.from(fs.readFileSync(path.join(FIXTURES, 'parity_vgg_bn_flat.safetensors')));
     st.writeBigUInt64LE(BigInt(st.length) * 4n, 0);
@@ -156,7 +156,7 @@ describe('inspect and evaluation-only jobs across model formats', () => {
   });
 
   it('a state_dict nothing recognizes names its first unmatched keys and points to ONNX', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-unk-'));
+    const dir = tempDir('ba-unk-');
     const file = path.join(dir, 'plain.pt');
     const m = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 });
     saveModelFile(m, file, 'pt');

@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
@@ -11,6 +10,7 @@ import { readPt } from '../../src/engine/formats/pt';
 import { detectArchitecture, stripDataParallel } from '../../src/engine/models/detect';
 import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
 import { Rng } from '../../src/engine/util/rng';
+import { tempDir } from '../helpers/temp';
 
 describe('state_dict checkpoints: architecture detection and logits parity with PyTorch', () => {
   before(useWasm);
@@ -67,7 +67,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
   });
 
   it('pt -> safetensors -> pt round trips are bit-exact for every parity checkpoint', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-parity-'));
+    const dir = tempDir('ba-parity-');
     for (const c of parityCases()) {
       if (!c.files.pt) continue;
       const src = path.join(FIXTURES, c.files.pt);
@@ -90,7 +90,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
   });
 
   it('a model with an inserted polarizer (1x1 conv + BN) saved as .pt or .safetensors reads back with it', () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-ins-'));
+    const dir = tempDir('ba-ins-');
     const { model } = loadModelFile({ path: path.join(FIXTURES, 'parity_preact_w4_c1.pt'), inputShape: [28, 28, 1] }, 'test');
     model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(4)), new BatchNorm2d(32)]));
     tf.tidy(() => {
@@ -116,7 +116,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
       console.log('      (skipped: /usr/bin/python3 has no torch; install python3-torch to check PyTorch compatibility)');
       this.skip();
     }
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-pyt-'));
+    const dir = tempDir('ba-pyt-');
     const script = path.join(__dirname, '..', '..', 'scripts', 'make-fixtures.py');
     const builds: Record<string, string> = {
       preact_w4_c1: 'PreActResNet18(4, 1, 10)',
