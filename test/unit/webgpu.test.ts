@@ -7,7 +7,7 @@
  * clean failure (gpu) or the CPU (auto).
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -172,5 +172,22 @@ describe('what a job records about where it ran', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('bench --device', () => {
+  const cli = path.join(__dirname, '..', '..', 'dist', 'cli.js');
+  it('gpu where the doctor plans no GPU backend: exit 1 and the doctor\'s one line, before any measurement', function () {
+    this.timeout(120_000);
+    const plan = JSON.parse(execFileSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8' })).plan.gpu;
+    if (!('error' in plan)) this.skip(); // a GPU machine: bench --device gpu measures it (scripts/gpu-check.sh)
+    const p = spawnSync(process.execPath, [cli, 'bench', '--device', 'gpu', '--no-defenses'], { encoding: 'utf8' });
+    assert.equal(p.status, 1);
+    assert.equal(p.stderr, `error: ${plan.error} (device)\n`);
+  });
+  it('an unknown device: exit 2', () => {
+    const p = spawnSync(process.execPath, [cli, 'bench', '--device', 'tpu'], { encoding: 'utf8' });
+    assert.equal(p.status, 2);
+    assert.equal(p.stderr, 'error: unknown device "tpu" (--device)\n');
   });
 });
