@@ -37,6 +37,23 @@ export interface WebGpuEnv {
   loadDawn(): DawnModule;
   /** Where the dynamic loader finds a library (Linux), undefined when it does not; null: not a Linux machine. */
   findLibrary(name: string): string | undefined | null;
+  /** Why the engine cannot run on the webgpu backend in this runtime even with an adapter; undefined: it can. */
+  syncReadBlocker(): string | undefined;
+}
+
+/**
+ * The engine reads tensors synchronously (dataSync, arraySync: losses in every training step, predictions in
+ * evaluation, weights when a model is saved: 49 places). tfjs-backend-webgpu 4.22 implements a synchronous read
+ * only by drawing the buffer into an OffscreenCanvas, which Node does not have, and Dawn's Node bindings offer
+ * no blocking map (mapAsync resolves from the event loop), so under Node the first synchronous read of a GPU
+ * result throws. Until the engine reads asynchronously on this backend, an adapter does not make the backend
+ * usable: say so instead of starting it and failing in the middle of a job.
+ */
+export const SYNC_READ_BLOCKER =
+  'the engine reads results synchronously and tfjs-backend-webgpu can do that only through OffscreenCanvas, which Node lacks';
+
+export function syncReadBlocker(g: object = globalThis): string | undefined {
+  return typeof (g as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'function' ? undefined : SYNC_READ_BLOCKER;
 }
 
 export type WebGpuStatus =
@@ -89,7 +106,7 @@ export function loadDawn(): DawnModule {
 }
 
 export function defaultWebGpuEnv(): WebGpuEnv {
-  return { loadDawn, findLibrary: libraryFinder() };
+  return { loadDawn, findLibrary: libraryFinder(), syncReadBlocker: () => syncReadBlocker() };
 }
 
 function adapterName(info: AdapterInfoLike): string {
@@ -149,8 +166,9 @@ export function installNavigatorGpu(gpu: GpuLike, globals: Record<string, unknow
   else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
 }
 
-/** One clause of the `device: gpu` error: what WebGPU did. */
-export function webgpuClause(s: WebGpuStatus): string {
+/** One clause of the `device: gpu` error: what WebGPU did (`blocked`: why an adapter found is not usable). */
+export function webgpuClause(s: WebGpuStatus, blocked?: string): string {
+  if (s.status === 'adapter' && blocked) return `WebGPU: adapter ${s.adapter} found, but unusable (${blocked})`;
   switch (s.status) {
     case 'not installed':
       return 'WebGPU: not installed (npm package webgpu)';
