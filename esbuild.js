@@ -9,8 +9,10 @@ const production = process.argv.includes('--production');
 const watch = process.argv.includes('--watch');
 const dist = path.join(__dirname, 'dist');
 
-// Optional native backends: loaded at run time when installed, never bundled.
-const nodeExternals = ['vscode', '@tensorflow/tfjs-node', '@tensorflow/tfjs-node-gpu', 'onnxruntime-node'];
+// Optional native backends: loaded at run time when installed, never bundled. tfjs-backend-webgpu is plain
+// JavaScript and is bundled (it must share the bundle's tfjs-core);
+// webgpu: Dawn's native binary, found at run time in node_modules or (packaged) dist/node_modules.
+const nodeExternals = ['vscode', '@tensorflow/tfjs-node', '@tensorflow/tfjs-node-gpu', 'onnxruntime-node', 'webgpu'];
 
 function exists(p) {
   return fs.existsSync(path.join(__dirname, p));

@@ -3,9 +3,12 @@
 // target, `--all` for every target, or the targets named (`linux-x64 win32-x64`). An installed extension has no
 // node_modules, so each package carries, beside the bundles, the wasm binaries and the embedded digits that the
 // build puts in dist/, and ONNX Runtime (onnxruntime-node and onnxruntime-common, JavaScript plus this target's
-// native binaries only) in dist/node_modules, where the bundles' require('onnxruntime-node') finds it.
+// native binaries only) in dist/node_modules, where the bundles' require('onnxruntime-node') finds it, and the
+// webgpu package (Dawn) with this target's dawn.node only (the npm package carries all five platforms' binaries,
+// about 130 MB; one is 12 to 22 MB), where src/engine/backend/webgpu.ts finds it.
 // onnxruntime-node ships no darwin-x64 binary: that package evaluates and trains on WebAssembly, as the log says.
-// Run `node esbuild.js --production` first (npm run package does).
+// Run `node esbuild.js --production` first (npm run package does). `--stage [target]` stages dist/node_modules
+// only, and leaves it there.
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
@@ -52,8 +55,41 @@ function stageOnnxRuntime(target) {
   return true;
 }
 
+/** dist/node_modules/webgpu with this target's Dawn binary (and its DLLs on Windows); false when there is none. */
+function stageWebGpu(target) {
+  let pkg;
+  try {
+    pkg = path.dirname(require.resolve('webgpu/package.json', { paths: [root] }));
+  } catch {
+    return false; // an optional dependency: a build without it packages the CPU and CUDA paths only
+  }
+  const [os, arch] = target.split('-');
+  // One universal binary serves both macOS targets (the package's own index.js makes the same choice).
+  const dir = os === 'darwin' ? 'darwin-universal' : `${os}-${arch}`;
+  if (!fs.existsSync(path.join(pkg, 'dist', dir, 'dawn.node'))) return false;
+  const d = path.join(staged, 'webgpu');
+  fs.mkdirSync(d, { recursive: true });
+  for (const f of ['package.json', 'index.js', 'LICENSE.md']) {
+    if (fs.existsSync(path.join(pkg, f))) fs.copyFileSync(path.join(pkg, f), path.join(d, f));
+  }
+  copyDir(path.join(pkg, 'dist', dir), path.join(d, 'dist', dir));
+  return true;
+}
+
 function main() {
   const args = process.argv.slice(2);
+  // --stage TARGET: only put the target's native packages in dist/node_modules and keep them there, for running
+  // the bundles on a machine without node_modules (scripts/gpu-check.sh).
+  // --without-onnxruntime leaves ONNX Runtime out (46 MB on linux-x64): a GPU backend evaluates where it trains.
+  if (args[0] === '--stage') {
+    const t = args.slice(1).find((a) => !a.startsWith('-')) ?? `${process.platform}-${process.arch}`;
+    if (!ALL.includes(t)) throw new Error(`unknown target ${t} (one of ${ALL.join(', ')})`);
+    fs.rmSync(staged, { recursive: true, force: true });
+    const ort = !args.includes('--without-onnxruntime') && stageOnnxRuntime(t);
+    const webgpu = stageWebGpu(t);
+    process.stdout.write(`dist/node_modules for ${t}: ONNX Runtime ${ort ? 'staged' : 'absent'}, webgpu ${webgpu ? 'staged' : 'absent'}\n`);
+    return;
+  }
   const host = `${process.platform}-${process.arch}`;
   const targets = args.includes('--all') ? ALL : args.filter((a) => !a.startsWith('-')).length ? args.filter((a) => !a.startsWith('-')) : [host];
   for (const t of targets) if (!ALL.includes(t)) throw new Error(`unknown target ${t} (one of ${ALL.join(', ')})`);
@@ -65,6 +101,7 @@ function main() {
   try {
     for (const t of targets) {
       const ort = stageOnnxRuntime(t);
+      const webgpu = stageWebGpu(t);
       const out = path.join(root, `backdoor-audit-${t}-${version}.vsix`);
       execFileSync(
         process.execPath,
@@ -72,7 +109,8 @@ function main() {
         { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] },
       );
       const mb = (fs.statSync(out).size / 1e6).toFixed(1);
-      process.stdout.write(`${path.basename(out)}: ${mb} MB${ort ? '' : ' (no ONNX Runtime binary for this target: WebAssembly only)'}\n`);
+      const notes = [ort ? '' : 'no ONNX Runtime binary for this target: WebAssembly only', webgpu ? '' : 'no WebGPU (Dawn) binary for this target'].filter(Boolean);
+      process.stdout.write(`${path.basename(out)}: ${mb} MB${notes.length ? ` (${notes.join('; ')})` : ''}\n`);
     }
   } finally {
     fs.rmSync(staged, { recursive: true, force: true });

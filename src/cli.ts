@@ -162,9 +162,18 @@ export function buildProgram(): Command {
     .description('benchmark suite: train/inference images/s, defenses, GIC, demo; PyTorch peer where installed')
     .option('--json <file>', 'also write the measurements as JSON')
     .option('--no-defenses', 'skip the per-defense wall times (a few minutes)')
-    .action(async (opts: { json?: string; defenses: boolean }) => {
+    .option('--no-demo', 'skip the demo --quick run and the defense wall times: the model throughputs only')
+    .option('--device <device>', 'auto | gpu | cpu: gpu measures the GPU backend that loads (CUDA, else WebGPU) or fails saying why', 'auto')
+    .action(async (opts: { json?: string; defenses: boolean; demo: boolean; device: string }) => {
+      if (!['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
       const { runBench } = await import('./engine/bench');
-      await runBench({ jsonPath: opts.json ? path.resolve(opts.json) : undefined, log: (s) => process.stderr.write(s + '\n'), skipDefenses: !opts.defenses });
+      await runBench({
+        jsonPath: opts.json ? path.resolve(opts.json) : undefined,
+        log: (s) => process.stderr.write(s + '\n'),
+        skipDefenses: !opts.defenses,
+        skipDemo: !opts.demo,
+        device: opts.device as 'auto' | 'gpu' | 'cpu',
+      });
     });
 
   return program;

@@ -322,10 +322,10 @@ export function scatterSeries(e: EmbeddingEntry): { series: ScatterSeries[]; cla
   return { series, classes: [...classes].sort((a, b) => a - b) };
 }
 
-/** The header's backend badge: the training backend and its threads, and what evaluates when that differs. */
+/** The header's backend badge: the training backend (and the GPU WebGPU ran on), its threads, and what evaluates when that differs. */
 export function backendText(b: NonNullable<ViewState['backend']>): string {
   const evaluation = b.evaluation && b.evaluation !== b.name ? ` + ${b.evaluation === 'onnxruntime-cpu' ? 'ONNX Runtime (evaluation)' : `${b.evaluation} (evaluation)`}` : '';
-  return `${b.name}${b.threads ? ` ×${b.threads}` : ''}${evaluation}`;
+  return `${b.name}${b.adapter ? ` on ${b.adapter}` : ''}${b.threads ? ` ×${b.threads}` : ''}${evaluation}`;
 }
 
 export function statusText(s: ViewState): string {

@@ -12,7 +12,7 @@ export interface ViewState {
   run?: RunInfo;
   status: RunStatus;
   /** The tensor backend that trains and, once the baseline names it, what evaluates (`onnxruntime-cpu` or the backend). */
-  backend?: { name: string; threads: number; evaluation?: string };
+  backend?: { name: string; threads: number; evaluation?: string; adapter?: string };
   cells?: number;
   model?: Results['model'];
   baseline?: ReportedMetrics;
@@ -50,7 +50,7 @@ function upsert<T>(list: T[], item: T, key: (t: T) => string): T[] {
 export function fromResults(run: RunInfo | undefined, r: Results): ViewState {
   return {
     ...emptyState(run, 'done'),
-    backend: r.backend ? { name: r.backend.name, threads: r.backend.threads, ...(r.backend.evaluation ? { evaluation: r.backend.evaluation } : {}) } : undefined,
+    backend: r.backend ? { name: r.backend.name, threads: r.backend.threads, ...(r.backend.evaluation ? { evaluation: r.backend.evaluation } : {}), ...(r.backend.adapter ? { adapter: r.backend.adapter } : {}) } : undefined,
     model: r.model,
     baseline: r.baseline,
     rows: r.rows ?? [],

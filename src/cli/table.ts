@@ -36,7 +36,7 @@ export function formatResultsTable(r: Results, opts: TableOptions | boolean = {}
   const arrow = tty ? '→' : '->';
   const lines: string[] = [];
   const m = r.model;
-  lines.push(`model: ${m.arch} (${m.format}, ${m.params.toLocaleString('en-US')} parameters, input ${m.inputShape.join('x')}, ${m.numClasses} classes) on ${r.backend.name}, ${r.backend.threads} thread${r.backend.threads === 1 ? '' : 's'}`);
+  lines.push(`model: ${m.arch} (${m.format}, ${m.params.toLocaleString('en-US')} parameters, input ${m.inputShape.join('x')}, ${m.numClasses} classes) on ${r.backend.name}${r.backend.adapter ? ` (${r.backend.adapter})` : ''}, ${r.backend.threads} thread${r.backend.threads === 1 ? '' : 's'}`);
   lines.push(`baseline: ACC ${pct(r.baseline.acc)}%  ASR ${pct(r.baseline.asr)}%  RA ${pct(r.baseline.ra)}%`);
 
   const repeated = new Set(r.rows.map((row) => row.seed)).size > 1;

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { initBackend, type BackendName } from './backend';
+import { initBackend, type BackendName, type Device } from './backend';
 import { DataParallel, defaultReplicas } from './nn/data_parallel';
 import { OrtTrainer } from './nn/ort_train';
 import { buildModel } from './models';
@@ -127,7 +127,7 @@ interface DefenseBench {
  * Every defense (fast profile) on the demo's victim with an unseen auxiliary set of the demo's size, one at a
  * time in this thread (--workers 1) so that each wall time is the defense's own.
  */
-async function benchDefenses(demoDir: string, log: (s: string) => void): Promise<Record<string, DefenseBench>> {
+async function benchDefenses(demoDir: string, log: (s: string) => void, device: Device): Promise<Record<string, DefenseBench>> {
   const job = path.join(demoDir, 'bench-defenses.json');
   fs.writeFileSync(
     job,
@@ -144,7 +144,7 @@ async function benchDefenses(demoDir: string, log: (s: string) => void): Promise
     }),
   );
   log(`defenses on the demo victim (unseen, 300 images, fast profile): ${FULL_DEFENSES.join(', ')}...`);
-  const results = await runJobFile(job, { outDir: path.join(demoDir, 'bench-defenses'), workers: 1 });
+  const results = await runJobFile(job, { outDir: path.join(demoDir, 'bench-defenses'), workers: 1, device });
   const out: Record<string, DefenseBench> = {};
   for (const r of results.rows) {
     out[r.defense] = { acc: r.acc ?? null, asr: r.asr ?? null, seconds: r.seconds, error: r.error };
@@ -154,8 +154,11 @@ async function benchDefenses(demoDir: string, log: (s: string) => void): Promise
   return out;
 }
 
-export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean; skipDefenses?: boolean }): Promise<Record<string, unknown>> {
-  const backend = await initBackend('auto');
+export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean; skipDefenses?: boolean; device?: Device }): Promise<Record<string, unknown>> {
+  const device = o.device ?? 'auto';
+  // `gpu` fails here, with the one line saying why, rather than measuring the CPU under a GPU's name.
+  const backend = await initBackend(device);
+  o.log(`backend: ${backend.name}${backend.adapter ? ` on ${backend.adapter}` : ''} (device ${device})`);
   const tensorsBefore = tf.memory().numTensors;
   const repeats = 5;
   const models: Record<string, ModelBench> = {};
@@ -196,18 +199,20 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-'));
     try {
       const t0 = Date.now();
-      const demo = await runDemo({ quick: true, outDir: out, device: 'auto' });
+      const demo = await runDemo({ quick: true, outDir: out, device });
       demoSeconds = (Date.now() - t0) / 1000;
       cellWorkers = demo.backend.threads;
       gic = Object.fromEntries(demo.gic.map((g) => [g.aux, g.seconds]));
       o.log(`  demo --quick: ${demoSeconds.toFixed(1)} s with ${cellWorkers} cell thread(s); GIC per aux set: ${demo.gic.map((g) => `${g.aux} ${g.seconds.toFixed(1)} s`).join(', ')}`);
-      if (!o.skipDefenses) defenses = await benchDefenses(out, o.log);
+      if (!o.skipDefenses) defenses = await benchDefenses(out, o.log, device);
     } finally {
       fs.rmSync(out, { recursive: true, force: true });
     }
   }
   const result = {
     backend: backend.name,
+    device,
+    adapter: backend.adapter ?? null,
     threads: backend.threads,
     cellWorkers: cellWorkers ?? null,
     nproc: os.cpus().length,

@@ -5,7 +5,7 @@
 /** The tensor backends a job can run on (the backend module picks one; results.json names it). */
 import type { ModelDiff } from './model_diff';
 
-export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendName = 'tensorflow-gpu' | 'webgpu' | 'tensorflow' | 'wasm' | 'cpu';
 
 export const RESULTS_SCHEMA = 'backdoor-audit/results@1';
 
@@ -142,9 +142,11 @@ export interface Results {
   schema: typeof RESULTS_SCHEMA;
   /**
    * What ran where: `name` trained (defenses, GIC), on `threads` threads; `evaluation` computed ACC/ASR/RA
-   * (ONNX Runtime's CPU kernels on the CPU backends where it loads, else the training backend).
+   * (ONNX Runtime's CPU kernels on the CPU backends where it loads, else the training backend); `device` is
+   * what the job asked for (`auto` may have fallen back to the CPU: `name` says where it went); `adapter` names
+   * the GPU WebGPU ran on.
    */
-  backend: { name: BackendName; threads: number; evaluation?: 'onnxruntime-cpu' | BackendName };
+  backend: { name: BackendName; threads: number; evaluation?: 'onnxruntime-cpu' | BackendName; device?: 'auto' | 'gpu' | 'cpu'; adapter?: string };
   model: {
     path: string;
     format: string;

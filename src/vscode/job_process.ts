@@ -43,6 +43,8 @@ export const STDERR_TAIL = 12;
 export class JobProcess implements JobHandle {
   readonly child: ChildProcess;
   private readonly tail: string[] = [];
+  /** The first out-of-memory line on stderr, kept even when more output pushes it out of the tail. */
+  private oomLine?: string;
   private exited = false;
   private readonly exitedPromise: Promise<void>;
   private readonly listeners = { message: [] as Array<(m: JobToHost) => void>, error: [] as Array<(e: Error) => void>, exit: [] as Array<(c: number | null, s: NodeJS.Signals | null, d: string) => void> };
@@ -72,7 +74,8 @@ export class JobProcess implements JobHandle {
       // 'close': the process has exited and its stdio is drained, so the stderr tail is complete.
       this.child.once('close', (code, signal) => {
         this.exited = true;
-        const d = describeExit(code, signal, this.tail, o.maxMemoryMB);
+        // V8's out-of-memory line is followed by its native stack, which can be longer than the tail kept.
+        const d = describeExit(code, signal, this.oomLine && !this.tail.includes(this.oomLine) ? [this.oomLine, ...this.tail] : this.tail, o.maxMemoryMB);
         for (const l of [...this.listeners.exit]) l(code, signal, d);
         resolve();
       });
@@ -120,6 +123,7 @@ export class JobProcess implements JobHandle {
     const take = (line: string) => {
       if (!line.trim()) return;
       if (name === 'stderr') {
+        if (this.oomLine === undefined && OOM_LINE.test(line)) this.oomLine = line;
         this.tail.push(line);
         if (this.tail.length > STDERR_TAIL) this.tail.shift();
       }
@@ -142,9 +146,12 @@ export function forkJobProcess(o: JobProcessOptions): JobProcess {
   return new JobProcess(o);
 }
 
+/** A line by which Node or V8 says the process ran out of memory. */
+const OOM_LINE = /heap out of memory|Reached heap limit|std::bad_alloc|Out of memory/i;
+
 /** One line for a job process that ended without a last event: how it ended and what it said last. */
 export function describeExit(code: number | null, signal: string | null, stderrTail: string[], maxMemoryMB?: number): string {
-  const oomLine = stderrTail.find((l) => /heap out of memory|Reached heap limit|std::bad_alloc|Out of memory/i.test(l));
+  const oomLine = stderrTail.find((l) => OOM_LINE.test(l));
   const oom = oomLine !== undefined;
   const how = oom
     ? `ran out of memory${maxMemoryMB ? ` (limit ${maxMemoryMB} MB: setting backdoorAudit.jobProcess.maxMemoryMB)` : ''}`

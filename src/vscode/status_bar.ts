@@ -22,7 +22,10 @@ export const defaultResolves: Resolves = (id) => {
   }
 };
 
-/** The backend a job will most likely get, before any job has reported the one it really got. */
+/**
+ * The backend a job will most likely get, before any job has reported the one it really got. WebGPU is not
+ * guessed: the webgpu package resolving says nothing about an adapter, and asking Dawn belongs in a job process.
+ */
 export function expectedBackend(device: 'auto' | 'gpu' | 'cpu', resolves: Resolves): string {
   if (device !== 'cpu' && resolves('@tensorflow/tfjs-node-gpu')) return 'tensorflow-gpu';
   if (resolves('@tensorflow/tfjs-node')) return 'tensorflow';
@@ -46,6 +49,8 @@ export function backendLabel(name: string, evaluation?: string): string {
   switch (name) {
     case 'tensorflow-gpu':
       return 'GPU (CUDA)';
+    case 'webgpu':
+      return 'GPU (WebGPU)';
     case 'tensorflow':
       return 'CPU (TensorFlow)';
     case 'wasm':
@@ -59,6 +64,7 @@ export function backendLabel(name: string, evaluation?: string): string {
 
 const ENGINE_NAMES: Record<string, string> = {
   'tensorflow-gpu': 'TensorFlow on the GPU (CUDA)',
+  webgpu: 'the GPU through WebGPU (Dawn)',
   tensorflow: 'TensorFlow on the CPU',
   wasm: 'WebAssembly',
   cpu: 'plain JavaScript',
@@ -108,13 +114,13 @@ export class BackendStatus implements vscode.Disposable, JobListener {
     const backend = this.reported?.name ?? expectedBackend(s.device, this.resolves);
     // Until a job names what evaluated, the job process's likely choice (it loads ONNX Runtime as the CLI does).
     const evaluation = this.reported?.evaluation ?? expectedEvaluation(backend, this.resolves);
-    const gpu = backend === 'tensorflow-gpu';
+    const gpu = backend === 'tensorflow-gpu' || backend === 'webgpu';
     const label = backendLabel(backend, evaluation);
     const n = this.running.size;
     this.item.text = `$(${gpu ? 'circuit-board' : 'server-process'}) Backdoor Audit: ${n > 1 ? `${n} jobs` : 'a job'} on ${label}`;
     const what = evaluation === backend ? `train and evaluate on ${engineName(backend)}` : `train on ${engineName(backend)} and evaluate with ${engineName(evaluation)}`;
     const known = this.reported ? (this.reported.evaluation ? 'as the last job reported' : 'as the last job reported; evaluation expected') : 'expected';
-    this.item.tooltip = `Backdoor Audit jobs ${what} (${known}); device setting: ${s.device}.${gpu ? '' : ' Install @tensorflow/tfjs-node-gpu for CUDA.'} The notification shows the progress; click for the log.`;
+    this.item.tooltip = `Backdoor Audit jobs ${what} (${known}); device setting: ${s.device}.${gpu ? '' : ' Backdoor Audit: Check Environment says why no GPU backend loads.'} The notification shows the progress; click for the log.`;
     if (n > 0) this.item.show();
     else this.item.hide();
   }

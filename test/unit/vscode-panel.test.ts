@@ -183,6 +183,10 @@ describe('vscode runs view and status bar', () => {
     assert.equal(expectedEvaluation('wasm', (id) => id === 'onnxruntime-node'), 'onnxruntime-cpu');
     assert.equal(expectedEvaluation('wasm', () => false), 'wasm');
     assert.equal(expectedEvaluation('tensorflow-gpu', () => true), 'tensorflow-gpu', 'a GPU backend evaluates where it trains');
+    // The webgpu package resolving says nothing about an adapter: the guess stays on the CPU until a job reports.
+    assert.equal(expectedBackend('auto', (id) => id === 'webgpu'), 'wasm');
+    assert.equal(backendLabel('webgpu'), 'GPU (WebGPU)');
+    assert.equal(expectedEvaluation('webgpu', () => true), 'webgpu');
   });
 
   it("names the job process's backend: WebAssembly training, ONNX Runtime evaluation, as its messages report them", async () => {

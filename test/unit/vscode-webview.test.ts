@@ -39,6 +39,9 @@ describe('vscode webview: state and formatting', () => {
     assert.deepEqual(s.backend, { name: 'wasm', threads: 1, evaluation: 'onnxruntime-cpu' });
     assert.equal(backendText(s.backend!), 'wasm ×1 + ONNX Runtime (evaluation)');
     assert.equal(backendText({ name: 'tensorflow-gpu', threads: 1, evaluation: 'tensorflow-gpu' }), 'tensorflow-gpu ×1');
+    // A WebGPU run names its GPU, from results.json's backend.adapter.
+    const onGpu = fromResults(run, { ...sampleResults(), backend: { name: 'webgpu', threads: 0, evaluation: 'webgpu', device: 'auto', adapter: 'NVIDIA H100 80GB HBM3 (nvidia hopper)' } }).backend!;
+    assert.equal(backendText(onGpu), 'webgpu on NVIDIA H100 80GB HBM3 (nvidia hopper)');
     assert.equal(backendText(fromResults(run, { ...sampleResults(), backend: { name: 'wasm', threads: 2, evaluation: 'onnxruntime-cpu' } }).backend!), 'wasm ×2 + ONNX Runtime (evaluation)');
     // A re-sent row replaces, never duplicates.
     s = applyEvent(s, { type: 'row', row: { ...sampleResults().rows[0], asr: 0.07 } });

@@ -2,24 +2,31 @@
  * `backdoor-audit doctor`: what this machine offers a job and what each part of a job would run on, so that a
  * user who asks for `device: gpu` learns why it cannot have it before a job fails. It looks for the NVIDIA
  * driver (nvidia-smi), the CUDA and cuDNN libraries @tensorflow/tfjs-node-gpu links against, a WebGPU adapter
- * (the `webgpu` package, Dawn), each tensor backend (loaded / not installed / failed with its error) and ONNX
- * Runtime with its execution providers. Every probe goes through DoctorProbes, so tests give fake machines.
+ * (the `webgpu` package, Dawn, probed as the backend loader does), each tensor backend (loaded / not installed /
+ * unavailable / failed with its error) and ONNX Runtime with its execution providers. Every probe goes through
+ * DoctorProbes, so tests give fake machines.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BackendName } from './index';
+import { firstLine, libraryFinder, nvidiaSmi, parseNvidiaSmi, type NvidiaInfo } from './system';
+import { loadDawn, probeWebGpu, syncReadBlocker, webgpuClause, type DawnModule, type WebGpuStatus } from './webgpu';
 
-export type LoadStatus = { status: 'loaded'; version?: string } | { status: 'not installed' } | { status: 'failed'; error: string };
+export type LoadStatus =
+  | { status: 'loaded'; version?: string }
+  | { status: 'not installed' }
+  /** Installed and loading, but what it runs on is not there (WebGPU without an adapter). */
+  | { status: 'unavailable'; reason: string }
+  | { status: 'failed'; error: string };
 
 export interface DoctorReport {
   schema: 'backdoor-audit/doctor@1';
   platform: string;
   node: string;
-  nvidia: { driver: string; gpus: string[] } | { driver: null; reason: string };
+  nvidia: NvidiaInfo;
   /** The libraries @tensorflow/tfjs-node-gpu 4.x needs (CUDA 11.2, cuDNN 8.1): path or null; null list off Linux. */
   cudaLibraries: Array<{ name: string; path: string | null }> | null;
-  webgpu: { status: 'adapter'; adapter: string } | { status: 'no adapter' } | { status: 'not installed' } | { status: 'failed'; error: string };
+  webgpu: WebGpuStatus;
   backends: Record<BackendName, LoadStatus>;
   onnxRuntime: LoadStatus & { providers?: string[] };
   /** What each part of a job would run on, per `device` value; `error` where that device cannot be had. */
@@ -35,8 +42,10 @@ export interface DoctorProbes {
   load(id: string): unknown;
   /** Whether the wasm binaries of the tensor backend are where the engine looks for them. */
   wasmBinaries(): boolean;
-  /** The first WebGPU adapter's name, undefined when the package loads but finds none. Throws when it fails. */
-  webgpuAdapter(gpuModule: unknown): Promise<string | undefined>;
+  /** dawn.node of the webgpu package; throws as require does (see webgpu.ts). */
+  loadDawn(): DawnModule;
+  /** Why the engine cannot run on the webgpu backend in this runtime even with an adapter (see webgpu.ts). */
+  webgpuSyncReadBlocker(): string | undefined;
 }
 
 export const CUDA_LIBRARIES = ['libcuda.so.1', 'libcudart.so.11.0', 'libcublas.so.11', 'libcudnn.so.8'];
@@ -45,10 +54,6 @@ export const CUDA_LIBRARIES = ['libcuda.so.1', 'libcudart.so.11.0', 'libcublas.s
 function notInstalled(e: unknown, id: string): boolean {
   const err = e as NodeJS.ErrnoException;
   return err?.code === 'MODULE_NOT_FOUND' && typeof err.message === 'string' && err.message.includes(`'${id}'`);
-}
-
-function firstLine(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split('\n')[0].trim();
 }
 
 function loadStatus(probes: DoctorProbes, id: string): { status: LoadStatus; module?: unknown } {
@@ -60,34 +65,25 @@ function loadStatus(probes: DoctorProbes, id: string): { status: LoadStatus; mod
 }
 
 export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise<DoctorReport> {
-  const smi = probes.nvidiaSmi();
-  let nvidia: DoctorReport['nvidia'];
-  if ('stdout' in smi) {
-    const rows = smi.stdout.split('\n').map((l) => l.split(',').map((c) => c.trim())).filter((r) => r.length >= 2 && r[0]);
-    nvidia = rows.length ? { driver: rows[0][1], gpus: rows.map((r) => r[0]) } : { driver: null, reason: 'nvidia-smi lists no GPU' };
-  } else {
-    nvidia = { driver: null, reason: smi.error };
-  }
+  const nvidia = parseNvidiaSmi(probes.nvidiaSmi());
 
   const libs = CUDA_LIBRARIES.map((name) => ({ name, found: probes.findLibrary(name) }));
   const cudaLibraries = libs.some((l) => l.found === null) ? null : libs.map((l) => ({ name: l.name, path: l.found ?? null }));
 
-  let webgpu: DoctorReport['webgpu'];
-  const gpuPkg = loadStatus(probes, 'webgpu');
-  if (gpuPkg.status.status === 'not installed') webgpu = { status: 'not installed' };
-  else if (gpuPkg.status.status === 'failed') webgpu = { status: 'failed', error: gpuPkg.status.error };
-  else {
-    try {
-      const adapter = await probes.webgpuAdapter(gpuPkg.module);
-      webgpu = adapter ? { status: 'adapter', adapter } : { status: 'no adapter' };
-    } catch (e) {
-      webgpu = { status: 'failed', error: firstLine(e) };
-    }
-  }
+  // The same probe the backend loader runs (without installing the GPU: the doctor trains nothing).
+  const webgpu = (await probeWebGpu({ loadDawn: () => probes.loadDawn(), findLibrary: (n) => probes.findLibrary(n), syncReadBlocker: () => probes.webgpuSyncReadBlocker() })).status;
+  const blocked = webgpu.status === 'adapter' ? probes.webgpuSyncReadBlocker() : undefined;
+  let webgpuBackend: LoadStatus;
+  if (blocked) webgpuBackend = { status: 'unavailable', reason: blocked };
+  else if (webgpu.status === 'adapter') webgpuBackend = loadStatus(probes, '@tensorflow/tfjs-backend-webgpu').status;
+  else if (webgpu.status === 'not installed') webgpuBackend = { status: 'not installed' };
+  else if (webgpu.status === 'failed') webgpuBackend = { status: 'failed', error: webgpu.error };
+  else webgpuBackend = { status: 'unavailable', reason: 'no WebGPU adapter' };
 
   const wasm = loadStatus(probes, '@tensorflow/tfjs-backend-wasm').status;
   const backends: Record<BackendName, LoadStatus> = {
     'tensorflow-gpu': loadStatus(probes, '@tensorflow/tfjs-node-gpu').status,
+    webgpu: webgpuBackend,
     tensorflow: loadStatus(probes, '@tensorflow/tfjs-node').status,
     wasm: wasm.status === 'loaded' && !probes.wasmBinaries() ? { status: 'failed', error: 'the .wasm binaries are missing next to the bundle' } : wasm,
     cpu: loadStatus(probes, '@tensorflow/tfjs-backend-cpu').status,
@@ -111,7 +107,7 @@ export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise
     training === 'wasm' || training === 'cpu' ? (onnxRuntime.status === 'loaded' ? 'onnxruntime (CPU)' : training) : training;
   const pick = (order: BackendName[], device: string): { training: BackendName; evaluation: string } | { error: string } => {
     const b = order.find(loaded);
-    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia) : 'no tensor backend loads' };
+    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia, webgpu, blocked) : 'no tensor backend loads' };
   };
   return {
     schema: 'backdoor-audit/doctor@1',
@@ -123,35 +119,42 @@ export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise
     backends,
     onnxRuntime,
     plan: {
-      auto: pick(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'], 'auto'),
-      gpu: pick(['tensorflow-gpu'], 'gpu'),
+      auto: pick(AUTO_ORDER, 'auto'),
+      gpu: pick(GPU_ORDER, 'gpu'),
       cpu: pick(['wasm', 'cpu'], 'cpu'),
     },
   };
 }
 
-/** One line: why `device: gpu` cannot be had here. */
-export function gpuUnavailable(tfGpu: LoadStatus, nvidia?: DoctorReport['nvidia']): string {
-  const why =
+/** The GPU backends in the order the engine tries them: CUDA first (cuDNN's kernels), then WebGPU. */
+export const GPU_ORDER: BackendName[] = ['tensorflow-gpu', 'webgpu'];
+/** `device: auto`: the GPU backends, then the native CPU one, then the portable CPU ones. */
+export const AUTO_ORDER: BackendName[] = [...GPU_ORDER, 'tensorflow', 'wasm', 'cpu'];
+
+/** One line: why `device: gpu` cannot be had here, naming what was tried and the NVIDIA driver's state. */
+export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined, webgpu: WebGpuStatus, webgpuBlocked?: string): string {
+  const cuda =
     tfGpu.status === 'not installed'
-      ? '@tensorflow/tfjs-node-gpu is not installed (npm install @tensorflow/tfjs-node-gpu, with CUDA 11.2 and cuDNN 8.1)'
+      ? '@tensorflow/tfjs-node-gpu: not installed (npm install @tensorflow/tfjs-node-gpu, with CUDA 11.2 and cuDNN 8.1)'
       : tfGpu.status === 'failed'
-        ? `@tensorflow/tfjs-node-gpu failed to load: ${tfGpu.error}`
-        : 'the GPU backend did not start';
-  const driver = nvidia && nvidia.driver === null ? `; no NVIDIA driver (${nvidia.reason})` : '';
-  return `no GPU backend loads here: ${why}${driver}; see backdoor-audit doctor`;
+        ? `@tensorflow/tfjs-node-gpu: failed to load (${tfGpu.error})`
+        : '@tensorflow/tfjs-node-gpu: did not start';
+  const driver = !nvidia ? '' : nvidia.driver === null ? `; NVIDIA driver: none (${nvidia.reason})` : `; NVIDIA driver: ${nvidia.driver}`;
+  return `no GPU backend loads here: ${webgpuClause(webgpu, webgpuBlocked)}; ${cuda}${driver}; see backdoor-audit doctor`;
 }
 
 /** The report as the terminal shows it. */
 export function formatDoctor(r: DoctorReport): string {
-  const st = (s: LoadStatus) => (s.status === 'failed' ? `failed: ${s.error}` : s.status === 'loaded' && s.version ? `loaded ${s.version}` : s.status);
+  const st = (s: LoadStatus) =>
+    s.status === 'failed' ? `failed: ${s.error}` : s.status === 'unavailable' ? `unavailable: ${s.reason}` : s.status === 'loaded' && s.version ? `loaded ${s.version}` : s.status;
+  const w = r.webgpu;
   const plan = (p: DoctorReport['plan']['auto']) => ('error' in p ? `fails: ${p.error}` : `training on ${p.training}, evaluation on ${p.evaluation}`);
   const row = (label: string, value: string) => `${label.padEnd(24)}${value}`;
   const lines = [
     row('platform', `${r.platform}, Node ${r.node}`),
     row('NVIDIA driver', r.nvidia.driver === null ? `none (${r.nvidia.reason})` : `${r.nvidia.driver}: ${r.nvidia.gpus.join(', ')}`),
     row('CUDA/cuDNN', r.cudaLibraries === null ? 'not checked (not Linux)' : r.cudaLibraries.map((l) => `${l.name} ${l.path ? 'found' : 'missing'}`).join(', ')),
-    row('WebGPU', r.webgpu.status === 'adapter' ? `adapter: ${r.webgpu.adapter}` : r.webgpu.status === 'failed' ? `failed: ${r.webgpu.error}` : r.webgpu.status === 'not installed' ? 'not installed (npm package webgpu)' : 'no adapter'),
+    row('WebGPU', w.status === 'adapter' ? `adapter: ${w.adapter}` : w.status === 'failed' ? `failed: ${w.error}` : w.status === 'not installed' ? 'not installed (npm package webgpu)' : `no adapter: ${w.reason}`),
     ...Object.entries(r.backends).map(([k, v]) => row(`backend ${k}`, st(v))),
     row('ONNX Runtime', `${st(r.onnxRuntime)}${r.onnxRuntime.providers ? ` (execution providers: ${r.onnxRuntime.providers.join(', ')})` : ''}`),
     row('device auto', plan(r.plan.auto)),
@@ -161,56 +164,25 @@ export function formatDoctor(r: DoctorReport): string {
   return lines.join('\n');
 }
 
-function ldconfigCache(): string | null {
-  if (process.platform !== 'linux') return null;
-  for (const bin of ['/sbin/ldconfig', '/usr/sbin/ldconfig', 'ldconfig']) {
-    try {
-      return execFileSync(bin, ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
-    } catch {
-      // try the next place
-    }
-  }
-  return '';
-}
-
 /** The probes of this machine. */
 export function defaultProbes(): DoctorProbes {
-  let cache: string | null | undefined;
   return {
-    nvidiaSmi: () => {
-      try {
-        return { stdout: execFileSync('nvidia-smi', ['--query-gpu=name,driver_version', '--format=csv,noheader'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 15_000 }) };
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException & { stderr?: string };
-        return { error: err.code === 'ENOENT' ? 'nvidia-smi not found' : `nvidia-smi failed: ${firstLine(err.stderr || err.message)}` };
-      }
-    },
-    findLibrary: (name) => {
-      if (cache === undefined) cache = ldconfigCache();
-      if (cache === null) return null;
-      const line = cache.split('\n').find((l) => l.trim().startsWith(`${name} `));
-      const m = line ? /=>\s*(\S+)/.exec(line) : null;
-      const extra = (process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean).map((d) => path.join(d, name)).find((f) => fs.existsSync(f));
-      return m?.[1] ?? extra;
-    },
+    nvidiaSmi,
+    findLibrary: libraryFinder(),
     load: (id) => {
       // The portable backends are bundled with the engine: required by name so that the bundler includes them.
       /* eslint-disable @typescript-eslint/no-require-imports */
       if (id === '@tensorflow/tfjs-backend-wasm') return require('@tensorflow/tfjs-backend-wasm');
       if (id === '@tensorflow/tfjs-backend-cpu') return require('@tensorflow/tfjs-backend-cpu');
+      // Bundled too; required only with an adapter (it registers its backend only where navigator.gpu exists).
+      if (id === '@tensorflow/tfjs-backend-webgpu') return require('@tensorflow/tfjs-backend-webgpu');
       // The optional native ones are looked up at run time, where the engine would load them.
       return require(id);
       /* eslint-enable @typescript-eslint/no-require-imports */
     },
     wasmBinaries: () => [__dirname, path.join(__dirname, '..')].some((d) => fs.existsSync(path.join(d, 'tfjs-backend-wasm-simd.wasm'))) || wasmInPackage(),
-    webgpuAdapter: async (mod) => {
-      const { create, globals } = mod as { create: (flags: string[]) => { requestAdapter(): Promise<{ info?: { description?: string; vendor?: string; architecture?: string } } | null> }; globals?: object };
-      if (globals) Object.assign(globalThis, globals);
-      const adapter = await create([]).requestAdapter();
-      if (!adapter) return undefined;
-      const info = adapter.info ?? {};
-      return [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unnamed adapter';
-    },
+    loadDawn,
+    webgpuSyncReadBlocker: () => syncReadBlocker(),
   };
 }
 

@@ -1,8 +1,10 @@
 /**
- * Backend choice. Order of preference: tensorflow-gpu (CUDA through @tensorflow/tfjs-node-gpu) >
- * tensorflow (@tensorflow/tfjs-node) > wasm (XNNPACK, the portable CPU path) > cpu (pure JS, last resort).
- * The two native packages are optional dependencies: they download libtensorflow at install time, which
- * fails without internet, so they are loaded only when present.
+ * Backend choice. Order of preference: tensorflow-gpu (CUDA through @tensorflow/tfjs-node-gpu) > webgpu
+ * (Dawn through the `webgpu` package: Vulkan, Metal or Direct3D 12, no CUDA toolkit) > tensorflow
+ * (@tensorflow/tfjs-node) > wasm (XNNPACK, the portable CPU path) > cpu (pure JS, last resort). The native
+ * packages are optional: tfjs-node downloads libtensorflow at install time, which fails without internet, and
+ * webgpu may be omitted; each is loaded only when present. The job process, the CLI and the workers all come
+ * through here.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
@@ -12,7 +14,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { registerWasmTrainingKernels } from './kernels';
 import { JobError } from '../errors';
-import { gpuUnavailable, type LoadStatus } from './doctor';
+import { AUTO_ORDER, GPU_ORDER, gpuUnavailable, type LoadStatus } from './doctor';
+import { nvidiaSmi, parseNvidiaSmi } from './system';
+import { defaultWebGpuEnv, installNavigatorGpu, probeWebGpu, type WebGpuEnv, type WebGpuStatus } from './webgpu';
 
 export type Device = 'auto' | 'gpu' | 'cpu';
 import type { BackendName } from '../../shared/results';
@@ -21,17 +25,34 @@ export type { BackendName };
 export interface BackendInfo {
   name: BackendName;
   threads: number;
+  /** The GPU the webgpu backend runs on (its adapter's name). */
+  adapter?: string;
+}
+
+/** What loading touches, replaceable by tests (fake packages, fake GPUs, fake nvidia-smi). */
+export interface BackendDeps {
+  /** require() of the optional native packages. */
+  load(id: string): unknown;
+  webgpu: WebGpuEnv;
+  nvidiaSmi(): { stdout: string } | { error: string };
+}
+
+function defaultDeps(): BackendDeps {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return { load: (id) => require(id), webgpu: defaultWebGpuEnv(), nvidiaSmi };
 }
 
 let active: BackendInfo | undefined;
 
 /** Why the last optional native package did not load (for the one-line `device: gpu` error). */
 let lastGpuLoad: LoadStatus = { status: 'not installed' };
+let lastWebGpu: WebGpuStatus = { status: 'not installed' };
+/** Why the adapter last found could not be used (see syncReadBlocker in webgpu.ts). */
+let lastWebGpuBlocked: string | undefined;
 
-function tryRequire(id: string): boolean {
+function tryRequire(id: string, deps: BackendDeps): boolean {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    require(id);
+    deps.load(id);
     if (id === '@tensorflow/tfjs-node-gpu') lastGpuLoad = { status: 'loaded' };
     return true;
   } catch (e) {
@@ -50,6 +71,30 @@ function wasmDir(): string | undefined {
     path.join(__dirname, '..', 'tfjs-backend-wasm-simd.wasm'),
   ];
   for (const c of candidates) if (fs.existsSync(c)) return path.dirname(c) + path.sep;
+  return undefined;
+}
+
+/**
+ * The webgpu backend: a real adapter first (the tfjs backend's own start-up assumes one and fails obscurely
+ * without), then navigator.gpu, then the backend package, which registers `webgpu` only if navigator.gpu exists
+ * when it is first required.
+ */
+async function useWebGpu(deps: BackendDeps): Promise<string | undefined> {
+  const probe = await probeWebGpu(deps.webgpu);
+  lastWebGpu = probe.status;
+  if (probe.status.status !== 'adapter' || !probe.gpu) return undefined;
+  lastWebGpuBlocked = deps.webgpu.syncReadBlocker();
+  if (lastWebGpuBlocked) return undefined;
+  installNavigatorGpu(probe.gpu, probe.globals ?? {});
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  require('@tensorflow/tfjs-backend-webgpu');
+  try {
+    // false when the backend's start-up (requestDevice) fails; tfjs logs why on the console.
+    if (await tf.setBackend('webgpu')) return probe.status.adapter;
+  } catch (e) {
+    lastWebGpu = { status: 'failed', error: String((e as Error)?.message ?? e).split('\n')[0] };
+    return undefined;
+  }
   return undefined;
 }
 
@@ -75,22 +120,20 @@ async function useWasm(): Promise<boolean> {
 }
 
 /**
- * Initialise the tensor backend once per process. `device: 'gpu'` insists on CUDA and fails clearly when it
- * is missing; `cpu` skips the native packages; `auto` takes the best that loads.
+ * Initialise the tensor backend once per process. `device: 'gpu'` insists on a GPU backend (CUDA, then WebGPU)
+ * and fails with one line naming what each gave when none starts; `cpu` skips the native packages; `auto`
+ * takes the best that loads. A backend already started is kept when it is one the device allows.
  */
-export async function initBackend(device: Device = 'auto', prefer?: BackendName): Promise<BackendInfo> {
-  if (active && !prefer) return active;
-  const want: BackendName[] = prefer
-    ? [prefer]
-    : device === 'gpu'
-      ? ['tensorflow-gpu']
-      : device === 'cpu'
-        ? ['wasm', 'cpu']
-        : ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+export async function initBackend(device: Device = 'auto', prefer?: BackendName, deps: BackendDeps = defaultDeps()): Promise<BackendInfo> {
+  const want: BackendName[] = prefer ? [prefer] : device === 'gpu' ? GPU_ORDER : device === 'cpu' ? ['wasm', 'cpu'] : AUTO_ORDER;
+  if (active && !prefer && want.includes(active.name)) return active;
   for (const name of want) {
-    if (name === 'tensorflow-gpu' && tryRequire('@tensorflow/tfjs-node-gpu') && (await tf.setBackend('tensorflow'))) {
+    let adapter: string | undefined;
+    if (name === 'tensorflow-gpu' && tryRequire('@tensorflow/tfjs-node-gpu', deps) && (await tf.setBackend('tensorflow'))) {
       active = { name, threads: 0 };
-    } else if (name === 'tensorflow' && tryRequire('@tensorflow/tfjs-node') && (await tf.setBackend('tensorflow'))) {
+    } else if (name === 'webgpu' && (adapter = await useWebGpu(deps))) {
+      active = { name, threads: 0, adapter };
+    } else if (name === 'tensorflow' && tryRequire('@tensorflow/tfjs-node', deps) && (await tf.setBackend('tensorflow'))) {
       active = { name, threads: 0 };
     } else if (name === 'wasm' && (await useWasm())) {
       active = { name, threads: 1 };
@@ -102,8 +145,8 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName)
       return active;
     }
   }
-  // No silent fallback: a job that asks for the GPU fails, with one line saying why.
-  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad), 'device');
+  // No silent fallback: a job that asks for the GPU fails, with one line saying what each path gave.
+  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu, lastWebGpuBlocked), 'device');
   throw new JobError('no tensor backend could start', 'device');
 }
 

@@ -145,7 +145,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const results: Results = {
     schema: RESULTS_SCHEMA,
     // With a pool, that many single-threaded backends compute cells side by side (and this thread calibrates).
-    backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads, evaluation },
+    backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads, evaluation, ...(o.backend.adapter ? { adapter: o.backend.adapter } : {}) },
     model: job.model,
     baseline,
     rows: [],

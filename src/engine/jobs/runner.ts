@@ -49,7 +49,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
   const emit = opts.onEvent ?? (() => undefined);
   const job: Job = loadJob(jobPath);
   const shard = parseShard(opts.shard);
-  const backend = await initBackend(opts.device ?? job.device);
+  const device = opts.device ?? job.device ?? 'auto';
+  const backend = await initBackend(device);
   // `seed` fixes what every repetition shares (the embedded data split, the trigger, the embeddings); each of
   // `seeds` (the first is `seed`) draws its own auxiliary samples, calibration and defense streams.
   const seed = job.seed;
@@ -104,6 +105,8 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
             })
           : undefined;
       const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers });
+      // What was asked beside what ran: `auto` that fell back to the CPU reads as such.
+      results.backend.device = device;
       results.attack = attackInfo;
       if (unknownDetection) results.detection.nc = { ...unknownDetection, source: aux[0] ? `aux ${aux[0].name}` : train ? 'data.train' : 'data.test' };
       const resultsPath = writeResults(staging, outDir, results, { protect: inputs });
