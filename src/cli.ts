@@ -162,9 +162,23 @@ export function buildProgram(): Command {
     .description('benchmark suite: train/inference images/s, defenses, GIC, demo; PyTorch peer where installed')
     .option('--json <file>', 'also write the measurements as JSON')
     .option('--no-defenses', 'skip the per-defense wall times (a few minutes)')
-    .action(async (opts: { json?: string; defenses: boolean }) => {
+    .option('--purification [ids...]', 'defenses timed against PyTorch on a PyTorch-trained PreAct-ResNet18 (default: ft nad fp; all = every defense)')
+    .option('--no-purification', 'skip the purification section')
+    .option('--only-purification', 'run the purification section alone')
+    .option('--victim <dir>', 'zoo victim folder of the purification section (default: test/fixtures/zoo/preact8-badnets)')
+    .option('--whole-job', 'also time the whole default job (every defense) on that victim (tens of minutes)')
+    .action(async (opts: { json?: string; defenses: boolean; purification?: string[] | boolean; onlyPurification?: boolean; victim?: string; wholeJob?: boolean }) => {
       const { runBench } = await import('./engine/bench');
-      await runBench({ jsonPath: opts.json ? path.resolve(opts.json) : undefined, log: (s) => process.stderr.write(s + '\n'), skipDefenses: !opts.defenses });
+      const { parsePurification } = await import('./engine/bench_purify');
+      await runBench({
+        jsonPath: opts.json ? path.resolve(opts.json) : undefined,
+        log: (s) => process.stderr.write(s + '\n'),
+        skipDefenses: !opts.defenses,
+        purification: parsePurification(opts.purification),
+        onlyPurification: opts.onlyPurification,
+        victimDir: opts.victim ? path.resolve(opts.victim) : undefined,
+        wholeJob: opts.wholeJob,
+      });
     });
 
   return program;
