@@ -29,11 +29,15 @@ export interface SideResult {
 export interface OursResult extends SideResult {
   /** The whole job's wall time: model and data loading, baseline evaluation, the cell, results.json. */
   jobSeconds: number;
+  /** CPU time of this process over the job (every thread): on a loaded machine wall time overstates the work. */
+  cpuSeconds?: number;
 }
 
 export interface ReferenceResult extends SideResult {
   /** The reference process's wall time, with Python's start, torch's import and the victim's loading. */
   processSeconds?: number;
+  /** The reference's CPU time over the defense (its row's cpuSeconds). */
+  cpuSeconds?: number;
   threads?: number;
   torch?: string;
 }
@@ -61,12 +65,14 @@ export interface PurificationBench {
   profile: 'fast';
   recipe: 'fast';
   threads: number;
+  /** The 1-minute load average before and after the section: the machine may be shared. */
+  load: { start: number; end: number };
   torch: { available: true; defenses: string[] } | { available: false; reason: string };
   rows: PurificationRow[];
   /** The rendered table (Markdown), as printed. */
   table: string;
   /** `--whole-job`: every defense in one job through the normal job path. */
-  wholeJob?: { defenses: string[]; seconds: number; rows: Array<{ defense: string; seconds: number; acc: number | null; asr: number | null; error: string | null }> };
+  wholeJob?: { defenses: string[]; seconds: number; cpuSeconds: number; rows: Array<{ defense: string; seconds: number; acc: number | null; asr: number | null; error: string | null }> };
 }
 
 /** The committed width-8 PreAct-ResNet18 BadNets victim of the tests (scripts/zoo/make_test_fixture.py). */
@@ -144,8 +150,10 @@ async function runJob(dir: string, defenses: string[], workers: number | undefin
     const jobPath = path.join(tmp, 'job.json');
     fs.writeFileSync(jobPath, JSON.stringify(purificationJob(dir, defenses)));
     const t0 = Date.now();
+    const c0 = process.cpuUsage();
     const results = await runJobFile(jobPath, { outDir: path.join(tmp, 'out'), workers });
-    return { results, seconds: (Date.now() - t0) / 1000 };
+    const cpu = process.cpuUsage(c0);
+    return { results, seconds: (Date.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -153,10 +161,10 @@ async function runJob(dir: string, defenses: string[], workers: number | undefin
 
 /** Our side: a one-defense job through runJobFile; `seconds` is the cell's (defense, evaluation, saving). */
 export const runOursJob: OursRunner = async (defense, dir) => {
-  const { results, seconds } = await runJob(dir, [defense], undefined);
+  const { results, seconds, cpuSeconds } = await runJob(dir, [defense], undefined);
   const row = results.rows.find((r) => r.defense === defense);
-  if (!row) return { seconds: NaN, jobSeconds: seconds, acc: null, asr: null, error: 'the job returned no row' };
-  return { seconds: row.seconds, jobSeconds: seconds, acc: row.acc ?? null, asr: row.asr ?? null, ...(row.error ? { error: row.error } : {}) };
+  if (!row) return { seconds: NaN, jobSeconds: seconds, cpuSeconds, acc: null, asr: null, error: 'the job returned no row' };
+  return { seconds: row.seconds, jobSeconds: seconds, cpuSeconds, acc: row.acc ?? null, asr: row.asr ?? null, ...(row.error ? { error: row.error } : {}) };
 };
 
 function referenceScript(): string | undefined {
@@ -204,10 +212,10 @@ export function pythonReference(python = '/usr/bin/python3', script = referenceS
         });
         const processSeconds = (Date.now() - t0) / 1000;
         if (code !== 0) return { seconds: NaN, acc: null, asr: null, processSeconds, error: `reference_defenses.py failed: ${lastLine(stderr) || `exit ${code}`}` };
-        const rows = JSON.parse(fs.readFileSync(out, 'utf8')) as Array<{ defense: string; seconds: number; acc: number; asr: number; threads?: number; torch?: string }>;
+        const rows = JSON.parse(fs.readFileSync(out, 'utf8')) as Array<{ defense: string; seconds: number; cpuSeconds?: number; acc: number; asr: number; threads?: number; torch?: string }>;
         const row = rows.find((r) => r.defense === defense);
         if (!row) return { seconds: NaN, acc: null, asr: null, processSeconds, error: 'reference_defenses.py wrote no row' };
-        return { seconds: row.seconds, acc: row.acc, asr: row.asr, processSeconds, threads: row.threads, torch: row.torch };
+        return { seconds: row.seconds, acc: row.acc, asr: row.asr, processSeconds, cpuSeconds: row.cpuSeconds, threads: row.threads, torch: row.torch };
       } finally {
         fs.rmSync(tmp, { recursive: true, force: true });
       }
@@ -256,20 +264,22 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
   const threads = o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
   const reference = o.reference ?? pythonReference();
   const ours = o.ours ?? runOursJob;
+  const loadStart = os.loadavg()[0];
   const probe = reference.probe();
   const torch: PurificationBench['torch'] = 'defenses' in probe ? { available: true, defenses: probe.defenses } : { available: false, reason: probe.unavailable };
+  o.log(`load average ${loadStart.toFixed(2)} on ${os.cpus().length} cores`);
   o.log(`purification on ${dir} (${v.meta.arch ?? 'model'}${v.meta.width ? ` width ${v.meta.width}` : ''}; ${v.aux} auxiliary, ${v.test} test, ${v.triggered} triggered images), fast profile, ours then PyTorch (${threads} threads) per defense: ${o.defenses.join(', ')}`);
   if (!torch.available) o.log(`  PyTorch not available: ${torch.reason}; our side only`);
   const rows: PurificationRow[] = [];
   for (const id of o.defenses) {
     o.log(`  ${id}: ours...`);
     const mine = await ours(id, dir, o.log);
-    o.log(`  ${id}: ours ${mine.error ? `error: ${mine.error}` : `ACC ${pct(mine.acc)}% ASR ${pct(mine.asr)}%`} ${secs(mine)} s (job ${mine.jobSeconds.toFixed(1)} s)`);
+    o.log(`  ${id}: ours ${mine.error ? `error: ${mine.error}` : `ACC ${pct(mine.acc)}% ASR ${pct(mine.asr)}%`} ${secs(mine)} s (job ${mine.jobSeconds.toFixed(1)} s, CPU ${mine.cpuSeconds?.toFixed(1) ?? '–'} s)`);
     let theirs: ReferenceResult | null = null;
     if (torch.available && torch.defenses.includes(id)) {
       o.log(`  ${id}: PyTorch...`);
       theirs = await reference.run(id, dir, threads, o.log);
-      o.log(`  ${id}: PyTorch ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s`);
+      o.log(`  ${id}: PyTorch ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s (CPU ${theirs.cpuSeconds?.toFixed(1) ?? '–'} s)`);
     } else if (torch.available) {
       o.log(`  ${id}: PyTorch's reference has no ${id}`);
     }
@@ -281,15 +291,18 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
   if (o.wholeJob) {
     const ids = [...DEFENSE_IDS];
     o.log(`  the whole default job (${ids.join(', ')}) as \`backdoor-audit run\` runs it...`);
-    const { results, seconds } = await runJob(dir, ids, undefined);
-    wholeJob = { defenses: ids, seconds, rows: results.rows.map((r) => ({ defense: r.defense, seconds: r.seconds, acc: r.acc ?? null, asr: r.asr ?? null, error: r.error })) };
+    const { results, seconds, cpuSeconds } = await runJob(dir, ids, undefined);
+    wholeJob = { defenses: ids, seconds, cpuSeconds, rows: results.rows.map((r) => ({ defense: r.defense, seconds: r.seconds, acc: r.acc ?? null, asr: r.asr ?? null, error: r.error })) };
     o.log(`  whole job: ${seconds.toFixed(1)} s with ${results.backend.threads} cell thread(s)`);
   }
+  const load = { start: loadStart, end: os.loadavg()[0] };
+  o.log(`load average ${load.end.toFixed(2)} at the end`);
   return {
     victim: { dir, name: path.basename(dir), arch: v.meta.arch, width: v.meta.width, auxImages: v.aux, testImages: v.test, triggeredImages: v.triggered },
     profile: 'fast',
     recipe: 'fast',
     threads,
+    load,
     torch,
     rows,
     table,
