@@ -22,7 +22,7 @@ import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
 import { OrtPredictor } from './metrics/ort_eval';
-import { benchPurification, type PurificationBench } from './bench_purify';
+import { benchPurification, defaultVictimDir, purificationJob, type PurificationBench } from './bench_purify';
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
@@ -173,6 +173,8 @@ export interface BenchOptions {
 }
 
 export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
+  // A victim folder that cannot serve is refused now, not after the other sections' minutes.
+  if (o.purification?.length || o.wholeJob) purificationJob(o.victimDir ?? defaultVictimDir(), []);
   const backend = await initBackend('auto');
   const tensorsBefore = tf.memory().numTensors;
   const repeats = 5;
