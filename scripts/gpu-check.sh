@@ -45,7 +45,7 @@ gpu_plan="$(node -e 'const p=require(process.argv[1]).plan.gpu; console.log(p.er
 echo "device gpu plan: $gpu_plan"
 
 echo "== bench --device gpu"
-if ! timeout 900 node "$cli" bench --device gpu --no-demo --json "$out/bench.json"; then
+if ! timeout 900 node "$cli" bench --device gpu --no-demo --no-purification --json "$out/bench.json"; then
   echo "bench --device gpu failed" >&2
   status=1
 fi

@@ -164,15 +164,25 @@ export function buildProgram(): Command {
     .option('--no-defenses', 'skip the per-defense wall times (a few minutes)')
     .option('--no-demo', 'skip the demo --quick run and the defense wall times: the model throughputs only')
     .option('--device <device>', 'auto | gpu | cpu: gpu measures the GPU backend that loads (CUDA, else WebGPU) or fails saying why', 'auto')
-    .action(async (opts: { json?: string; defenses: boolean; demo: boolean; device: string }) => {
+    .option('--purification [ids...]', 'defenses timed against PyTorch on a PyTorch-trained PreAct-ResNet18 (default: ft nad fp; all = every defense)')
+    .option('--no-purification', 'skip the purification section')
+    .option('--only-purification', 'run the purification section alone')
+    .option('--victim <dir>', 'zoo victim folder of the purification section (default: test/fixtures/zoo/preact8-badnets)')
+    .option('--whole-job', 'also time the whole default job (every defense) on that victim (tens of minutes)')
+    .action(async (opts: { json?: string; defenses: boolean; demo: boolean; device: string; purification?: string[] | boolean; onlyPurification?: boolean; victim?: string; wholeJob?: boolean }) => {
       if (!['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
       const { runBench } = await import('./engine/bench');
+      const { parsePurification } = await import('./engine/bench_purify');
       await runBench({
         jsonPath: opts.json ? path.resolve(opts.json) : undefined,
         log: (s) => process.stderr.write(s + '\n'),
         skipDefenses: !opts.defenses,
         skipDemo: !opts.demo,
         device: opts.device as 'auto' | 'gpu' | 'cpu',
+        purification: parsePurification(opts.purification),
+        onlyPurification: opts.onlyPurification,
+        victimDir: opts.victim ? path.resolve(opts.victim) : undefined,
+        wholeJob: opts.wholeJob,
       });
     });
 

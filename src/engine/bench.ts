@@ -3,7 +3,9 @@
  * 10 classes, batch 128) on the active backend, medians of repeats after a warm-up; the `demo --quick` wall
  * time (cells on every core) and its GIC time per aux set; every defense's wall time, ACC and ASR on the demo's
  * victim; peak RSS; tensor counts. Where Debian's python3-torch is installed, the same models and steps run in
- * PyTorch (2 threads) in the same run and the ratios are printed. Benchmarks measure; they assert nothing.
+ * PyTorch (2 threads) in the same run and the ratios are printed. Then the purification section
+ * (bench_purify.ts): chosen defenses on a PyTorch-trained PreAct-ResNet18 victim, ours and PyTorch's in the same
+ * run. Benchmarks measure; they assert nothing.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import * as fs from 'node:fs';
@@ -20,6 +22,7 @@ import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
 import { OrtPredictor } from './metrics/ort_eval';
+import { benchPurification, defaultVictimDir, purificationJob, type PurificationBench } from './bench_purify';
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
@@ -154,7 +157,26 @@ async function benchDefenses(demoDir: string, log: (s: string) => void, device: 
   return out;
 }
 
-export async function runBench(o: { jsonPath?: string; log: (s: string) => void; skipDemo?: boolean; skipDefenses?: boolean; device?: Device }): Promise<Record<string, unknown>> {
+export interface BenchOptions {
+  jsonPath?: string;
+  log: (s: string) => void;
+  skipDemo?: boolean;
+  skipDefenses?: boolean;
+  /** auto | gpu | cpu: `gpu` measures the GPU backend that loads or fails with the doctor's line. */
+  device?: Device;
+  /** Only the purification section (no images/s, demo or demo-victim defenses). */
+  onlyPurification?: boolean;
+  /** The purification section's defenses; empty skips the section. */
+  purification?: string[];
+  /** The zoo victim folder of the purification section (default: the committed test fixture). */
+  victimDir?: string;
+  /** Also time the whole default job (every defense) on that victim. */
+  wholeJob?: boolean;
+}
+
+export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
+  // A victim folder that cannot serve is refused now, not after the other sections' minutes.
+  if (o.purification?.length || o.wholeJob) purificationJob(o.victimDir ?? defaultVictimDir(), []);
   const device = o.device ?? 'auto';
   // `gpu` fails here, with the one line saying why, rather than measuring the CPU under a GPU's name.
   const backend = await initBackend(device);
@@ -162,7 +184,7 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
   const tensorsBefore = tf.memory().numTensors;
   const repeats = 5;
   const models: Record<string, ModelBench> = {};
-  for (const [name, arch, options] of [
+  for (const [name, arch, options] of o.onlyPurification ? [] : [
     ['small-cnn-32', 'small-cnn-32', undefined],
     ['preact-resnet18-32', 'preact-resnet18', { width: 64 }],
   ] as const) {
@@ -178,8 +200,8 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
       o.log(`  ${name}: failed: ${(e as Error).message.split('\n')[0]}`);
     }
   }
-  o.log('PyTorch peer (Debian python3-torch, 2 threads)...');
-  const torch = torchPeer(repeats);
+  if (!o.onlyPurification) o.log('PyTorch peer (Debian python3-torch, 2 threads)...');
+  const torch = o.onlyPurification ? undefined : torchPeer(repeats);
   if (torch) {
     for (const [name, t] of Object.entries(torch)) {
       const ours = models[name];
@@ -187,14 +209,14 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
       const ortRatio = ours.ortInferImagesPerSecond ? `, ONNX Runtime inference ${(ours.ortInferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x` : '';
       o.log(`  ${name}: PyTorch train ${t.trainImagesPerSecond.toFixed(1)}, inference ${t.inferImagesPerSecond.toFixed(1)} images/s; ratio train ${(ours.trainImagesPerSecond / t.trainImagesPerSecond).toFixed(2)}x, inference ${(ours.inferImagesPerSecond / t.inferImagesPerSecond).toFixed(2)}x${ortRatio}`);
     }
-  } else {
+  } else if (!o.onlyPurification) {
     o.log('  not available (install Debian python3-torch)');
   }
   let demoSeconds: number | undefined;
   let cellWorkers: number | undefined;
   let gic: Record<string, number> | undefined;
   let defenses: Record<string, DefenseBench> | undefined;
-  if (!o.skipDemo) {
+  if (!o.skipDemo && !o.onlyPurification) {
     o.log('demo --quick...');
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-'));
     try {
@@ -209,6 +231,8 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
       fs.rmSync(out, { recursive: true, force: true });
     }
   }
+  let purification: PurificationBench | undefined;
+  if (o.purification?.length || o.wholeJob) purification = await benchPurification({ victimDir: o.victimDir, defenses: o.purification ?? [], wholeJob: o.wholeJob, log: o.log });
   const result = {
     backend: backend.name,
     device,
@@ -221,6 +245,7 @@ export async function runBench(o: { jsonPath?: string; log: (s: string) => void;
     demoQuickSeconds: demoSeconds ?? null,
     gicSeconds: gic ?? null,
     defenses: defenses ?? null,
+    purification: purification ?? null,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     tensorsBefore,
     tensorsAfter: tf.memory().numTensors,
