@@ -187,11 +187,23 @@ function cellPercent(text: string | undefined): number {
 async function demoFromWalkthrough(page: Page): Promise<void> {
   // Only the demo's panel stays open: it is then the one found, and the run the Calibration view follows.
   await paletteCommand(page, 'View: Close All Editors');
+  // No notification toast over the pictures (the earlier jobs' results left some).
+  await paletteCommand(page, 'Notifications: Clear All Notifications');
   await paletteCommand(page, 'Welcome: Open Walkthrough...');
   // This quick pick has a placeholder and no title: choose the row.
   await pickRow(page, 'Audit a model for backdoors');
   const stepButton = page.locator('button.getting-started-step', { hasText: 'Try the demo' });
   await stepButton.waitFor({ state: 'visible', timeout: 30_000 });
+  // The step's page (media/walkthrough/demo.md) is drawn in a webview beside the steps: let it load before the
+  // picture (a picture without it is still taken).
+  await page
+    .frameLocator('.gettingStartedContainer iframe.webview.ready')
+    .first()
+    .frameLocator('#active-frame')
+    .locator('text=backdoor-audit-demo/')
+    .first()
+    .waitFor({ state: 'visible', timeout: 15_000 })
+    .catch(() => step('walkthrough: the step page did not load in time for the picture'));
   // The step's command link is drawn as a button (an <a role="button">) inside the step.
   const run = stepButton.locator('.button-container [role="button"]', { hasText: /^\s*Run Demo\s*$/ });
   // The first step opens expanded; select it if another one is.
