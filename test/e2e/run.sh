@@ -113,9 +113,11 @@ export E2E_POISONED_MODEL="mnist-badnets.${VICTIM##*.}"
 cp "$VICTIM" "$WS/models/$E2E_POISONED_MODEL"
 # The walkthrough's Run Demo keeps an audit.json already in backdoor-audit-demo/ (as it keeps a user's edit) and
 # writes the shipped victim beside it: this job (ft and Neural Cleanse with short schedules, two small aux sets,
-# GIC off and on, two seeds) takes about two minutes on 2 cores where the full demo job takes several, and gives
-# the panel's mean ± std chart and NC's reversed triggers. Its ft runs at the demo's rate (lr 0.1, batches of 32;
-# src/engine/jobs/demo.ts), which removes this victim's backdoor, unlike the fast profile's lr 0.01.
+# GIC off and on, two seeds) took about two minutes on a loaded 2-core machine, shorter than the full demo job (16
+# cells on four aux sets, one of them synthesized), and gives the panel's mean ± std chart and NC's reversed
+# triggers. Its ft runs at the demo's rate (lr 0.1, batches of 32; src/engine/jobs/demo.ts): in the e2e it brought
+# ASR from 100% to 0.3-16% (means over the two seeds), where the fast profile's lr 0.01 leaves this victim's
+# backdoor in place.
 mkdir -p "$WS/backdoor-audit-demo"
 cp "$ROOT/test/e2e/demo-audit.json" "$WS/backdoor-audit-demo/audit.json"
 
