@@ -7,12 +7,15 @@
  * then purifies the PyTorch checkpoint E2E_PT (GIC off) the same way; then purifies E2E_POISONED_MODEL (a copy of
  * the victim) against the user's own poisoned set, chosen in the set-up flow as "I have triggered test images"
  * (data/triggered_x.npy with its paired true labels), and checks the job file, the baseline ASR of the panel and
- * the attack the run's results.json names; last, screenshots the Calibration side view. Exits non-zero on any
- * failure, with a screenshot.
+ * the attack the run's results.json names; then closes the editors, opens the Get Started walkthrough and runs its
+ * demo step (Run Demo, on the job run.sh put in backdoor-audit-demo/: ft and NC, two aux sets, GIC off and on, two
+ * seeds), checks its panel's ACC/ASR rows (mean ± std), the mean-over-seeds chart and NC's reversed trigger of every
+ * class, and screenshots them; last, screenshots the Calibration side view following that run. Exits non-zero on
+ * any failure, with a screenshot.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { chromium, type FrameLocator, type Locator, type Page } from 'playwright-core';
+import { chromium, type ElementHandle, type Frame, type FrameLocator, type Locator, type Page } from 'playwright-core';
 
 const url = required('E2E_URL');
 const workspace = required('E2E_WORKSPACE');
@@ -85,29 +88,211 @@ async function panelFrame(page: Page): Promise<FrameLocator> {
 }
 
 /**
- * Opens the Backdoor Audit side bar and screenshots its Calibration view (best effort: a missing view is
- * logged, the check above is what passes or fails the run).
+ * Opens the Backdoor Audit side bar and screenshots its Calibration view, which follows the run shown last: the
+ * demo's, calibrated on both of its aux sets (a run with GIC off, such as the poisoned set's, has no cards to show).
  */
-async function calibrationView(page: Page): Promise<void> {
-  try {
-    await page.locator('.activitybar a.action-label[aria-label^="Backdoor Audit"]').first().click();
-    const frames = page.locator('iframe.webview.ready');
-    const deadline = Date.now() + 60_000;
-    while (Date.now() < deadline) {
-      for (let i = (await frames.count()) - 1; i >= 0; i--) {
-        const f = page.frameLocator('iframe.webview.ready').nth(i).frameLocator('#active-frame');
-        if ((await f.locator('body[data-view="calibration"]').count()) === 0) continue;
-        await f.locator('.calibration-card').first().waitFor({ state: 'visible', timeout: 30_000 });
-        await page.locator('.part.sidebar').screenshot({ path: path.join(artifacts, 'calibration.png') });
-        step(`calibration view: ${await f.locator('.calibration-card').count()} aux sets`);
-        return;
+async function calibrationView(page: Page, auxSets: number): Promise<void> {
+  await page.locator('.activitybar a.action-label[aria-label^="Backdoor Audit"]').first().click();
+  const frames = page.locator('iframe.webview.ready');
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    for (let i = (await frames.count()) - 1; i >= 0; i--) {
+      const f = page.frameLocator('iframe.webview.ready').nth(i).frameLocator('#active-frame');
+      if ((await f.locator('body[data-view="calibration"]').count()) === 0) continue;
+      await f.locator('.calibration-card').nth(auxSets - 1).waitFor({ state: 'visible', timeout: 30_000 });
+      const cards = await f.locator('.calibration-card').count();
+      if (cards !== auxSets) throw new Error(`the Calibration view shows ${cards} aux sets, expected ${auxSets}`);
+      // A wider side bar for the picture: drag its sash (on its right edge) to the right.
+      const bar = await page.locator('.part.sidebar').boundingBox();
+      if (bar && bar.width < 480) {
+        await page.mouse.move(bar.x + bar.width, bar.y + bar.height / 2);
+        await page.mouse.down();
+        await page.mouse.move(bar.x + 480, bar.y + bar.height / 2, { steps: 10 });
+        await page.mouse.up();
+        await page.waitForTimeout(1000);
       }
-      await page.waitForTimeout(1000);
+      // The Calibration pane alone (the Past Runs pane above it is mostly empty space in a tall window).
+      const pane = page.locator('.part.sidebar .pane', { has: page.locator('.pane-header', { hasText: /^\s*Calibration/i }) });
+      await ((await pane.count()) === 1 ? pane : page.locator('.part.sidebar')).screenshot({ path: path.join(artifacts, 'calibration.png') });
+      step(`calibration view: ${(await f.locator('h2').first().textContent())?.trim()}; ${cards} aux sets`);
+      return;
     }
-    step('calibration view: not found');
-  } catch (e) {
-    step(`calibration view: ${(e as Error).message.split('\n')[0]}`);
+    await page.waitForTimeout(1000);
   }
+  throw new Error('the Calibration view did not appear in the Backdoor Audit side bar');
+}
+
+/** Closes the editor tab titled `title` (its close button shows on hover); a tab already gone is no error. */
+async function closeTab(page: Page, title: string): Promise<void> {
+  const tab = page.locator('.tabs-container .tab', { hasText: title });
+  if ((await tab.count()) === 0) return;
+  await tab.first().hover();
+  await tab.first().locator('.tab-actions .action-label').first().click();
+  await tab.first().waitFor({ state: 'detached', timeout: 10_000 });
+}
+
+/** Types `filter` into the open quick pick and clicks the first row whose text contains `label`. */
+async function pickRow(page: Page, label: string, filter = label): Promise<void> {
+  const input = page.locator('.quick-input-widget .quick-input-box input');
+  await input.waitFor({ state: 'visible', timeout: 10_000 });
+  await input.fill(filter);
+  const row = page.locator('.quick-input-widget .quick-input-list .monaco-list-row', { hasText: label }).first();
+  await row.waitFor({ state: 'visible', timeout: 10_000 });
+  await row.click();
+  await page.waitForTimeout(500);
+}
+
+/** Runs a Command Palette command by its exact title. */
+async function paletteCommand(page: Page, title: string): Promise<void> {
+  // Focus the workbench first: a key pressed while a webview has focus goes to its iframe.
+  await page.locator('.part.statusbar').click({ position: { x: 2, y: 2 } });
+  await page.keyboard.press('F1');
+  await pickRow(page, title, `>${title}`);
+}
+
+/**
+ * The results panel among the open webviews (the walkthrough's step pages are webviews too): the last one whose
+ * page is the results view, as frames (a locator by position would move to another webview when the workbench
+ * adds or drops one). Waits for it to appear.
+ */
+async function findResultsPanel(page: Page, timeoutMs: number): Promise<{ frame: Frame; element: ElementHandle }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    for (const outer of (await page.locator('iframe.webview.ready').elementHandles()).reverse()) {
+      try {
+        const inner = await (await (await outer.contentFrame())?.$('#active-frame'))?.contentFrame();
+        if (inner && (await inner.locator('body[data-view="results"]').count()) > 0) return { frame: inner, element: outer };
+      } catch {
+        // A webview whose frame was replaced while it was looked at: the next pass sees the new one.
+      }
+    }
+    if (Date.now() > deadline) throw new Error('no results panel opened');
+    await page.waitForTimeout(1000);
+  }
+}
+
+/** First number of a grid cell ("96.8% ± 0.5" or "96.8%"), or NaN. */
+function cellPercent(text: string | undefined): number {
+  const m = /^([\d.]+)%/.exec(text?.trim() ?? '');
+  return m ? Number(m[1]) : NaN;
+}
+
+/**
+ * The Get Started walkthrough "Audit a model for backdoors": its first step's Run Demo button runs the demo job
+ * (backdoor-audit-demo/audit.json, put there by run.sh: ft and NC on two aux sets, GIC off and on, seeds 0 and 1).
+ * Checks that the results panel opens and fills its ACC/ASR rows with means ± std over the two seeds, that the
+ * ACC/ASR chart says it shows means over 2 seeds, and that NC's view shows the anomaly chart and the reversed
+ * trigger of each of the 10 classes; screenshots the walkthrough, the chart and the reversed triggers.
+ */
+async function demoFromWalkthrough(page: Page): Promise<void> {
+  // Only the demo's panel stays open: it is then the one found, and the run the Calibration view follows.
+  await paletteCommand(page, 'View: Close All Editors');
+  // No notification toast over the pictures (the earlier jobs' results left some).
+  await paletteCommand(page, 'Notifications: Clear All Notifications');
+  await paletteCommand(page, 'Welcome: Open Walkthrough...');
+  // This quick pick has a placeholder and no title: choose the row.
+  await pickRow(page, 'Audit a model for backdoors');
+  const stepButton = page.locator('button.getting-started-step', { hasText: 'Try the demo' });
+  await stepButton.waitFor({ state: 'visible', timeout: 30_000 });
+  // The step's page (media/walkthrough/demo.md) is drawn in a webview beside the steps: let it load before the
+  // picture (a picture without it is still taken).
+  await page
+    .frameLocator('.gettingStartedContainer iframe.webview.ready')
+    .first()
+    .frameLocator('#active-frame')
+    .locator('text=backdoor-audit-demo/')
+    .first()
+    .waitFor({ state: 'visible', timeout: 15_000 })
+    .catch(() => step('walkthrough: the step page did not load in time for the picture'));
+  // The step's command link is drawn as a button (an <a role="button">) inside the step.
+  const run = stepButton.locator('.button-container [role="button"]', { hasText: /^\s*Run Demo\s*$/ });
+  // The first step opens expanded; select it if another one is.
+  if (!(await run.isVisible().catch(() => false))) await stepButton.click();
+  await run.waitFor({ state: 'visible', timeout: 10_000 });
+  await page.screenshot({ path: path.join(artifacts, 'walkthrough.png') });
+  step('walkthrough: Run Demo');
+  await run.click();
+
+  const demoJob = path.join(workspace, 'backdoor-audit-demo', 'audit.json');
+  const demoVictim = path.join(workspace, 'backdoor-audit-demo', 'victim.safetensors');
+  for (let i = 0; i < 50 && !fs.existsSync(demoVictim); i++) await page.waitForTimeout(200);
+  if (!fs.existsSync(demoVictim)) throw new Error('Run Demo wrote no backdoor-audit-demo/victim.safetensors');
+  const seeds: number[] = JSON.parse(fs.readFileSync(demoJob, 'utf8')).seeds;
+
+  await findResultsPanel(page, 60_000);
+  const deadline = Date.now() + JOB_TIMEOUT_MS;
+  let lastLogged = 0;
+  for (;;) {
+    // Found again each time: VS Code may replace a webview's frames while the panel is redrawn.
+    const { frame } = await findResultsPanel(page, 60_000);
+    const text = (await frame.locator('.status-text').textContent({ timeout: 10_000 }).catch(() => '')) ?? '';
+    if (/^Done/.test(text)) break;
+    if (/^(Failed|Cancelled|Interrupted)/.test(text)) throw new Error(`the demo job ended: ${text}`);
+    if (Date.now() > deadline) throw new Error(`the demo job did not finish in time (last status: ${text})`);
+    if (Date.now() - lastLogged > 30_000) {
+      step(`demo: ${text.trim().slice(0, 120)}`);
+      lastLogged = Date.now();
+    }
+    await page.waitForTimeout(2000);
+  }
+  // The pictures: the panel across the whole editor area (the walkthrough closed), no notification toast over it.
+  await closeTab(page, 'Walkthrough: Backdoor Audit');
+  await paletteCommand(page, 'Notifications: Clear All Notifications');
+  const { frame: panel, element } = await findResultsPanel(page, 60_000);
+
+  // Per aux set, a row per defense: ACC and ASR as mean ± std over the seeds, without GIC (cells 1, 2) and with
+  // it (cells 6, 7).
+  const groups = panel.locator('#grid .aux-group');
+  const auxSets = await groups.count();
+  if (auxSets !== 2) throw new Error(`the demo panel shows ${auxSets} aux sets, expected 2`);
+  for (let g = 0; g < auxSets; g++) {
+    const aux = ((await groups.nth(g).locator('h3').first().textContent()) ?? '').trim();
+    for (const defense of ['ft', 'nc']) {
+      const row = groups.nth(g).locator('table.grid tbody tr', { has: panel.locator('td.defense', { hasText: new RegExp(`^${defense}$`) }) }).first();
+      const cells = (await row.locator('td').allTextContents()).map((t) => t.trim());
+      step(`demo ${aux} ${defense}: ${cells.join(' | ')}`);
+      for (const i of [1, 2, 6, 7]) {
+        const v = cellPercent(cells[i]);
+        if (!(v >= 0 && v <= 100) || !/ ± [\d.]+$/.test(cells[i])) throw new Error(`demo ${aux} ${defense}: no mean ± std in cell ${i}: ${cells.join(' | ')}`);
+      }
+    }
+  }
+
+  // The ACC/ASR chart: means over the seeds with their error bars.
+  const chart = panel.locator('#chart');
+  const note = ((await chart.locator('.chart-note').textContent()) ?? '').trim();
+  if (!note.includes(`mean over ${seeds.length} seeds`)) throw new Error(`the chart's note is "${note}", not a mean over ${seeds.length} seeds`);
+  step(`chart: ${note}`);
+  // chart.js animates its bars in: let them settle before the picture.
+  await page.waitForTimeout(1500);
+  await chart.screenshot({ path: path.join(artifacts, 'figure1-e2e.png') });
+
+  // The results table of the 16 runs sorted by DER, and the model diff of the first purified model (ft, at a
+  // rate that removes the backdoor), for the README: no notification over them here, unlike after the first job.
+  const table = panel.locator('#results-table');
+  await table.locator('th button', { hasText: /^DER/ }).click();
+  await table.locator('th[aria-sort="descending"]').waitFor({ state: 'attached', timeout: 10_000 });
+  const tableRows = await table.locator('tbody tr').count();
+  if (tableRows !== 16) throw new Error(`the demo's results table lists ${tableRows} runs, expected 16 (2 aux sets × 2 defenses × GIC off/on × 2 seeds)`);
+  await table.screenshot({ path: path.join(artifacts, 'demo-results-table.png') });
+  await page.waitForTimeout(1000);
+  await panel.locator('#model-diff').screenshot({ path: path.join(artifacts, 'demo-model-diff.png') });
+
+  // Neural Cleanse: the anomaly index chart and a reversed trigger (mask x pattern, and the mask) per class.
+  const detection = panel.locator('#detection');
+  await detection.waitFor({ state: 'visible', timeout: 10_000 });
+  if ((await detection.locator('.anomaly-chart canvas').count()) !== 1) throw new Error('no anomaly index chart in the NC view');
+  const triggers = await detection.locator('figure.reversed-trigger').count();
+  const flagged = await detection.locator('figure.reversed-trigger.flagged').count();
+  const canvases = await detection.locator('figure.reversed-trigger canvas').count();
+  if (triggers !== 10 || canvases !== 20) throw new Error(`the NC view shows ${triggers} reversed triggers with ${canvases} images, expected 10 classes with trigger and mask each`);
+  step(`NC view: ${triggers} reversed triggers, ${flagged} flagged; ${((await detection.locator('p').nth(0).textContent()) ?? '').trim().slice(-60)}`);
+  // NC's section (its chart and ten trigger pairs) is taller than the window: a taller window shows it whole (an
+  // element screenshot inside the webview's frames cannot scroll past the frame's visible part).
+  await page.setViewportSize({ width: 1600, height: 2000 });
+  await page.waitForTimeout(1500);
+  await detection.screenshot({ path: path.join(artifacts, 'reversed-triggers.png') });
+  await element.screenshot({ path: path.join(artifacts, 'panel-demo.png') });
 }
 
 async function main(): Promise<void> {
@@ -204,8 +389,9 @@ async function main(): Promise<void> {
     step(`results table sorted by DER; model diff: ${layers} layers`);
     if (ptName) await purifyPt(page, ptName);
     if (poisonedModel) await purifyWithPoisonedSet(page, poisonedModel);
-    // Last, as it adds a webview of its own: the Calibration side view following the open run.
-    await calibrationView(page);
+    await demoFromWalkthrough(page);
+    // Last, as it adds a webview of its own: the Calibration side view following the demo's run.
+    await calibrationView(page, 2);
   } catch (e) {
     await page.screenshot({ path: path.join(artifacts, 'failure.png') }).catch(() => undefined);
     throw e;
