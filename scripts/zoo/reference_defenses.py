@@ -11,7 +11,7 @@ using only the victim and aux_x/aux_y.npy, then evaluates the model after its la
 zoo_common.evaluate does (ACC on the clean test set, ASR and RA on the triggered non-target test images; the
 triggered set is run once for both). No decision
 reads the test set: Fine-Pruning's stopping point, which BackdoorBench picks on the test set, is picked on a
-seeded class-stratified 10% validation split of the auxiliary set.
+seeded class-stratified 10% validation split of the auxiliary set, and ANP's threshold on a 20% one.
 
 Rows `{victim, defense, seed, params, acc, asr, ra, seconds, cpuSeconds, details, victimMetrics}` are merged into
 the output JSON array (what scripts/zoo/compare.ts reads) by (victim, defense, seed); the file is replaced
@@ -46,6 +46,15 @@ written here from that reading, not copied):
           ||delta||^2), then per batch of a fixed augmented copy of the aux set one Adam step on the implicit
           hypergradient of CE(batch with delta added to 1% of its images) through the inner problem (GD step 0.1
           on batch 0, K fixed-point iterations).
+  anp     every BatchNorm2d gets a mask m (init 1) and noises n_w, n_b: gamma * (m + n_w), beta * (1 + n_b) when
+          perturbed. Per iteration, a batch of 256 drawn with replacement from the aux-train split (random crop),
+          BN in train mode: noises from U(-eps, eps), eps 0.4, one step of eps * sign(grad CE) (not projected
+          back to [-eps, eps]); then one SGD step (lr 0.01, momentum 0.9) of the masks on
+          alpha * CE(masked) + (1 - alpha) * CE(masked, perturbed), alpha 0.2, masks clipped to [0, 1]; 2000
+          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile). Then gamma = 0 on the
+          victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9: BackdoorBench keeps the lowest test
+          ASR within 10% relative test ACC; here, as the engine's anp.ts, the largest t whose accuracy on a seeded
+          stratified 20% aux validation split is >= 0.95 x the unpruned one (none: nothing pruned).
 """
 import argparse
 import contextlib
@@ -716,6 +725,7 @@ def effective(defense, a):
             r['batchSize'] = a.batch_size
         if a.anp_clip_noise:
             r['noiseClip'] = r['eps']  # the engine's anp.ts projects the noise back to [-eps, eps]
+            r['profile'] += '-clip-noise'
         r['iterationsDeparture'] = r['iterations'] != r['paperIterations']
         return r
     if a.epochs is not None:
