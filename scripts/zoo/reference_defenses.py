@@ -11,7 +11,7 @@ using only the victim and aux_x/aux_y.npy, then evaluates the model after its la
 zoo_common.evaluate does (ACC on the clean test set, ASR and RA on the triggered non-target test images; the
 triggered set is run once for both). No decision
 reads the test set: Fine-Pruning's stopping point, which BackdoorBench picks on the test set, is picked on a
-seeded class-stratified 10% validation split of the auxiliary set.
+seeded class-stratified 10% validation split of the auxiliary set, and ANP's threshold on a 20% one.
 
 Rows `{victim, defense, seed, params, acc, asr, ra, seconds, cpuSeconds, details, victimMetrics}` are merged into
 the output JSON array (what scripts/zoo/compare.ts reads) by (victim, defense, seed); the file is replaced
@@ -46,6 +46,15 @@ written here from that reading, not copied):
           ||delta||^2), then per batch of a fixed augmented copy of the aux set one Adam step on the implicit
           hypergradient of CE(batch with delta added to 1% of its images) through the inner problem (GD step 0.1
           on batch 0, K fixed-point iterations).
+  anp     every BatchNorm2d gets a mask m (init 1) and noises n_w, n_b: gamma * (m + n_w), beta * (1 + n_b) when
+          perturbed. Per iteration, a batch of 256 drawn with replacement from the aux-train split (random crop),
+          BN in train mode: noises from U(-eps, eps), eps 0.4, one step of eps * sign(grad CE) (not projected
+          back to [-eps, eps]); then one SGD step (lr 0.01, momentum 0.9) of the masks on
+          alpha * CE(masked) + (1 - alpha) * CE(masked, perturbed), alpha 0.2, masks clipped to [0, 1]; 2000
+          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile). Then gamma = 0 on the
+          victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9: BackdoorBench keeps the lowest test
+          ASR within 10% relative test ACC; here, as the engine's anp.ts, the largest t whose accuracy on a seeded
+          stratified 20% aux validation split is >= 0.95 x the unpruned one (none: nothing pruned).
 """
 import argparse
 import contextlib
@@ -106,6 +115,20 @@ RECIPES = {
         'adamBetas': [0.9, 0.999], 'amsgrad': True, 'weightDecay': 0.0, 'schedule': 'constant',
         'augment': 'random-crop-4', 'bn': 'frozen (eval mode)', 'K': 5, 'innerLr': 0.1, 'pertLr': 10.0,
         'pertReg': 0.001, 'portion': 0.01,
+    },
+    'anp': {
+        'source': f'{BB} defense/anp.py, config/defense/anp/config.yaml, utils/defense_utils/anp/anp_model/anp_batchnorm.py',
+        # nb_iter batches of batch_size drawn with replacement (RandomSampler(replacement=True)), augmented.
+        'iterations': 2000, 'paperIterations': 2000, 'batchSize': 256, 'lr': 0.01, 'momentum': 0.9, 'eps': 0.4,
+        'anpSteps': 1, 'alpha': 0.2, 'augment': 'random-crop-4', 'sampling': 'with replacement',
+        'bn': 'train mode (batch statistics) while the masks learn', 'noiseClip': None,
+        'maxThreshold': 0.9, 'thresholdStep': 0.05, 'accRatio': 0.95, 'valFraction': 0.2,
+        # the diagnosis curves (details.thresholdCurve, countCurve) use the first 2000 clean and 2000 triggered
+        # test images; the row's acc/asr/ra use them all.
+        'curveTestImages': 2000,
+        'selectOn': 'aux validation split: the largest threshold keeping val acc >= accRatio x unpruned '
+                    '(BackdoorBench: the lowest test ASR within 10% relative test ACC)',
+        'trainOn': 'aux train split',
     },
 }
 
@@ -506,7 +529,189 @@ def run_ibau(model, v, r, a, gen, log):
     return model, {}
 
 
-DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau}
+class NeuronMasks:
+    """ANP's NoisyBatchNorm2d attached to every BatchNorm2d of a model (its forward is replaced): per channel a
+    mask m (init 1) and noises n_w, n_b (init 0); when perturbed the layer uses gamma * (m + n_w) and
+    beta * (1 + n_b), otherwise gamma * m and beta. The model's own parameters are frozen (ANP steps only the
+    masks and the noises; BackdoorBench's optimizers hold only those, so this changes nothing but speed)."""
+
+    def __init__(self, model):
+        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.layers:
+            raise ValueError('ANP needs BatchNorm layers')
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.masks = [torch.ones(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.noise = [torch.zeros(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.noise_bias = [torch.zeros(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.perturbed = False
+        for i, (_, m) in enumerate(self.layers):
+            m.forward = self._forward(i, m)
+
+    def _forward(self, i, m):
+        def forward(x):
+            if self.perturbed:
+                w, b = m.weight * (self.masks[i] + self.noise[i]), m.bias * (1.0 + self.noise_bias[i])
+            else:
+                w, b = m.weight * self.masks[i], m.bias
+            if m.training:
+                m.num_batches_tracked.add_(1)
+            return F.batch_norm(x, m.running_mean, m.running_var, w, b, m.training, m.momentum, m.eps)
+        return forward
+
+    def noises(self):
+        return self.noise + self.noise_bias
+
+    def reset_noise(self, eps, gen):
+        with torch.no_grad():
+            for t in self.noises():
+                t.copy_(torch.rand(t.shape, generator=gen) * 2 * eps - eps)
+
+
+def prune_bn(model, masks, threshold):
+    """Zero gamma of every BatchNorm channel whose mask is <= threshold (BackdoorBench's pruning(): the weight
+    only, on the original model); returns the number of channels pruned."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    pruned = 0
+    with torch.no_grad():
+        for bn, mk in zip(bns, masks):
+            off = mk <= threshold
+            bn.weight[off] = 0.0
+            pruned += int(off.sum())
+    return pruned
+
+
+def prune_lowest(model, masks, k):
+    """Zero gamma of the k channels with the lowest masks over all layers (BackdoorBench's pruning_by number)."""
+    flat = torch.cat(masks)
+    order = torch.argsort(flat, stable=True)[:k]
+    sel = torch.zeros_like(flat, dtype=torch.bool)
+    sel[order] = True
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        start = 0
+        for bn in bns:
+            n = bn.num_features
+            bn.weight[sel[start:start + n]] = 0.0
+            start += n
+
+
+def evaluate_head(model, v, n):
+    """evaluate() on the first n clean and the first n triggered test images (the diagnosis curves of ANP: 19000
+    images per pruned model cost ~10 s of one core)."""
+    pred_bd = predict(model, v.bd_x[:n])
+    return {'acc': float((predict(model, v.test_x[:n]) == v.test_y[:n]).mean()),
+            'asr': float((pred_bd == Z.TARGET).mean()), 'ra': float((pred_bd == v.bd_y[:n]).mean())}
+
+
+def run_anp(model, v, r, a, gen, log):
+    tr, va = stratified_split(v.aux_y, r['valFraction'], a.seed)
+    x_all, y_all = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
+    xt, yt, xv, yv = x_all[tr], y_all[tr], x_all[va], y_all[va]
+    work = copy.deepcopy(model)
+    nm = NeuronMasks(work)
+    mask_opt = torch.optim.SGD(nm.masks, lr=r['lr'], momentum=r['momentum'])
+    noise_lr = r['eps'] / r['anpSteps']
+    work.train()
+    trace, tot, cnt = [], 0.0, 0
+    for it in range(r['iterations']):
+        idx = torch.randint(0, len(xt), (r['batchSize'],), generator=gen)  # RandomSampler(replacement=True)
+        xb, yb = Z.random_crop(xt[idx], gen), yt[idx]
+        # 1. the adversarial neuron perturbation: random start in [-eps, eps], anpSteps signed steps of eps/steps
+        #    ascending CE (BackdoorBench does not project the noise back to [-eps, eps]; --anp-clip-noise does).
+        if r['eps'] > 0:
+            nm.reset_noise(r['eps'], gen)
+            for _ in range(r['anpSteps']):
+                nm.perturbed = True
+                loss_noise = -F.cross_entropy(work(xb), yb)
+                grads = torch.autograd.grad(loss_noise, nm.noises())
+                with torch.no_grad():
+                    for t, g in zip(nm.noises(), grads):
+                        t.sub_(noise_lr * g.sign())
+                        if r['noiseClip'] is not None:
+                            t.clamp_(-r['noiseClip'], r['noiseClip'])
+        # 2. the masks: alpha * CE(masked) + (1 - alpha) * CE(masked and perturbed), SGD, then clip to [0, 1].
+        if r['eps'] > 0:
+            nm.perturbed = True
+            loss_rob = F.cross_entropy(work(xb), yb)
+        else:
+            loss_rob = torch.zeros(())
+        nm.perturbed = False
+        loss_nat = F.cross_entropy(work(xb), yb)
+        loss = r['alpha'] * loss_nat + (1 - r['alpha']) * loss_rob
+        finite(loss, 'ANP')
+        mask_opt.zero_grad()
+        loss.backward()
+        mask_opt.step()
+        with torch.no_grad():
+            for mk in nm.masks:
+                mk.clamp_(0.0, 1.0)
+        tot += loss.item()
+        cnt += 1
+        if (it + 1) % max(1, r['iterations'] // 10) == 0 or it == r['iterations'] - 1:
+            below = sum(int((mk < 0.2).sum()) for mk in nm.masks)
+            trace.append([it + 1, round(tot / cnt, 4), below])
+            log(f'    iteration {it + 1}/{r["iterations"]} loss {tot / cnt:.4f} masks < 0.2: {below}')
+            tot, cnt = 0.0, 0
+    masks = [mk.detach().clone() for mk in nm.masks]
+    names = [n for n, _ in nm.layers]
+
+    # The threshold: the largest in 0..maxThreshold keeping aux-val accuracy >= accRatio x the unpruned one
+    # (the engine's anp.ts rule); None (prune nothing) when even 0 costs too much. The test-set columns of the
+    # curve are for diagnosis only and take no part in the choice.
+    base_val = acc_tensor(model, xv, yv)
+    n_steps = int(round(r['maxThreshold'] / r['thresholdStep']))
+    curve, by_count = [], {}
+    for k in range(n_steps + 1):
+        thr = round(k * r['thresholdStep'], 3)
+        m = copy.deepcopy(model)
+        pruned = prune_bn(m, masks, thr)
+        if pruned not in by_count:  # pruning is cumulative: the same count is the same model
+            by_count[pruned] = {'valAcc': acc_tensor(m, xv, yv), **evaluate_head(m, v, r['curveTestImages'])}
+        e = by_count[pruned]
+        curve.append({'threshold': thr, 'pruned': pruned, 'valAcc': round(e['valAcc'], 4), 'acc': round(e['acc'], 4),
+                      'asr': round(e['asr'], 4), 'ra': round(e['ra'], 4)})
+    chosen = next((c for c in reversed(curve) if c['valAcc'] >= r['accRatio'] * base_val), None)
+    # What BackdoorBench's evaluate_by_threshold would keep (it reads the test set): the lowest test ASR among
+    # the thresholds within 10% relative test ACC of the unpruned model, the unpruned model if none beats it.
+    m0 = evaluate_head(model, v, r['curveTestImages'])
+    bb, best = None, m0['asr']
+    for c in curve:
+        if abs(c['acc'] - m0['acc']) / m0['acc'] < 0.1 and c['asr'] < best:
+            bb, best = c, c['asr']
+    # Pruning the k lowest masks (BackdoorBench's pruning_by number), diagnosis only.
+    count_curve = []
+    for k in (5, 10, 20, 40, 80):
+        m = copy.deepcopy(model)
+        prune_lowest(m, masks, k)
+        e = evaluate_head(m, v, r['curveTestImages'])
+        count_curve.append({'pruned': k, 'acc': round(e['acc'], 4), 'asr': round(e['asr'], 4)})
+    flat = torch.cat(masks)
+    stats = {
+        'channels': int(flat.numel()), 'zero': int((flat <= 0).sum()), 'below0.2': int((flat < 0.2).sum()),
+        'below0.5': int((flat < 0.5).sum()), 'below0.9': int((flat < 0.9).sum()), 'atOne': int((flat >= 1).sum()),
+        'min': round(float(flat.min()), 4), 'mean': round(float(flat.mean()), 4),
+        'median': round(float(flat.median()), 4),
+        'perLayer': {n: {'channels': int(mk.numel()), 'below0.2': int((mk < 0.2).sum()),
+                         'below0.5': int((mk < 0.5).sum()), 'min': round(float(mk.min()), 3)}
+                     for n, mk in zip(names, masks)},
+    }
+    if chosen is not None:
+        prune_bn(model, masks, chosen['threshold'])
+    log(f'    threshold {chosen and chosen["threshold"]} pruned {chosen and chosen["pruned"]} '
+        f'(aux-val {base_val:.3f} -> {chosen and chosen["valAcc"]}); masks < 0.2: {stats["below0.2"]}, '
+        f'< 0.5: {stats["below0.5"]} of {stats["channels"]}')
+    return model, {
+        'threshold': chosen and chosen['threshold'], 'prunedChannels': chosen['pruned'] if chosen else 0,
+        'auxValAcc': chosen['valAcc'] if chosen else round(base_val, 4), 'auxValAccBefore': round(base_val, 4),
+        'selectedOn': 'aux validation split', 'trainImages': len(tr), 'valImages': len(va),
+        'maskStats': stats, 'thresholdCurve': curve, 'countCurve': count_curve,
+        'backdoorBenchTestChoice': bb, 'lossTrace': trace,
+        'masks': {n: [round(float(x), 3) for x in mk] for n, mk in zip(names, masks)},
+    }
+
+
+DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau, 'anp': run_anp}
 
 # `--recipe fast`: the departures our `fast` profile names for each defense (src/engine/defenses/<name>.ts,
 # `defaults('fast')` and `departures('fast')`), applied to BackdoorBench's recipe above, so that the engine's
@@ -525,8 +730,24 @@ FAST = {
 def effective(defense, a):
     r = dict(RECIPES[defense])
     if a.recipe == 'fast':
-        r.update(FAST[defense])
+        r.update(FAST.get(defense, {}))  # anp: its own fast switch below
         r['recipe'] = 'fast (the engine\'s fast profile)'
+    if defense == 'anp':
+        if a.anp_fast or a.recipe == 'fast':  # --recipe fast is the engine's fast profile for ANP too
+            # The engine's `fast` profile: the ANP authors' mask rate 0.2 (BackdoorBench: 0.01), batch 64, 500
+            # iterations.
+            r.update({'iterations': 500, 'batchSize': 64, 'lr': 0.2, 'profile': 'fast'})
+        else:
+            r['profile'] = 'paper'
+        if a.iterations is not None:
+            r['iterations'] = a.iterations
+        if a.batch_size is not None:
+            r['batchSize'] = a.batch_size
+        if a.anp_clip_noise:
+            r['noiseClip'] = r['eps']  # the engine's anp.ts projects the noise back to [-eps, eps]
+            r['profile'] += '-clip-noise'
+        r['iterationsDeparture'] = r['iterations'] != r['paperIterations']
+        return r
     if a.epochs is not None:
         r['epochs'] = a.epochs
     if a.batch_size is not None:
@@ -556,13 +777,19 @@ def run_one(v, defense, seed, a):
     model, details = DEFENSES[defense](model, v, r, a, gen, log)
     seconds, cpu = Z.now() - t0, time.process_time() - c0
     m = evaluate(model, v)
+    length = f'iterations {r["iterations"]}' if 'iterations' in r else f'epochs {r["epochs"]}'
+    if defense == 'anp':
+        d = details
+        length += (f'; threshold {d["threshold"]}, pruned {d["prunedChannels"]}, masks < 0.2 / 0.5: '
+                   f'{d["maskStats"]["below0.2"]} / {d["maskStats"]["below0.5"]} of {d["maskStats"]["channels"]}')
     row = {'victim': v.name, 'defense': defense, 'seed': seed, 'params': r,
+           **({'profile': r['profile']} if 'profile' in r else {}),
            'acc': round(m['acc'], 4), 'asr': round(m['asr'], 4), 'ra': round(m['ra'], 4),
            'seconds': round(seconds, 1), 'cpuSeconds': round(cpu, 1), 'details': details,
            'victimMetrics': {k: round(v.meta['metrics'][k], 4) for k in ('acc', 'asr', 'ra')},
            'threads': torch.get_num_threads(), 'torch': torch.__version__}
     print(f'{v.name} {defense} seed {seed}: ACC {m["acc"]:.4f} ASR {m["asr"]:.4f} RA {m["ra"]:.4f} '
-          f'({seconds:.1f} s, cpu {cpu:.1f} s; epochs {r["epochs"]}, batch {r["batchSize"]}, lr {r["lr"]})', flush=True)
+          f'({seconds:.1f} s, cpu {cpu:.1f} s; {length}, batch {r["batchSize"]}, lr {r["lr"]})', flush=True)
     return row
 
 
@@ -586,7 +813,8 @@ def merge(path, rows):
                 old = json.load(f)
             if isinstance(old, dict):  # an object holding its rows
                 old = old.get('rows', [])
-        key = lambda o: (o['victim'], o['defense'], o['seed'])  # noqa: E731
+        # ANP's rows carry the profile (paper or fast), both kept side by side.
+        key = lambda o: (o['victim'], o['defense'], o['seed'], o.get('profile', ''))  # noqa: E731
         new = {key(o) for o in rows}
         out = sorted([o for o in old if key(o) not in new] + rows, key=key)
         Z.save_json(path, out)
@@ -607,6 +835,12 @@ def main():
     ap.add_argument('--recipe', choices=['paper', 'fast'], default='paper',
                     help="paper: BackdoorBench's values (fewer epochs, see the README); fast: with the departures "
                          "of the engine's fast profile")
+    ap.add_argument('--anp-fast', action='store_true',
+                    help="ANP: the engine's fast profile (500 iterations, batch 64, mask lr 0.2)")
+    ap.add_argument('--iterations', type=int, help='ANP: override the mask iterations')
+    ap.add_argument('--anp-clip-noise', action='store_true',
+                    help="ANP: project the neuron noise to [-eps, eps] after its step, as the engine's anp.ts does "
+                         '(BackdoorBench does not)')
     ap.add_argument('--zoo', default=os.path.join(ROOT, 'zoo'))
     ap.add_argument('--out', default=os.path.join(ROOT, 'zoo', 'reference.json'))
     ap.add_argument('--threads', type=int, default=1)
@@ -620,12 +854,13 @@ def main():
     if a.skip_done and os.path.exists(a.out):
         with open(a.out) as f:
             old = json.load(f)
-        done = {(o['victim'], o['defense'], o['seed']) for o in (old.get('rows', []) if isinstance(old, dict) else old)}
+        done = {(o['victim'], o['defense'], o['seed'], o.get('profile', ''))
+                for o in (old.get('rows', []) if isinstance(old, dict) else old)}
     for name in a.victim:
         v = Victim(a.zoo, name)
         for d in a.defense:
             for s in a.seeds:
-                if (name, d, s) in done:
+                if (name, d, s, effective(d, a).get('profile', '')) in done:
                     continue
                 row = run_one(v, d, s, a)
                 merge(a.out, [row])
