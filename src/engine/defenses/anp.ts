@@ -1,7 +1,7 @@
 /**
  * `anp`: Adversarial Neuron Pruning (Wu & Wang, 2021). Every BatchNorm channel gets a mask m in [0,1] and
- * multiplicative noise in [-eps, eps] on gamma and beta. Per batch: one signed-gradient step on the noise that
- * maximizes CE, then an SGD step on the masks minimizing alpha * CE(clean) + (1 - alpha) * CE(perturbed);
+ * multiplicative noise, drawn in [-eps, eps], on gamma and beta. Per batch: one signed-gradient step of eps on
+ * the noise that maximizes CE, then an SGD step on the masks minimizing alpha * CE(clean) + (1 - alpha) * CE(perturbed);
  * masks are clipped to [0,1]. Channels whose mask is <= a threshold are then pruned (gamma = 0) on the
  * original model. The threshold (0..max by step) is chosen on a validation split of the auxiliary set: the
  * largest one that keeps validation accuracy within `accRatio` of the unpruned model. BackdoorBench chooses
@@ -83,12 +83,15 @@ export const anp: Defense = {
         const x = makeBatch(train, idx, ctx.augment, ctx.rng);
         const y = tf.tensor1d(Int32Array.from(idx, (i) => train.y[i]), 'int32');
         try {
-          // 1. Noise: one signed-gradient ascent step on CE from a random start, kept in [-eps, eps].
+          // 1. Noise: one signed-gradient ascent step of eps on CE from a random start in [-eps, eps]. As in
+          //    BackdoorBench's anp.py and the ANP authors' code, the step is not projected back, so the noise
+          //    ends in [-2 eps, 2 eps]. (Projecting it, as this file once did, is a departure that the PyTorch
+          //    reference, scripts/zoo/reference_defenses.py --anp-clip-noise, shows changes nothing on the zoo.)
           resetNoise(set, p.eps, ctx.rng);
           const perturbed = maskHook(set, true, false);
           tf.tidy(() => {
             const { grads } = tf.variableGrads(() => crossEntropy(work.forward(x, { training: true, bnAffineHook: perturbed }), y), noiseVars);
-            noiseVars.forEach((v) => v.assign(tf.clipByValue(tf.add(v, tf.mul(tf.sign(grads[v.name]), p.eps)), -p.eps, p.eps)));
+            noiseVars.forEach((v) => v.assign(tf.add(v, tf.mul(tf.sign(grads[v.name]), p.eps))));
           });
           // 2. Masks: natural loss on clean weights plus robust loss under the noise.
           const clean = maskHook(set, false, false);
