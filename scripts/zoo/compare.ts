@@ -66,7 +66,9 @@ for (const [k, rows] of [...groups.entries()].sort()) {
   const sameRecipe = (r: Row) => {
     const d = (ok[0]?.params ?? ok[0]?.details) as Record<string, unknown> | undefined;
     const same = (k: string) => d?.[k] === undefined || r.params?.[k] === undefined || d[k] === r.params[k];
-    return same('epochs') && same('batchSize');
+    // A reference row that names its profile (ANP's: fast, paper, fast-clip-noise) counts only for that profile.
+    const refProfile = (r as Row & { profile?: string }).profile;
+    return same('epochs') && same('batchSize') && (refProfile === undefined || refProfile === (rows[0].profile ?? 'fast'));
   };
   const ref = reference.filter((r) => r.victim === victim && r.defense === defense && r.acc !== null && sameRecipe(r));
   const v = rows[0].victimMetrics;
