@@ -7,15 +7,9 @@ import type { InspectInfo } from '../src/shared/panel_messages';
 import type { View } from './app';
 import { calibrationCards } from './calibration_format';
 import { Charts } from './charts';
-import { galleryImage, scatterLabel, statusAnnouncement, statusText } from './format';
+import { scatterLabel, statusAnnouncement, statusText } from './format';
+import { el, galleryCell } from './dom';
 import type { ViewState } from './state';
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 export class CalibrationDomView implements View {
   private charts?: Charts;
@@ -93,18 +87,7 @@ export class CalibrationDomView implements View {
           th.scope = 'row';
           tr.append(th);
           for (const [which, title] of [['x', 'x'], ['gx', 'g(x)'], ['diff', '|g(x) − x| / δ']] as const) {
-            const td = el('td');
-            const img = galleryImage(sample, which);
-            if (img) {
-              const canvas = el('canvas', 'gallery-image');
-              canvas.width = img.width;
-              canvas.height = img.height;
-              canvas.setAttribute('role', 'img');
-              canvas.setAttribute('aria-label', `${title} of a class ${sample.label} image of aux set ${c.aux}`);
-              canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
-              td.append(canvas);
-            } else td.append(el('span', 'muted', '—'));
-            tr.append(td);
+            tr.append(galleryCell(sample, which, title, c.aux));
           }
           g.append(tr);
         }

@@ -12,6 +12,7 @@ import { ResultsTableView } from './results_table_view';
 import { ANOMALY_THRESHOLD, anomalyChartLabel, anomalySeries, triggerCards } from './detection_format';
 import { fractionDone, type ViewState } from './state';
 import { badge, button, divider, link, progressRing, registerToolkit } from './toolkit';
+import { el, galleryCell } from './dom';
 
 export interface Actions {
   openModel(relPath: string): void;
@@ -23,13 +24,6 @@ export interface Actions {
   copyText(text: string): void;
   /** Save a CSV (a save dialog in VS Code, a download in report.html). */
   exportCsv(text: string): void;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
 }
 
 function section(title: string, id: string): { root: HTMLElement; body: HTMLElement } {
@@ -351,18 +345,7 @@ export class DomView implements View {
         const tr = el('tr');
         tr.append(el('th', undefined, title));
         for (const sample of g.samples!) {
-          const td = el('td');
-          const img = galleryImage(sample, which);
-          if (img) {
-            const canvas = el('canvas', 'gallery-image');
-            canvas.width = img.width;
-            canvas.height = img.height;
-            canvas.setAttribute('role', 'img');
-            canvas.setAttribute('aria-label', `${title} of a class ${sample.label} image of aux set ${g.aux}`);
-            canvas.getContext('2d')?.putImageData(new ImageData(img.rgba, img.width, img.height), 0, 0);
-            td.append(canvas);
-          } else td.append(el('span', 'muted', '—'));
-          tr.append(td);
+          tr.append(galleryCell(sample, which, title, g.aux));
         }
         table.append(tr);
       }
