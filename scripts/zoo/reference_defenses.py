@@ -130,6 +130,26 @@ RECIPES = {
                     '(BackdoorBench: the lowest test ASR within 10% relative test ACC)',
         'trainOn': 'aux train split',
     },
+    'ftsam': {
+        'source': f'{BB} defense/ft-sam.py, config/defense/ft-sam/config.yaml, utils/defense_utils/sam/sam.py, util.py',
+        'epochs': 10, 'paperEpochs': 100, 'batchSize': 256, 'optimizer': 'sgd', 'lr': 0.01, 'momentum': 0.9,
+        'weightDecay': 5e-4, 'augment': 'random-crop-4', 'rho': 2.0, 'adaptive': True, 'perturbEps': 1e-12,
+        'labelSmoothing': 0.1,
+        # smooth_crossentropy: 1 - s on the label, s / (K - 1) on the others (the engine: (1 - s) + s / K, s / K).
+        'smoothingStyle': 'backdoorbench',
+        # CosineAnnealingLR(T_max=100) stepped after every batch (ft-sam.py's _train_sam), not every epoch.
+        'schedule': 'cosine-per-batch', 'cosTMaxSteps': 100,
+        # SAM.step: the first (unperturbed) pass moves the BN running statistics, the perturbed one does not.
+        'bnUpdate': 'first-pass',
+    },
+    'fst': {
+        'source': 'AISafety-HKUST/stable_backdoor_purification fine_tune/ft.py (--ft_mode fst), README',
+        'epochs': 10, 'paperEpochs': 10, 'batchSize': 128, 'optimizer': 'sgd', 'lr': 0.01, 'momentum': 0.9,
+        # ft.py builds optim.SGD(lr, momentum=0.9) with no weight decay (the engine's fst.ts: 5e-4).
+        'weightDecay': 0.0, 'schedule': 'cosine', 'augment': 'random-crop-4', 'alpha': 0.2,
+        'headInit': 'U(-1/sqrt(in), 1/sqrt(in)) for weight and bias, from the run seed',
+        'headRenorm': 'after every step, W *= ||W0||_F / ||W||_F',
+    },
 }
 
 
@@ -711,7 +731,116 @@ def run_anp(model, v, r, a, gen, log):
     }
 
 
-DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau, 'anp': run_anp}
+def smooth_ce(logits, y, s, style):
+    """Label-smoothed cross-entropy. 'engine' (nn/train.ts crossEntropy): target (1 - s) one-hot + s / K;
+    'backdoorbench' (smooth_crossentropy): 1 - s on the label, s / (K - 1) elsewhere, as KL divergence, which
+    differs from this cross-entropy by the target's entropy, a constant (same gradient)."""
+    k = logits.shape[1]
+    onehot = F.one_hot(y, k).float()
+    if style == 'engine':
+        t = onehot * (1 - s) + s / k
+    else:
+        t = onehot * (1 - s) + (1 - onehot) * (s / (k - 1))
+    return -(t * F.log_softmax(logits, 1)).sum(1).mean()
+
+
+def set_bn_momentum(model, momenta):
+    """Set every BatchNorm's momentum; `momenta` None: 0 (running statistics frozen), returns the old ones."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    old = [m.momentum for m in bns]
+    for m, mo in zip(bns, momenta if momenta is not None else [0.0] * len(bns)):
+        m.momentum = mo
+    return old
+
+
+def run_ftsam(model, v, r, a, gen, log):
+    """FT-SAM: per step the gradient g at w, the adaptive (ASAM) perturbation e = rho * w^2 g / (|| |w| g || +
+    1e-12) over all parameters together, the gradient at w + e, w restored, and one SGD step (momentum, weight
+    decay on w) with that gradient. BN in train mode for both passes; only one of them moves the running
+    statistics (r['bnUpdate']: 'first-pass' as BackdoorBench's SAM.step, 'perturbed-pass' as the engine)."""
+    x, y = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = sgd(model, r)
+    rho, s, style = r['rho'], r['labelSmoothing'], r['smoothingStyle']
+    step, trace = 0, []
+    for e in range(r['epochs']):
+        if r['schedule'] == 'cosine':
+            set_lr(opt, Z.cosine_lr(r['lr'], e, r['epochs']))
+        model.train()
+        tot = 0.0
+        for idx in batches(len(x), r['batchSize'], gen):
+            if r['schedule'] == 'cosine-per-batch':
+                # CosineAnnealingLR(T_max) stepped per batch; past T_max it climbs back (its closed form).
+                set_lr(opt, Z.cosine_lr(r['lr'], step, r['cosTMaxSteps']))
+            xb, yb = Z.random_crop(x[idx], gen), y[idx]
+            # 1. the gradient at w
+            saved = set_bn_momentum(model, None) if r['bnUpdate'] == 'perturbed-pass' else None
+            loss1 = smooth_ce(model(xb), yb, s, style)
+            g1 = torch.autograd.grad(loss1, params)
+            if saved is not None:
+                set_bn_momentum(model, saved)
+            # 2. the perturbation, adaptive
+            with torch.no_grad():
+                norm = torch.norm(torch.stack([(p.abs() * g).norm(2) for p, g in zip(params, g1)]), 2)
+                scale = rho / (norm + r['perturbEps'])
+                eps = [g * scale * p.pow(2) if r['adaptive'] else g * scale for p, g in zip(params, g1)]
+                for p, ew in zip(params, eps):
+                    p.add_(ew)
+            # 3. the gradient at w + e, then w restored and the SGD step
+            saved = set_bn_momentum(model, None) if r['bnUpdate'] == 'first-pass' else None
+            loss2 = smooth_ce(model(xb), yb, s, style)
+            finite(loss2, 'FT-SAM')
+            opt.zero_grad()
+            loss2.backward()
+            if saved is not None:
+                set_bn_momentum(model, saved)
+            with torch.no_grad():
+                for p, ew in zip(params, eps):
+                    p.sub_(ew)
+            opt.step()
+            step += 1
+            tot += loss1.item() * len(idx)
+        trace.append(round(tot / len(x), 4))
+        log(f'    epoch {e + 1}/{r["epochs"]} lr {opt.param_groups[0]["lr"]:.5f} loss {tot / len(x):.4f}')
+    return model, {'rho': rho, 'adaptive': r['adaptive'], 'steps': step, 'lossTrace': trace}
+
+
+def run_fst(model, v, r, a, gen, log):
+    """FST: re-initialize the linear head, then train every parameter on CE + alpha * <W, W0>_F (W0 the victim's
+    head weight), rescaling W to ||W0||_F after every step; cosine per epoch, BN in train mode."""
+    x, y = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
+    head = model.linear
+    w0 = head.weight.detach().clone()
+    n0 = torch.norm(w0)
+    with torch.no_grad():
+        bound = 1 / math.sqrt(head.in_features)
+        head.weight.uniform_(-bound, bound, generator=gen)
+        if head.bias is not None:
+            head.bias.uniform_(-bound, bound, generator=gen)
+    opt = sgd(model, r)
+    trace = []
+    for e in range(r['epochs']):
+        set_lr(opt, Z.cosine_lr(r['lr'], e, r['epochs']))
+        model.train()
+        tot = 0.0
+        for idx in batches(len(x), r['batchSize'], gen):
+            xb, yb = Z.random_crop(x[idx], gen), y[idx]
+            loss = F.cross_entropy(model(xb), yb) + r['alpha'] * torch.sum(head.weight * w0)
+            finite(loss, 'FST')
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                head.weight.mul_(n0 / torch.norm(head.weight))
+            tot += loss.item() * len(idx)
+        trace.append(round(tot / len(x), 4))
+        log(f'    epoch {e + 1}/{r["epochs"]} lr {opt.param_groups[0]["lr"]:.5f} loss {tot / len(x):.4f}')
+    cos = float(torch.sum(head.weight * w0) / (torch.norm(head.weight) * n0))
+    return model, {'alpha': r['alpha'], 'headCosineToVictim': round(cos, 4), 'lossTrace': trace}
+
+
+DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau, 'anp': run_anp,
+            'ftsam': run_ftsam, 'fst': run_fst}
 
 # `--recipe fast`: the departures our `fast` profile names for each defense (src/engine/defenses/<name>.ts,
 # `defaults('fast')` and `departures('fast')`), applied to BackdoorBench's recipe above, so that the engine's
@@ -722,6 +851,13 @@ FAST = {
     'nad': {'batchSize': 64, 'teacherCosTMax': 10, 'studentSchedule': 'cosine'},
     'sau': {'epochs': 20, 'batchSize': 64},
     'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0},
+    # ftsam.ts: batch 64, 10 epochs, rho 1 (its named departures), and how ftsam.ts does what BackdoorBench does
+    # otherwise: the cosine per epoch over the run's epochs, the BN statistics moved by the perturbed pass,
+    # smoothing (1 - s) one-hot + s / K.
+    'ftsam': {'epochs': 10, 'batchSize': 64, 'rho': 1.0, 'schedule': 'cosine', 'bnUpdate': 'perturbed-pass',
+              'smoothingStyle': 'engine'},
+    # fst.ts: batch 64 (its named departure), 10 epochs, and weight decay 5e-4 (the authors' ft.py: none).
+    'fst': {'epochs': 10, 'batchSize': 64, 'weightDecay': 5e-4},
 }
 
 
@@ -756,6 +892,14 @@ def effective(defense, a):
         # CosineAnnealingLR: BackdoorBench passes T_max=100 (its default epochs); with fewer epochs the cosine runs
         # over the run's own length unless --cos-tmax says otherwise.
         r['cosTMax'] = a.cos_tmax if a.cos_tmax is not None else r['epochs']
+    if defense == 'ftsam' and a.ftsam_mechanics is not None:
+        if a.ftsam_mechanics == 'backdoorbench':
+            r.update({'schedule': 'cosine-per-batch', 'bnUpdate': 'first-pass', 'smoothingStyle': 'backdoorbench'})
+        else:
+            r.update({'schedule': 'cosine', 'bnUpdate': 'perturbed-pass', 'smoothingStyle': 'engine'})
+        r['profile'] = f'mechanics-{a.ftsam_mechanics}'
+    if defense == 'ftsam' and a.rho is not None:
+        r['rho'] = a.rho
     if defense == 'nad' and a.nad_single_bn_update:
         r['bnUpdatesAsBackdoorBench'] = False
     if defense == 'sau' and a.sau_augment:
@@ -831,6 +975,11 @@ def main():
                                                  'BackdoorBench hard-codes 100)')
     ap.add_argument('--nad-single-bn-update', action='store_true',
                     help='NAD: one BN running-statistics update per step (BackdoorBench: one per forward, 3-4)')
+    ap.add_argument('--ftsam-mechanics', choices=['backdoorbench', 'engine'],
+                    help="FT-SAM: BackdoorBench's (per-batch cosine T_max 100, BN statistics from the first pass, "
+                         "smoothing s/(K-1)) or ftsam.ts's (per-epoch cosine, BN from the perturbed pass, s/K), "
+                         'whatever the recipe; the rows carry it as profile')
+    ap.add_argument('--rho', type=float, help='FT-SAM: override rho')
     ap.add_argument('--sau-augment', action='store_true', help='random crop in SAU (BackdoorBench uses none)')
     ap.add_argument('--recipe', choices=['paper', 'fast'], default='paper',
                     help="paper: BackdoorBench's values (fewer epochs, see the README); fast: with the departures "
