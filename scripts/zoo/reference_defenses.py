@@ -55,6 +55,16 @@ written here from that reading, not copied):
           victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9: BackdoorBench keeps the lowest test
           ASR within 10% relative test ACC; here, as the engine's anp.ts, the largest t whose accuracy on a seeded
           stratified 20% aux validation split is >= 0.95 x the unpruned one (none: nothing pruned).
+  ftsam   (defense/ft-sam.py, utils/defense_utils/sam/) adaptive SAM: per step the gradient g at w, e = rho *
+          w^2 g / (|| |w| g || + 1e-12) over all parameters, the gradient at w + e, w restored, one SGD step (lr
+          0.01, momentum 0.9, wd 5e-4); label smoothing 0.1 (smooth_crossentropy: s / (K - 1) off the label), rho
+          2, batch 256, random crop; CosineAnnealingLR(T_max=100) stepped after every batch; BN statistics moved
+          by the unperturbed pass only. --recipe fast: ftsam.ts's profile (batch 64, 10 epochs, rho 1, cosine per
+          epoch, BN statistics from the perturbed pass, smoothing s / K); --ftsam-mechanics picks either side's.
+  fst     (AISafety-HKUST/stable_backdoor_purification fine_tune/ft.py --ft_mode fst, not in BackdoorBench) the
+          head re-initialized U(-1/sqrt(in), 1/sqrt(in)), CE + alpha (0.2) * <W, W0>_F, W rescaled to ||W0||_F
+          after every step; SGD lr 0.01, momentum 0.9, no weight decay, cosine per epoch, 10 epochs, batch 128.
+          --recipe fast: fst.ts's profile (batch 64, weight decay 5e-4).
 """
 import argparse
 import contextlib
@@ -892,14 +902,20 @@ def effective(defense, a):
         # CosineAnnealingLR: BackdoorBench passes T_max=100 (its default epochs); with fewer epochs the cosine runs
         # over the run's own length unless --cos-tmax says otherwise.
         r['cosTMax'] = a.cos_tmax if a.cos_tmax is not None else r['epochs']
+    if defense in ('ftsam', 'fst'):
+        # Their rows carry the profile (paper or fast, and any variant below), merged side by side.
+        r['profile'] = a.recipe
     if defense == 'ftsam' and a.ftsam_mechanics is not None:
         if a.ftsam_mechanics == 'backdoorbench':
             r.update({'schedule': 'cosine-per-batch', 'bnUpdate': 'first-pass', 'smoothingStyle': 'backdoorbench'})
         else:
             r.update({'schedule': 'cosine', 'bnUpdate': 'perturbed-pass', 'smoothingStyle': 'engine'})
-        r['profile'] = f'mechanics-{a.ftsam_mechanics}'
+        r['profile'] += f'-{a.ftsam_mechanics}-mechanics'
     if defense == 'ftsam' and a.rho is not None:
         r['rho'] = a.rho
+        r['profile'] += f'-rho{a.rho:g}'
+    if defense in ('ftsam', 'fst') and (a.epochs is not None or a.batch_size is not None):
+        r['profile'] += f'-epochs{a.epochs or r["epochs"]}-batch{a.batch_size or r["batchSize"]}'
     if defense == 'nad' and a.nad_single_bn_update:
         r['bnUpdatesAsBackdoorBench'] = False
     if defense == 'sau' and a.sau_augment:
