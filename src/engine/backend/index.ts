@@ -88,13 +88,17 @@ async function useWebGpu(deps: BackendDeps): Promise<string | undefined> {
   installNavigatorGpu(probe.gpu, probe.globals ?? {});
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   require('@tensorflow/tfjs-backend-webgpu');
+  // tfjs makes a backend the engine's choice before it starts it: if the start fails, the engine is left on
+  // 'webgpu' with no instance, and the factory stays registered above the CPU backends. Both are undone below.
+  const previous = tf.engine().backendName as string | null;
   try {
     // false when the backend's start-up (requestDevice) fails; tfjs logs why on the console.
     if (await tf.setBackend('webgpu')) return probe.status.adapter;
   } catch (e) {
     lastWebGpu = { status: 'failed', error: String((e as Error)?.message ?? e).split('\n')[0] };
-    return undefined;
   }
+  if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
+  if (previous && previous !== 'webgpu') await tf.setBackend(previous);
   return undefined;
 }
 
