@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { onnx } from 'onnx-proto';
@@ -13,21 +12,13 @@ import { buildModel } from '../../src/engine/models';
 import { Conv2d, Sequential, BatchNorm2d } from '../../src/engine/nn/layers';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';
+import { tempDir } from '../helpers/temp';
 
 function logitsOf(model: Model, x: tf.Tensor4D): Float32Array {
   return tf.tidy(() => model.forward(x).dataSync() as Float32Array);
 }
 
 describe('ONNX reader', () => {
-  // Every folder a test makes is removed after the file's tests, whatever they assert.
-  const made: string[] = [];
-  const tempDir = (prefix: string) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-    made.push(dir);
-    return dir;
-  };
-  after(() => made.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
-
   before(useWasm);
 
   for (const c of parityCases()) {

@@ -1,6 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
@@ -11,6 +10,7 @@ import { BatchNorm2d, Conv2d, Sequential } from '../../src/engine/nn/layers';
 import { Rng } from '../../src/engine/util/rng';
 import type { Model } from '../../src/engine/nn/model';
 import { buildModel } from '../../src/engine/models';
+import { tempDir } from '../helpers/temp';
 
 /** Save a tfjs-layers model as model.json + shards (split in two) the way the converter lays them out. */
 async function saveLayers(m: tfl.LayersModel, dir: string): Promise<string> {
@@ -75,15 +75,6 @@ const ours = (m: Model, x: tf.Tensor4D) => tf.tidy(() => m.forward(x).dataSync()
 const theirs = (m: tfl.LayersModel, x: tf.Tensor4D) => tf.tidy(() => (m.predict(x) as tf.Tensor).dataSync() as Float32Array);
 
 describe('TensorFlow.js layers models (model.json + shards)', () => {
-  // Every folder a test makes is removed after the file's tests, whatever they assert.
-  const made: string[] = [];
-  const tempDir = (prefix: string) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-    made.push(dir);
-    return dir;
-  };
-  after(() => made.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
-
   before(useWasm);
 
   for (const [label, make] of [['Sequential', sequentialNet], ['functional', functionalNet]] as const) {
