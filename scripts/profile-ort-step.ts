@@ -1,8 +1,9 @@
 /**
  * Where a training step in ONNX Runtime spends its time, per operator: the step graph of ort_grad_graph.ts for
- * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes) under ONNX Runtime's profiler, two threads, a
- * warm-up run and then `runs` runs, kernel times summed by operator type and averaged per run.
- *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32] [batch] [runs]
+ * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes), or `preact8-28` (the zoo's width-8 PreAct-ResNet18
+ * on 1x28x28) under ONNX Runtime's profiler, `threads` threads (default 2), a warm-up run and then `runs` runs,
+ * kernel times summed by operator type and averaged per run.
+ *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28] [batch] [runs] [threads]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -19,24 +20,26 @@ async function main(): Promise<void> {
   const ort = loadOrt();
   if (!ort) throw new Error('onnxruntime-node does not load here');
   await initBackend('cpu');
+  const threads = Number(process.argv[5] ?? 2);
+  const shape: [number, number, number] = name === 'preact8-28' ? [28, 28, 1] : [32, 32, 3];
   const model =
-    name === 'preact-resnet18-32'
-      ? buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 64 } })
-      : buildModel({ arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 });
+    name === 'preact-resnet18-32' || name === 'preact8-28'
+      ? buildModel({ arch: 'preact-resnet18', inputShape: shape, numClasses: 10, options: { width: name === 'preact8-28' ? 8 : 64 } })
+      : buildModel({ arch: 'small-cnn-32', inputShape: shape, numClasses: 10 });
   const graph = buildGradGraph(model, true);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
   const session = await ort.InferenceSession.create(graph.bytes, {
-    intraOpNumThreads: 2,
+    intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     enableProfiling: true,
     profileFilePrefix: path.join(dir, 'step'),
   });
-  const x = Float32Array.from({ length: batch * 32 * 32 * 3 }, (_, i) => (i % 13) / 13);
+  const x = Float32Array.from({ length: batch * shape[0] * shape[1] * shape[2] }, (_, i) => (i % 13) / 13);
   const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
   const params = new Map(model.root.namedParams());
   const feeds: Record<string, import('onnxruntime-node').Tensor> = {
-    x: new ort.Tensor('float32', x, [batch, 32, 32, 3]),
+    x: new ort.Tensor('float32', x, [batch, ...shape]),
     target: new ort.Tensor('float32', target, [batch, 10]),
     inv_batch: new ort.Tensor('float32', Float32Array.of(1 / batch), [1]),
   };

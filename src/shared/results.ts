@@ -53,6 +53,20 @@ export interface ResultRow extends Partial<ReportedMetrics> {
    * purified model). Absent in results of older versions and in failed rows.
    */
   diff?: ModelDiff;
+  /**
+   * Where the defense's training steps ran: `onnxruntime` (every step), `backend` (every step on the tensor
+   * backend named in results' `backend`), `mixed`; with the step counts and why steps stayed on the backend
+   * (losses the ONNX training graph does not express yet, ONNX Runtime not loadable here). Absent for
+   * defenses that take no optimizer step through the shared epoch loop and in older results.
+   */
+  training?: RowTraining;
+}
+
+export interface RowTraining {
+  engine: 'onnxruntime' | 'backend' | 'mixed';
+  onnxruntimeSteps: number;
+  backendSteps: number;
+  why?: string[];
 }
 
 export interface GicEntry {

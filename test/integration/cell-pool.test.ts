@@ -1,8 +1,10 @@
 /**
- * Cells on several cores: a job run with two cell workers gives the rows, GIC entries and embeddings of the
- * sequential run (each cell has its own random stream and the workers run the same code), reports the
- * workers as threads, and a cancelled pooled job stops without writing anything.
+ * Cells on several cores: a job run with two cell processes gives the rows, GIC entries and embeddings of the
+ * sequential run (each cell has its own random stream and the processes run the same code, ONNX Runtime
+ * included), reports them as threads, a cancelled pooled job stops without writing anything, and a cell
+ * process killed mid-cell fails that cell only.
  */
+import { execFileSync } from 'node:child_process';
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -21,7 +23,7 @@ function comparable(r: Results): unknown {
   return { ...r, backend: undefined, rows: r.rows.map((row) => ({ ...row, seconds: 0 })), gic: r.gic.map((g) => ({ ...g, seconds: 0 })) };
 }
 
-describe('cell workers: cells side by side on several cores', function () {
+describe('cell processes: cells side by side on several cores', function () {
   this.timeout(900_000);
   let dir: string;
   let jobPath: string;
@@ -53,7 +55,7 @@ describe('cell workers: cells side by side on several cores', function () {
 
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('two workers give the sequential results, row for row, and say they used two threads', async () => {
+  it('two cell processes give the sequential results, row for row, and say they used two threads', async () => {
     const tensors = tf.memory().numTensors;
     const one = await runJobFile(jobPath, { outDir: path.join(dir, 'one'), workers: 1 });
     const events: string[] = [];
@@ -66,8 +68,13 @@ describe('cell workers: cells side by side on several cores', function () {
     assert.deepEqual(comparable(two), comparable(one));
     // Rows arrive live from the workers and every purified model was written by them.
     assert.equal(events.filter((t) => t === 'row').length, 8);
-    // Where ONNX Runtime loads, the workers' models were evaluated by it in this thread, with the same rows.
-    if (ortWanted()) assert.ok(logs.some((m) => /evaluated with ONNX Runtime in this thread/.test(m)), logs.join('\n'));
+    // Where ONNX Runtime loads, the cell processes trained ft's steps and evaluated through it, as this thread
+    // did in the sequential run (same rows above); CLP trains nothing and says so.
+    if (ortWanted()) {
+      assert.ok(logs.some((m) => /2 cell processes, each training and evaluating with ONNX Runtime/.test(m)), logs.join('\n'));
+      for (const r of two.rows.filter((r) => r.defense === 'ft')) assert.deepEqual([r.training?.engine, r.training?.backendSteps], ['onnxruntime', 0], JSON.stringify(r.training));
+    }
+    for (const r of two.rows.filter((r) => r.defense === 'clp')) assert.match(r.training?.why?.join(' ') ?? '', /trains nothing/);
     for (const r of two.rows) assert.ok(fs.existsSync(path.join(dir, 'two', r.output!)), r.output!);
     assert.equal(tf.memory().numTensors, tensors, 'no tensor left in this thread');
   });
@@ -89,5 +96,27 @@ describe('cell workers: cells side by side on several cores', function () {
     assert.ok(rows < 8, 'stopped before the end');
     assert.equal(fs.existsSync(out), false, 'no output folder');
     assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.backdoor-audit-')), [], 'no staging folder left');
+  });
+
+  it('a cell process killed mid-cell fails that cell with the signal; the other cells and the job go on', async function () {
+    if (process.platform !== 'linux') this.skip(); // finds the cell processes with pgrep
+    const killed: number[] = [];
+    const results = await runJobFile(jobPath, {
+      outDir: path.join(dir, 'killed'),
+      workers: 2,
+      onEvent: (e) => {
+        if (killed.length || e.type !== 'progress' || !/^ft on heldout/.test(e.stage)) return;
+        const pids = execFileSync('pgrep', ['-P', String(process.pid), '-f', 'cell-worker.js'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+        assert.equal(pids.length, 2, 'two cell processes, children of this one');
+        process.kill(pids[0], 'SIGKILL');
+        killed.push(pids[0]);
+      },
+    });
+    assert.equal(killed.length, 1);
+    const failed = results.rows.filter((r) => r.error !== null);
+    assert.ok(failed.length >= 1 && failed.length <= 2, JSON.stringify(results.rows.map((r) => r.error)));
+    for (const r of failed) assert.match(r.error!, /^cell process was killed \(SIGKILL\)/);
+    assert.equal(results.rows.length, 8);
+    assert.ok(results.rows.filter((r) => r.error === null).length >= 6, 'the cells queued behind the dead process ran in the other');
   });
 });

@@ -117,7 +117,7 @@ describe('the VS Code job process', function () {
     }
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(outDir, 'results.json'), 'utf8')).rows.map((r: { acc: number }) => r.acc), cli.rows.map((r) => r.acc));
     assert.ok(fake.log.some((l) => l.endsWith('evaluating with ONNX Runtime (CPU)')), fake.log.join('\n'));
-    assert.ok(fake.log.some((l) => /cell workers; their purified models are evaluated with ONNX Runtime in this thread/.test(l)), fake.log.join('\n'));
+    assert.ok(fake.log.some((l) => /2 cell processes, each training and evaluating with ONNX Runtime/.test(l)), fake.log.join('\n'));
   });
 
   it('survives a SIGKILL mid-job: failed job, out dir as before, staging removed, the next job runs', async () => {

@@ -27,8 +27,8 @@ const TARGET = 0;
 // 0.089, nad 0.795 / 0.103, ftsam 0.785 / 0.078, fst 0.790 / 0.033, nc 0.807 / 0.034 (target flagged), ibau
 // 0.805 / 0.071, npd 0.813 / 0.059 and sau 0.798 / 0.096 meet it; ibau, npd and sau take minutes each and are
 // left to the zoo script (README's zoo table), anp (0.784 / 0.759) keeps the backdoor: a known gap, not
-// asserted here. The defenses run as one job on two cell workers, as `backdoor-audit run` runs them; NC, the
-// longest (ten trigger reversals), goes first so the other worker takes the rest meanwhile (each cell's random
+// asserted here. The defenses run as one job on two cell processes, as `backdoor-audit run` runs them; NC, the
+// longest (ten trigger reversals), goes first so the other process takes the rest meanwhile (each cell's random
 // stream is named by its defense, so the order changes no result).
 const PURIFIERS = ['nc', 'ft', 'nad', 'ftsam', 'fst'];
 
@@ -60,7 +60,7 @@ describe('defenses on a PyTorch-trained PreAct-ResNet18 (zoo: preact8-badnets)',
     for (const k of ['acc', 'asr', 'ra'] as const) assert.ok(Math.abs(baseline[k]! - torch[k]!) <= 0.002, `${k}: ours ${baseline[k]}, PyTorch ${torch[k]}`);
   });
 
-  it('runs the default-profile defenses as one job on two cell workers', async () => {
+  it('runs the default-profile defenses as one job on two cell processes', async () => {
     const job: PreparedJob = {
       victim: loaded.model,
       model: loaded.info,

@@ -12,8 +12,8 @@ let ortModule: Ort | null | undefined;
 /**
  * onnxruntime-node if it loads here (native binary for this platform), else null; loaded once. Only on the main
  * thread: its native binding is not safe to load in several worker threads of one process (V8 locking errors and
- * aborts when a worker ends are known upstream), so cell workers and the extension's job worker evaluate on the
- * training backend.
+ * aborts when a worker ends are known upstream), which is why the cell pool and the extension run jobs in
+ * processes of their own.
  */
 export function loadOrt(): Ort | null {
   if (!isMainThread) return null;

@@ -40,6 +40,7 @@ export function chooseThreshold(victim: Model, masks: Float32Array[], val: Image
 export const anp: Defense = {
   id: 'anp',
   title: 'Adversarial Neuron Pruning',
+  ownLoop: 'its mask and neuron-noise min-max loop runs on the backend (per-channel noise on BatchNorm is not in the ONNX training graph yet)',
   defaults(profile: Profile) {
     return {
       iterations: profile === 'paper' ? 2000 : 500,

@@ -114,6 +114,7 @@ const count = (chosen: Map<string, number[]>) => [...chosen.values()].reduce((a,
 export const clp: Defense = {
   id: 'clp',
   title: 'Channel Lipschitzness Pruning',
+  ownLoop: 'it trains nothing: channel Lipschitz bounds are read from the weights',
   choices: { u: ['auto'] },
   defaults(profile: Profile) {
     return profile === 'paper' ? { u: 3, uMax: 3, uMin: 0, uStep: 0.25, accRatio: 0.9 } : { u: 'auto', uMax: 3, uMin: 0, uStep: 0.25, accRatio: 0.9 };

@@ -4,12 +4,14 @@
  * train/validation split used wherever BackdoorBench would have peeked at the test set.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { isMainThread } from 'node:worker_threads';
 import type { ImageSet } from '../data/dataset';
 import { subset } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Optimizer } from '../nn/optim';
 import { cosineLr } from '../nn/optim';
-import { batchCount, crossEntropy, makeBatch, predictLabels, trainStep, type FitOptions, type StepContext } from '../nn/train';
+import { batchCount, crossEntropy, makeBatch, makeBatchArray, predictLabels, trainStep, type FitOptions, type StepContext } from '../nn/train';
+import { OrtTrainer, ortTrainWanted } from '../nn/ort_train';
 import { throwIfAborted } from '../errors';
 import type { Rng } from '../util/rng';
 import type { DefenseContext } from './defense';
@@ -79,30 +81,72 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
   const dropLast = o.dropLast ?? false;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
   const batches = batchCount(data, { batchSize: o.batchSize, dropLast });
+  const stepper = await ortStepperFor(ctx, model, o, bnTrain, label);
+  const record = (engine: 'onnxruntime' | 'backend') => {
+    if (!ctx.training) return;
+    if (engine === 'onnxruntime') ctx.training.onnxruntimeSteps++;
+    else ctx.training.backendSteps++;
+  };
   const pacer = new Pacer(ctx);
-  for (let e = 0; e < o.epochs; e++) {
-    optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, e, o.epochs);
-    const order = ctx.rng.permutation(data.n);
-    for (let b = 0; b < batches; b++) {
-      await pacer.tick(base + e, total, `${label} ${e + 1}/${o.epochs}, batch ${b + 1}/${batches}`);
-      const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
-      const labels = Int32Array.from(idx, (i) => data.y[i]);
-      const x = makeBatch(data, idx, augment, ctx.rng);
-      const y = tf.tensor1d(labels, 'int32');
-      let prepared: tf.Tensor | undefined;
-      try {
-        prepared = o.prepare?.({ x, y, labels });
-        const l = trainStep(vars, optimizer, (fctx) => loss({ x, y, labels, ctx: fctx, prepared }), bnTrain);
-        o.afterStep?.();
-        o.onBatch?.(e, b, batches, l);
-      } finally {
-        x.dispose();
-        y.dispose();
-        prepared?.dispose();
+  try {
+    for (let e = 0; e < o.epochs; e++) {
+      optimizer.lr = o.schedule === 'constant' ? o.lr : cosineLr(o.lr, e, o.epochs);
+      const order = ctx.rng.permutation(data.n);
+      for (let b = 0; b < batches; b++) {
+        await pacer.tick(base + e, total, `${label} ${e + 1}/${o.epochs}, batch ${b + 1}/${batches}`);
+        const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
+        const labels = Int32Array.from(idx, (i) => data.y[i]);
+        if (stepper) {
+          // The same batch, augmentation draws and update rule; only the gradient is computed elsewhere.
+          const l = await stepper.step(optimizer, makeBatchArray(data, idx, augment, ctx.rng), data.shape, labels, bnTrain);
+          record('onnxruntime');
+          o.afterStep?.();
+          o.onBatch?.(e, b, batches, l);
+          continue;
+        }
+        const x = makeBatch(data, idx, augment, ctx.rng);
+        const y = tf.tensor1d(labels, 'int32');
+        let prepared: tf.Tensor | undefined;
+        try {
+          prepared = o.prepare?.({ x, y, labels });
+          const l = trainStep(vars, optimizer, (fctx) => loss({ x, y, labels, ctx: fctx, prepared }), bnTrain);
+          record('backend');
+          o.afterStep?.();
+          o.onBatch?.(e, b, batches, l);
+        } finally {
+          x.dispose();
+          y.dispose();
+          prepared?.dispose();
+        }
       }
+      await pacer.report(base + e + 1, total, `${label} ${e + 1}/${o.epochs}`);
     }
-    await pacer.report(base + e + 1, total, `${label} ${e + 1}/${o.epochs}`);
+  } finally {
+    await stepper?.close();
   }
+}
+
+/**
+ * An ONNX Runtime trainer for this loop when its steps are what the ONNX training graph computes: the mean
+ * cross-entropy over every trainable variable, nothing prepared per batch. Undefined otherwise, with the reason
+ * kept in the context's training record (and the loop trains on the backend).
+ */
+async function ortStepperFor(ctx: DefenseContext, model: Model, o: EpochLoopOptions, bnTrain: boolean, label: string): Promise<OrtTrainer | undefined> {
+  const why = (reason: string) => {
+    ctx.training?.backendWhy.add(`${label}s: ${reason}`);
+    return undefined;
+  };
+  if (!ctx.ortTraining) {
+    if (!isMainThread) return why('ONNX Runtime cannot load in a worker thread');
+    return why(ortTrainWanted() ? 'ONNX Runtime training was not asked for' : 'ONNX Runtime is not available here or is turned off (BACKDOOR_AUDIT_ORT_TRAIN=0)');
+  }
+  if (o.loss || o.prepare) return why("the defense's own loss, which the ONNX training graph does not express yet");
+  if (o.vars) return why('only some variables train, which the ONNX training graph does not express yet');
+  // One thread, always: ONNX Runtime's sums may split differently over more threads, and a cell's row must not
+  // depend on how many cells run side by side (the pool's processes have one core each), on shards, or on the
+  // machine's core count.
+  const trainer = await OrtTrainer.create(model, { bnTrain, threads: 1 });
+  return trainer ?? why('the ONNX training graph does not cover this model or ONNX Runtime refused it');
 }
 
 /**

@@ -30,6 +30,26 @@ export interface DefenseContext {
   signal?: AbortSignal;
   /** Progress within this defense, 0..total. */
   progress: (done: number, total: number, message?: string) => void;
+  /**
+   * Training steps through ONNX Runtime where it loads in this process (absent or false: every step on the
+   * tensor backend). Only plain cross-entropy steps over all trainable variables go there (trainEpochs
+   * decides); the rest stay on the backend.
+   */
+  ortTraining?: boolean;
+  /** Where this defense's training steps ran, filled in by trainEpochs and read into the row. */
+  training?: TrainingRecord;
+}
+
+/** Where a defense's training steps ran: how many on ONNX Runtime, how many on the backend, and why those. */
+export interface TrainingRecord {
+  onnxruntimeSteps: number;
+  backendSteps: number;
+  /** Why steps ran on the backend (one line per distinct reason). */
+  backendWhy: Set<string>;
+}
+
+export function newTrainingRecord(): TrainingRecord {
+  return { onnxruntimeSteps: 0, backendSteps: 0, backendWhy: new Set() };
 }
 
 export interface DefenseOutcome {
@@ -47,6 +67,12 @@ export interface Defense {
   /** Where this profile departs from BackdoorBench's config values, and why in a few words (named in the row). */
   departures?(profile: Profile): string | undefined;
   run(ctx: DefenseContext): Promise<DefenseOutcome>;
+  /**
+   * What of the defense computes outside the cross-entropy epoch loop, on the tensor backend (its own
+   * optimisation of masks, perturbations or triggers; a loss the ONNX training graph does not express): one
+   * line, named in each row's `training.why`. Absent when every step goes through trainEpochs.
+   */
+  ownLoop?: string;
   /**
    * The words a parameter may take where its value is a string (e.g. NAD's `studentSchedule`); any other
    * string is refused before the job runs, rather than silently meaning the defense's fallback.

@@ -164,6 +164,7 @@ export function implicitHypergradient(
 export const ibau: Defense = {
   id: 'ibau',
   title: 'Implicit backdoor adversarial unlearning',
+  ownLoop: 'its implicit hypergradient loop (the shared perturbation and the fixed-point solve) runs on the backend',
   defaults(profile: Profile) {
     return {
       rounds: 5,

@@ -168,6 +168,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
+  ownLoop: 'its trigger reversal (gradients with respect to a mask and a pattern) runs on the backend',
   choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {

@@ -187,8 +187,7 @@ export async function calibrate(
           x.dispose();
           y.dispose();
         }
-        // Yield after every step: the main thread also evaluates cell workers' models (ONNX Runtime runs them
-        // on its own threads, but each batch's result needs this thread) and relays progress.
+        // Yield after every step: the main thread also relays the cell processes' progress and rows.
         await new Promise((r) => setImmediate(r));
       }
       progress?.(e + 1, o.epochs, `GIC epoch ${e + 1}/${o.epochs}`);

@@ -1,21 +1,24 @@
 /**
  * Cells side by side on several cores. The wasm backend runs one thread per process (its threaded build cannot
- * start workers under Node), so a job's cells are spread over worker threads, each with its own backend and its
- * own copy of the victim, test and triggered sets; a cell is independent of the others (its own random stream),
- * so the rows equal the sequential run's. Purified models are written by the worker into the staging folder.
+ * start workers under Node), so a job's cells are spread over child processes, one per core, each with its own
+ * backend, one ONNX Runtime thread and its own copy of the victim, test and triggered sets; a cell is
+ * independent of the others (its own random stream), so the rows equal the sequential run's. Processes rather
+ * than worker threads because ONNX Runtime's native binding cannot load in worker threads: in a process of its
+ * own, a cell trains its cross-entropy steps and evaluates through ONNX Runtime exactly as the main thread does.
+ * A cell process that dies (out of memory, a native abort, a kill) fails the cell it was running, with the last
+ * lines it wrote to stderr; the job and the other processes go on. Purified models are written by the cell
+ * processes into the staging folder.
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import type { ReportedMetrics } from '../../shared/results';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
 import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
-import { CancelledError, oneLine } from '../errors';
-import { cellError, isOutOfMemory } from './checks';
+import { CancelledError } from '../errors';
 import { ortWanted } from '../backend/onnx_runtime';
-import { der, evaluateOnnx, reported } from '../metrics/evaluate';
 
 export interface CellPool {
   size: number;
@@ -23,12 +26,12 @@ export interface CellPool {
   close(): Promise<void>;
 }
 
-/** The bundled worker script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
+/** The bundled cell-process script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
 export function cellWorkerScript(): string | undefined {
   return [path.join(__dirname, 'cell-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'cell-worker.js')].find((f) => fs.existsSync(f));
 }
 
-/** How many workers a job gets: one per core by default, only on the single-threaded CPU backends. */
+/** How many cell processes a job gets: one per core by default, only on the single-threaded CPU backends. */
 export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: number): number {
   if (o.backend.name !== 'wasm' && o.backend.name !== 'cpu') return 0; // native and GPU backends use the cores themselves
   const wanted = o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
@@ -37,17 +40,22 @@ export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: num
 }
 
 interface Slot {
-  worker: Worker;
-  /** Cells sent to this worker and not answered yet, in the order it runs them. */
+  child: ChildProcess;
+  /** Cells sent to this process and not answered yet, in the order it runs them. */
   inFlight: Task[];
+  /** The last lines the process wrote to stderr: what a crash says. */
+  stderr: string[];
   dead?: string;
 }
 
 /**
- * Cells queued in a worker ahead of the one it runs, so that it never waits for this thread (which may be busy
+ * Cells queued in a process ahead of the one it runs, so that it never waits for this thread (which may be busy
  * calibrating or projecting embeddings when a cell ends).
  */
 const AHEAD = 2;
+
+/** Lines of a cell process's stderr kept for the row of a crash. */
+const STDERR_LINES = 5;
 
 interface Task {
   index: number;
@@ -55,8 +63,19 @@ interface Task {
   aux: ImageSet;
   targets: SaveTarget[];
   progress: (d: number, t: number, m?: string) => void;
-  resolve: (o: CellOutcome | Promise<CellOutcome>) => void;
+  resolve: (o: CellOutcome) => void;
   reject: (e: unknown) => void;
+}
+
+/** Why a cell process ended, in one line: out of memory where V8 said so, else the exit and its last stderr line. */
+export function deathReason(code: number | null, signal: NodeJS.Signals | null, stderr: string[]): string {
+  const text = stderr.join('\n');
+  if (/heap out of memory|Reached heap limit|Allocation failed/i.test(text)) {
+    return 'out of memory (the cell process reached its heap limit): lower the defense\'s batchSize, the auxiliary set\'s size or the number of workers';
+  }
+  const how = signal ? `was killed (${signal})` : `exited (code ${code})`;
+  const last = stderr.filter((l) => l.trim()).at(-1);
+  return `cell process ${how}${last ? `: ${last.trim().slice(0, 300)}` : ''}`;
 }
 
 export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics, o: CoreOptions, cells: number): Promise<CellPool | undefined> {
@@ -71,19 +90,17 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
     augment: job.augment,
     seeds: job.seeds,
     baseline,
-    // ONNX Runtime loads on the main thread only (see ort_eval.ts): workers send their purified models back as
-    // ONNX and this thread evaluates them, or they evaluate on their own backend when it has no ONNX Runtime.
-    evalThreads: 0,
-    deferEvaluation: ortWanted(),
+    // One ONNX Runtime thread per process: the processes share out the cores.
+    ortThreads: ortWanted() ? 1 : 0,
   };
-  if (data.deferEvaluation) o.emit({ type: 'log', message: `${size} cell workers; their purified models are evaluated with ONNX Runtime in this thread` });
+  o.emit({ type: 'log', message: `${size} cell processes${data.ortThreads ? ', each training and evaluating with ONNX Runtime (1 thread)' : ''}` });
   const queue: Task[] = [];
   const slots: Slot[] = [];
   let closed = false;
   let cancelled = false;
 
   const pump = () => {
-    // Least loaded live worker first, each up to AHEAD cells.
+    // Least loaded live process first, each up to AHEAD cells.
     for (;;) {
       const live = slots.filter((s) => !s.dead && s.inFlight.length < AHEAD).sort((a, b) => a.inFlight.length - b.inFlight.length);
       if (live.length === 0 || queue.length === 0) break;
@@ -91,69 +108,56 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
       const task = queue.shift()!;
       slot.inFlight.push(task);
       const msg: CellTaskMessage = { type: 'cell', index: task.index, cell: plainCell(task.cell), aux: task.aux, targets: task.targets };
-      slot.worker.postMessage(msg);
+      slot.child.send(msg);
     }
-    // Every worker died: what is left cannot run.
-    if (slots.every((s) => s.dead)) for (const t of queue.splice(0)) t.resolve({ row: failedRow(t.cell, slots[0]?.dead ?? 'no cell worker') });
+    // Every process died: what is left cannot run.
+    if (slots.every((s) => s.dead)) for (const t of queue.splice(0)) t.resolve({ row: failedRow(t.cell, slots[0]?.dead ?? 'no cell process') });
   };
 
-  /** The worker answered its oldest cell (it runs them in order). */
+  /** The process answered its oldest cell (it runs them in order). */
   const settle = (slot: Slot, fn: (t: Task) => void) => {
     const task = slot.inFlight.shift();
     if (task) fn(task);
     pump();
   };
 
+  // The heap limit given to this process (a job process's --max-old-space-size) holds for each cell process too.
+  const execArgv = process.execArgv.filter((a) => a.startsWith('--max-old-space-size'));
   for (let i = 0; i < size; i++) {
-    const worker = new Worker(script, { workerData: data });
-    const slot: Slot = { worker, inFlight: [] };
-    worker.on('message', (m: unknown) => {
+    const child = fork(script, [], { serialization: 'advanced', stdio: ['ignore', 'ignore', 'pipe', 'ipc'], execArgv });
+    const slot: Slot = { child, inFlight: [], stderr: [] };
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (chunk: string) => {
+      slot.stderr.push(...chunk.split('\n').filter((l) => l.trim()));
+      slot.stderr.splice(0, Math.max(0, slot.stderr.length - STDERR_LINES));
+    });
+    child.on('message', (m: unknown) => {
       if (!isCellWorkerReply(m)) return;
       if (m.type === 'progress') slot.inFlight[0]?.progress(m.done, m.total, m.message);
-      else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome.onnx ? evaluateHere(m.outcome) : m.outcome));
+      else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome));
       else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));
     });
     const die = (why: string) => {
       if (slot.dead) return;
       slot.dead = why;
-      // A crashed worker (out of memory, say) fails the cell it was running; the cells queued behind it go to
-      // the other workers.
+      // A crashed process fails the cell it was running; the cells queued behind it go to the other processes.
       const [current, ...rest] = slot.inFlight.splice(0);
       current?.resolve({ row: failedRow(current.cell, why) });
       queue.unshift(...rest);
       pump();
     };
-    // A worker past its heap limit (ERR_WORKER_OUT_OF_MEMORY) is reported as out of memory, with what to lower.
-    worker.on('error', (e) => die(isOutOfMemory(e) ? cellError(e) : `cell worker failed: ${e.message.split('\n')[0]}`));
-    worker.on('exit', (code) => {
-      if (!closed && !cancelled) die(`cell worker exited (code ${code})`);
+    child.on('error', (e) => die(`cell process failed: ${e.message.split('\n')[0]}`));
+    // 'close' comes after stderr has been read to its end, so the reason has the last lines.
+    child.on('close', (code, signal) => {
+      if (!closed && !cancelled) die(deathReason(code, signal, slot.stderr));
     });
+    child.send({ type: 'init', data } satisfies CellTaskMessage);
     slots.push(slot);
   }
 
-  // Evaluations of workers' models, one at a time on one ONNX Runtime thread (the workers use the cores).
-  let evaluations: Promise<unknown> = Promise.resolve();
-  const evaluateHere = (out: CellOutcome): Promise<CellOutcome> => {
-    const { onnx, ...outcome } = out;
-    const run = evaluations.then(async () => {
-      const t0 = Date.now();
-      try {
-        const m = reported(await evaluateOnnx(onnx!, job.victim.inputShape, job.victim.numClasses, job.test, job.triggered, o.signal, 1, 1024), job.triggered);
-        Object.assign(outcome.row, m, { der: der(baseline, m) });
-      } catch (e) {
-        if (e instanceof CancelledError) throw e;
-        outcome.row.error = `evaluation failed: ${oneLine(e)}`;
-      }
-      outcome.row.seconds += (Date.now() - t0) / 1000;
-      return outcome;
-    });
-    evaluations = run.catch(() => undefined);
-    return run;
-  };
-
   const onAbort = () => {
     cancelled = true;
-    for (const s of slots) s.worker.postMessage({ type: 'cancel' } satisfies CellTaskMessage);
+    for (const s of slots) if (!s.dead && s.child.connected) s.child.send({ type: 'cancel' } satisfies CellTaskMessage);
     for (const t of queue.splice(0)) t.reject(new CancelledError());
   };
   o.signal?.addEventListener('abort', onAbort, { once: true });
@@ -170,12 +174,26 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
     async close() {
       closed = true;
       o.signal?.removeEventListener('abort', onAbort);
-      await Promise.all(slots.map((s) => s.worker.terminate()));
+      await Promise.all(slots.map((s) => stopChild(s.child)));
     },
   };
 }
 
-/** A cell as plain data for postMessage (the aux set travels separately, raw or calibrated). */
+/** End a cell process: close its channel (it exits on disconnect), then SIGKILL if it has not gone in 2 s. */
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    if (child.connected) child.disconnect();
+    else child.kill('SIGTERM');
+  });
+}
+
+/** A cell as plain data for the channel (the aux set travels separately, raw or calibrated). */
 function plainCell(cell: Cell): Cell {
   return { aux: { name: cell.aux.name, type: cell.aux.type, seed: cell.aux.seed, set: undefined as never }, gic: cell.gic, defense: cell.defense, seed: cell.seed, stream: cell.stream };
 }

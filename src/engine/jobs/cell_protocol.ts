@@ -1,6 +1,7 @@
 /**
- * The cell channel between the cell pool (cell_pool.ts, the job's thread) and its workers (cell_worker.ts):
- * the data a worker starts with, the tasks it is sent and its replies, each with a check made on arrival. It
+ * The cell channel between the cell pool (cell_pool.ts, the job's process) and its cell processes
+ * (cell_worker.ts): the data a cell process starts with, the tasks it is sent and its replies, each with a check
+ * made on arrival. It
  * lives in the engine rather than in src/shared because its payloads are engine values (image sets, cells,
  * architecture specs) that only the engine's two sides of this channel know.
  */
@@ -21,13 +22,12 @@ export interface CellWorkerData {
   augment: Augment;
   seeds: number[];
   baseline: ReportedMetrics;
-  /** ONNX Runtime threads for evaluation (0: on the worker's backend). */
-  evalThreads: number;
-  /** Send purified models back as ONNX for the main thread to evaluate (it has ONNX Runtime). */
-  deferEvaluation: boolean;
+  /** ONNX Runtime threads for each cell's training steps and evaluation (0: everything on the backend). */
+  ortThreads: number;
 }
 
-export type CellTaskMessage = { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
+/** Pool -> cell process: the job's shared part first, then cells (with their aux set and where to save), or cancel. */
+export type CellTaskMessage = { type: 'init'; data: CellWorkerData } | { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
 
 export type CellWorkerReply =
   | { type: 'progress'; done: number; total: number; message?: string }
@@ -38,14 +38,21 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null;
 }
 
-/** Pool -> worker: a cell to run (with its aux set and where to save), or cancel. */
-export function isCellTaskMessage(v: unknown): v is CellTaskMessage {
+/** Pool -> cell process: a cell to run (with its aux set and where to save), or cancel. */
+export function isCellTaskMessage(v: unknown): v is Exclude<CellTaskMessage, { type: 'init' }> {
   if (!isObj(v)) return false;
   if (v.type === 'cancel') return true;
   return v.type === 'cell' && typeof v.index === 'number' && isObj(v.cell) && isObj(v.aux) && Array.isArray(v.targets);
 }
 
-/** Worker -> pool: progress of the running cell, its outcome, or that it stopped on cancel. */
+/** Pool -> cell process: the job's shared part (victim, test sets, baseline), sent once, first. */
+export function isCellInitMessage(v: unknown): v is Extract<CellTaskMessage, { type: 'init' }> {
+  if (!isObj(v) || v.type !== 'init' || !isObj(v.data)) return false;
+  const d = v.data;
+  return typeof d.backend === 'string' && isObj(d.victim) && isObj(d.test) && isObj(d.triggered) && Array.isArray(d.seeds) && typeof d.ortThreads === 'number';
+}
+
+/** Cell process -> pool: progress of the running cell, its outcome, or that it stopped on cancel. */
 export function isCellWorkerReply(v: unknown): v is CellWorkerReply {
   if (!isObj(v)) return false;
   switch (v.type) {

@@ -1,8 +1,9 @@
 /**
- * The worker side of the cell pool (cell_pool.ts): rebuild the victim from its architecture and state_dict,
- * then run the cells it is sent (messages: cell_protocol.ts) with the same code as the sequential path (core.runCell) and send the rows back.
+ * The cell side of the cell pool (cell_pool.ts), run in a child process: rebuild the victim from its
+ * architecture and state_dict, then run the cells it is sent (messages: cell_protocol.ts) with the same code as
+ * the sequential path (core.runCell) and send the rows back. Being a process of its own, it loads ONNX Runtime
+ * (which cannot live in worker threads), so its cells train and evaluate through it as the main thread does.
  */
-import type { MessagePort } from 'node:worker_threads';
 import { initBackend } from '../backend';
 import { buildModel } from '../models';
 import { emptyRow, runCell } from './core';
@@ -10,40 +11,54 @@ import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
 
-export async function serveCells(port: MessagePort, data: CellWorkerData): Promise<void> {
-  await initBackend('cpu', data.backend);
-  const victim = buildModel(data.victim.spec, data.victim.normalize);
-  victim.loadStateDict(data.victim.state, 'cell worker');
-  const job = { victim, test: data.test, triggered: data.triggered, augment: data.augment, seeds: data.seeds };
+/** The two directions of the channel to the pool (the process's IPC channel). */
+export interface CellChannel {
+  send(m: CellWorkerReply): void;
+  onMessage(fn: (m: unknown) => void): void;
+}
+
+/**
+ * Serve cells on `channel` once `data` (the job's shared part) has arrived. The listener is registered at once
+ * so that cells the pool sends while the backend starts are queued, not dropped.
+ */
+export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>): Promise<void> {
   const abort = new AbortController();
-  // Progress is rate-limited: a defense reports every batch, the host needs a few updates a second.
+  // Progress is rate-limited: a defense reports every batch, the pool needs a few updates a second.
   let lastProgress = 0;
   const progress = (done: number, total: number, message?: string) => {
     const now = Date.now();
     if (now - lastProgress < 200 && done < total) return;
     lastProgress = now;
-    port.postMessage({ type: 'progress', done, total, message } satisfies CellWorkerReply);
+    channel.send({ type: 'progress', done, total, message });
   };
+  const ready = data.then(async (d) => {
+    await initBackend('cpu', d.backend);
+    const victim = buildModel(d.victim.spec, d.victim.normalize);
+    victim.loadStateDict(d.victim.state, 'cell process');
+    return { d, job: { victim, test: d.test, triggered: d.triggered, augment: d.augment, seeds: d.seeds } };
+  });
   // One cell at a time, in the order they come.
-  let chain = Promise.resolve();
-  port.on('message', (m: unknown) => {
+  let chain: Promise<unknown> = ready;
+  channel.onMessage((m: unknown) => {
     if (!isCellTaskMessage(m)) return;
     if (m.type === 'cancel') {
       abort.abort();
       return;
     }
     chain = chain.then(async () => {
+      const { d, job } = await ready;
       if (abort.signal.aborted) {
-        port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
+        channel.send({ type: 'cancelled' });
         return;
       }
       try {
-        const outcome = await runCell(job, m.cell, m.aux, data.baseline, m.index, abort.signal, progress, m.targets, data.evalThreads, data.deferEvaluation);
-        port.postMessage({ type: 'done', outcome } satisfies CellWorkerReply, outcome.onnx ? [outcome.onnx.buffer as ArrayBuffer] : []);
+        const outcome = await runCell(job, m.cell, m.aux, d.baseline, m.index, abort.signal, progress, m.targets, d.ortThreads);
+        channel.send({ type: 'done', outcome });
       } catch (e) {
-        if (e instanceof CancelledError || abort.signal.aborted) port.postMessage({ type: 'cancelled' } satisfies CellWorkerReply);
-        else port.postMessage({ type: 'done', outcome: { row: { ...emptyRow(m.cell), error: cellError(e) } } } satisfies CellWorkerReply);
+        if (e instanceof CancelledError || abort.signal.aborted) channel.send({ type: 'cancelled' });
+        else channel.send({ type: 'done', outcome: { row: { ...emptyRow(m.cell), error: cellError(e) } } });
       }
     });
   });
+  return ready.then(() => undefined);
 }

@@ -24,10 +24,9 @@ import { saveModelFile, type ModelFormat } from '../model_files/model_io';
 import { diffStateDicts } from '../model_files/diff';
 import type { PtStateDict } from '../nn/module';
 import { startCellPool } from './cell_pool';
-import { exportOnnx } from '../model_files/onnx_export';
-import { resolveParams, type DefenseParams, type Profile } from '../defenses/defense';
+import { newTrainingRecord, resolveParams, type Defense, type DefenseParams, type Profile, type TrainingRecord } from '../defenses/defense';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
-import { RESULTS_SCHEMA, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
+import { RESULTS_SCHEMA, type RowTraining, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
 import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
 
@@ -80,8 +79,8 @@ export interface CoreOptions {
   signal?: AbortSignal;
   emit: (e: RunEvent) => void;
   /**
-   * Cell workers (threads, each with its own single-threaded backend) to run cells side by side; 0 or 1 runs
-   * them in this thread. Default: one per core, for the wasm and cpu backends only.
+   * Cell processes (each with its own single-threaded backend and ONNX Runtime) to run cells side by side; 0 or
+   * 1 runs them in this thread. Default: one per core, for the wasm and cpu backends only.
    */
   workers?: number;
   /** Run only one of `count` disjoint slices of the cells (sharded sweeps); default all. */
@@ -144,7 +143,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const pool = await startCellPool(job, baseline, o, mine.length);
   const results: Results = {
     schema: RESULTS_SCHEMA,
-    // With a pool, that many single-threaded backends compute cells side by side (and this thread calibrates).
+    // With a pool, that many single-threaded processes compute cells side by side (and this thread calibrates).
     backend: { name: o.backend.name, threads: pool ? pool.size : o.backend.threads, evaluation, ...(o.backend.adapter ? { adapter: o.backend.adapter } : {}) },
     model: job.model,
     baseline,
@@ -272,16 +271,22 @@ function targetsFor(job: Pick<PreparedJob, 'saveTargets' | 'seeds'>, cell: Cell)
   return job.saveTargets?.(`${cell.defense.id}-${cell.aux.name}${cell.gic ? '-gic' : ''}${seed}`) ?? [];
 }
 
+/** The row's account of where the defense trained, with why any of it stayed on the backend. */
+function rowTraining(t: TrainingRecord, defense: Defense): RowTraining {
+  const why = [...t.backendWhy, ...(defense.ownLoop ? [defense.ownLoop] : [])];
+  const engine = t.backendSteps === 0 && t.onnxruntimeSteps > 0 && !defense.ownLoop ? 'onnxruntime' : t.onnxruntimeSteps === 0 ? 'backend' : 'mixed';
+  if (t.onnxruntimeSteps === 0 && t.backendSteps === 0 && !why.length) why.push('no step through the cross-entropy epoch loop: the defense computes on the backend');
+  return { engine, onnxruntimeSteps: t.onnxruntimeSteps, backendSteps: t.backendSteps, ...(why.length ? { why } : {}) };
+}
+
 export interface CellOutcome {
   row: ResultRow;
   detection?: { anomalyIndex: number[]; flagged: number[]; triggers?: ReversedTriggerImage[] };
-  /** The purified model as ONNX, when its evaluation was left to the main thread (`deferEvaluation`). */
-  onnx?: Uint8Array;
 }
 
 /**
  * Runs one cell: the defense on the (raw or calibrated) aux set, evaluation, and the purified model written to
- * `targets`. Used in this thread and by the cell workers alike, so both give the same row.
+ * `targets`. Used in this thread and by the cell processes alike, so both give the same row.
  */
 export async function runCell(
   job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seeds' | 'saveTargets'>,
@@ -292,14 +297,11 @@ export async function runCell(
   signal: AbortSignal | undefined,
   progress: (d: number, t: number, m?: string) => void,
   targets: SaveTarget[] = targetsFor(job, cell),
-  /** ONNX Runtime threads for the evaluation; 0 evaluates on the training backend. */
-  evalThreads = 0,
   /**
-   * Return the purified model as ONNX instead of evaluating it (cell workers: the main thread evaluates it
-   * through ONNX Runtime, several times faster than a worker's backend, while the worker goes on). A model
-   * the exporter cannot write is evaluated here.
+   * ONNX Runtime threads for the evaluation and for the defense's cross-entropy training steps; 0 keeps both
+   * on the training backend (where ONNX Runtime is not available).
    */
-  deferEvaluation = false,
+  ortThreads = 0,
 ): Promise<CellOutcome> {
   const row = emptyRow(cell);
   const t0 = Date.now();
@@ -310,7 +312,6 @@ export async function runCell(
   }
   let model: Model | undefined;
   let detection: CellOutcome['detection'];
-  let onnx: Uint8Array | undefined;
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
     row.params = params;
@@ -321,17 +322,16 @@ export async function runCell(
     // Each pair of cells has its own stream (so a sharded or pooled run reproduces the sequential one), shared
     // by its GIC-off and GIC-on cell (so the two differ only in their data).
     const rng = new Rng(cell.seed).fork(cell.stream);
-    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress });
+    const training = newTrainingRecord();
+    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0, training });
+    row.training = rowTraining(training, defense);
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
     const bad = findNonFinite(model);
     if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
-    onnx = deferEvaluation ? exportForEvaluation(model) : undefined;
-    if (!onnx) {
-      const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
-      const m = reported(measured, job.triggered);
-      Object.assign(row, m, { der: der(baseline, m) });
-    }
+    const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, ortThreads);
+    const m = reported(measured, job.triggered);
+    Object.assign(row, m, { der: der(baseline, m) });
     if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
     // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
     // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
@@ -350,7 +350,7 @@ export async function runCell(
     model?.dispose();
     row.seconds = (Date.now() - t0) / 1000;
   }
-  return onnx && !row.error ? { row, detection, onnx } : { row, detection };
+  return { row, detection };
 }
 
 /** The victim's state_dict, read once per victim: every cell compares its purified model with it. */
@@ -362,14 +362,6 @@ function victimStateDict(victim: Model): PtStateDict {
     victimDicts.set(victim, sd);
   }
   return sd;
-}
-
-function exportForEvaluation(model: Model): Uint8Array | undefined {
-  try {
-    return exportOnnx(model, { includeNormalization: true });
-  } catch {
-    return undefined;
-  }
 }
 
 export function relativeTo(outDir: string, file: string): string {

@@ -37,27 +37,13 @@ export function evaluateModel(model: Model, test: ImageSet, triggered: Triggered
 /**
  * The same metrics, with inference through ONNX Runtime where it is available for this model (several times
  * faster on the CPU; the same predictions), else on the training backend. `threads`: ONNX Runtime's intra-op
- * threads (1 inside a cell worker, where the cores are already shared out).
+ * threads (1 inside a cell process, where the cores are already shared out).
  */
 export async function evaluateModelFast(model: Model, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number): Promise<Metrics & { engine: 'onnxruntime' | 'backend' }> {
   const ort = await OrtPredictor.create(model, threads);
   if (!ort) return { ...evaluateModel(model, test, triggered, signal), engine: 'backend' };
   try {
     return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
-  } finally {
-    await ort.dispose();
-  }
-}
-
-/**
- * ACC/ASR of a model given as ONNX bytes (exportOnnx with normalization), through ONNX Runtime: how the main
- * thread evaluates the purified models of cell workers, which cannot load ONNX Runtime themselves.
- */
-export async function evaluateOnnx(bytes: Uint8Array, shape: [number, number, number], classes: number, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number, batchSize = 256): Promise<Metrics> {
-  const ort = await OrtPredictor.fromOnnx(bytes, shape, classes, threads);
-  try {
-    // Each batch is one round trip through this thread's event loop, which may be busy: large batches.
-    return metricsOf(test, triggered, await ort.labels(test, batchSize, signal), await ort.labels(triggered.set, batchSize, signal));
   } finally {
     await ort.dispose();
   }

@@ -38,8 +38,7 @@ export class OrtPredictor {
   }
 
   /**
-   * A session for a model already exported by exportOnnx with its normalization (a cell worker's purified
-   * model); throws when ONNX Runtime is not available here or refuses the bytes.
+   * A session for a model already exported by exportOnnx with its normalization; throws when ONNX Runtime is not available here or refuses the bytes.
    */
   static async fromOnnx(bytes: Uint8Array, inputShape: [number, number, number], classes: number, threads: number): Promise<OrtPredictor> {
     const ort = ortWanted() ? loadOrt() : null;
