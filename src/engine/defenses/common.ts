@@ -12,7 +12,7 @@ import type { Optimizer } from '../nn/optim';
 import { cosineLr } from '../nn/optim';
 import { batchCount, crossEntropy, makeBatch, makeBatchArray, predictLabels, trainStep, type FitOptions, type StepContext } from '../nn/train';
 import { OrtTrainer, ortTrainWanted } from '../nn/ort_train';
-import { throwIfAborted } from '../errors';
+import { JobError, throwIfAborted } from '../errors';
 import type { Rng } from '../util/rng';
 import type { DefenseContext } from './defense';
 import { yieldToLoop } from './defense';
@@ -29,6 +29,12 @@ export interface EpochLoopOptions extends Partial<Omit<FitOptions, 'epochs' | 'o
   progressBase?: number;
   progressTotal?: number;
   label?: string;
+  /**
+   * The defense's own step computed through ONNX Runtime (graphs it made with ort_graph.ts), used for every
+   * batch instead of `loss`/`prepare` on the backend: the batch as flat NHWC pixels (augmented as the backend
+   * path would) and its labels; it applies the optimizer step itself and resolves to the step's loss.
+   */
+  ortStep?: (x: Float32Array, labels: Int32Array) => Promise<number>;
 }
 
 /**
@@ -81,7 +87,7 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
   const dropLast = o.dropLast ?? false;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
   const batches = batchCount(data, { batchSize: o.batchSize, dropLast });
-  const stepper = await ortStepperFor(ctx, model, o, bnTrain, label);
+  const stepper = o.ortStep ? undefined : await ortStepperFor(ctx, model, o, bnTrain, label);
   const record = (engine: 'onnxruntime' | 'backend') => {
     if (!ctx.training) return;
     if (engine === 'onnxruntime') ctx.training.onnxruntimeSteps++;
@@ -96,6 +102,14 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
         await pacer.tick(base + e, total, `${label} ${e + 1}/${o.epochs}, batch ${b + 1}/${batches}`);
         const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
         const labels = Int32Array.from(idx, (i) => data.y[i]);
+        if (o.ortStep) {
+          const l = await o.ortStep(makeBatchArray(data, idx, augment, ctx.rng), labels);
+          if (!Number.isFinite(l)) throw new JobError('training diverged (loss is not finite)');
+          record('onnxruntime');
+          o.afterStep?.();
+          o.onBatch?.(e, b, batches, l);
+          continue;
+        }
         if (stepper) {
           // The same batch, augmentation draws and update rule; only the gradient is computed elsewhere.
           const l = await stepper.step(optimizer, makeBatchArray(data, idx, augment, ctx.rng), data.shape, labels, bnTrain);

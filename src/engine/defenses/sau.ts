@@ -9,11 +9,17 @@
  *      where x' fools the victim (t = f0's label for x', different from y and from f0's label for x), averaged
  *      over the batch: f must stop sharing the victim's adversarial (and so backdoor-like) decisions.
  * Adam; BatchNorm statistics frozen (BackdoorBench's default).
+ *
+ * Where ONNX Runtime loads, both steps run through it (ort_graph.ts): the forward passes and the gradients with
+ * respect to the pixels (PGD) and to the weights (unlearning) are ONNX Runtime's, the losses above are computed
+ * on the backend from the logits (the same functions as the backend path), so only where the numbers are
+ * computed changes.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
+import { OrtModelGraph } from '../nn/ort_graph';
 import { trainEpochs } from './common';
 import { inputGradient, projectLinf } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -40,6 +46,8 @@ export const sau: Defense = {
     const k = model.numClasses;
     let shared = 0;
     let seen = 0;
+    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen) : undefined;
+    if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
         epochs: p.epochs,
@@ -47,6 +55,14 @@ export const sau: Defense = {
         schedule: 'constant',
         batchSize: p.batchSize,
         bnTrain: false,
+        ortStep: graphs
+          ? async (x, labels) => {
+              const out = await sauStepOnOrt(graphs, model, opt, x, labels, p);
+              shared += out.shared;
+              seen += labels.length;
+              return out.loss;
+            }
+          : undefined,
         prepare: (s) => {
           const packed = sharedAdversarial(model, frozen, s.x, s.y, p);
           const flags = Array.from(tf.tidy(() => tf.slice(packed, [0, size + 1], [s.x.shape[0], 1]).dataSync() as Float32Array));
@@ -60,10 +76,7 @@ export const sau: Defense = {
           const xAdv = tf.reshape(tf.slice(packed, [0, 0], [n, size]), [n, h, w, c]) as tf.Tensor4D;
           const refLabel = tf.cast(tf.reshape(tf.slice(packed, [0, size], [n, 1]), [n]), 'int32') as tf.Tensor1D;
           const poison = tf.reshape(tf.slice(packed, [0, size + 1], [n, 1]), [n]);
-          const pAdv = tf.softmax(model.forward(xAdv, s.ctx));
-          const pos = tf.clipByValue(tf.sum(tf.mul(pAdv, tf.oneHot(refLabel, k)), 1), 0.001, 1);
-          const sar = tf.div(tf.sum(tf.mul(tf.neg(tf.log(tf.sub(1 + 1e-6, pos))), poison)), n);
-          return tf.add(crossEntropy(model.forward(s.x, s.ctx), s.y), tf.mul(sar, p.lambda)) as tf.Scalar;
+          return unlearningLoss(model.forward(s.x, s.ctx), s.y, model.forward(xAdv, s.ctx), refLabel, poison as tf.Tensor1D, k, p.lambda);
         },
       });
     } catch (e) {
@@ -71,10 +84,33 @@ export const sau: Defense = {
       throw e;
     } finally {
       opt.dispose();
+      await graphs?.close();
     }
     return { model, details: { eps: p.eps, steps: p.steps, epochs: p.epochs, sharedAdversarialFraction: Math.round((shared / Math.max(1, seen)) * 1000) / 1000 } };
   },
 };
+
+/**
+ * The PGD objective of step 1 from the logits of f (`a`) and f0 (`b`) at x': beta1 * L_adv + beta2 * L_share,
+ * with the 0/1 masks of the images not yet fooled by f, by f0, and not yet shared.
+ */
+function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { notF: tf.Tensor; not0: tf.Tensor; notShared: tf.Tensor }, p: Record<string, number>): tf.Scalar {
+  const n = a.shape[0];
+  const k = a.shape[1];
+  const ceA = tf.neg(tf.sum(tf.mul(tf.oneHot(y, k), tf.logSoftmax(a)), 1));
+  const ceB = tf.neg(tf.sum(tf.mul(tf.oneHot(y, k), tf.logSoftmax(b)), 1));
+  const adv = tf.div(tf.neg(tf.add(tf.sum(tf.mul(ceA, m.notF)), tf.sum(tf.mul(ceB, m.not0)))), 2 * n);
+  const share = tf.div(tf.sum(tf.mul(jsDivergence(tf.softmax(a) as tf.Tensor2D, tf.softmax(b) as tf.Tensor2D), m.notShared)), n);
+  return tf.add(tf.mul(adv, p.beta1), tf.mul(share, p.beta2)) as tf.Scalar;
+}
+
+/** Step 2's loss from f's logits on x and on x': CE(f(x), y) + lambda * L_sar over the images x' fools f0 on. */
+function unlearningLoss(clean: tf.Tensor2D, y: tf.Tensor1D, adv: tf.Tensor2D, refLabel: tf.Tensor1D, poison: tf.Tensor1D, k: number, lambda: number): tf.Scalar {
+  const n = clean.shape[0];
+  const pos = tf.clipByValue(tf.sum(tf.mul(tf.softmax(adv), tf.oneHot(refLabel, k)), 1), 0.001, 1);
+  const sar = tf.div(tf.sum(tf.mul(tf.neg(tf.log(tf.sub(1 + 1e-6, pos))), poison)), n);
+  return tf.add(crossEntropy(clean, y), tf.mul(sar, lambda)) as tf.Scalar;
+}
 
 /** Per-image Jensen-Shannon divergence of two probability rows. */
 function jsDivergence(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor1D {
@@ -110,15 +146,7 @@ function sharedAdversarial(f: Model, f0: Model, x: tf.Tensor4D, y: tf.Tensor1D, 
         const notF = tf.cast(tf.logicalNot(fooledF), 'float32');
         const not0 = tf.cast(tf.logicalNot(fooled0), 'float32');
         const notShared = tf.cast(tf.logicalNot(isShared), 'float32');
-        const g = inputGradient(xAdv, (xi) => {
-          const a = f.forward(xi, { training: false });
-          const b = f0.forward(xi, { training: false });
-          const ceA = tf.neg(tf.sum(tf.mul(tf.oneHot(y, f.numClasses), tf.logSoftmax(a)), 1));
-          const ceB = tf.neg(tf.sum(tf.mul(tf.oneHot(y, f.numClasses), tf.logSoftmax(b)), 1));
-          const adv = tf.div(tf.neg(tf.add(tf.sum(tf.mul(ceA, notF)), tf.sum(tf.mul(ceB, not0)))), 2 * n);
-          const share = tf.div(tf.sum(tf.mul(jsDivergence(tf.softmax(a) as tf.Tensor2D, tf.softmax(b) as tf.Tensor2D), notShared)), n);
-          return tf.add(tf.mul(adv, p.beta1), tf.mul(share, p.beta2)) as tf.Scalar;
-        });
+        const g = inputGradient(xAdv, (xi) => sharedObjective(f.forward(xi, { training: false }), f0.forward(xi, { training: false }), y, { notF, not0, notShared }, p));
         return projectLinf(x, tf.sub(xAdv, tf.mul(tf.sign(g), p.stepSize)) as tf.Tensor4D, p.eps);
       });
       xAdv = next;
@@ -127,4 +155,119 @@ function sharedAdversarial(f: Model, f0: Model, x: tf.Tensor4D, y: tf.Tensor1D, 
     const poison = tf.logicalAnd(tf.notEqual(refAdv, y), tf.notEqual(refAdv, cleanF0));
     return tf.concat([tf.reshape(xAdv, [n, -1]), tf.reshape(tf.cast(refAdv, 'float32'), [n, 1]), tf.reshape(tf.cast(poison, 'float32'), [n, 1])], 1);
   });
+}
+
+/**
+ * The ONNX Runtime graphs of SAU: forward passes and pixel gradients of f and f0 (both with frozen BatchNorm
+ * statistics, as every pass of SAU), and f's weight gradients for the unlearning step.
+ */
+class SauGraphs {
+  private constructor(
+    readonly f: OrtModelGraph,
+    readonly fPixels: OrtModelGraph,
+    readonly fWeights: OrtModelGraph,
+    readonly f0: OrtModelGraph,
+    readonly f0Pixels: OrtModelGraph,
+  ) {}
+
+  static async create(f: Model, f0: Model): Promise<SauGraphs | undefined> {
+    const made = await Promise.all([
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false }),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true }),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'none' }),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false }),
+    ]);
+    if (made.some((g) => !g)) {
+      await Promise.all(made.map((g) => g?.close()));
+      return undefined;
+    }
+    const [a, b, c, d, e] = made as OrtModelGraph[];
+    return new SauGraphs(a, b, c, d, e);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.f, this.fPixels, this.fWeights, this.f0, this.f0Pixels].map((g) => g.close()));
+  }
+}
+
+function argmaxRows(logits: Float32Array, k: number): Int32Array {
+  const out = new Int32Array(logits.length / k);
+  for (let i = 0; i < out.length; i++) {
+    let best = 0;
+    for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
+    out[i] = best;
+  }
+  return out;
+}
+
+/** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), clipped to [0, 1]. */
+function projectLinfArray(x: Float32Array, xAdv: Float32Array, eps: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = Math.min(1, Math.max(0, x[i] + Math.min(eps, Math.max(-eps, xAdv[i] - x[i]))));
+  return out;
+}
+
+/** The gradients of `loss` with respect to each of `logits`, computed on the backend (a few numbers per image). */
+function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number }>, loss: (ls: tf.Tensor2D[]) => tf.Scalar): { value: number; grads: Float32Array[] } {
+  return tf.tidy(() => {
+    const inputs = logits.map((l) => tf.tensor2d(l.data, [l.n, l.k]));
+    const { value, grads } = tf.valueAndGrads((...ls: tf.Tensor[]) => loss(ls as tf.Tensor2D[]))(inputs);
+    return { value: value.dataSync()[0], grads: grads.map((g) => g.dataSync() as Float32Array) };
+  });
+}
+
+/**
+ * One SAU batch through ONNX Runtime: the shared adversarial examples (step 1) and the unlearning step (step 2)
+ * with the same objectives as the backend path; returns the step's loss and how many x' fooled the victim.
+ */
+async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Array, labels: Int32Array, p: Record<string, number>): Promise<{ loss: number; shared: number }> {
+  const n = labels.length;
+  const k = model.numClasses;
+  const cleanF = argmaxRows((await g.f.run(x, n)).logits, k);
+  const cleanF0 = argmaxRows((await g.f0.run(x, n)).logits, k);
+  let xAdv = projectLinfArray(x, x.map((v) => v + p.eps), p.eps);
+  for (let i = 0; i < p.steps; i++) {
+    const lf = (await g.f.run(xAdv, n)).logits;
+    const l0 = (await g.f0.run(xAdv, n)).logits;
+    const predF = argmaxRows(lf, k);
+    const pred0 = argmaxRows(l0, k);
+    const notF = Float32Array.from(predF, (v, j) => (v !== cleanF[j] ? 0 : 1));
+    const not0 = Float32Array.from(pred0, (v, j) => (v !== cleanF0[j] ? 0 : 1));
+    const notShared = Float32Array.from(predF, (v, j) => (v !== cleanF[j] && pred0[j] !== cleanF0[j] && v === pred0[j] ? 0 : 1));
+    const { grads } = logitGradients(
+      [
+        { data: lf, n, k },
+        { data: l0, n, k },
+      ],
+      ([a, b]) => sharedObjective(a, b, tf.tensor1d(labels, 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p),
+    );
+    const gF = (await g.fPixels.run(xAdv, n, grads[0])).dx!;
+    const g0 = (await g.f0Pixels.run(xAdv, n, grads[1])).dx!;
+    const stepped = new Float32Array(xAdv.length);
+    for (let j = 0; j < stepped.length; j++) stepped[j] = xAdv[j] - Math.sign(gF[j] + g0[j]) * p.stepSize;
+    xAdv = projectLinfArray(x, stepped, p.eps);
+  }
+  const refAdv = argmaxRows((await g.f0.run(xAdv, n)).logits, k);
+  const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
+  // Step 2 on x and x' as one batch of 2n (BatchNorm is frozen, so the images do not interact).
+  const both = new Float32Array(2 * x.length);
+  both.set(x, 0);
+  both.set(xAdv, x.length);
+  const logits = (await g.f.run(both, 2 * n)).logits;
+  const { value, grads } = logitGradients([{ data: logits, n: 2 * n, k }], ([l]) =>
+    unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
+  );
+  const run = await g.fWeights.run(both, 2 * n, grads[0]);
+  const params = model.root.namedParams().filter(([, q]) => q.trainable);
+  const gradTensors = params.map(([key, q]) => tf.tensor(run.grads!.get(key)!, q.variable.shape));
+  try {
+    opt.step(
+      params.map(([, q]) => q.variable),
+      gradTensors,
+    );
+  } finally {
+    tf.dispose(gradTensors);
+  }
+  return { loss: value, shared: poison.reduce((a, b) => a + b, 0) };
 }

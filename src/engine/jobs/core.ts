@@ -25,6 +25,7 @@ import { diffStateDicts } from '../model_files/diff';
 import type { PtStateDict } from '../nn/module';
 import { startCellPool } from './cell_pool';
 import { newTrainingRecord, resolveParams, type Defense, type DefenseParams, type Profile, type TrainingRecord } from '../defenses/defense';
+import { ortTrainWanted } from '../nn/ort_train';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type RowTraining, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
@@ -323,7 +324,7 @@ export async function runCell(
     // by its GIC-off and GIC-on cell (so the two differ only in their data).
     const rng = new Rng(cell.seed).fork(cell.stream);
     const training = newTrainingRecord();
-    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0, training });
+    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0 && ortTrainWanted(), training });
     row.training = rowTraining(training, defense);
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.

@@ -38,6 +38,21 @@ export const GRAD_OPSET = 17;
 
 export class OrtGradUnsupported extends Error {}
 
+/**
+ * What a graph computes. `loss: 'ce'` (the training step): inputs `target` and `inv_batch`, outputs `loss`, the
+ * mean cross-entropy, and the gradients. `loss: 'seed'` (a vector-Jacobian product): input `dlogits` [N, classes],
+ * the gradient of any loss with respect to the logits (computed by the caller from the logits of a forward
+ * graph), outputs `logits` and the gradients of that loss. `loss: 'none'`: the forward pass alone, output
+ * `logits`, with the weights fed as inputs (they change between steps). `paramGrads`: gradients of the trainable
+ * parameters (`grad/<key>`); `inputGrad`: the gradient with respect to the input pixels (`grad/x`, NHWC).
+ */
+export interface GradGraphOptions {
+  bnTrain: boolean;
+  loss?: 'ce' | 'seed' | 'none';
+  paramGrads?: boolean;
+  inputGrad?: boolean;
+}
+
 export interface GradGraph {
   bytes: Uint8Array;
   /** Parameter inputs (namedParams keys) in the order the caller feeds them, with their shapes. */
@@ -46,6 +61,8 @@ export interface GradGraph {
   gradKeys: string[];
   /** BatchNorm layers whose batch statistics come out as `mean/<path>` and `var/<path>` (training mode only). */
   bnPaths: string[];
+  /** Positions per image each of those layers averages over (its H x W): N times it is the count behind its variance. */
+  bnSpatial: Map<string, number>;
 }
 
 const T = onnx.TensorProto.DataType;
@@ -68,14 +85,25 @@ class GradBuilder {
   readonly gradOutputs: Array<{ key: string; name: string; shape: number[] }> = [];
   readonly statOutputs: Array<{ name: string; shape: number[] }> = [];
   readonly bnPaths: string[] = [];
+  readonly bnSpatial = new Map<string, number>();
   /** The graph input holding 1/N (the batch size is symbolic). */
   private readonly invBatch = 'inv_batch';
   private n = 0;
 
+  readonly bnTrain: boolean;
+  private readonly loss: 'ce' | 'seed' | 'none';
+  private readonly paramGrads: boolean;
+  private readonly inputGrad: boolean;
+
   constructor(
     private readonly model: Model,
-    readonly bnTrain: boolean,
-  ) {}
+    o: GradGraphOptions,
+  ) {
+    this.bnTrain = o.bnTrain;
+    this.loss = o.loss ?? 'ce';
+    this.paramGrads = this.loss !== 'none' && (o.paramGrads ?? true);
+    this.inputGrad = this.loss !== 'none' && (o.inputGrad ?? false);
+  }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
     return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
@@ -103,7 +131,7 @@ class GradBuilder {
     this.b.reserve(key);
     this.b.shapes.set(key, shape);
     this.paramInputs.push({ key, shape });
-    if (p.trainable) this.live.add(key);
+    if (p.trainable && this.paramGrads) this.live.add(key);
     return key;
   }
 
@@ -213,6 +241,7 @@ class GradBuilder {
       this.op('Reshape', [variance, this.i64([-1])], {}, [c], [varOut]);
       this.statOutputs.push({ name: meanOut, shape: [c] }, { name: varOut, shape: [c] });
       this.bnPaths.push(m.path);
+      this.bnSpatial.set(m.path, shape[2] * shape[3]);
     } else {
       const rm = this.param(m, 'running_mean');
       const rv = this.param(m, 'running_var');
@@ -223,21 +252,26 @@ class GradBuilder {
     const k = this.op('Mul', [gamma, invstd], {}, cShape);
     const y = this.op('Add', [this.op('Mul', [xc, k], {}, shape), beta], {}, shape);
     this.back(y, [x, gammaKey, betaKey], (dy) => {
+      const kDy = () => this.op('Mul', [dy, k], {}, shape);
+      // With frozen statistics and frozen parameters (an input gradient through a fixed model) only k*dy is needed.
+      if (!this.bnTrain && !this.live.has(gammaKey) && !this.live.has(betaKey)) {
+        if (this.live.has(x)) this.addGrad(x, kDy());
+        return;
+      }
       const sumDy = this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
       const sumDyXc = this.op('ReduceSum', [this.op('Mul', [dy, xc], {}, shape), this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
       this.addGrad(betaKey, this.op('Reshape', [sumDy, this.i64([-1])], {}, [c]));
       this.addGrad(gammaKey, this.op('Reshape', [this.op('Mul', [sumDyXc, invstd], {}, cShape), this.i64([-1])], {}, [c]));
       if (!this.live.has(x)) return;
-      const kDy = this.op('Mul', [dy, k], {}, shape);
       if (!this.bnTrain) {
-        this.addGrad(x, kDy);
+        this.addGrad(x, kDy());
         return;
       }
       const invM = this.invCount(shape);
       // dx = k*dy + xc * c1 + c0, with c1 = -k invstd^2 sum(dy xc)/M and c0 = -k sum(dy)/M.
       const c1 = this.op('Neg', [this.op('Mul', [this.op('Mul', [k, this.op('Mul', [invstd, invstd], {}, cShape)], {}, cShape), this.op('Mul', [sumDyXc, invM], {}, cShape)], {}, cShape)], {}, cShape);
       const c0 = this.op('Neg', [this.op('Mul', [k, this.op('Mul', [sumDy, invM], {}, cShape)], {}, cShape)], {}, cShape);
-      const dx = this.op('Add', [kDy, this.op('Add', [this.op('Mul', [xc, c1], {}, shape), c0], {}, shape)], {}, shape);
+      const dx = this.op('Add', [kDy(), this.op('Add', [this.op('Mul', [xc, c1], {}, shape), c0], {}, shape)], {}, shape);
       this.addGrad(x, dx);
     });
     return y;
@@ -397,43 +431,74 @@ class GradBuilder {
   build(): GradGraph {
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
-    for (const name of ['x', 'target', 'inv_batch', 'loss']) this.b.reserve(name);
+    for (const name of ['x', 'target', 'inv_batch', 'loss', 'dlogits', 'logits', 'grad/x']) this.b.reserve(name);
     this.b.shapes.set('x', [-1, h, w, c]);
     this.b.shapes.set('target', [-1, k]);
     this.b.shapes.set('inv_batch', [1]);
+    this.b.shapes.set('dlogits', [-1, k]);
+    if (this.loss !== 'ce') {
+      // 1/N from the batch itself (the training step is fed it; these graphs have no other use for N).
+      const n = this.op('Cast', [this.op('Slice', [this.op('Shape', ['x'], {}, [4]), this.i64([0]), this.i64([1])], {}, [1])], { to: T.FLOAT }, [1]);
+      this.op('Reciprocal', [n], {}, [1], [this.invBatch]);
+    }
     let x = this.op('Transpose', ['x'], { perm: [0, 3, 1, 2] }, [-1, c, h, w]);
+    const per = (v: number[]) => Float32Array.from({ length: c }, (_, i) => v[v.length === 1 ? 0 : i]);
     if (this.model.normalize) {
       const { mean, std } = this.model.normalize;
-      const per = (v: number[]) => Float32Array.from({ length: c }, (_, i) => v[v.length === 1 ? 0 : i]);
       x = this.op('Sub', [x, this.b.initializer('normalize.mean', [1, c, 1, 1], per(mean))], {}, [-1, c, h, w]);
       x = this.op('Div', [x, this.b.initializer('normalize.std', [1, c, 1, 1], per(std))], {}, [-1, c, h, w]);
     }
+    // The normalized NCHW input: where an input gradient starts (the two maps before it are undone by hand below).
+    const input = x;
+    if (this.inputGrad) this.live.add(input);
     const logits = this.module(this.model.root, x);
     const outShape = this.b.shape(logits);
     if (outShape.length !== 2 || outShape[1] !== k) throw new OrtGradUnsupported(`an output of shape [${outShape}]`);
-    // Mean cross-entropy against the target distribution; its gradient is (softmax - target) / N.
-    const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
-    const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
-    this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, [], ['loss']);
-    const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
-    this.grads.set(logits, dLogits);
-    for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
-    const params = new Map(this.model.root.namedParams());
-    for (const { key, shape } of this.paramInputs) {
-      if (!params.get(key)!.trainable) continue;
-      const g = this.grads.get(key);
-      const out = `grad/${key}`;
-      // A parameter the loss does not reach still gets a (zero) gradient output.
-      if (g) this.op('Identity', [g], {}, shape, [out]);
-      else this.op('Mul', [key, this.scalar(0)], {}, shape, [out]);
-      this.gradOutputs.push({ key, name: out, shape });
+    const inputs = [valueInfo('x', [-1, h, w, c])];
+    const outputs: onnx.IValueInfoProto[] = [];
+    if (this.loss === 'ce') {
+      // Mean cross-entropy against the target distribution; its gradient is (softmax - target) / N.
+      const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
+      const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
+      this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, [], ['loss']);
+      const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
+      this.grads.set(logits, dLogits);
+      inputs.push(valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]));
+      outputs.push(valueInfo('loss', []));
+    } else {
+      this.op('Identity', [logits], {}, [-1, k], ['logits']);
+      outputs.push(valueInfo('logits', [-1, k]));
+      if (this.loss === 'seed') {
+        this.grads.set(logits, 'dlogits');
+        inputs.push(valueInfo('dlogits', [-1, k]));
+      }
+    }
+    if (this.loss !== 'none') for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
+    if (this.paramGrads) {
+      const params = new Map(this.model.root.namedParams());
+      for (const { key, shape } of this.paramInputs) {
+        if (!params.get(key)!.trainable) continue;
+        const g = this.grads.get(key);
+        const out = `grad/${key}`;
+        // A parameter the loss does not reach still gets a (zero) gradient output.
+        if (g) this.op('Identity', [g], {}, shape, [out]);
+        else this.op('Mul', [key, this.scalar(0)], {}, shape, [out]);
+        this.gradOutputs.push({ key, name: out, shape });
+      }
+    }
+    if (this.inputGrad) {
+      // Back through the normalization (a division by std) and the NHWC -> NCHW transpose.
+      let g = this.grads.get(input) ?? this.op('Mul', [input, this.scalar(0)], {}, [-1, c, h, w]);
+      if (this.model.normalize) g = this.op('Div', [g, this.b.initializer('normalize.std.grad', [1, c, 1, 1], per(this.model.normalize.std))], {}, [-1, c, h, w]);
+      this.op('Transpose', [g], { perm: [0, 2, 3, 1] }, [-1, h, w, c], ['grad/x']);
+      outputs.push(valueInfo('grad/x', [-1, h, w, c]));
     }
     const graph = onnx.GraphProto.create({
-      name: `${this.model.spec.arch}-train-step`,
+      name: `${this.model.spec.arch}-${this.loss === 'ce' ? 'train-step' : this.loss === 'seed' ? 'vjp' : 'forward'}`,
       node: this.b.nodes,
       initializer: this.b.initializers,
-      input: [valueInfo('x', [-1, h, w, c]), valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]), ...this.paramInputs.map((p) => valueInfo(p.key, p.shape))],
-      output: [valueInfo('loss', []), ...this.gradOutputs.map((g) => valueInfo(g.name, g.shape)), ...this.statOutputs.map((s) => valueInfo(s.name, s.shape))],
+      input: [...inputs, ...this.paramInputs.map((p) => valueInfo(p.key, p.shape))],
+      output: [...outputs, ...this.gradOutputs.map((g) => valueInfo(g.name, g.shape)), ...this.statOutputs.map((s) => valueInfo(s.name, s.shape))],
     });
     const proto = onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph });
     return {
@@ -441,11 +506,15 @@ class GradBuilder {
       paramInputs: this.paramInputs,
       gradKeys: this.gradOutputs.map((g) => g.key),
       bnPaths: this.bnPaths,
+      bnSpatial: this.bnSpatial,
     };
   }
 }
 
-/** The training-step graph of `model` (throws OrtGradUnsupported for modules without a backward rule here). */
-export function buildGradGraph(model: Model, bnTrain: boolean): GradGraph {
-  return new GradBuilder(model, bnTrain).build();
+/**
+ * The training-step graph of `model` (throws OrtGradUnsupported for modules without a backward rule here);
+ * `bnTrain` alone gives the cross-entropy step over every trainable parameter, options the other forms.
+ */
+export function buildGradGraph(model: Model, o: boolean | GradGraphOptions): GradGraph {
+  return new GradBuilder(model, typeof o === 'boolean' ? { bnTrain: o } : o).build();
 }

@@ -111,18 +111,22 @@ export class OrtTrainer implements BatchStepper {
     } finally {
       tf.dispose(gradTensors);
     }
-    this.updateRunningStats(stats, labels.length * shape[0] * shape[1]);
+    this.updateRunningStats(stats, labels.length);
     return loss;
   }
 
-  /** BatchNorm's running statistics from the batch's (as layers.ts: momentum, unbiased variance). */
-  private updateRunningStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, count: number): void {
+  /**
+   * BatchNorm's running statistics from the batch's (as layers.ts: momentum, unbiased variance over the
+   * layer's own N x H x W positions).
+   */
+  private updateRunningStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, batch: number): void {
     if (!stats.size) return;
     for (const m of this.model.root.modules()) {
       if (!(m instanceof BatchNorm2d)) continue;
       const s = stats.get(m.path);
       if (!s) continue;
       const mom = m.momentum;
+      const count = batch * (this.graph.bnSpatial.get(m.path) ?? 1);
       const unbiased = count > 1 ? count / (count - 1) : 1;
       tf.tidy(() => {
         m.runningMean.assign(tf.add(tf.mul(m.runningMean, 1 - mom), tf.mul(tf.tensor1d(s.mean), mom)));

@@ -1,0 +1,99 @@
+/**
+ * A model's forward pass, or a vector-Jacobian product through it, as an ONNX Runtime session
+ * (ort_grad_graph.ts with `loss: 'none'` or `'seed'`): the pieces a defense with a loss of its own is built
+ * from. The caller computes its loss's gradient with respect to the logits on the backend (a few numbers per
+ * image), and ONNX Runtime carries it back through the network to the input pixels (adversarial examples,
+ * trigger reversal) and/or to the trainable parameters (an optimizer step). The weights stay TensorFlow.js
+ * variables, read at every run, so a model that is being trained is always seen as it is now.
+ *
+ * Only where ONNX Runtime loads (see onnx_runtime.ts); `create` resolves to undefined where it does not, or for
+ * a model the graph builder does not cover, and the defense computes on the backend.
+ */
+import { loadOrt } from '../backend/onnx_runtime';
+import { ortTrainWanted } from './ort_train';
+import type { Model } from './model';
+import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptions } from './ort_grad_graph';
+
+type OrtSession = import('onnxruntime-node').InferenceSession;
+type OrtTensor = import('onnxruntime-node').Tensor;
+
+export interface GraphRun {
+  /** [N, classes] */
+  logits: Float32Array;
+  /** d loss / d pixels, NHWC like the input (with `inputGrad`). */
+  dx?: Float32Array;
+  /** d loss / d parameter, by trainable parameter key (with `paramGrads`). */
+  grads?: Map<string, Float32Array>;
+}
+
+export class OrtModelGraph {
+  private closed = false;
+
+  private constructor(
+    readonly model: Model,
+    private readonly ort: typeof import('onnxruntime-node'),
+    private readonly session: OrtSession,
+    private readonly graph: GradGraph,
+    private readonly options: GradGraphOptions,
+  ) {}
+
+  /** Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it. */
+  static async create(model: Model, options: GradGraphOptions, threads = 1): Promise<OrtModelGraph | undefined> {
+    const ort = ortTrainWanted() ? loadOrt() : null;
+    if (!ort) return undefined;
+    let graph: GradGraph;
+    try {
+      graph = buildGradGraph(model, options);
+    } catch (e) {
+      if (e instanceof OrtGradUnsupported) return undefined;
+      throw e;
+    }
+    try {
+      const session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+      return new OrtModelGraph(model, ort, session, graph, options);
+    } catch (e) {
+      if (process.env.DEBUG_ORT) console.error(e);
+      return undefined;
+    }
+  }
+
+  /** The keys of the trainable parameters the gradients come out for. */
+  get gradKeys(): string[] {
+    return this.graph.gradKeys;
+  }
+
+  /**
+   * Run on `n` images `x` (flat NHWC pixels in [0,1]); `dlogits` [n, classes] is the loss's gradient with
+   * respect to the logits (required by a `seed` graph, ignored by a forward graph).
+   */
+  async run(x: Float32Array, n: number, dlogits?: Float32Array): Promise<GraphRun> {
+    if (this.closed) throw new Error('ONNX Runtime graph is closed');
+    const [h, w, c] = this.model.inputShape;
+    const k = this.model.numClasses;
+    const feeds: Record<string, OrtTensor> = { x: new this.ort.Tensor('float32', x, [n, h, w, c]) };
+    if (this.options.loss === 'seed') {
+      if (!dlogits || dlogits.length !== n * k) throw new Error(`dlogits must hold ${n} x ${k} values`);
+      feeds.dlogits = new this.ort.Tensor('float32', dlogits, [n, k]);
+    }
+    const params = new Map(this.model.root.namedParams());
+    for (const { key, shape } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, shape);
+    try {
+      const out = await this.session.run(feeds);
+      const result: GraphRun = { logits: out.logits.data as Float32Array };
+      if (out['grad/x']) result.dx = out['grad/x'].data as Float32Array;
+      if (this.graph.gradKeys.length) {
+        result.grads = new Map();
+        for (const key of this.graph.gradKeys) result.grads.set(key, out[`grad/${key}`].data as Float32Array);
+      }
+      return result;
+    } finally {
+      for (const t of Object.values(feeds)) t.dispose();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.session.release();
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The forward and vector-Jacobian-product graphs of ort_graph.ts against the backend's autodiff: for a loss
+ * that is any function of the logits, the seeded graph's input gradient and parameter gradients equal
+ * tf.grad / tf.variableGrads of the same loss (frozen and batch-statistics BatchNorm, with normalization).
+ */
+import { strict as assert } from 'node:assert';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { buildModel } from '../../src/engine/models';
+import { OrtModelGraph } from '../../src/engine/nn/ort_graph';
+import type { ArchSpec, Model } from '../../src/engine/nn/model';
+import { maxAbsDiff } from '../helpers/parity';
+
+const norm3 = { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] };
+
+/** A loss of the logits that is not cross-entropy: weighted log-softmax terms and a square. */
+function lossOfLogits(logits: tf.Tensor2D): tf.Scalar {
+  const k = logits.shape[1];
+  const w = tf.reshape(tf.linspace(-1, 1, k), [1, k]);
+  return tf.add(tf.mean(tf.sum(tf.mul(tf.logSoftmax(logits), w), 1)), tf.mul(tf.mean(tf.square(logits)), 0.1)) as tf.Scalar;
+}
+
+function relError(ours: Float32Array, ref: Float32Array): number {
+  const { diff, scale } = maxAbsDiff(ours, ref);
+  return diff / Math.max(scale, 1e-3);
+}
+
+describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () {
+  let start: number;
+  before(async () => {
+    await useWasm();
+    start = tf.memory().numTensors;
+  });
+  after(() => assert.equal(tf.memory().numTensors, start, 'tensors leaked'));
+
+  const cases: Array<[string, ArchSpec]> = [
+    ['small-cnn-32', { arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 }],
+    ['preact-resnet18 (width 8)', { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } }],
+  ];
+  for (const [name, spec] of cases) {
+    for (const bnTrain of [false, true]) {
+      it(`${name}: logits, input gradient and parameter gradients equal the backend's (BatchNorm ${bnTrain ? 'batch statistics' : 'frozen'})`, async () => {
+        const model: Model = buildModel(spec, norm3, 1);
+        const [h, w, c] = spec.inputShape;
+        const n = 5;
+        const x = tf.randomUniform([n, h, w, c], 0, 1, 'float32', 3) as tf.Tensor4D;
+        const xs = x.dataSync() as Float32Array;
+        const forward = await OrtModelGraph.create(model, { bnTrain, loss: 'none' });
+        const inputOnly = await OrtModelGraph.create(model, { bnTrain, loss: 'seed', inputGrad: true, paramGrads: false });
+        const both = await OrtModelGraph.create(model, { bnTrain, loss: 'seed', inputGrad: true, paramGrads: true });
+        assert.ok(forward && inputOnly && both, 'ONNX Runtime loads and covers the model');
+        try {
+          const logits = (await forward.run(xs, n)).logits;
+          const refLogits = tf.tidy(() => model.forward(x, { training: bnTrain }).dataSync() as Float32Array);
+          assert.ok(relError(logits, refLogits) < 1e-4, 'logits');
+          // The seed: d loss / d logits, on the backend, from ONNX Runtime's logits.
+          const dl = tf.tidy(() => tf.grad((l: tf.Tensor) => lossOfLogits(l as tf.Tensor2D))(tf.tensor2d(logits, [n, spec.numClasses])).dataSync() as Float32Array);
+          const refDx = tf.tidy(() => tf.grad((xi: tf.Tensor) => lossOfLogits(model.forward(xi as tf.Tensor4D, { training: bnTrain })))(x).dataSync() as Float32Array);
+          const a = await inputOnly.run(xs, n, dl);
+          assert.equal(a.grads, undefined, 'no parameter gradients asked for');
+          assert.ok(relError(a.dx!, refDx) < 1e-3, `input gradient differs by ${relError(a.dx!, refDx)}`);
+          const b = await both.run(xs, n, dl);
+          assert.ok(relError(b.dx!, refDx) < 1e-3, 'input gradient (with parameter gradients)');
+          const params = model.root.namedParams().filter(([, p]) => p.trainable);
+          const ref = tf.variableGrads(() => lossOfLogits(model.forward(x, { training: bnTrain })), params.map(([, p]) => p.variable));
+          try {
+            assert.deepEqual([...both.gradKeys].sort(), params.map(([k]) => k).sort());
+            for (const [key, p] of params) {
+              const e = relError(b.grads!.get(key)!, ref.grads[p.variable.name].dataSync() as Float32Array);
+              assert.ok(e < 1e-3, `${key}: gradient differs by ${e} of its scale`);
+            }
+          } finally {
+            tf.dispose([ref.value, ...Object.values(ref.grads)]);
+          }
+        } finally {
+          await Promise.all([forward?.close(), inputOnly?.close(), both?.close()]);
+          x.dispose();
+          model.dispose();
+        }
+      });
+    }
+  }
+});
