@@ -49,6 +49,19 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     });
   }
 
+  // The same bar with ANP's noise and mask steps through ONNX Runtime (the scaled-BatchNorm graph).
+  it('anp through ONNX Runtime halves the ASR and keeps ACC >= 0.85, every iteration on it, leaving no tensor', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const n0 = tf.memory().numTensors;
+    const training = newTrainingRecord();
+    const { out, after } = await runDefense(f, getDefense('anp')!, { iterations: 150 }, { ortTraining: true, training });
+    assert.ok(after.asr <= 0.5 * f.before.asr, `anp: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+    assert.ok(after.acc >= 0.85, `anp: ACC ${after.acc.toFixed(3)}`);
+    assert.deepEqual([training.onnxruntimeSteps, training.backendSteps], [150, 0]);
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+
   it('anp reports the pruning threshold chosen on the aux validation split', async () => {
     const { out } = await runDefense(f, getDefense('anp')!, { iterations: 40 });
     out.model.dispose();

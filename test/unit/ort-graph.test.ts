@@ -50,16 +50,16 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
         const both = await OrtModelGraph.create(model, { bnTrain, loss: 'seed', inputGrad: true, paramGrads: true });
         assert.ok(forward && inputOnly && both, 'ONNX Runtime loads and covers the model');
         try {
-          const logits = (await forward.run(xs, n)).logits;
+          const logits = await forward.logits(xs, n);
           const refLogits = tf.tidy(() => model.forward(x, { training: bnTrain }).dataSync() as Float32Array);
           assert.ok(relError(logits, refLogits) < 1e-4, 'logits');
           // The seed: d loss / d logits, on the backend, from ONNX Runtime's logits.
           const dl = tf.tidy(() => tf.grad((l: tf.Tensor) => lossOfLogits(l as tf.Tensor2D))(tf.tensor2d(logits, [n, spec.numClasses])).dataSync() as Float32Array);
           const refDx = tf.tidy(() => tf.grad((xi: tf.Tensor) => lossOfLogits(model.forward(xi as tf.Tensor4D, { training: bnTrain })))(x).dataSync() as Float32Array);
-          const a = await inputOnly.run(xs, n, dl);
+          const a = await inputOnly.run(xs, n, { dlogits: dl });
           assert.equal(a.grads, undefined, 'no parameter gradients asked for');
           assert.ok(relError(a.dx!, refDx) < 1e-3, `input gradient differs by ${relError(a.dx!, refDx)}`);
-          const b = await both.run(xs, n, dl);
+          const b = await both.run(xs, n, { dlogits: dl });
           assert.ok(relError(b.dx!, refDx) < 1e-3, 'input gradient (with parameter gradients)');
           const params = model.root.namedParams().filter(([, p]) => p.trainable);
           const ref = tf.variableGrads(() => lossOfLogits(model.forward(x, { training: bnTrain })), params.map(([, p]) => p.variable));
@@ -80,4 +80,47 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       });
     }
   }
+
+  it('BatchNorm scales (ANP masks and noise): cross-entropy and the gradients of the scales equal the backend ones', async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const model = buildModel(spec, norm3, 2);
+    const n = 6;
+    const x = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 4) as tf.Tensor4D;
+    const labels = Int32Array.from({ length: n }, (_, i) => (i * 7) % 10);
+    const bns = model.batchNorms();
+    const rnd = (len: number, seed: number) => Float32Array.from({ length: len }, (_, i) => 0.6 + 0.8 * (((i + 1) * 9301 + seed * 49297) % 233280) / 233280);
+    const scales = new Map(bns.map((bn, i) => [bn.path, { g: rnd(bn.numFeatures, i), b: rnd(bn.numFeatures, i + 100) }]));
+    const graph = await OrtModelGraph.create(model, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true });
+    assert.ok(graph, 'ONNX Runtime loads and covers the model');
+    const gVars = tf.tidy(() => bns.map((bn) => tf.variable(tf.tensor1d(scales.get(bn.path)!.g))));
+    const bVars = tf.tidy(() => bns.map((bn) => tf.variable(tf.tensor1d(scales.get(bn.path)!.b))));
+    const index = new Map(bns.map((bn, i) => [bn as unknown, i]));
+    try {
+      const ours = await graph.run(x.dataSync() as Float32Array, n, { labels, scales });
+      assert.equal(ours.grads, undefined, 'no parameter gradients asked for');
+      const y = tf.tensor1d(labels, 'int32');
+      const ref = tf.variableGrads(() => {
+        const logits = model.forward(x, {
+          training: true,
+          bnAffineHook: (bn, gamma, beta) => [tf.mul(gamma, gVars[index.get(bn)!]), tf.mul(beta, bVars[index.get(bn)!])],
+        });
+        return tf.neg(tf.mean(tf.sum(tf.mul(tf.oneHot(y, 10), tf.logSoftmax(logits)), 1))) as tf.Scalar;
+      }, [...gVars, ...bVars]);
+      try {
+        assert.ok(Math.abs(ours.loss! - ref.value.dataSync()[0]) < 1e-4, `loss ${ours.loss} vs ${ref.value.dataSync()[0]}`);
+        bns.forEach((bn, i) => {
+          const got = ours.scaleGrads!.get(bn.path)!;
+          const eg = relError(got.g, ref.grads[gVars[i].name].dataSync() as Float32Array);
+          const eb = relError(got.b, ref.grads[bVars[i].name].dataSync() as Float32Array);
+          assert.ok(eg < 1e-3 && eb < 1e-3, `${bn.path}: gamma scale ${eg}, beta scale ${eb}`);
+        });
+      } finally {
+        tf.dispose([y, ref.value, ...Object.values(ref.grads)]);
+      }
+    } finally {
+      await graph.close();
+      tf.dispose([x, ...gVars, ...bVars]);
+      model.dispose();
+    }
+  });
 });

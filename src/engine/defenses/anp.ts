@@ -10,11 +10,13 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { crossEntropy, makeBatch } from '../nn/train';
+import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { OrtModelGraph } from '../nn/ort_graph';
+import { JobError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { accuracyOn, Pacer, splitAux } from './common';
-import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise } from './bn_masks';
+import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise, type BnMaskSet } from './bn_masks';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 
@@ -40,7 +42,6 @@ export function chooseThreshold(victim: Model, masks: Float32Array[], val: Image
 export const anp: Defense = {
   id: 'anp',
   title: 'Adversarial Neuron Pruning',
-  ownLoop: 'its mask and neuron-noise min-max loop runs on the backend (per-channel noise on BatchNorm is not in the ONNX training graph yet)',
   defaults(profile: Profile) {
     return {
       iterations: profile === 'paper' ? 2000 : 500,
@@ -68,6 +69,11 @@ export const anp: Defense = {
     const work = ctx.victim.clone();
     const set = createBnMasks(work, 'anp', true);
     const maskOpt = new SGD(p.lr, p.momentum);
+    // Through ONNX Runtime where it loads: one graph of the frozen victim with every BatchNorm's gamma and beta
+    // scaled by inputs, giving the cross-entropy and its gradients with respect to those scales.
+    const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }) : undefined;
+    if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add('ANP: the ONNX graph does not cover this model');
+    if (!ctx.ortTraining) ctx.training?.backendWhy.add('ANP: ONNX Runtime is not available here');
     try {
       const noiseVars = [...set.noise, ...set.noiseBias];
       let order = ctx.rng.permutation(train.n);
@@ -81,6 +87,13 @@ export const anp: Defense = {
         }
         const idx = order.subarray(pos, Math.min(train.n, pos + p.batchSize));
         pos += p.batchSize;
+        if (graph) {
+          await iterationOnOrt(graph, set, maskOpt, makeBatchArray(train, idx, ctx.augment, ctx.rng), Int32Array.from(idx, (i) => train.y[i]), p, ctx.rng);
+          if (ctx.training) ctx.training.onnxruntimeSteps++;
+          if (it === p.iterations - 1) await pacer.report(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
+          continue;
+        }
+        if (ctx.training) ctx.training.backendSteps++;
         const x = makeBatch(train, idx, ctx.augment, ctx.rng);
         const y = tf.tensor1d(Int32Array.from(idx, (i) => train.y[i]), 'int32');
         try {
@@ -121,6 +134,55 @@ export const anp: Defense = {
       maskOpt.dispose();
       set.dispose();
       work.dispose();
+      await graph?.close();
     }
   },
 };
+
+/**
+ * One ANP iteration through ONNX Runtime, the same two steps as the backend path: the noise's signed ascent
+ * step from the gradients with respect to the BatchNorm scales under noise (gamma scale m + noise, beta scale
+ * 1 + noiseBias; d/dnoise is d/dscale), then the masks' SGD step on alpha * d/dm of the clean loss (scales m
+ * and 1) plus (1 - alpha) * d/dm of the perturbed one, and the clip to [0, 1]. Masks, noise and the optimizer
+ * stay the backend's variables; only the network's forward and backward passes run in ONNX Runtime.
+ */
+async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD, x: Float32Array, labels: Int32Array, p: Record<string, number>, rng: DefenseContext['rng']): Promise<void> {
+  const n = labels.length;
+  const read = (vs: tf.Variable[]) => vs.map((v) => v.dataSync() as Float32Array);
+  const scalesOf = (perturbed: boolean) => {
+    const masks = read(set.masks);
+    const noise = perturbed ? read(set.noise) : [];
+    const noiseBias = perturbed ? read(set.noiseBias) : [];
+    return new Map(
+      set.layers.map((bn, i) => [
+        bn.path,
+        perturbed
+          ? { g: masks[i].map((m, j) => m + noise[i][j]), b: noiseBias[i].map((v) => 1 + v) }
+          : { g: Float32Array.from(masks[i]), b: new Float32Array(masks[i].length).fill(1) },
+      ]),
+    );
+  };
+  resetNoise(set, p.eps, rng);
+  const ascent = (await graph.run(x, n, { labels, scales: scalesOf(true) })).scaleGrads!;
+  tf.tidy(() =>
+    set.layers.forEach((bn, i) => {
+      const g = ascent.get(bn.path)!;
+      set.noise[i].assign(tf.add(set.noise[i], tf.mul(tf.sign(tf.tensor1d(g.g)), p.eps)));
+      set.noiseBias[i].assign(tf.add(set.noiseBias[i], tf.mul(tf.sign(tf.tensor1d(g.b)), p.eps)));
+    }),
+  );
+  const natural = await graph.run(x, n, { labels, scales: scalesOf(false) });
+  const robust = await graph.run(x, n, { labels, scales: scalesOf(true) });
+  if (!Number.isFinite(natural.loss!) || !Number.isFinite(robust.loss!)) throw new JobError('ANP diverged (loss is not finite)');
+  const grads = set.layers.map((bn) => {
+    const a = natural.scaleGrads!.get(bn.path)!.g;
+    const b = robust.scaleGrads!.get(bn.path)!.g;
+    return tf.tensor1d(a.map((v, j) => p.alpha * v + (1 - p.alpha) * b[j]));
+  });
+  try {
+    maskOpt.step(set.masks, grads);
+  } finally {
+    tf.dispose(grads);
+  }
+  clipVariables(set.masks, 0, 1);
+}

@@ -224,12 +224,12 @@ function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number
 async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Array, labels: Int32Array, p: Record<string, number>): Promise<{ loss: number; shared: number }> {
   const n = labels.length;
   const k = model.numClasses;
-  const cleanF = argmaxRows((await g.f.run(x, n)).logits, k);
-  const cleanF0 = argmaxRows((await g.f0.run(x, n)).logits, k);
+  const cleanF = argmaxRows(await g.f.logits(x, n), k);
+  const cleanF0 = argmaxRows(await g.f0.logits(x, n), k);
   let xAdv = projectLinfArray(x, x.map((v) => v + p.eps), p.eps);
   for (let i = 0; i < p.steps; i++) {
-    const lf = (await g.f.run(xAdv, n)).logits;
-    const l0 = (await g.f0.run(xAdv, n)).logits;
+    const lf = await g.f.logits(xAdv, n);
+    const l0 = await g.f0.logits(xAdv, n);
     const predF = argmaxRows(lf, k);
     const pred0 = argmaxRows(l0, k);
     const notF = Float32Array.from(predF, (v, j) => (v !== cleanF[j] ? 0 : 1));
@@ -242,23 +242,23 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
       ],
       ([a, b]) => sharedObjective(a, b, tf.tensor1d(labels, 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p),
     );
-    const gF = (await g.fPixels.run(xAdv, n, grads[0])).dx!;
-    const g0 = (await g.f0Pixels.run(xAdv, n, grads[1])).dx!;
+    const gF = (await g.fPixels.run(xAdv, n, { dlogits: grads[0] })).dx!;
+    const g0 = (await g.f0Pixels.run(xAdv, n, { dlogits: grads[1] })).dx!;
     const stepped = new Float32Array(xAdv.length);
     for (let j = 0; j < stepped.length; j++) stepped[j] = xAdv[j] - Math.sign(gF[j] + g0[j]) * p.stepSize;
     xAdv = projectLinfArray(x, stepped, p.eps);
   }
-  const refAdv = argmaxRows((await g.f0.run(xAdv, n)).logits, k);
+  const refAdv = argmaxRows(await g.f0.logits(xAdv, n), k);
   const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
   // Step 2 on x and x' as one batch of 2n (BatchNorm is frozen, so the images do not interact).
   const both = new Float32Array(2 * x.length);
   both.set(x, 0);
   both.set(xAdv, x.length);
-  const logits = (await g.f.run(both, 2 * n)).logits;
+  const logits = await g.f.logits(both, 2 * n);
   const { value, grads } = logitGradients([{ data: logits, n: 2 * n, k }], ([l]) =>
     unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
   );
-  const run = await g.fWeights.run(both, 2 * n, grads[0]);
+  const run = await g.fWeights.run(both, 2 * n, { dlogits: grads[0] });
   const params = model.root.namedParams().filter(([, q]) => q.trainable);
   const gradTensors = params.map(([key, q]) => tf.tensor(run.grads!.get(key)!, q.variable.shape));
   try {

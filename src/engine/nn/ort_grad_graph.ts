@@ -51,6 +51,12 @@ export interface GradGraphOptions {
   loss?: 'ce' | 'seed' | 'none';
   paramGrads?: boolean;
   inputGrad?: boolean;
+  /**
+   * Per-channel scales on every BatchNorm's affine parameters, fed as inputs `gscale/<path>` and `bscale/<path>`
+   * ([C] each: gamma * gscale, beta * bscale) with their gradients as outputs `grad/gscale/<path>` and
+   * `grad/bscale/<path>`: ANP's masks and multiplicative noise.
+   */
+  bnScales?: boolean;
 }
 
 export interface GradGraph {
@@ -63,6 +69,8 @@ export interface GradGraph {
   bnPaths: string[];
   /** Positions per image each of those layers averages over (its H x W): N times it is the count behind its variance. */
   bnSpatial: Map<string, number>;
+  /** With `bnScales`: the BatchNorm layers whose scales are inputs, with their channel counts, in graph order. */
+  bnScales: Array<{ path: string; channels: number }>;
 }
 
 const T = onnx.TensorProto.DataType;
@@ -86,6 +94,7 @@ class GradBuilder {
   readonly statOutputs: Array<{ name: string; shape: number[] }> = [];
   readonly bnPaths: string[] = [];
   readonly bnSpatial = new Map<string, number>();
+  readonly bnScales: Array<{ path: string; channels: number }> = [];
   /** The graph input holding 1/N (the batch size is symbolic). */
   private readonly invBatch = 'inv_batch';
   private n = 0;
@@ -94,6 +103,7 @@ class GradBuilder {
   private readonly loss: 'ce' | 'seed' | 'none';
   private readonly paramGrads: boolean;
   private readonly inputGrad: boolean;
+  private readonly scaled: boolean;
 
   constructor(
     private readonly model: Model,
@@ -103,6 +113,7 @@ class GradBuilder {
     this.loss = o.loss ?? 'ce';
     this.paramGrads = this.loss !== 'none' && (o.paramGrads ?? true);
     this.inputGrad = this.loss !== 'none' && (o.inputGrad ?? false);
+    this.scaled = o.bnScales ?? false;
   }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -223,9 +234,25 @@ class GradBuilder {
     const toNchw = this.i64([1, -1, 1, 1]);
     const gammaKey = this.param(m, 'weight');
     const betaKey = this.param(m, 'bias');
-    const gamma = this.op('Reshape', [gammaKey, toNchw], {}, [1, c, 1, 1]);
-    const beta = this.op('Reshape', [betaKey, toNchw], {}, [1, c, 1, 1]);
+    let gamma = this.op('Reshape', [gammaKey, toNchw], {}, [1, c, 1, 1]);
+    let beta = this.op('Reshape', [betaKey, toNchw], {}, [1, c, 1, 1]);
     const cShape = [1, c, 1, 1];
+    // ANP's scales: gamma * gscale and beta * bscale; the rule below gives the gradient of the effective gamma
+    // and beta, from which the scales' (times gamma, beta) and the parameters' (times the scales) follow.
+    let scales: { g: string; b: string; gamma: string; beta: string } | undefined;
+    if (this.scaled) {
+      const g = `gscale/${m.path}`;
+      const b = `bscale/${m.path}`;
+      for (const name of [g, b]) {
+        this.b.reserve(name);
+        this.b.shapes.set(name, [c]);
+        if (this.loss !== 'none') this.live.add(name);
+      }
+      this.bnScales.push({ path: m.path, channels: c });
+      scales = { g, b, gamma, beta };
+      gamma = this.op('Mul', [gamma, this.op('Reshape', [g, toNchw], {}, cShape)], {}, cShape);
+      beta = this.op('Mul', [beta, this.op('Reshape', [b, toNchw], {}, cShape)], {}, cShape);
+    }
     let mean: string;
     let invstd: string;
     let xc: string;
@@ -251,17 +278,27 @@ class GradBuilder {
     }
     const k = this.op('Mul', [gamma, invstd], {}, cShape);
     const y = this.op('Add', [this.op('Mul', [xc, k], {}, shape), beta], {}, shape);
-    this.back(y, [x, gammaKey, betaKey], (dy) => {
+    this.back(y, [x, gammaKey, betaKey, ...(scales ? [scales.g, scales.b] : [])], (dy) => {
       const kDy = () => this.op('Mul', [dy, k], {}, shape);
       // With frozen statistics and frozen parameters (an input gradient through a fixed model) only k*dy is needed.
-      if (!this.bnTrain && !this.live.has(gammaKey) && !this.live.has(betaKey)) {
+      if (!this.bnTrain && !this.live.has(gammaKey) && !this.live.has(betaKey) && !scales) {
         if (this.live.has(x)) this.addGrad(x, kDy());
         return;
       }
       const sumDy = this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
       const sumDyXc = this.op('ReduceSum', [this.op('Mul', [dy, xc], {}, shape), this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
-      this.addGrad(betaKey, this.op('Reshape', [sumDy, this.i64([-1])], {}, [c]));
-      this.addGrad(gammaKey, this.op('Reshape', [this.op('Mul', [sumDyXc, invstd], {}, cShape), this.i64([-1])], {}, [c]));
+      // d loss / d effective gamma and beta.
+      const dGamma = this.op('Mul', [sumDyXc, invstd], {}, cShape);
+      const flat = (t: string) => this.op('Reshape', [t, this.i64([-1])], {}, [c]);
+      if (scales) {
+        this.addGrad(scales.g, flat(this.op('Mul', [dGamma, scales.gamma], {}, cShape)));
+        this.addGrad(scales.b, flat(this.op('Mul', [sumDy, scales.beta], {}, cShape)));
+        if (this.live.has(gammaKey)) this.addGrad(gammaKey, flat(this.op('Mul', [dGamma, this.op('Reshape', [scales.g, toNchw], {}, cShape)], {}, cShape)));
+        if (this.live.has(betaKey)) this.addGrad(betaKey, flat(this.op('Mul', [sumDy, this.op('Reshape', [scales.b, toNchw], {}, cShape)], {}, cShape)));
+      } else {
+        this.addGrad(betaKey, flat(sumDy));
+        this.addGrad(gammaKey, flat(dGamma));
+      }
       if (!this.live.has(x)) return;
       if (!this.bnTrain) {
         this.addGrad(x, kDy());
@@ -486,6 +523,16 @@ class GradBuilder {
         this.gradOutputs.push({ key, name: out, shape });
       }
     }
+    for (const { path, channels } of this.bnScales) {
+      inputs.push(valueInfo(`gscale/${path}`, [channels]), valueInfo(`bscale/${path}`, [channels]));
+      if (this.loss === 'none') continue;
+      for (const kind of ['gscale', 'bscale']) {
+        const name = `${kind}/${path}`;
+        const g = this.grads.get(name) ?? this.op('Mul', [name, this.scalar(0)], {}, [channels]);
+        this.op('Identity', [g], {}, [channels], [`grad/${name}`]);
+        outputs.push(valueInfo(`grad/${name}`, [channels]));
+      }
+    }
     if (this.inputGrad) {
       // Back through the normalization (a division by std) and the NHWC -> NCHW transpose.
       let g = this.grads.get(input) ?? this.op('Mul', [input, this.scalar(0)], {}, [-1, c, h, w]);
@@ -507,6 +554,7 @@ class GradBuilder {
       gradKeys: this.gradOutputs.map((g) => g.key),
       bnPaths: this.bnPaths,
       bnSpatial: this.bnSpatial,
+      bnScales: this.bnScales,
     };
   }
 }

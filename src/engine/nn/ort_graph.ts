@@ -1,7 +1,7 @@
 /**
- * A model's forward pass, or a vector-Jacobian product through it, as an ONNX Runtime session
- * (ort_grad_graph.ts with `loss: 'none'` or `'seed'`): the pieces a defense with a loss of its own is built
- * from. The caller computes its loss's gradient with respect to the logits on the backend (a few numbers per
+ * A model's forward pass, a vector-Jacobian product through it, or its cross-entropy gradients, as an ONNX
+ * Runtime session (ort_grad_graph.ts with `loss: 'none'`, `'seed'` or `'ce'`, optionally with BatchNorm scales):
+ * the pieces a defense with a loss of its own is built from. The caller computes its loss's gradient with respect to the logits on the backend (a few numbers per
  * image), and ONNX Runtime carries it back through the network to the input pixels (adversarial examples,
  * trigger reversal) and/or to the trainable parameters (an optimizer step). The weights stay TensorFlow.js
  * variables, read at every run, so a model that is being trained is always seen as it is now.
@@ -17,9 +17,23 @@ import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptio
 type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
 
+/** What a run is fed besides the images. */
+export interface GraphFeeds {
+  /** d loss / d logits [n, classes]: required by a `seed` graph. */
+  dlogits?: Float32Array;
+  /** Integer labels: required by a `ce` graph (its loss is their mean cross-entropy). */
+  labels?: Int32Array;
+  /** Per BatchNorm path, the scales of gamma (`g`) and beta (`b`): required by a `bnScales` graph. */
+  scales?: Map<string, { g: Float32Array; b: Float32Array }>;
+}
+
 export interface GraphRun {
-  /** [N, classes] */
-  logits: Float32Array;
+  /** [N, classes] (forward and `seed` graphs). */
+  logits?: Float32Array;
+  /** The mean cross-entropy (`ce` graphs). */
+  loss?: number;
+  /** d loss / d scale per BatchNorm path (`bnScales` graphs). */
+  scaleGrads?: Map<string, { g: Float32Array; b: Float32Array }>;
   /** d loss / d pixels, NHWC like the input (with `inputGrad`). */
   dx?: Float32Array;
   /** d loss / d parameter, by trainable parameter key (with `paramGrads`). */
@@ -62,24 +76,49 @@ export class OrtModelGraph {
     return this.graph.gradKeys;
   }
 
+  /** The forward pass's logits of `n` images `x` (flat NHWC pixels in [0,1]). */
+  async logits(x: Float32Array, n: number): Promise<Float32Array> {
+    return (await this.run(x, n)).logits!;
+  }
+
   /**
-   * Run on `n` images `x` (flat NHWC pixels in [0,1]); `dlogits` [n, classes] is the loss's gradient with
-   * respect to the logits (required by a `seed` graph, ignored by a forward graph).
+   * Run on `n` images `x` (flat NHWC pixels in [0,1]) with what the graph's form needs (GraphFeeds): the
+   * loss's gradient with respect to the logits (`seed`), the labels (`ce`), the BatchNorm scales (`bnScales`).
    */
-  async run(x: Float32Array, n: number, dlogits?: Float32Array): Promise<GraphRun> {
+  async run(x: Float32Array, n: number, f: GraphFeeds = {}): Promise<GraphRun> {
     if (this.closed) throw new Error('ONNX Runtime graph is closed');
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
     const feeds: Record<string, OrtTensor> = { x: new this.ort.Tensor('float32', x, [n, h, w, c]) };
-    if (this.options.loss === 'seed') {
-      if (!dlogits || dlogits.length !== n * k) throw new Error(`dlogits must hold ${n} x ${k} values`);
-      feeds.dlogits = new this.ort.Tensor('float32', dlogits, [n, k]);
+    const loss = this.options.loss ?? 'ce';
+    if (loss === 'seed') {
+      if (!f.dlogits || f.dlogits.length !== n * k) throw new Error(`dlogits must hold ${n} x ${k} values`);
+      feeds.dlogits = new this.ort.Tensor('float32', f.dlogits, [n, k]);
+    }
+    if (loss === 'ce') {
+      if (!f.labels || f.labels.length !== n) throw new Error(`labels must hold ${n} values`);
+      const target = new Float32Array(n * k);
+      for (let i = 0; i < n; i++) target[i * k + f.labels[i]] = 1;
+      feeds.target = new this.ort.Tensor('float32', target, [n, k]);
+      feeds.inv_batch = new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]);
+    }
+    for (const { path, channels } of this.graph.bnScales) {
+      const s = f.scales?.get(path);
+      if (!s || s.g.length !== channels || s.b.length !== channels) throw new Error(`scales of ${path} must hold ${channels} values each`);
+      feeds[`gscale/${path}`] = new this.ort.Tensor('float32', s.g, [channels]);
+      feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
     const params = new Map(this.model.root.namedParams());
     for (const { key, shape } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, shape);
     try {
       const out = await this.session.run(feeds);
-      const result: GraphRun = { logits: out.logits.data as Float32Array };
+      const result: GraphRun = {};
+      if (out.logits) result.logits = out.logits.data as Float32Array;
+      if (out.loss) result.loss = (out.loss.data as Float32Array)[0];
+      if (this.graph.bnScales.length && loss !== 'none') {
+        result.scaleGrads = new Map();
+        for (const { path } of this.graph.bnScales) result.scaleGrads.set(path, { g: out[`grad/gscale/${path}`].data as Float32Array, b: out[`grad/bscale/${path}`].data as Float32Array });
+      }
       if (out['grad/x']) result.dx = out['grad/x'].data as Float32Array;
       if (this.graph.gradKeys.length) {
         result.grads = new Map();
