@@ -8,6 +8,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { getDefense } from '../../src/engine/defenses';
 import { buildFixture, runDefense, TARGET, type Fixture } from './defenses-fixture';
+import { ortTrainWanted } from '../../src/engine/nn/ort_train';
+import { newTrainingRecord } from '../../src/engine/defenses/defense';
 
 describe('Neural Cleanse on a tiny BadNets victim', function () {
   this.timeout(600_000);
@@ -41,6 +43,22 @@ describe('Neural Cleanse on a tiny BadNets victim', function () {
     const fractions = progress.map(([done, total]) => done / total);
     assert.ok(progress.some(([, total]) => total > 11), 'the unlearning epochs report progress');
     fractions.forEach((f, i) => assert.ok(i === 0 || f >= fractions[i - 1] - 1e-9, `progress went back at ${i}: ${fractions[i - 1]} -> ${f}`));
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+
+  // The reversal's forward and backward passes and the unlearning epochs through ONNX Runtime.
+  it('through ONNX Runtime: flags exactly the target label and unlearns it, every step on it', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const n0 = tf.memory().numTensors;
+    const training = newTrainingRecord();
+    const { out, after } = await runDefense(f, getDefense('nc')!, { steps: 200, ftLr: 0.05 }, { ortTraining: true, training });
+    assert.deepEqual(out.detection!.flagged, [TARGET], `anomaly indices ${out.detection!.anomalyIndex}`);
+    const l1 = out.details!.maskL1 as number[];
+    assert.ok(l1[TARGET] < 0.5 * Math.min(...l1.filter((_, i) => i !== TARGET)), `mask L1 ${l1.map((v) => v.toFixed(1))}`);
+    assert.ok(after.asr <= 0.5 * f.before.asr, `ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+    assert.ok(after.acc >= f.before.acc - 0.05, `ACC ${after.acc.toFixed(3)} (victim ${f.before.acc.toFixed(3)})`);
+    assert.ok(training.onnxruntimeSteps >= 2000 && training.backendSteps === 0, JSON.stringify(training));
     out.model.dispose();
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });

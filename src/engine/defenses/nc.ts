@@ -14,6 +14,8 @@ import { cloneSet, imageSize } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Adam, SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
+import { OrtModelGraph } from '../nn/ort_graph';
+import { JobError } from '../errors';
 import { Pacer, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import type { ReversedTriggerImage } from '../../shared/results';
@@ -81,7 +83,13 @@ export function triggersToShow(triggers: readonly ReversedTrigger[], flagged: re
   return triggers.filter((t) => chosen.has(t.label));
 }
 
-async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Record<string, number>, ctx: DefenseContext): Promise<ReversedTrigger> {
+/**
+ * Reverse the trigger of `label`: Adam on the mask and pattern (tanh-parametrized) minimizing CE towards the
+ * label plus cost * |mask|. With `graph` (an ONNX Runtime graph of the model's cross-entropy and its pixel
+ * gradient) the network's forward and backward run there, and only the stamping, whose gradient is the pixel
+ * gradient times its Jacobian, and the L1 term stay on the backend.
+ */
+async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Record<string, number>, ctx: DefenseContext, graph?: OrtModelGraph): Promise<ReversedTrigger> {
   const [h, w, c] = aux.shape;
   const maskRaw = tf.tidy(() => tf.variable(tf.zeros([1, h, w, 1])));
   const init = Float32Array.from({ length: h * w * c }, () => ctx.rng.uniform(-1, 1));
@@ -102,7 +110,27 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
       const idx = Array.from({ length: p.batchSize }, () => ctx.rng.int(aux.n));
       const x = makeBatch(aux, idx, undefined, undefined);
       let hits = 0;
-      tf.tidy(() => {
+      if (graph) {
+        const stamped = tf.tidy(() => stamp(x).dataSync() as Float32Array);
+        const r = await graph.run(stamped, p.batchSize, { labels: new Int32Array(p.batchSize).fill(label) });
+        if (!Number.isFinite(r.loss!)) throw new JobError('trigger reversal diverged (loss is not finite)');
+        const k = model.numClasses;
+        for (let i = 0; i < p.batchSize; i++) {
+          let best = 0;
+          for (let j = 1; j < k; j++) if (r.logits![i * k + j] > r.logits![i * k + best]) best = j;
+          if (best === label) hits++;
+        }
+        tf.tidy(() => {
+          // d CE / d mask and pattern = the pixel gradient through the stamping (a surrogate with that gradient).
+          const dStamped = tf.tensor4d(r.dx!, x.shape);
+          const { value, grads } = tf.variableGrads(() => {
+            const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
+            return tf.add(tf.sum(tf.mul(stamp(x), dStamped)), tf.mul(l1, cost)) as tf.Scalar;
+          }, [maskRaw, patternRaw]);
+          opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
+          value.dispose();
+        });
+      } else tf.tidy(() => {
         const { value, grads } = tf.variableGrads(() => {
           const logits = model.forward(stamp(x), { training: false });
           hits = tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')).dataSync()[0];
@@ -156,9 +184,16 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
   const p = ctx.params as Record<string, number>;
   const k = ctx.victim.numClasses;
   const triggers: ReversedTrigger[] = [];
-  for (let label = 0; label < k; label++) {
-    triggers.push(await reverseTrigger(ctx.victim, ctx.aux, label, p, ctx));
-    ctx.progress(label + 1, k + 1, `reversed trigger for label ${label}`);
+  const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }) : undefined;
+  if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add('trigger reversal: the ONNX graph does not cover this model');
+  try {
+    for (let label = 0; label < k; label++) {
+      triggers.push(await reverseTrigger(ctx.victim, ctx.aux, label, p, ctx, graph));
+      if (ctx.training) ctx.training[graph ? 'onnxruntimeSteps' : 'backendSteps'] += p.steps;
+      ctx.progress(label + 1, k + 1, `reversed trigger for label ${label}`);
+    }
+  } finally {
+    await graph?.close();
   }
   const norms = triggers.map((t) => t.l1);
   const { anomaly, flagged } = flagSmallNorms(norms, ctx.params.anomalyScale === 'log' ? 'log' : 'linear', p.anomalyThreshold);
@@ -168,7 +203,6 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
-  ownLoop: 'its trigger reversal (gradients with respect to a mask and a pattern) runs on the backend',
   choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {

@@ -10,6 +10,7 @@ import { PNG } from 'pngjs';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
+import { ortTrainWanted } from '../nn/ort_train';
 import { detectTriggers, nc, triggerImage, triggersToShow } from '../defenses/nc';
 import { resolveParams, type Profile } from '../defenses/defense';
 import { writeFileAtomic } from '../util/atomic';
@@ -29,7 +30,7 @@ export interface DetectOptions {
 export async function detectUnknownTrigger(victim: Model, data: ImageSet, o: DetectOptions): Promise<NcDetection> {
   const params = resolveParams(nc, o.profile, undefined);
   const rng = new Rng(o.seed).fork('detect:nc');
-  const { triggers, flagged, detection } = await detectTriggers({ victim, aux: data, profile: o.profile, params, augment: { cropPadding: 0, flip: false }, rng, signal: o.signal, progress: o.progress });
+  const { triggers, flagged, detection } = await detectTriggers({ victim, aux: data, profile: o.profile, params, augment: { cropPadding: 0, flip: false }, rng, signal: o.signal, progress: o.progress, ortTraining: ortTrainWanted() });
   const [h, w, c] = data.shape;
   const images: ReversedTriggerImage[] = [];
   // Every class's reversed trigger goes to the panel; the flagged ones are also written as PNGs.

@@ -40,7 +40,7 @@ export class OrtGradUnsupported extends Error {}
 
 /**
  * What a graph computes. `loss: 'ce'` (the training step): inputs `target` and `inv_batch`, outputs `loss`, the
- * mean cross-entropy, and the gradients. `loss: 'seed'` (a vector-Jacobian product): input `dlogits` [N, classes],
+ * mean cross-entropy, `logits` and the gradients. `loss: 'seed'` (a vector-Jacobian product): input `dlogits` [N, classes],
  * the gradient of any loss with respect to the logits (computed by the caller from the logits of a forward
  * graph), outputs `logits` and the gradients of that loss. `loss: 'none'`: the forward pass alone, output
  * `logits`, with the weights fed as inputs (they change between steps). `paramGrads`: gradients of the trainable
@@ -501,7 +501,8 @@ class GradBuilder {
       const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
       this.grads.set(logits, dLogits);
       inputs.push(valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]));
-      outputs.push(valueInfo('loss', []));
+      this.op('Identity', [logits], {}, [-1, k], ['logits']);
+      outputs.push(valueInfo('loss', []), valueInfo('logits', [-1, k]));
     } else {
       this.op('Identity', [logits], {}, [-1, k], ['logits']);
       outputs.push(valueInfo('logits', [-1, k]));
