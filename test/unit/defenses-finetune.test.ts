@@ -9,7 +9,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { getDefense } from '../../src/engine/defenses';
 import { CancelledError } from '../../src/engine/errors';
-import type { DefenseParams } from '../../src/engine/defenses/defense';
+import { newTrainingRecord, type DefenseParams } from '../../src/engine/defenses/defense';
+import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { buildFixture, cancelAtFirstReport, runDefense, type Fixture } from './defenses-fixture';
 
 // [defense, overrides of the fast profile, highest ASR, lowest ACC]. This tiny victim checks the algorithms
@@ -51,6 +52,25 @@ describe('fine-tuning defenses on a tiny BadNets victim', function () {
       assert.equal(done, total, 'progress reaches its total');
       // The victim itself is never modified.
       assert.deepEqual(f.victim.head().weight.dataSync(), victimWeights);
+      out.model.dispose();
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
+
+  // The same bars with the cross-entropy steps through ONNX Runtime: all of ft's, fp's fine-tuning and both of
+  // FT-SAM's gradients; NAD's teacher there and its student (attention loss) on the backend.
+  const ORT_STEPS: Record<string, 'all' | 'some'> = { ft: 'all', fp: 'all', ftsam: 'all', nad: 'some' };
+  for (const [id, overrides, maxAsrFraction, minAcc] of CASES.filter(([id]) => ORT_STEPS[id])) {
+    it(`${id} through ONNX Runtime halves the ASR and keeps ACC >= ${minAcc}, leaving no tensor`, async function () {
+      if (!ortTrainWanted()) this.skip();
+      const n0 = tf.memory().numTensors;
+      const training = newTrainingRecord();
+      const { out, after } = await runDefense(f, getDefense(id)!, overrides, { ortTraining: true, training });
+      assert.ok(after.asr <= maxAsrFraction * f.before.asr, `${id}: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+      assert.ok(after.acc >= minAcc, `${id}: ACC ${after.acc.toFixed(3)}`);
+      assert.ok(training.onnxruntimeSteps > 0, JSON.stringify(training));
+      if (ORT_STEPS[id] === 'all') assert.equal(training.backendSteps, 0, [...training.backendWhy].join('; '));
+      else assert.ok(training.backendSteps > 0 && training.backendWhy.size > 0);
       out.model.dispose();
       assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
     });

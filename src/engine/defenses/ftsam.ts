@@ -2,11 +2,14 @@
  * `ftsam`: fine-tuning with sharpness-aware minimization (Zhu et al., 2023, FT-SAM), adaptive variant
  * (ASAM): per step, perturb the weights to w + e with e = rho * |w|^2 g / || |w| g ||, take the gradient there,
  * restore w and apply that gradient with SGD. Label smoothing 0.1, rho 2.0 (`paper`; 1.0 in `fast`), lr 0.01 as
- * BackdoorBench.
+ * BackdoorBench. Where ONNX Runtime loads, both gradients of a step come from its cross-entropy graph (the
+ * weights are fed at every run, so the second sees the perturbed ones); the perturbation and the update stay
+ * on the backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { crossEntropy, makeBatch } from '../nn/train';
+import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { OrtTrainer } from '../nn/ort_train';
 import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -16,7 +19,6 @@ import { JobError } from '../errors';
 export const ftsam: Defense = {
   id: 'ftsam',
   title: 'Fine-tuning with sharpness-aware minimization',
-  ownLoop: 'its sharpness-aware steps (two gradients per batch, the second at perturbed weights) run on the backend',
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, rho: 2.0, labelSmoothing: 0.1 }
@@ -37,6 +39,8 @@ export const ftsam: Defense = {
     // The last partial batch is kept, as PyTorch's DataLoader does.
     const batches = Math.max(1, Math.ceil(aux.n / p.batchSize));
     const pacer = new Pacer(ctx);
+    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: 1 }) : undefined;
+    if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('FT-SAM: the ONNX training graph does not cover this model');
     try {
       for (let e = 0; e < p.epochs; e++) {
         opt.lr = cosineLr(p.lr, e, p.epochs);
@@ -44,6 +48,12 @@ export const ftsam: Defense = {
         for (let b = 0; b < batches; b++) {
           await pacer.tick(e, p.epochs, `epoch ${e + 1}/${p.epochs}, batch ${b + 1}/${batches}`);
           const idx = order.subarray(b * p.batchSize, Math.min(aux.n, (b + 1) * p.batchSize));
+          if (trainer) {
+            await samStepOnOrt(trainer, opt, makeBatchArray(aux, idx, ctx.augment, ctx.rng), aux.shape, Int32Array.from(idx, (i) => aux.y[i]), p.rho, p.labelSmoothing);
+            if (ctx.training) ctx.training.onnxruntimeSteps++;
+            continue;
+          }
+          if (ctx.training) ctx.training.backendSteps++;
           const x = makeBatch(aux, idx, ctx.augment, ctx.rng);
           const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
           try {
@@ -60,6 +70,7 @@ export const ftsam: Defense = {
       throw err;
     } finally {
       opt.dispose();
+      await trainer?.close();
     }
     return { model, details: { rho: p.rho, adaptive: true } };
   },
@@ -88,4 +99,33 @@ function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, 
   tf.dispose(g2);
   for (const apply of ctx.bnUpdates!) apply();
   if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
+}
+
+/** samStep with both gradients from ONNX Runtime (the same perturbation, update and BatchNorm statistics). */
+async function samStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array, rho: number, smoothing: number): Promise<void> {
+  const params = trainer.model.root.namedParams().filter(([, p]) => p.trainable);
+  const vars = params.map(([, p]) => p.variable);
+  const first = await trainer.gradients(x, shape, labels, smoothing);
+  const eps = tf.tidy(() => {
+    const g1 = params.map(([key, p]) => tf.tensor(first.grads.get(key)!, p.variable.shape));
+    const scaled = g1.map((g, i) => tf.mul(tf.abs(vars[i]), g));
+    const norm = tf.sqrt(tf.addN(scaled.map((s) => tf.sum(tf.square(s)))));
+    return g1.map((g, i) => tf.keep(tf.div(tf.mul(tf.mul(tf.square(vars[i]), g), rho), tf.add(norm, 1e-12))));
+  });
+  vars.forEach((v, i) => tf.tidy(() => v.assign(tf.add(v, eps[i]))));
+  let second: Awaited<ReturnType<OrtTrainer['gradients']>>;
+  try {
+    second = await trainer.gradients(x, shape, labels, smoothing);
+  } finally {
+    vars.forEach((v, i) => tf.tidy(() => v.assign(tf.sub(v, eps[i]))));
+    tf.dispose(eps);
+  }
+  if (!Number.isFinite(second.loss)) throw new JobError('training diverged (loss is not finite)');
+  const g2 = params.map(([key, p]) => tf.tensor(second.grads.get(key)!, p.variable.shape));
+  try {
+    opt.step(vars, g2);
+  } finally {
+    tf.dispose(g2);
+  }
+  trainer.applyBatchStats(second.stats, labels.length);
 }

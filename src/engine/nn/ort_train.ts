@@ -111,7 +111,7 @@ export class OrtTrainer implements BatchStepper {
     } finally {
       tf.dispose(gradTensors);
     }
-    this.updateRunningStats(stats, labels.length);
+    this.applyBatchStats(stats, labels.length);
     return loss;
   }
 
@@ -119,7 +119,7 @@ export class OrtTrainer implements BatchStepper {
    * BatchNorm's running statistics from the batch's (as layers.ts: momentum, unbiased variance over the
    * layer's own N x H x W positions).
    */
-  private updateRunningStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, batch: number): void {
+  applyBatchStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, batch: number): void {
     if (!stats.size) return;
     for (const m of this.model.root.modules()) {
       if (!(m instanceof BatchNorm2d)) continue;
