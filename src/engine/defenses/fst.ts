@@ -2,11 +2,13 @@
  * `fst`: Feature Shift Tuning (Min et al., 2023). Re-initialize the linear head, then train every parameter
  * with CE + alpha * <W, W0>_F, which pushes the new head away from the victim's head W0 (and so the features
  * away from the backdoor direction); after each step W is rescaled to ||W0||_F so the penalty cannot be won by
- * shrinking W. SGD lr 0.01, 10 epochs in the `paper` profile.
+ * shrinking W. SGD lr 0.01, 10 epochs in the `paper` profile. The penalty's gradient is the constant alpha * W0
+ * on the head's weight, so where ONNX Runtime loads a step is its cross-entropy graph's gradients plus that.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
+import { OrtTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -37,11 +39,14 @@ export const fst: Defense = {
       if (head.bias) head.bias.assign(tf.tensor(Float32Array.from({ length: head.bias.size }, () => rng.uniform(-bound, bound)), head.bias.shape));
     });
     const opt = new SGD(p.lr, p.momentum, p.weightDecay);
+    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: 1 }) : undefined;
+    if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('FST: the ONNX training graph does not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
         epochs: p.epochs,
         lr: p.lr,
         batchSize: p.batchSize,
+        ortStep: trainer ? (x, labels) => fstStepOnOrt(trainer, opt, x, ctx.aux.shape, labels, head.weight, w0, p.alpha) : undefined,
         loss: (s) => tf.add(crossEntropy(model.forward(s.x, s.ctx), s.y), tf.mul(tf.sum(tf.mul(head.weight, w0)), p.alpha)) as tf.Scalar,
         afterStep: () =>
           tf.tidy(() => {
@@ -54,7 +59,29 @@ export const fst: Defense = {
     } finally {
       opt.dispose();
       w0.dispose();
+      await trainer?.close();
     }
     return { model, details: { epochs: p.epochs, alpha: p.alpha } };
   },
 };
+
+/** One FST step from ONNX Runtime's cross-entropy gradients, with the penalty's alpha * W0 added to the head's. */
+async function fstStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array, headWeight: tf.Variable, w0: tf.Tensor, alpha: number): Promise<number> {
+  const { loss, grads, stats } = await trainer.gradients(x, shape, labels);
+  const params = trainer.model.root.namedParams().filter(([, q]) => q.trainable);
+  const gradTensors = params.map(([key, q]) => tf.tidy(() => {
+    const g = tf.tensor(grads.get(key)!, q.variable.shape);
+    return q.variable === headWeight ? tf.add(g, tf.mul(w0, alpha)) : g;
+  }));
+  const penalty = tf.tidy(() => tf.sum(tf.mul(headWeight, w0)).dataSync()[0] * alpha);
+  try {
+    opt.step(
+      params.map(([, q]) => q.variable),
+      gradTensors,
+    );
+  } finally {
+    tf.dispose(gradTensors);
+  }
+  trainer.applyBatchStats(stats, labels.length);
+  return loss + penalty;
+}
