@@ -57,10 +57,9 @@ describe('fine-tuning defenses on a tiny BadNets victim', function () {
     });
   }
 
-  // The same bars with the cross-entropy steps through ONNX Runtime: all of ft's, fp's fine-tuning, FST's (its
-  // penalty's gradient added) and both of FT-SAM's gradients; NAD's teacher there and its student (attention
-  // loss) on the backend.
-  const ORT_STEPS: Record<string, 'all' | 'some'> = { ft: 'all', fp: 'all', ftsam: 'all', fst: 'all', nad: 'some' };
+  // The same bars with every step through ONNX Runtime: ft's, fp's fine-tuning, FST's (its penalty's gradient
+  // added), both of FT-SAM's gradients, NAD's teacher and its student (seeded at the attention taps).
+  const ORT_STEPS: Record<string, 'all' | 'some'> = { ft: 'all', fp: 'all', ftsam: 'all', fst: 'all', nad: 'all' };
   for (const [id, overrides, maxAsrFraction, minAcc] of CASES.filter(([id]) => ORT_STEPS[id])) {
     it(`${id} through ONNX Runtime halves the ASR and keeps ACC >= ${minAcc}, leaving no tensor`, async function () {
       if (!ortTrainWanted()) this.skip();

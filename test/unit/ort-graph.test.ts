@@ -10,6 +10,7 @@ import { buildModel } from '../../src/engine/models';
 import { OrtModelGraph } from '../../src/engine/nn/ort_graph';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
+import { attentionMap } from '../../src/engine/defenses/nad';
 
 const norm3 = { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] };
 
@@ -120,6 +121,59 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
     } finally {
       await graph.close();
       tf.dispose([x, ...gVars, ...bVars]);
+      model.dispose();
+    }
+  });
+
+  it('taps: tapped features come out (NCHW), and gradients seeded at them and at the logits equal the backend ones', async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const model = buildModel(spec, norm3, 3);
+    const taps = model.layout.stages.slice(-3);
+    const n = 4;
+    const x = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const xs = x.dataSync() as Float32Array;
+    // A loss of the logits and of every tap, through NAD's attention maps.
+    const loss = (logits: tf.Tensor, feats: tf.Tensor[], layout: 'nhwc' | 'nchw') =>
+      tf.add(lossOfLogits(logits as tf.Tensor2D), tf.addN(feats.map((f, i) => tf.mul(tf.sum(tf.square(attentionMap(f, layout))), 0.3 * (i + 1))))) as tf.Scalar;
+    const forward = await OrtModelGraph.create(model, { bnTrain: true, loss: 'none', taps });
+    const seeded = await OrtModelGraph.create(model, { bnTrain: true, loss: 'seed', paramGrads: true, taps });
+    assert.ok(forward && seeded, 'ONNX Runtime loads and covers the model');
+    try {
+      const fwd = await forward.run(xs, n);
+      const tapSet = new Set(taps);
+      const features = new Map<string, tf.Tensor>();
+      const ref = tf.tidy(() => {
+        const logits = model.forward(x, { training: true, taps: tapSet, features });
+        // NHWC feature maps as NCHW, to compare with the graph's.
+        return taps.map((t) => {
+          const f = features.get(t)!;
+          return (f.rank === 4 ? tf.transpose(f, [0, 3, 1, 2]) : f).dataSync() as Float32Array;
+        }).concat([logits.dataSync() as Float32Array]);
+      });
+      taps.forEach((t, i) => assert.ok(relError(fwd.taps!.get(t)!.data, ref[i]) < 1e-4, `tap ${t}`));
+      const seeds = tf.tidy(() => {
+        const inputs = [tf.tensor2d(fwd.logits!, [n, 10]), ...taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape))];
+        return tf.grads((l: tf.Tensor, ...f: tf.Tensor[]) => loss(l, f, 'nchw'))(inputs).map((g) => g.dataSync() as Float32Array);
+      });
+      const ours = await seeded.run(xs, n, { dlogits: seeds[0], dtaps: new Map(taps.map((t, i) => [t, seeds[i + 1]])) });
+      const params = model.root.namedParams().filter(([, p]) => p.trainable);
+      const expected = tf.variableGrads(() => {
+        const feats = new Map<string, tf.Tensor>();
+        const logits = model.forward(x, { training: true, taps: tapSet, features: feats });
+        return loss(logits, taps.map((t) => feats.get(t)!), 'nhwc');
+      }, params.map(([, p]) => p.variable));
+      try {
+        for (const [key, p] of params) {
+          const e = relError(ours.grads!.get(key)!, expected.grads[p.variable.name].dataSync() as Float32Array);
+          assert.ok(e < 1e-3, `${key}: gradient differs by ${e} of its scale`);
+        }
+        assert.ok(ours.stats && ours.stats.size === model.batchNorms().length, 'batch statistics of every BatchNorm');
+      } finally {
+        tf.dispose([expected.value, ...Object.values(expected.grads)]);
+      }
+    } finally {
+      await Promise.all([forward?.close(), seeded?.close()]);
+      x.dispose();
       model.dispose();
     }
   });

@@ -4,19 +4,29 @@
  * A(teacher_l)) over the architecture's stage taps (the last two stages and the pooled feature), with
  * A(f) = sum over channels of |f|^2 per location, L2-normalized per image. For the pooled feature, which has
  * no spatial extent, A is the per-channel energy |f|^2, L2-normalized (the spatial form would be constant).
+ *
+ * Where ONNX Runtime loads, the teacher trains through its cross-entropy graph, and each student step is
+ * three graph runs: the teacher's tapped features, the student's logits and features, then the student's weight
+ * gradients seeded with the loss's gradients with respect to those (computed here on the backend).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
+import type { Model } from '../nn/model';
+import { OrtModelGraph } from '../nn/ort_graph';
 import type { ForwardContext } from '../nn/module';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
-export function attentionMap(f: tf.Tensor): tf.Tensor2D {
+/**
+ * A(f) of a tapped feature: NHWC as the backend's forward records it, or NCHW as ONNX Runtime's graph outputs it
+ * (the same map: the sum runs over the channel axis, the positions stay in row-major order).
+ */
+export function attentionMap(f: tf.Tensor, layout: 'nhwc' | 'nchw' = 'nhwc'): tf.Tensor2D {
   return tf.tidy(() => {
     const n = f.shape[0];
     // A pooled (rank-2) feature is a 1x1 map: its channel energy is one value per image.
-    const a = f.rank === 4 ? tf.reshape(tf.sum(tf.square(f), 3), [n, -1]) : tf.reshape(tf.sum(tf.square(f), 1), [n, 1]);
+    const a = f.rank === 4 ? tf.reshape(tf.sum(tf.square(f), layout === 'nhwc' ? 3 : 1), [n, -1]) : tf.reshape(tf.sum(tf.square(f), 1), [n, 1]);
     return tf.div(a, tf.add(tf.norm(a, 2, 1, true), 1e-6)) as tf.Tensor2D;
   });
 }
@@ -52,6 +62,8 @@ export const nad: Defense = {
       }
       const tapSet = new Set(taps);
       const sOpt = new SGD(p.lr, p.momentum, p.weightDecay);
+      const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps) : undefined;
+      if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add("NAD's student: the ONNX graphs do not cover this model");
       try {
         await trainEpochs(ctx, student, sOpt, {
           epochs: p.epochs,
@@ -63,23 +75,20 @@ export const nad: Defense = {
           progressBase: p.teacherEpochs,
           progressTotal: total,
           label: 'student epoch',
+          ortStep: graphs ? (x, labels) => studentStepOnOrt(graphs, sOpt, x, labels, taps, betas) : undefined,
           loss: (s) => {
             const sf = new Map<string, tf.Tensor>();
             const logits = student.forward(s.x, { ...s.ctx, taps: tapSet, features: sf });
             const tf_ = new Map<string, tf.Tensor>();
             const tctx: ForwardContext = { training: false, taps: tapSet, features: tf_ };
             teacher.forward(s.x, tctx);
-            let loss: tf.Tensor = crossEntropy(logits, s.y);
-            taps.forEach((t, i) => {
-              // The teacher's variables are not among the trained ones, so no gradient reaches it.
-              const at = attentionMap(tf_.get(t)!);
-              loss = tf.add(loss, tf.mul(tf.mean(tf.squaredDifference(attentionMap(sf.get(t)!), at)), betas[i]));
-            });
-            return loss as tf.Scalar;
+            // The teacher's variables are not among the trained ones, so no gradient reaches it.
+            return studentLoss(logits, s.y, taps.map((t) => sf.get(t)!), taps.map((t) => tf_.get(t)!), betas, 'nhwc');
           },
         });
       } finally {
         sOpt.dispose();
+        await graphs?.close();
       }
     } catch (e) {
       student.dispose();
@@ -90,3 +99,72 @@ export const nad: Defense = {
     return { model: student, details: { taps, betas } };
   },
 };
+
+/** CE + sum_l beta_l * MSE(A(student_l), A(teacher_l)). */
+function studentLoss(logits: tf.Tensor2D, y: tf.Tensor1D, studentTaps: tf.Tensor[], teacherTaps: tf.Tensor[], betas: number[], layout: 'nhwc' | 'nchw'): tf.Scalar {
+  let loss: tf.Tensor = crossEntropy(logits, y);
+  studentTaps.forEach((f, i) => {
+    loss = tf.add(loss, tf.mul(tf.mean(tf.squaredDifference(attentionMap(f, layout), attentionMap(teacherTaps[i], layout))), betas[i]));
+  });
+  return loss as tf.Scalar;
+}
+
+/** The ONNX Runtime graphs of NAD's student phase: the teacher's taps, the student's forward and its gradients. */
+class StudentGraphs {
+  private constructor(
+    readonly teacher: OrtModelGraph,
+    readonly forward: OrtModelGraph,
+    readonly gradients: OrtModelGraph,
+  ) {}
+
+  static async create(teacher: Model, student: Model, taps: string[]): Promise<StudentGraphs | undefined> {
+    const made = await Promise.all([
+      OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps }),
+      OrtModelGraph.create(student, { bnTrain: true, loss: 'none', taps }),
+      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps }),
+    ]);
+    if (made.some((g) => !g)) {
+      await Promise.all(made.map((g) => g?.close()));
+      return undefined;
+    }
+    const [a, b, c] = made as OrtModelGraph[];
+    return new StudentGraphs(a, b, c);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.teacher.close(), this.forward.close(), this.gradients.close()]);
+  }
+}
+
+/** One student step through ONNX Runtime: the same loss, update and BatchNorm statistics as the backend's. */
+async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, labels: Int32Array, taps: string[], betas: number[]): Promise<number> {
+  const n = labels.length;
+  const k = g.forward.model.numClasses;
+  const teacherTaps = (await g.teacher.run(x, n)).taps!;
+  const fwd = await g.forward.run(x, n);
+  const { value, dlogits, tapGrads } = tf.tidy(() => {
+    const logits = tf.tensor2d(fwd.logits!, [n, k]);
+    const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
+    const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
+    const y = tf.tensor1d(labels, 'int32');
+    const { value, grads } = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => studentLoss(l as tf.Tensor2D, y, s, fixed, betas, 'nchw'))([logits, ...feats]);
+    return {
+      value: value.dataSync()[0],
+      dlogits: grads[0].dataSync() as Float32Array,
+      tapGrads: taps.map((_, i) => grads[i + 1].dataSync() as Float32Array),
+    };
+  });
+  const run = await g.gradients.run(x, n, { dlogits, dtaps: new Map(taps.map((t, i) => [t, tapGrads[i]])) });
+  const params = g.gradients.model.root.namedParams().filter(([, q]) => q.trainable);
+  const gradTensors = params.map(([key, q]) => tf.tensor(run.grads!.get(key)!, q.variable.shape));
+  try {
+    opt.step(
+      params.map(([, q]) => q.variable),
+      gradTensors,
+    );
+  } finally {
+    tf.dispose(gradTensors);
+  }
+  g.gradients.applyBatchStats(run.stats!, n);
+  return value;
+}

@@ -57,6 +57,12 @@ export interface GradGraphOptions {
    * `grad/bscale/<path>`: ANP's masks and multiplicative noise.
    */
   bnScales?: boolean;
+  /**
+   * Module paths whose outputs come out as `tap/<path>` (NCHW for feature maps); in a `seed` graph each also
+   * takes a gradient `dtap/<path>` of the same shape, added to what flows back from the logits (NAD's
+   * attention terms).
+   */
+  taps?: string[];
 }
 
 export interface GradGraph {
@@ -71,6 +77,8 @@ export interface GradGraph {
   bnSpatial: Map<string, number>;
   /** With `bnScales`: the BatchNorm layers whose scales are inputs, with their channel counts, in graph order. */
   bnScales: Array<{ path: string; channels: number }>;
+  /** With `taps`: each tapped module's output shape in the graph (-1 for the batch). */
+  taps: Array<{ path: string; shape: number[] }>;
 }
 
 const T = onnx.TensorProto.DataType;
@@ -104,6 +112,8 @@ class GradBuilder {
   private readonly paramGrads: boolean;
   private readonly inputGrad: boolean;
   private readonly scaled: boolean;
+  private readonly tapPaths: Set<string>;
+  private readonly tapTensors = new Map<string, string>();
 
   constructor(
     private readonly model: Model,
@@ -114,6 +124,7 @@ class GradBuilder {
     this.paramGrads = this.loss !== 'none' && (o.paramGrads ?? true);
     this.inputGrad = this.loss !== 'none' && (o.inputGrad ?? false);
     this.scaled = o.bnScales ?? false;
+    this.tapPaths = new Set(o.taps ?? []);
   }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -405,6 +416,12 @@ class GradBuilder {
 
   /** Emit module `m` on `x`. */
   module(m: Module, x: string): string {
+    const y = this.moduleBody(m, x);
+    if (this.tapPaths.has(m.path)) this.tapTensors.set(m.path, y);
+    return y;
+  }
+
+  private moduleBody(m: Module, x: string): string {
     if (m.inserted) throw new OrtGradUnsupported('inserted modules');
     if ((m as unknown as { emitOnnx?: unknown }).emitOnnx) throw new OrtGradUnsupported(`the ${m.kind} module`);
     switch (m.kind) {
@@ -511,6 +528,23 @@ class GradBuilder {
         inputs.push(valueInfo('dlogits', [-1, k]));
       }
     }
+    const taps: Array<{ path: string; shape: number[] }> = [];
+    for (const path of this.tapPaths) {
+      const t = this.tapTensors.get(path);
+      if (!t) throw new OrtGradUnsupported(`no module ${path} to tap`);
+      const shape = this.b.shape(t);
+      taps.push({ path, shape });
+      this.op('Identity', [t], {}, shape, [`tap/${path}`]);
+      outputs.push(valueInfo(`tap/${path}`, shape));
+      if (this.loss === 'seed') {
+        const seed = `dtap/${path}`;
+        this.b.reserve(seed);
+        this.b.shapes.set(seed, shape);
+        inputs.push(valueInfo(seed, shape));
+        // Downstream rules add theirs to it (the tape runs backwards, so they come before t's own rule).
+        if (this.live.has(t)) this.grads.set(t, this.grads.has(t) ? this.op('Add', [this.grads.get(t)!, seed], {}, shape) : seed);
+      }
+    }
     if (this.loss !== 'none') for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
     if (this.paramGrads) {
       const params = new Map(this.model.root.namedParams());
@@ -556,6 +590,7 @@ class GradBuilder {
       bnPaths: this.bnPaths,
       bnSpatial: this.bnSpatial,
       bnScales: this.bnScales,
+      taps,
     };
   }
 }

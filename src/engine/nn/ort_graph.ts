@@ -10,7 +10,7 @@
  * a model the graph builder does not cover, and the defense computes on the backend.
  */
 import { loadOrt } from '../backend/onnx_runtime';
-import { ortTrainWanted } from './ort_train';
+import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
 import type { Model } from './model';
 import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptions } from './ort_grad_graph';
 
@@ -25,6 +25,8 @@ export interface GraphFeeds {
   labels?: Int32Array;
   /** Per BatchNorm path, the scales of gamma (`g`) and beta (`b`): required by a `bnScales` graph. */
   scales?: Map<string, { g: Float32Array; b: Float32Array }>;
+  /** Per tapped module, d loss / d its output (a `seed` graph with `taps`; zeros where absent). */
+  dtaps?: Map<string, Float32Array>;
 }
 
 export interface GraphRun {
@@ -34,6 +36,10 @@ export interface GraphRun {
   loss?: number;
   /** d loss / d scale per BatchNorm path (`bnScales` graphs). */
   scaleGrads?: Map<string, { g: Float32Array; b: Float32Array }>;
+  /** The tapped modules' outputs with their shapes (NCHW for feature maps), by path (`taps` graphs). */
+  taps?: Map<string, { data: Float32Array; shape: number[] }>;
+  /** Each BatchNorm's batch statistics (graphs in training mode); applyBatchStats folds them in. */
+  stats?: BatchStats;
   /** d loss / d pixels, NHWC like the input (with `inputGrad`). */
   dx?: Float32Array;
   /** d loss / d parameter, by trainable parameter key (with `paramGrads`). */
@@ -102,6 +108,14 @@ export class OrtModelGraph {
       feeds.target = new this.ort.Tensor('float32', target, [n, k]);
       feeds.inv_batch = new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]);
     }
+    for (const { path, shape } of this.graph.taps) {
+      if (loss !== 'seed') break;
+      const dims = [n, ...shape.slice(1)];
+      const size = dims.reduce((a, b) => a * b, 1);
+      const d = f.dtaps?.get(path) ?? new Float32Array(size);
+      if (d.length !== size) throw new Error(`dtaps of ${path} must hold ${size} values`);
+      feeds[`dtap/${path}`] = new this.ort.Tensor('float32', d, dims);
+    }
     for (const { path, channels } of this.graph.bnScales) {
       const s = f.scales?.get(path);
       if (!s || s.g.length !== channels || s.b.length !== channels) throw new Error(`scales of ${path} must hold ${channels} values each`);
@@ -115,6 +129,14 @@ export class OrtModelGraph {
       const result: GraphRun = {};
       if (out.logits) result.logits = out.logits.data as Float32Array;
       if (out.loss) result.loss = (out.loss.data as Float32Array)[0];
+      if (this.graph.taps.length) {
+        result.taps = new Map();
+        for (const { path } of this.graph.taps) result.taps.set(path, { data: out[`tap/${path}`].data as Float32Array, shape: [...out[`tap/${path}`].dims] });
+      }
+      if (this.graph.bnPaths.length) {
+        result.stats = new Map();
+        for (const p of this.graph.bnPaths) result.stats.set(p, { mean: out[`mean/${p}`].data as Float32Array, variance: out[`var/${p}`].data as Float32Array });
+      }
       if (this.graph.bnScales.length && loss !== 'none') {
         result.scaleGrads = new Map();
         for (const { path } of this.graph.bnScales) result.scaleGrads.set(path, { g: out[`grad/gscale/${path}`].data as Float32Array, b: out[`grad/bscale/${path}`].data as Float32Array });
@@ -128,6 +150,11 @@ export class OrtModelGraph {
     } finally {
       for (const t of Object.values(feeds)) t.dispose();
     }
+  }
+
+  /** Fold a training-mode run's batch statistics of `n` images into the model's BatchNorm running statistics. */
+  applyBatchStats(stats: BatchStats, n: number): void {
+    applyBatchStats(this.model, this.graph, stats, n);
   }
 
   async close(): Promise<void> {

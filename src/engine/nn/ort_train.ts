@@ -115,31 +115,39 @@ export class OrtTrainer implements BatchStepper {
     return loss;
   }
 
-  /**
-   * BatchNorm's running statistics from the batch's (as layers.ts: momentum, unbiased variance over the
-   * layer's own N x H x W positions).
-   */
-  applyBatchStats(stats: Map<string, { mean: Float32Array; variance: Float32Array }>, batch: number): void {
-    if (!stats.size) return;
-    for (const m of this.model.root.modules()) {
-      if (!(m instanceof BatchNorm2d)) continue;
-      const s = stats.get(m.path);
-      if (!s) continue;
-      const mom = m.momentum;
-      const count = batch * (this.graph.bnSpatial.get(m.path) ?? 1);
-      const unbiased = count > 1 ? count / (count - 1) : 1;
-      tf.tidy(() => {
-        m.runningMean.assign(tf.add(tf.mul(m.runningMean, 1 - mom), tf.mul(tf.tensor1d(s.mean), mom)));
-        m.runningVar.assign(tf.add(tf.mul(m.runningVar, 1 - mom), tf.mul(tf.tensor1d(s.variance), mom * unbiased)));
-      });
-      m.numBatchesTracked++;
-    }
+  /** BatchNorm's running statistics from the batch's (see applyBatchStats). */
+  applyBatchStats(stats: BatchStats, batch: number): void {
+    applyBatchStats(this.model, this.graph, stats, batch);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.session.release();
+  }
+}
+
+/** Each BatchNorm's batch mean and biased variance from a graph run in training mode, by module path. */
+export type BatchStats = Map<string, { mean: Float32Array; variance: Float32Array }>;
+
+/**
+ * BatchNorm's running statistics from a batch's, as layers.ts updates them: momentum, and the unbiased
+ * variance over the layer's own N x H x W positions.
+ */
+export function applyBatchStats(model: Model, graph: Pick<GradGraph, 'bnSpatial'>, stats: BatchStats, batch: number): void {
+  if (!stats.size) return;
+  for (const m of model.root.modules()) {
+    if (!(m instanceof BatchNorm2d)) continue;
+    const s = stats.get(m.path);
+    if (!s) continue;
+    const mom = m.momentum;
+    const count = batch * (graph.bnSpatial.get(m.path) ?? 1);
+    const unbiased = count > 1 ? count / (count - 1) : 1;
+    tf.tidy(() => {
+      m.runningMean.assign(tf.add(tf.mul(m.runningMean, 1 - mom), tf.mul(tf.tensor1d(s.mean), mom)));
+      m.runningVar.assign(tf.add(tf.mul(m.runningVar, 1 - mom), tf.mul(tf.tensor1d(s.variance), mom * unbiased)));
+    });
+    m.numBatchesTracked++;
   }
 }
 
