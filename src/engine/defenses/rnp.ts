@@ -24,10 +24,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm } from './bn_masks';
+import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm, type BnMaskSet } from './bn_masks';
 import { accuracyOn, splitAux, trainEpochs } from './common';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
+import { OrtTrainer } from '../nn/ort_train';
+import { OrtModelGraph } from '../nn/ort_graph';
 
 export const rnp: Defense = {
   id: 'rnp',
@@ -58,6 +60,9 @@ export const rnp: Defense = {
     try {
       // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
       const up = new SGD(p.unlearnLr, 0.9, 5e-4);
+      // Through ONNX Runtime where it loads: the negated cross-entropy's gradients are its graph's, negated.
+      const trainer = ctx.ortTraining ? await OrtTrainer.create(unlearned, { bnTrain: true, threads: 1 }) : undefined;
+      if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('RNP: the ONNX training graph does not cover this model');
       try {
         while (unlearnEpochs < p.unlearnMaxEpochs && accuracyOn(unlearned, train) > p.unlearnFloor) {
           await trainEpochs(ctx, unlearned, up, {
@@ -69,16 +74,21 @@ export const rnp: Defense = {
             progressBase: unlearnEpochs,
             progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
             label: 'unlearning epoch',
+            ortStep: trainer ? (x, labels) => ascentStepOnOrt(trainer, up, x, train.shape, labels) : undefined,
             loss: (s) => tf.neg(crossEntropy(unlearned.forward(s.x, s.ctx), s.y)) as tf.Scalar,
           });
           unlearnEpochs++;
         }
       } finally {
         up.dispose();
+        await trainer?.close();
       }
       // 2. Recovery: learn BN masks on the unlearned model (weights frozen) to restore clean accuracy.
       const set = createBnMasks(unlearned, 'rnp', false);
       const maskOpt = new SGD(p.maskLr, 0.9);
+      // The masks' gradients from the graph with every BatchNorm's gamma scaled by an input (ANP's graph).
+      const graph = ctx.ortTraining ? await OrtModelGraph.create(unlearned, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }) : undefined;
+      if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add("RNP's masks: the ONNX graph does not cover this model");
       try {
         const hook = maskHook(set, false, false);
         await trainEpochs(ctx, unlearned, maskOpt, {
@@ -92,6 +102,7 @@ export const rnp: Defense = {
           progressBase: p.unlearnMaxEpochs,
           progressTotal: p.unlearnMaxEpochs + p.maskEpochs,
           label: 'mask epoch',
+          ortStep: graph ? (x, labels) => maskStepOnOrt(graph, set, maskOpt, x, labels, p.alpha) : undefined,
           loss: (s) => tf.mul(crossEntropy(unlearned.forward(s.x, { ...s.ctx, bnAffineHook: hook }), s.y), p.alpha) as tf.Scalar,
           afterStep: () => clipVariables(set.masks, 0, 1),
         });
@@ -113,6 +124,7 @@ export const rnp: Defense = {
       } finally {
         maskOpt.dispose();
         set.dispose();
+        await graph?.close();
       }
     } finally {
       unlearned.dispose();
@@ -155,4 +167,36 @@ function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThr
     }
   }
   return { model, pruned, skipped, valAcc, baseAcc };
+}
+
+/** One unlearning step (gradient ascent on CE) from ONNX Runtime's cross-entropy gradients, negated. */
+async function ascentStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array): Promise<number> {
+  const { loss, grads, stats } = await trainer.gradients(x, shape, labels);
+  const params = trainer.model.root.namedParams().filter(([, q]) => q.trainable);
+  const gradTensors = params.map(([key, q]) => tf.tidy(() => tf.neg(tf.tensor(grads.get(key)!, q.variable.shape))));
+  try {
+    opt.step(
+      params.map(([, q]) => q.variable),
+      gradTensors,
+    );
+  } finally {
+    tf.dispose(gradTensors);
+  }
+  trainer.applyBatchStats(stats, labels.length);
+  return -loss;
+}
+
+/** One mask step: alpha * d CE / d mask, with gamma scaled by the masks and beta unmasked, as maskHook does. */
+async function maskStepOnOrt(graph: OrtModelGraph, set: BnMaskSet, opt: SGD, x: Float32Array, labels: Int32Array, alpha: number): Promise<number> {
+  const masks = set.masks.map((m) => m.dataSync() as Float32Array);
+  const scales = new Map(set.layers.map((bn, i) => [bn.path, { g: Float32Array.from(masks[i]), b: new Float32Array(masks[i].length).fill(1) }]));
+  const run = await graph.run(x, labels.length, { labels, scales });
+  const grads = set.layers.map((bn) => tf.tidy(() => tf.mul(tf.tensor1d(run.scaleGrads!.get(bn.path)!.g), alpha)));
+  try {
+    opt.step(set.masks, grads);
+  } finally {
+    tf.dispose(grads);
+  }
+  graph.applyBatchStats(run.stats!, labels.length);
+  return alpha * run.loss!;
 }
