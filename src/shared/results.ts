@@ -89,6 +89,11 @@ export interface GicEntry {
    * lambdaBn over that many BN layers; absent when the victim has none or lambdaBn is 0).
    */
   objective?: { ce: number; bn?: { weight: number; layers: number } };
+  /**
+   * Where the victim's forward and backward passes of the calibration ran: `onnxruntime` (g itself trains on
+   * the backend) or `backend`. Absent in older results.
+   */
+  engine?: 'onnxruntime' | 'backend';
   /** Saved with the outputs, relative to the results directory: g (safetensors) and the calibrated set (npz). */
   files?: { net: string; images: string };
   /** A few calibrated examples for the panel's gallery (one per class). */

@@ -177,4 +177,53 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       model.dispose();
     }
   });
+
+  it('BatchNorm input statistics (frozen BatchNorm): they come out, and a loss of them and the logits has the backend pixel gradient', async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const model = buildModel(spec, norm3, 4);
+    const n = 5;
+    const x = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 6) as tf.Tensor4D;
+    const xs = x.dataSync() as Float32Array;
+    const bns = model.batchNorms();
+    // GIC's objective: CE-like logit terms plus squared distances of the input statistics to fixed targets.
+    const loss = (logits: tf.Tensor, stats: Map<string, { mean: tf.Tensor; variance: tf.Tensor }>) =>
+      tf.add(
+        lossOfLogits(logits as tf.Tensor2D),
+        tf.addN(bns.map((bn, i) => tf.add(tf.sum(tf.square(tf.sub(stats.get(bn.path)!.mean, 0.01 * i))), tf.sum(tf.square(tf.sub(stats.get(bn.path)!.variance, 1)))))),
+      ) as tf.Scalar;
+    const forward = await OrtModelGraph.create(model, { bnTrain: false, loss: 'none', inputStats: true });
+    const seeded = await OrtModelGraph.create(model, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats: true });
+    assert.ok(forward && seeded, 'ONNX Runtime loads and covers the model');
+    try {
+      const fwd = await forward.run(xs, n);
+      assert.equal(fwd.inputStats!.size, bns.length);
+      const refStats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+      tf.tidy(() => {
+        model.forward(x, { training: false, bnInputStats: refStats });
+        for (const bn of bns) {
+          const ours = fwd.inputStats!.get(bn.path)!;
+          assert.ok(relError(ours.mean, refStats.get(bn.path)!.mean.dataSync() as Float32Array) < 1e-4, `${bn.path} mean`);
+          assert.ok(relError(ours.variance, refStats.get(bn.path)!.variance.dataSync() as Float32Array) < 1e-4, `${bn.path} variance`);
+        }
+      });
+      const seeds = tf.tidy(() => {
+        const inputs = [tf.tensor2d(fwd.logits!, [n, 10]), ...bns.flatMap((bn) => [tf.tensor1d(fwd.inputStats!.get(bn.path)!.mean), tf.tensor1d(fwd.inputStats!.get(bn.path)!.variance)])];
+        return tf.grads((l: tf.Tensor, ...s: tf.Tensor[]) => loss(l, new Map(bns.map((bn, i) => [bn.path, { mean: s[2 * i], variance: s[2 * i + 1] }]))))(inputs).map((g) => g.dataSync() as Float32Array);
+      });
+      const ours = await seeded.run(xs, n, { dlogits: seeds[0], dInputStats: new Map(bns.map((bn, i) => [bn.path, { mean: seeds[1 + 2 * i], variance: seeds[2 + 2 * i] }])) });
+      const expected = tf.tidy(() =>
+        tf.grad((xi: tf.Tensor) => {
+          const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+          const logits = model.forward(xi as tf.Tensor4D, { training: false, bnInputStats: stats });
+          return loss(logits, stats);
+        })(x).dataSync() as Float32Array,
+      );
+      const e = relError(ours.dx!, expected);
+      assert.ok(e < 1e-3, `pixel gradient differs by ${e} of its scale`);
+    } finally {
+      await Promise.all([forward?.close(), seeded?.close()]);
+      x.dispose();
+      model.dispose();
+    }
+  });
 });

@@ -5,6 +5,10 @@
  * input-independent learnable term. g is trained against the frozen victim (eval mode) to raise its confidence
  * on the true label and to align the BatchNorm input statistics with the running statistics recorded on the
  * victim's training data. The calibrated auxiliary set {(g(x), y)} is then given to the defenses unchanged.
+ *
+ * Where ONNX Runtime loads, the victim's part of each step runs there (ort_graph.ts): its logits and every
+ * BatchNorm's input statistics from one graph, then the pixel gradient of the loss (computed here from those)
+ * from another; g's own forward and backward stay on the backend, chained through that pixel gradient.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/dataset';
@@ -15,7 +19,8 @@ import { Adam } from '../nn/optim';
 import { crossEntropy, makeBatch, trainStep } from '../nn/train';
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
-import { throwIfAborted } from '../errors';
+import { JobError, throwIfAborted } from '../errors';
+import { OrtModelGraph } from '../nn/ort_graph';
 import type { GicEntry } from '../../shared/results';
 
 export type GicNorm = 'inf' | '2';
@@ -152,6 +157,8 @@ export async function calibrate(
   opts: Partial<GicOptions>,
   signal?: AbortSignal,
   progress?: (done: number, total: number, message?: string) => void,
+  /** Run the victim's passes through ONNX Runtime where it loads (the job's calibrations do). */
+  engine: { ortTraining?: boolean } = {},
 ): Promise<CalibrationOutput> {
   const o: GicOptions = { ...GIC_DEFAULTS, ...opts };
   const t0 = Date.now();
@@ -162,6 +169,8 @@ export async function calibrate(
   const rng = new Rng(o.seed).fork('gic-batches');
   const vars = net.variables();
   const batches = Math.ceil(aux.n / o.batchSize);
+  const withBn = hasBn && o.lambdaBn > 0;
+  const graphs = engine.ortTraining ? await VictimGraphs.create(victim, withBn) : undefined;
   try {
     for (let e = 0; e < o.epochs; e++) {
       const order = rng.permutation(aux.n);
@@ -171,7 +180,8 @@ export async function calibrate(
         const x = makeBatch(aux, idx, undefined, undefined);
         const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
         try {
-          trainStep(
+          if (graphs) await graphs.step(victim, net, vars, opt, x, y, o.lambdaBn);
+          else trainStep(
             vars,
             opt,
             () => {
@@ -197,6 +207,7 @@ export async function calibrate(
     throw e;
   } finally {
     opt.dispose();
+    await graphs?.close();
   }
 
   const set = applyCalibration(net, aux);
@@ -217,9 +228,68 @@ export async function calibrate(
       seconds: (Date.now() - t0) / 1000,
       // Which terms of the objective ran, with their weights (the BN term only where it could and was asked to).
       objective: hasBn && o.lambdaBn > 0 ? { ce: 1, bn: { weight: o.lambdaBn, layers: victim.batchNorms().length } } : { ce: 1 },
+      engine: graphs ? 'onnxruntime' : 'backend',
       note: hasBn ? (o.lambdaBn > 0 ? undefined : 'lambdaBn is 0: the BN-statistics term was off') : 'the model has no BatchNorm layers: the BN-statistics term was skipped',
     },
   };
+}
+
+/** The victim's graphs for calibration steps through ONNX Runtime (frozen BatchNorm, input statistics out). */
+class VictimGraphs {
+  private constructor(
+    readonly forward: OrtModelGraph,
+    readonly pixels: OrtModelGraph,
+  ) {}
+
+  static async create(victim: Model, inputStats: boolean): Promise<VictimGraphs | undefined> {
+    const [a, b] = await Promise.all([
+      OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }),
+      OrtModelGraph.create(victim, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats }),
+    ]);
+    if (!a || !b) {
+      await Promise.all([a?.close(), b?.close()]);
+      return undefined;
+    }
+    return new VictimGraphs(a, b);
+  }
+
+  /**
+   * One step of g: the loss (CE + lambdaBn * the BN distance) from the victim's logits and input statistics on
+   * g(x), its gradients with respect to those here, the pixel gradient from ONNX Runtime, and g's variables'
+   * gradients through g(x) (a surrogate <g(x), d loss / d g(x)> has exactly them).
+   */
+  async step(victim: Model, net: GicNet, vars: tf.Variable[], opt: Adam, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): Promise<void> {
+    const n = x.shape[0];
+    const k = victim.numClasses;
+    const gx = tf.tidy(() => net.apply(x).dataSync() as Float32Array);
+    const fwd = await this.forward.run(gx, n);
+    const paths = [...(fwd.inputStats?.keys() ?? [])];
+    const { value, grads } = tf.tidy(() => {
+      const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
+      const stats = (ts: tf.Tensor[]) => new Map(paths.map((p, i) => [p, { mean: ts[2 * i] as tf.Tensor1D, variance: ts[2 * i + 1] as tf.Tensor1D }]));
+      const out = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => {
+        const ce = crossEntropy(l as tf.Tensor2D, y);
+        return paths.length ? (tf.add(ce, tf.mul(bnDistance(victim, stats(s)), lambdaBn)) as tf.Scalar) : ce;
+      })(inputs);
+      return { value: out.value.dataSync()[0], grads: out.grads.map((g) => g.dataSync() as Float32Array) };
+    });
+    if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
+    const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
+    const dx = (await this.pixels.run(gx, n, { dlogits: grads[0], dInputStats })).dx!;
+    tf.tidy(() => {
+      const dgx = tf.tensor4d(dx, x.shape);
+      const { value: v, grads: g } = tf.variableGrads(() => tf.sum(tf.mul(net.apply(x), dgx)) as tf.Scalar, vars);
+      opt.step(
+        vars,
+        vars.map((w) => g[w.name]),
+      );
+      v.dispose();
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.forward.close(), this.pixels.close()]);
+  }
 }
 
 /** g applied to a whole set, with the bound enforced exactly in float32. */

@@ -6,6 +6,7 @@
  * the embeddings. `run` uses both; the demo, which trains its own victim and draws its own sets, uses the
  * second, so the two cannot drift apart in how they calibrate, embed, name outputs or plan defenses.
  */
+import { ortTrainWanted } from '../nn/ort_train';
 import * as path from 'node:path';
 import type { RunEvent } from '../../shared/run_events';
 import type { AttackInfo } from '../../shared/results';
@@ -202,7 +203,7 @@ export function assemblePreparedJob(o: AssembleOptions): PreparedJob {
     seeds: o.seeds,
     calibrate: async (v, a, signal, progress) => {
       // Each seed's sample is calibrated from that seed (g's initialisation and batch order).
-      const out = await calibrate(v, a.set, { ...gicOptions, seed: a.seed }, signal, progress);
+      const out = await calibrate(v, a.set, { ...gicOptions, seed: a.seed }, signal, progress, { ortTraining: ortTrainWanted() });
       try {
         // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
         const base = o.seeds.length > 1 ? `${a.name}-s${a.seed}` : a.name;

@@ -63,6 +63,12 @@ export interface GradGraphOptions {
    * attention terms).
    */
   taps?: string[];
+  /**
+   * With frozen BatchNorm statistics: every BatchNorm's input batch mean and biased variance come out as
+   * `imean/<path>` and `ivar/<path>` ([C]); in a `seed` graph each takes a gradient `dimean/<path>`,
+   * `divar/<path>` (GIC's and model inversion's alignment with the running statistics).
+   */
+  inputStats?: boolean;
 }
 
 export interface GradGraph {
@@ -79,6 +85,8 @@ export interface GradGraph {
   bnScales: Array<{ path: string; channels: number }>;
   /** With `taps`: each tapped module's output shape in the graph (-1 for the batch). */
   taps: Array<{ path: string; shape: number[] }>;
+  /** With `inputStats`: the BatchNorm layers whose input statistics come out, with their channel counts. */
+  inputStats: Array<{ path: string; channels: number }>;
 }
 
 const T = onnx.TensorProto.DataType;
@@ -114,6 +122,8 @@ class GradBuilder {
   private readonly scaled: boolean;
   private readonly tapPaths: Set<string>;
   private readonly tapTensors = new Map<string, string>();
+  private readonly withInputStats: boolean;
+  private readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
 
   constructor(
     private readonly model: Model,
@@ -125,6 +135,7 @@ class GradBuilder {
     this.inputGrad = this.loss !== 'none' && (o.inputGrad ?? false);
     this.scaled = o.bnScales ?? false;
     this.tapPaths = new Set(o.taps ?? []);
+    this.withInputStats = (o.inputStats ?? false) && !o.bnTrain;
   }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -248,6 +259,7 @@ class GradBuilder {
     let gamma = this.op('Reshape', [gammaKey, toNchw], {}, [1, c, 1, 1]);
     let beta = this.op('Reshape', [betaKey, toNchw], {}, [1, c, 1, 1]);
     const cShape = [1, c, 1, 1];
+    if (this.withInputStats) this.inputStatistics(m, x);
     // ANP's scales: gamma * gscale and beta * bscale; the rule below gives the gradient of the effective gamma
     // and beta, from which the scales' (times gamma, beta) and the parameters' (times the scales) follow.
     let scales: { g: string; b: string; gamma: string; beta: string } | undefined;
@@ -323,6 +335,26 @@ class GradBuilder {
       this.addGrad(x, dx);
     });
     return y;
+  }
+
+  /**
+   * The input's batch mean and biased variance over N, H, W (tf.moments'), as side outputs of a frozen
+   * BatchNorm; their backward rules: d mean spreads as 1/M over the positions, d var as 2 (x - mean) / M.
+   */
+  private inputStatistics(m: BatchNorm2d, x: string): void {
+    const shape = this.b.shape(x);
+    const c = shape[1];
+    const cShape = [1, c, 1, 1];
+    const mean = this.op('ReduceMean', [x], { axes: [0, 2, 3], keepdims: 1 }, cShape);
+    const xc = this.op('Sub', [x, mean], {}, shape);
+    const variance = this.op('Mul', [this.op('ReduceSumSquare', [xc], { axes: [0, 2, 3], keepdims: 1 }, cShape), this.invCount(shape)], {}, cShape);
+    this.inputStatTensors.push({ path: m.path, channels: c, mean, variance });
+    this.back(mean, [x], (dm) => {
+      this.addGrad(x, this.op('Expand', [this.op('Mul', [dm, this.invCount(shape)], {}, cShape), this.op('Shape', [x], {}, [4])], {}, shape));
+    });
+    this.back(variance, [x], (dv) => {
+      this.addGrad(x, this.op('Mul', [xc, this.op('Mul', [dv, this.op('Mul', [this.invCount(shape), this.scalar(2)], {}, [1])], {}, cShape)], {}, shape));
+    });
   }
 
   relu(x: string): string {
@@ -545,6 +577,20 @@ class GradBuilder {
         if (this.live.has(t)) this.grads.set(t, this.grads.has(t) ? this.op('Add', [this.grads.get(t)!, seed], {}, shape) : seed);
       }
     }
+    const inputStats: Array<{ path: string; channels: number }> = [];
+    for (const s of this.inputStatTensors) {
+      inputStats.push({ path: s.path, channels: s.channels });
+      for (const [kind, t] of [['imean', s.mean], ['ivar', s.variance]] as const) {
+        this.op('Reshape', [t, this.i64([-1])], {}, [s.channels], [`${kind}/${s.path}`]);
+        outputs.push(valueInfo(`${kind}/${s.path}`, [s.channels]));
+        if (this.loss !== 'seed') continue;
+        const seed = `d${kind}/${s.path}`;
+        this.b.reserve(seed);
+        this.b.shapes.set(seed, [s.channels]);
+        inputs.push(valueInfo(seed, [s.channels]));
+        if (this.live.has(t)) this.grads.set(t, this.op('Reshape', [seed, this.i64([1, -1, 1, 1])], {}, [1, s.channels, 1, 1]));
+      }
+    }
     if (this.loss !== 'none') for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
     if (this.paramGrads) {
       const params = new Map(this.model.root.namedParams());
@@ -591,6 +637,7 @@ class GradBuilder {
       bnSpatial: this.bnSpatial,
       bnScales: this.bnScales,
       taps,
+      inputStats,
     };
   }
 }

@@ -27,6 +27,8 @@ export interface GraphFeeds {
   scales?: Map<string, { g: Float32Array; b: Float32Array }>;
   /** Per tapped module, d loss / d its output (a `seed` graph with `taps`; zeros where absent). */
   dtaps?: Map<string, Float32Array>;
+  /** Per BatchNorm, d loss / d its input's batch mean and variance (a `seed` graph with `inputStats`). */
+  dInputStats?: Map<string, { mean: Float32Array; variance: Float32Array }>;
 }
 
 export interface GraphRun {
@@ -40,6 +42,8 @@ export interface GraphRun {
   taps?: Map<string, { data: Float32Array; shape: number[] }>;
   /** Each BatchNorm's batch statistics (graphs in training mode); applyBatchStats folds them in. */
   stats?: BatchStats;
+  /** Each frozen BatchNorm's input batch mean and biased variance (`inputStats` graphs). */
+  inputStats?: BatchStats;
   /** d loss / d pixels, NHWC like the input (with `inputGrad`). */
   dx?: Float32Array;
   /** d loss / d parameter, by trainable parameter key (with `paramGrads`). */
@@ -116,6 +120,12 @@ export class OrtModelGraph {
       if (d.length !== size) throw new Error(`dtaps of ${path} must hold ${size} values`);
       feeds[`dtap/${path}`] = new this.ort.Tensor('float32', d, dims);
     }
+    for (const { path, channels } of this.graph.inputStats) {
+      if (loss !== 'seed') break;
+      const d = f.dInputStats?.get(path);
+      feeds[`dimean/${path}`] = new this.ort.Tensor('float32', d?.mean ?? new Float32Array(channels), [channels]);
+      feeds[`divar/${path}`] = new this.ort.Tensor('float32', d?.variance ?? new Float32Array(channels), [channels]);
+    }
     for (const { path, channels } of this.graph.bnScales) {
       const s = f.scales?.get(path);
       if (!s || s.g.length !== channels || s.b.length !== channels) throw new Error(`scales of ${path} must hold ${channels} values each`);
@@ -132,6 +142,10 @@ export class OrtModelGraph {
       if (this.graph.taps.length) {
         result.taps = new Map();
         for (const { path } of this.graph.taps) result.taps.set(path, { data: out[`tap/${path}`].data as Float32Array, shape: [...out[`tap/${path}`].dims] });
+      }
+      if (this.graph.inputStats.length) {
+        result.inputStats = new Map();
+        for (const { path } of this.graph.inputStats) result.inputStats.set(path, { mean: out[`imean/${path}`].data as Float32Array, variance: out[`ivar/${path}`].data as Float32Array });
       }
       if (this.graph.bnPaths.length) {
         result.stats = new Map();
