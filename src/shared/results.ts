@@ -90,8 +90,8 @@ export interface GicEntry {
    */
   objective?: { ce: number; bn?: { weight: number; layers: number } };
   /**
-   * Where the victim's forward and backward passes of the calibration ran: `onnxruntime` (g itself trains on
-   * the backend) or `backend`. Absent in older results.
+   * Where the network passes of the calibration (g's h and the victim) ran: `onnxruntime` or `backend`.
+   * Absent in older results.
    */
   engine?: 'onnxruntime' | 'backend';
   /** Saved with the outputs, relative to the results directory: g (safetensors) and the calibrated set (npz). */

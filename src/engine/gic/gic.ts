@@ -6,9 +6,9 @@
  * on the true label and to align the BatchNorm input statistics with the running statistics recorded on the
  * victim's training data. The calibrated auxiliary set {(g(x), y)} is then given to the defenses unchanged.
  *
- * Where ONNX Runtime loads, the victim's part of each step runs there (ort_graph.ts): its logits and every
- * BatchNorm's input statistics from one graph, then the pixel gradient of the loss (computed here from those)
- * from another; g's own forward and backward stay on the backend, chained through that pixel gradient.
+ * Where ONNX Runtime loads, each step's network passes run there (ort_graph.ts): h's output and its weights'
+ * gradients, the victim's logits and every BatchNorm's input statistics, and the victim's pixel gradient of the
+ * loss (computed here from those); the bound, the clip and the loss itself stay on the backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/dataset';
@@ -79,6 +79,13 @@ export class GicNet {
     return tf.tidy(() => {
       let hx = this.h.forward(x, { training: false });
       if (this.globalTerm) hx = tf.add(hx, this.globalTerm);
+      return this.bounded(hx as tf.Tensor4D);
+    });
+  }
+
+  /** The bound applied to h(x) (plus the global term): the residual r of `residual`. */
+  bounded(hx: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
       if (this.o.norm === 'inf') {
         const d = this.o.delta;
         return (this.legacyTanh ? tf.mul(tf.tanh(hx), d) : tf.mul(tf.tanh(tf.div(hx, d)), d)) as tf.Tensor4D;
@@ -170,7 +177,7 @@ export async function calibrate(
   const vars = net.variables();
   const batches = Math.ceil(aux.n / o.batchSize);
   const withBn = hasBn && o.lambdaBn > 0;
-  const graphs = engine.ortTraining ? await VictimGraphs.create(victim, withBn) : undefined;
+  const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn) : undefined;
   try {
     for (let e = 0; e < o.epochs; e++) {
       const order = rng.permutation(aux.n);
@@ -234,61 +241,89 @@ export async function calibrate(
   };
 }
 
-/** The victim's graphs for calibration steps through ONNX Runtime (frozen BatchNorm, input statistics out). */
-class VictimGraphs {
+/**
+ * The graphs of calibration steps through ONNX Runtime: the victim's (frozen BatchNorm; logits and input
+ * statistics out, then the pixel gradient) and g's network h (its output, then its weights' gradients). Only
+ * the elementwise bound, the clip and the loss of a few numbers per image stay on the backend.
+ */
+class CalibrationGraphs {
   private constructor(
     readonly forward: OrtModelGraph,
     readonly pixels: OrtModelGraph,
+    readonly hForward: OrtModelGraph,
+    readonly hGradients: OrtModelGraph,
   ) {}
 
-  static async create(victim: Model, inputStats: boolean): Promise<VictimGraphs | undefined> {
-    const [a, b] = await Promise.all([
+  static async create(victim: Model, net: GicNet, inputStats: boolean): Promise<CalibrationGraphs | undefined> {
+    const h = { root: net.h, inputShape: net.shape, numClasses: net.shape[2], spec: { arch: 'gic-h' } };
+    const made = await Promise.all([
       OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }),
       OrtModelGraph.create(victim, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats }),
+      OrtModelGraph.create(h, { bnTrain: false, loss: 'none', mapOutput: true }),
+      OrtModelGraph.create(h, { bnTrain: false, loss: 'seed', paramGrads: true, mapOutput: true }),
     ]);
-    if (!a || !b) {
-      await Promise.all([a?.close(), b?.close()]);
+    if (made.some((g) => !g)) {
+      await Promise.all(made.map((g) => g?.close()));
       return undefined;
     }
-    return new VictimGraphs(a, b);
+    const [a, b, c, d] = made as OrtModelGraph[];
+    return new CalibrationGraphs(a, b, c, d);
   }
 
   /**
-   * One step of g: the loss (CE + lambdaBn * the BN distance) from the victim's logits and input statistics on
-   * g(x), its gradients with respect to those here, the pixel gradient from ONNX Runtime, and g's variables'
-   * gradients through g(x) (a surrogate <g(x), d loss / d g(x)> has exactly them).
+   * One step of g, the same loss (CE + lambdaBn * the BN distance) and update as the backend path: h(x) from
+   * ONNX Runtime; g(x) = clip(x + bound(h(x) + t)) here; the victim's logits and input statistics on g(x) from
+   * ONNX Runtime, the loss's gradients with respect to those here, the pixel gradient from ONNX Runtime; back
+   * through the clip and the bound here, and through h in ONNX Runtime.
    */
   async step(victim: Model, net: GicNet, vars: tf.Variable[], opt: Adam, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): Promise<void> {
     const n = x.shape[0];
     const k = victim.numClasses;
-    const gx = tf.tidy(() => net.apply(x).dataSync() as Float32Array);
-    const fwd = await this.forward.run(gx, n);
-    const paths = [...(fwd.inputStats?.keys() ?? [])];
-    const { value, grads } = tf.tidy(() => {
-      const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
-      const stats = (ts: tf.Tensor[]) => new Map(paths.map((p, i) => [p, { mean: ts[2 * i] as tf.Tensor1D, variance: ts[2 * i + 1] as tf.Tensor1D }]));
-      const out = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => {
-        const ce = crossEntropy(l as tf.Tensor2D, y);
-        return paths.length ? (tf.add(ce, tf.mul(bnDistance(victim, stats(s)), lambdaBn)) as tf.Scalar) : ce;
-      })(inputs);
-      return { value: out.value.dataSync()[0], grads: out.grads.map((g) => g.dataSync() as Float32Array) };
-    });
-    if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
-    const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
-    const dx = (await this.pixels.run(gx, n, { dlogits: grads[0], dInputStats })).dx!;
-    tf.tidy(() => {
-      const dgx = tf.tensor4d(dx, x.shape);
-      const { value: v, grads: g } = tf.variableGrads(() => tf.sum(tf.mul(net.apply(x), dgx)) as tf.Scalar, vars);
-      opt.step(
-        vars,
-        vars.map((w) => g[w.name]),
-      );
-      v.dispose();
-    });
+    const xs = x.dataSync() as Float32Array;
+    const [hh, hw, hc] = net.shape;
+    const hx = await this.hForward.logits(xs, n);
+    // h's output comes as NCHW; the residual is built in NHWC like the images.
+    const pre = tf.tidy(() => {
+      const nhwc = tf.transpose(tf.tensor4d(hx, [n, hc, hh, hw]), [0, 2, 3, 1]);
+      return net.globalTerm ? tf.add(nhwc, net.globalTerm) : nhwc;
+    }) as tf.Tensor4D;
+    try {
+      const gx = tf.tidy(() => tf.clipByValue(tf.add(x, net.bounded(pre)), 0, 1).dataSync() as Float32Array);
+      const fwd = await this.forward.run(gx, n);
+      const paths = [...(fwd.inputStats?.keys() ?? [])];
+      const { value, grads } = tf.tidy(() => {
+        const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
+        const stats = (ts: tf.Tensor[]) => new Map(paths.map((p, i) => [p, { mean: ts[2 * i] as tf.Tensor1D, variance: ts[2 * i + 1] as tf.Tensor1D }]));
+        const out = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => {
+          const ce = crossEntropy(l as tf.Tensor2D, y);
+          return paths.length ? (tf.add(ce, tf.mul(bnDistance(victim, stats(s)), lambdaBn)) as tf.Scalar) : ce;
+        })(inputs);
+        return { value: out.value.dataSync()[0], grads: out.grads.map((g) => g.dataSync() as Float32Array) };
+      });
+      if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
+      const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
+      const dgx = (await this.pixels.run(gx, n, { dlogits: grads[0], dInputStats })).dx!;
+      // d loss / d (h(x) + t), through the clip and the bound.
+      const { dh, dt } = tf.tidy(() => {
+        const upstream = tf.tensor4d(dgx, x.shape);
+        const [dpre] = tf.grads((p: tf.Tensor) => tf.sum(tf.mul(tf.clipByValue(tf.add(x, net.bounded(p as tf.Tensor4D)), 0, 1), upstream)))([pre]);
+        return { dh: tf.transpose(dpre, [0, 3, 1, 2]).dataSync() as Float32Array, dt: net.globalTerm ? (tf.sum(dpre, 0).dataSync() as Float32Array) : new Float32Array(0) };
+      });
+      const hg = (await this.hGradients.run(xs, n, { dlogits: dh })).grads!;
+      const byVariable = new Map(net.h.namedParams().map(([key, p]) => [p.variable, hg.get(key)]));
+      const gradTensors = vars.map((v) => (v === net.globalTerm ? tf.tensor(dt, v.shape) : tf.tensor(byVariable.get(v)!, v.shape)));
+      try {
+        opt.step(vars, gradTensors);
+      } finally {
+        tf.dispose(gradTensors);
+      }
+    } finally {
+      pre.dispose();
+    }
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.forward.close(), this.pixels.close()]);
+    await Promise.all([this.forward.close(), this.pixels.close(), this.hForward.close(), this.hGradients.close()]);
   }
 }
 

@@ -69,6 +69,21 @@ export interface GradGraphOptions {
    * `divar/<path>` (GIC's and model inversion's alignment with the running statistics).
    */
   inputStats?: boolean;
+  /**
+   * The network's output is a feature map, not logits (GIC's h): `logits` and `dlogits` then have its shape
+   * (NCHW). Only the `none` and `seed` forms.
+   */
+  mapOutput?: boolean;
+}
+
+/** What the builder needs of a network: a Model, or a bare module with its input shape (GIC's h). */
+export interface GraphNet {
+  root: Module;
+  inputShape: [number, number, number];
+  /** Classes of the logits (ignored with `mapOutput`). */
+  numClasses: number;
+  normalize?: Model['normalize'];
+  spec: { arch: string };
 }
 
 export interface GradGraph {
@@ -87,6 +102,8 @@ export interface GradGraph {
   taps: Array<{ path: string; shape: number[] }>;
   /** With `inputStats`: the BatchNorm layers whose input statistics come out, with their channel counts. */
   inputStats: Array<{ path: string; channels: number }>;
+  /** The shape of `logits` (-1 for the batch): [-1, classes], or the feature map's NCHW shape with `mapOutput`. */
+  outputShape: number[];
 }
 
 const T = onnx.TensorProto.DataType;
@@ -125,10 +142,14 @@ class GradBuilder {
   private readonly withInputStats: boolean;
   private readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
 
+  private readonly mapOutput: boolean;
+
   constructor(
-    private readonly model: Model,
+    private readonly model: GraphNet,
     o: GradGraphOptions,
   ) {
+    this.mapOutput = o.mapOutput ?? false;
+    if (this.mapOutput && (o.loss ?? 'ce') === 'ce') throw new Error('a feature-map output has no cross-entropy');
     this.bnTrain = o.bnTrain;
     this.loss = o.loss ?? 'ce';
     this.paramGrads = this.loss !== 'none' && (o.paramGrads ?? true);
@@ -539,7 +560,7 @@ class GradBuilder {
     if (this.inputGrad) this.live.add(input);
     const logits = this.module(this.model.root, x);
     const outShape = this.b.shape(logits);
-    if (outShape.length !== 2 || outShape[1] !== k) throw new OrtGradUnsupported(`an output of shape [${outShape}]`);
+    if (!this.mapOutput && (outShape.length !== 2 || outShape[1] !== k)) throw new OrtGradUnsupported(`an output of shape [${outShape}]`);
     const inputs = [valueInfo('x', [-1, h, w, c])];
     const outputs: onnx.IValueInfoProto[] = [];
     if (this.loss === 'ce') {
@@ -553,11 +574,12 @@ class GradBuilder {
       this.op('Identity', [logits], {}, [-1, k], ['logits']);
       outputs.push(valueInfo('loss', []), valueInfo('logits', [-1, k]));
     } else {
-      this.op('Identity', [logits], {}, [-1, k], ['logits']);
-      outputs.push(valueInfo('logits', [-1, k]));
+      this.op('Identity', [logits], {}, outShape, ['logits']);
+      outputs.push(valueInfo('logits', outShape));
       if (this.loss === 'seed') {
+        this.b.shapes.set('dlogits', outShape);
         this.grads.set(logits, 'dlogits');
-        inputs.push(valueInfo('dlogits', [-1, k]));
+        inputs.push(valueInfo('dlogits', outShape));
       }
     }
     const taps: Array<{ path: string; shape: number[] }> = [];
@@ -638,6 +660,7 @@ class GradBuilder {
       bnScales: this.bnScales,
       taps,
       inputStats,
+      outputShape: outShape,
     };
   }
 }
@@ -646,6 +669,6 @@ class GradBuilder {
  * The training-step graph of `model` (throws OrtGradUnsupported for modules without a backward rule here);
  * `bnTrain` alone gives the cross-entropy step over every trainable parameter, options the other forms.
  */
-export function buildGradGraph(model: Model, o: boolean | GradGraphOptions): GradGraph {
+export function buildGradGraph(model: GraphNet, o: boolean | GradGraphOptions): GradGraph {
   return new GradBuilder(model, typeof o === 'boolean' ? { bnTrain: o } : o).build();
 }

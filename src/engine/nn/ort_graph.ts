@@ -11,8 +11,7 @@
  */
 import { loadOrt } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
-import type { Model } from './model';
-import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptions } from './ort_grad_graph';
+import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_graph';
 
 type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
@@ -54,7 +53,7 @@ export class OrtModelGraph {
   private closed = false;
 
   private constructor(
-    readonly model: Model,
+    readonly model: GraphNet,
     private readonly ort: typeof import('onnxruntime-node'),
     private readonly session: OrtSession,
     private readonly graph: GradGraph,
@@ -62,7 +61,7 @@ export class OrtModelGraph {
   ) {}
 
   /** Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it. */
-  static async create(model: Model, options: GradGraphOptions, threads = 1): Promise<OrtModelGraph | undefined> {
+  static async create(model: GraphNet, options: GradGraphOptions, threads = 1): Promise<OrtModelGraph | undefined> {
     const ort = ortTrainWanted() ? loadOrt() : null;
     if (!ort) return undefined;
     let graph: GradGraph;
@@ -102,8 +101,10 @@ export class OrtModelGraph {
     const feeds: Record<string, OrtTensor> = { x: new this.ort.Tensor('float32', x, [n, h, w, c]) };
     const loss = this.options.loss ?? 'ce';
     if (loss === 'seed') {
-      if (!f.dlogits || f.dlogits.length !== n * k) throw new Error(`dlogits must hold ${n} x ${k} values`);
-      feeds.dlogits = new this.ort.Tensor('float32', f.dlogits, [n, k]);
+      const dims = [n, ...this.graph.outputShape.slice(1)];
+      const size = dims.reduce((a, b) => a * b, 1);
+      if (!f.dlogits || f.dlogits.length !== size) throw new Error(`dlogits must hold ${dims.join(' x ')} values`);
+      feeds.dlogits = new this.ort.Tensor('float32', f.dlogits, dims);
     }
     if (loss === 'ce') {
       if (!f.labels || f.labels.length !== n) throw new Error(`labels must hold ${n} values`);

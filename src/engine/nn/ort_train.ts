@@ -134,7 +134,7 @@ export type BatchStats = Map<string, { mean: Float32Array; variance: Float32Arra
  * BatchNorm's running statistics from a batch's, as layers.ts updates them: momentum, and the unbiased
  * variance over the layer's own N x H x W positions.
  */
-export function applyBatchStats(model: Model, graph: Pick<GradGraph, 'bnSpatial'>, stats: BatchStats, batch: number): void {
+export function applyBatchStats(model: Pick<Model, 'root'>, graph: Pick<GradGraph, 'bnSpatial'>, stats: BatchStats, batch: number): void {
   if (!stats.size) return;
   for (const m of model.root.modules()) {
     if (!(m instanceof BatchNorm2d)) continue;
