@@ -11,8 +11,11 @@ import { strict as assert } from 'node:assert';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { getDefense } from '../../src/engine/defenses';
-import { hessianVectorProduct, implicitHypergradient, mixedProduct } from '../../src/engine/defenses/ibau';
-import { crossEntropy } from '../../src/engine/nn/train';
+import { hessianVectorProduct, IbauGraphs, implicitHypergradient, mixedProduct } from '../../src/engine/defenses/ibau';
+import { ortTrainWanted } from '../../src/engine/nn/ort_train';
+import { newTrainingRecord } from '../../src/engine/defenses/defense';
+import { crossEntropy, makeBatchArray } from '../../src/engine/nn/train';
+import { maxAbsDiff } from '../helpers/parity';
 import { CancelledError } from '../../src/engine/errors';
 import { Rng } from '../../src/engine/util/rng';
 import { buildFixture, cancelAtFirstReport, runDefense, type Fixture } from './defenses-fixture';
@@ -182,6 +185,59 @@ describe('i-BAU on a tiny BadNets victim', function () {
       assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
     });
   }
+
+  // The hypergradient assembled from ONNX Runtime's first-order gradients against the backend's, on one batch
+  // of the fixture: the same fixed-point iteration and finite differences, so the same step up to float32.
+  it('through ONNX Runtime: the hypergradient of a batch equals the backend one, and a run keeps ACC >= 0.9', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const n0 = tf.memory().numTensors;
+    const model = f.victim.clone();
+    const graphs = await IbauGraphs.create(model);
+    assert.ok(graphs, 'ONNX Runtime loads and covers the model');
+    const [h, w, c] = f.aux.shape;
+    const n = 16;
+    const idx = Array.from({ length: n }, (_, i) => i * 7);
+    const xs = makeBatchArray(f.aux, idx, undefined, undefined);
+    const labels = Int32Array.from(idx, (i) => f.aux.y[i]);
+    const mask = Float32Array.from({ length: n }, (_, i) => (i % 4 === 0 ? 1 : 0));
+    const delta = tf.tidy(() => tf.variable(tf.mul(tf.randomUniform([1, h, w, c], -1, 1, 'float32', 9), 0.3), true));
+    const vars = model.trainableVariables();
+    const penalty = 0.01;
+    try {
+      const ours = await graphs!.hypergradient(vars, delta, xs, labels, mask, penalty, { alpha: 0.01, K: 5 });
+      const ref = tf.tidy(() => {
+        const x = tf.tensor4d(xs, [n, h, w, c]);
+        const y = tf.tensor1d(labels, 'int32');
+        const m = tf.tensor4d(mask, [n, 1, 1, 1]);
+        const ev = { training: false };
+        const hg = implicitHypergradient(
+          vars,
+          delta,
+          (d) => crossEntropy(model.forward(tf.add(x, tf.mul(m, d)) as tf.Tensor4D, ev), y),
+          (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, ev), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
+          { alpha: 0.01, K: 5 },
+        );
+        return { grads: hg.grads.map((g) => g.dataSync() as Float32Array), loss: hg.loss, ratio: hg.implicitRatio } as unknown as tf.TensorContainer;
+      }) as unknown as { grads: Float32Array[]; loss: number; ratio: number };
+      assert.ok(Math.abs(ours.loss - ref.loss) < 1e-4, `loss ${ours.loss} vs ${ref.loss}`);
+      assert.ok(ref.ratio > 0 && Math.abs(ours.implicitRatio - ref.ratio) < 0.05 * ref.ratio + 1e-4, `implicit/direct ${ours.implicitRatio} vs ${ref.ratio}`);
+      ours.grads.forEach((g, i) => {
+        const { diff, scale } = maxAbsDiff(g.dataSync() as Float32Array, ref.grads[i]);
+        assert.ok(diff <= 1e-2 * Math.max(scale, 1e-4), `${vars[i].name}: ${diff} of ${scale}`);
+      });
+      tf.dispose(ours.grads);
+    } finally {
+      await graphs!.close();
+      delta.dispose();
+      model.dispose();
+    }
+    const training = newTrainingRecord();
+    const { out, after } = await runDefense(f, getDefense('ibau')!, { lr: 1e-3, batchSize: 32 }, { rng: new Rng(1).fork('ibau'), ortTraining: true, training });
+    assert.ok(after.acc >= 0.9, `ibau: ACC ${after.acc.toFixed(3)}`);
+    assert.ok(training.onnxruntimeSteps > 0 && training.backendSteps === 0, JSON.stringify(training));
+    out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
 
   it('K = 0 is the direct term alone and says so', async () => {
     const { out } = await runDefense(f, getDefense('ibau')!, { rounds: 1, K: 0 });

@@ -45,7 +45,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
-import { batchCount, crossEntropy, makeBatch } from '../nn/train';
+import { batchCount, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { OrtModelGraph } from '../nn/ort_graph';
+import type { Model } from '../nn/model';
 import { JobError } from '../errors';
 import { Pacer } from './common';
 import { inputGradient } from './adversarial';
@@ -164,7 +166,6 @@ export function implicitHypergradient(
 export const ibau: Defense = {
   id: 'ibau',
   title: 'Implicit backdoor adversarial unlearning',
-  ownLoop: 'its implicit hypergradient loop (the shared perturbation and the fixed-point solve) runs on the backend',
   defaults(profile: Profile) {
     return {
       rounds: 5,
@@ -203,6 +204,8 @@ export const ibau: Defense = {
     const norms: number[] = [];
     const ratios: number[] = [];
     const pacer = new Pacer(ctx);
+    const graphs = ctx.ortTraining ? await IbauGraphs.create(model) : undefined;
+    if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('i-BAU: the ONNX graphs do not cover this model');
     try {
       for (let r = 0; r < p.rounds; r++) {
         // Inner maximization: a universal perturbation, one ascent step per batch of the auxiliary set.
@@ -212,6 +215,12 @@ export const ibau: Defense = {
         for (let b = 0; b < batches; b++) {
           await pacer.tick(r, p.rounds, `round ${r + 1}/${p.rounds}: perturbation, batch ${b + 1}/${batches}`);
           const idx = order.subarray(b * p.batchSize, Math.min(ctx.aux.n, (b + 1) * p.batchSize));
+          if (graphs) {
+            await graphs.ascent(delta, makeBatchArray(ctx.aux, idx, undefined, undefined), idx.length, innerLr, penalty, maxNorm);
+            if (ctx.training) ctx.training.onnxruntimeSteps++;
+            continue;
+          }
+          if (ctx.training) ctx.training.backendSteps++;
           const x = makeBatch(ctx.aux, idx, undefined, undefined);
           tf.tidy(() => {
             // The model's own labels, as BackdoorBench: the perturbation moves images off what f predicts.
@@ -240,11 +249,30 @@ export const ibau: Defense = {
             await pacer.tick(r, p.rounds, `round ${r + 1}/${p.rounds}: unlearning ${e + 1}/${p.epochsPerRound}, batch ${b + 1}/${nb}`);
             const idx = order2.subarray(b * p.batchSize, Math.min(ctx.aux.n, (b + 1) * p.batchSize));
             const n = idx.length;
-            const x = makeBatch(ctx.aux, idx, ctx.augment, ctx.rng);
+            // The same augmentation draws on both paths: the batch as an array first, a tensor of it for the backend.
+            const xs = makeBatchArray(ctx.aux, idx, ctx.augment, ctx.rng);
+            const x = tf.tensor4d(xs, [n, h, w, c]);
             const y = tf.tensor1d(Int32Array.from(idx, (i) => ctx.aux.y[i]), 'int32');
             const k = Math.max(1, Math.round(n * p.portion));
             const picked = new Float32Array(n);
             for (const i of ctx.rng.permutation(n).subarray(0, k)) picked[i] = 1;
+            if (graphs) {
+              x.dispose();
+              y.dispose();
+              const hg = await graphs.hypergradient(vars, delta, xs, Int32Array.from(idx, (i) => ctx.aux.y[i]), picked, penalty, { alpha, K: p.K });
+              try {
+                opt.lr = p.lr;
+                opt.step(vars, hg.grads);
+              } finally {
+                tf.dispose(hg.grads);
+              }
+              if (!Number.isFinite(hg.loss)) throw new JobError('training diverged (loss is not finite)');
+              ratioSum += hg.implicitRatio;
+              steps++;
+              if (ctx.training) ctx.training.onnxruntimeSteps++;
+              continue;
+            }
+            if (ctx.training) ctx.training.backendSteps++;
             const mask = tf.tensor4d(picked, [n, 1, 1, 1]);
             try {
               const eval_ = { training: false };
@@ -277,6 +305,7 @@ export const ibau: Defense = {
     } finally {
       opt.dispose();
       delta.dispose();
+      await graphs?.close();
     }
     return {
       model,
@@ -290,3 +319,128 @@ export const ibau: Defense = {
     };
   },
 };
+
+/**
+ * i-BAU's first-order gradients through ONNX Runtime, from which the same ascent and the same implicit
+ * hypergradient (implicitHypergradient's fixed-point iteration and finite differences) are assembled here: the
+ * model's own labels from its forward graph; d CE / d pixels from a cross-entropy graph (the universal
+ * perturbation's gradient is its sum over the batch, times the images' mask); d CE / d theta and d pixels
+ * together from another. BatchNorm is frozen throughout, as on the backend path.
+ */
+export class IbauGraphs {
+  private constructor(
+    readonly model: Model,
+    readonly forward: OrtModelGraph,
+    readonly pixels: OrtModelGraph,
+    readonly both: OrtModelGraph,
+  ) {}
+
+  static async create(model: Model): Promise<IbauGraphs | undefined> {
+    const made = await Promise.all([
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'none' }),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: true }),
+    ]);
+    if (made.some((g) => !g)) {
+      await Promise.all(made.map((g) => g?.close()));
+      return undefined;
+    }
+    const [a, b, c] = made as OrtModelGraph[];
+    return new IbauGraphs(model, a, b, c);
+  }
+
+  /** x + mask * d for a universal d (mask per image, 1 when absent). */
+  private static perturb(x: Float32Array, n: number, d: Float32Array, mask?: Float32Array): Float32Array {
+    const size = d.length;
+    const out = new Float32Array(x.length);
+    for (let i = 0; i < n; i++) {
+      const m = mask ? mask[i] : 1;
+      for (let j = 0; j < size; j++) out[i * size + j] = x[i * size + j] + m * d[j];
+    }
+    return out;
+  }
+
+  /** The per-image pixel gradients summed over the batch (times the mask): the universal perturbation's. */
+  private static sumOverBatch(dx: Float32Array, n: number, size: number, mask?: Float32Array): Float32Array {
+    const out = new Float32Array(size);
+    for (let i = 0; i < n; i++) {
+      const m = mask ? mask[i] : 1;
+      if (m === 0) continue;
+      for (let j = 0; j < size; j++) out[j] += m * dx[i * size + j];
+    }
+    return out;
+  }
+
+  /** grad_delta L_inner(d) = sum_n d CE(f(x + d), y) / d pixels - 2 penalty d. */
+  private async innerGradDelta(x: Float32Array, n: number, labels: Int32Array, d: Float32Array, penalty: number): Promise<Float32Array> {
+    const r = await this.pixels.run(IbauGraphs.perturb(x, n, d), n, { labels });
+    const g = IbauGraphs.sumOverBatch(r.dx!, n, d.length);
+    for (let j = 0; j < g.length; j++) g[j] -= 2 * penalty * d[j];
+    return g;
+  }
+
+  /** The inner ascent step of one batch, with the model's own labels, projected onto the L2 ball. */
+  async ascent(delta: tf.Variable, x: Float32Array, n: number, innerLr: number, penalty: number, maxNorm: number): Promise<void> {
+    const k = this.model.numClasses;
+    const logits = await this.forward.logits(x, n);
+    const own = Int32Array.from({ length: n }, (_, i) => {
+      let best = 0;
+      for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
+      return best;
+    });
+    const d = delta.dataSync() as Float32Array;
+    const g = await this.innerGradDelta(x, n, own, d, penalty);
+    const next = d.map((v, j) => v + innerLr * g[j]);
+    const norm = Math.sqrt(next.reduce((a, v) => a + v * v, 0));
+    if (norm > maxNorm) for (let j = 0; j < next.length; j++) next[j] *= maxNorm / norm;
+    tf.tidy(() => delta.assign(tf.tensor(next, delta.shape)));
+  }
+
+  /** implicitHypergradient with its gradients from ONNX Runtime (the same iteration and finite differences). */
+  async hypergradient(vars: tf.Variable[], delta: tf.Variable, x: Float32Array, labels: Int32Array, mask: Float32Array, penalty: number, o: { alpha: number; K: number; rel?: number }): Promise<Hypergradient> {
+    const n = labels.length;
+    const d = Float32Array.from(delta.dataSync() as Float32Array);
+    const size = d.length;
+    const keyOf = new Map(this.model.root.namedParams().map(([key, p]) => [p.variable, key]));
+    const thetaGrads = (g: Map<string, Float32Array>) => vars.map((v) => g.get(keyOf.get(v)!) ?? new Float32Array(v.size));
+    const rel = o.rel ?? FD_REL;
+    const norm = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0));
+    const step = (v: Float32Array) => {
+      const nv = norm(v);
+      return nv === 0 ? 0 : (rel * Math.max(norm(d), 1)) / nv;
+    };
+    const along = (v: Float32Array, eps: number) => d.map((x0, j) => x0 + eps * v[j]);
+    // Direct terms at the inner solution.
+    const outer = await this.both.run(IbauGraphs.perturb(x, n, d, mask), n, { labels });
+    const gTheta = thetaGrads(outer.grads!);
+    const gDelta = IbauGraphs.sumOverBatch(outer.dx!, n, size, mask);
+    // v_{k+1} = (I + alpha H) v_k + g_delta, H v by central differences of grad_delta L_inner.
+    let v: Float32Array = new Float32Array(size);
+    for (let k = 0; k < o.K; k++) {
+      let hv = new Float32Array(size);
+      const eps = k === 0 ? 0 : step(v);
+      if (eps !== 0) {
+        const plus = await this.innerGradDelta(x, n, labels, along(v, eps), penalty);
+        const minus = await this.innerGradDelta(x, n, labels, along(v, -eps), penalty);
+        hv = plus.map((p, j) => (p - minus[j]) / (2 * eps));
+      }
+      v = v.map((vj, j) => vj + o.alpha * hv[j] + gDelta[j]);
+    }
+    // The implicit term alpha (d^2 L_inner / d theta d delta)^T v, by central differences of grad_theta L_inner.
+    let implicit = vars.map((w) => new Float32Array(w.size));
+    const eps = o.K > 0 ? step(v) : 0;
+    if (eps !== 0) {
+      const plus = thetaGrads((await this.both.run(IbauGraphs.perturb(x, n, along(v, eps)), n, { labels })).grads!);
+      const minus = thetaGrads((await this.both.run(IbauGraphs.perturb(x, n, along(v, -eps)), n, { labels })).grads!);
+      implicit = plus.map((p, i) => p.map((pj, j) => (o.alpha * (pj - minus[i][j])) / (2 * eps)));
+    }
+    const sq = (ts: Float32Array[]) => ts.reduce((s, t) => s + t.reduce((a, b) => a + b * b, 0), 0);
+    const directNorm = Math.sqrt(sq(gTheta));
+    const implicitRatio = directNorm > 0 ? Math.sqrt(sq(implicit)) / directNorm : 0;
+    return { grads: vars.map((w, i) => tf.tensor(gTheta[i].map((g, j) => g + implicit[i][j]), w.shape)), loss: outer.loss!, implicitRatio };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.forward.close(), this.pixels.close(), this.both.close()]);
+  }
+}
