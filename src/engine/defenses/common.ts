@@ -152,7 +152,7 @@ async function ortStepperFor(ctx: DefenseContext, model: Model, o: EpochLoopOpti
   };
   if (!ctx.ortTraining) {
     if (!isMainThread) return why('ONNX Runtime cannot load in a worker thread');
-    return why(ortTrainWanted() ? 'ONNX Runtime training was not asked for' : 'ONNX Runtime is not available here or is turned off (BACKDOOR_AUDIT_ORT_TRAIN=0)');
+    return why(ortTrainWanted() ? 'the job computes on its own backend (a native or GPU backend)' : 'ONNX Runtime is not available here or is turned off (BACKDOOR_AUDIT_ORT_TRAIN=0)');
   }
   if (o.loss || o.prepare) return why("the defense's own loss, which the ONNX training graph does not express yet");
   if (o.vars) return why('only some variables train, which the ONNX training graph does not express yet');

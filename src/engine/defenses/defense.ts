@@ -31,12 +31,12 @@ export interface DefenseContext {
   /** Progress within this defense, 0..total. */
   progress: (done: number, total: number, message?: string) => void;
   /**
-   * Training steps through ONNX Runtime where it loads in this process (absent or false: every step on the
-   * tensor backend). Only plain cross-entropy steps over all trainable variables go there (trainEpochs
-   * decides); the rest stay on the backend.
+   * The network passes of training through ONNX Runtime where it loads in this process (absent or false: all on
+   * the tensor backend): trainEpochs' cross-entropy steps, and each defense's own graphs (ort_graph.ts) for
+   * the rest; a defense falls back to the backend where a graph cannot be made, and says why in `training`.
    */
   ortTraining?: boolean;
-  /** Where this defense's training steps ran, filled in by trainEpochs and read into the row. */
+  /** Where this defense's training steps ran, counted by trainEpochs and the defenses' own loops; read into the row. */
   training?: TrainingRecord;
 }
 
@@ -68,9 +68,8 @@ export interface Defense {
   departures?(profile: Profile): string | undefined;
   run(ctx: DefenseContext): Promise<DefenseOutcome>;
   /**
-   * What of the defense computes outside the cross-entropy epoch loop, on the tensor backend (its own
-   * optimisation of masks, perturbations or triggers; a loss the ONNX training graph does not express): one
-   * line, named in each row's `training.why`. Absent when every step goes through trainEpochs.
+   * What of the defense always computes on the tensor backend, whatever ONNX Runtime can do (CLP: it trains
+   * nothing): one line, named in each row's `training.why`.
    */
   ownLoop?: string;
   /**

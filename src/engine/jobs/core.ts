@@ -276,7 +276,7 @@ function targetsFor(job: Pick<PreparedJob, 'saveTargets' | 'seeds'>, cell: Cell)
 function rowTraining(t: TrainingRecord, defense: Defense): RowTraining {
   const why = [...t.backendWhy, ...(defense.ownLoop ? [defense.ownLoop] : [])];
   const engine = t.backendSteps === 0 && t.onnxruntimeSteps > 0 && !defense.ownLoop ? 'onnxruntime' : t.onnxruntimeSteps === 0 ? 'backend' : 'mixed';
-  if (t.onnxruntimeSteps === 0 && t.backendSteps === 0 && !why.length) why.push('no step through the cross-entropy epoch loop: the defense computes on the backend');
+  if (t.onnxruntimeSteps === 0 && t.backendSteps === 0 && !why.length) why.push('the defense took no training step');
   return { engine, onnxruntimeSteps: t.onnxruntimeSteps, backendSteps: t.backendSteps, ...(why.length ? { why } : {}) };
 }
 
@@ -299,8 +299,9 @@ export async function runCell(
   progress: (d: number, t: number, m?: string) => void,
   targets: SaveTarget[] = targetsFor(job, cell),
   /**
-   * ONNX Runtime threads for the evaluation and for the defense's cross-entropy training steps; 0 keeps both
-   * on the training backend (where ONNX Runtime is not available).
+   * ONNX Runtime threads for the evaluation; above 0 the defense's network passes run through ONNX Runtime too
+   * (on one thread, see common.ts); 0 keeps everything on the tensor backend (native and GPU backends, or no
+   * ONNX Runtime here).
    */
   ortThreads = 0,
 ): Promise<CellOutcome> {
