@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
-import { OrtTrainer } from '../nn/ort_train';
+import { applyGradients, OrtTrainer } from '../nn/ort_train';
 import { Rng } from '../util/rng';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -68,20 +68,8 @@ export const fst: Defense = {
 /** One FST step from ONNX Runtime's cross-entropy gradients, with the penalty's alpha * W0 added to the head's. */
 async function fstStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array, headWeight: tf.Variable, w0: tf.Tensor, alpha: number): Promise<number> {
   const { loss, grads, stats } = await trainer.gradients(x, shape, labels);
-  const params = trainer.model.root.namedParams().filter(([, q]) => q.trainable);
-  const gradTensors = params.map(([key, q]) => tf.tidy(() => {
-    const g = tf.tensor(grads.get(key)!, q.variable.shape);
-    return q.variable === headWeight ? tf.add(g, tf.mul(w0, alpha)) : g;
-  }));
   const penalty = tf.tidy(() => tf.sum(tf.mul(headWeight, w0)).dataSync()[0] * alpha);
-  try {
-    opt.step(
-      params.map(([, q]) => q.variable),
-      gradTensors,
-    );
-  } finally {
-    tf.dispose(gradTensors);
-  }
+  applyGradients(trainer.model, opt, grads, (v, g) => (v === headWeight ? tf.add(g, tf.mul(w0, alpha)) : g));
   trainer.applyBatchStats(stats, labels.length);
   return loss + penalty;
 }

@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
-import { OrtTrainer } from '../nn/ort_train';
+import { applyGradients, OrtTrainer } from '../nn/ort_train';
 import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -121,11 +121,6 @@ async function samStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shap
     tf.dispose(eps);
   }
   if (!Number.isFinite(second.loss)) throw new JobError('training diverged (loss is not finite)');
-  const g2 = params.map(([key, p]) => tf.tensor(second.grads.get(key)!, p.variable.shape));
-  try {
-    opt.step(vars, g2);
-  } finally {
-    tf.dispose(g2);
-  }
+  applyGradients(trainer.model, opt, second.grads);
   trainer.applyBatchStats(second.stats, labels.length);
 }

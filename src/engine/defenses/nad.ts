@@ -14,6 +14,7 @@ import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { applyGradients } from '../nn/ort_train';
 import type { ForwardContext } from '../nn/module';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -155,16 +156,7 @@ async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, lab
     };
   });
   const run = await g.gradients.run(x, n, { dlogits, dtaps: new Map(taps.map((t, i) => [t, tapGrads[i]])) });
-  const params = g.gradients.model.root.namedParams().filter(([, q]) => q.trainable);
-  const gradTensors = params.map(([key, q]) => tf.tensor(run.grads!.get(key)!, q.variable.shape));
-  try {
-    opt.step(
-      params.map(([, q]) => q.variable),
-      gradTensors,
-    );
-  } finally {
-    tf.dispose(gradTensors);
-  }
+  applyGradients(g.gradients.model, opt, run.grads!);
   g.gradients.applyBatchStats(run.stats!, n);
   return value;
 }

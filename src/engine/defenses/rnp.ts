@@ -28,7 +28,7 @@ import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm, ty
 import { accuracyOn, splitAux, trainEpochs } from './common';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { OrtTrainer } from '../nn/ort_train';
+import { applyGradients, OrtTrainer } from '../nn/ort_train';
 import { OrtModelGraph } from '../nn/ort_graph';
 
 export const rnp: Defense = {
@@ -172,16 +172,7 @@ function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThr
 /** One unlearning step (gradient ascent on CE) from ONNX Runtime's cross-entropy gradients, negated. */
 async function ascentStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array): Promise<number> {
   const { loss, grads, stats } = await trainer.gradients(x, shape, labels);
-  const params = trainer.model.root.namedParams().filter(([, q]) => q.trainable);
-  const gradTensors = params.map(([key, q]) => tf.tidy(() => tf.neg(tf.tensor(grads.get(key)!, q.variable.shape))));
-  try {
-    opt.step(
-      params.map(([, q]) => q.variable),
-      gradTensors,
-    );
-  } finally {
-    tf.dispose(gradTensors);
-  }
+  applyGradients(trainer.model, opt, grads, (_, g) => tf.neg(g));
   trainer.applyBatchStats(stats, labels.length);
   return -loss;
 }

@@ -20,6 +20,7 @@ import { Adam } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { applyGradients } from '../nn/ort_train';
 import { trainEpochs } from './common';
 import { inputGradient, projectLinf } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -259,15 +260,6 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
     unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
   );
   const run = await g.fWeights.run(both, 2 * n, { dlogits: grads[0] });
-  const params = model.root.namedParams().filter(([, q]) => q.trainable);
-  const gradTensors = params.map(([key, q]) => tf.tensor(run.grads!.get(key)!, q.variable.shape));
-  try {
-    opt.step(
-      params.map(([, q]) => q.variable),
-      gradTensors,
-    );
-  } finally {
-    tf.dispose(gradTensors);
-  }
+  applyGradients(model, opt, run.grads!);
   return { loss: value, shared: poison.reduce((a, b) => a + b, 0) };
 }

@@ -103,14 +103,7 @@ export class OrtTrainer implements BatchStepper {
     if (bnTrain !== this.bnTrain) throw new Error(`ONNX Runtime trainer was built with BatchNorm ${this.bnTrain ? 'training' : 'frozen'}`);
     const { loss, grads, stats } = await this.gradients(x, shape, labels);
     if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
-    const params = this.model.root.namedParams().filter(([, p]) => p.trainable);
-    const vars = params.map(([, p]) => p.variable);
-    const gradTensors = params.map(([key, p]) => tf.tensor(grads.get(key)!, p.variable.shape));
-    try {
-      optimizer.step(vars, gradTensors);
-    } finally {
-      tf.dispose(gradTensors);
-    }
+    applyGradients(this.model, optimizer, grads);
     this.applyBatchStats(stats, labels.length);
     return loss;
   }
@@ -124,6 +117,26 @@ export class OrtTrainer implements BatchStepper {
     if (this.closed) return;
     this.closed = true;
     await this.session.release();
+  }
+}
+
+/**
+ * One optimizer step on every trainable variable of `model`, from gradients by parameter key as the graphs
+ * return them; `adjust` may change a variable's gradient first (a penalty's term, a negation for ascent).
+ */
+export function applyGradients(model: Pick<Model, 'root'>, optimizer: Optimizer, grads: Map<string, Float32Array>, adjust?: (v: tf.Variable, g: tf.Tensor) => tf.Tensor): void {
+  const params = model.root.namedParams().filter(([, p]) => p.trainable);
+  const gradTensors = params.map(([key, p]) => tf.tidy(() => {
+    const g = tf.tensor(grads.get(key)!, p.variable.shape);
+    return adjust ? adjust(p.variable, g) : g;
+  }));
+  try {
+    optimizer.step(
+      params.map(([, p]) => p.variable),
+      gradTensors,
+    );
+  } finally {
+    tf.dispose(gradTensors);
   }
 }
 
