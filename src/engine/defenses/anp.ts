@@ -42,6 +42,7 @@ export function chooseThreshold(victim: Model, masks: Float32Array[], val: Image
 export const anp: Defense = {
   id: 'anp',
   title: 'Adversarial Neuron Pruning',
+  cost: 4.7,
   defaults(profile: Profile) {
     return {
       iterations: profile === 'paper' ? 2000 : 500,

@@ -114,6 +114,7 @@ const count = (chosen: Map<string, number[]>) => [...chosen.values()].reduce((a,
 export const clp: Defense = {
   id: 'clp',
   title: 'Channel Lipschitzness Pruning',
+  cost: 0.4,
   ownLoop: 'it trains nothing: channel Lipschitz bounds are read from the weights',
   choices: { u: ['auto'] },
   defaults(profile: Profile) {

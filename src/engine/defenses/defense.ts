@@ -68,6 +68,12 @@ export interface Defense {
   departures?(profile: Profile): string | undefined;
   run(ctx: DefenseContext): Promise<DefenseOutcome>;
   /**
+   * A cell's wall time relative to ft's (1), measured on the zoo's width-16 PreAct-ResNet18 with the fast profile
+   * and its 500 auxiliary images. Only orders the cells of a pooled job, longest first, so that a long cell
+   * does not start last; it changes no result (each cell has its own random stream).
+   */
+  cost?: number;
+  /**
    * What of the defense always computes on the tensor backend, whatever ONNX Runtime can do (CLP: it trains
    * nothing): one line, named in each row's `training.why`.
    */

@@ -16,6 +16,7 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const fst: Defense = {
   id: 'fst',
   title: 'Feature Shift Tuning',
+  cost: 0.6,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: 128 }

@@ -11,6 +11,7 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const ft: Defense = {
   id: 'ft',
   title: 'Fine-tuning',
+  cost: 1,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256 }

@@ -166,6 +166,7 @@ export function implicitHypergradient(
 export const ibau: Defense = {
   id: 'ibau',
   title: 'Implicit backdoor adversarial unlearning',
+  cost: 1.5,
   defaults(profile: Profile) {
     return {
       rounds: 5,

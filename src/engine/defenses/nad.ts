@@ -35,6 +35,7 @@ export function attentionMap(f: tf.Tensor, layout: 'nhwc' | 'nchw' = 'nhwc'): tf
 export const nad: Defense = {
   id: 'nad',
   title: 'Neural Attention Distillation',
+  cost: 1.3,
   choices: { studentSchedule: ['constant', 'cosine'] },
   defaults(profile: Profile) {
     return profile === 'paper'

@@ -203,6 +203,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
+  cost: 2.9,
   choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {

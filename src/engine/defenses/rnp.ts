@@ -34,6 +34,7 @@ import { OrtModelGraph } from '../nn/ort_graph';
 export const rnp: Defense = {
   id: 'rnp',
   title: 'Reconstructive Neuron Pruning',
+  cost: 2.5,
   defaults(profile: Profile) {
     return {
       unlearnLr: 0.01,

@@ -225,9 +225,15 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         done.catch(() => undefined);
         pending.push(done);
       };
-      for (const i of mine) if (!cells[i].gic) submit(i, cells[i].aux.set);
-      for (const i of mine) {
-        if (!cells[i].gic) continue;
+      // Longest cells first (by the defenses' measured costs), so that the pool does not end on one long cell;
+      // the GIC cells of each aux set the same way once its calibration is done. Rows stay in cell order.
+      const cost = (i: number) => getDefense(cells[i].defense.id)?.cost ?? 1;
+      const byCost = (a: number, b: number) => cost(b) - cost(a);
+      for (const i of mine.filter((i) => !cells[i].gic).sort(byCost)) submit(i, cells[i].aux.set);
+      const gicCells = mine.filter((i) => cells[i].gic);
+      const auxOrder = [...new Set(gicCells.map((i) => auxKey(cells[i].aux)))];
+      gicCells.sort((a, b) => auxOrder.indexOf(auxKey(cells[a].aux)) - auxOrder.indexOf(auxKey(cells[b].aux)) || byCost(a, b));
+      for (const i of gicCells) {
         const auxSet = await auxFor(cells[i]);
         if (isError(auxSet)) finish(i, { row: { ...emptyRow(cells[i]), ...auxSet } });
         else submit(i, auxSet);
