@@ -4,7 +4,6 @@
  * included), reports them as threads, a cancelled pooled job stops without writing anything, and a cell
  * process killed mid-cell fails that cell only.
  */
-import { execFileSync } from 'node:child_process';
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -18,6 +17,24 @@ import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
 
 const ROOT = path.join(__dirname, '..', '..');
+
+/** This process's children running the cell-process bundle, from /proc (Linux). */
+function cellProcesses(): number[] {
+  return fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        // The parent pid is the 4th field of /proc/<pid>/stat, after the parenthesized command name.
+        const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        return ppid === process.pid && fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('cell-worker.js');
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
+}
 
 function comparable(r: Results): unknown {
   return { ...r, backend: undefined, rows: r.rows.map((row) => ({ ...row, seconds: 0 })), gic: r.gic.map((g) => ({ ...g, seconds: 0 })) };
@@ -99,14 +116,14 @@ describe('cell processes: cells side by side on several cores', function () {
   });
 
   it('a cell process killed mid-cell fails that cell with the signal; the other cells and the job go on', async function () {
-    if (process.platform !== 'linux') this.skip(); // finds the cell processes with pgrep
+    if (process.platform !== 'linux') this.skip(); // finds the cell processes in /proc
     const killed: number[] = [];
     const results = await runJobFile(jobPath, {
       outDir: path.join(dir, 'killed'),
       workers: 2,
       onEvent: (e) => {
         if (killed.length || e.type !== 'progress' || !/^ft on heldout/.test(e.stage)) return;
-        const pids = execFileSync('pgrep', ['-P', String(process.pid), '-f', 'cell-worker.js'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+        const pids = cellProcesses();
         assert.equal(pids.length, 2, 'two cell processes, children of this one');
         process.kill(pids[0], 'SIGKILL');
         killed.push(pids[0]);
