@@ -16,7 +16,7 @@ import { imageSize } from '../data/dataset';
 import { Conv2d, ReLU, Sequential } from '../nn/layers';
 import type { Model } from '../nn/model';
 import { Adam } from '../nn/optim';
-import { crossEntropy, makeBatch, trainStep } from '../nn/train';
+import { crossEntropy, makeBatch, makeBatchArray, trainStep } from '../nn/train';
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { JobError, throwIfAborted } from '../errors';
@@ -170,7 +170,6 @@ export async function calibrate(
   const o: GicOptions = { ...GIC_DEFAULTS, ...opts };
   const t0 = Date.now();
   const hasBn = victim.batchNorms().length > 0;
-  const before = measureSet(victim, aux);
   const net = new GicNet(aux.shape, o);
   const opt = new Adam(o.lr);
   const rng = new Rng(o.seed).fork('gic-batches');
@@ -178,7 +177,13 @@ export async function calibrate(
   const batches = Math.ceil(aux.n / o.batchSize);
   const withBn = hasBn && o.lambdaBn > 0;
   const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn) : undefined;
+  // The figures before and after through the same forward graph where it has the statistics they need.
+  const measure = (set: ImageSet) => (graphs && withBn === hasBn ? graphs.measure(victim, set) : Promise.resolve(measureSet(victim, set)));
+  let before: Awaited<ReturnType<typeof measure>>;
+  let after: Awaited<ReturnType<typeof measure>>;
+  let set: ImageSet;
   try {
+    before = await measure(aux);
     for (let e = 0; e < o.epochs; e++) {
       const order = rng.permutation(aux.n);
       for (let b = 0; b < batches; b++) {
@@ -209,6 +214,8 @@ export async function calibrate(
       }
       progress?.(e + 1, o.epochs, `GIC epoch ${e + 1}/${o.epochs}`);
     }
+    set = applyCalibration(net, aux);
+    after = await measure(set);
   } catch (e) {
     net.dispose();
     throw e;
@@ -216,10 +223,7 @@ export async function calibrate(
     opt.dispose();
     await graphs?.close();
   }
-
-  const set = applyCalibration(net, aux);
   const pert = perturbationStats(aux, set, o.norm);
-  const after = measureSet(victim, set);
   return {
     set,
     net,
@@ -320,6 +324,30 @@ class CalibrationGraphs {
     } finally {
       pre.dispose();
     }
+  }
+
+  /** measureSet through the forward graph (which must output the input statistics when the victim has BatchNorm). */
+  async measure(victim: Model, set: ImageSet, batchSize = 256): Promise<{ confidence: number; bnDistance: number | null }> {
+    const hasBn = victim.batchNorms().length > 0;
+    const k = victim.numClasses;
+    let conf = 0;
+    let dist = 0;
+    let batches = 0;
+    for (let s = 0; s < set.n; s += batchSize) {
+      const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
+      const run = await this.forward.run(makeBatchArray(set, idx, undefined, undefined), idx.length);
+      const [c, d] = tf.tidy(() => {
+        const p = tf.softmax(tf.tensor2d(run.logits!, [idx.length, k]));
+        const cTrue = tf.sum(tf.mul(p, tf.oneHot(tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32'), k)));
+        const stats = new Map([...(run.inputStats ?? new Map())].map(([path, v]) => [path, { mean: tf.tensor1d(v.mean), variance: tf.tensor1d(v.variance) }]));
+        const dd = hasBn ? bnDistance(victim, stats) : tf.scalar(0);
+        return [cTrue.dataSync()[0], dd.dataSync()[0]];
+      });
+      conf += c;
+      dist += d;
+      batches++;
+    }
+    return { confidence: conf / Math.max(1, set.n), bnDistance: hasBn ? dist / Math.max(1, batches) : null };
   }
 
   async close(): Promise<void> {
