@@ -45,7 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
-import { batchCount, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { argmaxRows, batchCount, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
 import type { Model } from '../nn/model';
 import { JobError } from '../errors';
@@ -382,13 +382,7 @@ export class IbauGraphs {
 
   /** The inner ascent step of one batch, with the model's own labels, projected onto the L2 ball. */
   async ascent(delta: tf.Variable, x: Float32Array, n: number, innerLr: number, penalty: number, maxNorm: number): Promise<void> {
-    const k = this.model.numClasses;
-    const logits = await this.forward.logits(x, n);
-    const own = Int32Array.from({ length: n }, (_, i) => {
-      let best = 0;
-      for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
-      return best;
-    });
+    const own = argmaxRows(await this.forward.logits(x, n), this.model.numClasses);
     const d = delta.dataSync() as Float32Array;
     const g = await this.innerGradDelta(x, n, own, d, penalty);
     const next = d.map((v, j) => v + innerLr * g[j]);

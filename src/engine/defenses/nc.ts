@@ -13,7 +13,7 @@ import type { ImageSet } from '../data/dataset';
 import { cloneSet, imageSize } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Adam, SGD } from '../nn/optim';
-import { crossEntropy, makeBatch } from '../nn/train';
+import { argmaxRows, crossEntropy, makeBatch } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { JobError } from '../errors';
 import { Pacer, trainEpochs } from './common';
@@ -114,12 +114,7 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
         const stamped = tf.tidy(() => stamp(x).dataSync() as Float32Array);
         const r = await graph.run(stamped, p.batchSize, { labels: new Int32Array(p.batchSize).fill(label) });
         if (!Number.isFinite(r.loss!)) throw new JobError('trigger reversal diverged (loss is not finite)');
-        const k = model.numClasses;
-        for (let i = 0; i < p.batchSize; i++) {
-          let best = 0;
-          for (let j = 1; j < k; j++) if (r.logits![i * k + j] > r.logits![i * k + best]) best = j;
-          if (best === label) hits++;
-        }
+        for (const predicted of argmaxRows(r.logits!, model.numClasses)) if (predicted === label) hits++;
         tf.tidy(() => {
           // d CE / d mask and pattern = the pixel gradient through the stamping (a surrogate with that gradient).
           const dStamped = tf.tensor4d(r.dx!, x.shape);

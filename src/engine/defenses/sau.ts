@@ -17,7 +17,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
-import { crossEntropy } from '../nn/train';
+import { argmaxRows, crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
@@ -191,16 +191,6 @@ class SauGraphs {
   async close(): Promise<void> {
     await Promise.all([this.f, this.fPixels, this.fWeights, this.f0, this.f0Pixels].map((g) => g.close()));
   }
-}
-
-function argmaxRows(logits: Float32Array, k: number): Int32Array {
-  const out = new Int32Array(logits.length / k);
-  for (let i = 0; i < out.length; i++) {
-    let best = 0;
-    for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
-    out[i] = best;
-  }
-  return out;
 }
 
 /** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), clipped to [0, 1]. */

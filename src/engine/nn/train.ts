@@ -251,10 +251,13 @@ export function predictLogits(model: Model, set: ImageSet, batchSize = 256, sign
 
 /** Top-1 labels of a whole set. */
 export function predictLabels(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Int32Array {
-  const k = model.numClasses;
-  const logits = predictLogits(model, set, batchSize, signal);
-  const pred = new Int32Array(set.n);
-  for (let i = 0; i < set.n; i++) {
+  return argmaxRows(predictLogits(model, set, batchSize, signal), model.numClasses);
+}
+
+/** The index of each row's largest value in flat [n, k] logits (the first on ties). */
+export function argmaxRows(logits: Float32Array, k: number): Int32Array {
+  const pred = new Int32Array(logits.length / k);
+  for (let i = 0; i < pred.length; i++) {
     let best = 0;
     for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
     pred[i] = best;
