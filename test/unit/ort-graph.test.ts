@@ -226,4 +226,47 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       model.dispose();
     }
   });
+
+  it('split graphs: the forward part then the backward part give what the whole seeded graph gives', async () => {
+    const preact: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const cnn: ArchSpec = { arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 };
+    const forms: Array<[string, ArchSpec, Parameters<typeof OrtModelGraph.create>[1]]> = [
+      ['pixels and weights, frozen BatchNorm (SAU)', preact, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: true }],
+      ['max pools (their indices cross over)', cnn, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false }],
+      ['taps, batch statistics (NAD)', preact, { bnTrain: true, loss: 'seed', paramGrads: true, taps: ['layer3', 'layer4'] }],
+      ['input statistics (GIC)', preact, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats: true }],
+    ];
+    for (const [name, spec, options] of forms) {
+      const model = buildModel(spec, norm3, 5);
+      const [h, w, c] = spec.inputShape;
+      const n = 4;
+      const xs = Float32Array.from({ length: n * h * w * c }, (_, i) => ((i * 7919) % 1000) / 1000);
+      const whole = await OrtModelGraph.create(model, options);
+      const split = await OrtModelGraph.create(model, { ...options, split: true });
+      assert.ok(whole && split, `${name}: ONNX Runtime loads and covers the model`);
+      try {
+        const pending = await split.forward(xs, n);
+        const dlogits = Float32Array.from(pending.logits!, (v, i) => Math.sin(v + i));
+        const dtaps = new Map([...(pending.taps ?? new Map<string, { data: Float32Array }>())].map(([t, f]) => [t, f.data.map((v) => 0.1 * v)]));
+        const dInputStats = new Map([...(pending.inputStats ?? new Map<string, { mean: Float32Array; variance: Float32Array }>())].map(([p, s]) => [p, { mean: s.mean.map(() => 0.3), variance: s.variance.map(() => -0.2) }]));
+        const seeds = { dlogits, dtaps, dInputStats };
+        const ref = await whole.run(xs, n, seeds);
+        const got = await split.backward(pending, seeds);
+        assert.ok(relError(pending.logits!, ref.logits!) < 1e-5, `${name}: logits`);
+        if (options.inputGrad) assert.ok(relError(got.dx!, ref.dx!) < 1e-4, `${name}: pixel gradient differs by ${relError(got.dx!, ref.dx!)}`);
+        else assert.equal(got.dx, undefined);
+        if (options.paramGrads) {
+          assert.deepEqual([...got.grads!.keys()], [...ref.grads!.keys()]);
+          for (const [key, g] of ref.grads!) assert.ok(relError(got.grads!.get(key)!, g) < 1e-4, `${name}: ${key}`);
+        }
+        for (const [t, f] of ref.taps ?? []) assert.ok(relError(pending.taps!.get(t)!.data, f.data) < 1e-5, `${name}: tap ${t}`);
+        for (const [p, s] of ref.stats ?? []) assert.ok(relError(pending.stats!.get(p)!.variance, s.variance) < 1e-5, `${name}: batch statistics of ${p}`);
+        for (const [p, s] of ref.inputStats ?? []) assert.ok(relError(pending.inputStats!.get(p)!.mean, s.mean) < 1e-5, `${name}: input mean of ${p}`);
+        await assert.rejects(() => split.run(xs, n, seeds), /forward\(\) then backward\(\)/, 'a split graph is not run whole');
+      } finally {
+        await Promise.all([whole?.close(), split?.close()]);
+        model.dispose();
+      }
+    }
+  });
 });

@@ -161,7 +161,9 @@ function sharedAdversarial(f: Model, f0: Model, x: tf.Tensor4D, y: tf.Tensor1D, 
 
 /**
  * The ONNX Runtime graphs of SAU: forward passes and pixel gradients of f and f0 (both with frozen BatchNorm
- * statistics, as every pass of SAU), and f's weight gradients for the unlearning step.
+ * statistics, as every pass of SAU), and f's weight gradients for the unlearning step. The gradient graphs are
+ * split: their forward parts give the logits each loss is computed from, and their backward parts carry that
+ * loss's gradient back through the same pass, so no image goes forward twice.
  */
 class SauGraphs {
   private constructor(
@@ -175,10 +177,10 @@ class SauGraphs {
   static async create(f: Model, f0: Model): Promise<SauGraphs | undefined> {
     const made = await Promise.all([
       OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false }),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true }),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true, split: true }),
       OrtModelGraph.create(f0, { bnTrain: false, loss: 'none' }),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false }),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
@@ -220,22 +222,36 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   const cleanF0 = argmaxRows(await g.f0.logits(x, n), k);
   let xAdv = projectLinfArray(x, x.map((v) => v + p.eps), p.eps);
   for (let i = 0; i < p.steps; i++) {
-    const lf = await g.f.logits(xAdv, n);
-    const l0 = await g.f0.logits(xAdv, n);
+    // The PGD step's gradients need the logits at x' first: forward passes now, the same passes' backward
+    // parts once the seeds are known (split graphs: each pass runs once).
+    const atF = await g.fPixels.forward(xAdv, n);
+    const at0 = await g.f0Pixels.forward(xAdv, n).catch((e) => {
+      g.fPixels.discard(atF);
+      throw e;
+    });
+    const lf = atF.logits!;
+    const l0 = at0.logits!;
     const predF = argmaxRows(lf, k);
     const pred0 = argmaxRows(l0, k);
     const notF = Float32Array.from(predF, (v, j) => (v !== cleanF[j] ? 0 : 1));
     const not0 = Float32Array.from(pred0, (v, j) => (v !== cleanF0[j] ? 0 : 1));
     const notShared = Float32Array.from(predF, (v, j) => (v !== cleanF[j] && pred0[j] !== cleanF0[j] && v === pred0[j] ? 0 : 1));
-    const { grads } = logitGradients(
-      [
-        { data: lf, n, k },
-        { data: l0, n, k },
-      ],
-      ([a, b]) => sharedObjective(a, b, tf.tensor1d(labels, 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p),
-    );
-    const gF = (await g.fPixels.run(xAdv, n, { dlogits: grads[0] })).dx!;
-    const g0 = (await g.f0Pixels.run(xAdv, n, { dlogits: grads[1] })).dx!;
+    let grads: Float32Array[];
+    try {
+      ({ grads } = logitGradients(
+        [
+          { data: lf, n, k },
+          { data: l0, n, k },
+        ],
+        ([a, b]) => sharedObjective(a, b, tf.tensor1d(labels, 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p),
+      ));
+    } catch (e) {
+      g.fPixels.discard(atF);
+      g.f0Pixels.discard(at0);
+      throw e;
+    }
+    const gF = (await g.fPixels.backward(atF, { dlogits: grads[0] })).dx!;
+    const g0 = (await g.f0Pixels.backward(at0, { dlogits: grads[1] })).dx!;
     const stepped = new Float32Array(xAdv.length);
     for (let j = 0; j < stepped.length; j++) stepped[j] = xAdv[j] - Math.sign(gF[j] + g0[j]) * p.stepSize;
     xAdv = projectLinfArray(x, stepped, p.eps);
@@ -246,11 +262,18 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   const both = new Float32Array(2 * x.length);
   both.set(x, 0);
   both.set(xAdv, x.length);
-  const logits = await g.f.logits(both, 2 * n);
-  const { value, grads } = logitGradients([{ data: logits, n: 2 * n, k }], ([l]) =>
-    unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
-  );
-  const run = await g.fWeights.run(both, 2 * n, { dlogits: grads[0] });
+  const pass = await g.fWeights.forward(both, 2 * n);
+  let value: number;
+  let grads: Float32Array[];
+  try {
+    ({ value, grads } = logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
+      unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
+    ));
+  } catch (e) {
+    g.fWeights.discard(pass);
+    throw e;
+  }
+  const run = await g.fWeights.backward(pass, { dlogits: grads[0] });
   applyGradients(model, opt, run.grads!);
   return { loss: value, shared: poison.reduce((a, b) => a + b, 0) };
 }

@@ -74,6 +74,13 @@ export interface GradGraphOptions {
    * (NCHW). Only the `none` and `seed` forms.
    */
   mapOutput?: boolean;
+  /**
+   * A `seed` graph in two sessions: the forward part (`bytes`: inputs x, the weights and scales; outputs logits,
+   * taps, input statistics and the tensors the backward rules read) and the backward part (`backward.bytes`:
+   * those saved tensors and the seeds in, the gradients out). A caller that needs the logits to compute its seed
+   * then runs the forward pass once instead of twice (once in a forward graph, again inside the VJP).
+   */
+  split?: boolean;
 }
 
 /** What the builder needs of a network: a Model, or a bare module with its input shape (GIC's h). */
@@ -104,6 +111,8 @@ export interface GradGraph {
   inputStats: Array<{ path: string; channels: number }>;
   /** The shape of `logits` (-1 for the batch): [-1, classes], or the feature map's NCHW shape with `mapOutput`. */
   outputShape: number[];
+  /** With `split`: the backward part, and the names of the forward part's outputs it takes as inputs. */
+  backward?: { bytes: Uint8Array; saved: string[] };
 }
 
 const T = onnx.TensorProto.DataType;
@@ -143,6 +152,7 @@ class GradBuilder {
   private readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
 
   private readonly mapOutput: boolean;
+  private readonly split: boolean;
 
   constructor(
     private readonly model: GraphNet,
@@ -157,6 +167,8 @@ class GradBuilder {
     this.scaled = o.bnScales ?? false;
     this.tapPaths = new Set(o.taps ?? []);
     this.withInputStats = (o.inputStats ?? false) && !o.bnTrain;
+    this.split = o.split ?? false;
+    if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
   }
 
   private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -650,9 +662,12 @@ class GradBuilder {
       input: [...inputs, ...this.paramInputs.map((p) => valueInfo(p.key, p.shape))],
       output: [...outputs, ...this.gradOutputs.map((g) => valueInfo(g.name, g.shape)), ...this.statOutputs.map((s) => valueInfo(s.name, s.shape))],
     });
-    const proto = onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph });
+    const encode = (g: onnx.IGraphProto) =>
+      onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph: g })).finish();
+    const parts = this.split ? splitForwardBackward(graph) : undefined;
     return {
-      bytes: onnx.ModelProto.encode(proto).finish(),
+      bytes: encode(parts ? parts.forward : graph),
+      backward: parts && { bytes: encode(parts.backward), saved: parts.saved },
       paramInputs: this.paramInputs,
       gradKeys: this.gradOutputs.map((g) => g.key),
       bnPaths: this.bnPaths,
@@ -663,6 +678,77 @@ class GradBuilder {
       outputShape: outShape,
     };
   }
+}
+
+/** The element type of a node's output, for declaring it as a graph output (the builder tracks shapes only). */
+function outputElemType(node: onnx.INodeProto, index: number): number {
+  switch (node.opType) {
+    case 'MaxPool':
+      return index === 1 ? T.INT64 : T.FLOAT;
+    case 'Shape':
+    case 'Size':
+      return T.INT64;
+    case 'Greater':
+    case 'Less':
+    case 'Equal':
+      return T.BOOL;
+    case 'Cast':
+      return Number(node.attribute?.find((a) => a.name === 'to')?.i ?? T.FLOAT);
+    default:
+      return T.FLOAT;
+  }
+}
+
+/**
+ * Cut a `seed` graph in two: the forward part is every node the forward outputs (logits, taps, statistics)
+ * depend on; the backward part is every other node. What a backward node reads from a forward node becomes an
+ * output of the first part and an input of the second (`saved`); graph inputs and initializers go to whichever
+ * part reads them. Nodes are already in topological order, so each part keeps it.
+ */
+function splitForwardBackward(graph: onnx.GraphProto): { forward: onnx.IGraphProto; backward: onnx.IGraphProto; saved: string[] } {
+  const nodes = graph.node;
+  const producer = new Map<string, { node: number; index: number }>();
+  nodes.forEach((nd, i) => (nd.output ?? []).forEach((o, j) => producer.set(o, { node: i, index: j })));
+  const isForwardOutput = (name: string) => !name.startsWith('grad/');
+  const inForward = new Set<number>();
+  const stack = graph.output.filter((o) => isForwardOutput(o.name!)).map((o) => o.name!);
+  while (stack.length) {
+    const p = producer.get(stack.pop()!);
+    if (!p || inForward.has(p.node)) continue;
+    inForward.add(p.node);
+    for (const i of nodes[p.node].input ?? []) if (i) stack.push(i);
+  }
+  const forwardNodes = nodes.filter((_, i) => inForward.has(i));
+  const backwardNodes = nodes.filter((_, i) => !inForward.has(i));
+  const readBy = (part: onnx.INodeProto[]) => new Set(part.flatMap((nd) => (nd.input ?? []).filter((i) => i)));
+  const forwardReads = readBy(forwardNodes);
+  const backwardReads = readBy(backwardNodes);
+  const saved = [...backwardReads].filter((name) => {
+    const p = producer.get(name);
+    return p !== undefined && inForward.has(p.node);
+  });
+  const untyped = (name: string, elemType: number) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType } } });
+  const savedInfo = saved.map((name) => {
+    const p = producer.get(name)!;
+    return untyped(name, outputElemType(nodes[p.node], p.index));
+  });
+  return {
+    forward: {
+      name: `${graph.name}-forward`,
+      node: forwardNodes,
+      initializer: graph.initializer.filter((t) => forwardReads.has(t.name!)),
+      input: graph.input.filter((v) => forwardReads.has(v.name!)),
+      output: [...graph.output.filter((o) => isForwardOutput(o.name!)), ...savedInfo],
+    },
+    backward: {
+      name: `${graph.name}-backward`,
+      node: backwardNodes,
+      initializer: graph.initializer.filter((t) => backwardReads.has(t.name!)),
+      input: [...graph.input.filter((v) => backwardReads.has(v.name!)), ...savedInfo],
+      output: graph.output.filter((o) => !isForwardOutput(o.name!)),
+    },
+    saved,
+  };
 }
 
 /**

@@ -49,6 +49,14 @@ export interface GraphRun {
   grads?: Map<string, Float32Array>;
 }
 
+/** A split graph's forward run, waiting for its seeds: what the backward part reads, and the run's outputs. */
+export interface PendingBackward extends GraphRun {
+  /** @internal the forward run's feeds (images, weights, scales) and outputs, as ONNX Runtime tensors. */
+  readonly feeds: Record<string, OrtTensor>;
+  readonly outputs: Record<string, OrtTensor>;
+  readonly n: number;
+}
+
 export class OrtModelGraph {
   private closed = false;
 
@@ -58,6 +66,8 @@ export class OrtModelGraph {
     private readonly session: OrtSession,
     private readonly graph: GradGraph,
     private readonly options: GradGraphOptions,
+    /** The backward part of a `split` graph. */
+    private readonly backwardSession?: OrtSession,
   ) {}
 
   /** Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it. */
@@ -71,11 +81,15 @@ export class OrtModelGraph {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
     }
+    const made: OrtSession[] = [];
     try {
-      const session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
-      return new OrtModelGraph(model, ort, session, graph, options);
+      const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' } as const;
+      made.push(await ort.InferenceSession.create(graph.bytes, sessionOptions));
+      if (graph.backward) made.push(await ort.InferenceSession.create(graph.backward.bytes, sessionOptions));
+      return new OrtModelGraph(model, ort, made[0], graph, options, made[1]);
     } catch (e) {
       if (process.env.DEBUG_ORT) console.error(e);
+      await Promise.all(made.map((m) => m.release()));
       return undefined;
     }
   }
@@ -87,6 +101,7 @@ export class OrtModelGraph {
 
   /** The forward pass's logits of `n` images `x` (flat NHWC pixels in [0,1]). */
   async logits(x: Float32Array, n: number): Promise<Float32Array> {
+    if (this.backwardSession) throw new Error('a split graph runs as forward() then backward()');
     return (await this.run(x, n)).logits!;
   }
 
@@ -95,37 +110,68 @@ export class OrtModelGraph {
    * loss's gradient with respect to the logits (`seed`), the labels (`ce`), the BatchNorm scales (`bnScales`).
    */
   async run(x: Float32Array, n: number, f: GraphFeeds = {}): Promise<GraphRun> {
+    if (this.backwardSession) throw new Error('a split graph runs as forward() then backward()');
+    const feeds = this.inputFeeds(x, n, f);
+    if ((this.options.loss ?? 'ce') === 'seed') Object.assign(feeds, this.seedFeeds(n, f));
+    try {
+      return this.read(await this.session.run(feeds));
+    } finally {
+      for (const t of Object.values(feeds)) t.dispose();
+    }
+  }
+
+  /**
+   * A `split` graph's forward pass: its outputs now (logits, taps, input statistics), and what `backward` needs
+   * to carry the seeds computed from them back through the same pass. Every pending run must reach `backward`
+   * or `discard`.
+   */
+  async forward(x: Float32Array, n: number, f: Pick<GraphFeeds, 'scales'> = {}): Promise<PendingBackward> {
+    if (!this.backwardSession) throw new Error('forward() and backward() need a graph made with split');
+    const feeds = this.inputFeeds(x, n, f);
+    try {
+      const outputs = await this.session.run(feeds);
+      return { ...this.read(outputs), feeds, outputs, n };
+    } catch (e) {
+      for (const t of Object.values(feeds)) t.dispose();
+      throw e;
+    }
+  }
+
+  /** The gradients of a pending forward pass for the seeds `f` (dlogits, dtaps, dInputStats); releases it. */
+  async backward(pending: PendingBackward, f: GraphFeeds): Promise<GraphRun> {
+    if (!this.backwardSession) throw new Error('forward() and backward() need a graph made with split');
+    const seeds = this.seedFeeds(pending.n, f);
+    try {
+      const feeds: Record<string, OrtTensor> = {};
+      for (const name of this.backwardSession.inputNames) {
+        const t = seeds[name] ?? pending.feeds[name] ?? pending.outputs[name];
+        if (!t) throw new Error(`the backward graph needs ${name}`);
+        feeds[name] = t;
+      }
+      return this.read(await this.backwardSession.run(feeds));
+    } finally {
+      for (const t of Object.values(seeds)) t.dispose();
+      this.discard(pending);
+    }
+  }
+
+  /** Release a pending forward pass without running its backward part. */
+  discard(pending: PendingBackward): void {
+    for (const t of [...Object.values(pending.feeds), ...Object.values(pending.outputs)]) t.dispose();
+  }
+
+  /** The images, labels, scales and weights a run is fed (the seeds apart). */
+  private inputFeeds(x: Float32Array, n: number, f: GraphFeeds): Record<string, OrtTensor> {
     if (this.closed) throw new Error('ONNX Runtime graph is closed');
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
     const feeds: Record<string, OrtTensor> = { x: new this.ort.Tensor('float32', x, [n, h, w, c]) };
-    const loss = this.options.loss ?? 'ce';
-    if (loss === 'seed') {
-      const dims = [n, ...this.graph.outputShape.slice(1)];
-      const size = dims.reduce((a, b) => a * b, 1);
-      if (!f.dlogits || f.dlogits.length !== size) throw new Error(`dlogits must hold ${dims.join(' x ')} values`);
-      feeds.dlogits = new this.ort.Tensor('float32', f.dlogits, dims);
-    }
-    if (loss === 'ce') {
+    if ((this.options.loss ?? 'ce') === 'ce') {
       if (!f.labels || f.labels.length !== n) throw new Error(`labels must hold ${n} values`);
       const target = new Float32Array(n * k);
       for (let i = 0; i < n; i++) target[i * k + f.labels[i]] = 1;
       feeds.target = new this.ort.Tensor('float32', target, [n, k]);
       feeds.inv_batch = new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]);
-    }
-    for (const { path, shape } of this.graph.taps) {
-      if (loss !== 'seed') break;
-      const dims = [n, ...shape.slice(1)];
-      const size = dims.reduce((a, b) => a * b, 1);
-      const d = f.dtaps?.get(path) ?? new Float32Array(size);
-      if (d.length !== size) throw new Error(`dtaps of ${path} must hold ${size} values`);
-      feeds[`dtap/${path}`] = new this.ort.Tensor('float32', d, dims);
-    }
-    for (const { path, channels } of this.graph.inputStats) {
-      if (loss !== 'seed') break;
-      const d = f.dInputStats?.get(path);
-      feeds[`dimean/${path}`] = new this.ort.Tensor('float32', d?.mean ?? new Float32Array(channels), [channels]);
-      feeds[`divar/${path}`] = new this.ort.Tensor('float32', d?.variance ?? new Float32Array(channels), [channels]);
     }
     for (const { path, channels } of this.graph.bnScales) {
       const s = f.scales?.get(path);
@@ -135,36 +181,58 @@ export class OrtModelGraph {
     }
     const params = new Map(this.model.root.namedParams());
     for (const { key, shape } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, shape);
-    try {
-      const out = await this.session.run(feeds);
-      const result: GraphRun = {};
-      if (out.logits) result.logits = out.logits.data as Float32Array;
-      if (out.loss) result.loss = (out.loss.data as Float32Array)[0];
-      if (this.graph.taps.length) {
-        result.taps = new Map();
-        for (const { path } of this.graph.taps) result.taps.set(path, { data: out[`tap/${path}`].data as Float32Array, shape: [...out[`tap/${path}`].dims] });
-      }
-      if (this.graph.inputStats.length) {
-        result.inputStats = new Map();
-        for (const { path } of this.graph.inputStats) result.inputStats.set(path, { mean: out[`imean/${path}`].data as Float32Array, variance: out[`ivar/${path}`].data as Float32Array });
-      }
-      if (this.graph.bnPaths.length) {
-        result.stats = new Map();
-        for (const p of this.graph.bnPaths) result.stats.set(p, { mean: out[`mean/${p}`].data as Float32Array, variance: out[`var/${p}`].data as Float32Array });
-      }
-      if (this.graph.bnScales.length && loss !== 'none') {
-        result.scaleGrads = new Map();
-        for (const { path } of this.graph.bnScales) result.scaleGrads.set(path, { g: out[`grad/gscale/${path}`].data as Float32Array, b: out[`grad/bscale/${path}`].data as Float32Array });
-      }
-      if (out['grad/x']) result.dx = out['grad/x'].data as Float32Array;
-      if (this.graph.gradKeys.length) {
-        result.grads = new Map();
-        for (const key of this.graph.gradKeys) result.grads.set(key, out[`grad/${key}`].data as Float32Array);
-      }
-      return result;
-    } finally {
-      for (const t of Object.values(feeds)) t.dispose();
+    return feeds;
+  }
+
+  /** The seeds of a `seed` graph: d loss / d logits, and (zeros where not given) d loss / d taps and input statistics. */
+  private seedFeeds(n: number, f: GraphFeeds): Record<string, OrtTensor> {
+    const feeds: Record<string, OrtTensor> = {};
+    const dims = [n, ...this.graph.outputShape.slice(1)];
+    const size = dims.reduce((a, b) => a * b, 1);
+    if (!f.dlogits || f.dlogits.length !== size) throw new Error(`dlogits must hold ${dims.join(' x ')} values`);
+    feeds.dlogits = new this.ort.Tensor('float32', f.dlogits, dims);
+    for (const { path, shape } of this.graph.taps) {
+      const tapDims = [n, ...shape.slice(1)];
+      const tapSize = tapDims.reduce((a, b) => a * b, 1);
+      const d = f.dtaps?.get(path) ?? new Float32Array(tapSize);
+      if (d.length !== tapSize) throw new Error(`dtaps of ${path} must hold ${tapSize} values`);
+      feeds[`dtap/${path}`] = new this.ort.Tensor('float32', d, tapDims);
     }
+    for (const { path, channels } of this.graph.inputStats) {
+      const d = f.dInputStats?.get(path);
+      feeds[`dimean/${path}`] = new this.ort.Tensor('float32', d?.mean ?? new Float32Array(channels), [channels]);
+      feeds[`divar/${path}`] = new this.ort.Tensor('float32', d?.variance ?? new Float32Array(channels), [channels]);
+    }
+    return feeds;
+  }
+
+  /** A run's outputs as GraphRun (whichever of them this graph, or this part of it, has). */
+  private read(out: Record<string, OrtTensor>): GraphRun {
+    const result: GraphRun = {};
+    if (out.logits) result.logits = out.logits.data as Float32Array;
+    if (out.loss) result.loss = (out.loss.data as Float32Array)[0];
+    if (this.graph.taps.length && out[`tap/${this.graph.taps[0].path}`]) {
+      result.taps = new Map();
+      for (const { path } of this.graph.taps) result.taps.set(path, { data: out[`tap/${path}`].data as Float32Array, shape: [...out[`tap/${path}`].dims] });
+    }
+    if (this.graph.inputStats.length && out[`imean/${this.graph.inputStats[0].path}`]) {
+      result.inputStats = new Map();
+      for (const { path } of this.graph.inputStats) result.inputStats.set(path, { mean: out[`imean/${path}`].data as Float32Array, variance: out[`ivar/${path}`].data as Float32Array });
+    }
+    if (this.graph.bnPaths.length && out[`mean/${this.graph.bnPaths[0]}`]) {
+      result.stats = new Map();
+      for (const p of this.graph.bnPaths) result.stats.set(p, { mean: out[`mean/${p}`].data as Float32Array, variance: out[`var/${p}`].data as Float32Array });
+    }
+    if (this.graph.bnScales.length && out[`grad/gscale/${this.graph.bnScales[0].path}`]) {
+      result.scaleGrads = new Map();
+      for (const { path } of this.graph.bnScales) result.scaleGrads.set(path, { g: out[`grad/gscale/${path}`].data as Float32Array, b: out[`grad/bscale/${path}`].data as Float32Array });
+    }
+    if (out['grad/x']) result.dx = out['grad/x'].data as Float32Array;
+    if (this.graph.gradKeys.length && out[`grad/${this.graph.gradKeys[0]}`]) {
+      result.grads = new Map();
+      for (const key of this.graph.gradKeys) result.grads.set(key, out[`grad/${key}`].data as Float32Array);
+    }
+    return result;
   }
 
   /** Fold a training-mode run's batch statistics of `n` images into the model's BatchNorm running statistics. */
@@ -176,5 +244,6 @@ export class OrtModelGraph {
     if (this.closed) return;
     this.closed = true;
     await this.session.release();
+    await this.backwardSession?.release();
   }
 }
