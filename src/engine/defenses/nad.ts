@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
-import { OrtModelGraph } from '../nn/ort_graph';
+import { OrtModelGraph, type GraphRun } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
 import type { ForwardContext } from '../nn/module';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
@@ -111,40 +111,63 @@ function studentLoss(logits: tf.Tensor2D, y: tf.Tensor1D, studentTaps: tf.Tensor
   return loss as tf.Scalar;
 }
 
-/** The ONNX Runtime graphs of NAD's student phase: the teacher's taps, the student's forward and its gradients. */
+/**
+ * The ONNX Runtime graphs of NAD's student phase: the teacher's taps, and the student's pass split in two (its
+ * forward part gives the logits and taps the loss is computed from, its backward part the gradients).
+ */
 class StudentGraphs {
   private constructor(
     readonly teacher: OrtModelGraph,
-    readonly forward: OrtModelGraph,
     readonly gradients: OrtModelGraph,
   ) {}
 
   static async create(teacher: Model, student: Model, taps: string[]): Promise<StudentGraphs | undefined> {
     const made = await Promise.all([
       OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps }),
-      OrtModelGraph.create(student, { bnTrain: true, loss: 'none', taps }),
-      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps }),
+      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps, split: true }),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
       return undefined;
     }
-    const [a, b, c] = made as OrtModelGraph[];
-    return new StudentGraphs(a, b, c);
+    const [a, b] = made as OrtModelGraph[];
+    return new StudentGraphs(a, b);
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.teacher.close(), this.forward.close(), this.gradients.close()]);
+    await Promise.all([this.teacher.close(), this.gradients.close()]);
   }
 }
 
 /** One student step through ONNX Runtime: the same loss, update and BatchNorm statistics as the backend's. */
 async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, labels: Int32Array, taps: string[], betas: number[]): Promise<number> {
   const n = labels.length;
-  const k = g.forward.model.numClasses;
   const teacherTaps = (await g.teacher.run(x, n)).taps!;
-  const fwd = await g.forward.run(x, n);
-  const { value, dlogits, tapGrads } = tf.tidy(() => {
+  const fwd = await g.gradients.forward(x, n);
+  let seeds: StudentSeeds;
+  try {
+    seeds = studentSeeds(fwd, teacherTaps, labels, taps, betas, g.gradients.model.numClasses);
+  } catch (e) {
+    g.gradients.discard(fwd);
+    throw e;
+  }
+  const run = await g.gradients.backward(fwd, { dlogits: seeds.dlogits, dtaps: new Map(taps.map((t, i) => [t, seeds.tapGrads[i]])) });
+  applyGradients(g.gradients.model, opt, run.grads!);
+  // The batch statistics come out of the forward part.
+  g.gradients.applyBatchStats(fwd.stats!, n);
+  return seeds.value;
+}
+
+interface StudentSeeds {
+  value: number;
+  dlogits: Float32Array;
+  tapGrads: Float32Array[];
+}
+
+/** The student loss and its gradients with respect to the logits and the taps, on the backend (small tensors). */
+function studentSeeds(fwd: GraphRun, teacherTaps: NonNullable<GraphRun['taps']>, labels: Int32Array, taps: string[], betas: number[], k: number): StudentSeeds {
+  const n = labels.length;
+  return tf.tidy(() => {
     const logits = tf.tensor2d(fwd.logits!, [n, k]);
     const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
     const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
@@ -156,8 +179,4 @@ async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, lab
       tapGrads: taps.map((_, i) => grads[i + 1].dataSync() as Float32Array),
     };
   });
-  const run = await g.gradients.run(x, n, { dlogits, dtaps: new Map(taps.map((t, i) => [t, tapGrads[i]])) });
-  applyGradients(g.gradients.model, opt, run.grads!);
-  g.gradients.applyBatchStats(run.stats!, n);
-  return value;
 }

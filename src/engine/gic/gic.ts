@@ -20,7 +20,7 @@ import { crossEntropy, makeBatch, makeBatchArray, trainStep } from '../nn/train'
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { JobError, throwIfAborted } from '../errors';
-import { OrtModelGraph } from '../nn/ort_graph';
+import { OrtModelGraph, type PendingBackward } from '../nn/ort_graph';
 import type { GicEntry } from '../../shared/results';
 
 export type GicNorm = 'inf' | '2';
@@ -248,13 +248,14 @@ export async function calibrate(
 /**
  * The graphs of calibration steps through ONNX Runtime: the victim's (frozen BatchNorm; logits and input
  * statistics out, then the pixel gradient) and g's network h (its output, then its weights' gradients). Only
- * the elementwise bound, the clip and the loss of a few numbers per image stay on the backend.
+ * the elementwise bound, the clip and the loss of a few numbers per image stay on the backend. The gradient
+ * graphs are split into a forward and a backward part, so each pass of a step runs forward once; `forward`
+ * serves the before/after measurement.
  */
 class CalibrationGraphs {
   private constructor(
     readonly forward: OrtModelGraph,
     readonly pixels: OrtModelGraph,
-    readonly hForward: OrtModelGraph,
     readonly hGradients: OrtModelGraph,
   ) {}
 
@@ -262,16 +263,15 @@ class CalibrationGraphs {
     const h = { root: net.h, inputShape: net.shape, numClasses: net.shape[2], spec: { arch: 'gic-h' } };
     const made = await Promise.all([
       OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }),
-      OrtModelGraph.create(victim, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats }),
-      OrtModelGraph.create(h, { bnTrain: false, loss: 'none', mapOutput: true }),
-      OrtModelGraph.create(h, { bnTrain: false, loss: 'seed', paramGrads: true, mapOutput: true }),
+      OrtModelGraph.create(victim, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats, split: true }),
+      OrtModelGraph.create(h, { bnTrain: false, loss: 'seed', paramGrads: true, mapOutput: true, split: true }),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
       return undefined;
     }
-    const [a, b, c, d] = made as OrtModelGraph[];
-    return new CalibrationGraphs(a, b, c, d);
+    const [a, b, c] = made as OrtModelGraph[];
+    return new CalibrationGraphs(a, b, c);
   }
 
   /**
@@ -285,15 +285,19 @@ class CalibrationGraphs {
     const k = victim.numClasses;
     const xs = x.dataSync() as Float32Array;
     const [hh, hw, hc] = net.shape;
-    const hx = await this.hForward.logits(xs, n);
+    // Forward parts of the split graphs still waiting for their backward parts (released on any error).
+    const pending: Array<[OrtModelGraph, PendingBackward]> = [];
+    const hPass = await this.hGradients.forward(xs, n);
+    pending.push([this.hGradients, hPass]);
     // h's output comes as NCHW; the residual is built in NHWC like the images.
     const pre = tf.tidy(() => {
-      const nhwc = tf.transpose(tf.tensor4d(hx, [n, hc, hh, hw]), [0, 2, 3, 1]);
+      const nhwc = tf.transpose(tf.tensor4d(hPass.logits!, [n, hc, hh, hw]), [0, 2, 3, 1]);
       return net.globalTerm ? tf.add(nhwc, net.globalTerm) : nhwc;
     }) as tf.Tensor4D;
     try {
       const gx = tf.tidy(() => tf.clipByValue(tf.add(x, net.bounded(pre)), 0, 1).dataSync() as Float32Array);
-      const fwd = await this.forward.run(gx, n);
+      const fwd = await this.pixels.forward(gx, n);
+      pending.push([this.pixels, fwd]);
       const paths = [...(fwd.inputStats?.keys() ?? [])];
       const { value, grads } = tf.tidy(() => {
         const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
@@ -306,14 +310,16 @@ class CalibrationGraphs {
       });
       if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
       const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
-      const dgx = (await this.pixels.run(gx, n, { dlogits: grads[0], dInputStats })).dx!;
+      pending.pop();
+      const dgx = (await this.pixels.backward(fwd, { dlogits: grads[0], dInputStats })).dx!;
       // d loss / d (h(x) + t), through the clip and the bound.
       const { dh, dt } = tf.tidy(() => {
         const upstream = tf.tensor4d(dgx, x.shape);
         const [dpre] = tf.grads((p: tf.Tensor) => tf.sum(tf.mul(tf.clipByValue(tf.add(x, net.bounded(p as tf.Tensor4D)), 0, 1), upstream)))([pre]);
         return { dh: tf.transpose(dpre, [0, 3, 1, 2]).dataSync() as Float32Array, dt: net.globalTerm ? (tf.sum(dpre, 0).dataSync() as Float32Array) : new Float32Array(0) };
       });
-      const hg = (await this.hGradients.run(xs, n, { dlogits: dh })).grads!;
+      pending.pop();
+      const hg = (await this.hGradients.backward(hPass, { dlogits: dh })).grads!;
       const byVariable = new Map(net.h.namedParams().map(([key, p]) => [p.variable, hg.get(key)]));
       const gradTensors = vars.map((v) => (v === net.globalTerm ? tf.tensor(dt, v.shape) : tf.tensor(byVariable.get(v)!, v.shape)));
       try {
@@ -323,6 +329,7 @@ class CalibrationGraphs {
       }
     } finally {
       pre.dispose();
+      for (const [graph, pass] of pending) graph.discard(pass);
     }
   }
 
@@ -351,7 +358,7 @@ class CalibrationGraphs {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.forward.close(), this.pixels.close(), this.hForward.close(), this.hGradients.close()]);
+    await Promise.all([this.forward.close(), this.pixels.close(), this.hGradients.close()]);
   }
 }
 
