@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Augment } from '../nn/train';
+import { renormalize } from '../models/renormalize';
 import { Rng } from '../util/rng';
 import { CancelledError, JobError, oneLine } from '../errors';
 import { cellError, describeNonFinite, findNonFinite } from './checks';
@@ -319,19 +320,25 @@ export async function runCell(
     return { row };
   }
   let model: Model | undefined;
+  let renormalized: { model: Model; layers: number } | undefined;
   let detection: CellOutcome['detection'];
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
     row.params = params;
     // The profile's own departures from BackdoorBench, then whatever the job overrode.
     const overrides = Object.entries(cell.defense.params ?? {}).map(([k, v]) => `${k} ${v}`);
-    const departures = [defense.departures?.(cell.defense.profile), overrides.length ? `set by the job: ${overrides.join(', ')}` : undefined].filter(Boolean).join('; ');
+    // A graph whose BatchNorm was folded into its convolutions gets it back for the defense (renormalize.ts).
+    renormalized = renormalize(job.victim, auxSet);
+    const renormNote = renormalized
+      ? `BatchNorm put back after ${renormalized.layers} convolutions (folded into them in this graph): the identity in eval mode, statistics of the aux set`
+      : undefined;
+    const departures = [defense.departures?.(cell.defense.profile), renormNote, overrides.length ? `set by the job: ${overrides.join(', ')}` : undefined].filter(Boolean).join('; ');
     if (departures) row.departures = departures;
     // Each pair of cells has its own stream (so a sharded or pooled run reproduces the sequential one), shared
     // by its GIC-off and GIC-on cell (so the two differ only in their data).
     const rng = new Rng(cell.seed).fork(cell.stream);
     const training = newTrainingRecord();
-    const out = await defense.run({ victim: job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0 && ortTrainWanted(), training });
+    const out = await defense.run({ victim: renormalized?.model ?? job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0 && ortTrainWanted(), training });
     row.training = rowTraining(training, defense);
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
@@ -340,7 +347,7 @@ export async function runCell(
     const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, ortThreads);
     const m = reported(measured, job.triggered);
     Object.assign(row, m, { der: der(baseline, m) });
-    if (out.details) row.details = { profile: cell.defense.profile, ...out.details };
+    if (out.details || renormalized) row.details = { profile: cell.defense.profile, ...(renormalized ? { batchNormRestored: renormalized.layers } : {}), ...out.details };
     // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
     // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
     try {
@@ -356,6 +363,7 @@ export async function runCell(
     row.error = cellError(e);
   } finally {
     model?.dispose();
+    if (renormalized && renormalized.model !== model) renormalized.model.dispose();
     row.seconds = (Date.now() - t0) / 1000;
   }
   return { row, detection };

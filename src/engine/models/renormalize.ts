@@ -1,0 +1,91 @@
+/**
+ * BatchNorm put back into a graph whose BatchNorm layers were folded into its convolutions.
+ *
+ * A network exported to ONNX in eval mode has each BatchNorm folded into the convolution before it. Its
+ * predictions are unchanged, but the defenses are not: ANP, RNP and CLP work on BatchNorm channels and refuse
+ * such a graph, and the defenses that train every weight (NAD, FT-SAM, FST, NC's unlearning...) train a
+ * network without normalization, where the scale of each layer's weights matters again. Measured on the zoo's
+ * plain CNN exported that way (`cnn-badnets`, victim ACC 0.807): NAD left ACC 0.277 and FT-SAM 0.152.
+ *
+ * Here a BatchNorm is inserted after every convolution that feeds a ReLU, with its running statistics measured
+ * on the auxiliary images and gamma = sqrt(var + eps), beta = mean, so that in eval mode it is the identity:
+ * the renormalized model gives the victim's logits (to float rounding), and in training mode it normalizes
+ * as the original network's BatchNorm did. The inserted layers are saved with the purified model (ONNX writes
+ * them as BatchNormalization nodes in front of their ReLU).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/dataset';
+import { BatchNorm2d, Conv2d, ReLU } from '../nn/layers';
+import type { Model } from '../nn/model';
+import type { Module } from '../nn/module';
+import { makeBatch } from '../nn/train';
+import { OnnxGraph } from './onnx_graph';
+
+/** Where BatchNorm layers can go back: the ReLUs fed directly by a convolution, with its output channels. */
+export function foldedBatchNormSites(model: Model): Array<{ path: string; channels: number }> {
+  if (model.batchNorms().length > 0 || !(model.root instanceof OnnxGraph)) return [];
+  const producers = new Map<string, { module: Module; channels: number }>();
+  const sites: Array<{ path: string; channels: number }> = [];
+  for (const s of model.root.steps) {
+    const input = producers.get(s.dyn[0]);
+    if (s.module instanceof ReLU && input && isConvolution(input.module)) sites.push({ path: s.module.path, channels: input.channels });
+    producers.set(s.node.outputs[0], { module: s.module, channels: s.outDims[1] });
+  }
+  return sites;
+}
+
+function isConvolution(m: Module): boolean {
+  return m instanceof Conv2d || m.kind === 'Conv';
+}
+
+/**
+ * A copy of `victim` with BatchNorm in front of each ReLU of foldedBatchNormSites, the identity in eval mode
+ * with the statistics of `aux`; undefined when the victim has BatchNorm layers or no such site.
+ */
+export function renormalize(victim: Model, aux: ImageSet, batchSize = 256): { model: Model; layers: number } | undefined {
+  const sites = foldedBatchNormSites(victim);
+  if (!sites.length) return undefined;
+  const model = victim.clone();
+  try {
+    for (const { path, channels } of sites) model.insertBefore(path, () => new BatchNorm2d(channels));
+    // The inserted layers start as mean 0, variance 1 (the identity up to eps), so each one's input statistics
+    // are the convolution's outputs as the victim computes them.
+    const sums = new Map<BatchNorm2d, { mean: Float64Array; second: Float64Array }>();
+    const bns = model.batchNorms();
+    for (const bn of bns) sums.set(bn, { mean: new Float64Array(bn.numFeatures), second: new Float64Array(bn.numFeatures) });
+    for (let s = 0; s < aux.n; s += batchSize) {
+      const idx = Array.from({ length: Math.min(batchSize, aux.n - s) }, (_, i) => s + i);
+      const weight = idx.length / aux.n;
+      tf.tidy(() => {
+        const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+        model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
+        for (const bn of bns) {
+          const st = stats.get(bn.path)!;
+          const mean = st.mean.dataSync();
+          const variance = st.variance.dataSync();
+          const acc = sums.get(bn)!;
+          // Pooled over batches: E[x] and E[x^2] weighted by batch size.
+          for (let c = 0; c < bn.numFeatures; c++) {
+            acc.mean[c] += weight * mean[c];
+            acc.second[c] += weight * (variance[c] + mean[c] * mean[c]);
+          }
+        }
+      });
+    }
+    tf.tidy(() => {
+      for (const bn of bns) {
+        const acc = sums.get(bn)!;
+        const mean = Float32Array.from(acc.mean);
+        const variance = Float32Array.from(acc.second, (m2, c) => Math.max(m2 - acc.mean[c] * acc.mean[c], 0));
+        bn.runningMean.assign(tf.tensor1d(mean));
+        bn.runningVar.assign(tf.tensor1d(variance));
+        bn.weight.assign(tf.tensor1d(variance.map((v) => Math.sqrt(v + bn.eps))));
+        bn.bias.assign(tf.tensor1d(mean));
+      }
+    });
+    return { model, layers: sites.length };
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+}
