@@ -5,7 +5,10 @@ target (made by PyTorch's attack code in train_victims.py), and the victim's met
 computes them.
 
     /usr/bin/python3 scripts/zoo/train_victims.py --only preact8-badnets
-    /usr/bin/python3 scripts/zoo/make_test_fixture.py
+    /usr/bin/python3 scripts/zoo/make_test_fixture.py [preact8-badnets | cnn-badnets]
+
+A victim given to the engine as ONNX (cnn-badnets) is copied as victim.onnx, and PyTorch's metrics come from its
+state_dict (victim_state.pt), which the export folded.
 """
 import os
 import shutil
@@ -23,7 +26,10 @@ DST = os.path.join(HERE, '..', '..', 'test', 'fixtures', 'zoo', NAME)
 N = 1000
 
 os.makedirs(DST, exist_ok=True)
-for f in ['victim.pt', 'aux_x.npy', 'aux_y.npy', 'victim.json']:
+# A victim given to the engine as ONNX (cnn-badnets) is copied as that file; PyTorch measures its state_dict.
+STATE = 'victim_state.pt' if os.path.exists(os.path.join(SRC, 'victim.onnx')) else 'victim.pt'
+GIVEN = 'victim.onnx' if STATE == 'victim_state.pt' else 'victim.pt'
+for f in [GIVEN, 'aux_x.npy', 'aux_y.npy', 'victim.json']:
     shutil.copyfile(os.path.join(SRC, f), os.path.join(DST, f))
 tx, ty = np.load(os.path.join(SRC, 'test_x.npy'))[:N], np.load(os.path.join(SRC, 'test_y.npy'))[:N]
 keep = ty != Z.TARGET
@@ -37,7 +43,7 @@ np.save(os.path.join(DST, 'bd_x.npy'), bx)
 np.save(os.path.join(DST, 'bd_y.npy'), by)
 info = __import__('json').load(open(os.path.join(SRC, 'victim.json')))
 model = Z.make_arch(info['arch'], info['width'])
-model.load_state_dict(torch.load(os.path.join(SRC, 'victim.pt')))
+model.load_state_dict(torch.load(os.path.join(SRC, STATE)))
 m = Z.evaluate(model, tx, ty, bx, by)
 Z.save_json(os.path.join(DST, 'subset-metrics.json'), {'n': int(N), 'triggered': int(keep.sum()), **m})
 print(NAME, m)
