@@ -11,6 +11,12 @@ import { OrtModelGraph } from '../../src/engine/nn/ort_graph';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
 import { attentionMap } from '../../src/engine/defenses/nad';
+import * as path from 'node:path';
+import { loadModelFile } from '../../src/engine/model_files/model_io';
+import { renormalize } from '../../src/engine/models/renormalize';
+import type { ImageSet } from '../../src/engine/data/dataset';
+
+const FIXTURES = path.join(__dirname, '..', 'fixtures');
 
 const norm3 = { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] };
 
@@ -267,6 +273,51 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
         await Promise.all([whole?.close(), split?.close()]);
         model.dispose();
       }
+    }
+  });
+
+  it('imported ONNX graphs (a folded plain CNN, with BatchNorm put back, and a ResNet-18): logits and gradients equal the backend ones', async () => {
+    const cnn = loadModelFile({ path: path.join(FIXTURES, 'zoo', 'cnn-badnets', 'victim.onnx'), normalize: { mean: [0.286], std: [0.353] } }, 'test').model;
+    const resnet = loadModelFile(path.join(FIXTURES, 'parity_resnet18_w4.onnx'), 'test').model;
+    const [h, w, c] = cnn.inputShape;
+    const aux: ImageSet = { n: 16, shape: [h, w, c], x: Float32Array.from({ length: 16 * h * w * c }, (_, i) => ((i * 7919) % 1000) / 1000), y: new Int32Array(16), numClasses: 10 };
+    const renormalized = renormalize(cnn, aux)!;
+    try {
+      for (const [name, model] of [['plain CNN', cnn], ['plain CNN with BatchNorm put back', renormalized.model], ['ResNet-18', resnet]] as const) {
+        for (const bnTrain of name === 'plain CNN' ? [false] : [false, true]) {
+          const [mh, mw, mc] = model.inputShape;
+          const n = 3;
+          const x = tf.randomUniform([n, mh, mw, mc], 0, 1, 'float32', 8) as tf.Tensor4D;
+          const graph = await OrtModelGraph.create(model, { bnTrain, loss: 'seed', inputGrad: true, paramGrads: true });
+          assert.ok(graph, `${name}: the graph covers the imported model`);
+          try {
+            const refLogits = tf.tidy(() => model.forward(x, { training: bnTrain }).dataSync() as Float32Array);
+            const dl = tf.tidy(() => tf.grad((l: tf.Tensor) => lossOfLogits(l as tf.Tensor2D))(tf.tensor2d(refLogits, [n, model.numClasses])).dataSync() as Float32Array);
+            const ours = await graph.run(x.dataSync() as Float32Array, n, { dlogits: dl });
+            assert.ok(relError(ours.logits!, refLogits) < 1e-4, `${name}: logits`);
+            const refDx = tf.tidy(() => tf.grad((xi: tf.Tensor) => lossOfLogits(model.forward(xi as tf.Tensor4D, { training: bnTrain })))(x).dataSync() as Float32Array);
+            assert.ok(relError(ours.dx!, refDx) < 1e-3, `${name}: pixel gradient differs by ${relError(ours.dx!, refDx)}`);
+            const params = model.root.namedParams().filter(([, p]) => p.trainable);
+            const ref = tf.variableGrads(() => lossOfLogits(model.forward(x, { training: bnTrain })), params.map(([, p]) => p.variable));
+            try {
+              assert.deepEqual([...ours.grads!.keys()].sort(), params.map(([k]) => k).sort());
+              for (const [key, p] of params) {
+                const e = relError(ours.grads!.get(key)!, ref.grads[p.variable.name].dataSync() as Float32Array);
+                assert.ok(e < 1e-3, `${name}: ${key} gradient differs by ${e} of its scale`);
+              }
+            } finally {
+              tf.dispose([ref.value, ...Object.values(ref.grads)]);
+            }
+          } finally {
+            await graph?.close();
+            x.dispose();
+          }
+        }
+      }
+    } finally {
+      renormalized.model.dispose();
+      cnn.dispose();
+      resnet.dispose();
     }
   });
 });

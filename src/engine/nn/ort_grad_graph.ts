@@ -24,7 +24,9 @@
  * step. Its outputs are the mean loss, every trainable parameter's gradient in the same layout, and each
  * BatchNorm's batch mean and biased variance (the caller updates the running statistics, as layers.ts does).
  *
- * Modules without a rule here (inserted modules, BN masks, imported graphs, dropout) make the builder throw
+ * Imported ONNX graphs are emitted node by node where every node has a rule here, and a module inserted in front
+ * of a layer (BatchNorm put back into a folded graph, NPD's polarizer) is emitted before it. Modules without a
+ * rule (BN masks, imported nodes such as reshapes or constant operands, dropout) make the builder throw
  * OrtGradUnsupported; the caller then trains on the TensorFlow.js backend.
  */
 import { onnx } from 'onnx-proto';
@@ -116,6 +118,15 @@ export interface GradGraph {
 }
 
 const T = onnx.TensorProto.DataType;
+
+/** What the builder reads of an imported ONNX graph (models/onnx_graph.ts's OnnxGraph). */
+interface ImportedGraph {
+  steps: Array<{ module: Module; node: { op: string; name: string; outputs: string[] }; dyn: string[] }>;
+  onnxIo: { input: string; output: string };
+}
+
+/** Imported nodes that are layers of the module graph, emitted by their own rules. */
+const LAYER_KINDS = new Set(['Conv2d', 'BatchNorm2d', 'ReLU', 'MaxPool2d', 'AvgPool2d', 'Identity', 'Dropout', 'Linear']);
 
 function valueInfo(name: string, shape: number[], elemType: number = T.FLOAT): onnx.IValueInfoProto {
   return onnx.ValueInfoProto.create({
@@ -479,6 +490,40 @@ class GradBuilder {
     return y;
   }
 
+  /**
+   * An imported ONNX graph, node by node, where each node is a layer with a rule here (convolutions, BatchNorm,
+   * ReLU, pools, linear layers), a residual addition of two values, a global average pool or a flatten; any
+   * other node (a constant operand, a reshape, a grouped convolution...) leaves the graph to the backend.
+   */
+  private onnxGraph(g: ImportedGraph, x: string): string {
+    const env = new Map<string, string>([[g.onnxIo.input, x]]);
+    for (const s of g.steps) {
+      const m = s.module;
+      const ins = s.dyn.map((d) => env.get(d)!);
+      let y: string;
+      if (LAYER_KINDS.has(m.kind) && ins.length === 1) {
+        y = this.module(m, ins[0]);
+      } else {
+        if (m.inserted) throw new OrtGradUnsupported(`a module inserted before the ONNX ${s.node.op} node`);
+        if (m.kind === 'Add' && ins.length === 2) y = this.add(ins[0], ins[1]);
+        else if (m.kind === 'GlobalAveragePool' && ins.length === 1) y = this.keepSpatial(this.globalAvgPool(ins[0]));
+        else if (m.kind === 'Flatten' && ins.length === 1) y = this.flatten(ins[0]);
+        else throw new OrtGradUnsupported(`the ONNX ${s.node.op} node ${s.node.name}`);
+        if (this.tapPaths.has(m.path)) this.tapTensors.set(m.path, y);
+      }
+      env.set(s.node.outputs[0], y);
+    }
+    return env.get(g.onnxIo.output)!;
+  }
+
+  /** [N, C] as [N, C, 1, 1] (ONNX's GlobalAveragePool keeps the spatial axes). */
+  private keepSpatial(x: string): string {
+    const [n, c] = this.b.shape(x);
+    const y = this.op('Reshape', [x, this.i64([0, 0, 1, 1])], {}, [n, c, 1, 1]);
+    this.back(y, [x], (dy) => this.addGrad(x, this.op('Reshape', [dy, this.i64([0, 0])], {}, [n, c])));
+    return y;
+  }
+
   /** Emit module `m` on `x`. */
   module(m: Module, x: string): string {
     const y = this.moduleBody(m, x);
@@ -487,7 +532,9 @@ class GradBuilder {
   }
 
   private moduleBody(m: Module, x: string): string {
-    if (m.inserted) throw new OrtGradUnsupported('inserted modules');
+    // A module inserted in front of this one (BatchNorm put back into a folded graph, NPD's polarizer) runs first.
+    if (m.inserted) x = this.module(m.inserted, x);
+    if (m.kind === 'OnnxGraph') return this.onnxGraph(m as unknown as ImportedGraph, x);
     if ((m as unknown as { emitOnnx?: unknown }).emitOnnx) throw new OrtGradUnsupported(`the ${m.kind} module`);
     switch (m.kind) {
       case 'Conv2d':
