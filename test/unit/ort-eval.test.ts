@@ -46,7 +46,7 @@ describe('evaluation through ONNX Runtime', function () {
     const tensors = tf.memory().numTensors;
     const ort = (await OrtPredictor.create(victim, 2))!;
     assert.ok(ort, 'a session for the victim');
-    for (const set of [digits, triggered.set]) assert.deepEqual(await ort.labels(set, 256), predictLabels(victim, set, 256));
+    for (const set of [digits, triggered.set]) assert.deepEqual(await ort.labels(set, 256), await predictLabels(victim, set, 256));
     await ort.dispose();
     const fast = await evaluateModelFast(victim, digits, triggered, undefined, 1);
     assert.equal(fast.engine, 'onnxruntime');
@@ -63,7 +63,7 @@ describe('evaluation through ONNX Runtime', function () {
     const logits = await ort.logits(set, 128);
     const labels = await ort.labels(set, 128);
     await ort.dispose();
-    const ref = predictLogits(model, set, 128);
+    const ref = await predictLogits(model, set, 128);
     let worst = 0;
     let scale = 0;
     for (let i = 0; i < ref.length; i++) {
@@ -72,7 +72,7 @@ describe('evaluation through ONNX Runtime', function () {
     }
     assert.ok(scale > 0.01, `logits are not all zero (${scale})`);
     assert.ok(worst <= 1e-4 * Math.max(1, scale), `max |ort - backend| = ${worst} (logit scale ${scale})`);
-    assert.deepEqual(labels, predictLabels(model, set, 128));
+    assert.deepEqual(labels, await predictLabels(model, set, 128));
     model.dispose();
   });
 

@@ -15,6 +15,7 @@ import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
+import { takeAllFloats } from '../nn/read';
 import type { ForwardContext } from '../nn/module';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -144,20 +145,16 @@ async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, lab
   const k = g.forward.model.numClasses;
   const teacherTaps = (await g.teacher.run(x, n)).taps!;
   const fwd = await g.forward.run(x, n);
-  const { value, dlogits, tapGrads } = tf.tidy(() => {
+  const [value, dlogits, ...tapGrads] = await takeAllFloats(tf.tidy(() => {
     const logits = tf.tensor2d(fwd.logits!, [n, k]);
     const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
     const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
     const y = tf.tensor1d(labels, 'int32');
     const { value, grads } = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => studentLoss(l as tf.Tensor2D, y, s, fixed, betas, 'nchw'))([logits, ...feats]);
-    return {
-      value: value.dataSync()[0],
-      dlogits: grads[0].dataSync() as Float32Array,
-      tapGrads: taps.map((_, i) => grads[i + 1].dataSync() as Float32Array),
-    };
-  });
+    return [value, ...grads];
+  }));
   const run = await g.gradients.run(x, n, { dlogits, dtaps: new Map(taps.map((t, i) => [t, tapGrads[i]])) });
   applyGradients(g.gradients.model, opt, run.grads!);
   g.gradients.applyBatchStats(run.stats!, n);
-  return value;
+  return value[0];
 }

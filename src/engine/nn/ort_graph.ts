@@ -134,7 +134,8 @@ export class OrtModelGraph {
       feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
     const params = new Map(this.model.root.namedParams());
-    for (const { key, shape } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, shape);
+    const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
+    this.graph.paramInputs.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
     try {
       const out = await this.session.run(feeds);
       const result: GraphRun = {};
