@@ -50,7 +50,7 @@ describe('evaluation through ONNX Runtime', function () {
     await ort.dispose();
     const fast = await evaluateModelFast(victim, digits, triggered, undefined, 1);
     assert.equal(fast.engine, 'onnxruntime');
-    assert.deepEqual({ ...fast, engine: undefined }, { ...evaluateModel(victim, digits, triggered), engine: undefined });
+    assert.deepEqual({ ...fast, engine: undefined }, { ...(await evaluateModel(victim, digits, triggered)), engine: undefined });
     assert.ok(fast.acc > 0.95 && fast.asr > 0.95, `the victim is what it is: ${JSON.stringify(fast)}`);
     assert.equal(tf.memory().numTensors, tensors);
     victim.dispose();
@@ -84,7 +84,7 @@ describe('evaluation through ONNX Runtime', function () {
     try {
       const r = await evaluateModelFast(victim, digits, triggered, undefined, 1);
       assert.equal(r.engine, 'backend');
-      assert.deepEqual({ ...r, engine: undefined }, { ...evaluateModel(victim, digits, triggered), engine: undefined });
+      assert.deepEqual({ ...r, engine: undefined }, { ...(await evaluateModel(victim, digits, triggered)), engine: undefined });
     } finally {
       delete process.env.BACKDOOR_AUDIT_ORT;
       victim.dispose();
