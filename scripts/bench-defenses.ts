@@ -58,14 +58,14 @@ async function main(): Promise<void> {
     const trainRng = rng.fork('victim');
     const epochs = 6;
     for (let e = 0; e < epochs; e++) {
-      fit(victim, poisoned.set, { epochs: 1, batchSize: 64, optimizer: sgd, lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2, schedule: 'constant', augment: { cropPadding: 2, flip: false }, rng: trainRng, dropLast: true });
+      await fit(victim, poisoned.set, { epochs: 1, batchSize: 64, optimizer: sgd, lr: (0.05 * (1 + Math.cos((Math.PI * e) / epochs))) / 2, schedule: 'constant', augment: { cropPadding: 2, flip: false }, rng: trainRng, dropLast: true });
     }
     sgd.dispose();
-    if (cache) saveModelFile(victim, cache, 'safetensors');
+    if (cache) await saveModelFile(victim, cache, 'safetensors');
   }
   const auxSize = Math.round(0.05 * split.train.n);
   const unseen = sampleBalanced(split.pool, { size: auxSize }, rng.fork('unseen'));
-  const base = evaluateModel(victim, split.test, triggered);
+  const base = await evaluateModel(victim, split.test, triggered);
   console.log(`backend ${backend.name} x${backend.threads}; victim ACC ${base.acc.toFixed(3)} ASR ${base.asr.toFixed(3)}; unseen aux ${unseen.n} images; profile ${profile}`);
   const rows: Array<{ id: string; acc: number; asr: number; seconds: number; error?: string }> = [];
   for (const [i, id] of ids.entries()) {
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
       const cellRng = new Rng(seed).fork(`cell:${firstIndex + i}:unseen:false:${id}`);
       const out = await d.run({ victim, aux: unseen, profile, params, augment: { cropPadding: 2, flip: false }, rng: cellRng, progress: () => undefined });
       const seconds = (Date.now() - t0) / 1000;
-      const m = evaluateModel(out.model, split.test, triggered);
+      const m = await evaluateModel(out.model, split.test, triggered);
       out.model.dispose();
       rows.push({ id, acc: m.acc, asr: m.asr, seconds });
       const leak = tf.memory().numTensors - before;

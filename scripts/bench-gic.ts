@@ -89,10 +89,10 @@ async function main(): Promise<void> {
     const sgd = new SGD(0.05, 0.9, 5e-4);
     const epochs = 8;
     const t0 = Date.now();
-    fit(victim, poisoned.set, { epochs, batchSize: 64, optimizer: sgd, lr: 0.05, augment: { cropPadding: 2, flip: false }, rng: victimRng, dropLast: true });
+    await fit(victim, poisoned.set, { epochs, batchSize: 64, optimizer: sgd, lr: 0.05, augment: { cropPadding: 2, flip: false }, rng: victimRng, dropLast: true });
     sgd.dispose();
     log(`victim trained on ${trainN} images, ${epochs} epochs, ${((Date.now() - t0) / 1000).toFixed(0)} s`);
-    if (cache) saveModelFile(victim, cache, 'safetensors');
+    if (cache) await saveModelFile(victim, cache, 'safetensors');
   }
 
   const unseen = sampleBalanced(pool, { perClass }, rng.fork('unseen'));
@@ -125,7 +125,7 @@ async function main(): Promise<void> {
     calibrate: async (v, a, signal, progress) => {
       const out = await calibrate(v, a.set, { delta, norm: 'inf', epochs: gicEpochs, seed }, signal, progress);
       try {
-        const files = outDir ? saveCalibration(out.net, out.set, outDir, delta === 0.1 ? a.name : `${a.name}-delta${delta}`) : undefined;
+        const files = outDir ? await saveCalibration(out.net, out.set, outDir, delta === 0.1 ? a.name : `${a.name}-delta${delta}`) : undefined;
         return { set: out.set, entry: { aux: a.name, ...out.report, ...(files ? { files } : {}) } };
       } finally {
         out.net.dispose();

@@ -109,7 +109,7 @@ function use(dx: 'loop' | 'conv', dW: FilterGradMethod | 'picked'): void {
   );
 }
 
-function benchStep(): void {
+async function benchStep(): Promise<void> {
   const batch = 128;
   const m = buildModel({ arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 });
   const opt = new SGD(0.01, 0.9, 5e-4);
@@ -126,11 +126,11 @@ function benchStep(): void {
   ];
   for (const [name, dx, dW] of combos) {
     use(dx, dW);
-    step();
+    await step();
     const t: number[] = [];
     for (let i = 0; i < repeats; i++) {
       const t0 = performance.now();
-      step();
+      await step();
       t.push(performance.now() - t0);
     }
     const ms = median(t);
@@ -146,7 +146,7 @@ async function main(): Promise<void> {
   const info = await initBackend('cpu');
   if (info.name !== 'wasm') throw new Error(`expected wasm, got ${info.name}`);
   if (!args.includes('--step-only')) benchLayers();
-  if (!args.includes('--layers-only')) benchStep();
+  if (!args.includes('--layers-only')) await benchStep();
 }
 
 main().catch((e) => {

@@ -43,7 +43,7 @@ async function main(): Promise<void> {
     target: new ort.Tensor('float32', target, [batch, 10]),
     inv_batch: new ort.Tensor('float32', Float32Array.of(1 / batch), [1]),
   };
-  for (const p of graph.paramInputs) feeds[p.key] = new ort.Tensor('float32', params.get(p.key)!.variable.dataSync() as Float32Array, p.shape);
+  for (const p of graph.paramInputs) feeds[p.key] = new ort.Tensor('float32', (await params.get(p.key)!.variable.data()) as Float32Array, p.shape);
   await session.run(feeds);
   const t0 = performance.now();
   for (let i = 0; i < runs; i++) await session.run(feeds);

@@ -24,10 +24,10 @@ async function main(): Promise<void> {
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % 10), 'int32');
   const vars = model.trainableVariables();
   const step = () => trainStep(vars, opt, (ctx) => crossEntropy(model.forward(x, ctx), y), true);
-  step();
+  await step();
   const t0 = performance.now();
-  const info = await tf.profile(() => {
-    step();
+  const info = await tf.profile(async () => {
+    await step();
   });
   const wall = performance.now() - t0;
   const byKernel = new Map<string, { ms: number; calls: number }>();

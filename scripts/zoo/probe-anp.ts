@@ -63,22 +63,22 @@ async function main() {
     if ((it + 1) % 100 === 0) console.error(`it ${it + 1} ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   }
   const cacheFile = `/tmp/anp-masks-${victimName}-${iters}-${lr}-${eps}-${bs}-${alpha}.json`;
-  const masks: Float32Array[] = cached ? (JSON.parse(require('node:fs').readFileSync(cacheFile, 'utf8')) as number[][]).map((a) => Float32Array.from(a)) : readMasks(set);
+  const masks: Float32Array[] = cached ? (JSON.parse(require('node:fs').readFileSync(cacheFile, 'utf8')) as number[][]).map((a) => Float32Array.from(a)) : await readMasks(set);
   if (!cached) require('node:fs').writeFileSync(cacheFile, JSON.stringify(masks.map((a) => Array.from(a))));
   const all = masks.flatMap((m) => Array.from(m)).sort((a, b) => a - b);
   console.log('masks: n', all.length, 'quantiles', [0, 0.01, 0.05, 0.1, 0.25, 0.5].map((q) => all[Math.floor(q * (all.length - 1))].toFixed(3)).join(' '));
-  console.log('victim val', accuracyOn(victim, val).toFixed(3), 'test', accuracyOn(victim, test).toFixed(3), 'asr', accuracyOn(victim, bdT).toFixed(3));
+  console.log('victim val', (await accuracyOn(victim, val)).toFixed(3), 'test', (await accuracyOn(victim, test)).toFixed(3), 'asr', (await accuracyOn(victim, bdT)).toFixed(3));
   for (const th of [0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]) {
     const m = victim.clone();
     const pruned = pruneByThreshold(m, masks, th);
-    console.log(`th ${th.toFixed(2)} pruned ${pruned} val ${accuracyOn(m, val).toFixed(3)} test ${accuracyOn(m, test).toFixed(3)} asr ${accuracyOn(m, bdT).toFixed(3)}`);
+    console.log(`th ${th.toFixed(2)} pruned ${pruned} val ${(await accuracyOn(m, val)).toFixed(3)} test ${(await accuracyOn(m, test)).toFixed(3)} asr ${(await accuracyOn(m, bdT)).toFixed(3)}`);
     m.dispose();
   }
   // Greedy: channels in increasing mask order; each pruned only if it costs at most `drop` of val accuracy.
   for (const drop of [0, 0.01, 0.02]) {
     const m = victim.clone();
     const keep = masks.map((a) => Float32Array.from(a, () => 1));
-    let acc = accuracyOn(m, val);
+    let acc = await accuracyOn(m, val);
     const base = acc;
     let pruned = 0;
     const order0: [number, number, number][] = [];
@@ -89,12 +89,12 @@ async function main() {
       const trial = victim.clone();
       keep[l][c] = 0;
       pruneByThreshold(trial, keep, 0.5);
-      const a = accuracyOn(trial, val);
+      const a = await accuracyOn(trial, val);
       trial.dispose();
       if (a >= acc - drop - 1e-9 && a >= 0.9 * base) { acc = a; pruned++; } else keep[l][c] = 1;
     }
     pruneByThreshold(m, keep, 0.5);
-    console.log(`greedy drop ${drop}: pruned ${pruned} val ${accuracyOn(m, val).toFixed(3)} test ${accuracyOn(m, test).toFixed(3)} asr ${accuracyOn(m, bdT).toFixed(3)}`);
+    console.log(`greedy drop ${drop}: pruned ${pruned} val ${(await accuracyOn(m, val)).toFixed(3)} test ${(await accuracyOn(m, test)).toFixed(3)} asr ${(await accuracyOn(m, bdT)).toFixed(3)}`);
     m.dispose();
   }
   // Pruning by count (lowest masks first), as ANP's authors also offer.
@@ -106,7 +106,7 @@ async function main() {
     const mm = masks.map((a) => Float32Array.from(a, () => 1));
     for (const [, l, c] of flat.slice(0, k)) mm[l][c] = 0;
     pruneByThreshold(m, mm, 0.5);
-    console.log(`count ${k} (mask<=${flat[k - 1][0].toFixed(3)}) val ${accuracyOn(m, val).toFixed(3)} test ${accuracyOn(m, test).toFixed(3)} asr ${accuracyOn(m, bdT).toFixed(3)}`);
+    console.log(`count ${k} (mask<=${flat[k - 1][0].toFixed(3)}) val ${(await accuracyOn(m, val)).toFixed(3)} test ${(await accuracyOn(m, test)).toFixed(3)} asr ${(await accuracyOn(m, bdT)).toFixed(3)}`);
     m.dispose();
   }
 }

@@ -18,6 +18,7 @@ import { OrtTrainer } from './nn/ort_train';
 import { buildModel } from './models';
 import { SGD } from './nn/optim';
 import { crossEntropy, trainStep } from './nn/train';
+import { readFloats, takeFloats } from './nn/read';
 import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
@@ -68,9 +69,10 @@ async function benchModel(arch: string, options: Record<string, unknown> | undef
   const vars = m.trainableVariables();
   const step = () => trainStep(vars, opt, (ctx) => crossEntropy(m.forward(x, ctx), y), true);
   const parallel = await DataParallel.create(m, defaultReplicas(backend), backend);
-  const xFlat = x.dataSync() as Float32Array;
+  const xFlat = await readFloats(x);
   const parallelStep = () => parallel!.step(opt, xFlat, [32, 32, 3], labels, true);
-  const infer = () => tf.tidy(() => m.forward(x).dataSync());
+  // The logits read back, as evaluation reads them (on a GPU backend, a forward is not done until it is read).
+  const infer = () => takeFloats(tf.tidy(() => m.forward(x)));
   const time = async (f: () => unknown) => {
     await f();
     const t: number[] = [];

@@ -166,16 +166,38 @@ function loadAndDispose(file: string): unknown {
   return info;
 }
 
-function onnxFile(variant: number): Uint8Array {
+async function buildOnnxFile(variant: number): Promise<Uint8Array> {
   if (variant === 0) return fs.readFileSync(path.join(FIXTURES, 'parity_ops.onnx'));
   if (variant === 1) return fs.readFileSync(path.join(FIXTURES, 'parity_plain_bn.onnx'));
   const m = tinyModel(variant);
   try {
-    return exportOnnx(m, { includeNormalization: variant === 3 });
+    return await exportOnnx(m, { includeNormalization: variant === 3 });
   } finally {
     m.dispose();
   }
 }
+
+/**
+ * The written model files, made once by prepareFuzzCases: the writers read the weights asynchronously, and the
+ * fuzz loop (and each case's makeValidFile) is synchronous.
+ */
+const written = { onnx: new Map<number, Uint8Array>(), tfjs: new Map<number, { json: Uint8Array; bin: Uint8Array }>() };
+
+/** Write the model files of the ONNX and TensorFlow.js cases (variants 0 to 3); call before runFuzz. */
+export async function prepareFuzzCases(): Promise<void> {
+  for (const v of [0, 1, 2, 3]) {
+    written.onnx.set(v, await buildOnnxFile(v));
+    written.tfjs.set(v, await buildTfjsFiles(v));
+  }
+}
+
+function prepared<T>(m: Map<number, T>, v: number): T {
+  const f = m.get(v);
+  if (!f) throw new Error(`fuzz case variant ${v} not prepared (call prepareFuzzCases first)`);
+  return f;
+}
+const onnxFile = (v: number) => prepared(written.onnx, v);
+const tfjsFiles = (v: number) => prepared(written.tfjs, v);
 
 /** A ModelProto around one graph, for hand-made hostile ONNX files. */
 function onnxWith(graph: onnx.IGraphProto): Uint8Array {
@@ -218,10 +240,10 @@ const TFJS_SHARD = (v: number) => `w${v}.bin`;
  * model.json + shard of a tiny model; variant 2 quantizes the weights to uint8 and variant 3 to float16
  * (what the TensorFlow.js converter's --quantize options write), so the widening code is exercised too.
  */
-function tfjsFiles(variant: number, shard = TFJS_SHARD(variant)): { json: Uint8Array; bin: Uint8Array } {
+async function buildTfjsFiles(variant: number, shard = TFJS_SHARD(variant)): Promise<{ json: Uint8Array; bin: Uint8Array }> {
   const m = tinyModel(variant);
   try {
-    const { json, bin } = tfjsArtifactsOf(m, shard);
+    const { json, bin } = await tfjsArtifactsOf(m, shard);
     const groups = json.weightsManifest as Array<{ paths: string[]; weights: Array<{ name: string; shape: number[]; dtype: string; quantization?: unknown }> }>;
     if (variant < 2) return { json: Buffer.from(JSON.stringify(json)), bin };
     const f = new Float32Array(bin.buffer, bin.byteOffset, bin.byteLength / 4);

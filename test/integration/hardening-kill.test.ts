@@ -61,7 +61,7 @@ describe('kill safety: a SIGKILLed job, stale staging folders, re-runs and input
     fs.mkdirSync(jobDir);
     // An untrained small CNN is enough: this test is about files, not about purification.
     const victim = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, 3);
-    saveModelFile(victim, path.join(jobDir, 'victim.safetensors'), 'safetensors');
+    await saveModelFile(victim, path.join(jobDir, 'victim.safetensors'), 'safetensors');
     victim.dispose();
     jobPath = path.join(jobDir, 'audit.json');
     // Two cells: a short one (100 images) whose model reaches the staging folder early, then a long one

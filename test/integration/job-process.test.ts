@@ -76,7 +76,7 @@ describe('the VS Code job process', function () {
     fake.reset();
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-jobproc-'));
     const victim = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, 4);
-    saveModelFile(victim, path.join(root, 'victim.safetensors'), 'safetensors');
+    await saveModelFile(victim, path.join(root, 'victim.safetensors'), 'safetensors');
     victim.dispose();
   });
   after(() => {

@@ -28,7 +28,7 @@ describe('CLP', () => {
     for (let k = 0; k < 16; k++) for (let i = 0; i < 9; i++) w[i * 16 + k] = (k === 5 ? 50 : 1) * (i === 4 ? 1 : 0.1);
     conv.weight.assign(tf.tensor4d(w, [3, 3, 1, 16]));
     bn.bias.assign(tf.fill([16], 0.3));
-    const lips = channelLipschitz(conv, bn);
+    const lips = await channelLipschitz(conv, bn);
     assert.ok(Math.abs(lips[5] / lips[0] - 50) < 1e-3);
     const out = await clp.run({ victim: model, aux: undefined as never, profile: 'fast', params: { u: 3 }, augment: { cropPadding: 0, flip: false }, rng: new Rng(0), progress: () => undefined });
     const bn2 = out.model.root.find('features.1') as BatchNorm2d;

@@ -40,11 +40,9 @@ describe('data-parallel training (replicas in worker threads)', function () {
     const optB = new SGD(0.1, 0.9, 5e-4);
     try {
       for (let step = 0; step < 3; step++) {
-        const lossA = tf.tidy(() => {
-          const xs = tf.tensor4d(x, [batch, 28, 28, 1]);
-          const ys = tf.tensor1d(labels, 'int32');
-          return trainStep(single.trainableVariables(), optA, (ctx) => crossEntropy(single.forward(xs, ctx), ys), false);
-        });
+        const xs = tf.tensor4d(x, [batch, 28, 28, 1]);
+        const ys = tf.tensor1d(labels, 'int32');
+        const lossA = await trainStep(single.trainableVariables(), optA, (ctx) => crossEntropy(single.forward(xs, ctx), ys), false).finally(() => tf.dispose([xs, ys]));
         const lossB = await dp.step(optB, x, [28, 28, 1], labels, false);
         assert.ok(Math.abs(lossA - lossB) < 1e-5, `step ${step}: loss ${lossA} vs ${lossB}`);
         const diff = maxWeightDiff(single, split);
@@ -73,7 +71,7 @@ describe('data-parallel training (replicas in worker threads)', function () {
     try {
       await fitStepped(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true, onBatch: (_e, b) => batches.push(b) }, dp);
       assert.equal(batches.length, 3 * Math.floor(2000 / 32));
-      const pred = predictLabels(model, data.test);
+      const pred = await predictLabels(model, data.test);
       const acc = pred.reduce((s, p, i) => s + (p === data.test.y[i] ? 1 : 0), 0) / data.test.n;
       // Measured 0.888 (the same fit on one thread: 0.882); an untrained model is at 0.1.
       assert.ok(acc > 0.8, `held-out accuracy ${acc}`);

@@ -33,7 +33,7 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
 
   before(async () => {
     await useWasm();
-    f = buildFixture();
+    f = await buildFixture();
   });
   after(() => f?.victim.dispose());
 
@@ -118,11 +118,11 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     const { out, progress } = await runDefense(f, getDefense('npd')!, { epochs: 2, warmupEpochs: 1 }, { rng: new Rng(1).fork('npd') });
     assert.ok(progress.length > 0, 'reports progress');
     const at = String(out.details!.insertedBefore);
-    const keys = [...out.model.stateDict().keys()];
+    const keys = [...(await out.model.stateDict()).keys()];
     assert.ok(keys.includes(`${at}.inserted.0.weight`) && keys.includes(`${at}.inserted.1.weight`), keys.join(' '));
     // The backbone is frozen: the last conv's own weights are the victim's.
     const key = `${at}.weight`;
-    assert.deepEqual(out.model.stateDict().get(key)!.data, f.victim.stateDict().get(key)!.data);
+    assert.deepEqual((await out.model.stateDict()).get(key)!.data, (await f.victim.stateDict()).get(key)!.data);
     out.model.dispose();
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
@@ -150,7 +150,7 @@ describe('SAU on a tiny blended victim whose trigger lies within its budget', fu
 
   before(async () => {
     await useWasm();
-    f = buildFixture(7, { type: 'blended', alpha: 0.1 });
+    f = await buildFixture(7, { type: 'blended', alpha: 0.1 });
   });
   after(() => f?.victim.dispose());
 

@@ -31,7 +31,7 @@ describe('fine-tuning defenses on a tiny BadNets victim', function () {
 
   before(async () => {
     await useWasm();
-    f = buildFixture();
+    f = await buildFixture();
   });
   after(() => f?.victim.dispose());
 

@@ -31,7 +31,7 @@ export interface Fixture {
 export const TARGET = 0;
 
 /** `attack` replaces the BadNets patch (e.g. a low-ratio `blended` trigger that stays within an L_inf budget). */
-export function buildFixture(seed = 7, attackSpec: AttackSpec = { type: 'badnets' }): Fixture {
+export async function buildFixture(seed = 7, attackSpec: AttackSpec = { type: 'badnets' }): Promise<Fixture> {
   const rng = new Rng(seed);
   const split = splitDisjoint(loadEmbeddedMnist(), { train: 2400, pool: 600, test: 600 }, rng.fork('split'));
   const attack = makeAttack(attackSpec, split.train.shape, rng.fork('attack'));
@@ -39,10 +39,10 @@ export function buildFixture(seed = 7, attackSpec: AttackSpec = { type: 'badnets
   const triggered = triggeredTestSet(split.test, attack, { target: TARGET });
   const victim = buildModel({ arch: 'small-cnn', inputShape: split.train.shape, numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, seed);
   const opt = new SGD(0.05, 0.9, 5e-4);
-  fit(victim, poisoned.set, { epochs: 6, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'cosine', augment: { cropPadding: 2, flip: false }, rng: rng.fork('train'), dropLast: true });
+  await fit(victim, poisoned.set, { epochs: 6, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'cosine', augment: { cropPadding: 2, flip: false }, rng: rng.fork('train'), dropLast: true });
   opt.dispose();
   const aux = sampleBalanced(split.pool, { size: 300 }, rng.fork('aux'));
-  return { victim, aux, test: split.test, triggered, before: evaluateModel(victim, split.test, triggered) };
+  return { victim, aux, test: split.test, triggered, before: await evaluateModel(victim, split.test, triggered) };
 }
 
 /** Run a defense on the fixture with its `fast` defaults plus overrides. */
@@ -63,7 +63,7 @@ export async function runDefense(
     progress: (done, total) => progress.push([done, total]),
     ...extra,
   });
-  const after = evaluateModel(out.model, f.test, f.triggered);
+  const after = await evaluateModel(out.model, f.test, f.triggered);
   return { out, after, progress };
 }
 

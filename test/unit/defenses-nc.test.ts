@@ -17,7 +17,7 @@ describe('Neural Cleanse on a tiny BadNets victim', function () {
 
   before(async () => {
     await useWasm();
-    f = buildFixture();
+    f = await buildFixture();
   });
   after(() => f?.victim.dispose());
 

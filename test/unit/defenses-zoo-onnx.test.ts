@@ -40,7 +40,7 @@ describe('defenses on a PyTorch-trained plain CNN exported to ONNX with BatchNor
     test = readNpyPair(path.join(DIR, 'test_x.npy'), path.join(DIR, 'test_y.npy'), target);
     const bd = readNpyPair(path.join(DIR, 'bd_x.npy'), path.join(DIR, 'bd_y.npy'), target);
     triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(TARGET) };
-    baseline = evaluateModel(loaded.model, test, triggered);
+    baseline = await evaluateModel(loaded.model, test, triggered);
   });
   after(() => loaded?.model.dispose());
 

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatDoctor, gpuUnavailable, runDoctor, type DoctorProbes } from '../../src/engine/backend/doctor';
-import { SYNC_READ_BLOCKER, syncReadBlocker, type AdapterLike, type DawnModule } from '../../src/engine/backend/webgpu';
+import type { AdapterLike, DawnModule } from '../../src/engine/backend/webgpu';
 import { doctorSummary, runDoctorProcess } from '../../src/vscode/check_environment';
 
 function missing(id: string): Error {
@@ -25,8 +25,6 @@ function machine(o: {
   /** The webgpu package: absent (undefined), failing to load (Error) or Dawn with this adapter (null: none). */
   dawn?: AdapterLike | null | Error;
   wasmBinaries?: boolean;
-  /** Why an adapter would not be usable (default: a runtime where it is, to test the plan on WebGPU). */
-  blocker?: string;
 }): DoctorProbes {
   return {
     nvidiaSmi: () => o.smi ?? { error: 'nvidia-smi not found' },
@@ -42,7 +40,6 @@ function machine(o: {
       if (o.dawn === undefined) throw missing('webgpu');
       return fakeDawn(o.dawn);
     },
-    webgpuSyncReadBlocker: () => o.blocker,
   };
 }
 
@@ -96,7 +93,7 @@ describe('doctor', () => {
     assert.match(formatDoctor(r), /^WebGPU\s+adapter: NVIDIA H200 \(nvidia hopper\)$/m);
   });
 
-  it('WebGPU with an adapter and no CUDA backend, in a runtime that reads synchronously: gpu and auto train and evaluate on webgpu, cpu stays on the CPU', async () => {
+  it('WebGPU with an adapter and no CUDA backend: gpu and auto train and evaluate on webgpu, cpu stays on the CPU', async () => {
     const r = await runDoctor(
       machine({
         modules: { ...portable, '@tensorflow/tfjs-backend-webgpu': {}, 'onnxruntime-node': ort },
@@ -113,17 +110,6 @@ describe('doctor', () => {
       cpu: { training: 'wasm', evaluation: 'onnxruntime (CPU)' },
     });
     assert.match(formatDoctor(r), /^device gpu\s+training on webgpu, evaluation on webgpu$/m);
-  });
-
-  it('WebGPU with an adapter under Node as it is: the backend unavailable with the reason, gpu fails naming the adapter and why, auto on the CPU', async () => {
-    const r = await runDoctor(machine({ modules: { ...portable, '@tensorflow/tfjs-backend-webgpu': {} }, libs: vulkan, dawn: h200, smi: { stdout: 'NVIDIA H200, 570.86.15\n' }, blocker: syncReadBlocker() }));
-    assert.equal(r.webgpu.status, 'adapter');
-    assert.deepEqual(r.backends.webgpu, { status: 'unavailable', reason: SYNC_READ_BLOCKER });
-    assert.deepEqual(r.plan.auto, { training: 'wasm', evaluation: 'wasm' });
-    assert.deepEqual(r.plan.gpu, {
-      error: `no GPU backend loads here: WebGPU: adapter NVIDIA H200 (nvidia hopper) found, but unusable (${SYNC_READ_BLOCKER}); @tensorflow/tfjs-node-gpu: not installed (npm install @tensorflow/tfjs-node-gpu, with CUDA 11.2 and cuDNN 8.1); NVIDIA driver: 570.86.15; see backdoor-audit doctor`,
-    });
-    assert.match(formatDoctor(r), /^backend webgpu\s+unavailable: the engine reads results synchronously/m);
   });
 
   it('WebGPU installed, no adapter, nothing else: gpu fails with one line naming each cause, auto on the CPU', async () => {

@@ -50,7 +50,7 @@ describe('GIC on a small victim trained here', function () {
     const opt = new SGD(0.05, 0.9, 5e-4);
     // Five epochs: a victim that is confident on its own data (about 0.8 on the true label), so that OOD data
     // measurably lowers it. Two epochs leave it near 0.5 everywhere and there is little to recover.
-    fit(victim, split.train, { epochs: 5, batchSize: 64, optimizer: opt, lr: 0.05, rng: rng.fork('fit'), dropLast: true });
+    await fit(victim, split.train, { epochs: 5, batchSize: 64, optimizer: opt, lr: 0.05, rng: rng.fork('fit'), dropLast: true });
     opt.dispose();
     // An OOD auxiliary set: held-out digits with a brightness shift (SPEC section 6).
     ood = applyShift(sampleBalanced(split.pool, { perClass: 20 }, rng.fork('aux')), 'brightness', rng.fork('shift'));
@@ -63,27 +63,27 @@ describe('GIC on a small victim trained here', function () {
     assert.equal(tf.memory().numTensors, startTensors, 'tensors leaked');
   });
 
-  it('g is the identity at initialization (a saved and reloaded untrained net too)', () => {
+  it('g is the identity at initialization (a saved and reloaded untrained net too)', async () => {
     for (const norm of ['inf', '2'] as const) {
       const net = new GicNet(ood.shape, { ...GIC_DEFAULTS, norm });
-      const same = applyCalibration(net, ood);
+      const same = await applyCalibration(net, ood);
       assert.deepEqual(same.x, ood.x, `${norm}: g(x) != x at init`);
-      const files = saveCalibration(net, same, dir, `init-${norm}`);
+      const files = await saveCalibration(net, same, dir, `init-${norm}`);
       const back = decodeGicNet(fs.readFileSync(path.join(dir, files.net)), files.net);
-      assert.deepEqual(applyCalibration(back, ood).x, ood.x);
+      assert.deepEqual((await applyCalibration(back, ood)).x, ood.x);
       back.dispose();
       net.dispose();
     }
   });
 
   it('raises the victim confidence on the true label and lowers the BN distance on an OOD set (L_inf)', async () => {
-    const before = measureSet(victim, ood);
+    const before = await measureSet(victim, ood);
     const out = await calibrate(victim, ood, { delta: 0.1, norm: 'inf', epochs: 10, lr: 1e-3, seed: 0 });
     try {
       const r = out.report;
       // The report is what a fresh measurement gives.
       assert.ok(Math.abs(r.confidenceBefore - before.confidence) < 1e-6);
-      assert.ok(Math.abs(r.confidenceAfter - measureSet(victim, out.set).confidence) < 1e-6);
+      assert.ok(Math.abs(r.confidenceAfter - (await measureSet(victim, out.set)).confidence) < 1e-6);
       // Measured: confidence 0.682 -> 0.753 (the same digits unshifted: 0.793), BN distance 1.555 -> 0.575
       // (unshifted: 0.300). With the older residual delta * tanh(h) it was 0.686 -> 0.730 and 1.475 -> 0.972.
       assert.ok(r.confidenceAfter > r.confidenceBefore + 0.05, `confidence ${r.confidenceBefore} -> ${r.confidenceAfter}`);
@@ -114,24 +114,24 @@ describe('GIC on a small victim trained here', function () {
     }
   });
 
-  it('saved files name their transform; gic@2 (tanh(h / delta)) and the older gic@1 (tanh(h)) both reload exactly', () => {
+  it('saved files name their transform; gic@2 (tanh(h / delta)) and the older gic@1 (tanh(h)) both reload exactly', async () => {
     for (const legacy of [false, true]) {
       const net = new GicNet(ood.shape, { ...GIC_DEFAULTS, delta: 0.1, width: 4 }, legacy);
       // Weights large enough that tanh(h) and tanh(h / delta) differ everywhere.
       const rng = new Rng(legacy ? 5 : 6);
       for (const v of net.variables()) tf.tidy(() => v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape)));
-      const buf = encodeGicNet(net);
+      const buf = await encodeGicNet(net);
       const meta = decodeSafetensors(buf, 'g').metadata;
       assert.equal(meta.format, legacy ? 'backdoor-audit/gic@1' : 'backdoor-audit/gic@2');
       assert.equal(meta.transform, legacy ? 'g(x) = clip01(x + delta * tanh(h(x) + offset))' : 'g(x) = clip01(x + delta * tanh((h(x) + offset) / delta))');
       const back = decodeGicNet(buf, 'g');
       assert.equal(back.legacyTanh, legacy);
-      const want = applyCalibration(net, ood).x;
-      assert.deepEqual(applyCalibration(back, ood).x, want);
+      const want = (await applyCalibration(net, ood)).x;
+      assert.deepEqual((await applyCalibration(back, ood)).x, want);
       // The two forms are told apart: the same weights under the other form give other images.
       const other = new GicNet(ood.shape, net.o, !legacy);
       for (const [i, v] of other.variables().entries()) v.assign(net.variables()[i]);
-      const alt = applyCalibration(other, ood).x;
+      const alt = (await applyCalibration(other, ood)).x;
       assert.ok(alt.some((v, i) => Math.abs(v - want[i]) > 1e-3), 'tanh(h) and tanh(h / delta) gave the same images');
       other.dispose();
       back.dispose();
@@ -144,7 +144,7 @@ describe('GIC on a small victim trained here', function () {
       // Long and fast enough to push against the bound, so that the bound check below is not vacuous.
       const out = await calibrate(victim, ood, { delta, norm, epochs: 8, lr: 2e-2, seed: 1 });
       try {
-        const files = saveCalibration(out.net, out.set, dir, `ood-${norm}`);
+        const files = await saveCalibration(out.net, out.set, dir, `ood-${norm}`);
         assert.deepEqual(files, { net: `gic-ood-${norm}.safetensors`, images: `gic-ood-${norm}.npz` });
         const saved = readNpz(path.join(dir, files.images), { shape: ood.shape, numClasses: 10 });
         assert.deepEqual(Array.from(saved.y), Array.from(ood.y));
@@ -156,10 +156,10 @@ describe('GIC on a small victim trained here', function () {
         assert.deepEqual(perturbationStats(ood, saved, norm).max, Math.max(...n));
         // Reloading g and applying it again gives the same images.
         const back = decodeGicNet(fs.readFileSync(path.join(dir, files.net)), files.net);
-        assert.deepEqual(applyCalibration(back, ood).x, saved.x);
+        assert.deepEqual((await applyCalibration(back, ood)).x, saved.x);
         back.dispose();
         // A second save does not replace the first.
-        assert.deepEqual(saveCalibration(out.net, out.set, dir, `ood-${norm}`), { net: `gic-ood-${norm}-1.safetensors`, images: `gic-ood-${norm}-1.npz` });
+        assert.deepEqual(await saveCalibration(out.net, out.set, dir, `ood-${norm}`), { net: `gic-ood-${norm}-1.safetensors`, images: `gic-ood-${norm}-1.npz` });
       } finally {
         out.net.dispose();
       }
@@ -183,8 +183,8 @@ describe('GIC on a small victim trained here', function () {
     assert.ok(syn.x.every((v) => v >= 0 && v <= 1));
     const rng = new Rng(4);
     const noise: ImageSet = { ...syn, x: Float32Array.from(syn.x, () => rng.next()) };
-    const cs = measureSet(victim, syn).confidence;
-    const cn = measureSet(victim, noise).confidence;
+    const cs = (await measureSet(victim, syn)).confidence;
+    const cn = (await measureSet(victim, noise)).confidence;
     assert.ok(cs > 0.5 && cs > cn + 0.3, `synthetic ${cs}, noise ${cn}`);
   });
 });

@@ -59,8 +59,8 @@ describe('GIC files in report.html', () => {
     const dir = tmpdir('ba-gic-report-');
     const set: ImageSet = { n: 2, shape: [4, 4, 1], x: Float32Array.from({ length: 32 }, (_, i) => (i % 7) / 7), y: Int32Array.from([0, 1]), numClasses: 10 };
     const net = new GicNet(set.shape, { ...GIC_DEFAULTS });
-    const out = applyCalibration(net, set);
-    const files = saveCalibration(net, out, dir, 'ood noise #2');
+    const out = await applyCalibration(net, set);
+    const files = await saveCalibration(net, out, dir, 'ood noise #2');
     net.dispose();
     assert.equal(tf.memory().numTensors, start);
     assert.deepEqual(files, { net: 'gic-ood noise #2.safetensors', images: 'gic-ood noise #2.npz' });

@@ -57,7 +57,7 @@ describe('inputs are never replaced by outputs', function () {
     fs.mkdirSync(jobDir);
     const m = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, 6);
     // clp on aux set "a" writes clp-a.safetensors: the victim has that very name.
-    saveModelFile(m, path.join(jobDir, 'clp-a.safetensors'), 'safetensors');
+    await saveModelFile(m, path.join(jobDir, 'clp-a.safetensors'), 'safetensors');
     m.dispose();
     const jobPath = path.join(jobDir, 'audit.json');
     fs.writeFileSync(

@@ -39,7 +39,7 @@ describe('size limits of models and data', function () {
     await useWasm();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ba-limits-'));
     const m = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, { mean: [0.1307], std: [0.3081] }, 1);
-    saveModelFile(m, path.join(dir, 'small.safetensors'), 'safetensors');
+    await saveModelFile(m, path.join(dir, 'small.safetensors'), 'safetensors');
     m.dispose();
     modelBytes = fs.statSync(path.join(dir, 'small.safetensors')).size;
   });

@@ -71,23 +71,24 @@ describe('numerical faults and out of memory', function () {
   }
 
   /** A copy of `m` whose state_dict entry `key` has `values` written at flat (PyTorch-layout) indices. */
-  function poisoned(m: Model, key: string, values: Array<[number, number]>, file: string): string {
-    const sd = m.stateDict();
+  async function poisoned(m: Model, key: string, values: Array<[number, number]>, file: string): Promise<string> {
+    const sd = await m.stateDict();
     const t = sd.get(key)!;
     for (const [i, v] of values) (t.data as Float32Array)[i] = v;
     m.loadStateDict(sd);
     const out = path.join(dir, file);
-    saveModelFile(m, out, 'safetensors');
+    await saveModelFile(m, out, 'safetensors');
     return out;
   }
 
   it('NaN in a convolution weight: refused, naming the tensor, the count and the first index', async () => {
     const m = small();
-    const key = [...m.stateDict().keys()].find((k) => k.endsWith('weight') && m.stateDict().get(k)!.shape.length === 4)!;
-    const shape = m.stateDict().get(key)!.shape; // [O, I, kh, kw]
+    const sd = await m.stateDict();
+    const key = [...sd.keys()].find((k) => k.endsWith('weight') && sd.get(k)!.shape.length === 4)!;
+    const shape = sd.get(key)!.shape; // [O, I, kh, kw]
     // [1, 0, 2, 1] in PyTorch layout, and an Inf further on.
     const flat = ((1 * shape[1] + 0) * shape[2] + 2) * shape[3] + 1;
-    const file = poisoned(m, key, [[flat, NaN], [flat + 5, Infinity]], 'nan-conv.safetensors');
+    const file = await poisoned(m, key, [[flat, NaN], [flat + 5, Infinity]], 'nan-conv.safetensors');
     m.dispose();
     const line = await refused(job(file));
     assert.equal(line, `the model's weight ${key} holds 2 non-finite values (NaN at [1, 0, 2, 1]): the checkpoint is corrupt or its training diverged (audit-nan-conv.json: model)`);
@@ -95,8 +96,8 @@ describe('numerical faults and out of memory', function () {
 
   it('Inf in a BatchNorm running variance: refused, naming the buffer', async () => {
     const m = small();
-    const key = [...m.stateDict().keys()].find((k) => k.endsWith('running_var'))!;
-    const file = poisoned(m, key, [[3, -Infinity]], 'inf-bn.safetensors');
+    const key = [...(await m.stateDict()).keys()].find((k) => k.endsWith('running_var'))!;
+    const file = await poisoned(m, key, [[3, -Infinity]], 'inf-bn.safetensors');
     m.dispose();
     const line = await refused(job(file));
     assert.equal(line, `the model's weight ${key} holds 1 non-finite value (-Infinity at [3]): the checkpoint is corrupt or its training diverged (audit-inf-bn.json: model)`);
@@ -106,7 +107,7 @@ describe('numerical faults and out of memory', function () {
     for (const k of [12, 5]) {
       const m = small(k);
       const file = path.join(dir, `k${k}.safetensors`);
-      saveModelFile(m, file, 'safetensors');
+      await saveModelFile(m, file, 'safetensors');
       m.dispose();
       const line = await refused(job(file));
       assert.equal(line, `the model has ${k} outputs but the data has 10 classes (labels 0..9): the model and the data do not belong together (audit-k${k}.json: data.test)`);
@@ -116,7 +117,7 @@ describe('numerical faults and out of memory', function () {
   it('a defense whose loss diverges (ft, lr 1e30) fails its row with a clear error; the next defense still runs', async () => {
     const m = small();
     const file = path.join(dir, 'ok.safetensors');
-    saveModelFile(m, file, 'safetensors');
+    await saveModelFile(m, file, 'safetensors');
     m.dispose();
     const outDir = path.join(dir, 'out-diverge');
     const rows: string[] = [];

@@ -141,9 +141,9 @@ describe('hardening: readers', () => {
       return buildModel({ arch: 'plain-cnn', inputShape: [8, 8, 1], numClasses: 3, options: { layers: [4, 'M', 6] } });
     }
 
-    it('an ONNX graph refused halfway through its import leaves no tensors behind', () => {
+    it('an ONNX graph refused halfway through its import leaves no tensors behind', async () => {
       const m = tiny();
-      const proto = onnx.ModelProto.decode(exportOnnx(m));
+      const proto = onnx.ModelProto.decode(await exportOnnx(m));
       m.dispose();
       // The last node reads a value nothing computes: the weights of every node before it were already made.
       const last = proto.graph!.node![proto.graph!.node!.length - 1];
@@ -155,10 +155,10 @@ describe('hardening: readers', () => {
       assert.equal(tf.memory().numTensors, before);
     });
 
-    it('TensorFlow.js: a refused model leaves no tensors; shards must be regular files inside the folder', () => {
+    it('TensorFlow.js: a refused model leaves no tensors; shards must be regular files inside the folder', async () => {
       const m = tiny();
       const file = path.join(dir, 'model.json');
-      saveModelFile(m, file, 'tfjs');
+      await saveModelFile(m, file, 'tfjs');
       m.dispose();
       const good = JSON.parse(fs.readFileSync(file, 'utf8'));
       const shard: string = good.weightsManifest[0].paths[0];

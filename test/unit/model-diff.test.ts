@@ -26,7 +26,7 @@ const VICTIM = path.join(ROOT, 'test', 'fixtures', 'zoo', 'preact8-badnets', 'vi
 describe('model diff', () => {
   before(useWasm);
 
-  it('measures hand-made edits: weights x1.5, a zeroed BN channel, running statistics, a zeroed head column, an inserted module', () => {
+  it('measures hand-made edits: weights x1.5, a zeroed BN channel, running statistics, a zeroed head column, an inserted module', async () => {
     const start = tf.memory().numTensors;
     const a = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 3, options: { layers: [4] } });
     const bnA = a.root.find('features.1') as BatchNorm2d;
@@ -46,7 +46,7 @@ describe('model diff', () => {
     });
     b.insertBefore('classifier', () => new Linear(4, 4, new Rng(1)));
 
-    const d = diffModels(a, b);
+    const d = await diffModels(a, b);
     assert.ok(isModelDiff(d));
     const layer = (n: string) => d.layers.find((l) => l.name === n) ?? assert.fail(`no layer ${n}`);
     assert.equal(layer('features.0').kind, 'conv');
@@ -67,7 +67,7 @@ describe('model diff', () => {
     assert.equal(d.changedLayers, 3);
     assert.equal(d.zeroedChannels, 1);
     // Nothing changed: all zero.
-    const same = diffModels(a, a);
+    const same = await diffModels(a, a);
     assert.equal(same.relChange, 0);
     assert.equal(same.changedLayers, 0);
     assert.ok(same.layers.every((l) => l.relChange === 0 && l.zeroed.length === 0));
@@ -95,13 +95,14 @@ describe('model diff', () => {
     victim.dispose();
   });
 
-  it('refuses two models of different architectures with one line', () => {
+  it('refuses two models of different architectures with one line', async () => {
     const a = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 3, options: { layers: [4] } });
     const b = buildModel({ arch: 'plain-cnn', inputShape: [6, 6, 1], numClasses: 3, options: { layers: [8] } });
-    assert.throws(() => diffStateDicts(a.stateDict(), b.stateDict()), /features\.0\.weight is \[4, 1, 3, 3\] in one model and \[8, 1, 3, 3\] in the other/);
+    const [sdA, sdB] = [await a.stateDict(), await b.stateDict()];
+    assert.throws(() => diffStateDicts(sdA, sdB), /features\.0\.weight is \[4, 1, 3, 3\] in one model and \[8, 1, 3, 3\] in the other/);
     // Another naming scheme (most weights renamed) is refused rather than listed as everything inserted and removed.
-    const renamed = new Map([...a.stateDict()].map(([k, t]) => [k.startsWith('features') ? `keras_${k}` : k, t]));
-    assert.throws(() => diffStateDicts(a.stateDict(), renamed), /name their parameters differently \(2 of 6 weights match by name; e\.g\. features\.0\.weight vs keras_features\.0\.weight\)/);
+    const renamed = new Map([...sdA].map(([k, t]) => [k.startsWith('features') ? `keras_${k}` : k, t]));
+    assert.throws(() => diffStateDicts(sdA, renamed), /name their parameters differently \(2 of 6 weights match by name; e\.g\. features\.0\.weight vs keras_features\.0\.weight\)/);
     a.dispose();
     b.dispose();
   });
@@ -115,9 +116,9 @@ describe('model diff', () => {
       const out = await clp.run({ victim, aux: undefined as never, profile: 'paper', params: { u: 1.5, uMax: 3, uMin: 0, uStep: 0.25, accRatio: 0.9 }, augment: { cropPadding: 0, flip: false }, rng: new Rng(0), progress: () => undefined });
       const pruned = out.details!.pruned as Record<string, number[]>;
       assert.ok(Object.keys(pruned).length >= 2, `CLP pruned in ${Object.keys(pruned).length} layers`);
-      const purified = saveModelFile(out.model, path.join(dir, 'clp.safetensors'), 'safetensors');
+      const purified = await saveModelFile(out.model, path.join(dir, 'clp.safetensors'), 'safetensors');
       // The same purified model as a TensorFlow.js model (its layers named layer1_0_bn1, not layer1.0.bn1).
-      const tfjsFile = saveModelFile(out.model, path.join(dir, 'model.json'), 'tfjs');
+      const tfjsFile = await saveModelFile(out.model, path.join(dir, 'model.json'), 'tfjs');
       out.model.dispose();
       victim.dispose();
       const before = fs.readFileSync(VICTIM);

@@ -10,10 +10,10 @@ import { tempDir } from '../helpers/temp';
 describe('model files', () => {
   before(useWasm);
 
-  it('a PreAct-ResNet18 .pt state_dict is recognized (width, channels, classes) and gives the same logits', () => {
+  it('a PreAct-ResNet18 .pt state_dict is recognized (width, channels, classes) and gives the same logits', async () => {
     const dir = tempDir('ba-mio-');
     const src = buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 1], numClasses: 7, options: { width: 8 } }, undefined, 5);
-    const file = saveModelFile(src, path.join(dir, 'victim.pt'), 'pt');
+    const file = await saveModelFile(src, path.join(dir, 'victim.pt'), 'pt');
     const before = fs.readFileSync(file);
     const { model, info } = loadModelFile(file, 'test');
     assert.equal(info.arch, 'preact-resnet18');
@@ -30,10 +30,10 @@ describe('model files', () => {
     model.dispose();
   });
 
-  it('a state_dict of no known architecture is refused with its first keys and a pointer to ONNX', () => {
+  it('a state_dict of no known architecture is refused with its first keys and a pointer to ONNX', async () => {
     const dir = tempDir('ba-mio-');
     const src = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 });
-    const file = saveModelFile(src, path.join(dir, 'plain.pt'), 'pt');
+    const file = await saveModelFile(src, path.join(dir, 'plain.pt'), 'pt');
     assert.throws(() => loadModelFile(file, 'audit.json: model'), /no known architecture.*features\.0\.weight.*ONNX/);
     const { model } = loadModelFile({ path: file, arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 }, 'x');
     model.dispose();

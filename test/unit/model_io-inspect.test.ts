@@ -156,11 +156,11 @@ describe('inspect and evaluation-only jobs across model formats', () => {
     assert.match(r.stderr.trim(), new RegExp(`^error: unsupported ONNX op MaxPoo9 \\(node "${node.name}"\\)`));
   });
 
-  it('a state_dict nothing recognizes names its first unmatched keys and points to ONNX', () => {
+  it('a state_dict nothing recognizes names its first unmatched keys and points to ONNX', async () => {
     const dir = tempDir('ba-unk-');
     const file = path.join(dir, 'plain.pt');
     const m = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 });
-    saveModelFile(m, file, 'pt');
+    await saveModelFile(m, file, 'pt');
     m.dispose();
     assert.throws(() => loadModelFile(file, 'audit.json: model'), /first unmatched keys: features\.0\.weight, features\.0\.bias, .*ONNX/);
   });

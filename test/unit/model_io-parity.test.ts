@@ -66,16 +66,16 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
     model.dispose();
   });
 
-  it('pt -> safetensors -> pt round trips are bit-exact for every parity checkpoint', () => {
+  it('pt -> safetensors -> pt round trips are bit-exact for every parity checkpoint', async () => {
     const dir = tempDir('ba-parity-');
     for (const c of parityCases()) {
       if (!c.files.pt) continue;
       const src = path.join(FIXTURES, c.files.pt);
       const { model } = loadModelFile(src, 'test');
-      const a = saveModelFile(model, path.join(dir, `${c.name}.safetensors`), 'safetensors');
+      const a = await saveModelFile(model, path.join(dir, `${c.name}.safetensors`), 'safetensors');
       const { model: m2, info } = loadModelFile(a, 'test');
       assert.equal(info.arch, c.arch);
-      const b = saveModelFile(m2, path.join(dir, `${c.name}.pt`), 'pt');
+      const b = await saveModelFile(m2, path.join(dir, `${c.name}.pt`), 'pt');
       const orig = stripDataParallel(readPt(src));
       const back = readPt(b);
       assert.deepEqual([...back.keys()].sort(), [...orig.keys()].sort(), c.name);
@@ -89,7 +89,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
     }
   });
 
-  it('a model with an inserted polarizer (1x1 conv + BN) saved as .pt or .safetensors reads back with it', () => {
+  it('a model with an inserted polarizer (1x1 conv + BN) saved as .pt or .safetensors reads back with it', async () => {
     const dir = tempDir('ba-ins-');
     const { model } = loadModelFile({ path: path.join(FIXTURES, 'parity_preact_w4_c1.pt'), inputShape: [28, 28, 1] }, 'test');
     model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(4)), new BatchNorm2d(32)]));
@@ -100,7 +100,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
     const x = tf.randomUniform([2, 28, 28, 1], 0, 1, 'float32', 2) as tf.Tensor4D;
     const want = tf.tidy(() => model.forward(x).dataSync() as Float32Array);
     for (const fmt of ['pt', 'safetensors'] as const) {
-      const file = saveModelFile(model, path.join(dir, `npd.${fmt}`), fmt);
+      const file = await saveModelFile(model, path.join(dir, `npd.${fmt}`), fmt);
       const { model: back } = loadModelFile({ path: file, inputShape: [28, 28, 1] }, 'test');
       assert.equal(back.insertions.length, 1, fmt);
       const got = tf.tidy(() => back.forward(x).dataSync() as Float32Array);
@@ -111,7 +111,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
     model.dispose();
   });
 
-  it('.pt files we write load in PyTorch (weights_only=True) into the source architecture and give our logits', function () {
+  it('.pt files we write load in PyTorch (weights_only=True) into the source architecture and give our logits', async function () {
     if (!hasTorch()) {
       console.log('      (skipped: /usr/bin/python3 has no torch; install python3-torch to check PyTorch compatibility)');
       this.skip();
@@ -129,7 +129,7 @@ describe('state_dict checkpoints: architecture detection and logits parity with 
       const { model } = loadModelFile(path.join(FIXTURES, `parity_${name}.pt`), 'test');
       // Change the weights so that the file PyTorch reads is ours, not the fixture.
       tf.tidy(() => model.head().weight.assign(tf.mul(model.head().weight, -0.5)));
-      const file = saveModelFile(model, path.join(dir, `${name}.pt`), 'pt');
+      const file = await saveModelFile(model, path.join(dir, `${name}.pt`), 'pt');
       const { x } = parityData(name);
       ourLogits.set(name, tf.tidy(() => model.forward(x).dataSync() as Float32Array));
       const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);

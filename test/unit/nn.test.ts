@@ -24,9 +24,9 @@ describe('module graph', () => {
     conv.dispose();
   });
 
-  it('state_dict uses PyTorch names and layouts and round-trips', () => {
+  it('state_dict uses PyTorch names and layouts and round-trips', async () => {
     const m = buildModel({ arch: 'preact-resnet18', inputShape: [8, 8, 3], numClasses: 5, options: { width: 4 } });
-    const sd = m.stateDict();
+    const sd = await m.stateDict();
     assert.deepEqual(sd.get('conv1.weight')!.shape, [4, 3, 3, 3]);
     assert.deepEqual(sd.get('layer2.0.shortcut.0.weight')!.shape, [8, 4, 1, 1]);
     assert.deepEqual(sd.get('linear.weight')!.shape, [5, 32]);
@@ -43,9 +43,9 @@ describe('module graph', () => {
     m2.dispose();
   });
 
-  it('loadStateDict names the offending key and shape', () => {
+  it('loadStateDict names the offending key and shape', async () => {
     const m = buildModel({ arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 });
-    const sd = m.stateDict();
+    const sd = await m.stateDict();
     sd.set('classifier.weight', { shape: [3, 64], dtype: 'float32', data: new Float32Array(192) });
     assert.throws(() => m.loadStateDict(sd, 'x.pt'), /classifier\.weight.*\[3,64\].*\[10,32\]/);
     m.dispose();
@@ -200,7 +200,7 @@ describe('training loop memory', () => {
   before(useWasm);
 
   for (const name of ['SGD with momentum', 'Adam'] as const) {
-    it(`holds the same number of tensors at the end of every epoch (${name}, BatchNorm in train mode)`, () => {
+    it(`holds the same number of tensors at the end of every epoch (${name}, BatchNorm in train mode)`, async () => {
       const rng = new Rng(3);
       const n = 40;
       const x = new Float32Array(n * 8 * 8 * 1);
@@ -211,7 +211,7 @@ describe('training loop memory', () => {
       const optimizer = name === 'Adam' ? new Adam(0.01) : new SGD(0.05, 0.9, 5e-4);
       const start = tf.memory().numTensors;
       const atEpochEnd: number[] = [];
-      fit(model, data, {
+      await fit(model, data, {
         epochs: 5, batchSize: 16, optimizer, lr: 0.05, rng,
         onBatch: (_e, b, batches) => { if (b === batches - 1) atEpochEnd.push(tf.memory().numTensors); },
       });

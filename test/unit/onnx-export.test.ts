@@ -25,17 +25,17 @@ function floats(t: onnx.ITensorProto): Float32Array {
 describe('ONNX writer', () => {
   before(useWasm);
 
-  it('writes PreAct-ResNet18 as PyTorch exports it: ops, state_dict-named initializers with exact values, NCHW input', () => {
+  it('writes PreAct-ResNet18 as PyTorch exports it: ops, state_dict-named initializers with exact values, NCHW input', async () => {
     const model = buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 4 } }, undefined, 3);
     const before = tf.memory().numTensors;
-    const bytes = exportOnnx(model);
+    const bytes = await exportOnnx(model);
     assert.equal(tf.memory().numTensors, before, 'no tensor leaked');
     const m = onnx.ModelProto.decode(bytes);
     assert.deepEqual(opCounts(m), { Conv: 20, BatchNormalization: 16, Relu: 16, Add: 8, GlobalAveragePool: 1, Flatten: 1, Gemm: 1 });
     assert.equal(m.graph!.input![0].name, 'input');
     assert.deepEqual(m.graph!.input![0].type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue)), ['N', 3, 32, 32]);
     assert.equal(m.graph!.output![0].name, 'logits');
-    const sd = model.stateDict();
+    const sd = await model.stateDict();
     const inits = new Map(m.graph!.initializer!.map((t) => [t.name!, t]));
     for (const [k, t] of sd) {
       if (k.endsWith('num_batches_tracked')) continue;
@@ -54,13 +54,13 @@ describe('ONNX writer', () => {
     model.dispose();
   });
 
-  it('adds an inserted module (a 1x1 conv + BN in front of a conv) as nodes in front of that conv', () => {
+  it('adds an inserted module (a 1x1 conv + BN in front of a conv) as nodes in front of that conv', async () => {
     const model = buildModel({ arch: 'preact-resnet18', inputShape: [32, 32, 3], numClasses: 10, options: { width: 4 } }, undefined, 3);
     model.insertBefore('layer4.1.conv1', () => {
       const s = new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(1))]);
       return s;
     });
-    const m = onnx.ModelProto.decode(exportOnnx(model));
+    const m = onnx.ModelProto.decode(await exportOnnx(model));
     assert.equal(opCounts(m).Conv, 21);
     const nodes = m.graph!.node!;
     const ins = nodes.findIndex((n) => n.input!.includes('layer4.1.conv1.inserted.0.weight'));
@@ -70,9 +70,9 @@ describe('ONNX writer', () => {
     model.dispose();
   });
 
-  it('bakes normalization in on request and writes the adaptive pool of VGG with PyTorch bins', () => {
+  it('bakes normalization in on request and writes the adaptive pool of VGG with PyTorch bins', async () => {
     const model = buildModel({ arch: 'vgg7-bn', inputShape: [28, 28, 3], numClasses: 5, options: { cfg: [4, 'M', 8, 'M', 8, 'M'], avgpool: 7, hidden: [6, 6], dropout: true } }, { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] });
-    const m = onnx.ModelProto.decode(exportOnnx(model, { includeNormalization: true }));
+    const m = onnx.ModelProto.decode(await exportOnnx(model, { includeNormalization: true }));
     const ops = opCounts(m);
     assert.equal(ops.Sub, 1);
     assert.equal(ops.Div, 1);
@@ -95,7 +95,7 @@ describe('ONNX writer', () => {
       return this.skip();
     }
     const check = async (label: string, model: Model, x: tf.Tensor4D) => {
-      const session = await ort.InferenceSession.create(exportOnnx(model));
+      const session = await ort.InferenceSession.create(await exportOnnx(model));
       const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]));
       const out = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', nchw.dataSync() as Float32Array, nchw.shape) });
       nchw.dispose();

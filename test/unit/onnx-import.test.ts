@@ -24,7 +24,7 @@ describe('ONNX reader', () => {
   for (const c of parityCases()) {
     const file = c.files.onnx;
     if (!file) continue;
-    it(`${c.name}.onnx (torch.onnx.export) gives PyTorch's outputs; written back and re-read, the same`, () => {
+    it(`${c.name}.onnx (torch.onnx.export) gives PyTorch's outputs; written back and re-read, the same`, async () => {
       const before = tf.memory().numTensors;
       const { model, info } = loadModelFile(path.join(FIXTURES, file), 'test');
       const { x, logits, shape } = parityData(c.name);
@@ -39,12 +39,12 @@ describe('ONNX reader', () => {
         assert.ok(scale > 0.1, 'outputs are not trivially small');
         assert.ok(diff <= 1e-4 * Math.max(1, scale), `max abs diff ${diff} (scale ${scale})`);
         // Round trip through our writer: same outputs, same weights.
-        const out = saveModelFile(model, path.join(dir, 'back.onnx'), 'onnx');
+        const out = await saveModelFile(model, path.join(dir, 'back.onnx'), 'onnx');
         const { model: back } = loadModelFile(out, 'test');
         const y2 = logitsOf(back, x);
         assert.ok(maxAbsDiff(y2, y).diff <= 1e-6, 'the written graph computes the same');
-        const a = model.stateDict();
-        const b = back.stateDict();
+        const a = await model.stateDict();
+        const b = await back.stateDict();
         assert.deepEqual([...b.keys()], [...a.keys()]);
         for (const [k, t] of a) assert.deepEqual(b.get(k)!.data, t.data, k);
         back.dispose();
@@ -56,9 +56,9 @@ describe('ONNX reader', () => {
     });
   }
 
-  it('keeps PyTorch state_dict names for layers the export did not fold', () => {
+  it('keeps PyTorch state_dict names for layers the export did not fold', async () => {
     const { model } = loadModelFile(path.join(FIXTURES, 'parity_preact_w4_c1.onnx'), 'test');
-    const keys = [...model.stateDict().keys()];
+    const keys = [...(await model.stateDict()).keys()];
     assert.ok(keys.includes('conv1.weight'));
     assert.ok(keys.includes('linear.weight') && keys.includes('linear.bias'));
     assert.equal(model.layout.head, 'linear');
@@ -78,12 +78,12 @@ describe('ONNX reader', () => {
     // Its weights as safetensors carry no architecture (the graph is not in them): reading goes through
     // detection, which the folded convolutions defeat, so the error points back to the graph file.
     const dir = tempDir('ba-onnx-');
-    const st = saveModelFile(model, path.join(dir, 'w.safetensors'), 'safetensors');
+    const st = await saveModelFile(model, path.join(dir, 'w.safetensors'), 'safetensors');
     assert.throws(() => loadModelFile(st, 'job'), /no known architecture matches this state_dict .*ONNX/);
     model.dispose();
   });
 
-  it('our own models written to ONNX and read back compute the same, an inserted module included', () => {
+  it('our own models written to ONNX and read back compute the same, an inserted module included', async () => {
     const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 4) as tf.Tensor4D;
     for (const spec of [
       { arch: 'preact-resnet18', inputShape: [32, 32, 3] as [number, number, number], numClasses: 10, options: { width: 4 } },
@@ -102,7 +102,7 @@ describe('ONNX reader', () => {
         model.insertBefore('layer4.1.conv1', () => new Sequential([new Conv2d(32, 32, 1, { bias: true }, new Rng(3)), new BatchNorm2d(32)]));
       }
       const dir = tempDir('ba-onnx-');
-      const file = saveModelFile(model, path.join(dir, 'm.onnx'), 'onnx');
+      const file = await saveModelFile(model, path.join(dir, 'm.onnx'), 'onnx');
       const { model: back } = loadModelFile(file, 'test');
       assert.deepEqual(back.normalize, model.normalize, 'normalization travels in the metadata');
       const d = maxAbsDiff(logitsOf(back, x), logitsOf(model, x));

@@ -46,11 +46,11 @@ describe('evaluation through ONNX Runtime', function () {
     const tensors = tf.memory().numTensors;
     const ort = (await OrtPredictor.create(victim, 2))!;
     assert.ok(ort, 'a session for the victim');
-    for (const set of [digits, triggered.set]) assert.deepEqual(await ort.labels(set, 256), predictLabels(victim, set, 256));
+    for (const set of [digits, triggered.set]) assert.deepEqual(await ort.labels(set, 256), await predictLabels(victim, set, 256));
     await ort.dispose();
     const fast = await evaluateModelFast(victim, digits, triggered, undefined, 1);
     assert.equal(fast.engine, 'onnxruntime');
-    assert.deepEqual({ ...fast, engine: undefined }, { ...evaluateModel(victim, digits, triggered), engine: undefined });
+    assert.deepEqual({ ...fast, engine: undefined }, { ...(await evaluateModel(victim, digits, triggered)), engine: undefined });
     assert.ok(fast.acc > 0.95 && fast.asr > 0.95, `the victim is what it is: ${JSON.stringify(fast)}`);
     assert.equal(tf.memory().numTensors, tensors);
     victim.dispose();
@@ -63,7 +63,7 @@ describe('evaluation through ONNX Runtime', function () {
     const logits = await ort.logits(set, 128);
     const labels = await ort.labels(set, 128);
     await ort.dispose();
-    const ref = predictLogits(model, set, 128);
+    const ref = await predictLogits(model, set, 128);
     let worst = 0;
     let scale = 0;
     for (let i = 0; i < ref.length; i++) {
@@ -72,7 +72,7 @@ describe('evaluation through ONNX Runtime', function () {
     }
     assert.ok(scale > 0.01, `logits are not all zero (${scale})`);
     assert.ok(worst <= 1e-4 * Math.max(1, scale), `max |ort - backend| = ${worst} (logit scale ${scale})`);
-    assert.deepEqual(labels, predictLabels(model, set, 128));
+    assert.deepEqual(labels, await predictLabels(model, set, 128));
     model.dispose();
   });
 
@@ -84,7 +84,7 @@ describe('evaluation through ONNX Runtime', function () {
     try {
       const r = await evaluateModelFast(victim, digits, triggered, undefined, 1);
       assert.equal(r.engine, 'backend');
-      assert.deepEqual({ ...r, engine: undefined }, { ...evaluateModel(victim, digits, triggered), engine: undefined });
+      assert.deepEqual({ ...r, engine: undefined }, { ...(await evaluateModel(victim, digits, triggered)), engine: undefined });
     } finally {
       delete process.env.BACKDOOR_AUDIT_ORT;
       victim.dispose();

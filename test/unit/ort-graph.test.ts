@@ -281,7 +281,7 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
     const resnet = loadModelFile(path.join(FIXTURES, 'parity_resnet18_w4.onnx'), 'test').model;
     const [h, w, c] = cnn.inputShape;
     const aux: ImageSet = { n: 16, shape: [h, w, c], x: Float32Array.from({ length: 16 * h * w * c }, (_, i) => ((i * 7919) % 1000) / 1000), y: new Int32Array(16), numClasses: 10 };
-    const renormalized = renormalize(cnn, aux)!;
+    const renormalized = (await renormalize(cnn, aux))!;
     try {
       for (const [name, model] of [['plain CNN', cnn], ['plain CNN with BatchNorm put back', renormalized.model], ['ResNet-18', resnet]] as const) {
         for (const bnTrain of name === 'plain CNN' ? [false] : [false, true]) {

@@ -95,11 +95,9 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
     assert.ok(trainer);
     try {
       for (let step = 0; step < 3; step++) {
-        const lossA = tf.tidy(() => {
-          const xs = tf.tensor4d(x, [batch, 28, 28, 1]);
-          const ys = tf.tensor1d(labels, 'int32');
-          return trainStep(a.trainableVariables(), optA, (ctx) => crossEntropy(a.forward(xs, ctx), ys), true);
-        });
+        const xs = tf.tensor4d(x, [batch, 28, 28, 1]);
+        const ys = tf.tensor1d(labels, 'int32');
+        const lossA = await trainStep(a.trainableVariables(), optA, (ctx) => crossEntropy(a.forward(xs, ctx), ys), true).finally(() => tf.dispose([xs, ys]));
         const lossB = await trainer.step(optB, x, [28, 28, 1], labels, true);
         assert.ok(Math.abs(lossA - lossB) < 1e-4, `step ${step}: loss ${lossA} vs ${lossB}`);
       }
@@ -138,7 +136,7 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
       await fitStepped(model, data.train, { epochs: 3, batchSize: 32, optimizer: opt, lr: 0.05, schedule: 'constant', rng: new Rng(6), dropLast: true }, trainer);
       // The optimizer's momentum buffers are the only tensors a fit adds.
       assert.equal(tf.memory().numTensors, tensors + model.trainableVariables().length, 'no tensor growth across steps');
-      const pred = predictLabels(model, data.test);
+      const pred = await predictLabels(model, data.test);
       const acc = pred.reduce((s, p, i) => s + (p === data.test.y[i] ? 1 : 0), 0) / data.test.n;
       // An untrained model is at 0.1; the same fit on the backend reaches about 0.88.
       assert.ok(acc > 0.8, `held-out accuracy ${acc}`);

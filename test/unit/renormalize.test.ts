@@ -36,12 +36,12 @@ describe('BatchNorm put back into a graph that had it folded into its convolutio
   });
   after(() => assert.equal(tf.memory().numTensors, start, 'tensors leaked'));
 
-  it('finds the convolutions that feed a ReLU, and is the identity in eval mode with the aux statistics', () => {
+  it('finds the convolutions that feed a ReLU, and is the identity in eval mode with the aux statistics', async () => {
     const { model: victim } = loadModelFile(path.join(FIXTURES, 'parity_plain_bn.onnx'), 'test');
     const aux = randomSet(victim, 64, 1);
     const sites = foldedBatchNormSites(victim);
     assert.equal(sites.length, 2, `two Conv -> Relu pairs, got ${JSON.stringify(sites)}`);
-    const out = renormalize(victim, aux)!;
+    const out = (await renormalize(victim, aux))!;
     try {
       assert.equal(out.layers, 2);
       assert.equal(out.model.batchNorms().length, 2);
@@ -68,13 +68,13 @@ describe('BatchNorm put back into a graph that had it folded into its convolutio
     }
   });
 
-  it('is saved as BatchNormalization nodes that reload with the same predictions', () => {
+  it('is saved as BatchNormalization nodes that reload with the same predictions', async () => {
     const { model: victim } = loadModelFile(path.join(FIXTURES, 'parity_plain_bn.onnx'), 'test');
     const aux = randomSet(victim, 32, 2);
-    const out = renormalize(victim, aux)!;
+    const out = (await renormalize(victim, aux))!;
     const dir = tempDir('ba-renorm-');
     try {
-      const file = saveModelFile(out.model, path.join(dir, 'renormalized.onnx'), 'onnx');
+      const file = await saveModelFile(out.model, path.join(dir, 'renormalized.onnx'), 'onnx');
       assert.equal(readOnnx(file).nodes.filter((n) => n.op === 'BatchNormalization').length, 2);
       const { model: back } = loadModelFile(file, 'test');
       try {
@@ -89,11 +89,11 @@ describe('BatchNorm put back into a graph that had it folded into its convolutio
     }
   });
 
-  it('leaves a model that has BatchNorm layers alone', () => {
+  it('leaves a model that has BatchNorm layers alone', async () => {
     const { model } = loadModelFile(path.join(FIXTURES, 'parity_preact_w4_c1.onnx'), 'test');
     try {
       assert.deepEqual(foldedBatchNormSites(model), []);
-      assert.equal(renormalize(model, randomSet(model, 8, 3)), undefined);
+      assert.equal(await renormalize(model, randomSet(model, 8, 3)), undefined);
     } finally {
       model.dispose();
     }

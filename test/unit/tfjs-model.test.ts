@@ -96,7 +96,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
 
       // Change the weights as a defense would, write, and let tfjs-layers read the result.
       tf.tidy(() => model.head().weight.assign(tf.mul(model.head().weight, 0.5)));
-      const out = saveModelFile(model, path.join(dir, 'purified.json'), 'tfjs');
+      const out = await saveModelFile(model, path.join(dir, 'purified.json'), 'tfjs');
       assert.ok(fs.existsSync(path.join(dir, 'purified.weights.bin')));
       const back = await loadLayers(out);
       const d2 = maxAbsDiff(theirs(back, x), ours(model, x));
@@ -104,8 +104,8 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       assert.ok(maxAbsDiff(ours(model, x), want).diff > 1e-3, 'the change is in the written model');
       // Read, write, read: the weights come back bit for bit.
       const { model: again } = loadModelFile(out, 'test');
-      const a = model.stateDict();
-      const b2 = again.stateDict();
+      const a = await model.stateDict();
+      const b2 = await again.stateDict();
       assert.deepEqual([...b2.keys()], [...a.keys()]);
       for (const [k, t] of a) assert.deepEqual(b2.get(k)!.data, t.data, k);
       again.dispose();
@@ -132,7 +132,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       });
       const [h, w, c] = ref.inputs[0].shape.slice(1) as number[];
       const x = tf.randomNormal([2, h, w, c], 0, 1, 'float32', 1) as tf.Tensor4D;
-      const back = await loadLayers(saveModelFile(model, path.join(dir, 'npd.json'), 'tfjs'));
+      const back = await loadLayers(await saveModelFile(model, path.join(dir, 'npd.json'), 'tfjs'));
       assert.equal(back.layers.length, ref.layers.length + 2);
       const d = maxAbsDiff(theirs(back, x), ours(model, x));
       assert.ok(d.diff <= 1e-5 * Math.max(1, d.scale), `diff ${d.diff}`);
@@ -185,7 +185,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       }
       const [h, w, c] = spec.inputShape;
       const x = tf.randomUniform([2, h, w, c], 0, 1, 'float32', 6) as tf.Tensor4D;
-      const file = saveModelFile(model, path.join(dir, `${label}.json`), 'tfjs');
+      const file = await saveModelFile(model, path.join(dir, `${label}.json`), 'tfjs');
       const keras = await loadLayers(file);
       // The file takes normalized input, like the source model's first layer.
       const xn = tf.tidy(() => tf.div(tf.sub(x, 0.4), 0.3)) as tf.Tensor4D;
@@ -203,7 +203,7 @@ describe('TensorFlow.js layers models (model.json + shards)', () => {
       tf.dispose([x, xn]);
     }
     const stem = buildModel({ arch: 'resnet18', inputShape: [32, 32, 3], numClasses: 5, options: { width: 4 } });
-    assert.throws(() => saveModelFile(stem, path.join(dir, 'stem.json'), 'tfjs'), /max pooling with padding \(maxpool\) has no TensorFlow.js layer/);
+    await assert.rejects(() => saveModelFile(stem, path.join(dir, 'stem.json'), 'tfjs'), /max pooling with padding \(maxpool\) has no TensorFlow.js layer/);
     stem.dispose();
   });
 });

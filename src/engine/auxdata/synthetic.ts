@@ -11,6 +11,7 @@ import type { Model } from '../nn/model';
 import type { ForwardContext } from '../nn/module';
 import { Adam } from '../nn/optim';
 import { crossEntropy, trainStep } from '../nn/train';
+import { takeFloats } from '../nn/read';
 import type { Rng } from '../util/rng';
 import { throwIfAborted } from '../errors';
 
@@ -61,7 +62,7 @@ export async function synthesizeAuxSet(
     try {
       for (let s = 0; s < o.steps; s++) {
         throwIfAborted(signal);
-        trainStep(
+        await trainStep(
           [z],
           opt,
           () => {
@@ -85,9 +86,7 @@ export async function synthesizeAuxSet(
           await new Promise((r) => setImmediate(r));
         }
       }
-      const x = tf.tidy(() => tf.sigmoid(z));
-      out.set(x.dataSync() as Float32Array, start * size);
-      x.dispose();
+      out.set(await takeFloats(tf.tidy(() => tf.sigmoid(z))), start * size);
     } finally {
       z.dispose();
       y.dispose();

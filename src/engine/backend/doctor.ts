@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BackendName } from './index';
 import { firstLine, libraryFinder, nvidiaSmi, parseNvidiaSmi, type NvidiaInfo } from './system';
-import { loadDawn, probeWebGpu, syncReadBlocker, webgpuClause, type DawnModule, type WebGpuStatus } from './webgpu';
+import { loadDawn, probeWebGpu, webgpuClause, type DawnModule, type WebGpuStatus } from './webgpu';
 
 export type LoadStatus =
   | { status: 'loaded'; version?: string }
@@ -44,8 +44,6 @@ export interface DoctorProbes {
   wasmBinaries(): boolean;
   /** dawn.node of the webgpu package; throws as require does (see webgpu.ts). */
   loadDawn(): DawnModule;
-  /** Why the engine cannot run on the webgpu backend in this runtime even with an adapter (see webgpu.ts). */
-  webgpuSyncReadBlocker(): string | undefined;
 }
 
 export const CUDA_LIBRARIES = ['libcuda.so.1', 'libcudart.so.11.0', 'libcublas.so.11', 'libcudnn.so.8'];
@@ -71,11 +69,9 @@ export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise
   const cudaLibraries = libs.some((l) => l.found === null) ? null : libs.map((l) => ({ name: l.name, path: l.found ?? null }));
 
   // The same probe the backend loader runs (without installing the GPU: the doctor trains nothing).
-  const webgpu = (await probeWebGpu({ loadDawn: () => probes.loadDawn(), findLibrary: (n) => probes.findLibrary(n), syncReadBlocker: () => probes.webgpuSyncReadBlocker() })).status;
-  const blocked = webgpu.status === 'adapter' ? probes.webgpuSyncReadBlocker() : undefined;
+  const webgpu = (await probeWebGpu({ loadDawn: () => probes.loadDawn(), findLibrary: (n) => probes.findLibrary(n) })).status;
   let webgpuBackend: LoadStatus;
-  if (blocked) webgpuBackend = { status: 'unavailable', reason: blocked };
-  else if (webgpu.status === 'adapter') webgpuBackend = loadStatus(probes, '@tensorflow/tfjs-backend-webgpu').status;
+  if (webgpu.status === 'adapter') webgpuBackend = loadStatus(probes, '@tensorflow/tfjs-backend-webgpu').status;
   else if (webgpu.status === 'not installed') webgpuBackend = { status: 'not installed' };
   else if (webgpu.status === 'failed') webgpuBackend = { status: 'failed', error: webgpu.error };
   else webgpuBackend = { status: 'unavailable', reason: 'no WebGPU adapter' };
@@ -107,7 +103,7 @@ export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise
     training === 'wasm' || training === 'cpu' ? (onnxRuntime.status === 'loaded' ? 'onnxruntime (CPU)' : training) : training;
   const pick = (order: BackendName[], device: string): { training: BackendName; evaluation: string } | { error: string } => {
     const b = order.find(loaded);
-    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia, webgpu, blocked) : 'no tensor backend loads' };
+    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia, webgpu) : 'no tensor backend loads' };
   };
   return {
     schema: 'backdoor-audit/doctor@1',
@@ -132,7 +128,7 @@ export const GPU_ORDER: BackendName[] = ['tensorflow-gpu', 'webgpu'];
 export const AUTO_ORDER: BackendName[] = [...GPU_ORDER, 'tensorflow', 'wasm', 'cpu'];
 
 /** One line: why `device: gpu` cannot be had here, naming what was tried and the NVIDIA driver's state. */
-export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined, webgpu: WebGpuStatus, webgpuBlocked?: string): string {
+export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined, webgpu: WebGpuStatus): string {
   const cuda =
     tfGpu.status === 'not installed'
       ? '@tensorflow/tfjs-node-gpu: not installed (npm install @tensorflow/tfjs-node-gpu, with CUDA 11.2 and cuDNN 8.1)'
@@ -140,7 +136,7 @@ export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined
         ? `@tensorflow/tfjs-node-gpu: failed to load (${tfGpu.error})`
         : '@tensorflow/tfjs-node-gpu: did not start';
   const driver = !nvidia ? '' : nvidia.driver === null ? `; NVIDIA driver: none (${nvidia.reason})` : `; NVIDIA driver: ${nvidia.driver}`;
-  return `no GPU backend loads here: ${webgpuClause(webgpu, webgpuBlocked)}; ${cuda}${driver}; see backdoor-audit doctor`;
+  return `no GPU backend loads here: ${webgpuClause(webgpu)}; ${cuda}${driver}; see backdoor-audit doctor`;
 }
 
 /** The report as the terminal shows it. */
@@ -182,7 +178,6 @@ export function defaultProbes(): DoctorProbes {
     },
     wasmBinaries: () => [__dirname, path.join(__dirname, '..')].some((d) => fs.existsSync(path.join(d, 'tfjs-backend-wasm-simd.wasm'))) || wasmInPackage(),
     loadDawn,
-    webgpuSyncReadBlocker: () => syncReadBlocker(),
   };
 }
 

@@ -47,8 +47,6 @@ let active: BackendInfo | undefined;
 /** Why the last optional native package did not load (for the one-line `device: gpu` error). */
 let lastGpuLoad: LoadStatus = { status: 'not installed' };
 let lastWebGpu: WebGpuStatus = { status: 'not installed' };
-/** Why the adapter last found could not be used (see syncReadBlocker in webgpu.ts). */
-let lastWebGpuBlocked: string | undefined;
 
 function tryRequire(id: string, deps: BackendDeps): boolean {
   try {
@@ -83,8 +81,6 @@ async function useWebGpu(deps: BackendDeps): Promise<string | undefined> {
   const probe = await probeWebGpu(deps.webgpu);
   lastWebGpu = probe.status;
   if (probe.status.status !== 'adapter' || !probe.gpu) return undefined;
-  lastWebGpuBlocked = deps.webgpu.syncReadBlocker();
-  if (lastWebGpuBlocked) return undefined;
   installNavigatorGpu(probe.gpu, probe.globals ?? {});
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   require('@tensorflow/tfjs-backend-webgpu');
@@ -150,7 +146,7 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName,
     }
   }
   // No silent fallback: a job that asks for the GPU fails, with one line saying what each path gave.
-  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu, lastWebGpuBlocked), 'device');
+  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu), 'device');
   throw new JobError('no tensor backend could start', 'device');
 }
 

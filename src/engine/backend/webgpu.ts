@@ -5,6 +5,12 @@
  * CUDA toolkit or cuDNN, only the GPU's driver. The probe is shared by the backend loader (job process, CLI, cell
  * workers) and `backdoor-audit doctor`; every contact with the machine goes through WebGpuEnv, so tests give
  * fake ones.
+ *
+ * Under Node the backend can read a result only asynchronously: tfjs-backend-webgpu 4.22 implements dataSync by
+ * drawing the buffer into an OffscreenCanvas, which Node does not have, and Dawn's Node bindings offer no
+ * blocking map (mapAsync resolves from the event loop). The engine therefore reads every tensor with
+ * `await t.data()` on every path a job takes (src/engine/nn/read.ts; test/unit/async-reads.test.ts runs those
+ * paths with synchronous reads made to throw), and a real adapter is all the backend needs.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -37,23 +43,6 @@ export interface WebGpuEnv {
   loadDawn(): DawnModule;
   /** Where the dynamic loader finds a library (Linux), undefined when it does not; null: not a Linux machine. */
   findLibrary(name: string): string | undefined | null;
-  /** Why the engine cannot run on the webgpu backend in this runtime even with an adapter; undefined: it can. */
-  syncReadBlocker(): string | undefined;
-}
-
-/**
- * The engine reads tensors synchronously (dataSync, arraySync: losses in every training step, predictions in
- * evaluation, weights when a model is saved: 49 places). tfjs-backend-webgpu 4.22 implements a synchronous read
- * only by drawing the buffer into an OffscreenCanvas, which Node does not have, and Dawn's Node bindings offer
- * no blocking map (mapAsync resolves from the event loop), so under Node the first synchronous read of a GPU
- * result throws. Until the engine reads asynchronously on this backend, an adapter does not make the backend
- * usable: say so instead of starting it and failing in the middle of a job.
- */
-export const SYNC_READ_BLOCKER =
-  'the engine reads results synchronously and tfjs-backend-webgpu can do that only through OffscreenCanvas, which Node lacks';
-
-export function syncReadBlocker(g: object = globalThis): string | undefined {
-  return typeof (g as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'function' ? undefined : SYNC_READ_BLOCKER;
 }
 
 export type WebGpuStatus =
@@ -106,7 +95,7 @@ export function loadDawn(): DawnModule {
 }
 
 export function defaultWebGpuEnv(): WebGpuEnv {
-  return { loadDawn, findLibrary: libraryFinder(), syncReadBlocker: () => syncReadBlocker() };
+  return { loadDawn, findLibrary: libraryFinder() };
 }
 
 function adapterName(info: AdapterInfoLike): string {
@@ -143,13 +132,20 @@ export async function probeWebGpu(env: WebGpuEnv = defaultWebGpuEnv()): Promise<
   } catch (e) {
     return { status: { status: 'failed', error: firstLine(e) } };
   }
-  // A software rasteriser (SwiftShader, llvmpipe) is no GPU: training there is slower than the CPU path.
-  if (info.isFallbackAdapter) return { status: { status: 'no adapter', reason: `only a software adapter: ${adapterName(info)}` } };
+  // A software rasteriser (SwiftShader, llvmpipe) is no GPU: training there is slower than the CPU path, so it
+  // never counts as an adapter (auto would otherwise prefer it to the CPU backends). Dawn flags its fallback
+  // adapter; a CPU Vulkan driver (Mesa's lavapipe) is known by its name.
+  if (info.isFallbackAdapter || isSoftwareRasteriser(info)) return { status: { status: 'no adapter', reason: `only a software adapter: ${adapterName(info)}` } };
   const status: WebGpuStatus = { status: 'adapter', adapter: adapterName(info) };
   if (info.vendor) status.vendor = info.vendor;
   if (info.architecture) status.architecture = info.architecture;
   if (info.description) status.description = info.description;
   return { status, gpu, globals: dawn.globals };
+}
+
+/** Whether an adapter is a CPU implementation of Vulkan (lavapipe reports itself as llvmpipe) or SwiftShader. */
+export function isSoftwareRasteriser(info: AdapterInfoLike): boolean {
+  return /llvmpipe|lavapipe|swiftshader/i.test([info.description, info.device, info.architecture, info.vendor].filter(Boolean).join(' '));
 }
 
 /**
@@ -166,9 +162,8 @@ export function installNavigatorGpu(gpu: GpuLike, globals: Record<string, unknow
   else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
 }
 
-/** One clause of the `device: gpu` error: what WebGPU did (`blocked`: why an adapter found is not usable). */
-export function webgpuClause(s: WebGpuStatus, blocked?: string): string {
-  if (s.status === 'adapter' && blocked) return `WebGPU: adapter ${s.adapter} found, but unusable (${blocked})`;
+/** One clause of the `device: gpu` error: what WebGPU did. */
+export function webgpuClause(s: WebGpuStatus): string {
   switch (s.status) {
     case 'not installed':
       return 'WebGPU: not installed (npm package webgpu)';

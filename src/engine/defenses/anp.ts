@@ -12,6 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { readAllFloats } from '../nn/read';
 import { JobError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
@@ -25,15 +26,14 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
  * validation accuracy is at least accRatio * the unpruned accuracy, or threshold null (prune nothing) when
  * even threshold 0 (the channels whose mask reached 0) costs too much.
  */
-export function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): { threshold: number | null; pruned: number; valAcc: number; baseAcc: number } {
-  const baseAcc = accuracyOn(victim, val);
+export async function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): Promise<{ threshold: number | null; pruned: number; valAcc: number; baseAcc: number }> {
+  const baseAcc = await accuracyOn(victim, val);
   const n = Math.round(maxThreshold / step);
   for (let k = n; k >= 0; k--) {
     const threshold = Math.round(k * step * 1000) / 1000;
     const m = victim.clone();
     const pruned = pruneByThreshold(m, masks, threshold);
-    const valAcc = accuracyOn(m, val);
-    m.dispose();
+    const valAcc = await accuracyOn(m, val).finally(() => m.dispose());
     if (valAcc >= accRatio * baseAcc) return { threshold, pruned, valAcc, baseAcc };
   }
   return { threshold: null, pruned: 0, valAcc: baseAcc, baseAcc };
@@ -126,8 +126,8 @@ export const anp: Defense = {
         }
         if (it === p.iterations - 1) await pacer.report(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
       }
-      const masks = readMasks(set);
-      const choice = chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
+      const masks = await readMasks(set);
+      const choice = await chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
       const model = ctx.victim.clone();
       if (choice.threshold !== null) pruneByThreshold(model, masks, choice.threshold);
       return { model, details: { threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' } };
@@ -149,11 +149,10 @@ export const anp: Defense = {
  */
 async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD, x: Float32Array, labels: Int32Array, p: Record<string, number>, rng: DefenseContext['rng']): Promise<void> {
   const n = labels.length;
-  const read = (vs: tf.Variable[]) => vs.map((v) => v.dataSync() as Float32Array);
-  const scalesOf = (perturbed: boolean) => {
-    const masks = read(set.masks);
-    const noise = perturbed ? read(set.noise) : [];
-    const noiseBias = perturbed ? read(set.noiseBias) : [];
+  const scalesOf = async (perturbed: boolean) => {
+    const masks = await readAllFloats(set.masks);
+    const noise = perturbed ? await readAllFloats(set.noise) : [];
+    const noiseBias = perturbed ? await readAllFloats(set.noiseBias) : [];
     return new Map(
       set.layers.map((bn, i) => [
         bn.path,
@@ -164,7 +163,7 @@ async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD
     );
   };
   resetNoise(set, p.eps, rng);
-  const ascent = (await graph.run(x, n, { labels, scales: scalesOf(true) })).scaleGrads!;
+  const ascent = (await graph.run(x, n, { labels, scales: await scalesOf(true) })).scaleGrads!;
   tf.tidy(() =>
     set.layers.forEach((bn, i) => {
       const g = ascent.get(bn.path)!;
@@ -172,8 +171,8 @@ async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD
       set.noiseBias[i].assign(tf.add(set.noiseBias[i], tf.mul(tf.sign(tf.tensor1d(g.b)), p.eps)));
     }),
   );
-  const natural = await graph.run(x, n, { labels, scales: scalesOf(false) });
-  const robust = await graph.run(x, n, { labels, scales: scalesOf(true) });
+  const natural = await graph.run(x, n, { labels, scales: await scalesOf(false) });
+  const robust = await graph.run(x, n, { labels, scales: await scalesOf(true) });
   if (!Number.isFinite(natural.loss!) || !Number.isFinite(robust.loss!)) throw new JobError('ANP diverged (loss is not finite)');
   const grads = set.layers.map((bn) => {
     const a = natural.scaleGrads!.get(bn.path)!.g;

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Model } from '../nn/model';
 import type { BatchNorm2d } from '../nn/layers';
 import type { ForwardContext } from '../nn/module';
+import { readAllFloats } from '../nn/read';
 import { JobError } from '../errors';
 import type { Rng } from '../util/rng';
 
@@ -70,8 +71,8 @@ export function clipVariables(vars: tf.Variable[], lo: number, hi: number): void
 }
 
 /** Mask values per layer as plain arrays. */
-export function readMasks(set: BnMaskSet): Float32Array[] {
-  return set.masks.map((m) => Float32Array.from(m.dataSync() as Float32Array));
+export function readMasks(set: BnMaskSet): Promise<Float32Array[]> {
+  return readAllFloats(set.masks);
 }
 
 /** Zero gamma of every channel whose mask value is <= threshold; returns how many were pruned. */

@@ -18,6 +18,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm2d, Conv2d } from '../nn/layers';
 import { JobError, throwIfAborted } from '../errors';
 import type { Model } from '../nn/model';
+import { readAllFloats } from '../nn/read';
 import { accuracyOn } from './common';
 import { yieldToLoop } from './defense';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -45,12 +46,10 @@ export function largestSingularValue(a: Float32Array | number[], rows: number, c
 }
 
 /** UCLC of every output channel of `conv` scaled by the following BatchNorm. */
-export function channelLipschitz(conv: Conv2d, bn: BatchNorm2d): number[] {
+export async function channelLipschitz(conv: Conv2d, bn: BatchNorm2d): Promise<number[]> {
   // Weight is HWIO; gather channel k as an [in, kh*kw] matrix like PyTorch's weight[k].reshape(in, -1).
   const [kh, kw, cin, cout] = conv.weight.shape;
-  const w = conv.weight.dataSync() as Float32Array;
-  const gamma = bn.weight.dataSync();
-  const rv = bn.runningVar.dataSync();
+  const [w, gamma, rv] = await readAllFloats([conv.weight, bn.weight, bn.runningVar]);
   const out: number[] = [];
   for (let k = 0; k < cout; k++) {
     const m = new Float32Array(cin * kh * kw);
@@ -69,13 +68,13 @@ interface LayerBounds {
 }
 
 /** UCLC statistics of every conv/BN pair, in module definition order. */
-function layerBounds(model: Model): LayerBounds[] {
+async function layerBounds(model: Model): Promise<LayerBounds[]> {
   const out: LayerBounds[] = [];
   let conv: Conv2d | undefined;
   for (const m of model.root.modules()) {
     if (m instanceof Conv2d) conv = m;
     else if (m instanceof BatchNorm2d && conv && conv.outChannels === m.numFeatures) {
-      const lips = channelLipschitz(conv, m);
+      const lips = await channelLipschitz(conv, m);
       const mean = lips.reduce((a, b) => a + b, 0) / lips.length;
       // torch.std is the unbiased estimate.
       const std = Math.sqrt(lips.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(1, lips.length - 1));
@@ -127,11 +126,11 @@ export const clp: Defense = {
     if (!ctx.victim.batchNorms().length) {
       throw new JobError('clp needs BatchNorm layers, and this model has none (an ONNX export in eval mode folds them into the convolutions)');
     }
-    const bounds = layerBounds(ctx.victim);
+    const bounds = await layerBounds(ctx.victim);
     let u = auto ? 3 : Number(ctx.params.u);
     const details: Record<string, unknown> = {};
     if (auto && ctx.aux && ctx.aux.n > 0) {
-      const base = accuracyOn(ctx.victim, ctx.aux);
+      const base = await accuracyOn(ctx.victim, ctx.aux);
       const steps = Math.round((p.uMax - p.uMin) / p.uStep);
       u = p.uMax;
       let accAtU = base;
@@ -145,8 +144,7 @@ export const clp: Defense = {
         if (n !== last) {
           const trial = ctx.victim.clone();
           pruneChannels(trial, chosen);
-          const acc = accuracyOn(trial, ctx.aux);
-          trial.dispose();
+          const acc = await accuracyOn(trial, ctx.aux).finally(() => trial.dispose());
           if (acc < p.accRatio * base) break;
           accAtU = acc;
           last = n;

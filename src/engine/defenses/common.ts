@@ -71,8 +71,9 @@ export class Pacer {
 
 /**
  * Train for `epochs` with the scheduled rate. This is fit()'s batch loop (same batching, augmentation, step and
- * random stream), made asynchronous: fit() is synchronous and could only yield between epochs, and an epoch
- * of an adversarial defense (PGD per batch) takes seconds, during which a cancellation was not seen.
+ * random stream), with a pacer: fit() awaits only its tensor reads (microtasks on the CPU backends), so it never
+ * lets the event loop deliver a cancellation, and an epoch of an adversarial defense (PGD per batch) takes
+ * seconds.
  */
 export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: Optimizer, o: EpochLoopOptions): Promise<void> {
   const base = o.progressBase ?? 0;
@@ -106,7 +107,7 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
           const l = await o.ortStep(makeBatchArray(data, idx, augment, ctx.rng), labels);
           if (!Number.isFinite(l)) throw new JobError('training diverged (loss is not finite)');
           record('onnxruntime');
-          o.afterStep?.();
+          await o.afterStep?.();
           o.onBatch?.(e, b, batches, l);
           continue;
         }
@@ -114,7 +115,7 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
           // The same batch, augmentation draws and update rule; only the gradient is computed elsewhere.
           const l = await stepper.step(optimizer, makeBatchArray(data, idx, augment, ctx.rng), data.shape, labels, bnTrain);
           record('onnxruntime');
-          o.afterStep?.();
+          await o.afterStep?.();
           o.onBatch?.(e, b, batches, l);
           continue;
         }
@@ -122,10 +123,10 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
         const y = tf.tensor1d(labels, 'int32');
         let prepared: tf.Tensor | undefined;
         try {
-          prepared = o.prepare?.({ x, y, labels });
-          const l = trainStep(vars, optimizer, (fctx) => loss({ x, y, labels, ctx: fctx, prepared }), bnTrain);
+          prepared = await o.prepare?.({ x, y, labels });
+          const l = await trainStep(vars, optimizer, (fctx) => loss({ x, y, labels, ctx: fctx, prepared }), bnTrain);
           record('backend');
-          o.afterStep?.();
+          await o.afterStep?.();
           o.onBatch?.(e, b, batches, l);
         } finally {
           x.dispose();
@@ -192,8 +193,8 @@ export function splitAux(aux: ImageSet, valFraction: number, rng: Rng): { train:
 }
 
 /** Top-1 accuracy of a model on a set (aux validation splits; never the test set). */
-export function accuracyOn(model: Model, set: ImageSet): number {
-  const pred = predictLabels(model, set);
+export async function accuracyOn(model: Model, set: ImageSet): Promise<number> {
+  const pred = await predictLabels(model, set);
   let ok = 0;
   for (let i = 0; i < set.n; i++) if (pred[i] === set.y[i]) ok++;
   return ok / Math.max(1, set.n);

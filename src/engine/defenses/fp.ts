@@ -39,11 +39,11 @@ export const fp: Defense = {
     const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
     const model = ctx.victim.clone();
     try {
-      const feats = predictFeatures(model, train);
+      const feats = await predictFeatures(model, train);
       const mean = new Float64Array(feats.dim);
       for (let i = 0; i < train.n; i++) for (let j = 0; j < feats.dim; j++) mean[j] += feats.data[i * feats.dim + j];
       const order = Array.from(mean.keys()).sort((a, b) => mean[a] - mean[b]);
-      const base = accuracyOn(model, val);
+      const base = await accuracyOn(model, val);
       const head0 = model.head().weight.clone();
       const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
       let mask = new Float32Array(feats.dim).fill(1);
@@ -55,7 +55,7 @@ export const fp: Defense = {
         for (const c of order.slice(0, k)) trial[c] = 0;
         model.head().weight.assign(head0);
         applyHeadMask(model, trial);
-        const acc = accuracyOn(model, val);
+        const acc = await accuracyOn(model, val);
         if (acc < p.accRatio * base) break;
         mask = trial;
         prunedCount = k;

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import { applyGradients, OrtTrainer } from '../nn/ort_train';
+import { takeScalar } from '../nn/read';
 import { Rng } from '../util/rng';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -31,7 +32,7 @@ export const fst: Defense = {
     const model = ctx.victim.clone();
     const head = model.head();
     const w0 = tf.keep(head.weight.clone());
-    const w0Norm = tf.tidy(() => tf.norm(w0).dataSync()[0]);
+    const w0Norm = await takeScalar(tf.norm(w0));
     // Re-initialize the head as PyTorch's default Linear init does.
     const rng = new Rng(0).fork('fst-head');
     const bound = 1 / Math.sqrt(head.inFeatures);
@@ -49,10 +50,12 @@ export const fst: Defense = {
         batchSize: p.batchSize,
         ortStep: trainer ? (x, labels) => fstStepOnOrt(trainer, opt, x, ctx.aux.shape, labels, head.weight, w0, p.alpha) : undefined,
         loss: (s) => tf.add(crossEntropy(model.forward(s.x, s.ctx), s.y), tf.mul(tf.sum(tf.mul(head.weight, w0)), p.alpha)) as tf.Scalar,
-        afterStep: () =>
+        afterStep: async () => {
+          const norm = await takeScalar(tf.norm(head.weight));
           tf.tidy(() => {
-            head.weight.assign(tf.mul(head.weight, w0Norm / Math.max(1e-12, tf.norm(head.weight).dataSync()[0])));
-          }),
+            head.weight.assign(tf.mul(head.weight, w0Norm / Math.max(1e-12, norm)));
+          });
+        },
       });
     } catch (e) {
       model.dispose();
@@ -69,7 +72,7 @@ export const fst: Defense = {
 /** One FST step from ONNX Runtime's cross-entropy gradients, with the penalty's alpha * W0 added to the head's. */
 async function fstStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, shape: [number, number, number], labels: Int32Array, headWeight: tf.Variable, w0: tf.Tensor, alpha: number): Promise<number> {
   const { loss, grads, stats } = await trainer.gradients(x, shape, labels);
-  const penalty = tf.tidy(() => tf.sum(tf.mul(headWeight, w0)).dataSync()[0] * alpha);
+  const penalty = (await takeScalar(tf.tidy(() => tf.sum(tf.mul(headWeight, w0))))) * alpha;
   applyGradients(trainer.model, opt, grads, (v, g) => (v === headWeight ? tf.add(g, tf.mul(w0, alpha)) : g));
   trainer.applyBatchStats(stats, labels.length);
   return loss + penalty;

@@ -12,6 +12,7 @@ import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { applyGradients, OrtTrainer } from '../nn/ort_train';
 import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
+import { takeScalar } from '../nn/read';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { FAST_FINE_TUNE, Pacer } from './common';
 import { JobError } from '../errors';
@@ -58,7 +59,7 @@ export const ftsam: Defense = {
           const x = makeBatch(aux, idx, ctx.augment, ctx.rng);
           const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
           try {
-            samStep(model, vars, opt, x, y, p.rho, p.labelSmoothing);
+            await samStep(model, vars, opt, x, y, p.rho, p.labelSmoothing);
           } finally {
             x.dispose();
             y.dispose();
@@ -77,7 +78,7 @@ export const ftsam: Defense = {
   },
 };
 
-function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, x: tf.Tensor4D, y: tf.Tensor1D, rho: number, smoothing: number): void {
+async function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, x: tf.Tensor4D, y: tf.Tensor1D, rho: number, smoothing: number): Promise<void> {
   // First pass at w: gradient only (BN statistics are updated in the second pass, as one step should).
   const first = tf.variableGrads(() => crossEntropy(model.forward(x, { training: true }), y, smoothing), vars);
   first.value.dispose();
@@ -94,11 +95,10 @@ function samStep(model: DefenseOutcome['model'], vars: tf.Variable[], opt: SGD, 
   const g2 = vars.map((v) => second.grads[v.name]);
   vars.forEach((v, i) => tf.tidy(() => v.assign(tf.sub(v, eps[i]))));
   tf.dispose(eps);
-  const loss = second.value.dataSync()[0];
-  second.value.dispose();
   opt.step(vars, g2);
   tf.dispose(g2);
   for (const apply of ctx.bnUpdates!) apply();
+  const loss = await takeScalar(second.value);
   if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
 }
 

@@ -47,6 +47,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
 import { argmaxRows, batchCount, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { readFloats, takeScalar, takeScalars } from '../nn/read';
 import type { Model } from '../nn/model';
 import { JobError } from '../errors';
 import { Pacer } from './common';
@@ -56,8 +57,8 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 /** Relative size of the finite-difference step: ||eps v|| = FD_REL * max(||delta||, 1). */
 export const FD_REL = 1e-2;
 
-function l2(t: tf.Tensor): number {
-  return tf.tidy(() => tf.norm(t).dataSync()[0]);
+function l2(t: tf.Tensor): Promise<number> {
+  return takeScalar(tf.norm(t));
 }
 
 /**
@@ -65,17 +66,17 @@ function l2(t: tf.Tensor): number {
  * curvature at delta, not a secant across it) but not so small that float32 cancellation dominates
  * (central differences: error O(eps^2) from truncation, O(macheps / eps) from rounding). 0 when v = 0.
  */
-function fdStep(delta: tf.Tensor, v: tf.Tensor, rel: number): number {
-  const nv = l2(v);
-  return nv === 0 ? 0 : (rel * Math.max(l2(delta), 1)) / nv;
+async function fdStep(delta: tf.Tensor, v: tf.Tensor, rel: number): Promise<number> {
+  const nv = await l2(v);
+  return nv === 0 ? 0 : (rel * Math.max(await l2(delta), 1)) / nv;
 }
 
 /**
  * Hessian-vector product of a scalar objective in delta, (d^2 L / d delta^2) v, by central differences of
  * its first-order gradient: (grad L(delta + eps v) - grad L(delta - eps v)) / (2 eps).
  */
-export function hessianVectorProduct(objective: (d: tf.Tensor) => tf.Scalar, delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): tf.Tensor {
-  const eps = fdStep(delta, v, rel);
+export async function hessianVectorProduct(objective: (d: tf.Tensor) => tf.Scalar, delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): Promise<tf.Tensor> {
+  const eps = await fdStep(delta, v, rel);
   if (eps === 0) return tf.zerosLike(delta);
   return tf.tidy(() => {
     const g = tf.grad((d: tf.Tensor) => objective(d));
@@ -90,8 +91,8 @@ export function hessianVectorProduct(objective: (d: tf.Tensor) => tf.Scalar, del
  * differences of the theta-gradient along v: (grad_theta L(delta + eps v) - grad_theta L(delta - eps v)) / (2 eps)
  * (the mixed partials commute). One tensor per variable (zeros where L does not depend on it).
  */
-export function mixedProduct(objective: (d: tf.Tensor) => tf.Scalar, vars: tf.Variable[], delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): tf.Tensor[] {
-  const eps = fdStep(delta, v, rel);
+export async function mixedProduct(objective: (d: tf.Tensor) => tf.Scalar, vars: tf.Variable[], delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): Promise<tf.Tensor[]> {
+  const eps = await fdStep(delta, v, rel);
   if (eps === 0) return vars.map((w) => tf.zerosLike(w));
   return tf.tidy(() => {
     const at = (d: tf.Tensor): tf.Tensor[] => {
@@ -134,33 +135,46 @@ export interface Hypergradient {
  * mixedProduct): 2K + 2 extra gradient evaluations. `delta` must be a trainable variable (it is differentiated
  * together with vars in one pass); `outer` and `inner` read theta through vars.
  */
-export function implicitHypergradient(
+export async function implicitHypergradient(
   vars: tf.Variable[],
   delta: tf.Variable,
   outer: (d: tf.Tensor) => tf.Scalar,
   inner: (d: tf.Tensor) => tf.Scalar,
   o: { alpha: number; K: number; rel?: number },
-): Hypergradient {
-  return tf.tidy(() => {
+): Promise<Hypergradient> {
+  // Not one tidy: the finite-difference steps and the figures are read between the passes, and a tidy cannot
+  // wait for a read. Every intermediate goes into `owned` and is disposed at the end.
+  const owned: tf.Tensor[] = [];
+  const own = <T extends tf.Tensor | tf.Tensor[]>(t: T): T => {
+    owned.push(...(Array.isArray(t) ? t : [t]));
+    return t;
+  };
+  try {
     // Direct terms: g_theta = dL_outer/d theta and g_delta = dL_outer/d delta at the inner solution.
     const { value, grads } = tf.variableGrads(() => outer(delta), [...vars, delta]);
-    const loss = value.dataSync()[0];
-    const gTheta = vars.map((w) => grads[w.name] ?? tf.zerosLike(w));
-    const gDelta = grads[delta.name] ?? tf.zerosLike(delta);
+    own(value);
+    own(Object.values(grads));
+    const loss = (await value.data())[0];
+    const gTheta = vars.map((w) => grads[w.name] ?? own(tf.zerosLike(w)));
+    const gDelta = grads[delta.name] ?? own(tf.zerosLike(delta));
     // v_{k+1} = (I + alpha H) v_k + g_delta: the fixed-point iteration for (I - dPhi/d delta)^-T g_delta.
-    let v: tf.Tensor = tf.zerosLike(delta);
+    let v: tf.Tensor = own(tf.zerosLike(delta));
     for (let k = 0; k < o.K; k++) {
-      const hv = k === 0 ? tf.zerosLike(delta) : hessianVectorProduct(inner, delta, v, o.rel);
-      v = tf.add(tf.add(v, tf.mul(hv, o.alpha)), gDelta);
+      const hv = own(k === 0 ? tf.zerosLike(delta) : await hessianVectorProduct(inner, delta, v, o.rel));
+      const prev = v;
+      v = own(tf.tidy(() => tf.add(tf.add(prev, tf.mul(hv, o.alpha)), gDelta)));
     }
     // The implicit term (dPhi/d theta)^T v = alpha (d^2 L_inner / d theta d delta)^T v.
-    const mixed = o.K > 0 ? mixedProduct(inner, vars, delta, v, o.rel) : vars.map((w) => tf.zerosLike(w));
-    const implicit = mixed.map((m) => tf.mul(m, o.alpha));
-    const sq = (ts: tf.Tensor[]) => ts.reduce((s, t) => s + tf.sum(tf.square(t)).dataSync()[0], 0);
-    const directNorm = Math.sqrt(sq(gTheta));
-    const implicitRatio = directNorm > 0 ? Math.sqrt(sq(implicit)) / directNorm : 0;
-    return { grads: gTheta.map((g, i) => tf.add(g, implicit[i])), loss, implicitRatio } as unknown as tf.TensorContainer;
-  }) as unknown as Hypergradient;
+    const mixed = own(o.K > 0 ? await mixedProduct(inner, vars, delta, v, o.rel) : vars.map((w) => tf.zerosLike(w)));
+    const implicit = own(mixed.map((m) => tf.mul(m, o.alpha)));
+    // Per-tensor sums of squares, added up on the host in float64 in the variables' order.
+    const sq = async (ts: tf.Tensor[]) => (await takeScalars(tf.tidy(() => ts.map((t) => tf.sum(tf.square(t)))))).reduce((s, x) => s + x, 0);
+    const directNorm = Math.sqrt(await sq(gTheta));
+    const implicitRatio = directNorm > 0 ? Math.sqrt(await sq(implicit)) / directNorm : 0;
+    return { grads: tf.tidy(() => gTheta.map((g, i) => tf.add(g, implicit[i]))), loss, implicitRatio };
+  } finally {
+    tf.dispose(owned);
+  }
 }
 
 export const ibau: Defense = {
@@ -223,7 +237,7 @@ export const ibau: Defense = {
           }
           if (ctx.training) ctx.training.backendSteps++;
           const x = makeBatch(ctx.aux, idx, undefined, undefined);
-          tf.tidy(() => {
+          const next = tf.tidy(() => {
             // The model's own labels, as BackdoorBench: the perturbation moves images off what f predicts.
             const own = tf.argMax(model.forward(x, { training: false }), 1) as tf.Tensor1D;
             const g = inputGradient(delta as unknown as tf.Tensor4D, (d) => {
@@ -232,14 +246,18 @@ export const ibau: Defense = {
               const xp = tf.add(x, d) as tf.Tensor4D;
               return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar;
             });
-            let next = tf.add(delta, tf.mul(g, innerLr));
-            const norm = tf.norm(next).dataSync()[0];
-            if (norm > maxNorm) next = tf.mul(next, maxNorm / norm);
-            delta.assign(next);
+            return tf.add(delta, tf.mul(g, innerLr));
           });
           x.dispose();
+          try {
+            // The projection's scale is read between the two tidies: a tidy cannot wait for a read.
+            const norm = await l2(next);
+            tf.tidy(() => delta.assign(norm > maxNorm ? tf.mul(next, maxNorm / norm) : next));
+          } finally {
+            next.dispose();
+          }
         }
-        norms.push(Math.round(l2(delta) * 1000) / 1000);
+        norms.push(Math.round((await l2(delta)) * 1000) / 1000);
         // Outer minimization: the hypergradient step on each batch, a portion of it carrying delta.
         let ratioSum = 0;
         let steps = 0;
@@ -277,7 +295,7 @@ export const ibau: Defense = {
             const mask = tf.tensor4d(picked, [n, 1, 1, 1]);
             try {
               const eval_ = { training: false };
-              const hg = implicitHypergradient(
+              const hg = await implicitHypergradient(
                 vars,
                 delta,
                 (d) => crossEntropy(model.forward(tf.add(x, tf.mul(mask, d)) as tf.Tensor4D, eval_), y),
@@ -383,7 +401,7 @@ export class IbauGraphs {
   /** The inner ascent step of one batch, with the model's own labels, projected onto the L2 ball. */
   async ascent(delta: tf.Variable, x: Float32Array, n: number, innerLr: number, penalty: number, maxNorm: number): Promise<void> {
     const own = argmaxRows(await this.forward.logits(x, n), this.model.numClasses);
-    const d = delta.dataSync() as Float32Array;
+    const d = await readFloats(delta);
     const g = await this.innerGradDelta(x, n, own, d, penalty);
     const next = d.map((v, j) => v + innerLr * g[j]);
     const norm = Math.sqrt(next.reduce((a, v) => a + v * v, 0));
@@ -394,7 +412,7 @@ export class IbauGraphs {
   /** implicitHypergradient with its gradients from ONNX Runtime (the same iteration and finite differences). */
   async hypergradient(vars: tf.Variable[], delta: tf.Variable, x: Float32Array, labels: Int32Array, mask: Float32Array, penalty: number, o: { alpha: number; K: number; rel?: number }): Promise<Hypergradient> {
     const n = labels.length;
-    const d = Float32Array.from(delta.dataSync() as Float32Array);
+    const d = await readFloats(delta);
     const size = d.length;
     const keyOf = new Map(this.model.root.namedParams().map(([key, p]) => [p.variable, key]));
     const thetaGrads = (g: Map<string, Float32Array>) => vars.map((v) => g.get(keyOf.get(v)!) ?? new Float32Array(v.size));

@@ -15,6 +15,7 @@ import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph, type GraphRun } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
+import { takeAllFloats } from '../nn/read';
 import type { ForwardContext } from '../nn/module';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -146,7 +147,7 @@ async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, lab
   const fwd = await g.gradients.forward(x, n);
   let seeds: StudentSeeds;
   try {
-    seeds = studentSeeds(fwd, teacherTaps, labels, taps, betas, g.gradients.model.numClasses);
+    seeds = await studentSeeds(fwd, teacherTaps, labels, taps, betas, g.gradients.model.numClasses);
   } catch (e) {
     g.gradients.discard(fwd);
     throw e;
@@ -165,18 +166,17 @@ interface StudentSeeds {
 }
 
 /** The student loss and its gradients with respect to the logits and the taps, on the backend (small tensors). */
-function studentSeeds(fwd: GraphRun, teacherTaps: NonNullable<GraphRun['taps']>, labels: Int32Array, taps: string[], betas: number[], k: number): StudentSeeds {
+async function studentSeeds(fwd: GraphRun, teacherTaps: NonNullable<GraphRun['taps']>, labels: Int32Array, taps: string[], betas: number[], k: number): Promise<StudentSeeds> {
   const n = labels.length;
-  return tf.tidy(() => {
-    const logits = tf.tensor2d(fwd.logits!, [n, k]);
-    const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
-    const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
-    const y = tf.tensor1d(labels, 'int32');
-    const { value, grads } = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => studentLoss(l as tf.Tensor2D, y, s, fixed, betas, 'nchw'))([logits, ...feats]);
-    return {
-      value: value.dataSync()[0],
-      dlogits: grads[0].dataSync() as Float32Array,
-      tapGrads: taps.map((_, i) => grads[i + 1].dataSync() as Float32Array),
-    };
-  });
+  const [value, dlogits, ...tapGrads] = await takeAllFloats(
+    tf.tidy(() => {
+      const logits = tf.tensor2d(fwd.logits!, [n, k]);
+      const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
+      const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
+      const y = tf.tensor1d(labels, 'int32');
+      const { value, grads } = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => studentLoss(l as tf.Tensor2D, y, s, fixed, betas, 'nchw'))([logits, ...feats]);
+      return [value, ...grads];
+    }),
+  );
+  return { value: value[0], dlogits, tapGrads };
 }

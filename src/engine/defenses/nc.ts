@@ -15,6 +15,7 @@ import type { Model } from '../nn/model';
 import { Adam, SGD } from '../nn/optim';
 import { argmaxRows, crossEntropy, makeBatch } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { takeAllFloats, takeFloats, takeScalar } from '../nn/read';
 import { JobError } from '../errors';
 import { Pacer, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -111,7 +112,7 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
       const x = makeBatch(aux, idx, undefined, undefined);
       let hits = 0;
       if (graph) {
-        const stamped = tf.tidy(() => stamp(x).dataSync() as Float32Array);
+        const stamped = await takeFloats(tf.tidy(() => stamp(x)));
         const r = await graph.run(stamped, p.batchSize, { labels: new Int32Array(p.batchSize).fill(label) });
         if (!Number.isFinite(r.loss!)) throw new JobError('trigger reversal diverged (loss is not finite)');
         for (const predicted of argmaxRows(r.logits!, model.numClasses)) if (predicted === label) hits++;
@@ -125,26 +126,31 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
           opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
           value.dispose();
         });
-      } else tf.tidy(() => {
-        const { value, grads } = tf.variableGrads(() => {
-          const logits = model.forward(stamp(x), { training: false });
-          hits = tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')).dataSync()[0];
-          const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
-          return tf.add(crossEntropy(logits, target), tf.mul(l1, cost)) as tf.Scalar;
-        }, [maskRaw, patternRaw]);
-        opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
-        value.dispose();
-      });
+      } else {
+        // The hit count is kept out of the gradient's scope and read after the step: tidy cannot wait for a read.
+        const hitsT = tf.tidy(() => {
+          let h: tf.Tensor | undefined;
+          const { value, grads } = tf.variableGrads(() => {
+            const logits = model.forward(stamp(x), { training: false });
+            h = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')));
+            const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
+            return tf.add(crossEntropy(logits, target), tf.mul(l1, cost)) as tf.Scalar;
+          }, [maskRaw, patternRaw]);
+          opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
+          value.dispose();
+          return h as unknown as tf.Tensor;
+        });
+        hits = await takeScalar(hitsT);
+      }
       x.dispose();
       successRate = hits / p.batchSize;
       // Cost schedule: shrink the mask harder while the trigger works, relax when it stops working.
       cost = successRate >= p.successThreshold ? cost * p.costUp : cost / p.costDown;
       cost = Math.min(Math.max(cost, 1e-6), 1);
     }
-    const mask = tf.tidy(() => tf.div(tf.add(tf.tanh(maskRaw), 1), 2).dataSync() as Float32Array);
-    const pattern = tf.tidy(() => tf.div(tf.add(tf.tanh(patternRaw), 1), 2).dataSync() as Float32Array);
+    const [mask, pattern] = await takeAllFloats(tf.tidy(() => [tf.div(tf.add(tf.tanh(maskRaw), 1), 2), tf.div(tf.add(tf.tanh(patternRaw), 1), 2)]));
     const l1 = mask.reduce((a, b) => a + b, 0);
-    return { label, mask: Float32Array.from(mask), pattern: Float32Array.from(pattern), l1, successRate };
+    return { label, mask, pattern, l1, successRate };
   } finally {
     maskRaw.dispose();
     patternRaw.dispose();

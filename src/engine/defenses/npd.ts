@@ -26,6 +26,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers';
 import { SGD } from '../nn/optim';
 import { crossEntropy, makeBatch } from '../nn/train';
+import { takeAllFloats } from '../nn/read';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
@@ -37,24 +38,25 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
  * Per-channel mean and variance of what the polarizer receives, over the auxiliary set (eval mode: the frozen
  * backbone in front of it), written into the polarizer's BatchNorm running statistics.
  */
-function fitPolarizerStatistics(model: Model, bn: BatchNorm2d, aux: ImageSet, batchSize = 128): void {
+async function fitPolarizerStatistics(model: Model, bn: BatchNorm2d, aux: ImageSet, batchSize = 128): Promise<void> {
   let sum: Float64Array | undefined;
   let sumSq: Float64Array | undefined;
   for (let s = 0; s < aux.n; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, aux.n - s) }, (_, i) => s + i);
-    tf.tidy(() => {
-      const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
-      model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
-      const st = stats.get(bn.path)!;
-      const m = st.mean.dataSync();
-      const v = st.variance.dataSync();
-      sum ??= new Float64Array(m.length);
-      sumSq ??= new Float64Array(m.length);
-      for (let i = 0; i < m.length; i++) {
-        sum[i] += m[i] * idx.length;
-        sumSq[i] += (v[i] + m[i] * m[i]) * idx.length;
-      }
-    });
+    const [m, v] = await takeAllFloats(
+      tf.tidy(() => {
+        const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+        model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
+        const st = stats.get(bn.path)!;
+        return [st.mean, st.variance];
+      }),
+    );
+    sum ??= new Float64Array(m.length);
+    sumSq ??= new Float64Array(m.length);
+    for (let i = 0; i < m.length; i++) {
+      sum[i] += m[i] * idx.length;
+      sumSq[i] += (v[i] + m[i] * m[i]) * idx.length;
+    }
   }
   const mean = Float32Array.from(sum!, (v) => v / aux.n);
   const variance = Float32Array.from(sumSq!, (v, i) => Math.max(0, v / aux.n - mean[i] * mean[i]));
@@ -129,7 +131,7 @@ export const npd: Defense = {
     const plain = { cropPadding: 0, flip: false };
     try {
       // Warm-up: the polarizer's BatchNorm takes the statistics of its input, then a few slow clean epochs.
-      fitPolarizerStatistics(model, polBn, ctx.aux);
+      await fitPolarizerStatistics(model, polBn, ctx.aux);
       await trainEpochs(ctx, model, warm, { epochs: p.warmupEpochs, lr: p.warmupLr, schedule: 'constant', batchSize: p.batchSize, vars, bnTrain: false, augment: plain, progressTotal: total, label: 'warm-up epoch' });
       await trainEpochs(ctx, model, opt, {
         epochs: p.epochs,

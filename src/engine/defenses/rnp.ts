@@ -26,6 +26,7 @@ import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm, type BnMaskSet } from './bn_masks';
 import { accuracyOn, splitAux, trainEpochs } from './common';
+import { readFloats } from '../nn/read';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { applyGradients, OrtTrainer } from '../nn/ort_train';
@@ -65,7 +66,7 @@ export const rnp: Defense = {
       const trainer = ctx.ortTraining ? await OrtTrainer.create(unlearned, { bnTrain: true, threads: 1 }) : undefined;
       if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('RNP: the ONNX training graph does not cover this model');
       try {
-        while (unlearnEpochs < p.unlearnMaxEpochs && accuracyOn(unlearned, train) > p.unlearnFloor) {
+        while (unlearnEpochs < p.unlearnMaxEpochs && (await accuracyOn(unlearned, train)) > p.unlearnFloor) {
           await trainEpochs(ctx, unlearned, up, {
             epochs: 1,
             lr: p.unlearnLr,
@@ -107,8 +108,8 @@ export const rnp: Defense = {
           loss: (s) => tf.mul(crossEntropy(unlearned.forward(s.x, { ...s.ctx, bnAffineHook: hook }), s.y), p.alpha) as tf.Scalar,
           afterStep: () => clipVariables(set.masks, 0, 1),
         });
-        const masks = readMasks(set);
-        const choice = greedyPrune(ctx.victim, masks, val, p.maxThreshold, p.accRatio, p.channelAccDrop);
+        const masks = await readMasks(set);
+        const choice = await greedyPrune(ctx.victim, masks, val, p.maxThreshold, p.accRatio, p.channelAccDrop);
         return {
           model: choice.model,
           details: {
@@ -138,8 +139,8 @@ export const rnp: Defense = {
  * only if it costs at most `channelDrop` validation accuracy and the total stays >= accRatio * the unpruned
  * accuracy.
  */
-function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, accRatio: number, channelDrop: number): { model: Model; pruned: string[]; skipped: string[]; valAcc: number; baseAcc: number } {
-  const baseAcc = accuracyOn(victim, val);
+async function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, accRatio: number, channelDrop: number): Promise<{ model: Model; pruned: string[]; skipped: string[]; valAcc: number; baseAcc: number }> {
+  const baseAcc = await accuracyOn(victim, val);
   const model = victim.clone();
   const bns = model.batchNorms();
   const order: Array<{ layer: number; ch: number; m: number }> = [];
@@ -152,11 +153,11 @@ function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThr
   let valAcc = baseAcc;
   for (const { layer, ch } of order) {
     const bn = bns[layer];
-    const gamma = Float32Array.from(bn.weight.dataSync() as Float32Array);
+    const gamma = await readFloats(bn.weight);
     const old = gamma[ch];
     gamma[ch] = 0;
     tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
-    const acc = accuracyOn(model, val);
+    const acc = await accuracyOn(model, val);
     const name = `${bn.path}[${ch}]`;
     if (acc >= accRatio * baseAcc && acc >= valAcc - channelDrop) {
       pruned.push(name);
@@ -180,7 +181,7 @@ async function ascentStepOnOrt(trainer: OrtTrainer, opt: SGD, x: Float32Array, s
 
 /** One mask step: alpha * d CE / d mask, with gamma scaled by the masks and beta unmasked, as maskHook does. */
 async function maskStepOnOrt(graph: OrtModelGraph, set: BnMaskSet, opt: SGD, x: Float32Array, labels: Int32Array, alpha: number): Promise<number> {
-  const masks = set.masks.map((m) => m.dataSync() as Float32Array);
+  const masks = await readMasks(set);
   const scales = new Map(set.layers.map((bn, i) => [bn.path, { g: Float32Array.from(masks[i]), b: new Float32Array(masks[i].length).fill(1) }]));
   const run = await graph.run(x, labels.length, { labels, scales });
   const grads = set.layers.map((bn) => tf.tidy(() => tf.mul(tf.tensor1d(run.scaleGrads!.get(bn.path)!.g), alpha)));

@@ -21,6 +21,7 @@ import { argmaxRows, crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
+import { takeAllFloats, takeFloats } from '../nn/read';
 import { trainEpochs } from './common';
 import { inputGradient, projectLinf } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
@@ -65,9 +66,15 @@ export const sau: Defense = {
               return out.loss;
             }
           : undefined,
-        prepare: (s) => {
+        prepare: async (s) => {
           const packed = sharedAdversarial(model, frozen, s.x, s.y, p);
-          const flags = Array.from(tf.tidy(() => tf.slice(packed, [0, size + 1], [s.x.shape[0], 1]).dataSync() as Float32Array));
+          let flags: number[];
+          try {
+            flags = Array.from(await takeFloats(tf.slice(packed, [0, size + 1], [s.x.shape[0], 1])));
+          } catch (e) {
+            packed.dispose();
+            throw e;
+          }
           shared += flags.reduce((a, b) => a + b, 0);
           seen += s.x.shape[0];
           return packed;
@@ -203,12 +210,15 @@ function projectLinfArray(x: Float32Array, xAdv: Float32Array, eps: number): Flo
 }
 
 /** The gradients of `loss` with respect to each of `logits`, computed on the backend (a few numbers per image). */
-function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number }>, loss: (ls: tf.Tensor2D[]) => tf.Scalar): { value: number; grads: Float32Array[] } {
-  return tf.tidy(() => {
-    const inputs = logits.map((l) => tf.tensor2d(l.data, [l.n, l.k]));
-    const { value, grads } = tf.valueAndGrads((...ls: tf.Tensor[]) => loss(ls as tf.Tensor2D[]))(inputs);
-    return { value: value.dataSync()[0], grads: grads.map((g) => g.dataSync() as Float32Array) };
-  });
+async function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number }>, loss: (ls: tf.Tensor2D[]) => tf.Scalar): Promise<{ value: number; grads: Float32Array[] }> {
+  const [value, ...grads] = await takeAllFloats(
+    tf.tidy(() => {
+      const inputs = logits.map((l) => tf.tensor2d(l.data, [l.n, l.k]));
+      const { value, grads } = tf.valueAndGrads((...ls: tf.Tensor[]) => loss(ls as tf.Tensor2D[]))(inputs);
+      return [value, ...grads];
+    }),
+  );
+  return { value: value[0], grads };
 }
 
 /**
@@ -238,7 +248,7 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
     const notShared = Float32Array.from(predF, (v, j) => (v !== cleanF[j] && pred0[j] !== cleanF0[j] && v === pred0[j] ? 0 : 1));
     let grads: Float32Array[];
     try {
-      ({ grads } = logitGradients(
+      ({ grads } = await logitGradients(
         [
           { data: lf, n, k },
           { data: l0, n, k },
@@ -266,7 +276,7 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   let value: number;
   let grads: Float32Array[];
   try {
-    ({ value, grads } = logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
+    ({ value, grads } = await logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
       unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
     ));
   } catch (e) {

@@ -21,7 +21,7 @@ export interface EmbedInput {
   seed: number;
 }
 
-export function embedAuxSet(victim: Model, input: EmbedInput): EmbeddingEntry {
+export async function embedAuxSet(victim: Model, input: EmbedInput): Promise<EmbeddingEntry> {
   const parts: Array<[EmbeddingPoint['set'], ImageSet]> = [
     ['reference', input.reference],
     ['aux', input.raw],
@@ -34,7 +34,8 @@ export function embedAuxSet(victim: Model, input: EmbedInput): EmbeddingEntry {
   const refIdx = rng.permutation(input.reference.n).slice(0, Math.min(per, input.reference.n));
   const chosen = parts.map(([set, data]) => [set, subset(data, set === 'reference' ? refIdx : auxIdx)] as const);
 
-  const feats = chosen.map(([, s]) => predictFeatures(victim, s));
+  const feats: Array<{ data: Float32Array; dim: number }> = [];
+  for (const [, s] of chosen) feats.push(await predictFeatures(victim, s));
   const dim = feats[0].dim;
   const n = chosen.reduce((a, [, s]) => a + s.n, 0);
   const rows = new Float32Array(n * dim);

@@ -21,6 +21,7 @@ import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { JobError, throwIfAborted } from '../errors';
 import { OrtModelGraph, type PendingBackward } from '../nn/ort_graph';
+import { readFloats, takeAllFloats, takeFloats, takeScalars } from '../nn/read';
 import type { GicEntry } from '../../shared/results';
 
 export type GicNorm = 'inf' | '2';
@@ -124,22 +125,24 @@ function bnDistance(victim: Model, stats: NonNullable<ForwardContext['bnInputSta
 export type CalibrationReport = Omit<GicEntry, 'aux'>;
 
 /** Mean victim confidence on the true label and the mean per-batch BN distance of a set. */
-export function measureSet(victim: Model, set: ImageSet, batchSize = 256): { confidence: number; bnDistance: number | null } {
+export async function measureSet(victim: Model, set: ImageSet, batchSize = 256): Promise<{ confidence: number; bnDistance: number | null }> {
   const hasBn = victim.batchNorms().length > 0;
   let conf = 0;
   let dist = 0;
   let batches = 0;
   for (let s = 0; s < set.n; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
-    const [c, d] = tf.tidy(() => {
-      const x = makeBatch(set, idx, undefined, undefined);
-      const y = tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32');
-      const ctx: ForwardContext = { training: false, bnInputStats: hasBn ? new Map() : undefined };
-      const p = tf.softmax(victim.forward(x, ctx));
-      const cTrue = tf.sum(tf.mul(p, tf.oneHot(y, victim.numClasses)));
-      const dd = hasBn ? bnDistance(victim, ctx.bnInputStats!) : tf.scalar(0);
-      return [cTrue.dataSync()[0], dd.dataSync()[0]];
-    });
+    const [c, d] = await takeScalars(
+      tf.tidy(() => {
+        const x = makeBatch(set, idx, undefined, undefined);
+        const y = tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32');
+        const ctx: ForwardContext = { training: false, bnInputStats: hasBn ? new Map() : undefined };
+        const p = tf.softmax(victim.forward(x, ctx));
+        const cTrue = tf.sum(tf.mul(p, tf.oneHot(y, victim.numClasses)));
+        const dd = hasBn ? bnDistance(victim, ctx.bnInputStats!) : tf.scalar(0);
+        return [cTrue, dd];
+      }),
+    );
     conf += c;
     dist += d;
     batches++;
@@ -178,7 +181,7 @@ export async function calibrate(
   const withBn = hasBn && o.lambdaBn > 0;
   const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn) : undefined;
   // The figures before and after through the same forward graph where it has the statistics they need.
-  const measure = (set: ImageSet) => (graphs && withBn === hasBn ? graphs.measure(victim, set) : Promise.resolve(measureSet(victim, set)));
+  const measure = (set: ImageSet) => (graphs && withBn === hasBn ? graphs.measure(victim, set) : measureSet(victim, set));
   let before: Awaited<ReturnType<typeof measure>>;
   let after: Awaited<ReturnType<typeof measure>>;
   let set: ImageSet;
@@ -193,7 +196,7 @@ export async function calibrate(
         const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
         try {
           if (graphs) await graphs.step(victim, net, vars, opt, x, y, o.lambdaBn);
-          else trainStep(
+          else await trainStep(
             vars,
             opt,
             () => {
@@ -214,7 +217,7 @@ export async function calibrate(
       }
       progress?.(e + 1, o.epochs, `GIC epoch ${e + 1}/${o.epochs}`);
     }
-    set = applyCalibration(net, aux);
+    set = await applyCalibration(net, aux);
     after = await measure(set);
   } catch (e) {
     net.dispose();
@@ -283,7 +286,7 @@ class CalibrationGraphs {
   async step(victim: Model, net: GicNet, vars: tf.Variable[], opt: Adam, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): Promise<void> {
     const n = x.shape[0];
     const k = victim.numClasses;
-    const xs = x.dataSync() as Float32Array;
+    const xs = await readFloats(x);
     const [hh, hw, hc] = net.shape;
     // Forward parts of the split graphs still waiting for their backward parts (released on any error).
     const pending: Array<[OrtModelGraph, PendingBackward]> = [];
@@ -295,29 +298,30 @@ class CalibrationGraphs {
       return net.globalTerm ? tf.add(nhwc, net.globalTerm) : nhwc;
     }) as tf.Tensor4D;
     try {
-      const gx = tf.tidy(() => tf.clipByValue(tf.add(x, net.bounded(pre)), 0, 1).dataSync() as Float32Array);
+      const gx = await takeFloats(tf.tidy(() => tf.clipByValue(tf.add(x, net.bounded(pre)), 0, 1)));
       const fwd = await this.pixels.forward(gx, n);
       pending.push([this.pixels, fwd]);
       const paths = [...(fwd.inputStats?.keys() ?? [])];
-      const { value, grads } = tf.tidy(() => {
+      const [values, ...grads] = await takeAllFloats(tf.tidy(() => {
         const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
         const stats = (ts: tf.Tensor[]) => new Map(paths.map((p, i) => [p, { mean: ts[2 * i] as tf.Tensor1D, variance: ts[2 * i + 1] as tf.Tensor1D }]));
         const out = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => {
           const ce = crossEntropy(l as tf.Tensor2D, y);
           return paths.length ? (tf.add(ce, tf.mul(bnDistance(victim, stats(s)), lambdaBn)) as tf.Scalar) : ce;
         })(inputs);
-        return { value: out.value.dataSync()[0], grads: out.grads.map((g) => g.dataSync() as Float32Array) };
-      });
+        return [out.value, ...out.grads];
+      }));
+      const value = values[0];
       if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
       const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
       pending.pop();
       const dgx = (await this.pixels.backward(fwd, { dlogits: grads[0], dInputStats })).dx!;
       // d loss / d (h(x) + t), through the clip and the bound.
-      const { dh, dt } = tf.tidy(() => {
+      const [dh, dt = new Float32Array(0)] = await takeAllFloats(tf.tidy(() => {
         const upstream = tf.tensor4d(dgx, x.shape);
         const [dpre] = tf.grads((p: tf.Tensor) => tf.sum(tf.mul(tf.clipByValue(tf.add(x, net.bounded(p as tf.Tensor4D)), 0, 1), upstream)))([pre]);
-        return { dh: tf.transpose(dpre, [0, 3, 1, 2]).dataSync() as Float32Array, dt: net.globalTerm ? (tf.sum(dpre, 0).dataSync() as Float32Array) : new Float32Array(0) };
-      });
+        return net.globalTerm ? [tf.transpose(dpre, [0, 3, 1, 2]), tf.sum(dpre, 0)] : [tf.transpose(dpre, [0, 3, 1, 2])];
+      }));
       pending.pop();
       const hg = (await this.hGradients.backward(hPass, { dlogits: dh })).grads!;
       const byVariable = new Map(net.h.namedParams().map(([key, p]) => [p.variable, hg.get(key)]));
@@ -343,13 +347,15 @@ class CalibrationGraphs {
     for (let s = 0; s < set.n; s += batchSize) {
       const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
       const run = await this.forward.run(makeBatchArray(set, idx, undefined, undefined), idx.length);
-      const [c, d] = tf.tidy(() => {
-        const p = tf.softmax(tf.tensor2d(run.logits!, [idx.length, k]));
-        const cTrue = tf.sum(tf.mul(p, tf.oneHot(tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32'), k)));
-        const stats = new Map([...(run.inputStats ?? new Map())].map(([path, v]) => [path, { mean: tf.tensor1d(v.mean), variance: tf.tensor1d(v.variance) }]));
-        const dd = hasBn ? bnDistance(victim, stats) : tf.scalar(0);
-        return [cTrue.dataSync()[0], dd.dataSync()[0]];
-      });
+      const [c, d] = await takeScalars(
+        tf.tidy(() => {
+          const p = tf.softmax(tf.tensor2d(run.logits!, [idx.length, k]));
+          const cTrue = tf.sum(tf.mul(p, tf.oneHot(tf.tensor1d(Int32Array.from(idx, (i) => set.y[i]), 'int32'), k)));
+          const stats = new Map([...(run.inputStats ?? new Map())].map(([path, v]) => [path, { mean: tf.tensor1d(v.mean), variance: tf.tensor1d(v.variance) }]));
+          const dd = hasBn ? bnDistance(victim, stats) : tf.scalar(0);
+          return [cTrue, dd];
+        }),
+      );
       conf += c;
       dist += d;
       batches++;
@@ -363,14 +369,12 @@ class CalibrationGraphs {
 }
 
 /** g applied to a whole set, with the bound enforced exactly in float32. */
-export function applyCalibration(net: GicNet, set: ImageSet, batchSize = 256): ImageSet {
+export async function applyCalibration(net: GicNet, set: ImageSet, batchSize = 256): Promise<ImageSet> {
   const size = imageSize(set);
   const out = new Float32Array(set.x.length);
   for (let s = 0; s < set.n; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
-    const g = tf.tidy(() => net.apply(makeBatch(set, idx, undefined, undefined)));
-    out.set(g.dataSync() as Float32Array, s * size);
-    g.dispose();
+    out.set(await takeFloats(tf.tidy(() => net.apply(makeBatch(set, idx, undefined, undefined)))), s * size);
   }
   enforceBound(set.x, out, size, net.o.delta, net.o.norm);
   return { n: set.n, shape: [...set.shape] as [number, number, number], x: out, y: set.y.slice(), numClasses: set.numClasses };

@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import type { ImageSet } from '../data/dataset';
 import { GicNet, GIC_DEFAULTS, type GicNorm } from './gic';
 import { assignFromPt, ptShape, toPt, type PtTensor } from '../nn/module';
+import { takeFloats } from '../nn/read';
 import { encodeSafetensors, decodeSafetensors } from '../formats/safetensors';
 import { encodeNpz } from '../formats/data/npz';
 import { writeFileAtomic } from '../util/atomic';
@@ -25,22 +26,21 @@ export const GIC_FORMAT = 'backdoor-audit/gic@2';
 /** The previous format: the same file layout, L_inf residual delta * tanh(h(x) + offset). */
 const GIC_FORMAT_V1 = 'backdoor-audit/gic@1';
 
-export function gicStateDict(net: GicNet): Map<string, PtTensor> {
+export async function gicStateDict(net: GicNet): Promise<Map<string, PtTensor>> {
   const sd = new Map<string, PtTensor>();
-  for (const [name, p] of net.h.namedParams()) sd.set(`h.${name}`, toPt(p));
+  for (const [name, p] of net.h.namedParams()) sd.set(`h.${name}`, await toPt(p));
   if (net.globalTerm) {
     const [h, w, c] = net.shape;
-    const t = tf.tidy(() => tf.transpose(tf.reshape(net.globalTerm!, [1, h, w, c]), [0, 3, 1, 2]));
-    sd.set('offset', { shape: [1, c, h, w], dtype: 'float32', data: Float32Array.from(t.dataSync() as Float32Array) });
-    t.dispose();
+    const data = await takeFloats(tf.tidy(() => tf.transpose(tf.reshape(net.globalTerm!, [1, h, w, c]), [0, 3, 1, 2])));
+    sd.set('offset', { shape: [1, c, h, w], dtype: 'float32', data });
   }
   return sd;
 }
 
-export function encodeGicNet(net: GicNet): Uint8Array {
+export async function encodeGicNet(net: GicNet): Promise<Uint8Array> {
   const o = net.o;
   const legacy = net.legacyTanh && o.norm === 'inf';
-  return encodeSafetensors(gicStateDict(net), {
+  return encodeSafetensors(await gicStateDict(net), {
     format: legacy ? GIC_FORMAT_V1 : GIC_FORMAT,
     transform:
       o.norm === 'inf'
@@ -91,7 +91,9 @@ export function encodeCalibratedSet(set: ImageSet): Uint8Array {
  * Write g and the calibrated set for auxiliary set `aux` into `dir`; returns the file names. `taken` tells
  * whether a name is already used (e.g. by an earlier run in the out dir): then a numbered name is chosen.
  */
-export function saveCalibration(net: GicNet, set: ImageSet, dir: string, aux: string, taken: (name: string) => boolean = () => false): { net: string; images: string } {
+export async function saveCalibration(net: GicNet, set: ImageSet, dir: string, aux: string, taken: (name: string) => boolean = () => false): Promise<{ net: string; images: string }> {
+  // Read g's weights first: the names are chosen and written with no await in between.
+  const netBytes = await encodeGicNet(net);
   const free = (base: string, ext: string) => {
     for (let i = 0; ; i++) {
       const name = i === 0 ? `${base}.${ext}` : `${base}-${i}.${ext}`;
@@ -100,7 +102,7 @@ export function saveCalibration(net: GicNet, set: ImageSet, dir: string, aux: st
   };
   const netName = free(`gic-${aux}`, 'safetensors');
   const imagesName = free(`gic-${aux}`, 'npz');
-  writeFileAtomic(path.join(dir, netName), encodeGicNet(net));
+  writeFileAtomic(path.join(dir, netName), netBytes);
   writeFileAtomic(path.join(dir, imagesName), encodeCalibratedSet(set));
   return { net: netName, images: imagesName };
 }

@@ -84,7 +84,7 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
   if (size < 2 || !script) return undefined;
   const data: CellWorkerData = {
     backend: o.backend.name,
-    victim: { spec: job.victim.spec, normalize: job.victim.normalize, state: job.victim.stateDict() },
+    victim: { spec: job.victim.spec, normalize: job.victim.normalize, state: await job.victim.stateDict() },
     test: job.test,
     triggered: job.triggered,
     augment: job.augment,

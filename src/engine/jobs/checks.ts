@@ -18,9 +18,9 @@ export interface NonFinite {
   value: number;
 }
 
-export function findNonFinite(model: Model): NonFinite | undefined {
+export async function findNonFinite(model: Model): Promise<NonFinite | undefined> {
   // The state_dict (PyTorch layout) rather than the variables: names and indices as the user's tools show them.
-  for (const [name, t] of model.stateDict()) {
+  for (const [name, t] of await model.stateDict()) {
     const d = t.data;
     if (!(d instanceof Float32Array) && !(d instanceof Float64Array)) continue;
     let count = 0;
@@ -49,8 +49,8 @@ export function describeNonFinite(f: NonFinite): string {
 }
 
 /** NaN or Inf in the victim's weights: refused before anything runs, naming the tensor. */
-export function checkFiniteWeights(model: Model, where: string): void {
-  const f = findNonFinite(model);
+export async function checkFiniteWeights(model: Model, where: string): Promise<void> {
+  const f = await findNonFinite(model);
   if (f) throw new InputError(`the model's weight ${describeNonFinite(f)}: the checkpoint is corrupt or its training diverged`, where);
 }
 

@@ -50,7 +50,7 @@ export interface PlannedDefense {
 export type Calibrator = (victim: Model, aux: PreparedAux, signal: AbortSignal | undefined, progress: (d: number, t: number, m?: string) => void) => Promise<{ set: ImageSet; entry: GicEntry }>;
 
 /** Projects features of reference, raw and calibrated data to 2-D; provided by the embed module. */
-export type Embedder = (victim: Model, aux: PreparedAux, calibrated: ImageSet | undefined) => EmbeddingEntry | undefined;
+export type Embedder = (victim: Model, aux: PreparedAux, calibrated: ImageSet | undefined) => Promise<EmbeddingEntry | undefined>;
 
 export interface PreparedJob {
   victim: Model;
@@ -200,7 +200,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         // The calibrated set is projected too whenever the job calibrates (in a shard, this may be the first use).
         const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
         const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0], seed: aux.seed, stream: '' })) ? calibrated.get(auxKey(aux)) : undefined;
-        const entry = job.embed(job.victim, aux, cal);
+        const entry = await job.embed(job.victim, aux, cal);
         if (entry) {
           results.embeddings.push(entry);
           o.emit({ type: 'embedding', entry });
@@ -328,7 +328,7 @@ export async function runCell(
     // The profile's own departures from BackdoorBench, then whatever the job overrode.
     const overrides = Object.entries(cell.defense.params ?? {}).map(([k, v]) => `${k} ${v}`);
     // A graph whose BatchNorm was folded into its convolutions gets it back for the defense (renormalize.ts).
-    renormalized = renormalize(job.victim, auxSet);
+    renormalized = await renormalize(job.victim, auxSet);
     const renormNote = renormalized
       ? `BatchNorm put back after ${renormalized.layers} convolutions (folded into them in this graph): the identity in eval mode, statistics of the aux set`
       : undefined;
@@ -342,7 +342,7 @@ export async function runCell(
     row.training = rowTraining(training, defense);
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
-    const bad = findNonFinite(model);
+    const bad = await findNonFinite(model);
     if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
     const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, ortThreads);
     const m = reported(measured, job.triggered);
@@ -351,12 +351,13 @@ export async function runCell(
     // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
     // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
     try {
-      row.diff = diffStateDicts(victimStateDict(job.victim), model.stateDict());
+      row.diff = diffStateDicts(await victimStateDict(job.victim), await model.stateDict());
     } catch {
       /* no diff for this row */
     }
     detection = out.detection;
-    const written = targets.map((t) => path.basename(saveModelFile(model!, t.file, t.format)));
+    const written: string[] = [];
+    for (const t of targets) written.push(path.basename(await saveModelFile(model, t.file, t.format)));
     if (written.length) row.output = written[0];
   } catch (e) {
     if (e instanceof CancelledError) throw e;
@@ -370,8 +371,8 @@ export async function runCell(
 }
 
 /** The victim's state_dict, read once per victim: every cell compares its purified model with it. */
-const victimDicts = new WeakMap<Model, PtStateDict>();
-function victimStateDict(victim: Model): PtStateDict {
+const victimDicts = new WeakMap<Model, Promise<PtStateDict>>();
+function victimStateDict(victim: Model): Promise<PtStateDict> {
   let sd = victimDicts.get(victim);
   if (!sd) {
     sd = victim.stateDict();

@@ -85,14 +85,14 @@ export async function runDemo(o: DemoOptions): Promise<Results> {
           onBatch: (_ep: number, b: number, n: number) => emit({ type: 'progress', stage: 'training the victim', done: e * n + b + 1, total: epochs * n }),
         };
         if (trainer) await fitStepped(victim, poisoned.set, options, trainer);
-        else fit(victim, poisoned.set, options);
+        else await fit(victim, poisoned.set, options);
         await yieldToLoop();
       }
     } finally {
       await trainer?.close();
     }
     opt.dispose();
-    saveModelFile(victim, path.join(staging, 'victim.safetensors'), 'safetensors');
+    await saveModelFile(victim, path.join(staging, 'victim.safetensors'), 'safetensors');
 
     // Auxiliary sets: 5% of the victim's training size, class-balanced.
     const auxSize = Math.round(0.05 * split.train.n);

@@ -92,9 +92,9 @@ export async function prepareInputs(job: Job, loaded: LoadedModel, name: string,
   const seeds = job.seeds;
   const rng = new Rng(seed);
   // NaN or Inf in the weights would make every number of the job meaningless.
-  checkFiniteWeights(victim, `${name}: model`);
+  await checkFiniteWeights(victim, `${name}: model`);
   // A format that cannot hold this model fails now, not after the defenses ran.
-  if (job.outputs?.formats?.includes('tfjs')) tfjsArtifactsOf(victim, 'check.bin');
+  if (job.outputs?.formats?.includes('tfjs')) await tfjsArtifactsOf(victim, 'check.bin');
   const k = victim.numClasses;
   // Converted to the model's channels (resized only when the source asks) and checked against its classes.
   // Until a model that pools globally has adopted the data's size, only the classes are checked here.
@@ -207,7 +207,7 @@ export function assemblePreparedJob(o: AssembleOptions): PreparedJob {
       try {
         // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
         const base = o.seeds.length > 1 ? `${a.name}-s${a.seed}` : a.name;
-        const files = saveCalibration(out.net, out.set, o.staging, base, taken);
+        const files = await saveCalibration(out.net, out.set, o.staging, base, taken);
         return { set: out.set, entry: { aux: a.name, seed: a.seed, ...out.report, files } };
       } finally {
         out.net.dispose();

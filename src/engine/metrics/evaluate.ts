@@ -30,8 +30,9 @@ export function noTriggeredSet(shape: [number, number, number], numClasses: numb
   return { set: { n: 0, shape: [...shape] as [number, number, number], x: new Float32Array(0), y: new Int32Array(0), numClasses }, attackLabels: new Int32Array(0), unknown: true };
 }
 
-export function evaluateModel(model: Model, test: ImageSet, triggered: TriggeredSet, signal?: AbortSignal): Metrics {
-  return metricsOf(test, triggered, predictLabels(model, test, 256, signal), predictLabels(model, triggered.set, 256, signal));
+export async function evaluateModel(model: Model, test: ImageSet, triggered: TriggeredSet, signal?: AbortSignal): Promise<Metrics> {
+  const clean = await predictLabels(model, test, 256, signal);
+  return metricsOf(test, triggered, clean, await predictLabels(model, triggered.set, 256, signal));
 }
 
 /**
@@ -41,7 +42,7 @@ export function evaluateModel(model: Model, test: ImageSet, triggered: Triggered
  */
 export async function evaluateModelFast(model: Model, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number): Promise<Metrics & { engine: 'onnxruntime' | 'backend' }> {
   const ort = await OrtPredictor.create(model, threads);
-  if (!ort) return { ...evaluateModel(model, test, triggered, signal), engine: 'backend' };
+  if (!ort) return { ...(await evaluateModel(model, test, triggered, signal)), engine: 'backend' };
   try {
     return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
   } finally {

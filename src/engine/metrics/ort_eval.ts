@@ -26,7 +26,7 @@ export class OrtPredictor {
     if (!ortWanted()) return undefined;
     let bytes: Uint8Array;
     try {
-      bytes = exportOnnx(model, { includeNormalization: true });
+      bytes = await exportOnnx(model, { includeNormalization: true });
     } catch {
       return undefined;
     }

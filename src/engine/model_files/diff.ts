@@ -241,8 +241,8 @@ export function diffStateDicts(a: PtStateDict, b0: PtStateDict, where = 'diff'):
 }
 
 /** The diff of two models in memory (a victim and the model a defense returned). */
-export function diffModels(a: Model, b: Model): ModelDiff {
-  return diffStateDicts(a.stateDict(), b.stateDict());
+export async function diffModels(a: Model, b: Model): Promise<ModelDiff> {
+  return diffStateDicts(await a.stateDict(), await b.stateDict());
 }
 
 /** Graph formats name their architecture by format; their parameter names decide whether they compare. */
@@ -258,7 +258,7 @@ export async function diffModelFiles(fileA: string, fileB: string): Promise<Mode
       if (a.info.arch !== b.info.arch && !GRAPH_ARCHS.has(a.info.arch) && !GRAPH_ARCHS.has(b.info.arch)) {
         throw new InputError(`not the same architecture: ${path.basename(fileA)} is ${a.info.arch}, ${path.basename(fileB)} is ${b.info.arch}`, fileB);
       }
-      const d = diffStateDicts(a.model.stateDict(), b.model.stateDict(), path.basename(fileB));
+      const d = diffStateDicts(await a.model.stateDict(), await b.model.stateDict(), path.basename(fileB));
       const info = (l: typeof a) => ({ path: l.info.path, format: l.info.format, arch: l.info.arch, params: l.info.params });
       return { a: info(a), b: info(b), ...d };
     } finally {

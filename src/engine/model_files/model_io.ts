@@ -30,16 +30,16 @@ export type ModelFormat = 'pt' | 'safetensors' | 'onnx' | 'tfjs';
 export const FORMAT_EXT: Record<ModelFormat, string> = { pt: 'pt', safetensors: 'safetensors', onnx: 'onnx', tfjs: 'json' };
 
 /** Write `model` to `file` in `format`; returns the path written. */
-export function saveModelFile(model: Model, file: string, format: ModelFormat): string {
+export async function saveModelFile(model: Model, file: string, format: ModelFormat): Promise<string> {
   if (format === 'pt') {
-    writePt(model.stateDict(), file);
+    writePt(await model.stateDict(), file);
     return file;
   }
   if (format === 'safetensors') {
     // An imported graph cannot be rebuilt from metadata: its weights are written without an architecture, so
     // reading them back goes through detection (PyTorch names survive an unfolded ONNX export) or the job.
     const graph = model.spec.arch === 'onnx' || model.spec.arch === 'tfjs';
-    writeSafetensors(model.stateDict(), file, {
+    writeSafetensors(await model.stateDict(), file, {
       format: 'pt',
       ...(graph
         ? {}
@@ -54,11 +54,11 @@ export function saveModelFile(model: Model, file: string, format: ModelFormat): 
     return file;
   }
   if (format === 'onnx') {
-    writeOnnx(model, file);
+    await writeOnnx(model, file);
     return file;
   }
   if (format === 'tfjs') {
-    writeTfjs(model, file);
+    await writeTfjs(model, file);
     return file;
   }
   throw new Error(`writing ${format} models is not supported yet (${path.basename(file)})`);
@@ -272,9 +272,9 @@ function loadTfjsModel(ref: Exclude<Job['model'], string>, where: string): Loade
 }
 
 /** model.json and its one weight shard (`<name>.weights.bin`) side by side. */
-function writeTfjs(model: Model, file: string): void {
+async function writeTfjs(model: Model, file: string): Promise<void> {
   const shard = `${path.basename(file).replace(/\.json$/i, '')}.weights.bin`;
-  const { json, bin } = tfjsArtifactsOf(model, shard);
+  const { json, bin } = await tfjsArtifactsOf(model, shard);
   writeFileAtomic(path.join(path.dirname(file), shard), bin);
   writeFileAtomic(file, JSON.stringify(json));
 }

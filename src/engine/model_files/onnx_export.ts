@@ -11,7 +11,7 @@ import type { Model } from '../nn/model';
 import { emitModule } from '../nn/onnx_emit';
 import { ONNX_OPSET, OnnxBuilder } from '../formats/onnx_builder';
 import { writeFileAtomic } from '../util/atomic';
-import * as tf from '@tensorflow/tfjs-core';
+import { HostValues } from '../nn/read';
 
 export interface ExportOptions {
   /** Input is [0,1] pixels and the graph normalizes (default false: the graph takes normalized input). */
@@ -33,7 +33,9 @@ function valueInfo(name: string, shape: number[]): onnx.IValueInfoProto {
 }
 
 /** The model as an ONNX file's bytes. */
-export function exportOnnx(model: Model, opts: ExportOptions = {}): Uint8Array {
+export async function exportOnnx(model: Model, opts: ExportOptions = {}): Promise<Uint8Array> {
+  // Every weight is read first: the emission below is synchronous.
+  const hv = await HostValues.of(model.root);
   const b = new OnnxBuilder();
   const [h, w, c] = model.inputShape;
   const n = opts.batch ?? -1;
@@ -49,7 +51,7 @@ export function exportOnnx(model: Model, opts: ExportOptions = {}): Uint8Array {
     x = b.node('Sub', [x, b.initializer('normalize.mean', [1, c, 1, 1], per(mean))], {}, 'normalize/Sub', [n, c, h, w]);
     x = b.node('Div', [x, b.initializer('normalize.std', [1, c, 1, 1], per(std))], {}, 'normalize/Div', [n, c, h, w]);
   }
-  const y = tf.tidy(() => emitModule(b, model.root, x));
+  const y = emitModule(b, hv, model.root, x);
   const outShape = b.shape(y);
   if (outShape.length !== 2 || outShape[1] !== model.numClasses) throw new Error(`ONNX export: output shape [${outShape}] is not [N, ${model.numClasses}]`);
   // Name the graph's output: rename the producing node's output (or add an Identity).
@@ -79,6 +81,6 @@ export function exportOnnx(model: Model, opts: ExportOptions = {}): Uint8Array {
   return onnx.ModelProto.encode(proto).finish();
 }
 
-export function writeOnnx(model: Model, file: string, opts: ExportOptions = {}): void {
-  writeFileAtomic(file, exportOnnx(model, opts));
+export async function writeOnnx(model: Model, file: string, opts: ExportOptions = {}): Promise<void> {
+  writeFileAtomic(file, await exportOnnx(model, opts));
 }

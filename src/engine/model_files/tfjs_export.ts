@@ -8,6 +8,7 @@
  */
 import type { Model } from '../nn/model';
 import type { Module } from '../nn/module';
+import { HostValues } from '../nn/read';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from '../nn/layers';
 import { InputError } from '../errors';
 import { SameConv2d, TfjsGraph, tfjsArtifacts } from '../models/tfjs_graph';
@@ -15,6 +16,19 @@ import { SameConv2d, TfjsGraph, tfjsArtifacts } from '../models/tfjs_graph';
 type Json = Record<string, unknown>;
 
 class KerasBuilder {
+  /** The model's values, read before the (synchronous) walk. */
+  constructor(private readonly hv: HostValues) {}
+
+  /** A parameter's values in the variable's own layout (Keras's: HWIO kernels, [in, out] dense kernels). */
+  data(m: Module, p: string): Float32Array {
+    return Float32Array.from(this.hv.get(m.params.get(p)!.variable));
+  }
+
+  /** The BatchNorm pruning mask's values, if any. */
+  mask(bn: BatchNorm2d): Float32Array | undefined {
+    return bn.mask ? this.hv.get(bn.mask) : undefined;
+  }
+
   readonly layers: Json[] = [];
   readonly weights: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
   /** Output shape of each layer without the batch: [H, W, C] or [F]. */
@@ -43,8 +57,6 @@ class KerasBuilder {
   }
 }
 
-const data = (m: Module, p: string): Float32Array => Float32Array.from(m.params.get(p)!.variable.dataSync() as Float32Array);
-
 function emit(b: KerasBuilder, m: Module, x: string): string {
   if (m.inserted) x = emit(b, m.inserted, x);
   const base = m.path || m.kind;
@@ -70,22 +82,22 @@ function emit(b: KerasBuilder, m: Module, x: string): string {
         const p = conv.padding;
         x = b.add('ZeroPadding2D', `${base}_pad`, { padding: [[p, p], [p, p]], data_format: 'channels_last' }, [x], [h + 2 * p, w + 2 * p, c]);
       }
-      const weights: Array<[string, number[], Float32Array]> = [['kernel', conv.weight.shape, data(conv, 'weight')]];
-      if (conv.bias) weights.push(['bias', [conv.outChannels], data(conv, 'bias')]);
+      const weights: Array<[string, number[], Float32Array]> = [['kernel', conv.weight.shape, b.data(conv, 'weight')]];
+      if (conv.bias) weights.push(['bias', [conv.outChannels], b.data(conv, 'bias')]);
       const config = { filters: conv.outChannels, kernel_size: [k, k], strides: [s, s], padding, data_format: 'channels_last', dilation_rate: [1, 1], activation: 'linear', use_bias: !!conv.bias };
       return b.add('Conv2D', base, config, [x], [size(h), size(w), conv.outChannels], weights);
     }
     case 'BatchNorm2d': {
       const bn = m as BatchNorm2d;
-      const mask = bn.mask?.dataSync() as Float32Array | undefined;
-      const g = data(bn, 'weight').map((v, i) => v * (mask ? mask[i] : 1));
-      const be = data(bn, 'bias').map((v, i) => v * (mask ? mask[i] : 1));
+      const mask = b.mask(bn);
+      const g = b.data(bn, 'weight').map((v, i) => v * (mask ? mask[i] : 1));
+      const be = b.data(bn, 'bias').map((v, i) => v * (mask ? mask[i] : 1));
       const n = bn.numFeatures;
       return b.add('BatchNormalization', base, { axis: -1, momentum: 1 - bn.momentum, epsilon: bn.eps, center: true, scale: true }, [x], [h, w, c], [
         ['gamma', [n], g],
         ['beta', [n], be],
-        ['moving_mean', [n], data(bn, 'running_mean')],
-        ['moving_variance', [n], data(bn, 'running_var')],
+        ['moving_mean', [n], b.data(bn, 'running_mean')],
+        ['moving_variance', [n], b.data(bn, 'running_var')],
       ]);
     }
     case 'ReLU':
@@ -123,8 +135,8 @@ function emit(b: KerasBuilder, m: Module, x: string): string {
     }
     case 'Linear': {
       const lin = m as Linear;
-      const weights: Array<[string, number[], Float32Array]> = [['kernel', [lin.inFeatures, lin.outFeatures], data(lin, 'weight')]];
-      if (lin.bias) weights.push(['bias', [lin.outFeatures], data(lin, 'bias')]);
+      const weights: Array<[string, number[], Float32Array]> = [['kernel', [lin.inFeatures, lin.outFeatures], b.data(lin, 'weight')]];
+      if (lin.bias) weights.push(['bias', [lin.outFeatures], b.data(lin, 'bias')]);
       return b.add('Dense', base, { units: lin.outFeatures, activation: 'linear', use_bias: !!lin.bias }, [x], [lin.outFeatures], weights);
     }
     case 'Sequential':
@@ -154,17 +166,19 @@ function emit(b: KerasBuilder, m: Module, x: string): string {
 }
 
 /** model.json content and its weight shard for `model`; `shard` is the shard's file name. */
-export function tfjsArtifactsOf(model: Model, shard: string): { json: Record<string, unknown>; bin: Uint8Array } {
+export async function tfjsArtifactsOf(model: Model, shard: string): Promise<{ json: Record<string, unknown>; bin: Uint8Array }> {
+  // Every weight is read first: the walks below are synchronous.
+  const hv = await HostValues.of(model.root);
   const meta = { backdoorAudit: { arch: model.spec.arch, inputShape: model.spec.inputShape, normalize: model.normalize ?? null } };
   if (model.root instanceof TfjsGraph) {
-    const out = tfjsArtifacts(model.root, shard);
+    const out = tfjsArtifacts(model.root, shard, hv);
     out.json.userDefinedMetadata = { ...((out.json.userDefinedMetadata as Json) ?? {}), ...meta };
     return out;
   }
   if (model.root.kind === 'OnnxGraph') {
     throw new InputError('an ONNX graph cannot be written as TensorFlow.js; write it as .onnx');
   }
-  const b = new KerasBuilder();
+  const b = new KerasBuilder(hv);
   const input = b.add('InputLayer', 'input', { batch_input_shape: [null, ...model.inputShape], sparse: false }, [], model.inputShape.slice());
   const y = emit(b, model.root, input);
   if (b.shape(y).join() !== String(model.numClasses)) throw new Error(`TensorFlow.js export: output shape [${b.shape(y)}] is not [${model.numClasses}]`);

@@ -12,7 +12,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { importOrRelease } from './import_guard';
 import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, Identity, Linear, MaxPool2d, ReLU } from '../nn/layers';
-import { ForwardContext, Module, assignFromPt, toPt } from '../nn/module';
+import { ForwardContext, Module, assignFromPt } from '../nn/module';
+import type { HostValues } from '../nn/read';
 import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
@@ -141,24 +142,24 @@ export class OnnxGraph extends Module {
   }
 
   /** Write the graph back: the source nodes in order with the current weights. */
-  emitOnnx(b: OnnxBuilder, x: string): string {
+  emitOnnx(b: OnnxBuilder, hv: HostValues, x: string): string {
     const env = new Map<string, string>([[this.onnxIo.input, x]]);
     for (const s of this.steps) {
       const m = s.module;
       const ins = s.dyn.map((n) => env.get(n)!);
       let y: string;
       if (m instanceof Conv2d || m instanceof BatchNorm2d || m instanceof ReLU || m instanceof MaxPool2d || m instanceof AvgPool2d || m instanceof Identity || m instanceof Dropout || (m instanceof OnnxLinear && !m.bInOut)) {
-        y = emitModule(b, m, ins[0]);
+        y = emitModule(b, hv, m, ins[0]);
       } else {
-        if (m.inserted) ins[0] = emitModule(b, m.inserted, ins[0]);
-        y = this.emitNode(b, s, ins);
+        if (m.inserted) ins[0] = emitModule(b, hv, m.inserted, ins[0]);
+        y = this.emitNode(b, hv, s, ins);
       }
       env.set(s.node.outputs[0], y);
     }
     return env.get(this.onnxIo.output)!;
   }
 
-  private emitNode(b: OnnxBuilder, s: Step, dynIns: string[]): string {
+  private emitNode(b: OnnxBuilder, hv: HostValues, s: Step, dynIns: string[]): string {
     const m = s.module;
     const node = s.node;
     const attrs: Record<string, AttrValue> = {};
@@ -172,7 +173,7 @@ export class OnnxGraph extends Module {
     let d = 0;
     const w = (name: string, fallback: string) => {
       const p = m.params.get(name)!;
-      const pt = toPt(p);
+      const pt = hv.pt(p);
       return b.initializer(m.path ? `${m.path}.${name}` : fallback, pt.shape, pt.data as Float32Array);
     };
     for (const [i, name] of node.inputs.entries()) {
@@ -182,7 +183,7 @@ export class OnnxGraph extends Module {
       } else if (m instanceof OnnxLinear && i === 1) {
         // MatMul / Gemm(transB=0): B is [in, out], the variable's own layout.
         const v = m.weight;
-        inputs.push(b.initializer(`${m.path}.weight`, v.shape, v.dataSync() as Float32Array));
+        inputs.push(b.initializer(`${m.path}.weight`, v.shape, hv.get(v)));
       } else if ((m instanceof OnnxLinear || m instanceof GeneralConv) && i === 2) {
         inputs.push(w('bias', name));
       } else if (m instanceof GeneralConv && i === 1) {

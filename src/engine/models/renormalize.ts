@@ -19,6 +19,7 @@ import { BatchNorm2d, Conv2d, ReLU } from '../nn/layers';
 import type { Model } from '../nn/model';
 import type { Module } from '../nn/module';
 import { makeBatch } from '../nn/train';
+import { takeAllFloats } from '../nn/read';
 import { OnnxGraph } from './onnx_graph';
 
 /** Where BatchNorm layers can go back: the ReLUs fed directly by a convolution, with its output channels. */
@@ -42,7 +43,7 @@ function isConvolution(m: Module): boolean {
  * A copy of `victim` with BatchNorm in front of each ReLU of foldedBatchNormSites, the identity in eval mode
  * with the statistics of `aux`; undefined when the victim has BatchNorm layers or no such site.
  */
-export function renormalize(victim: Model, aux: ImageSet, batchSize = 256): { model: Model; layers: number } | undefined {
+export async function renormalize(victim: Model, aux: ImageSet, batchSize = 256): Promise<{ model: Model; layers: number } | undefined> {
   const sites = foldedBatchNormSites(victim);
   if (!sites.length) return undefined;
   const model = victim.clone();
@@ -56,19 +57,21 @@ export function renormalize(victim: Model, aux: ImageSet, batchSize = 256): { mo
     for (let s = 0; s < aux.n; s += batchSize) {
       const idx = Array.from({ length: Math.min(batchSize, aux.n - s) }, (_, i) => s + i);
       const weight = idx.length / aux.n;
-      tf.tidy(() => {
-        const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
-        model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
-        for (const bn of bns) {
-          const st = stats.get(bn.path)!;
-          const mean = st.mean.dataSync();
-          const variance = st.variance.dataSync();
-          const acc = sums.get(bn)!;
-          // Pooled over batches: E[x] and E[x^2] weighted by batch size.
-          for (let c = 0; c < bn.numFeatures; c++) {
-            acc.mean[c] += weight * mean[c];
-            acc.second[c] += weight * (variance[c] + mean[c] * mean[c]);
-          }
+      // Each layer's batch mean and variance, read asynchronously (a GPU backend has no synchronous read).
+      const moments = await takeAllFloats(
+        tf.tidy(() => {
+          const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+          model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
+          return bns.flatMap((bn) => [stats.get(bn.path)!.mean, stats.get(bn.path)!.variance]);
+        }),
+      );
+      bns.forEach((bn, i) => {
+        const [mean, variance] = [moments[2 * i], moments[2 * i + 1]];
+        const acc = sums.get(bn)!;
+        // Pooled over batches: E[x] and E[x^2] weighted by batch size.
+        for (let c = 0; c < bn.numFeatures; c++) {
+          acc.mean[c] += weight * mean[c];
+          acc.second[c] += weight * (variance[c] + mean[c] * mean[c]);
         }
       });
     }

@@ -28,7 +28,8 @@ export async function serveReplica(init: ReplicaInit): Promise<void> {
   const grads = new Float32Array(init.grads);
   port.postMessage({ type: 'ready', keys: params.map(([k]) => k) } satisfies ReplicaReply);
 
-  port.on('message', (m: unknown) => {
+  // The handler awaits its reads; the main thread sends a replica its next step only after this one's reply.
+  port.on('message', async (m: unknown) => {
     if (!isReplicaRequest(m)) return;
     try {
       tf.tidy(() => {
@@ -45,13 +46,18 @@ export async function serveReplica(init: ReplicaInit): Promise<void> {
         return tf.variableGrads(() => crossEntropy(model.forward(x, ctx), y), trainable);
       });
       // Running statistics are the main thread's business: this replica's updates are dropped.
-      let offset = 0;
-      for (const v of trainable) {
-        grads.set(g[v.name].dataSync() as Float32Array, offset);
-        offset += v.size;
+      let loss: number;
+      try {
+        const [lossData, ...gradData] = await Promise.all([value.data(), ...trainable.map((v) => g[v.name].data())]);
+        let offset = 0;
+        trainable.forEach((v, i) => {
+          grads.set(gradData[i] as Float32Array, offset);
+          offset += v.size;
+        });
+        loss = lossData[0];
+      } finally {
+        tf.dispose([value, ...Object.values(g)]);
       }
-      const loss = value.dataSync()[0];
-      tf.dispose([value, ...Object.values(g)]);
       signal({ type: 'done', seq: m.seq, loss });
     } catch (e) {
       signal({ type: 'error', seq: m.seq, message: oneLine(e) });

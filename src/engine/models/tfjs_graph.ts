@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { importOrRelease } from './import_guard';
 import { AvgPool2d, BatchNorm2d, Conv2d, Dropout, GlobalAvgPool, Identity, Linear, MaxPool2d, ReLU, Sequential } from '../nn/layers';
 import { Module } from '../nn/module';
+import type { HostValues } from '../nn/read';
 import type { ArchLayout } from '../nn/model';
 import { InputError } from '../errors';
 import { Rng } from '../util/rng';
@@ -325,32 +326,32 @@ function importLayers(graph: TfjsGraph, plan: TfjsPlan, inputShape: [number, num
 // ---- writing back ---------------------------------------------------------------------------------------
 
 /** Keras layer configs (and weights) for a module inserted in front of a layer. */
-function insertedLayers(m: Module, base: string, out: Array<{ className: string; config: Record<string, unknown>; weights: Array<[string, number[], Float32Array]> }>): void {
+function insertedLayers(m: Module, base: string, hv: HostValues, out: Array<{ className: string; config: Record<string, unknown>; weights: Array<[string, number[], Float32Array]> }>): void {
   const name = `${base}_${out.length}`;
   if (m instanceof Sequential) {
-    for (const c of m.children.values()) insertedLayers(c, base, out);
+    for (const c of m.children.values()) insertedLayers(c, base, hv, out);
   } else if (m instanceof Conv2d && !(m instanceof SameConv2d)) {
     if (m.padding > 0) out.push({ className: 'ZeroPadding2D', config: { name: `${base}_${out.length}`, trainable: true, dtype: 'float32', padding: [[m.padding, m.padding], [m.padding, m.padding]], data_format: 'channels_last' }, weights: [] });
     const nm = `${base}_${out.length}`;
-    const weights: Array<[string, number[], Float32Array]> = [[`${nm}/kernel`, m.weight.shape, m.weight.dataSync() as Float32Array]];
-    if (m.bias) weights.push([`${nm}/bias`, m.bias.shape, m.bias.dataSync() as Float32Array]);
+    const weights: Array<[string, number[], Float32Array]> = [[`${nm}/kernel`, m.weight.shape, hv.get(m.weight)]];
+    if (m.bias) weights.push([`${nm}/bias`, m.bias.shape, hv.get(m.bias)]);
     out.push({
       className: 'Conv2D',
       config: { name: nm, trainable: true, dtype: 'float32', filters: m.outChannels, kernel_size: [m.kernelSize, m.kernelSize], strides: [m.stride, m.stride], padding: 'valid', data_format: 'channels_last', dilation_rate: [1, 1], activation: 'linear', use_bias: !!m.bias },
       weights,
     });
   } else if (m instanceof BatchNorm2d) {
-    const mask = m.mask?.dataSync() as Float32Array | undefined;
-    const g = (m.weight.dataSync() as Float32Array).map((v, i) => v * (mask ? mask[i] : 1));
-    const b = (m.bias.dataSync() as Float32Array).map((v, i) => v * (mask ? mask[i] : 1));
+    const mask = m.mask ? hv.get(m.mask) : undefined;
+    const g = hv.get(m.weight).map((v, i) => v * (mask ? mask[i] : 1));
+    const b = hv.get(m.bias).map((v, i) => v * (mask ? mask[i] : 1));
     out.push({
       className: 'BatchNormalization',
       config: { name, trainable: true, dtype: 'float32', axis: -1, momentum: 1 - m.momentum, epsilon: m.eps, center: true, scale: true },
       weights: [
         [`${name}/gamma`, [m.numFeatures], g],
         [`${name}/beta`, [m.numFeatures], b],
-        [`${name}/moving_mean`, [m.numFeatures], m.runningMean.dataSync() as Float32Array],
-        [`${name}/moving_variance`, [m.numFeatures], m.runningVar.dataSync() as Float32Array],
+        [`${name}/moving_mean`, [m.numFeatures], hv.get(m.runningMean)],
+        [`${name}/moving_variance`, [m.numFeatures], hv.get(m.runningVar)],
       ],
     });
   } else if (m instanceof ReLU) {
@@ -360,8 +361,11 @@ function insertedLayers(m: Module, base: string, out: Array<{ className: string;
   }
 }
 
-/** The source model.json with current weights (one float32 shard named `shard`) and inserted layers. */
-export function tfjsArtifacts(graph: TfjsGraph, shard: string): { json: Record<string, unknown>; bin: Uint8Array } {
+/**
+ * The source model.json with current weights (one float32 shard named `shard`) and inserted layers; `hv`: the
+ * graph's values, read beforehand (HostValues.of).
+ */
+export function tfjsArtifacts(graph: TfjsGraph, shard: string, hv: HostValues): { json: Record<string, unknown>; bin: Uint8Array } {
   const json = JSON.parse(JSON.stringify(graph.plan.json)) as Record<string, unknown>;
   const specs: Array<{ name: string; shape: number[]; dtype: 'float32' }> = [];
   const chunks: Float32Array[] = [];
@@ -375,10 +379,10 @@ export function tfjsArtifacts(graph: TfjsGraph, shard: string): { json: Record<s
       const ref = graph.weightRefs.get(wt.name);
       if (!ref) throw new Error(`no module holds weight ${wt.name}`);
       const p = ref.module.params.get(ref.param)!;
-      let data = p.variable.dataSync() as Float32Array;
+      let data = hv.get(p.variable);
       // A pruning mask scales BN's gamma and beta: write the effective values.
       if (ref.module instanceof BatchNorm2d && ref.module.mask && (ref.param === 'weight' || ref.param === 'bias')) {
-        const mask = ref.module.mask.dataSync() as Float32Array;
+        const mask = hv.get(ref.module.mask);
         data = data.map((v, i) => v * mask[i]);
       }
       push(wt.name, wt.shape, data);
@@ -390,8 +394,8 @@ export function tfjsArtifacts(graph: TfjsGraph, shard: string): { json: Record<s
   const layers = (Array.isArray(cfg) ? cfg : (cfg.layers as unknown[])) as Array<Record<string, unknown>>;
   for (const s of graph.steps) {
     if (!s.module.inserted || s.fused) continue;
-    const extra: Parameters<typeof insertedLayers>[2] = [];
-    insertedLayers(s.module.inserted, `${s.layer.name}_inserted`, extra);
+    const extra: Parameters<typeof insertedLayers>[3] = [];
+    insertedLayers(s.module.inserted, `${s.layer.name}_inserted`, hv, extra);
     const idx = layers.findIndex((l) => (l.config as Record<string, unknown>).name === s.layer.name);
     const target = layers[idx];
     if (graph.plan.sequential) {

@@ -144,7 +144,7 @@ export class DataParallel implements BatchStepper {
     // workers sit the step out.
     const share = Math.floor(n / this.size);
     const own = n - share * this.replicas.length;
-    if (this.weightsDirty) this.publishWeights();
+    if (this.weightsDirty) await this.publishWeights();
     const seq = ++this.seq;
     const busy: Array<{ replica: Replica; count: number; reply: Promise<ReplicaReply> }> = [];
     if (share > 0) {
@@ -172,13 +172,17 @@ export class DataParallel implements BatchStepper {
       const ys = tf.tensor1d(labels.subarray(0, own), 'int32');
       return tf.variableGrads(() => crossEntropy(this.model.forward(xs, ctx), ys), vars);
     });
-    let lossSum = value.dataSync()[0] * own;
-    value.dispose();
     // Running statistics from this thread's slice (they own the batch statistics tensors: apply them now, so
     // that a failed step does not leak them; training-mode forwards do not read them).
     for (const apply of ctx.bnUpdates!) apply();
+    let lossSum: number;
     let combined: tf.Tensor[];
     try {
+      try {
+        lossSum = (await value.data())[0] * own;
+      } finally {
+        value.dispose();
+      }
       for (const { reply, count } of busy) {
         const r = await reply;
         if (r.type === 'error') throw new JobError(`training replica failed: ${r.message}`);
@@ -213,12 +217,14 @@ export class DataParallel implements BatchStepper {
   }
 
   /** Copy every parameter and buffer into the shared weights (the workers read them at their next step). */
-  private publishWeights(): void {
+  private async publishWeights(): Promise<void> {
+    const params = this.model.root.namedParams();
+    const values = await Promise.all(params.map(([, p]) => p.variable.data()));
     let offset = 0;
-    for (const [, p] of this.model.root.namedParams()) {
-      this.weights.set(p.variable.dataSync() as Float32Array, offset);
+    params.forEach(([, p], i) => {
+      this.weights.set(values[i] as Float32Array, offset);
       offset += p.variable.size;
-    }
+    });
     this.weightsDirty = false;
   }
 

@@ -99,9 +99,11 @@ export class BatchNorm2d extends Module {
     this.runningVar = this.addParam('running_var', tf.ones([numFeatures]), 'plain', false);
   }
 
-  setMask(mask: Float32Array | undefined): void {
+  /** A tensor mask is copied (the caller keeps its own). */
+  setMask(mask: Float32Array | tf.Tensor1D | undefined): void {
+    const next = mask === undefined ? undefined : tf.keep(mask instanceof tf.Tensor ? mask.clone() : tf.tensor1d(mask));
     this.mask?.dispose();
-    this.mask = mask ? tf.keep(tf.tensor1d(mask)) : undefined;
+    this.mask = next;
   }
 
   protected forwardImpl(x: tf.Tensor4D, ctx: ForwardContext): tf.Tensor {

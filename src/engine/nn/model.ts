@@ -89,9 +89,12 @@ export class Model {
   }
 
   /** The state_dict in PyTorch layout (including BatchNorm's num_batches_tracked). */
-  stateDict(): PtStateDict {
+  async stateDict(): Promise<PtStateDict> {
     const sd: PtStateDict = new Map();
-    for (const [key, p] of this.root.namedParams()) sd.set(key, toPt(p));
+    // Every read is started before the first is awaited: on a GPU they then share one round trip.
+    const params = this.root.namedParams();
+    const tensors = await Promise.all(params.map(([, p]) => toPt(p)));
+    params.forEach(([key], i) => sd.set(key, tensors[i]));
     for (const bn of this.batchNorms()) {
       sd.set(`${bn.path}.num_batches_tracked`, { shape: [], dtype: 'int64', data: BigInt64Array.from([BigInt(bn.numBatchesTracked)]) });
     }
@@ -149,7 +152,7 @@ export class Model {
     const srcBns = this.batchNorms();
     m.batchNorms().forEach((bn, i) => {
       bn.numBatchesTracked = srcBns[i].numBatchesTracked;
-      if (srcBns[i].mask) bn.setMask(srcBns[i].mask!.dataSync() as Float32Array);
+      if (srcBns[i].mask) bn.setMask(srcBns[i].mask!); // copied on the device, no read
     });
     return m;
   }

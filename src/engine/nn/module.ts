@@ -132,18 +132,42 @@ export abstract class Module implements ModuleLike {
   }
 }
 
-/** Tensor -> PyTorch-layout array. */
-export function toPt(p: Param): PtTensor {
+/** Tensor -> PyTorch-layout array (read asynchronously: the webgpu backend has no synchronous read in Node). */
+export async function toPt(p: Param): Promise<PtTensor> {
   const v = p.variable;
   const t = tf.tidy(() => {
     if (p.layout === 'conv') return tf.transpose(v, [3, 2, 0, 1]); // HWIO -> OIHW
     if (p.layout === 'linear') return tf.transpose(v, [1, 0]); // [in,out] -> [out,in]
     return v.clone();
   });
-  const data = t.dataSync() as Float32Array;
-  const shape = t.shape.slice();
-  t.dispose();
-  return { shape, dtype: 'float32', data: Float32Array.from(data) };
+  try {
+    const data = (await t.data()) as Float32Array;
+    return { shape: t.shape.slice(), dtype: 'float32', data: Float32Array.from(data) };
+  } finally {
+    t.dispose();
+  }
+}
+
+/**
+ * toPt from the parameter's values already on the host, in the variable's own layout (HWIO, [in, out]): the same
+ * values in PyTorch's order, transposed here. For passes that cannot await (ONNX and TensorFlow.js emission read
+ * every weight through HostValues first).
+ */
+export function ptFromValues(p: Param, v: ArrayLike<number>): PtTensor {
+  const s = p.variable.shape as number[];
+  if (p.layout === 'conv') {
+    const [kh, kw, ci, co] = s;
+    const out = new Float32Array(v.length);
+    for (let y = 0; y < kh; y++) for (let x = 0; x < kw; x++) for (let i = 0; i < ci; i++) for (let o = 0; o < co; o++) out[((o * ci + i) * kh + y) * kw + x] = v[((y * kw + x) * ci + i) * co + o];
+    return { shape: [co, ci, kh, kw], dtype: 'float32', data: out };
+  }
+  if (p.layout === 'linear') {
+    const [fin, fout] = s;
+    const out = new Float32Array(v.length);
+    for (let i = 0; i < fin; i++) for (let o = 0; o < fout; o++) out[o * fin + i] = v[i * fout + o];
+    return { shape: [fout, fin], dtype: 'float32', data: out };
+  }
+  return { shape: s.slice(), dtype: 'float32', data: Float32Array.from(v) };
 }
 
 /** PyTorch-layout shape of a parameter. */

@@ -3,7 +3,8 @@
  * PyTorch layout under their state_dict names. Used by the model exporter (model_files/onnx_export.ts) and by
  * imported ONNX graphs that re-emit their own nodes (models/onnx_graph.ts).
  */
-import { toPt, type Module, type Param } from './module';
+import type { Module, Param } from './module';
+import type { HostValues } from './read';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, Sequential } from './layers';
 import type { OnnxBuilder } from '../formats/onnx_builder';
 
@@ -13,32 +14,32 @@ function param(m: Module, name: string): Param {
   return p;
 }
 
-export function weight(b: OnnxBuilder, m: Module, name: string, override?: Float32Array): string {
-  const pt = toPt(param(m, name));
+export function weight(b: OnnxBuilder, hv: HostValues, m: Module, name: string, override?: Float32Array): string {
+  const pt = hv.pt(param(m, name));
   return b.initializer(m.path ? `${m.path}.${name}` : name, pt.shape, override ?? (pt.data as Float32Array));
 }
 
 const convOut = (n: number, k: number, s: number, p: number) => Math.floor((n + 2 * p - k) / s) + 1;
 
-function conv(b: OnnxBuilder, m: Conv2d, x: string): string {
+function conv(b: OnnxBuilder, hv: HostValues, m: Conv2d, x: string): string {
   const [n, , h, w] = b.shape(x);
-  const inputs = [x, weight(b, m, 'weight')];
-  if (m.bias) inputs.push(weight(b, m, 'bias'));
+  const inputs = [x, weight(b, hv, m, 'weight')];
+  if (m.bias) inputs.push(weight(b, hv, m, 'bias'));
   const k = m.kernelSize;
   const attrs = { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [m.padding, m.padding, m.padding, m.padding], strides: [m.stride, m.stride] };
   return b.node('Conv', inputs, attrs, `${m.path}/Conv`, [n, m.outChannels, convOut(h, k, m.stride, m.padding), convOut(w, k, m.stride, m.padding)]);
 }
 
-function batchNorm(b: OnnxBuilder, m: BatchNorm2d, x: string): string {
+function batchNorm(b: OnnxBuilder, hv: HostValues, m: BatchNorm2d, x: string): string {
   // A pruning mask multiplies gamma and beta: export the effective values.
   let gamma: Float32Array | undefined;
   let beta: Float32Array | undefined;
   if (m.mask) {
-    const mask = m.mask.dataSync() as Float32Array;
-    gamma = (m.weight.dataSync() as Float32Array).map((g, i) => g * mask[i]);
-    beta = (m.bias.dataSync() as Float32Array).map((g, i) => g * mask[i]);
+    const mask = hv.get(m.mask);
+    gamma = hv.get(m.weight).map((g, i) => g * mask[i]);
+    beta = hv.get(m.bias).map((g, i) => g * mask[i]);
   }
-  const inputs = [x, weight(b, m, 'weight', gamma), weight(b, m, 'bias', beta), weight(b, m, 'running_mean'), weight(b, m, 'running_var')];
+  const inputs = [x, weight(b, hv, m, 'weight', gamma), weight(b, hv, m, 'bias', beta), weight(b, hv, m, 'running_mean'), weight(b, hv, m, 'running_var')];
   return b.node('BatchNormalization', inputs, { epsilon: { float: m.eps }, momentum: { float: 1 - m.momentum } }, `${m.path}/BatchNormalization`, b.shape(x));
 }
 
@@ -67,20 +68,20 @@ function adaptiveAvgPool(b: OnnxBuilder, m: AdaptiveAvgPool2d, x: string): strin
   return b.node('Concat', rows, { axis: 2 }, `${name}/Concat`, [n, c, o, o]);
 }
 
-/** Emit `m` applied to tensor `x`; returns the output tensor name. */
-export function emitModule(b: OnnxBuilder, m: Module, x: string): string {
-  if (m.inserted) x = emitModule(b, m.inserted, x);
+/** Emit `m` applied to tensor `x`; returns the output tensor name. `hv`: the tree's values, read beforehand. */
+export function emitModule(b: OnnxBuilder, hv: HostValues, m: Module, x: string): string {
+  if (m.inserted) x = emitModule(b, hv, m.inserted, x);
   const shape = b.shape(x);
-  const custom = (m as unknown as { emitOnnx?: (b: OnnxBuilder, x: string) => string }).emitOnnx;
-  if (custom) return custom.call(m, b, x);
+  const custom = (m as unknown as { emitOnnx?: (b: OnnxBuilder, hv: HostValues, x: string) => string }).emitOnnx;
+  if (custom) return custom.call(m, b, hv, x);
   switch (m.kind) {
     case 'Conv2d':
-      return conv(b, m as Conv2d, x);
+      return conv(b, hv, m as Conv2d, x);
     case 'BatchNorm2d':
-      return batchNorm(b, m as BatchNorm2d, x);
+      return batchNorm(b, hv, m as BatchNorm2d, x);
     case 'Linear': {
-      const inputs = [x, weight(b, m, 'weight')];
-      if (m.params.has('bias')) inputs.push(weight(b, m, 'bias'));
+      const inputs = [x, weight(b, hv, m, 'weight')];
+      if (m.params.has('bias')) inputs.push(weight(b, hv, m, 'bias'));
       const out = (m.params.get('weight')!.variable.shape as number[])[1];
       return b.node('Gemm', inputs, { alpha: { float: 1 }, beta: { float: 1 }, transB: 1 }, `${m.path}/Gemm`, [shape[0], out]);
     }
@@ -108,22 +109,22 @@ export function emitModule(b: OnnxBuilder, m: Module, x: string): string {
     case 'Sequential':
     case 'PreActResNet18':
     case 'ResNet':
-      for (const c of (m as Sequential).children.values()) if (c !== m.inserted) x = emitModule(b, c, x);
+      for (const c of (m as Sequential).children.values()) if (c !== m.inserted) x = emitModule(b, hv, c, x);
       return x;
     case 'PreActBlock': {
-      const out = b.node('Relu', [emitModule(b, m.child('bn1'), x)], {}, `${m.path}/Relu`, shape);
-      const shortcut = m.children.has('shortcut') ? emitModule(b, m.child('shortcut'), out) : x;
-      const h = emitModule(b, m.child('conv1'), out);
-      const r = b.node('Relu', [emitModule(b, m.child('bn2'), h)], {}, `${m.path}/Relu`, b.shape(h));
-      const y = emitModule(b, m.child('conv2'), r);
+      const out = b.node('Relu', [emitModule(b, hv, m.child('bn1'), x)], {}, `${m.path}/Relu`, shape);
+      const shortcut = m.children.has('shortcut') ? emitModule(b, hv, m.child('shortcut'), out) : x;
+      const h = emitModule(b, hv, m.child('conv1'), out);
+      const r = b.node('Relu', [emitModule(b, hv, m.child('bn2'), h)], {}, `${m.path}/Relu`, b.shape(h));
+      const y = emitModule(b, hv, m.child('conv2'), r);
       return b.node('Add', [y, shortcut], {}, `${m.path}/Add`, b.shape(y));
     }
     case 'BasicBlock': {
-      const h = emitModule(b, m.child('bn1'), emitModule(b, m.child('conv1'), x));
+      const h = emitModule(b, hv, m.child('bn1'), emitModule(b, hv, m.child('conv1'), x));
       const r = b.node('Relu', [h], {}, `${m.path}/Relu`, b.shape(h));
-      const y = emitModule(b, m.child('bn2'), emitModule(b, m.child('conv2'), r));
+      const y = emitModule(b, hv, m.child('bn2'), emitModule(b, hv, m.child('conv2'), r));
       const proj = m.children.has('downsample') ? m.child('downsample') : m.children.get('shortcut');
-      const identity = proj ? emitModule(b, proj, x) : x;
+      const identity = proj ? emitModule(b, hv, proj, x) : x;
       const s = b.node('Add', [y, identity], {}, `${m.path}/Add`, b.shape(y));
       return b.node('Relu', [s], {}, `${m.path}/Relu`, b.shape(y));
     }

@@ -111,7 +111,7 @@ export class OrtModelGraph {
    */
   async run(x: Float32Array, n: number, f: GraphFeeds = {}): Promise<GraphRun> {
     if (this.backwardSession) throw new Error('a split graph runs as forward() then backward()');
-    const feeds = this.inputFeeds(x, n, f);
+    const feeds = await this.inputFeeds(x, n, f);
     if ((this.options.loss ?? 'ce') === 'seed') Object.assign(feeds, this.seedFeeds(n, f));
     try {
       return this.read(await this.session.run(feeds));
@@ -127,7 +127,7 @@ export class OrtModelGraph {
    */
   async forward(x: Float32Array, n: number, f: Pick<GraphFeeds, 'scales'> = {}): Promise<PendingBackward> {
     if (!this.backwardSession) throw new Error('forward() and backward() need a graph made with split');
-    const feeds = this.inputFeeds(x, n, f);
+    const feeds = await this.inputFeeds(x, n, f);
     try {
       const outputs = await this.session.run(feeds);
       return { ...this.read(outputs), feeds, outputs, n };
@@ -161,7 +161,7 @@ export class OrtModelGraph {
   }
 
   /** The images, labels, scales and weights a run is fed (the seeds apart). */
-  private inputFeeds(x: Float32Array, n: number, f: GraphFeeds): Record<string, OrtTensor> {
+  private async inputFeeds(x: Float32Array, n: number, f: GraphFeeds): Promise<Record<string, OrtTensor>> {
     if (this.closed) throw new Error('ONNX Runtime graph is closed');
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
@@ -180,7 +180,9 @@ export class OrtModelGraph {
       feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
     const params = new Map(this.model.root.namedParams());
-    for (const { key, shape } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, shape);
+    // Read asynchronously: a GPU backend has no synchronous read under Node.
+    const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
+    this.graph.paramInputs.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
     return feeds;
   }
 

@@ -82,7 +82,8 @@ export class OrtTrainer implements BatchStepper {
       target: new this.ort.Tensor('float32', target, [n, k]),
       inv_batch: new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]),
     };
-    for (const { key, shape: s } of this.graph.paramInputs) feeds[key] = new this.ort.Tensor('float32', params.get(key)!.variable.dataSync() as Float32Array, s);
+    const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
+    this.graph.paramInputs.forEach(({ key, shape: s }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], s)));
     try {
       const out = await this.session.run(feeds);
       const grads = new Map<string, Float32Array>();

@@ -97,11 +97,12 @@ export interface FitOptions {
   loss?: (s: StepContext) => tf.Scalar;
   /**
    * Computed per batch before the gradient tape opens, so that inner optimizations (adversarial examples)
-   * are constants for the step. Disposed after the step.
+   * are constants for the step. Disposed after the step. May resolve later (it may read tensors, which is
+   * asynchronous).
    */
-  prepare?: (s: Omit<StepContext, 'ctx' | 'prepared'>) => tf.Tensor;
-  /** Called after each optimizer step (projections, rescaling). */
-  afterStep?: () => void;
+  prepare?: (s: Omit<StepContext, 'ctx' | 'prepared'>) => tf.Tensor | Promise<tf.Tensor>;
+  /** Called after each optimizer step (projections, rescaling); awaited when it returns a promise. */
+  afterStep?: () => void | Promise<void>;
   /** Progress: called after each batch. */
   onBatch?: (epoch: number, batch: number, batches: number, loss: number) => void;
   /** Stop after this many optimizer steps in total (iteration-budgeted defenses). */
@@ -111,18 +112,25 @@ export interface FitOptions {
 }
 
 /**
- * One optimizer step on `loss`; returns the loss value. The gradient tape sees only `vars`; BatchNorm
- * running-statistic updates recorded during the forward are applied after the step.
+ * One optimizer step on `loss`; resolves to the loss value. The gradient tape sees only `vars`; BatchNorm
+ * running-statistic updates recorded during the forward are applied after the step. The loss is read
+ * asynchronously, after the update is queued: the webgpu backend cannot read synchronously under Node, and on
+ * a GPU the read then overlaps nothing the step still has to submit.
  */
-export function trainStep(vars: tf.Variable[], optimizer: Optimizer, lossFn: (ctx: ForwardContext) => tf.Scalar, training: boolean): number {
+export async function trainStep(vars: tf.Variable[], optimizer: Optimizer, lossFn: (ctx: ForwardContext) => tf.Scalar, training: boolean): Promise<number> {
   const ctx: ForwardContext = { training, bnUpdates: [] };
   const { value, grads } = tf.variableGrads(() => lossFn(ctx), vars);
   const ordered = vars.map((v) => grads[v.name]);
-  optimizer.step(vars, ordered);
-  const loss = value.dataSync()[0];
-  value.dispose();
-  tf.dispose(ordered);
-  for (const apply of ctx.bnUpdates!) apply();
+  let loss: number;
+  try {
+    optimizer.step(vars, ordered);
+    tf.dispose(ordered);
+    for (const apply of ctx.bnUpdates!) apply();
+    loss = (await value.data())[0];
+  } finally {
+    tf.dispose(ordered); // a no-op after a successful step; frees the gradients when the step threw
+    value.dispose();
+  }
   if (!Number.isFinite(loss)) throw new JobError('training diverged (loss is not finite)');
   return loss;
 }
@@ -176,9 +184,9 @@ class FitLoop {
     }
   }
 
-  record(batch: FitBatch, l: number): void {
+  async record(batch: FitBatch, l: number): Promise<void> {
     this.sum += l;
-    this.o.afterStep?.();
+    await this.o.afterStep?.();
     this.o.onBatch?.(batch.epoch, batch.b, batch.batches, l);
     if (this.o.maxSteps && ++this.steps >= this.o.maxSteps) {
       this.stopped = true;
@@ -187,8 +195,8 @@ class FitLoop {
   }
 }
 
-/** Train `model` in place. Returns the mean loss of the last epoch. */
-export function fit(model: Model, data: ImageSet, o: FitOptions): number {
+/** Train `model` in place. Resolves to the mean loss of the last epoch. */
+export async function fit(model: Model, data: ImageSet, o: FitOptions): Promise<number> {
   const vars = o.vars ?? model.trainableVariables();
   const bnTrain = o.bnTrain ?? true;
   const loss = o.loss ?? ((s: StepContext) => crossEntropy(model.forward(s.x, s.ctx), s.y));
@@ -197,9 +205,10 @@ export function fit(model: Model, data: ImageSet, o: FitOptions): number {
     const { idx, labels } = batch;
     const x = makeBatch(data, idx, o.augment, o.rng);
     const y = tf.tensor1d(labels, 'int32');
-    const prepared = o.prepare?.({ x, y, labels });
+    let prepared: tf.Tensor | undefined;
     try {
-      loop.record(batch, trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx, prepared }), bnTrain));
+      prepared = await o.prepare?.({ x, y, labels });
+      await loop.record(batch, await trainStep(vars, o.optimizer, (ctx) => loss({ x, y, labels, ctx, prepared }), bnTrain));
     } finally {
       x.dispose();
       y.dispose();
@@ -230,28 +239,31 @@ export async function fitStepped(model: Model, data: ImageSet, o: Omit<FitOption
   const bnTrain = o.bnTrain ?? true;
   const loop = new FitLoop(data, o);
   for (const batch of loop.batches()) {
-    loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain));
+    await loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain));
   }
   return loop.loss;
 }
 
 /** Logits of a whole set, batched, as a Float32Array [n, classes]. */
-export function predictLogits(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Float32Array {
+export async function predictLogits(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Promise<Float32Array> {
   const k = model.numClasses;
   const out = new Float32Array(set.n * k);
   for (let s = 0; s < set.n; s += batchSize) {
     throwIfAborted(signal);
     const idx = Array.from({ length: Math.min(batchSize, set.n - s) }, (_, i) => s + i);
     const logits = tf.tidy(() => model.forward(makeBatch(set, idx, undefined, undefined)));
-    out.set(logits.dataSync() as Float32Array, s * k);
-    logits.dispose();
+    try {
+      out.set((await logits.data()) as Float32Array, s * k);
+    } finally {
+      logits.dispose();
+    }
   }
   return out;
 }
 
 /** Top-1 labels of a whole set. */
-export function predictLabels(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Int32Array {
-  return argmaxRows(predictLogits(model, set, batchSize, signal), model.numClasses);
+export async function predictLabels(model: Model, set: ImageSet, batchSize = 256, signal?: AbortSignal): Promise<Int32Array> {
+  return argmaxRows(await predictLogits(model, set, batchSize, signal), model.numClasses);
 }
 
 /** The index of each row's largest value in flat [n, k] logits (the first on ties). */
@@ -266,7 +278,7 @@ export function argmaxRows(logits: Float32Array, k: number): Int32Array {
 }
 
 /** Penultimate features of a whole set, [n, D]. */
-export function predictFeatures(model: Model, set: ImageSet, batchSize = 256): { data: Float32Array; dim: number } {
+export async function predictFeatures(model: Model, set: ImageSet, batchSize = 256): Promise<{ data: Float32Array; dim: number }> {
   let dim = 0;
   const chunks: Float32Array[] = [];
   for (let s = 0; s < set.n; s += batchSize) {
@@ -276,8 +288,11 @@ export function predictFeatures(model: Model, set: ImageSet, batchSize = 256): {
       return features;
     });
     dim = f.shape[1];
-    chunks.push(Float32Array.from(f.dataSync() as Float32Array));
-    f.dispose();
+    try {
+      chunks.push(Float32Array.from((await f.data()) as Float32Array));
+    } finally {
+      f.dispose();
+    }
   }
   const data = new Float32Array(set.n * dim);
   let o = 0;
