@@ -9,61 +9,34 @@
  * `scripts/zoo/make_test_fixture.py cnn-badnets`.
  */
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { useWasm } from '../helpers/backend';
+import { loadZooFixture, zooJob, type ZooFixture } from '../helpers/zoo';
 import { backendInfo } from '../../src/engine/backend';
-import { runPrepared, type PreparedJob } from '../../src/engine/jobs/core';
-import { loadModelFile } from '../../src/engine/model_files/model_io';
-import { readNpyPair } from '../../src/engine/formats/data/npy';
-import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
-import type { ImageSet } from '../../src/engine/data/dataset';
+import { runPrepared } from '../../src/engine/jobs/core';
 import type { Metrics, Results } from '../../src/shared/results';
-
-const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'cnn-badnets');
-const TARGET = 0;
 
 describe('defenses on a PyTorch-trained plain CNN exported to ONNX with BatchNorm folded (zoo: cnn-badnets)', function () {
   this.timeout(900_000);
-  let loaded: ReturnType<typeof loadModelFile>;
-  let aux: ImageSet;
-  let test: ImageSet;
-  let triggered: TriggeredSet;
+  let zoo: ZooFixture;
   let baseline: Metrics;
   let results: Results;
 
   before(async () => {
     await useWasm();
-    const target = { shape: [28, 28, 1] as [number, number, number], numClasses: 10 };
-    loaded = loadModelFile({ path: path.join(DIR, 'victim.onnx'), normalize: { mean: [0.286], std: [0.353] } }, 'zoo victim');
-    aux = readNpyPair(path.join(DIR, 'aux_x.npy'), path.join(DIR, 'aux_y.npy'), target);
-    test = readNpyPair(path.join(DIR, 'test_x.npy'), path.join(DIR, 'test_y.npy'), target);
-    const bd = readNpyPair(path.join(DIR, 'bd_x.npy'), path.join(DIR, 'bd_y.npy'), target);
-    triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(TARGET) };
-    baseline = await evaluateModel(loaded.model, test, triggered);
+    zoo = await loadZooFixture('cnn-badnets');
+    baseline = zoo.baseline;
   });
-  after(() => loaded?.model.dispose());
+  after(() => zoo?.loaded.model.dispose());
 
   it('the victim has no BatchNorm layer, is backdoored, and we measure it as PyTorch measures its state_dict (within 0.002)', () => {
-    assert.equal(loaded.model.batchNorms().length, 0);
+    assert.equal(zoo.loaded.model.batchNorms().length, 0);
     assert.ok(baseline.acc >= 0.78 && baseline.asr! >= 0.8, `ACC ${baseline.acc}, ASR ${baseline.asr}`);
-    const torch = JSON.parse(fs.readFileSync(path.join(DIR, 'subset-metrics.json'), 'utf8')) as Metrics;
+    const torch = zoo.torch;
     for (const k of ['acc', 'asr', 'ra'] as const) assert.ok(Math.abs(baseline[k]! - torch[k]!) <= 0.002, `${k}: ours ${baseline[k]}, PyTorch ${torch[k]}`);
   });
 
   it('ftsam and clp run with BatchNorm put back after the five convolutions, and say so', async () => {
-    const job: PreparedJob = {
-      victim: loaded.model,
-      model: loaded.info,
-      test,
-      triggered,
-      aux: [{ name: 'unseen', type: 'unseen', seed: 0, set: aux }],
-      defenses: ['ftsam', 'clp'].map((id) => ({ id, profile: 'fast' as const })),
-      gicMode: 'off',
-      augment: { cropPadding: 4, flip: false },
-      seeds: [0],
-    };
-    results = await runPrepared(job, { backend: backendInfo(), workers: 2, emit: () => undefined });
+    results = await runPrepared(zooJob(zoo, ['ftsam', 'clp']), { backend: backendInfo(), workers: 2, emit: () => undefined });
     for (const r of results.rows) {
       assert.ok(!r.error, `${r.defense}: ${r.error}`);
       assert.equal((r.details as { batchNormRestored?: number }).batchNormRestored, 5, r.defense);

@@ -8,19 +8,11 @@
  * the model fails here. Regenerate the fixture with scripts/zoo/make_test_fixture.py.
  */
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { useWasm } from '../helpers/backend';
+import { loadZooFixture, zooJob, ZOO_TARGET, type ZooFixture } from '../helpers/zoo';
 import { backendInfo } from '../../src/engine/backend';
-import { runPrepared, type PreparedJob } from '../../src/engine/jobs/core';
-import { loadModelFile } from '../../src/engine/model_files/model_io';
-import { readNpyPair } from '../../src/engine/formats/data/npy';
-import { evaluateModel, type TriggeredSet } from '../../src/engine/metrics/evaluate';
-import type { ImageSet } from '../../src/engine/data/dataset';
+import { runPrepared } from '../../src/engine/jobs/core';
 import type { Metrics, Results } from '../../src/shared/results';
-
-const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
-const TARGET = 0;
 
 // The default-profile defenses that meet the zoo criterion on this victim. Measured on the zoo's preact8-badnets
 // (full 10,000-image test set, scripts/zoo/run-defenses.ts, seed 0; victim ACC 0.827, ASR 0.979): ft 0.814 /
@@ -34,45 +26,26 @@ const PURIFIERS = ['nc', 'ft', 'nad', 'ftsam', 'fst'];
 
 describe('defenses on a PyTorch-trained PreAct-ResNet18 (zoo: preact8-badnets)', function () {
   this.timeout(900_000);
-  let loaded: ReturnType<typeof loadModelFile>;
-  let aux: ImageSet;
-  let test: ImageSet;
-  let triggered: TriggeredSet;
+  let zoo: ZooFixture;
   let baseline: Metrics;
   let results: Results;
 
   before(async () => {
     await useWasm();
-    const target = { shape: [28, 28, 1] as [number, number, number], numClasses: 10 };
-    loaded = loadModelFile({ path: path.join(DIR, 'victim.pt'), inputShape: [28, 28, 1], numClasses: 10, normalize: { mean: [0.286], std: [0.353] } }, 'zoo victim');
-    aux = readNpyPair(path.join(DIR, 'aux_x.npy'), path.join(DIR, 'aux_y.npy'), target);
-    test = readNpyPair(path.join(DIR, 'test_x.npy'), path.join(DIR, 'test_y.npy'), target);
-    const bd = readNpyPair(path.join(DIR, 'bd_x.npy'), path.join(DIR, 'bd_y.npy'), target);
-    triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(TARGET) };
-    baseline = await evaluateModel(loaded.model, test, triggered);
+    zoo = await loadZooFixture('preact8-badnets');
+    baseline = zoo.baseline;
   });
-  after(() => loaded?.model.dispose());
+  after(() => zoo?.loaded.model.dispose());
 
   it('the victim is backdoored (ACC >= 0.8, ASR >= 0.95) and we measure it as PyTorch does (within 0.002)', () => {
     assert.ok(baseline.acc >= 0.8, `ACC ${baseline.acc}`);
     assert.ok(baseline.asr >= 0.95, `ASR ${baseline.asr}`);
-    const torch = JSON.parse(fs.readFileSync(path.join(DIR, 'subset-metrics.json'), 'utf8')) as Metrics;
+    const torch = zoo.torch;
     for (const k of ['acc', 'asr', 'ra'] as const) assert.ok(Math.abs(baseline[k]! - torch[k]!) <= 0.002, `${k}: ours ${baseline[k]}, PyTorch ${torch[k]}`);
   });
 
   it('runs the default-profile defenses as one job on two cell processes', async () => {
-    const job: PreparedJob = {
-      victim: loaded.model,
-      model: loaded.info,
-      test,
-      triggered,
-      aux: [{ name: 'unseen', type: 'unseen', seed: 0, set: aux }],
-      defenses: PURIFIERS.map((id) => ({ id, profile: 'fast' as const })),
-      gicMode: 'off',
-      augment: { cropPadding: 4, flip: false },
-      seeds: [0],
-    };
-    results = await runPrepared(job, { backend: backendInfo(), workers: 2, emit: () => undefined });
+    results = await runPrepared(zooJob(zoo, PURIFIERS), { backend: backendInfo(), workers: 2, emit: () => undefined });
     assert.deepEqual(results.rows.map((r) => r.defense).sort(), [...PURIFIERS].sort());
     for (const r of results.rows) assert.ok(!r.error, `${r.defense}: ${r.error}`);
   });
@@ -80,7 +53,7 @@ describe('defenses on a PyTorch-trained PreAct-ResNet18 (zoo: preact8-badnets)',
   it('NC (fast profile) flags the target, and only the target, from the auxiliary images alone', () => {
     const row = results.rows.find((r) => r.defense === 'nc')!;
     const details = row.details as { flagged: number[]; maskL1: number[] };
-    assert.deepEqual(details.flagged, [TARGET], `mask norms ${details.maskL1.map((v) => v.toFixed(1))}`);
+    assert.deepEqual(details.flagged, [ZOO_TARGET], `mask norms ${details.maskL1.map((v) => v.toFixed(1))}`);
   });
 
   for (const id of PURIFIERS) {
