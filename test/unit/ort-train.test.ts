@@ -154,9 +154,13 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
     masked.batchNorms()[0].setMask(new Float32Array(masked.batchNorms()[0].numFeatures).fill(1));
     assert.equal(await OrtTrainer.create(masked), undefined, 'BatchNorm masks');
     masked.dispose();
+    // A module inserted in front of a layer is emitted before it (BatchNorm restored into a folded graph; the
+    // gradients through one are checked in ort-graph.test.ts), so it no longer sends a model to the backend.
     const inserted = buildModel(spec, undefined, 2);
     inserted.insertBefore(inserted.layout.lastBlockConv, () => new Identity());
-    assert.equal(await OrtTrainer.create(inserted), undefined, 'inserted modules');
+    const covered = await OrtTrainer.create(inserted);
+    assert.ok(covered, 'a model with an inserted module is covered');
+    await covered.close();
     inserted.dispose();
     const vgg = buildModel({ arch: 'vgg11-bn', inputShape: [32, 32, 3], numClasses: 10, options: { cfg: [8, 'M', 8, 'M'], hidden: [16], dropout: true } }, undefined, 2);
     assert.ok([...vgg.root.modules()].some((m) => m.kind === 'Dropout'));
