@@ -330,7 +330,7 @@ export async function runCell(
     // A graph whose BatchNorm was folded into its convolutions gets it back for the defense (renormalize.ts).
     renormalized = await renormalize(job.victim, auxSet);
     const renormNote = renormalized
-      ? `BatchNorm put back after ${renormalized.layers} convolutions (folded into them in this graph): the identity in eval mode, statistics of the aux set`
+      ? `BatchNorm put back after ${renormalized.layers} convolutions (folded into them in this graph): the identity in eval mode, statistics of the aux set, the convolutions' channels at PyTorch's initial weight norm`
       : undefined;
     const departures = [defense.departures?.(cell.defense.profile), renormNote, overrides.length ? `set by the job: ${overrides.join(', ')}` : undefined].filter(Boolean).join('; ');
     if (departures) row.departures = departures;

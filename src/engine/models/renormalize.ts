@@ -8,10 +8,12 @@
  * plain CNN exported that way (`cnn-badnets`, victim ACC 0.807): NAD left ACC 0.277 and FT-SAM 0.152.
  *
  * Here a BatchNorm is inserted after every convolution that feeds a ReLU, with its running statistics measured
- * on the auxiliary images and gamma = sqrt(var + eps), beta = mean, so that in eval mode it is the identity:
- * the renormalized model gives the victim's logits (to float rounding), and in training mode it normalizes
- * as the original network's BatchNorm did. The inserted layers are saved with the purified model (ONNX writes
- * them as BatchNormalization nodes in front of their ReLU).
+ * on the auxiliary images and gamma and beta chosen so that in eval mode it is the identity: the renormalized
+ * model gives the victim's logits (to float rounding), and in training mode it normalizes as the original
+ * network's BatchNorm did. The folded convolutions' output channels are rescaled to PyTorch's initial weight
+ * norm (the new layer undoes the factor), so that fine-tuning takes the steps it takes on the original network
+ * (see renormalize). The inserted layers are saved with the purified model (ONNX writes them as
+ * BatchNormalization nodes in front of their ReLU).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/dataset';

@@ -54,10 +54,10 @@ export function splitForwardBackward(graph: onnx.GraphProto): { forward: onnx.IG
     const p = producer.get(name);
     return p !== undefined && inForward.has(p.node);
   });
-  const untyped = (name: string, elemType: number) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType } } });
+  const shapeless = (name: string, elemType: number) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType } } });
   const savedInfo = saved.map((name) => {
     const p = producer.get(name)!;
-    return untyped(name, outputElemType(nodes[p.node], p.index));
+    return shapeless(name, outputElemType(nodes[p.node], p.index));
   });
   return {
     forward: {
