@@ -59,6 +59,10 @@ function shown(p: string): string {
   return s.length > 120 ? `${s.slice(0, 117)}...` : s;
 }
 
+/** How long a shown results page may take to say "ready" before it is loaded again, and how many times. */
+const PAGE_SILENCE_MS = 15_000;
+const PAGE_RELOADS = 3;
+
 export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSerializer {
   private readonly panels = new Map<string, Entry>();
   /** Events of running jobs, by run id, for replay to panels that (re)load. */
@@ -72,6 +76,8 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
   constructor(
     private readonly extensionUri: vscode.Uri,
     private readonly runner: JobRunner,
+    /** How long a shown page may stay silent before it is loaded again (see `watchForSilence`). */
+    private readonly silenceMs = PAGE_SILENCE_MS,
   ) {
     const l: JobListener = {
       started: (run) => {
@@ -161,6 +167,7 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
     this.setActive(run, roots);
     panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
     panel.webview.html = webviewHtml(panel.webview, this.extensionUri, 'results', run.title);
+    this.watchForSilence(entry);
     entry.disposables.push(
       panel.webview.onDidReceiveMessage((m: unknown) => this.receive(entry, m)),
       panel.onDidChangeViewState((e) => e.webviewPanel.active && this.setActive(entry.run, entry.roots)),
@@ -169,6 +176,28 @@ export class ResultsPanels implements vscode.Disposable, vscode.WebviewPanelSeri
         for (const d of entry.disposables) d.dispose();
       }),
     );
+  }
+
+  /**
+   * A page that is shown and has not said "ready" after `silenceMs` is loaded again (a fresh nonce makes new
+   * HTML, which VS Code loads anew), up to PAGE_RELOADS times. Its bundle did not run: in browser-hosted VS Code
+   * (code-server) a new webview's first load is sometimes left blank, and reloading the webviews by hand then
+   * fills it. A hidden page is not counted: VS Code loads it only when it is shown.
+   */
+  private watchForSilence(entry: Entry): void {
+    let reloads = 0;
+    const timer = setInterval(() => {
+      if (entry.ready || reloads >= PAGE_RELOADS) {
+        clearInterval(timer);
+        return;
+      }
+      if (!entry.panel.visible) return;
+      reloads++;
+      entry.panel.webview.html = webviewHtml(entry.panel.webview, this.extensionUri, 'results', entry.run.title);
+    }, this.silenceMs);
+    // The extension host must not stay alive for this timer alone.
+    timer.unref?.();
+    entry.disposables.push({ dispose: () => clearInterval(timer) });
   }
 
   /** A path the page asked for, inside the run folder and the allowed roots; refusals are shown, not silent. */

@@ -171,6 +171,37 @@ async function findResultsPanel(page: Page, timeoutMs: number): Promise<{ frame:
   }
 }
 
+/** What a webview frame holds, for a failure message: its load state, how much it drew, its scripts. */
+async function frameFacts(frame: Frame): Promise<string> {
+  return frame
+    // An expression string: this file is compiled without the DOM's types.
+    .evaluate<string>(
+      "`readyState ${document.readyState}, body ${document.body ? document.body.innerHTML.length : 0} characters, ${document.scripts.length} scripts, ${document.querySelectorAll('.status').length} status elements`",
+    )
+    .catch((e: unknown) => `unreadable (${e instanceof Error ? e.message.split('\n')[0] : String(e)})`);
+}
+
+/** The demo's run folders and what each holds (results.json once a run ends). */
+function demoRunFolders(workspace: string): string {
+  const root = path.join(workspace, 'backdoor-audit-demo');
+  const found: string[] = [];
+  const walk = (dir: string, depth: number): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (!e.isDirectory() || depth > 2) continue;
+      const sub = path.join(dir, e.name);
+      const files = fs.readdirSync(sub).filter((f) => f.endsWith('.json'));
+      if (files.length) found.push(`${path.relative(root, sub)}: ${files.join(', ')}`);
+      walk(sub, depth + 1);
+    }
+  };
+  try {
+    walk(root, 0);
+  } catch (e) {
+    return `demo folder unreadable: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  return found.length ? `run folders: ${found.join('; ')}` : 'no run folder with a .json file under backdoor-audit-demo/';
+}
+
 /** First number of a grid cell ("96.8% ± 0.5" or "96.8%"), or NaN. */
 function cellPercent(text: string | undefined): number {
   const m = /^([\d.]+)%/.exec(text?.trim() ?? '');
@@ -222,13 +253,28 @@ async function demoFromWalkthrough(page: Page): Promise<void> {
   await findResultsPanel(page, 60_000);
   const deadline = Date.now() + JOB_TIMEOUT_MS;
   let lastLogged = 0;
+  let blankSince: number | undefined;
+  let reloaded = false;
   for (;;) {
     // Found again each time: VS Code may replace a webview's frames while the panel is redrawn.
     const { frame } = await findResultsPanel(page, 60_000);
     const text = (await frame.locator('.status-text').textContent({ timeout: 10_000 }).catch(() => '')) ?? '';
     if (/^Done/.test(text)) break;
     if (/^(Failed|Cancelled|Interrupted)/.test(text)) throw new Error(`the demo job ended: ${text}`);
-    if (Date.now() > deadline) throw new Error(`the demo job did not finish in time (last status: ${text})`);
+    if (Date.now() > deadline) throw new Error(`the demo job did not finish in time (last status: ${text}; ${demoRunFolders(workspace)})`);
+    // A page always draws a status line ("Waiting for the job to start…" before the host's first message), so a
+    // panel without one is a page whose script has not run. The host loads such a page again after 15 s (panel.ts,
+    // watchForSilence); one still blank after 90 s is reported with what the frame holds and where the job is,
+    // and the webviews are reloaded once by hand (the panel is then sent the whole run again after its "ready").
+    if (text === '') {
+      blankSince ??= Date.now();
+      if (!reloaded && Date.now() - blankSince > 90_000) {
+        step(`demo: the results panel is still blank after 90 s, though its host loads a silent page again: ${await frameFacts(frame)}; ${demoRunFolders(workspace)}; reloading the webviews`);
+        await paletteCommand(page, 'Developer: Reload Webviews');
+        reloaded = true;
+        blankSince = undefined;
+      }
+    } else blankSince = undefined;
     if (Date.now() - lastLogged > 30_000) {
       step(`demo: ${text.trim().slice(0, 120)}`);
       lastLogged = Date.now();
@@ -302,6 +348,13 @@ async function main(): Promise<void> {
   });
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   page.on('pageerror', (e) => step(`page error: ${e.message}`));
+  // The webviews' console errors and failed requests (a panel's bundle that did not load) go to a file in the
+  // artifacts: the workbench logs many of its own.
+  const browserLog = fs.createWriteStream(path.join(artifacts, 'browser-console.log'));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') browserLog.write(`${new Date().toISOString()} ${m.type()} ${m.location().url}: ${m.text()}\n`);
+  });
+  page.on('requestfailed', (r) => browserLog.write(`${new Date().toISOString()} request failed ${r.url()}: ${r.failure()?.errorText ?? ''}\n`));
   try {
     step(`opening ${url}`);
     await page.goto(url, { waitUntil: 'domcontentloaded' });

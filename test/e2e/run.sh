@@ -181,6 +181,10 @@ E2E_URL="http://127.0.0.1:$PORT/?folder=$WS" E2E_WORKSPACE="$WS" E2E_ARTIFACTS="
     log "$f (last 40 lines):"
     tail -n 40 "$f" >&2
   done
+  for f in $(find "$USER_DIR/logs" -name '*Backdoor Audit*.log' 2>/dev/null | head -n 1); do
+    log "the extension's log, $f (last 60 lines):"
+    tail -n 60 "$f" >&2
+  done
   exit 1
 }
 # 7. All four jobs ran in a job process with ONNX Runtime loaded (the extension's log channel, written by VS Code).

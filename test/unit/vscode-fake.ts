@@ -128,6 +128,7 @@ export class FakePanel {
   disposed = false;
   revealed = 0;
   active = true;
+  visible = true;
   private disp = new EventEmitter<void>();
   onDidDispose = this.disp.event;
   private viewState = new EventEmitter<{ webviewPanel: FakePanel }>();

@@ -128,6 +128,57 @@ describe('vscode results panel (host)', () => {
     assert.equal(restored.revealed, 1);
     panels.dispose();
   });
+
+  it('loads a shown page again while it stays silent, a few times, and never a hidden or ready one', async () => {
+    const outDir = path.join(dir, 'run');
+    fs.mkdirSync(outDir, { recursive: true });
+    fs.writeFileSync(path.join(outDir, 'results.json'), JSON.stringify(sampleResults()));
+    fake.folders = [dir];
+    const runner = new JobRunner({ appendLine: () => undefined } as never, () => {
+      throw new Error('no job here');
+    });
+    const panels = new ResultsPanels(ext as never, runner, 20);
+    const wait = (ms: number) => new Promise((res) => setTimeout(res, ms));
+    // Timers may run late on a busy machine: wait for a condition, up to 5 s.
+    const until = async (ok: () => boolean) => {
+      for (let t = 0; t < 250 && !ok(); t++) await wait(20);
+    };
+    const htmls = (p: FakePanel) => {
+      const seen: string[] = [];
+      let html = p.webview.html;
+      Object.defineProperty(p.webview, 'html', { get: () => html, set: (v: string) => void seen.push((html = v)) });
+      return seen;
+    };
+
+    // Silent and shown: loaded again up to three times, each with new HTML, then left alone.
+    const silent = new FakePanel('backdoorAudit.results', 'silent');
+    const silentLoads = htmls(silent);
+    await panels.deserializeWebviewPanel(silent as never, { view: 'results', run: { id: outDir, title: 'victim', outDir } });
+    await until(() => silentLoads.length >= 4);
+    await wait(100);
+    assert.equal(silentLoads.length, 4, 'the first load and three more');
+    assert.equal(new Set(silentLoads).size, 4, 'each load is new HTML (a fresh nonce)');
+
+    // Hidden: not loaded again until it is shown; ready: never again.
+    const other = path.join(dir, 'other');
+    fs.mkdirSync(other);
+    fs.writeFileSync(path.join(other, 'results.json'), JSON.stringify(sampleResults()));
+    const hidden = new FakePanel('backdoorAudit.results', 'hidden');
+    hidden.visible = false;
+    const hiddenLoads = htmls(hidden);
+    await panels.deserializeWebviewPanel(hidden as never, { view: 'results', run: { id: other, title: 'other', outDir: other } });
+    await wait(100);
+    assert.equal(hiddenLoads.length, 1);
+    hidden.visible = true;
+    await until(() => hiddenLoads.length >= 2);
+    hidden.webview.send({ type: 'ready' });
+    const afterReady = hiddenLoads.length;
+    assert.ok(afterReady >= 2, 'shown and silent: loaded again');
+    await wait(100);
+    assert.equal(hiddenLoads.length, afterReady, 'a page that said ready is not loaded again');
+    assert.equal((hidden.webview.posted[0] as any).type, 'init');
+    panels.dispose();
+  });
 });
 
 describe('vscode model inspector', () => {
