@@ -27,8 +27,10 @@ export function webviewHtml(webview: vscode.Webview, extensionUri: vscode.Uri, v
     "default-src 'none'",
     `img-src ${webview.cspSource} data:`,
     // The toolkit's elements style themselves through constructable stylesheets, which CSP does not block;
-    // chart.js sizes its canvas through element.style (CSSOM), which CSP allows too. No 'unsafe-inline'.
-    `style-src ${webview.cspSource}`,
+    // chart.js sizes its canvas through element.style (CSSOM), which CSP allows too. No 'unsafe-inline'. The one
+    // <style> element the toolkit writes (its :focus-visible probe) carries the nonce it reads from the
+    // csp-nonce meta tag below; without it the probe is refused, with a console error per page.
+    `style-src ${webview.cspSource} 'nonce-${n}'`,
     `font-src ${webview.cspSource}`,
     `script-src 'nonce-${n}'`,
   ].join('; ');
@@ -38,6 +40,7 @@ export function webviewHtml(webview: vscode.Webview, extensionUri: vscode.Uri, v
 <head>
 <meta charset="UTF-8">
 <meta http-equiv="Content-Security-Policy" content="${csp}">
+<meta property="csp-nonce" content="${n}">
 <meta name="viewport" content="width=device-width, initial-scale=1.0">
 <link rel="stylesheet" href="${css}">
 <title>${esc(title)}</title>

@@ -34,6 +34,9 @@ describe('vscode results panel (host)', () => {
     const nonce = /script-src 'nonce-([A-Za-z0-9]+)'/.exec(csp)![1];
     assert.ok(nonce.length >= 16);
     assert.doesNotMatch(csp, /unsafe-(eval|inline)/);
+    // Styles: the webview's own files, and elements that carry this page's nonce (read from the csp-nonce tag).
+    assert.match(csp, new RegExp(`style-src [^;]*'nonce-${nonce}'`));
+    assert.match(html, new RegExp(`<meta property="csp-nonce" content="${nonce}">`));
     const scripts = html.match(/<script[^>]*>/g)!;
     assert.equal(scripts.length, 1);
     assert.ok(scripts[0].includes(`nonce="${nonce}"`) && scripts[0].includes('/ext/dist/webview.js'));
