@@ -62,4 +62,22 @@ describe('Neural Cleanse on a tiny BadNets victim', function () {
     out.model.dispose();
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
+
+  it('through ONNX Runtime: a reversal whose loss is not finite fails the cell with a clear error, leaving no tensor', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const broken = f.victim.clone();
+    try {
+      // A head weight of NaN: every logit, and so the reversal's loss, is NaN at the first step.
+      const head = broken.root.namedParams().find(([key]) => key.endsWith('.weight') && key.startsWith(broken.layout.head))![1].variable;
+      const w = Float32Array.from(await head.data());
+      w[0] = NaN;
+      head.assign(tf.tensor(w, head.shape));
+      const n0 = tf.memory().numTensors;
+      const d = getDefense('nc')!;
+      await assert.rejects(runDefense({ ...f, victim: broken }, d, { steps: 5 }, { ortTraining: true }), /trigger reversal diverged \(loss is not finite\)/);
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    } finally {
+      broken.dispose();
+    }
+  });
 });

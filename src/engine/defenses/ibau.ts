@@ -237,18 +237,23 @@ export const ibau: Defense = {
           }
           if (ctx.training) ctx.training.backendSteps++;
           const x = makeBatch(ctx.aux, idx, undefined, undefined);
-          const next = tf.tidy(() => {
-            // The model's own labels, as BackdoorBench: the perturbation moves images off what f predicts.
-            const own = tf.argMax(model.forward(x, { training: false }), 1) as tf.Tensor1D;
-            const g = inputGradient(delta as unknown as tf.Tensor4D, (d) => {
-              // No clipping to [0,1] (as BackdoorBench): a clip passes no gradient at 0, which would freeze
-              // delta on every black background pixel, where patch triggers live.
-              const xp = tf.add(x, d) as tf.Tensor4D;
-              return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar;
+          let next: tf.Tensor;
+          // The batch is freed even when the step throws.
+          try {
+            next = tf.tidy(() => {
+              // The model's own labels, as BackdoorBench: the perturbation moves images off what f predicts.
+              const own = tf.argMax(model.forward(x, { training: false }), 1) as tf.Tensor1D;
+              const g = inputGradient(delta as unknown as tf.Tensor4D, (d) => {
+                // No clipping to [0,1] (as BackdoorBench): a clip passes no gradient at 0, which would freeze
+                // delta on every black background pixel, where patch triggers live.
+                const xp = tf.add(x, d) as tf.Tensor4D;
+                return tf.sub(crossEntropy(model.forward(xp, { training: false }), own), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar;
+              });
+              return tf.add(delta, tf.mul(g, innerLr));
             });
-            return tf.add(delta, tf.mul(g, innerLr));
-          });
-          x.dispose();
+          } finally {
+            x.dispose();
+          }
           try {
             // The projection's scale is read between the two tidies: a tidy cannot wait for a read.
             const norm = await l2(next);

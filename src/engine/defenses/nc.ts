@@ -111,38 +111,42 @@ async function reverseTrigger(model: Model, aux: ImageSet, label: number, p: Rec
       const idx = Array.from({ length: p.batchSize }, () => ctx.rng.int(aux.n));
       const x = makeBatch(aux, idx, undefined, undefined);
       let hits = 0;
-      if (graph) {
-        const stamped = await takeFloats(tf.tidy(() => stamp(x)));
-        const r = await graph.run(stamped, p.batchSize, { labels: new Int32Array(p.batchSize).fill(label) });
-        if (!Number.isFinite(r.loss!)) throw new JobError('trigger reversal diverged (loss is not finite)');
-        for (const predicted of argmaxRows(r.logits!, model.numClasses)) if (predicted === label) hits++;
-        tf.tidy(() => {
-          // d CE / d mask and pattern = the pixel gradient through the stamping (a surrogate with that gradient).
-          const dStamped = tf.tensor4d(r.dx!, x.shape);
-          const { value, grads } = tf.variableGrads(() => {
-            const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
-            return tf.add(tf.sum(tf.mul(stamp(x), dStamped)), tf.mul(l1, cost)) as tf.Scalar;
-          }, [maskRaw, patternRaw]);
-          opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
-          value.dispose();
-        });
-      } else {
-        // The hit count is kept out of the gradient's scope and read after the step: tidy cannot wait for a read.
-        const hitsT = tf.tidy(() => {
-          let h: tf.Tensor | undefined;
-          const { value, grads } = tf.variableGrads(() => {
-            const logits = model.forward(stamp(x), { training: false });
-            h = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')));
-            const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
-            return tf.add(crossEntropy(logits, target), tf.mul(l1, cost)) as tf.Scalar;
-          }, [maskRaw, patternRaw]);
-          opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
-          value.dispose();
-          return h as unknown as tf.Tensor;
-        });
-        hits = await takeScalar(hitsT);
+      // The batch is freed however the step ends (a diverged loss or a failed graph run throws).
+      try {
+        if (graph) {
+          const stamped = await takeFloats(tf.tidy(() => stamp(x)));
+          const r = await graph.run(stamped, p.batchSize, { labels: new Int32Array(p.batchSize).fill(label) });
+          if (!Number.isFinite(r.loss!)) throw new JobError('trigger reversal diverged (loss is not finite)');
+          for (const predicted of argmaxRows(r.logits!, model.numClasses)) if (predicted === label) hits++;
+          tf.tidy(() => {
+            // d CE / d mask and pattern = the pixel gradient through the stamping (a surrogate with that gradient).
+            const dStamped = tf.tensor4d(r.dx!, x.shape);
+            const { value, grads } = tf.variableGrads(() => {
+              const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
+              return tf.add(tf.sum(tf.mul(stamp(x), dStamped)), tf.mul(l1, cost)) as tf.Scalar;
+            }, [maskRaw, patternRaw]);
+            opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
+            value.dispose();
+          });
+        } else {
+          // The hit count is kept out of the gradient's scope and read after the step: tidy cannot wait for a read.
+          const hitsT = tf.tidy(() => {
+            let h: tf.Tensor | undefined;
+            const { value, grads } = tf.variableGrads(() => {
+              const logits = model.forward(stamp(x), { training: false });
+              h = tf.keep(tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), label), 'float32')));
+              const l1 = tf.sum(tf.div(tf.add(tf.tanh(maskRaw), 1), 2));
+              return tf.add(crossEntropy(logits, target), tf.mul(l1, cost)) as tf.Scalar;
+            }, [maskRaw, patternRaw]);
+            opt.step([maskRaw, patternRaw], [grads[maskRaw.name], grads[patternRaw.name]]);
+            value.dispose();
+            return h as unknown as tf.Tensor;
+          });
+          hits = await takeScalar(hitsT);
+        }
+      } finally {
+        x.dispose();
       }
-      x.dispose();
       successRate = hits / p.batchSize;
       // Cost schedule: shrink the mask harder while the trigger works, relax when it stops working.
       cost = successRate >= p.successThreshold ? cost * p.costUp : cost / p.costDown;

@@ -151,22 +151,28 @@ async function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, 
   const pruned: string[] = [];
   const skipped: string[] = [];
   let valAcc = baseAcc;
-  for (const { layer, ch } of order) {
-    const bn = bns[layer];
-    const gamma = await readFloats(bn.weight);
-    const old = gamma[ch];
-    gamma[ch] = 0;
-    tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
-    const acc = await accuracyOn(model, val);
-    const name = `${bn.path}[${ch}]`;
-    if (acc >= accRatio * baseAcc && acc >= valAcc - channelDrop) {
-      pruned.push(name);
-      valAcc = acc;
-    } else {
-      gamma[ch] = old;
+  // The pruned copy is the caller's only on success: a cancel or a failed evaluation frees it here.
+  try {
+    for (const { layer, ch } of order) {
+      const bn = bns[layer];
+      const gamma = await readFloats(bn.weight);
+      const old = gamma[ch];
+      gamma[ch] = 0;
       tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
-      skipped.push(name);
+      const acc = await accuracyOn(model, val);
+      const name = `${bn.path}[${ch}]`;
+      if (acc >= accRatio * baseAcc && acc >= valAcc - channelDrop) {
+        pruned.push(name);
+        valAcc = acc;
+      } else {
+        gamma[ch] = old;
+        tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
+        skipped.push(name);
+      }
     }
+  } catch (e) {
+    model.dispose();
+    throw e;
   }
   return { model, pruned, skipped, valAcc, baseAcc };
 }
