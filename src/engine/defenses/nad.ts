@@ -2,8 +2,12 @@
  * `nad`: Neural Attention Distillation (Li et al., 2021). A teacher is the victim fine-tuned on the auxiliary
  * set; the student (another copy of the victim) is trained with CE + sum_l beta_l * MSE(A(student_l),
  * A(teacher_l)) over the architecture's stage taps (the last two stages and the pooled feature), with
- * A(f) = sum over channels of |f|^2 per location, L2-normalized per image. For the pooled feature, which has
- * no spatial extent, A is the per-channel energy |f|^2, L2-normalized (the spatial form would be constant).
+ * A(f) = sum over channels of |f|^2 per location, L2-normalized per image. The pooled feature is a 1x1 map, so
+ * its A is constant and its term adds nothing, as in BackdoorBench (which taps it the same way).
+ *
+ * BackdoorBench's student step runs a separate forward for the logits and for each tap (the network truncated
+ * after it), so each BatchNorm's running statistics move several times per step with the same batch; here one
+ * forward moves them by the same amount (see bnUpdatesPerStep).
  *
  * Where ONNX Runtime loads, the teacher trains through its cross-entropy graph, and each student step is
  * three graph runs: the teacher's tapped features, the student's logits and features, then the student's weight
@@ -13,6 +17,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
+import { BatchNorm2d } from '../nn/layers';
 import { OrtModelGraph, type GraphRun } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
 import { takeAllFloats } from '../nn/read';
@@ -64,6 +69,9 @@ export const nad: Defense = {
         tOpt.dispose();
       }
       const tapSet = new Set(taps);
+      const updates = bnUpdatesPerStep(student, taps);
+      const momenta = new Map([...updates.keys()].map((bn) => [bn, bn.momentum]));
+      for (const [bn, k] of updates) bn.momentum = 1 - (1 - bn.momentum) ** k;
       const sOpt = new SGD(p.lr, p.momentum, p.weightDecay);
       const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps) : undefined;
       if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add("NAD's student: the ONNX graphs do not cover this model");
@@ -92,6 +100,7 @@ export const nad: Defense = {
       } finally {
         sOpt.dispose();
         await graphs?.close();
+        for (const [bn, m] of momenta) bn.momentum = m;
       }
     } catch (e) {
       student.dispose();
@@ -99,9 +108,28 @@ export const nad: Defense = {
     } finally {
       teacher.dispose();
     }
-    return { model: student, details: { taps, betas } };
+    return { model: student, details: { taps, betas, bnUpdatesPerStep: [...new Set(bnUpdatesPerStep(student, taps).values())].sort() } };
   },
 };
+
+/**
+ * How many same-batch updates of each BatchNorm's running statistics one BackdoorBench student step makes: one
+ * for the logits' forward and one for each tap's truncated forward that passes through the layer (PreAct-ResNet18
+ * with taps layer3, layer4 and the pooled feature: 4 in layer1-3, 3 in layer4). One forward with momentum
+ * 1 - (1 - m)^k leaves the same running statistics as k forwards with m, and the same gradients (the loss reads
+ * batch statistics, not running ones).
+ */
+export function bnUpdatesPerStep(model: Model, taps: string[]): Map<BatchNorm2d, number> {
+  const modules = [...model.root.modules()];
+  const inside = (path: string, tap: string) => path === tap || path.startsWith(`${tap}.`);
+  // Where each tap's truncated network ends: its last module in forward order.
+  const ends = taps.map((t) => modules.reduce((last, m, i) => (inside(m.path, t) ? i : last), -1));
+  const counts = new Map<BatchNorm2d, number>();
+  modules.forEach((m, i) => {
+    if (m instanceof BatchNorm2d) counts.set(m, 1 + ends.filter((end) => i <= end).length);
+  });
+  return counts;
+}
 
 /** CE + sum_l beta_l * MSE(A(student_l), A(teacher_l)). */
 function studentLoss(logits: tf.Tensor2D, y: tf.Tensor1D, studentTaps: tf.Tensor[], teacherTaps: tf.Tensor[], betas: number[], layout: 'nhwc' | 'nchw'): tf.Scalar {

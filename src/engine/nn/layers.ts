@@ -90,7 +90,8 @@ export class BatchNorm2d extends Module {
   constructor(
     readonly numFeatures: number,
     readonly eps = 1e-5,
-    readonly momentum = 0.1,
+    /** Weight of a batch's statistics in the running ones; a defense may change it for a phase (NAD's student). */
+    public momentum = 0.1,
   ) {
     super();
     this.weight = this.addParam('weight', tf.ones([numFeatures]), 'plain');
