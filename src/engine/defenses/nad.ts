@@ -3,7 +3,9 @@
  * set; the student (another copy of the victim) is trained with CE + sum_l beta_l * MSE(A(student_l),
  * A(teacher_l)) over the architecture's stage taps (the last two stages and the pooled feature), with
  * A(f) = sum over channels of |f|^2 per location, L2-normalized per image. The pooled feature is a 1x1 map, so
- * its A is constant and its term adds nothing, as in BackdoorBench (which taps it the same way).
+ * its A is constant and its term adds nothing, as in BackdoorBench (which taps it the same way). On models other
+ * than PreAct-ResNet18 BackdoorBench taps the pooled feature alone, which leaves its student plain fine-tuning;
+ * here every architecture's last two stages are tapped as well, as NAD's authors do.
  *
  * BackdoorBench's student step runs a separate forward for the logits and for each tap (the network truncated
  * after it), so each BatchNorm's running statistics move several times per step with the same batch; here one
