@@ -110,7 +110,7 @@ export const nad: Defense = {
     } finally {
       teacher.dispose();
     }
-    return { model: student, details: { taps, betas, bnUpdatesPerStep: [...new Set(bnUpdatesPerStep(student, taps).values())].sort() } };
+    return { model: student, details: { taps, betas, bnUpdatesPerStep: [...new Set(bnUpdatesPerStep(student, taps).values())].sort((a, b) => a - b) } };
   },
 };
 
