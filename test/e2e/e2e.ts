@@ -11,7 +11,8 @@
  * demo step (Run Demo, on the job run.sh put in backdoor-audit-demo/: ft and NC, two aux sets, GIC off and on, two
  * seeds), checks its panel's ACC/ASR rows (mean ± std), the mean-over-seeds chart and NC's reversed trigger of every
  * class, and screenshots them; last, screenshots the Calibration side view following that run. Exits non-zero on
- * any failure, with a screenshot.
+ * any failure, with a screenshot. The webviews' console errors and failed requests go to browser-console.log in
+ * the artifacts; a results panel that stays blank is reported with what its frame holds.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
