@@ -63,6 +63,7 @@ export const nad: Defense = {
     const total = p.teacherEpochs + p.epochs;
     const teacher = ctx.victim.clone();
     const student = ctx.victim.clone();
+    const updates = bnUpdatesPerStep(student, taps);
     try {
       const tOpt = new SGD(p.lr, p.momentum, p.weightDecay);
       try {
@@ -71,7 +72,6 @@ export const nad: Defense = {
         tOpt.dispose();
       }
       const tapSet = new Set(taps);
-      const updates = bnUpdatesPerStep(student, taps);
       const momenta = new Map([...updates.keys()].map((bn) => [bn, bn.momentum]));
       for (const [bn, k] of updates) bn.momentum = 1 - (1 - bn.momentum) ** k;
       const sOpt = new SGD(p.lr, p.momentum, p.weightDecay);
@@ -110,7 +110,7 @@ export const nad: Defense = {
     } finally {
       teacher.dispose();
     }
-    return { model: student, details: { taps, betas, bnUpdatesPerStep: [...new Set(bnUpdatesPerStep(student, taps).values())].sort((a, b) => a - b) } };
+    return { model: student, details: { taps, betas, bnUpdatesPerStep: [...new Set(updates.values())].sort((a, b) => a - b) } };
   },
 };
 
