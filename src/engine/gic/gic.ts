@@ -6,9 +6,9 @@
  * on the true label and to align the BatchNorm input statistics with the running statistics recorded on the
  * victim's training data. The calibrated auxiliary set {(g(x), y)} is then given to the defenses unchanged.
  *
- * Where ONNX Runtime loads, each step's network passes run there (ort_graph.ts): h's output and its weights'
- * gradients, the victim's logits and every BatchNorm's input statistics, and the victim's pixel gradient of the
- * loss (computed here from those); the bound, the clip and the loss itself stay on the backend.
+ * Where ONNX Runtime loads, each step is one ONNX Runtime run of a graph holding all of it (g, the bound and the
+ * clip, the frozen victim, the loss and the backward pass to g's parameters: ort_calibration_graph.ts); only
+ * Adam's update stays on the backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/dataset';
@@ -20,8 +20,9 @@ import { crossEntropy, makeBatch, makeBatchArray, trainStep } from '../nn/train'
 import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { JobError, throwIfAborted } from '../errors';
-import { OrtModelGraph, type PendingBackward } from '../nn/ort_graph';
-import { readFloats, takeAllFloats, takeFloats, takeScalars } from '../nn/read';
+import { OrtModelGraph } from '../nn/ort_graph';
+import { buildCalibrationGraph, calibrationNet, GIC_PREFIX, GIC_TERM_KEY } from '../nn/ort_calibration_graph';
+import { takeFloats, takeScalars } from '../nn/read';
 import type { GicEntry } from '../../shared/results';
 
 export type GicNorm = 'inf' | '2';
@@ -156,6 +157,27 @@ export interface CalibrationOutput {
   report: CalibrationReport;
 }
 
+/** GIC's loss on a batch, on the backend: CE on g(x) plus lambdaBn times the BN distance (where the victim has BatchNorm). */
+export function calibrationLoss(victim: Model, net: GicNet, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): tf.Scalar {
+  return tf.tidy(() => {
+    // The victim stays in eval mode: its weights are not trained and its BN uses running stats.
+    const ctx: ForwardContext = { training: false, bnInputStats: victim.batchNorms().length > 0 && lambdaBn > 0 ? new Map() : undefined };
+    const logits = victim.forward(net.apply(x), ctx);
+    const ce = crossEntropy(logits, y);
+    return ctx.bnInputStats ? (tf.add(ce, tf.mul(bnDistance(victim, ctx.bnInputStats), lambdaBn)) as tf.Scalar) : ce;
+  });
+}
+
+/** One step of g on the backend alone (where ONNX Runtime does not load or does not cover the victim); takes `x` and `y`. */
+async function backendStep(victim: Model, net: GicNet, vars: tf.Variable[], opt: Adam, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): Promise<void> {
+  try {
+    await trainStep(vars, opt, () => calibrationLoss(victim, net, x, y, lambdaBn), false);
+  } finally {
+    x.dispose();
+    y.dispose();
+  }
+}
+
 /**
  * Train g on `aux` against the frozen victim and return the calibrated set. The caller owns `net` (dispose it
  * or save it). Every calibrated image satisfies ||g(x) - x||_p <= delta exactly (enforced again in float32
@@ -179,7 +201,7 @@ export async function calibrate(
   const vars = net.variables();
   const batches = Math.ceil(aux.n / o.batchSize);
   const withBn = hasBn && o.lambdaBn > 0;
-  const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn) : undefined;
+  const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn, o.lambdaBn) : undefined;
   // The figures before and after through the same forward graph where it has the statistics they need.
   const measure = (set: ImageSet) => (graphs && withBn === hasBn ? graphs.measure(victim, set) : measureSet(victim, set));
   let before: Awaited<ReturnType<typeof measure>>;
@@ -192,26 +214,8 @@ export async function calibrate(
       for (let b = 0; b < batches; b++) {
         throwIfAborted(signal);
         const idx = order.subarray(b * o.batchSize, Math.min(aux.n, (b + 1) * o.batchSize));
-        const x = makeBatch(aux, idx, undefined, undefined);
-        const y = tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32');
-        try {
-          if (graphs) await graphs.step(victim, net, vars, opt, x, y, o.lambdaBn);
-          else await trainStep(
-            vars,
-            opt,
-            () => {
-              // The victim stays in eval mode: its weights are not in `vars` and its BN uses running stats.
-              const ctx: ForwardContext = { training: false, bnInputStats: hasBn && o.lambdaBn > 0 ? new Map() : undefined };
-              const logits = victim.forward(net.apply(x), ctx);
-              const ce = crossEntropy(logits, y);
-              return ctx.bnInputStats ? (tf.add(ce, tf.mul(bnDistance(victim, ctx.bnInputStats), o.lambdaBn)) as tf.Scalar) : ce;
-            },
-            false,
-          );
-        } finally {
-          x.dispose();
-          y.dispose();
-        }
+        if (graphs) await graphs.step(net, vars, opt, makeBatchArray(aux, idx, undefined, undefined), Int32Array.from(idx, (i) => aux.y[i]));
+        else await backendStep(victim, net, vars, opt, makeBatch(aux, idx, undefined, undefined), tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32'), o.lambdaBn);
         // Yield after every step: the main thread also relays the cell processes' progress and rows.
         await new Promise((r) => setImmediate(r));
       }
@@ -249,91 +253,41 @@ export async function calibrate(
 }
 
 /**
- * The graphs of calibration steps through ONNX Runtime: the victim's (frozen BatchNorm; logits and input
- * statistics out, then the pixel gradient) and g's network h (its output, then its weights' gradients). Only
- * the elementwise bound, the clip and the loss of a few numbers per image stay on the backend. The gradient
- * graphs are split into a forward and a backward part, so each pass of a step runs forward once; `forward`
- * serves the before/after measurement.
+ * The calibration through ONNX Runtime: the whole step (g, the victim, the loss and the gradients of g's
+ * parameters) as one graph (ort_calibration_graph.ts), and the victim's forward pass with its BatchNorm input
+ * statistics for the figures before and after. The same loss and update as the backend path.
  */
 class CalibrationGraphs {
   private constructor(
     readonly forward: OrtModelGraph,
-    readonly pixels: OrtModelGraph,
-    readonly hGradients: OrtModelGraph,
+    readonly train: OrtModelGraph,
   ) {}
 
-  static async create(victim: Model, net: GicNet, inputStats: boolean): Promise<CalibrationGraphs | undefined> {
-    const h = { root: net.h, inputShape: net.shape, numClasses: net.shape[2], spec: { arch: 'gic-h' } };
+  static async create(victim: Model, net: GicNet, inputStats: boolean, lambdaBn: number): Promise<CalibrationGraphs | undefined> {
+    const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm: net.o.norm, lambdaBn: inputStats ? lambdaBn : 0 };
     const made = await Promise.all([
       OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }),
-      OrtModelGraph.create(victim, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, inputStats, split: true }),
-      OrtModelGraph.create(h, { bnTrain: false, loss: 'seed', paramGrads: true, mapOutput: true, split: true }),
+      OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, 1, () => buildCalibrationGraph(victim, front)),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
       return undefined;
     }
-    const [a, b, c] = made as OrtModelGraph[];
-    return new CalibrationGraphs(a, b, c);
+    const [a, b] = made as OrtModelGraph[];
+    return new CalibrationGraphs(a, b);
   }
 
-  /**
-   * One step of g, the same loss (CE + lambdaBn * the BN distance) and update as the backend path: h(x) from
-   * ONNX Runtime; g(x) = clip(x + bound(h(x) + t)) here; the victim's logits and input statistics on g(x) from
-   * ONNX Runtime, the loss's gradients with respect to those here, the pixel gradient from ONNX Runtime; back
-   * through the clip and the bound here, and through h in ONNX Runtime.
-   */
-  async step(victim: Model, net: GicNet, vars: tf.Variable[], opt: Adam, x: tf.Tensor4D, y: tf.Tensor1D, lambdaBn: number): Promise<void> {
-    const n = x.shape[0];
-    const k = victim.numClasses;
-    const xs = await readFloats(x);
-    const [hh, hw, hc] = net.shape;
-    // Forward parts of the split graphs still waiting for their backward parts (released on any error).
-    const pending: Array<[OrtModelGraph, PendingBackward]> = [];
-    const hPass = await this.hGradients.forward(xs, n);
-    pending.push([this.hGradients, hPass]);
-    // h's output comes as NCHW; the residual is built in NHWC like the images.
-    const pre = tf.tidy(() => {
-      const nhwc = tf.transpose(tf.tensor4d(hPass.logits!, [n, hc, hh, hw]), [0, 2, 3, 1]);
-      return net.globalTerm ? tf.add(nhwc, net.globalTerm) : nhwc;
-    }) as tf.Tensor4D;
+  /** One step of g on the batch `x` (flat NHWC) with labels `y`: the loss and gradients in one run, then Adam. */
+  async step(net: GicNet, vars: tf.Variable[], opt: Adam, x: Float32Array, y: Int32Array): Promise<void> {
+    const run = await this.train.run(x, y.length, { labels: y });
+    if (!Number.isFinite(run.loss)) throw new JobError('calibration diverged (loss is not finite)');
+    const keyOf = new Map<tf.Variable, string>(net.h.namedParams().map(([key, p]) => [p.variable, GIC_PREFIX + key]));
+    if (net.globalTerm) keyOf.set(net.globalTerm, GIC_TERM_KEY);
+    const gradTensors = vars.map((v) => tf.tensor(run.grads!.get(keyOf.get(v)!)!, v.shape));
     try {
-      const gx = await takeFloats(tf.tidy(() => tf.clipByValue(tf.add(x, net.bounded(pre)), 0, 1)));
-      const fwd = await this.pixels.forward(gx, n);
-      pending.push([this.pixels, fwd]);
-      const paths = [...(fwd.inputStats?.keys() ?? [])];
-      const [values, ...grads] = await takeAllFloats(tf.tidy(() => {
-        const inputs = [tf.tensor2d(fwd.logits!, [n, k]), ...paths.flatMap((p) => [tf.tensor1d(fwd.inputStats!.get(p)!.mean), tf.tensor1d(fwd.inputStats!.get(p)!.variance)])];
-        const stats = (ts: tf.Tensor[]) => new Map(paths.map((p, i) => [p, { mean: ts[2 * i] as tf.Tensor1D, variance: ts[2 * i + 1] as tf.Tensor1D }]));
-        const out = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => {
-          const ce = crossEntropy(l as tf.Tensor2D, y);
-          return paths.length ? (tf.add(ce, tf.mul(bnDistance(victim, stats(s)), lambdaBn)) as tf.Scalar) : ce;
-        })(inputs);
-        return [out.value, ...out.grads];
-      }));
-      const value = values[0];
-      if (!Number.isFinite(value)) throw new JobError('calibration diverged (loss is not finite)');
-      const dInputStats = new Map(paths.map((p, i) => [p, { mean: grads[1 + 2 * i], variance: grads[2 + 2 * i] }]));
-      pending.pop();
-      const dgx = (await this.pixels.backward(fwd, { dlogits: grads[0], dInputStats })).dx!;
-      // d loss / d (h(x) + t), through the clip and the bound.
-      const [dh, dt = new Float32Array(0)] = await takeAllFloats(tf.tidy(() => {
-        const upstream = tf.tensor4d(dgx, x.shape);
-        const [dpre] = tf.grads((p: tf.Tensor) => tf.sum(tf.mul(tf.clipByValue(tf.add(x, net.bounded(p as tf.Tensor4D)), 0, 1), upstream)))([pre]);
-        return net.globalTerm ? [tf.transpose(dpre, [0, 3, 1, 2]), tf.sum(dpre, 0)] : [tf.transpose(dpre, [0, 3, 1, 2])];
-      }));
-      pending.pop();
-      const hg = (await this.hGradients.backward(hPass, { dlogits: dh })).grads!;
-      const byVariable = new Map(net.h.namedParams().map(([key, p]) => [p.variable, hg.get(key)]));
-      const gradTensors = vars.map((v) => (v === net.globalTerm ? tf.tensor(dt, v.shape) : tf.tensor(byVariable.get(v)!, v.shape)));
-      try {
-        opt.step(vars, gradTensors);
-      } finally {
-        tf.dispose(gradTensors);
-      }
+      opt.step(vars, gradTensors);
     } finally {
-      pre.dispose();
-      for (const [graph, pass] of pending) graph.discard(pass);
+      tf.dispose(gradTensors);
     }
   }
 
@@ -364,7 +318,7 @@ class CalibrationGraphs {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.forward.close(), this.pixels.close(), this.hGradients.close()]);
+    await Promise.all([this.forward.close(), this.train.close()]);
   }
 }
 

@@ -32,7 +32,7 @@
 import { onnx } from 'onnx-proto';
 import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Model } from './model';
-import type { Module } from './module';
+import type { Module, Param } from './module';
 import { splitForwardBackward } from './ort_graph_split';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
@@ -94,6 +94,11 @@ export interface GraphNet {
   numClasses: number;
   normalize?: Model['normalize'];
   spec: { arch: string };
+  /**
+   * Every parameter the graph's inputs name, where they are not all the root's own (a calibration graph feeds
+   * g's network under `gic/` and the victim's under their own keys); default `root.namedParams()`.
+   */
+  namedParams?(): Array<[string, Param]>;
 }
 
 export interface GradGraph {
@@ -137,12 +142,12 @@ function valueInfo(name: string, shape: number[], elemType: number = T.FLOAT): o
 }
 
 /** Forward emission with a tape of backward rules, run in reverse once the loss is in place. */
-class GradBuilder {
+export class GradBuilder {
   readonly b = new OnnxBuilder();
-  private readonly tape: Array<() => void> = [];
-  private readonly grads = new Map<string, string>();
+  protected readonly tape: Array<() => void> = [];
+  protected readonly grads = new Map<string, string>();
   /** Tensors that depend on a trainable parameter (only they need gradients). */
-  private readonly live = new Set<string>();
+  protected readonly live = new Set<string>();
   readonly paramInputs: Array<{ key: string; shape: number[] }> = [];
   readonly gradOutputs: Array<{ key: string; name: string; shape: number[] }> = [];
   readonly statOutputs: Array<{ name: string; shape: number[] }> = [];
@@ -150,18 +155,21 @@ class GradBuilder {
   readonly bnSpatial = new Map<string, number>();
   readonly bnScales: Array<{ path: string; channels: number }> = [];
   /** The graph input holding 1/N (the batch size is symbolic). */
-  private readonly invBatch = 'inv_batch';
+  protected readonly invBatch = 'inv_batch';
   private n = 0;
 
   readonly bnTrain: boolean;
   private readonly loss: 'ce' | 'seed' | 'none';
-  private readonly paramGrads: boolean;
+  /** Whether the parameters emitted next get gradients (a calibration graph turns it off for the victim). */
+  protected paramGrads: boolean;
+  /** Prefix of the parameter inputs emitted next (a calibration graph's `gic/` for g's network). */
+  protected paramPrefix = '';
   private readonly inputGrad: boolean;
   private readonly scaled: boolean;
   private readonly tapPaths: Set<string>;
   private readonly tapTensors = new Map<string, string>();
   private readonly withInputStats: boolean;
-  private readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
+  protected readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
 
   private readonly mapOutput: boolean;
   private readonly split: boolean;
@@ -183,26 +191,26 @@ class GradBuilder {
     if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
   }
 
-  private op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
+  protected op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
     return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
   }
 
-  private i64(values: number[]): string {
+  protected i64(values: number[]): string {
     return this.b.int64s('const', values);
   }
 
-  private scalar(v: number): string {
+  protected scalar(v: number): string {
     return this.b.initializer('const', [], Float32Array.of(v));
   }
 
   /** 1/(N*H*W) for an [N, C, H, W] tensor (N is the batch, fed as 1/N). */
-  private invCount(shape: number[]): string {
+  protected invCount(shape: number[]): string {
     return this.op('Mul', [this.invBatch, this.scalar(1 / (shape[2] * shape[3]))], {}, [1]);
   }
 
   /** A parameter as a graph input, in the module graph's layout. */
   param(m: Module, name: string): string {
-    const key = m.path ? `${m.path}.${name}` : name;
+    const key = this.paramPrefix + (m.path ? `${m.path}.${name}` : name);
     const p = m.params.get(name);
     if (!p) throw new Error(`${m.path} has no ${name}`);
     const shape = [...p.variable.shape];
@@ -213,14 +221,14 @@ class GradBuilder {
     return key;
   }
 
-  private addGrad(t: string, g: string): void {
+  protected addGrad(t: string, g: string): void {
     if (!this.live.has(t)) return;
     const prev = this.grads.get(t);
     this.grads.set(t, prev ? this.op('Add', [prev, g], {}, this.b.shape(t)) : g);
   }
 
   /** Record a backward rule for output `y`; it runs only when `y` received a gradient. */
-  private back(y: string, inputs: string[], rule: (dy: string) => void): void {
+  protected back(y: string, inputs: string[], rule: (dy: string) => void): void {
     if (inputs.some((i) => this.live.has(i))) this.live.add(y);
     this.tape.push(() => {
       const dy = this.grads.get(y);

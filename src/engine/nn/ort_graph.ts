@@ -70,13 +70,16 @@ export class OrtModelGraph {
     private readonly backwardSession?: OrtSession,
   ) {}
 
-  /** Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it. */
-  static async create(model: GraphNet, options: GradGraphOptions, threads = 1): Promise<OrtModelGraph | undefined> {
+  /**
+   * Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it.
+   * `build` makes the graph when it is not `model`'s own of `options` (GIC's whole step, ort_calibration_graph.ts).
+   */
+  static async create(model: GraphNet, options: GradGraphOptions, threads = 1, build: () => GradGraph = () => buildGradGraph(model, options)): Promise<OrtModelGraph | undefined> {
     const ort = ortTrainWanted() ? loadOrt() : null;
     if (!ort) return undefined;
     let graph: GradGraph;
     try {
-      graph = buildGradGraph(model, options);
+      graph = build();
     } catch (e) {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
@@ -179,7 +182,7 @@ export class OrtModelGraph {
       feeds[`gscale/${path}`] = new this.ort.Tensor('float32', s.g, [channels]);
       feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
-    const params = new Map(this.model.root.namedParams());
+    const params = new Map(this.model.namedParams?.() ?? this.model.root.namedParams());
     // Read asynchronously: a GPU backend has no synchronous read under Node.
     const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
     this.graph.paramInputs.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
