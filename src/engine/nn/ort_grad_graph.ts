@@ -290,13 +290,23 @@ export class GradBuilder {
     if (p) xt = this.op('Pad', [xt, this.i64([0, 0, p, p, 0, 0, p, p])], {}, [cin, n, h + 2 * p, w + 2 * p]);
     const dyRows = this.op('Reshape', [this.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]), this.i64([cout, -1])], {}, [cout, -1]);
     const parts: string[] = [];
+    // The product's rows must be at least as many as its columns. MLAS splits a GEMM over threads along the
+    // longer of the two, and when it splits the columns, each thread's block of them sets how the long inner
+    // dimension (N*ho*wo) is cut into partial sums: the gradient would then depend on the thread count. So
+    // where out > in the product is taken transposed (dy rows times input rows) and turned back.
+    const wide = cout > cin;
     for (let a = 0; a < k; a++) {
       for (let b = 0; b < k; b++) {
         const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
         const view = whole ? xt : this.op('Slice', [xt, this.i64([a, b]), this.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), this.i64([2, 3]), this.i64([s, s])], {}, [cin, n, ho, wo]);
         const rows = this.op('Reshape', [view, this.i64([cin, -1])], {}, [cin, -1]);
-        parts.push(this.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
+        parts.push(wide ? this.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin]) : this.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
       }
+    }
+    if (wide) {
+      const g = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 0 }, [k * k * cout, cin]);
+      const kOI = this.op('Reshape', [g, this.i64([k * k, cout, cin])], {}, [k * k, cout, cin]);
+      return this.op('Reshape', [this.op('Transpose', [kOI], { perm: [0, 2, 1] }, [k * k, cin, cout]), this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
     }
     const g = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 0 }, [k * k * cin, cout]);
     return this.op('Reshape', [g, this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
@@ -484,16 +494,35 @@ export class GradBuilder {
     return y;
   }
 
+  /**
+   * a times b over an inner dimension of `k` whose row count is the batch (so not known here): summed in
+   * blocks of at most 128 in a fixed order. MLAS cuts a longer inner dimension into blocks whose size depends
+   * on the columns each thread gets, and the columns it splits depend on the batch; within one block each
+   * output is a single dot product in a fixed order. `aAxis` and `bAxis` are the inner axes of a and b.
+   */
+  private productOverInner(a: string, aAxis: number, b: string, bAxis: number, k: number, product: (a: string, b: string) => string, shape: number[]): string {
+    if (k <= 128) return product(a, b);
+    let sum = '';
+    for (let s = 0; s < k; s += 128) {
+      const e = Math.min(k, s + 128);
+      const slice = (t: string, axis: number) => this.op('Slice', [t, this.i64([s]), this.i64([e]), this.i64([axis])], {}, this.b.shape(t).map((d, i) => (i === axis ? e - s : d)));
+      const part = product(slice(a, aAxis), slice(b, bAxis));
+      sum = sum ? this.op('Add', [sum, part], {}, shape) : part;
+    }
+    return sum;
+  }
+
   linear(m: Linear, x: string): string {
     const [n, fin] = this.b.shape(x);
     const wKey = this.param(m, 'weight');
     const fout = this.b.shape(wKey)[1];
-    let y = this.op('MatMul', [x, wKey], {}, [n, fout]);
+    let y = this.productOverInner(x, 1, wKey, 0, fin, (a, b) => this.op('MatMul', [a, b], {}, [n, fout]), [n, fout]);
     const bias = m.bias ? this.param(m, 'bias') : undefined;
     if (bias) y = this.op('Add', [y, bias], {}, [n, fout]);
     this.back(y, [x, wKey, ...(bias ? [bias] : [])], (dy) => {
-      if (this.live.has(x)) this.addGrad(x, this.op('Gemm', [dy, wKey], { transB: 1 }, [n, fin]));
-      this.addGrad(wKey, this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
+      if (this.live.has(x)) this.addGrad(x, this.productOverInner(dy, 1, wKey, 1, fout, (a, b) => this.op('Gemm', [a, b], { transB: 1 }, [n, fin]), [n, fin]));
+      // Taken transposed where fout > fin, so that MLAS splits the rows (see weightGrad).
+      this.addGrad(wKey, fout > fin ? this.op('Transpose', [this.op('Gemm', [dy, x], { transA: 1 }, [fout, fin])], { perm: [1, 0] }, [fin, fout]) : this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
       if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0])], { keepdims: 0 }, [fout]));
     });
     return y;

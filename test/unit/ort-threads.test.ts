@@ -1,0 +1,96 @@
+/**
+ * The graphs the defenses train with give the same bits on 1, 2 and 4 ONNX Runtime threads: the training step,
+ * the seeded product with pixel and parameter gradients (frozen BatchNorm) and ANP's BatchNorm scales, on the
+ * architectures of the zoo at batch sizes that split unevenly. This is what lets a cell use more than one
+ * thread without its row depending on the machine's core count. (It failed before the weight gradients of
+ * convolutions with more outputs than inputs were taken transposed: MLAS split those products by columns,
+ * which changed how their long inner dimension was cut into partial sums.)
+ */
+import { strict as assert } from 'node:assert';
+import * as tf from '@tensorflow/tfjs-core';
+import { useWasm } from '../helpers/backend';
+import { buildModel } from '../../src/engine/models';
+import { OrtModelGraph, type GraphFeeds, type GraphRun } from '../../src/engine/nn/ort_graph';
+import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_graph';
+import { ortTrainWanted } from '../../src/engine/nn/ort_train';
+import type { ArchSpec, Model } from '../../src/engine/nn/model';
+import { Rng } from '../../src/engine/util/rng';
+
+/** Every float array of a run, by name. */
+function arrays(run: GraphRun): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  if (run.logits) out.set('logits', run.logits);
+  if (run.loss !== undefined) out.set('loss', Float32Array.of(run.loss));
+  if (run.dx) out.set('dx', run.dx);
+  for (const [k, v] of run.grads ?? []) out.set(`grad/${k}`, v);
+  for (const [k, v] of run.scaleGrads ?? []) out.set(`scale/${k}`, Float32Array.from([...v.g, ...v.b]));
+  for (const [k, v] of run.stats ?? []) out.set(`stats/${k}`, Float32Array.from([...v.mean, ...v.variance]));
+  return out;
+}
+
+function differing(a: Map<string, Float32Array>, b: Map<string, Float32Array>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of a) {
+    const w = b.get(k)!;
+    let n = 0;
+    for (let i = 0; i < v.length; i++) if (v[i] !== w[i] && !(Number.isNaN(v[i]) && Number.isNaN(w[i]))) n++;
+    if (n) out.push(`${k} (${n} of ${v.length})`);
+  }
+  return out;
+}
+
+describe('ONNX Runtime graphs: the same bits on any thread count', function () {
+  before(async function () {
+    await useWasm();
+    if (!ortTrainWanted()) this.skip();
+  });
+
+  const archs: Array<[string, ArchSpec]> = [
+    ['preact-resnet18 width 8', { arch: 'preact-resnet18', inputShape: [28, 28, 1], numClasses: 10, options: { width: 8 } }],
+    ['preact-resnet18 width 16', { arch: 'preact-resnet18', inputShape: [28, 28, 1], numClasses: 10, options: { width: 16 } }],
+    ['small-cnn-32', { arch: 'small-cnn-32', inputShape: [32, 32, 3], numClasses: 10 }],
+    ['a small VGG with a 256-wide classifier', { arch: 'vgg11-bn', inputShape: [16, 16, 3], numClasses: 10, options: { cfg: [8, 'M', 16, 'M', 32, 'M'], avgpool: 0, hidden: [256, 256], dropout: false } }],
+  ];
+  const forms: Array<[string, GradGraphOptions]> = [
+    ['training step', { bnTrain: true, loss: 'ce' }],
+    ['seeded product, pixels and parameters', { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: true }],
+    ['BatchNorm scales', { bnTrain: false, loss: 'seed', bnScales: true, paramGrads: false }],
+  ];
+  for (const [name, spec] of archs) {
+    it(`${name}: every form at batch 5, 64 and 116`, async () => {
+      const tensors = tf.memory().numTensors;
+      const model: Model = buildModel(spec, undefined, 1);
+      const rng = new Rng(11);
+      const [h, w, c] = spec.inputShape;
+      try {
+        for (const [formName, options] of forms) {
+          const graphs = await Promise.all([1, 2, 4].map((t) => OrtModelGraph.create(model, options, t)));
+          try {
+            if (graphs.some((g) => !g)) {
+              assert.ok(options.bnScales && !model.batchNorms().length, `${formName}: ONNX Runtime covers ${name}`);
+              continue;
+            }
+            for (const n of [5, 64, 116]) {
+              const x = Float32Array.from({ length: n * h * w * c }, () => rng.uniform(0, 1));
+              const labels = Int32Array.from({ length: n }, () => rng.int(10));
+              const dlogits = Float32Array.from({ length: n * 10 }, () => rng.uniform(-0.1, 0.1));
+              const scales = new Map(model.batchNorms().map((bn) => [bn.path, { g: Float32Array.from({ length: bn.runningMean.size }, () => rng.uniform(0.5, 1.5)), b: Float32Array.from({ length: bn.runningMean.size }, () => rng.uniform(0.5, 1.5)) }]));
+              const feeds: GraphFeeds = options.loss === 'ce' ? { labels } : { dlogits, ...(options.bnScales ? { scales } : {}) };
+              const runs = [];
+              for (const g of graphs) runs.push(arrays(await g!.run(x, n, feeds)));
+              for (const [i, t] of [[1, 2], [2, 4]]) {
+                const off = differing(runs[0], runs[i]);
+                assert.deepEqual(off, [], `${formName}, batch ${n}: 1 and ${t} threads differ in ${off.join(', ')}`);
+              }
+            }
+          } finally {
+            await Promise.all(graphs.map((g) => g?.close()));
+          }
+        }
+      } finally {
+        model.dispose();
+      }
+      assert.equal(tf.memory().numTensors, tensors, 'tensors leaked');
+    });
+  }
+});
