@@ -21,7 +21,7 @@ export interface EmbedInput {
   seed: number;
 }
 
-export async function embedAuxSet(victim: Model, input: EmbedInput): Promise<EmbeddingEntry> {
+export async function embedAuxSet(victim: Model, input: EmbedInput, signal?: AbortSignal): Promise<EmbeddingEntry> {
   const parts: Array<[EmbeddingPoint['set'], ImageSet]> = [
     ['reference', input.reference],
     ['aux', input.raw],
@@ -44,7 +44,7 @@ export async function embedAuxSet(victim: Model, input: EmbedInput): Promise<Emb
     rows.set(f.data, o);
     o += f.data.length;
   }
-  const xy = tsne2d(rows, n, dim, { seed: input.seed });
+  const xy = await tsne2d(rows, n, dim, { seed: input.seed, signal });
   const points: EmbeddingPoint[] = [];
   let k = 0;
   for (const [set, s] of chosen) {

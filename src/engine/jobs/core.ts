@@ -50,7 +50,7 @@ export interface PlannedDefense {
 export type Calibrator = (victim: Model, aux: PreparedAux, signal: AbortSignal | undefined, progress: (d: number, t: number, m?: string) => void) => Promise<{ set: ImageSet; entry: GicEntry }>;
 
 /** Projects features of reference, raw and calibrated data to 2-D; provided by the embed module. */
-export type Embedder = (victim: Model, aux: PreparedAux, calibrated: ImageSet | undefined) => Promise<EmbeddingEntry | undefined>;
+export type Embedder = (victim: Model, aux: PreparedAux, calibrated: ImageSet | undefined, signal?: AbortSignal) => Promise<EmbeddingEntry | undefined>;
 
 export interface PreparedJob {
   victim: Model;
@@ -200,7 +200,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         // The calibrated set is projected too whenever the job calibrates (in a shard, this may be the first use).
         const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
         const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0], seed: aux.seed, stream: '' })) ? calibrated.get(auxKey(aux)) : undefined;
-        const entry = await job.embed(job.victim, aux, cal);
+        const entry = await job.embed(job.victim, aux, cal, o.signal);
         if (entry) {
           results.embeddings.push(entry);
           o.emit({ type: 'embedding', entry });

@@ -213,7 +213,7 @@ export function assemblePreparedJob(o: AssembleOptions): PreparedJob {
         out.net.dispose();
       }
     },
-    embed: embedding ? (v, a, cal) => embedAuxSet(v, { aux: a.name, reference: embedding.reference, raw: a.set, calibrated: cal, points: embedding.points, seed: embedding.seed }) : undefined,
+    embed: embedding ? (v, a, cal, signal) => embedAuxSet(v, { aux: a.name, reference: embedding.reference, raw: a.set, calibrated: cal, points: embedding.points, seed: embedding.seed }, signal) : undefined,
     saveTargets: (base) =>
       // Purified models are named after defense and aux set; an earlier run's file in the out dir is not
       // replaced unless asked.
