@@ -200,7 +200,7 @@ describe('i-BAU on a tiny BadNets victim', function () {
     if (!ortTrainWanted()) this.skip();
     const n0 = tf.memory().numTensors;
     const model = f.victim.clone();
-    const graphs = await IbauGraphs.create(model);
+    const graphs = await IbauGraphs.create(model, 1);
     assert.ok(graphs, 'ONNX Runtime loads and covers the model');
     const [h, w, c] = f.aux.shape;
     const n = 16;

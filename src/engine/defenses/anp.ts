@@ -72,7 +72,7 @@ export const anp: Defense = {
     const maskOpt = new SGD(p.lr, p.momentum);
     // Through ONNX Runtime where it loads: one graph of the frozen victim with every BatchNorm's gamma and beta
     // scaled by inputs, giving the cross-entropy and its gradients with respect to those scales.
-    const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }) : undefined;
+    const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add('ANP: the ONNX graph does not cover this model');
     if (!ctx.ortTraining) ctx.training?.backendWhy.add('ANP: ONNX Runtime is not available here');
     try {

@@ -157,10 +157,9 @@ async function ortStepperFor(ctx: DefenseContext, model: Model, o: EpochLoopOpti
   }
   if (o.loss || o.prepare) return why("the defense's own loss, which the ONNX training graph does not express yet");
   if (o.vars) return why('only some variables train, which the ONNX training graph does not express yet');
-  // One thread, always: ONNX Runtime's sums may split differently over more threads, and a cell's row must not
-  // depend on how many cells run side by side (the pool's processes have one core each), on shards, or on the
-  // machine's core count.
-  const trainer = await OrtTrainer.create(model, { bnTrain, threads: 1 });
+  // As many threads as the cell was given: the graph's sums do not depend on the thread count, so neither does
+  // the row (how many cells run side by side, shards, the machine's cores).
+  const trainer = await OrtTrainer.create(model, { bnTrain, threads: ctx.ortThreads ?? 1 });
   return trainer ?? why('the ONNX training graph does not cover this model or ONNX Runtime refused it');
 }
 

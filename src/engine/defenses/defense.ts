@@ -36,6 +36,11 @@ export interface DefenseContext {
    * the rest; a defense falls back to the backend where a graph cannot be made, and says why in `training`.
    */
   ortTraining?: boolean;
+  /**
+   * ONNX Runtime threads for those passes (default 1). The graphs give the same bits on any thread count
+   * (test/unit/ort-threads.test.ts), so a row does not depend on it: a lone cell may use every core.
+   */
+  ortThreads?: number;
   /** Where this defense's training steps ran, counted by trainEpochs and the defenses' own loops; read into the row. */
   training?: TrainingRecord;
 }

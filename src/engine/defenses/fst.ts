@@ -42,7 +42,7 @@ export const fst: Defense = {
       if (head.bias) head.bias.assign(tf.tensor(Float32Array.from({ length: head.bias.size }, () => rng.uniform(-bound, bound)), head.bias.shape));
     });
     const opt = new SGD(p.lr, p.momentum, p.weightDecay);
-    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: 1 }) : undefined;
+    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: ctx.ortThreads ?? 1 }) : undefined;
     if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('FST: the ONNX training graph does not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {

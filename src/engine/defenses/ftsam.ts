@@ -41,7 +41,7 @@ export const ftsam: Defense = {
     // The last partial batch is kept, as PyTorch's DataLoader does.
     const batches = Math.max(1, Math.ceil(aux.n / p.batchSize));
     const pacer = new Pacer(ctx);
-    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: 1 }) : undefined;
+    const trainer = ctx.ortTraining ? await OrtTrainer.create(model, { bnTrain: true, threads: ctx.ortThreads ?? 1 }) : undefined;
     if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('FT-SAM: the ONNX training graph does not cover this model');
     try {
       for (let e = 0; e < p.epochs; e++) {

@@ -219,7 +219,7 @@ export const ibau: Defense = {
     const norms: number[] = [];
     const ratios: number[] = [];
     const pacer = new Pacer(ctx);
-    const graphs = ctx.ortTraining ? await IbauGraphs.create(model) : undefined;
+    const graphs = ctx.ortTraining ? await IbauGraphs.create(model, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('i-BAU: the ONNX graphs do not cover this model');
     try {
       for (let r = 0; r < p.rounds; r++) {
@@ -359,11 +359,11 @@ export class IbauGraphs {
     readonly both: OrtModelGraph,
   ) {}
 
-  static async create(model: Model): Promise<IbauGraphs | undefined> {
+  static async create(model: Model, threads: number): Promise<IbauGraphs | undefined> {
     const made = await Promise.all([
-      OrtModelGraph.create(model, { bnTrain: false, loss: 'none' }),
-      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }),
-      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: true }),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'none' }, threads),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }, threads),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: true }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

@@ -75,7 +75,7 @@ export const nad: Defense = {
       const momenta = new Map([...updates.keys()].map((bn) => [bn, bn.momentum]));
       for (const [bn, k] of updates) bn.momentum = 1 - (1 - bn.momentum) ** k;
       const sOpt = new SGD(p.lr, p.momentum, p.weightDecay);
-      const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps) : undefined;
+      const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps, ctx.ortThreads ?? 1) : undefined;
       if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add("NAD's student: the ONNX graphs do not cover this model");
       try {
         await trainEpochs(ctx, student, sOpt, {
@@ -152,10 +152,10 @@ class StudentGraphs {
     readonly gradients: OrtModelGraph,
   ) {}
 
-  static async create(teacher: Model, student: Model, taps: string[]): Promise<StudentGraphs | undefined> {
+  static async create(teacher: Model, student: Model, taps: string[], threads: number): Promise<StudentGraphs | undefined> {
     const made = await Promise.all([
-      OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps }),
-      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps, split: true }),
+      OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps }, threads),
+      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps, split: true }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

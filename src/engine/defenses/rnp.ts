@@ -63,7 +63,7 @@ export const rnp: Defense = {
       // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
       const up = new SGD(p.unlearnLr, 0.9, 5e-4);
       // Through ONNX Runtime where it loads: the negated cross-entropy's gradients are its graph's, negated.
-      const trainer = ctx.ortTraining ? await OrtTrainer.create(unlearned, { bnTrain: true, threads: 1 }) : undefined;
+      const trainer = ctx.ortTraining ? await OrtTrainer.create(unlearned, { bnTrain: true, threads: ctx.ortThreads ?? 1 }) : undefined;
       if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('RNP: the ONNX training graph does not cover this model');
       try {
         while (unlearnEpochs < p.unlearnMaxEpochs && (await accuracyOn(unlearned, train)) > p.unlearnFloor) {
@@ -89,7 +89,7 @@ export const rnp: Defense = {
       const set = createBnMasks(unlearned, 'rnp', false);
       const maskOpt = new SGD(p.maskLr, 0.9);
       // The masks' gradients from the graph with every BatchNorm's gamma scaled by an input (ANP's graph).
-      const graph = ctx.ortTraining ? await OrtModelGraph.create(unlearned, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }) : undefined;
+      const graph = ctx.ortTraining ? await OrtModelGraph.create(unlearned, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }, ctx.ortThreads ?? 1) : undefined;
       if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add("RNP's masks: the ONNX graph does not cover this model");
       try {
         const hook = maskHook(set, false, false);

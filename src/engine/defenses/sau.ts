@@ -49,7 +49,7 @@ export const sau: Defense = {
     const k = model.numClasses;
     let shared = 0;
     let seen = 0;
-    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen) : undefined;
+    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
@@ -181,13 +181,13 @@ class SauGraphs {
     readonly f0Pixels: OrtModelGraph,
   ) {}
 
-  static async create(f: Model, f0: Model): Promise<SauGraphs | undefined> {
+  static async create(f: Model, f0: Model, threads: number): Promise<SauGraphs | undefined> {
     const made = await Promise.all([
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true, split: true }),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'none' }),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }, threads),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true, split: true }, threads),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'none' }, threads),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

@@ -16,6 +16,53 @@ export interface TsneOptions {
 }
 
 /**
+ * The library's t-SNE with its gradient computed on reused typed arrays and without the cost (which `step`
+ * returns and nobody reads here: it took a logarithm of each of the n^2 pairs at every iteration, most of the
+ * seconds a projection of 600 points took). The gradient is the library's own, term for term in the same order,
+ * so the embedding is the same to the bit (test/unit/embed.test.ts compares them).
+ */
+export class GradientOnlyTsne extends TSNE {
+  private qu = new Float64Array(0);
+
+  costGrad(Y: number[][]): { cost: number; grad: number[][] } {
+    const self = this as unknown as { N: number; dim: number; P: ArrayLike<number>; iter: number };
+    const { N, dim, P } = self;
+    const pmul = self.iter < 100 ? 4 : 1; // the library's early exaggeration
+    if (this.qu.length !== N * N) this.qu = new Float64Array(N * N);
+    const qu = this.qu;
+    let qsum = 0.0;
+    for (let i = 0; i < N; i++) {
+      const yi = Y[i];
+      for (let j = i + 1; j < N; j++) {
+        const yj = Y[j];
+        let dsum = 0.0;
+        for (let d = 0; d < dim; d++) {
+          const dhere = yi[d] - yj[d];
+          dsum += dhere * dhere;
+        }
+        const q = 1.0 / (1.0 + dsum);
+        qu[i * N + j] = q;
+        qu[j * N + i] = q;
+        qsum += 2 * q;
+      }
+    }
+    const grad: number[][] = [];
+    for (let i = 0; i < N; i++) {
+      const gsum = new Array<number>(dim).fill(0);
+      const yi = Y[i];
+      for (let j = 0; j < N; j++) {
+        const q = qu[i * N + j];
+        const premult = 4 * (pmul * P[i * N + j] - Math.max(q / qsum, 1e-100)) * q;
+        const yj = Y[j];
+        for (let d = 0; d < dim; d++) gsum[d] += premult * (yi[d] - yj[d]);
+      }
+      grad.push(gsum);
+    }
+    return { cost: NaN, grad };
+  }
+}
+
+/**
  * rows: n vectors of length dim (row-major). Returns n [x, y] points. Yields to the event loop between
  * iterations and stops there when `signal` is aborted: a projection of 600 points takes seconds, during which
  * the job's main thread must still relay its cell processes' progress and rows, and honour a cancel.
@@ -26,7 +73,7 @@ export async function tsne2d(rows: Float32Array, n: number, dim: number, o: Tsne
   const data: number[][] = [];
   for (let i = 0; i < n; i++) data.push(Array.from(rows.subarray(i * dim, (i + 1) * dim)));
   const perplexity = Math.min(o.perplexity ?? 30, Math.max(2, Math.floor((n - 1) / 3)));
-  const t = new TSNE({ perplexity, dim: 2, epsilon: 10 });
+  const t = new GradientOnlyTsne({ perplexity, dim: 2, epsilon: 10 });
   const rng = new Rng(o.seed ?? 0).fork('tsne');
   (t as unknown as { gaussRandom: () => number }).gaussRandom = () => rng.normal();
   t.initDataRaw(data);

@@ -31,10 +31,14 @@ export function cellWorkerScript(): string | undefined {
   return [path.join(__dirname, 'cell-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'cell-worker.js')].find((f) => fs.existsSync(f));
 }
 
+function cores(): number {
+  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+}
+
 /** How many cell processes a job gets: one per core by default, only on the single-threaded CPU backends. */
 export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: number): number {
   if (o.backend.name !== 'wasm' && o.backend.name !== 'cpu') return 0; // native and GPU backends use the cores themselves
-  const wanted = o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const wanted = o.workers ?? cores();
   const n = Math.min(wanted, cells);
   return n >= 2 ? n : 0;
 }
@@ -90,10 +94,11 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
     augment: job.augment,
     seeds: job.seeds,
     baseline,
-    // One ONNX Runtime thread per process: the processes share out the cores.
-    ortThreads: ortWanted() ? 1 : 0,
+    // The processes share out the cores (a row does not depend on its thread count).
+    ortThreads: ortWanted() ? Math.max(1, Math.floor(cores() / size)) : 0,
   };
-  o.emit({ type: 'log', message: `${size} cell processes${data.ortThreads ? ', each training and evaluating with ONNX Runtime (1 thread)' : ''}` });
+  const threads = data.ortThreads === 1 ? '1 thread' : `${data.ortThreads} threads`;
+  o.emit({ type: 'log', message: `${size} cell processes${data.ortThreads ? `, each training and evaluating with ONNX Runtime (${threads})` : ''}` });
   const queue: Task[] = [];
   const slots: Slot[] = [];
   let closed = false;

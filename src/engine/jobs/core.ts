@@ -306,9 +306,9 @@ export async function runCell(
   progress: (d: number, t: number, m?: string) => void,
   targets: SaveTarget[] = targetsFor(job, cell),
   /**
-   * ONNX Runtime threads for the evaluation; above 0 the defense's network passes run through ONNX Runtime too
-   * (on one thread, see common.ts); 0 keeps everything on the tensor backend (native and GPU backends, or no
-   * ONNX Runtime here).
+   * ONNX Runtime threads for the evaluation; above 0 the defense's network passes run through ONNX Runtime too,
+   * on as many threads (the rows do not depend on it); 0 keeps everything on the tensor backend (native and GPU
+   * backends, or no ONNX Runtime here).
    */
   ortThreads = 0,
 ): Promise<CellOutcome> {
@@ -338,7 +338,7 @@ export async function runCell(
     // by its GIC-off and GIC-on cell (so the two differ only in their data).
     const rng = new Rng(cell.seed).fork(cell.stream);
     const training = newTrainingRecord();
-    const out = await defense.run({ victim: renormalized?.model ?? job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0 && ortTrainWanted(), training });
+    const out = await defense.run({ victim: renormalized?.model ?? job.victim, aux: auxSet, profile: cell.defense.profile, params, augment: job.augment, rng, signal, progress, ortTraining: ortThreads > 0 && ortTrainWanted(), ortThreads: Math.max(1, ortThreads), training });
     row.training = rowTraining(training, defense);
     model = out.model;
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
