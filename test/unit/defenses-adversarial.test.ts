@@ -127,6 +127,31 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
 
+  // The same defense with every step through ONNX Runtime (the polarizer alone gets gradients there). Its
+  // ACC/ASR are not compared with the backend path's here: this victim's max pools see exact ties (a constant
+  // background), which ONNX Runtime and TensorFlow.js break differently, so the attack's pixel gradients and
+  // all that follows differ. npd-onnx.test.ts compares the two paths' steps on a PreAct-ResNet18.
+  it('npd through ONNX Runtime: every step on it, the backbone frozen, the polarizer trained, the ASR at most half', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const n0 = tf.memory().numTensors;
+    const training = newTrainingRecord();
+    const { out, after } = await runDefense(f, getDefense('npd')!, { epochs: 3, warmupEpochs: 1 }, { rng: new Rng(1).fork('npd'), ortTraining: true, training });
+    try {
+      assert.ok(training.onnxruntimeSteps > 0 && training.backendSteps === 0, JSON.stringify(training));
+      const at = String(out.details!.insertedBefore);
+      const state = await out.model.stateDict();
+      for (const [key, t] of await f.victim.stateDict()) assert.deepEqual(state.get(key)!.data, t.data, `${key} moved`);
+      // The polarizer starts as the identity (a 1x1 convolution, [c, c, 1, 1]) and moved from it.
+      const w = state.get(`${at}.inserted.0.weight`)!.data as Float32Array;
+      const c = Math.round(Math.sqrt(w.length));
+      assert.ok(w.some((v, i) => v !== (i % (c + 1) === 0 ? 1 : 0)), 'the polarizer trained');
+      assert.ok(after.asr <= 0.5 * f.before.asr, `npd: ASR ${after.asr.toFixed(3)} (victim ${f.before.asr.toFixed(3)})`);
+    } finally {
+      out.model.dispose();
+    }
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+
   it('sau unlearns shared adversarial examples without breaking the model, leaving no tensor', async () => {
     const n0 = tf.memory().numTensors;
     const { out, after } = await runDefense(f, getDefense('sau')!, { epochs: 2 });

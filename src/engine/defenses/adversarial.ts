@@ -3,6 +3,7 @@
  * models take their inputs ([0,1] pixels; normalization happens inside the model).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { takeAllFloats } from '../nn/read';
 
 /** Project x + delta onto the L_inf ball of radius eps around x and onto [0,1]. */
 export function projectLinf(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.Tensor4D {
@@ -21,4 +22,35 @@ export function projectL2(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.Te
 /** Gradient of a scalar objective with respect to the input batch. */
 export function inputGradient(x: tf.Tensor4D, objective: (x: tf.Tensor4D) => tf.Scalar): tf.Tensor4D {
   return tf.tidy(() => tf.grad((xi: tf.Tensor) => objective(xi as tf.Tensor4D))(x) as tf.Tensor4D);
+}
+
+/** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), clipped to [0, 1]. */
+export function projectLinfArray(x: Float32Array, xAdv: Float32Array, eps: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = Math.min(1, Math.max(0, x[i] + Math.min(eps, Math.max(-eps, xAdv[i] - x[i]))));
+  return out;
+}
+
+/** The gradients of `loss` with respect to each of `logits`, computed on the backend (a few numbers per image). */
+export async function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number }>, loss: (ls: tf.Tensor2D[]) => tf.Scalar): Promise<{ value: number; grads: Float32Array[] }> {
+  const [value, ...grads] = await takeAllFloats(
+    tf.tidy(() => {
+      const inputs = logits.map((l) => tf.tensor2d(l.data, [l.n, l.k]));
+      const { value, grads } = tf.valueAndGrads((...ls: tf.Tensor[]) => loss(ls as tf.Tensor2D[]))(inputs);
+      return [value, ...grads];
+    }),
+  );
+  return { value: value[0], grads };
+}
+
+/** projectL2 on flat arrays of `size` pixels per image: each image's x + (xAdv - x) scaled into the L2 ball, clipped to [0, 1]. */
+export function projectL2Array(x: Float32Array, xAdv: Float32Array, eps: number, size: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let s = 0; s < x.length; s += size) {
+    let sq = 0;
+    for (let i = s; i < s + size; i++) sq += (xAdv[i] - x[i]) ** 2;
+    const scale = Math.min(1, eps / Math.sqrt(sq + 1e-12));
+    for (let i = s; i < s + size; i++) out[i] = Math.min(1, Math.max(0, x[i] + (xAdv[i] - x[i]) * scale));
+  }
+  return out;
 }

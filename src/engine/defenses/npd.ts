@@ -20,37 +20,42 @@
  *   - The polarizer trains at a constant rate (BackdoorBench's scheduler belongs to another optimizer) and on
  *     unaugmented images (its transform is the test-time one).
  * The backbone's BatchNorm statistics stay frozen. The polarizer is saved with the model as
- * `<conv>.inserted.0.*` and `<conv>.inserted.1.*`.
+ * `<conv>.inserted.0.*` and `<conv>.inserted.1.*`. Where ONNX Runtime loads, every step runs there (NpdGraphs:
+ * the graphs give gradients to the polarizer's parameters only); the loss of a few numbers per image and the
+ * update stay on the backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers';
 import { SGD } from '../nn/optim';
-import { crossEntropy, makeBatch } from '../nn/train';
+import { argmaxRows, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { OrtModelGraph } from '../nn/ort_graph';
 import { takeAllFloats } from '../nn/read';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
 import { trainEpochs } from './common';
-import { inputGradient, projectL2 } from './adversarial';
+import { inputGradient, logitGradients, projectL2, projectL2Array } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 /**
  * Per-channel mean and variance of what the polarizer receives, over the auxiliary set (eval mode: the frozen
  * backbone in front of it), written into the polarizer's BatchNorm running statistics.
  */
-async function fitPolarizerStatistics(model: Model, bn: BatchNorm2d, aux: ImageSet, batchSize = 128): Promise<void> {
+async function fitPolarizerStatistics(model: Model, bn: BatchNorm2d, aux: ImageSet, graph?: OrtModelGraph, batchSize = 128): Promise<void> {
   let sum: Float64Array | undefined;
   let sumSq: Float64Array | undefined;
   for (let s = 0; s < aux.n; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, aux.n - s) }, (_, i) => s + i);
-    const [m, v] = await takeAllFloats(
-      tf.tidy(() => {
-        const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
-        model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
-        const st = stats.get(bn.path)!;
-        return [st.mean, st.variance];
-      }),
-    );
+    const [m, v] = graph
+      ? await graph.run(makeBatchArray(aux, idx, undefined, undefined), idx.length).then((r) => [r.inputStats!.get(bn.path)!.mean, r.inputStats!.get(bn.path)!.variance])
+      : await takeAllFloats(
+          tf.tidy(() => {
+            const stats = new Map<string, { mean: tf.Tensor1D; variance: tf.Tensor1D }>();
+            model.forward(makeBatch(aux, idx, undefined, undefined), { training: false, bnInputStats: stats });
+            const st = stats.get(bn.path)!;
+            return [st.mean, st.variance];
+          }),
+        );
     sum ??= new Float64Array(m.length);
     sumSq ??= new Float64Array(m.length);
     for (let i = 0; i < m.length; i++) {
@@ -66,7 +71,7 @@ async function fitPolarizerStatistics(model: Model, bn: BatchNorm2d, aux: ImageS
   });
 }
 
-function polarizer(channels: number): () => Sequential {
+export function polarizer(channels: number): () => Sequential {
   return () => {
     const conv = new Conv2d(channels, channels, 1, { bias: true }, new Rng(0));
     const eye = new Float32Array(channels * channels);
@@ -84,7 +89,7 @@ function polarizer(channels: number): () => Sequential {
  * on the L2 ball of radius eps. Returns x_adv with the target label as a last column (one tensor per batch:
  * fit() disposes it).
  */
-function targetedAdversarial(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, eps: number, steps: number, advStep: number): tf.Tensor {
+export function targetedAdversarial(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, eps: number, steps: number, advStep: number): tf.Tensor {
   return tf.tidy(() => {
     const k = model.numClasses;
     const logits0 = model.forward(x, { training: false });
@@ -97,6 +102,113 @@ function targetedAdversarial(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, eps: 
     const own = tf.argMax(logits0, 1);
     return tf.concat([tf.reshape(xAdv, [x.shape[0], -1]), tf.reshape(tf.cast(target, 'float32'), [-1, 1]), tf.reshape(tf.cast(own, 'float32'), [-1, 1])], 1);
   });
+}
+
+/**
+ * NPD's objective from the logits of the clean batch and of its adversarial examples: the clean cross-entropy
+ * plus lambda times the polarizing terms (back to f's clean prediction `own`, away from x_adv's most likely wrong
+ * class and from the attack's target).
+ */
+export function npdLoss(cleanLogits: tf.Tensor2D, y: tf.Tensor1D, advLogits: tf.Tensor2D, own: tf.Tensor1D, target: tf.Tensor1D, k: number, lambda: number): tf.Scalar {
+  const clean = crossEntropy(cleanLogits, y);
+  const pAdv = tf.softmax(advLogits);
+  const back = crossEntropy(advLogits, own);
+  // The most probable class of x_adv other than the true one.
+  const wrong = tf.argMax(tf.sub(pAdv, tf.mul(tf.oneHot(y, k), 2)), 1);
+  const away = (cls: tf.Tensor) => tf.mean(tf.neg(tf.log(tf.add(tf.sub(1.0001, tf.sum(tf.mul(pAdv, tf.oneHot(cls as tf.Tensor1D, k)), 1)), 1e-12))));
+  const polarize = tf.add(tf.add(back, away(wrong)), away(target));
+  return tf.add(clean, tf.mul(polarize, lambda)) as tf.Scalar;
+}
+
+/**
+ * NPD's graphs through ONNX Runtime, the backbone frozen and only the polarizer's parameters getting gradients:
+ * the forward pass (with every BatchNorm's input statistics, for the polarizer's), the cross-entropy's pixel
+ * gradient (the targeted attack), the cross-entropy step (warm-up) and the seeded product over the clean and
+ * adversarial batch (the main loss, computed from the logits here).
+ */
+export class NpdGraphs {
+  private constructor(
+    readonly forward: OrtModelGraph,
+    readonly pixels: OrtModelGraph,
+    readonly clean: OrtModelGraph,
+    readonly weights: OrtModelGraph,
+    /** The graph keys of the polarizer's variables, in their order. */
+    readonly keys: string[],
+  ) {}
+
+  static async create(model: Model, vars: tf.Variable[], threads: number): Promise<NpdGraphs | undefined> {
+    const byVariable = new Map(model.root.namedParams().map(([key, p]) => [p.variable, key]));
+    const keys = vars.map((v) => byVariable.get(v)!);
+    const made = await Promise.all([
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'none', inputStats: true }, threads),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }, threads),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', trainable: keys }, threads),
+      OrtModelGraph.create(model, { bnTrain: false, loss: 'seed', trainable: keys, split: true }, threads),
+    ]);
+    if (made.some((g) => !g)) {
+      await Promise.all(made.map((g) => g?.close()));
+      return undefined;
+    }
+    const [f, px, c, w] = made as OrtModelGraph[];
+    return new NpdGraphs(f, px, c, w, keys);
+  }
+
+  /** The optimizer step of the polarizer's variables with gradients by graph key. */
+  apply(vars: tf.Variable[], opt: SGD, grads: Map<string, Float32Array>): void {
+    const tensors = vars.map((v, i) => tf.tensor(grads.get(this.keys[i])!, v.shape));
+    try {
+      opt.step(vars, tensors);
+    } finally {
+      tf.dispose(tensors);
+    }
+  }
+
+  /** A warm-up step: the clean cross-entropy's gradients, then the update. */
+  async cleanStep(vars: tf.Variable[], opt: SGD, x: Float32Array, labels: Int32Array): Promise<number> {
+    const run = await this.clean.run(x, labels.length, { labels });
+    this.apply(vars, opt, run.grads!);
+    return run.loss!;
+  }
+
+  /**
+   * A main step, as the backend path's: the targeted attack from the current model's logits (signed steps of
+   * the cross-entropy toward the target, projected on the L2 ball), then NPD's loss over the clean and the
+   * adversarial batch as one batch of 2n (BatchNorm is frozen, so the images do not interact), then the update.
+   */
+  async step(model: Model, vars: tf.Variable[], opt: SGD, x: Float32Array, labels: Int32Array, p: Record<string, number>): Promise<number> {
+    const n = labels.length;
+    const k = model.numClasses;
+    const size = x.length / n;
+    const logits0 = await this.forward.logits(x, n);
+    const own = argmaxRows(logits0, k);
+    const target = argmaxRows(Float32Array.from(logits0, (v, i) => (i % k === labels[Math.floor(i / k)] ? v - 1e9 : v)), k);
+    let xAdv = x;
+    for (let i = 0; i < p.steps; i++) {
+      const dx = (await this.pixels.run(xAdv, n, { labels: target })).dx!;
+      xAdv = projectL2Array(x, Float32Array.from(xAdv, (v, j) => v - Math.sign(dx[j]) * p.advStep), p.eps, size);
+    }
+    const both = new Float32Array(2 * x.length);
+    both.set(x, 0);
+    both.set(xAdv, x.length);
+    const pass = await this.weights.forward(both, 2 * n);
+    let value: number;
+    let grads: Float32Array[];
+    try {
+      ({ value, grads } = await logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
+        npdLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(own, 'int32'), tf.tensor1d(target, 'int32'), k, p.lambda),
+      ));
+    } catch (e) {
+      this.weights.discard(pass);
+      throw e;
+    }
+    const run = await this.weights.backward(pass, { dlogits: grads[0] });
+    this.apply(vars, opt, run.grads!);
+    return value;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.forward, this.pixels, this.clean, this.weights].map((g) => g.close()));
+  }
 }
 
 export const npd: Defense = {
@@ -129,10 +241,24 @@ export const npd: Defense = {
     const total = p.warmupEpochs + p.epochs;
     const eps = p.eps;
     const plain = { cropPadding: 0, flip: false };
+    let graphs: NpdGraphs | undefined;
     try {
+      graphs = ctx.ortTraining ? await NpdGraphs.create(model, vars, ctx.ortThreads ?? 1) : undefined;
+      if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('NPD: the ONNX graphs do not cover this model');
       // Warm-up: the polarizer's BatchNorm takes the statistics of its input, then a few slow clean epochs.
-      await fitPolarizerStatistics(model, polBn, ctx.aux);
-      await trainEpochs(ctx, model, warm, { epochs: p.warmupEpochs, lr: p.warmupLr, schedule: 'constant', batchSize: p.batchSize, vars, bnTrain: false, augment: plain, progressTotal: total, label: 'warm-up epoch' });
+      await fitPolarizerStatistics(model, polBn, ctx.aux, graphs?.forward);
+      await trainEpochs(ctx, model, warm, {
+        epochs: p.warmupEpochs,
+        lr: p.warmupLr,
+        schedule: 'constant',
+        batchSize: p.batchSize,
+        vars,
+        bnTrain: false,
+        augment: plain,
+        progressTotal: total,
+        label: 'warm-up epoch',
+        ortStep: graphs ? (x, labels) => graphs!.cleanStep(vars, warm, x, labels) : undefined,
+      });
       await trainEpochs(ctx, model, opt, {
         epochs: p.epochs,
         lr: p.lr,
@@ -144,6 +270,7 @@ export const npd: Defense = {
         progressBase: p.warmupEpochs,
         progressTotal: total,
         label: 'epoch',
+        ortStep: graphs ? (x, labels) => graphs!.step(model, vars, opt, x, labels, p) : undefined,
         prepare: (s) => targetedAdversarial(model, s.x, s.y, eps, p.steps, p.advStep),
         loss: (s) => {
           const n = s.x.shape[0];
@@ -151,16 +278,7 @@ export const npd: Defense = {
           const xAdv = tf.reshape(tf.slice(packed, [0, 0], [n, h * w * c]), [n, h, w, c]) as tf.Tensor4D;
           const target = tf.cast(tf.reshape(tf.slice(packed, [0, h * w * c], [n, 1]), [n]), 'int32') as tf.Tensor1D;
           const own = tf.cast(tf.reshape(tf.slice(packed, [0, h * w * c + 1], [n, 1]), [n]), 'int32') as tf.Tensor1D;
-          const k = model.numClasses;
-          const clean = crossEntropy(model.forward(s.x, s.ctx), s.y);
-          const advLogits = model.forward(xAdv, s.ctx);
-          const pAdv = tf.softmax(advLogits);
-          const back = crossEntropy(advLogits, own);
-          // The most probable class of x_adv other than the true one.
-          const wrong = tf.argMax(tf.sub(pAdv, tf.mul(tf.oneHot(s.y, k), 2)), 1);
-          const away = (cls: tf.Tensor) => tf.mean(tf.neg(tf.log(tf.add(tf.sub(1.0001, tf.sum(tf.mul(pAdv, tf.oneHot(cls as tf.Tensor1D, k)), 1)), 1e-12))));
-          const polarize = tf.add(tf.add(back, away(wrong)), away(target));
-          return tf.add(clean, tf.mul(polarize, p.lambda)) as tf.Scalar;
+          return npdLoss(model.forward(s.x, s.ctx), s.y, model.forward(xAdv, s.ctx), own, target, model.numClasses, p.lambda);
         },
       });
     } catch (e) {
@@ -169,6 +287,7 @@ export const npd: Defense = {
     } finally {
       warm.dispose();
       opt.dispose();
+      await graphs?.close();
     }
     return { model, details: { insertedBefore: at, eps, steps: p.steps, epochs: p.epochs } };
   },

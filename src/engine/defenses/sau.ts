@@ -21,9 +21,9 @@ import { argmaxRows, crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
-import { takeAllFloats, takeFloats } from '../nn/read';
+import { takeFloats } from '../nn/read';
 import { trainEpochs } from './common';
-import { inputGradient, projectLinf } from './adversarial';
+import { inputGradient, logitGradients, projectLinf, projectLinfArray } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 export const sau: Defense = {
@@ -200,25 +200,6 @@ class SauGraphs {
   async close(): Promise<void> {
     await Promise.all([this.f, this.fPixels, this.fWeights, this.f0, this.f0Pixels].map((g) => g.close()));
   }
-}
-
-/** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), clipped to [0, 1]. */
-function projectLinfArray(x: Float32Array, xAdv: Float32Array, eps: number): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = Math.min(1, Math.max(0, x[i] + Math.min(eps, Math.max(-eps, xAdv[i] - x[i]))));
-  return out;
-}
-
-/** The gradients of `loss` with respect to each of `logits`, computed on the backend (a few numbers per image). */
-async function logitGradients(logits: Array<{ data: Float32Array; n: number; k: number }>, loss: (ls: tf.Tensor2D[]) => tf.Scalar): Promise<{ value: number; grads: Float32Array[] }> {
-  const [value, ...grads] = await takeAllFloats(
-    tf.tidy(() => {
-      const inputs = logits.map((l) => tf.tensor2d(l.data, [l.n, l.k]));
-      const { value, grads } = tf.valueAndGrads((...ls: tf.Tensor[]) => loss(ls as tf.Tensor2D[]))(inputs);
-      return [value, ...grads];
-    }),
-  );
-  return { value: value[0], grads };
 }
 
 /**

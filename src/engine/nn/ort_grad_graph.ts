@@ -61,6 +61,11 @@ export interface GradGraphOptions {
    */
   bnScales?: boolean;
   /**
+   * With `paramGrads`: the keys of the parameters that get gradients (NPD trains only the module it inserted);
+   * default every trainable parameter.
+   */
+  trainable?: string[];
+  /**
    * Module paths whose outputs come out as `tap/<path>` (NCHW for feature maps); in a `seed` graph each also
    * takes a gradient `dtap/<path>` of the same shape, added to what flows back from the logits (NAD's
    * attention terms).
@@ -167,6 +172,7 @@ export class GradBuilder {
   private readonly inputGrad: boolean;
   private readonly scaled: boolean;
   private readonly tapPaths: Set<string>;
+  private readonly trainableKeys?: Set<string>;
   private readonly tapTensors = new Map<string, string>();
   private readonly withInputStats: boolean;
   protected readonly inputStatTensors: Array<{ path: string; channels: number; mean: string; variance: string }> = [];
@@ -186,6 +192,7 @@ export class GradBuilder {
     this.inputGrad = this.loss !== 'none' && (o.inputGrad ?? false);
     this.scaled = o.bnScales ?? false;
     this.tapPaths = new Set(o.taps ?? []);
+    this.trainableKeys = o.trainable ? new Set(o.trainable) : undefined;
     this.withInputStats = (o.inputStats ?? false) && !o.bnTrain;
     this.split = o.split ?? false;
     if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
@@ -217,8 +224,13 @@ export class GradBuilder {
     this.b.reserve(key);
     this.b.shapes.set(key, shape);
     this.paramInputs.push({ key, shape });
-    if (p.trainable && this.paramGrads) this.live.add(key);
+    if (this.trains(key, p)) this.live.add(key);
     return key;
+  }
+
+  /** Whether the parameter `key` gets a gradient in this graph. */
+  private trains(key: string, p: Param): boolean {
+    return p.trainable && this.paramGrads && (!this.trainableKeys || this.trainableKeys.has(key));
   }
 
   protected addGrad(t: string, g: string): void {
@@ -714,7 +726,7 @@ export class GradBuilder {
     if (this.paramGrads) {
       const params = new Map(this.model.root.namedParams());
       for (const { key, shape } of this.paramInputs) {
-        if (!params.get(key)!.trainable) continue;
+        if (!this.trains(key, params.get(key)!)) continue;
         const g = this.grads.get(key);
         const out = `grad/${key}`;
         // A parameter the loss does not reach still gets a (zero) gradient output.
