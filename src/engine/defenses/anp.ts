@@ -42,7 +42,7 @@ export async function chooseThreshold(victim: Model, masks: Float32Array[], val:
 export const anp: Defense = {
   id: 'anp',
   title: 'Adversarial Neuron Pruning',
-  cost: 4.7,
+  cost: 5.2,
   defaults(profile: Profile) {
     return {
       iterations: profile === 'paper' ? 2000 : 500,

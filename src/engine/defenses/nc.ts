@@ -208,7 +208,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
-  cost: 2.9,
+  cost: 3.0,
   choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {

@@ -29,7 +29,7 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const sau: Defense = {
   id: 'sau',
   title: 'Shared Adversarial Unlearning',
-  cost: 7.6,
+  cost: 7.8,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 1e-4, batchSize: 256, eps: 0.2, steps: 5, stepSize: 0.2, beta1: 0.01, beta2: 1, lambda: 1 }
