@@ -1,9 +1,9 @@
 /**
  * Where a training step in ONNX Runtime spends its time, per operator: the step graph of ort_grad_graph.ts for
- * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes), or `preact8-28` (the zoo's width-8 PreAct-ResNet18
- * on 1x28x28) under ONNX Runtime's profiler, `threads` threads (default 2), a warm-up run and then `runs` runs,
+ * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes), or `preact8-28` / `preact16-28` (the zoo's width-8
+ * and width-16 PreAct-ResNet18 on 1x28x28) under ONNX Runtime's profiler, `threads` threads (default 2), a warm-up run and then `runs` runs,
  * kernel times summed by operator type and averaged per run.
- *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28] [batch] [runs] [threads]
+ *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -21,10 +21,11 @@ async function main(): Promise<void> {
   if (!ort) throw new Error('onnxruntime-node does not load here');
   await initBackend('cpu');
   const threads = Number(process.argv[5] ?? 2);
-  const shape: [number, number, number] = name === 'preact8-28' ? [28, 28, 1] : [32, 32, 3];
+  const zooWidth = /^preact(\d+)-28$/.exec(name);
+  const shape: [number, number, number] = zooWidth ? [28, 28, 1] : [32, 32, 3];
   const model =
-    name === 'preact-resnet18-32' || name === 'preact8-28'
-      ? buildModel({ arch: 'preact-resnet18', inputShape: shape, numClasses: 10, options: { width: name === 'preact8-28' ? 8 : 64 } })
+    name === 'preact-resnet18-32' || zooWidth
+      ? buildModel({ arch: 'preact-resnet18', inputShape: shape, numClasses: 10, options: { width: zooWidth ? Number(zooWidth[1]) : 64 } })
       : buildModel({ arch: 'small-cnn-32', inputShape: shape, numClasses: 10 });
   const graph = buildGradGraph(model, true);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
