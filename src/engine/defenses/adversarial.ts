@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { takeAllFloats } from '../nn/read';
+import type { GraphRun, OrtModelGraph } from '../nn/ort_graph';
 
 /** Project x + delta onto the L_inf ball of radius eps around x and onto [0,1]. */
 export function projectLinf(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.Tensor4D {
@@ -53,4 +54,32 @@ export function projectL2Array(x: Float32Array, xAdv: Float32Array, eps: number,
     for (let i = s; i < s + size; i++) out[i] = Math.min(1, Math.max(0, x[i] + (xAdv[i] - x[i]) * scale));
   }
   return out;
+}
+
+/**
+ * The gradients of a loss of the logits of a clean batch `x` and of its adversarial examples `xAdv` (n images
+ * each) from a split seeded graph, run as one batch of 2n (BatchNorm is frozen, so the images do not interact):
+ * the forward part, the loss and its seed here, the backward part. SAU's unlearning step and NPD's.
+ */
+export async function pairedBatchGradients(
+  graph: OrtModelGraph,
+  x: Float32Array,
+  xAdv: Float32Array,
+  n: number,
+  k: number,
+  loss: (clean: tf.Tensor2D, adv: tf.Tensor2D) => tf.Scalar,
+): Promise<{ value: number; run: GraphRun }> {
+  const both = new Float32Array(2 * x.length);
+  both.set(x, 0);
+  both.set(xAdv, x.length);
+  const pass = await graph.forward(both, 2 * n);
+  let value: number;
+  let grads: Float32Array[];
+  try {
+    ({ value, grads } = await logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) => loss(tf.slice(l, [0, 0], [n, k]), tf.slice(l, [n, 0], [n, k]))));
+  } catch (e) {
+    graph.discard(pass);
+    throw e;
+  }
+  return { value, run: await graph.backward(pass, { dlogits: grads[0] }) };
 }

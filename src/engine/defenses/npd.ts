@@ -34,7 +34,7 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { Rng } from '../util/rng';
 import { trainEpochs } from './common';
-import { inputGradient, logitGradients, projectL2, projectL2Array } from './adversarial';
+import { inputGradient, pairedBatchGradients, projectL2, projectL2Array } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 /**
@@ -187,21 +187,9 @@ export class NpdGraphs {
       const dx = (await this.pixels.run(xAdv, n, { labels: target })).dx!;
       xAdv = projectL2Array(x, Float32Array.from(xAdv, (v, j) => v - Math.sign(dx[j]) * p.advStep), p.eps, size);
     }
-    const both = new Float32Array(2 * x.length);
-    both.set(x, 0);
-    both.set(xAdv, x.length);
-    const pass = await this.weights.forward(both, 2 * n);
-    let value: number;
-    let grads: Float32Array[];
-    try {
-      ({ value, grads } = await logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
-        npdLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(own, 'int32'), tf.tensor1d(target, 'int32'), k, p.lambda),
-      ));
-    } catch (e) {
-      this.weights.discard(pass);
-      throw e;
-    }
-    const run = await this.weights.backward(pass, { dlogits: grads[0] });
+    const { value, run } = await pairedBatchGradients(this.weights, x, xAdv, n, k, (clean, adv) =>
+      npdLoss(clean, tf.tensor1d(labels, 'int32'), adv, tf.tensor1d(own, 'int32'), tf.tensor1d(target, 'int32'), k, p.lambda),
+    );
     this.apply(vars, opt, run.grads!);
     return value;
   }

@@ -23,7 +23,7 @@ import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
 import { takeFloats } from '../nn/read';
 import { trainEpochs } from './common';
-import { inputGradient, logitGradients, projectLinf, projectLinfArray } from './adversarial';
+import { inputGradient, logitGradients, pairedBatchGradients, projectLinf, projectLinfArray } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 export const sau: Defense = {
@@ -249,22 +249,10 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   }
   const refAdv = argmaxRows(await g.f0.logits(xAdv, n), k);
   const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
-  // Step 2 on x and x' as one batch of 2n (BatchNorm is frozen, so the images do not interact).
-  const both = new Float32Array(2 * x.length);
-  both.set(x, 0);
-  both.set(xAdv, x.length);
-  const pass = await g.fWeights.forward(both, 2 * n);
-  let value: number;
-  let grads: Float32Array[];
-  try {
-    ({ value, grads } = await logitGradients([{ data: pass.logits!, n: 2 * n, k }], ([l]) =>
-      unlearningLoss(tf.slice(l, [0, 0], [n, k]), tf.tensor1d(labels, 'int32'), tf.slice(l, [n, 0], [n, k]), tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
-    ));
-  } catch (e) {
-    g.fWeights.discard(pass);
-    throw e;
-  }
-  const run = await g.fWeights.backward(pass, { dlogits: grads[0] });
+  // Step 2 on x and x' as one batch.
+  const { value, run } = await pairedBatchGradients(g.fWeights, x, xAdv, n, k, (clean, adv) =>
+    unlearningLoss(clean, tf.tensor1d(labels, 'int32'), adv, tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
+  );
   applyGradients(model, opt, run.grads!);
   return { loss: value, shared: poison.reduce((a, b) => a + b, 0) };
 }
