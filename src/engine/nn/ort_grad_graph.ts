@@ -8,7 +8,8 @@
  *     degrees and its channel axes swapped; for larger strides, ConvTranspose with the same weights (and an
  *     output_padding that restores the input size). Weight gradient = per kernel offset, the shifted view of the
  *     input as a matrix [in, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole
- *     batch each). Bias gradient = the sum of the output gradient over batch and space.
+ *     batch each; transposed where out > in, so that the result does not depend on the thread count, see
+ *     weightGrad). Bias gradient = the sum of the output gradient over batch and space.
  *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
  *     k = gamma invstd and xc = x - mean; gamma's gradient is sum(dy xc) invstd, beta's sum(dy). With frozen
  *     statistics it is the affine map x k + c and its gradients.
