@@ -1,7 +1,7 @@
 /**
  * The graphs the defenses train with give the same bits on 1, 2 and 4 ONNX Runtime threads: the training step,
  * the seeded product with pixel and parameter gradients (frozen BatchNorm) and ANP's BatchNorm scales, on the
- * architectures of the zoo at batch sizes that split unevenly. This is what lets a cell use more than one
+ * architectures of the zoo at batch sizes that split unevenly, and GIC's whole step. This is what lets a cell use more than one
  * thread without its row depending on the machine's core count. (It failed before the weight gradients of
  * convolutions with more outputs than inputs were taken transposed: MLAS split those products by columns,
  * which changed how their long inner dimension was cut into partial sums.)
@@ -15,6 +15,8 @@ import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_graph';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { Rng } from '../../src/engine/util/rng';
+import { GIC_DEFAULTS, GicNet } from '../../src/engine/gic/gic';
+import { buildCalibrationGraph, calibrationNet } from '../../src/engine/nn/ort_calibration_graph';
 
 /** Every float array of a run, by name. */
 function arrays(run: GraphRun): Map<string, Float32Array> {
@@ -93,4 +95,36 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
       assert.equal(tf.memory().numTensors, tensors, 'tensors leaked');
     });
   }
+
+  it("GIC's step graph (g in front of a PreAct-ResNet18, both bounds) at batch 5 and 64", async () => {
+    const tensors = tf.memory().numTensors;
+    const victim = buildModel({ arch: 'preact-resnet18', inputShape: [28, 28, 1], numClasses: 10, options: { width: 8 } }, { mean: [0.3], std: [0.3] }, 1);
+    const rng = new Rng(12);
+    try {
+      for (const norm of ['inf', '2'] as const) {
+        const net = new GicNet([28, 28, 1], { ...GIC_DEFAULTS, norm, delta: norm === 'inf' ? 0.1 : 1.5 });
+        for (const v of net.variables()) tf.tidy(() => v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape)));
+        const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm, lambdaBn: 1 };
+        const graphs = await Promise.all([1, 2, 4].map((t) => OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, t, () => buildCalibrationGraph(victim, front))));
+        try {
+          for (const n of [5, 64]) {
+            const x = Float32Array.from({ length: n * 784 }, () => rng.uniform(0, 1));
+            const labels = Int32Array.from({ length: n }, () => rng.int(10));
+            const runs = [];
+            for (const g of graphs) runs.push(arrays(await g!.run(x, n, { labels })));
+            for (const [i, t] of [[1, 2], [2, 4]]) {
+              const off = differing(runs[0], runs[i]);
+              assert.deepEqual(off, [], `L${norm}, batch ${n}: 1 and ${t} threads differ in ${off.join(', ')}`);
+            }
+          }
+        } finally {
+          await Promise.all(graphs.map((g) => g?.close()));
+          net.dispose();
+        }
+      }
+    } finally {
+      victim.dispose();
+    }
+    assert.equal(tf.memory().numTensors, tensors, 'tensors leaked');
+  });
 });

@@ -189,8 +189,11 @@ export async function calibrate(
   opts: Partial<GicOptions>,
   signal?: AbortSignal,
   progress?: (done: number, total: number, message?: string) => void,
-  /** Run the victim's passes through ONNX Runtime where it loads (the job's calibrations do). */
-  engine: { ortTraining?: boolean } = {},
+  /**
+   * Run the victim's passes through ONNX Runtime where it loads (the job's calibrations do), on `threads`
+   * threads (default 1; the figures do not depend on it).
+   */
+  engine: { ortTraining?: boolean; threads?: number } = {},
 ): Promise<CalibrationOutput> {
   const o: GicOptions = { ...GIC_DEFAULTS, ...opts };
   const t0 = Date.now();
@@ -201,7 +204,7 @@ export async function calibrate(
   const vars = net.variables();
   const batches = Math.ceil(aux.n / o.batchSize);
   const withBn = hasBn && o.lambdaBn > 0;
-  const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn, o.lambdaBn) : undefined;
+  const graphs = engine.ortTraining ? await CalibrationGraphs.create(victim, net, withBn, o.lambdaBn, engine.threads ?? 1) : undefined;
   // The figures before and after through the same forward graph where it has the statistics they need.
   const measure = (set: ImageSet) => (graphs && withBn === hasBn ? graphs.measure(victim, set) : measureSet(victim, set));
   let before: Awaited<ReturnType<typeof measure>>;
@@ -263,11 +266,11 @@ class CalibrationGraphs {
     readonly train: OrtModelGraph,
   ) {}
 
-  static async create(victim: Model, net: GicNet, inputStats: boolean, lambdaBn: number): Promise<CalibrationGraphs | undefined> {
+  static async create(victim: Model, net: GicNet, inputStats: boolean, lambdaBn: number, threads: number): Promise<CalibrationGraphs | undefined> {
     const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm: net.o.norm, lambdaBn: inputStats ? lambdaBn : 0 };
     const made = await Promise.all([
-      OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }),
-      OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, 1, () => buildCalibrationGraph(victim, front)),
+      OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }, threads),
+      OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, threads, () => buildCalibrationGraph(victim, front)),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

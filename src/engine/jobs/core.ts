@@ -47,7 +47,8 @@ export interface PlannedDefense {
 }
 
 /** Calibrates an auxiliary set (GIC); provided by the gic module. */
-export type Calibrator = (victim: Model, aux: PreparedAux, signal: AbortSignal | undefined, progress: (d: number, t: number, m?: string) => void) => Promise<{ set: ImageSet; entry: GicEntry }>;
+/** `threads`: ONNX Runtime threads for the calibration's graphs (its figures do not depend on them). */
+export type Calibrator = (victim: Model, aux: PreparedAux, signal: AbortSignal | undefined, progress: (d: number, t: number, m?: string) => void, threads: number) => Promise<{ set: ImageSet; entry: GicEntry }>;
 
 /** Projects features of reference, raw and calibrated data to 2-D; provided by the embed module. */
 export type Embedder = (victim: Model, aux: PreparedAux, calibrated: ImageSet | undefined, signal?: AbortSignal) => Promise<EmbeddingEntry | undefined>;
@@ -165,7 +166,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       if (!cal) {
         if (!job.calibrate) throw new Error('GIC is not available in this build');
         const t0 = Date.now();
-        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}${job.seeds.length > 1 ? ` (seed ${aux.seed})` : ''}`));
+        // Beside a pool of cell processes this thread takes one core; alone, all of them.
+        const out = await job.calibrate(job.victim, aux, o.signal, progress(`gic ${aux.name}${job.seeds.length > 1 ? ` (seed ${aux.seed})` : ''}`), pool || !cpu ? 1 : cores);
         out.entry.seconds = out.entry.seconds || (Date.now() - t0) / 1000;
         out.entry.samples ??= gallerySamples(aux.set, out.set, out.entry.delta);
         cal = out.set;
@@ -198,7 +200,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         if (shard && a % shard.count !== shard.index) continue;
         if (o.signal?.aborted) throw new CancelledError();
         // The calibrated set is projected too whenever the job calibrates (in a shard, this may be the first use).
-        const usesGic = job.gicMode !== 'off' && job.defenses.length > 0;
+        const usesGic = job.gicMode !== 'off';
         const cal = usesGic && !isError(await auxFor({ aux, gic: true, defense: job.defenses[0], seed: aux.seed, stream: '' })) ? calibrated.get(auxKey(aux)) : undefined;
         const entry = await job.embed(job.victim, aux, cal, o.signal);
         if (entry) {
@@ -258,6 +260,11 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       if (out.detection && cells[i].defense.id === 'nc' && !cells[i].gic && !results.detection.nc) results.detection.nc = out.detection;
     }
 
+    // A job with GIC and no defense calibrates its aux sets all the same: the calibrations are its result
+    // (VS Code's Calibrate Auxiliary Data writes such a job).
+    if (job.gicMode !== 'off' && !job.defenses.length) {
+      for (const [a, aux] of job.aux.entries()) if (!shard || a % shard.count === shard.index) await calibratedSet(aux);
+    }
     if (!pool) await embedAll();
     results.summary = summarizeRows(results.rows);
     results.gicEffect = gicEffectOfRows(results.rows);

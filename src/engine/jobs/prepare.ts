@@ -201,9 +201,9 @@ export function assemblePreparedJob(o: AssembleOptions): PreparedJob {
     gicMode: mode,
     augment: o.augment,
     seeds: o.seeds,
-    calibrate: async (v, a, signal, progress) => {
+    calibrate: async (v, a, signal, progress, threads) => {
       // Each seed's sample is calibrated from that seed (g's initialisation and batch order).
-      const out = await calibrate(v, a.set, { ...gicOptions, seed: a.seed }, signal, progress, { ortTraining: ortTrainWanted() });
+      const out = await calibrate(v, a.set, { ...gicOptions, seed: a.seed }, signal, progress, { ortTraining: ortTrainWanted(), threads });
       try {
         // g and the calibrated images go with the outputs; an earlier run's files are kept unless asked.
         const base = o.seeds.length > 1 ? `${a.name}-s${a.seed}` : a.name;
