@@ -46,8 +46,10 @@ export interface PlannedDefense {
   params?: DefenseParams;
 }
 
-/** Calibrates an auxiliary set (GIC); provided by the gic module. */
-/** `threads`: ONNX Runtime threads for the calibration's graphs (its figures do not depend on them). */
+/**
+ * Calibrates an auxiliary set (GIC); provided by the gic module. `threads`: ONNX Runtime threads for the
+ * calibration's graphs (its figures do not depend on them).
+ */
 export type Calibrator = (victim: Model, aux: PreparedAux, signal: AbortSignal | undefined, progress: (d: number, t: number, m?: string) => void, threads: number) => Promise<{ set: ImageSet; entry: GicEntry }>;
 
 /** Projects features of reference, raw and calibrated data to 2-D; provided by the embed module. */
