@@ -73,7 +73,7 @@ export function buildProgram(): Command {
     .option('--out <dir>', 'output directory (default: <job dir>/audit-out)')
     .option('--device <device>', 'auto | gpu | cpu (overrides the job)')
     .option('--shard <i/n>', 'run only the i-th of n disjoint slices of the cells')
-    .option('--workers <n>', 'processes running cells side by side (default: one per core on the CPU backends; 1 = none)', parseWorkers)
+    .option('--workers <n>', 'processes running cells side by side, and the bound on threads (default: one per core on the CPU backends; 1 = none, on one thread)', parseWorkers)
     .option('--overwrite', 'replace purified models an earlier run wrote to the same output directory')
     .option('--max-model-mb <n>', 'refuse a model file larger than this (MB, default 2048; 0 = no limit)', parseMB('--max-model-mb'))
     .option('--max-data-mb <n>', 'refuse a data source larger than this on disk (MB, default 4096; 0 = no limit)', parseMB('--max-data-mb'))
@@ -102,7 +102,7 @@ export function buildProgram(): Command {
     .option('--quick', 'a smaller run (about two minutes on 2 CPU cores)')
     .option('--out <dir>', 'output directory', 'backdoor-audit-demo')
     .option('--device <device>', 'auto | gpu | cpu', 'auto')
-    .option('--workers <n>', 'processes running cells side by side (default: one per core on the CPU backends; 1 = none)', parseWorkers)
+    .option('--workers <n>', 'processes running cells side by side, and the bound on threads (default: one per core on the CPU backends; 1 = none, on one thread)', parseWorkers)
     .action(async (opts: { quick?: boolean; out: string; device: string; workers?: number }) => {
       const { runDemo } = await import('./engine/jobs/demo');
       const ac = abortOnSignal();

@@ -95,7 +95,7 @@ export async function startCellPool(job: PreparedJob, baseline: ReportedMetrics,
     seeds: job.seeds,
     baseline,
     // The processes share out the cores (a row does not depend on its thread count).
-    ortThreads: ortWanted() ? Math.max(1, Math.floor(cores() / size)) : 0,
+    ortThreads: ortWanted() ? Math.max(1, Math.floor((o.workers ?? cores()) / size)) : 0,
   };
   const threads = data.ortThreads === 1 ? '1 thread' : `${data.ortThreads} threads`;
   o.emit({ type: 'log', message: `${size} cell processes${data.ortThreads ? `, each training and evaluating with ONNX Runtime (${threads})` : ''}` });

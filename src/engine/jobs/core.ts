@@ -85,7 +85,9 @@ export interface CoreOptions {
   emit: (e: RunEvent) => void;
   /**
    * Cell processes (each with its own single-threaded backend and ONNX Runtime) to run cells side by side; 0 or
-   * 1 runs them in this thread. Default: one per core, for the wasm and cpu backends only.
+   * 1 runs them in this thread. Default: one per core, for the wasm and cpu backends only. Also the bound on
+   * ONNX Runtime threads: the processes share it out, and work in this thread alone (a lone cell, a calibration
+   * with no cell processes beside it, the evaluation) takes all of it.
    */
   workers?: number;
   /** Run only one of `count` disjoint slices of the cells (sharded sweeps); default all. */
@@ -135,7 +137,9 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
 
   // Evaluation through ONNX Runtime on the CPU backends (a GPU backend evaluates where it trains).
   const cpu = o.backend.name === 'wasm' || o.backend.name === 'cpu';
-  const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  // The job's threads: `workers` (one per core by default) bounds what runs at once, cell processes or the
+  // ONNX Runtime threads of work done in this process.
+  const cores = Math.max(1, o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
   const { engine, ...measured } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
   const baseline = reported(measured, job.triggered);
   const evaluation = engine === 'onnxruntime' ? ('onnxruntime-cpu' as const) : o.backend.name;
