@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { OrtModelGraph, type GraphFeeds, type GraphRun } from '../../src/engine/nn/ort_graph';
-import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_graph';
+import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_contract';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { Rng } from '../../src/engine/util/rng';

@@ -19,7 +19,8 @@ import { onnx } from 'onnx-proto';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { Model } from './model';
 import type { Module, Param } from './module';
-import { GradBuilder, GRAD_OPSET, type GradGraph, type GraphNet } from './ort_grad_graph';
+import { GradBuilder } from './ort_grad_graph';
+import { GRAD_OPSET, type GradGraph, type GraphNet } from './ort_grad_contract';
 
 const T = onnx.TensorProto.DataType;
 

@@ -11,7 +11,8 @@
  */
 import { loadOrt } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
-import { buildGradGraph, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_graph';
+import { buildGradGraph } from './ort_grad_graph';
+import { OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 
 type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
