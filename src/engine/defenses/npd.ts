@@ -29,6 +29,7 @@ import { BatchNorm2d, Conv2d, Sequential } from '../nn/layers';
 import { SGD } from '../nn/optim';
 import { argmaxRows, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { stepByKey } from '../nn/ort_train';
 import { takeAllFloats } from '../nn/read';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
@@ -155,12 +156,11 @@ export class NpdGraphs {
 
   /** The optimizer step of the polarizer's variables with gradients by graph key. */
   apply(vars: tf.Variable[], opt: SGD, grads: Map<string, Float32Array>): void {
-    const tensors = vars.map((v, i) => tf.tensor(grads.get(this.keys[i])!, v.shape));
-    try {
-      opt.step(vars, tensors);
-    } finally {
-      tf.dispose(tensors);
-    }
+    stepByKey(
+      opt,
+      vars.map((v, i) => [this.keys[i], v]),
+      grads,
+    );
   }
 
   /** A warm-up step: the clean cross-entropy's gradients, then the update. */

@@ -21,7 +21,8 @@ import type { ForwardContext } from '../nn/module';
 import { Rng } from '../util/rng';
 import { JobError, throwIfAborted } from '../errors';
 import { OrtModelGraph } from '../nn/ort_graph';
-import { buildCalibrationGraph, calibrationNet, GIC_PREFIX, GIC_TERM_KEY } from '../nn/ort_calibration_graph';
+import { buildCalibrationGraph, calibrationNet, GIC_PREFIX } from '../nn/ort_calibration_graph';
+import { stepByKey } from '../nn/ort_train';
 import { takeFloats, takeScalars } from '../nn/read';
 import type { GicEntry } from '../../shared/results';
 
@@ -217,7 +218,7 @@ export async function calibrate(
       for (let b = 0; b < batches; b++) {
         throwIfAborted(signal);
         const idx = order.subarray(b * o.batchSize, Math.min(aux.n, (b + 1) * o.batchSize));
-        if (graphs) await graphs.step(net, vars, opt, makeBatchArray(aux, idx, undefined, undefined), Int32Array.from(idx, (i) => aux.y[i]));
+        if (graphs) await graphs.step(opt, makeBatchArray(aux, idx, undefined, undefined), Int32Array.from(idx, (i) => aux.y[i]));
         else await backendStep(victim, net, vars, opt, makeBatch(aux, idx, undefined, undefined), tf.tensor1d(Int32Array.from(idx, (i) => aux.y[i]), 'int32'), o.lambdaBn);
         // Yield after every step: the main thread also relays the cell processes' progress and rows.
         await new Promise((r) => setImmediate(r));
@@ -264,6 +265,8 @@ class CalibrationGraphs {
   private constructor(
     readonly forward: OrtModelGraph,
     readonly train: OrtModelGraph,
+    /** g's variables under their graph keys. */
+    private readonly keyed: Array<[string, tf.Variable]>,
   ) {}
 
   static async create(victim: Model, net: GicNet, inputStats: boolean, lambdaBn: number, threads: number): Promise<CalibrationGraphs | undefined> {
@@ -277,21 +280,18 @@ class CalibrationGraphs {
       return undefined;
     }
     const [a, b] = made as OrtModelGraph[];
-    return new CalibrationGraphs(a, b);
+    const keyed = calibrationNet(victim, front)
+      .namedParams!()
+      .filter(([key]) => key.startsWith(GIC_PREFIX))
+      .map(([key, p]): [string, tf.Variable] => [key, p.variable]);
+    return new CalibrationGraphs(a, b, keyed);
   }
 
   /** One step of g on the batch `x` (flat NHWC) with labels `y`: the loss and gradients in one run, then Adam. */
-  async step(net: GicNet, vars: tf.Variable[], opt: Adam, x: Float32Array, y: Int32Array): Promise<void> {
+  async step(opt: Adam, x: Float32Array, y: Int32Array): Promise<void> {
     const run = await this.train.run(x, y.length, { labels: y });
     if (!Number.isFinite(run.loss)) throw new JobError('calibration diverged (loss is not finite)');
-    const keyOf = new Map<tf.Variable, string>(net.h.namedParams().map(([key, p]) => [p.variable, GIC_PREFIX + key]));
-    if (net.globalTerm) keyOf.set(net.globalTerm, GIC_TERM_KEY);
-    const gradTensors = vars.map((v) => tf.tensor(run.grads!.get(keyOf.get(v)!)!, v.shape));
-    try {
-      opt.step(vars, gradTensors);
-    } finally {
-      tf.dispose(gradTensors);
-    }
+    stepByKey(opt, this.keyed, run.grads!);
   }
 
   /** measureSet through the forward graph (which must output the input statistics when the victim has BatchNorm). */

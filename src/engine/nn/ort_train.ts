@@ -128,13 +128,23 @@ export class OrtTrainer implements BatchStepper {
  */
 export function applyGradients(model: Pick<Model, 'root'>, optimizer: Optimizer, grads: Map<string, Float32Array>, adjust?: (v: tf.Variable, g: tf.Tensor) => tf.Tensor): void {
   const params = model.root.namedParams().filter(([, p]) => p.trainable);
-  const gradTensors = params.map(([key, p]) => tf.tidy(() => {
-    const g = tf.tensor(grads.get(key)!, p.variable.shape);
-    return adjust ? adjust(p.variable, g) : g;
+  stepByKey(
+    optimizer,
+    params.map(([key, p]) => [key, p.variable]),
+    grads,
+    adjust,
+  );
+}
+
+/** One optimizer step on `vars` (graph key, variable), from gradients by graph key (those of some parameters only). */
+export function stepByKey(optimizer: Optimizer, vars: Array<[string, tf.Variable]>, grads: Map<string, Float32Array>, adjust?: (v: tf.Variable, g: tf.Tensor) => tf.Tensor): void {
+  const gradTensors = vars.map(([key, v]) => tf.tidy(() => {
+    const g = tf.tensor(grads.get(key)!, v.shape);
+    return adjust ? adjust(v, g) : g;
   }));
   try {
     optimizer.step(
-      params.map(([, p]) => p.variable),
+      vars.map(([, v]) => v),
       gradTensors,
     );
   } finally {
