@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { initBackend } from '../src/engine/backend';
 import { buildModel } from '../src/engine/models';
 import { buildGradGraph } from '../src/engine/nn/ort_grad_graph';
-import { loadOrt } from '../src/engine/backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize } from '../src/engine/backend/onnx_runtime';
 
 async function main(): Promise<void> {
   const name = process.argv[2] ?? 'small-cnn-32';
@@ -27,7 +27,7 @@ async function main(): Promise<void> {
     name === 'preact-resnet18-32' || zooWidth
       ? buildModel({ arch: 'preact-resnet18', inputShape: shape, numClasses: 10, options: { width: zooWidth ? Number(zooWidth[1]) : 64 } })
       : buildModel({ arch: 'small-cnn-32', inputShape: shape, numClasses: 10 });
-  const graph = buildGradGraph(model, true);
+  const graph = buildGradGraph(model, { bnTrain: true, nchwcBlock: await nchwcBlockSize(ort) });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
   const session = await ort.InferenceSession.create(graph.bytes, {
     intraOpNumThreads: threads,

@@ -8,6 +8,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { OrtModelGraph } from '../../src/engine/nn/ort_graph';
+import { buildGradGraph } from '../../src/engine/nn/ort_grad_graph';
+import { loadOrt, NCHWC_DOMAIN, nchwcBlockSize } from '../../src/engine/backend/onnx_runtime';
+import { onnx } from 'onnx-proto';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
 import { attentionMap } from '../../src/engine/defenses/nad';
@@ -318,6 +321,35 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       renormalized.model.dispose();
       cnn.dispose();
       resnet.dispose();
+    }
+  });
+
+  it('convolutions in NCHWc blocks (where this CPU has them): the loss and gradients of plain Conv, and the blocked kernels are used', async function () {
+    const ort = loadOrt();
+    const block = ort ? await nchwcBlockSize(ort) : 0;
+    if (!block) this.skip();
+    // Width = the block: every convolution but the first (1 input channel, read in NCHW) reorders its input.
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [28, 28, 1], numClasses: 10, options: { width: block } };
+    const model = buildModel(spec, { mean: [0.3], std: [0.3] }, 5);
+    const domains = onnx.ModelProto.decode(buildGradGraph(model, { bnTrain: true, nchwcBlock: block }).bytes).graph!.node!.filter((d) => d.domain === NCHWC_DOMAIN);
+    const blockedConvs = domains.filter((d) => d.opType === 'Conv').length;
+    // 17 convolutions forward (20 with the shortcuts' 1x1) and the stride-1 input gradients backward.
+    assert.ok(blockedConvs >= 30, `${blockedConvs} blocked convolutions`);
+    const n = 7;
+    const x = Float32Array.from({ length: n * 28 * 28 }, (_, i) => ((i * 7919) % 97) / 97);
+    const labels = Int32Array.from({ length: n }, (_, i) => (i * 3) % 10);
+    const plain = await OrtModelGraph.create(model, { bnTrain: true, loss: 'ce', nchwcBlock: 0 });
+    const blocked = await OrtModelGraph.create(model, { bnTrain: true, loss: 'ce', inputGrad: true });
+    const plainDx = await OrtModelGraph.create(model, { bnTrain: true, loss: 'ce', inputGrad: true, nchwcBlock: 0 });
+    assert.ok(plain && blocked && plainDx);
+    try {
+      const [a, b, c] = await Promise.all([plain.run(x, n, { labels }), blocked.run(x, n, { labels }), plainDx.run(x, n, { labels })]);
+      assert.ok(Math.abs(a.loss! - b.loss!) < 1e-5 * Math.abs(a.loss!), `loss ${a.loss} vs ${b.loss}`);
+      assert.ok(relError(b.dx!, c.dx!) < 1e-4, `pixel gradient differs by ${relError(b.dx!, c.dx!)}`);
+      for (const [key, g] of a.grads!) assert.ok(relError(b.grads!.get(key)!, g) < 1e-4, `${key} gradient differs by ${relError(b.grads!.get(key)!, g)}`);
+    } finally {
+      await Promise.all([plain.close(), blocked.close(), plainDx.close()]);
+      model.dispose();
     }
   });
 });

@@ -105,7 +105,7 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
         const net = new GicNet([28, 28, 1], { ...GIC_DEFAULTS, norm, delta: norm === 'inf' ? 0.1 : 1.5 });
         for (const v of net.variables()) tf.tidy(() => v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.uniform(-0.3, 0.3)), v.shape)));
         const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm, lambdaBn: 1 };
-        const graphs = await Promise.all([1, 2, 4].map((t) => OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, t, () => buildCalibrationGraph(victim, front))));
+        const graphs = await Promise.all([1, 2, 4].map((t) => OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, t, (o) => buildCalibrationGraph(victim, front, o.nchwcBlock))));
         try {
           for (const n of [5, 64]) {
             const x = Float32Array.from({ length: n * 784 }, () => rng.uniform(0, 1));

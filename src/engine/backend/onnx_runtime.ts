@@ -4,6 +4,7 @@
  * because it is one: an optional native package, tried once, never required.
  */
 import { isMainThread } from 'node:worker_threads';
+import { onnx } from 'onnx-proto';
 
 type Ort = typeof import('onnxruntime-node');
 
@@ -31,4 +32,48 @@ export function loadOrt(): Ort | null {
 /** Whether evaluation may use ONNX Runtime: BACKDOOR_AUDIT_ORT=0 turns it off (to compare the two paths). */
 export function ortWanted(): boolean {
   return process.env.BACKDOOR_AUDIT_ORT !== '0' && loadOrt() !== null;
+}
+
+/** ONNX Runtime's domain of blocked-layout CPU kernels (MLAS's NCHWc convolutions). */
+export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
+
+let nchwcBlock: Promise<number> | undefined;
+
+/**
+ * The channel block of ONNX Runtime's NCHWc convolutions on this CPU (8 with AVX2, 16 with AVX-512), or 0 where
+ * this build or CPU has none. ONNX Runtime turns a Conv into its blocked form only when the weights are constant;
+ * the training graphs feed them fresh at every step, so they use the blocked kernels themselves and need the
+ * block, which MLAS picks from the CPU at run time. It is read off the kernel: reordering 4 channels pads them
+ * to one block. BACKDOOR_AUDIT_NCHWC=0 turns the blocked kernels off (to compare the two paths).
+ */
+export function nchwcBlockSize(ort: Ort): Promise<number> {
+  if (process.env.BACKDOOR_AUDIT_NCHWC === '0') return Promise.resolve(0);
+  nchwcBlock ??= (async () => {
+    const info = (name: string, dims?: number[]) =>
+      onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: dims && { dim: dims.map((d) => ({ dimValue: d })) } } } });
+    const graph = onnx.GraphProto.create({
+      name: 'nchwc-probe',
+      node: [onnx.NodeProto.create({ opType: 'ReorderInput', domain: NCHWC_DOMAIN, input: ['x'], output: ['y'] })],
+      input: [info('x', [1, 4, 1, 1])],
+      output: [info('y')],
+    });
+    const bytes = onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: 17 }, { domain: NCHWC_DOMAIN, version: 1 }], graph })).finish();
+    try {
+      const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1, interOpNumThreads: 1 });
+      try {
+        const x = new ort.Tensor('float32', new Float32Array(4), [1, 4, 1, 1]);
+        const out = await session.run({ x });
+        x.dispose();
+        const block = Number(out.y.dims[1]);
+        out.y.dispose();
+        // A block of 4 (no padding) means MLAS has no blocked kernels here.
+        return block > 4 && block % 4 === 0 ? block : 0;
+      } finally {
+        await session.release();
+      }
+    } catch {
+      return 0;
+    }
+  })();
+  return nchwcBlock;
 }

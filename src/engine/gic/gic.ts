@@ -273,7 +273,7 @@ class CalibrationGraphs {
     const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm: net.o.norm, lambdaBn: inputStats ? lambdaBn : 0 };
     const made = await Promise.all([
       OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }, threads),
-      OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, threads, () => buildCalibrationGraph(victim, front)),
+      OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, threads, (o) => buildCalibrationGraph(victim, front, o.nchwcBlock)),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

@@ -20,7 +20,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { Model } from './model';
 import type { Module, Param } from './module';
 import { GradBuilder } from './ort_grad_graph';
-import { GRAD_OPSET, type GradGraph, type GraphNet } from './ort_grad_contract';
+import { type GradGraph, type GraphNet } from './ort_grad_contract';
 
 const T = onnx.TensorProto.DataType;
 
@@ -57,8 +57,9 @@ class CalibrationBuilder extends GradBuilder {
   constructor(
     private readonly victim: Model,
     private readonly front: CalibrationFront,
+    nchwcBlock: number,
   ) {
-    super(calibrationNet(victim, front), { bnTrain: false, loss: 'ce', paramGrads: true, inputStats: front.lambdaBn > 0 });
+    super(calibrationNet(victim, front), { bnTrain: false, loss: 'ce', paramGrads: true, inputStats: front.lambdaBn > 0, nchwcBlock });
   }
 
   /** h(x) + t: h's parameters and the term get gradients, under the `gic/` prefix. */
@@ -184,7 +185,7 @@ class CalibrationBuilder extends GradBuilder {
       input: [info('x', [-1, h, w, c]), info('target', [-1, k]), info('inv_batch', [1]), ...this.paramInputs.map((p) => info(p.key, p.shape))],
       output: [info('loss', []), info('logits', [-1, k]), ...gradOutputs.map((o) => info(`grad/${o.key}`, o.shape))],
     });
-    const bytes = onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph })).finish();
+    const bytes = onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: this.opsetImport(), producerName: 'backdoor-audit', graph })).finish();
     return {
       bytes,
       paramInputs: this.paramInputs,
@@ -200,6 +201,6 @@ class CalibrationBuilder extends GradBuilder {
 }
 
 /** GIC's step graph for g in front of `victim` (throws OrtGradUnsupported where the victim has a module without a rule). */
-export function buildCalibrationGraph(victim: Model, front: CalibrationFront): GradGraph {
-  return new CalibrationBuilder(victim, front).buildCalibration();
+export function buildCalibrationGraph(victim: Model, front: CalibrationFront, nchwcBlock = 0): GradGraph {
+  return new CalibrationBuilder(victim, front, nchwcBlock).buildCalibration();
 }

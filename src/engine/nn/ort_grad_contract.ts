@@ -59,6 +59,11 @@ export interface GradGraphOptions {
    * then runs the forward pass once instead of twice (once in a forward graph, again inside the VJP).
    */
   split?: boolean;
+  /**
+   * The channel block of ONNX Runtime's NCHWc kernels on this CPU (backend/onnx_runtime.ts's nchwcBlockSize);
+   * convolutions whose channels fit it run blocked. 0 or absent: plain Conv everywhere.
+   */
+  nchwcBlock?: number;
 }
 
 /** What the builder needs of a network: a Model, or a bare module with its input shape (GIC's h). */

@@ -31,6 +31,7 @@
  * OrtGradUnsupported; the caller then trains on the TensorFlow.js backend.
  */
 import { onnx } from 'onnx-proto';
+import { NCHWC_DOMAIN } from '../backend/onnx_runtime';
 import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
@@ -88,6 +89,8 @@ export class GradBuilder {
 
   private readonly mapOutput: boolean;
   private readonly split: boolean;
+  private readonly nchwcBlock: number;
+  private nchwcUsed = false;
 
   constructor(
     private readonly model: GraphNet,
@@ -104,11 +107,25 @@ export class GradBuilder {
     this.trainableKeys = o.trainable ? new Set(o.trainable) : undefined;
     this.withInputStats = (o.inputStats ?? false) && !o.bnTrain;
     this.split = o.split ?? false;
+    this.nchwcBlock = o.nchwcBlock ?? 0;
     if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
   }
 
   protected op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
     return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
+  }
+
+  /** A node of ONNX Runtime's NCHWc domain. */
+  private nchwcOp(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[]): string {
+    const out = this.op(opType, inputs, attrs, shape);
+    this.b.nodes[this.b.nodes.length - 1].domain = NCHWC_DOMAIN;
+    this.nchwcUsed = true;
+    return out;
+  }
+
+  /** The operator sets the graph's nodes come from. */
+  protected opsetImport(): Array<{ domain: string; version: number }> {
+    return this.nchwcUsed ? [{ domain: '', version: GRAD_OPSET }, { domain: NCHWC_DOMAIN, version: 1 }] : [{ domain: '', version: GRAD_OPSET }];
   }
 
   protected i64(values: number[]): string {
@@ -170,7 +187,7 @@ export class GradBuilder {
     const bias = m.bias ? this.param(m, 'bias') : undefined;
     if (bias) inputs.push(bias);
     const attrs = { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] };
-    const y = this.op('Conv', inputs, attrs, [n, m.outChannels, ho, wo]);
+    const y = this.convolve(x, wOihw, bias, attrs, [n, m.outChannels, ho, wo]);
     this.back(y, [x, wHwio, ...(bias ? [bias] : [])], (dy) => {
       if (this.live.has(x)) {
         let dx: string;
@@ -180,7 +197,7 @@ export class GradBuilder {
           const swapped = this.op('Transpose', [wHwio], { perm: [2, 3, 0, 1] }, [cin, m.outChannels, k, k]);
           const turned = this.op('Slice', [swapped, this.i64([-1, -1]), this.i64([-(k + 1), -(k + 1)]), this.i64([2, 3]), this.i64([-1, -1])], {}, [cin, m.outChannels, k, k]);
           const q = k - 1 - p;
-          dx = this.op('Conv', [dy, turned], { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
+          dx = this.convolve(dy, turned, undefined, { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
         } else {
           // ConvTranspose maps [n, out, ho, wo] back to [n, in, h, w]; output_padding restores rows the strided
           // conv dropped.
@@ -195,6 +212,35 @@ export class GradBuilder {
       if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
     });
     return y;
+  }
+
+  /**
+   * Conv of `x` with the OIHW kernel `w`. ONNX Runtime runs a Conv in MLAS's blocked NCHWc layout (1.2-1.8x
+   * faster here on the zoo's shapes, reorders included) only when its weights are constant, and a training
+   * graph feeds them at every step, so where the channels fit the block the graph asks for the blocked kernel
+   * itself: the input reordered into blocks (kept as it is when it has fewer channels than a block, which the
+   * kernel reads directly), the kernel rearranged into MLAS's filter layout by a reshape and a transpose (OIHW
+   * to [O/B, I/B, kh, kw, Bi, Bo], or [O/B, I, kh, kw, Bo]), and the output reordered back, so that every other
+   * rule keeps plain NCHW.
+   */
+  private convolve(x: string, w: string, bias: string | undefined, attrs: { kernel_shape: number[]; pads: number[]; strides: number[]; dilations: number[]; group: number }, outShape: number[]): string {
+    const B = this.nchwcBlock;
+    const [cout, cin, kh, kw] = this.b.shape(w);
+    if (!(B > 1 && cout % B === 0 && (cin % B === 0 || cin < B))) return this.op('Conv', bias ? [x, w, bias] : [x, w], attrs, outShape);
+    let filter: string;
+    let input = x;
+    if (cin < B) {
+      const split = this.op('Reshape', [w, this.i64([cout / B, B, cin, kh, kw])], {}, [cout / B, B, cin, kh, kw]);
+      filter = this.op('Transpose', [split], { perm: [0, 2, 3, 4, 1] }, [cout / B, cin, kh, kw, B]);
+    } else {
+      const split = this.op('Reshape', [w, this.i64([cout / B, B, cin / B, B, kh, kw])], {}, [cout / B, B, cin / B, B, kh, kw]);
+      filter = this.op('Transpose', [split], { perm: [0, 2, 4, 5, 3, 1] }, [cout / B, cin / B, kh, kw, B, B]);
+      input = this.nchwcOp('ReorderInput', [x], {}, this.b.shape(x));
+    }
+    filter = this.op('Reshape', [filter, this.i64([cout, cin, kh, kw])], {}, [cout, cin, kh, kw]);
+    const { kernel_shape, pads, strides, dilations, group } = attrs;
+    const blocked = this.nchwcOp('Conv', bias ? [input, filter, bias] : [input, filter], { kernel_shape, pads, strides, dilations, group }, outShape);
+    return this.nchwcOp('ReorderOutput', [blocked], { channels: cout }, outShape);
   }
 
   /**
@@ -668,8 +714,7 @@ export class GradBuilder {
       input: [...inputs, ...this.paramInputs.map((p) => valueInfo(p.key, p.shape))],
       output: [...outputs, ...this.gradOutputs.map((g) => valueInfo(g.name, g.shape)), ...this.statOutputs.map((s) => valueInfo(s.name, s.shape))],
     });
-    const encode = (g: onnx.IGraphProto) =>
-      onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: [{ domain: '', version: GRAD_OPSET }], producerName: 'backdoor-audit', graph: g })).finish();
+    const encode = (g: onnx.IGraphProto) => onnx.ModelProto.encode(onnx.ModelProto.create({ irVersion: 8, opsetImport: this.opsetImport(), producerName: 'backdoor-audit', graph: g })).finish();
     const parts = this.split ? splitForwardBackward(graph) : undefined;
     return {
       bytes: encode(parts ? parts.forward : graph),

@@ -9,7 +9,7 @@
  * Only where ONNX Runtime loads (see onnx_runtime.ts); `create` resolves to undefined where it does not, or for
  * a model the graph builder does not cover, and the defense computes on the backend.
  */
-import { loadOrt } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
 import { buildGradGraph } from './ort_grad_graph';
 import { OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
@@ -73,14 +73,20 @@ export class OrtModelGraph {
 
   /**
    * Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it.
-   * `build` makes the graph when it is not `model`'s own of `options` (GIC's whole step, ort_calibration_graph.ts).
+   * `build` makes the graph from the options (with this CPU's NCHWc block filled in) when it is not `model`'s own
+   * (GIC's whole step, ort_calibration_graph.ts).
    */
-  static async create(model: GraphNet, options: GradGraphOptions, threads = 1, build: () => GradGraph = () => buildGradGraph(model, options)): Promise<OrtModelGraph | undefined> {
+  static async create(
+    model: GraphNet,
+    options: GradGraphOptions,
+    threads = 1,
+    build: (o: GradGraphOptions) => GradGraph = (o) => buildGradGraph(model, o),
+  ): Promise<OrtModelGraph | undefined> {
     const ort = ortTrainWanted() ? loadOrt() : null;
     if (!ort) return undefined;
     let graph: GradGraph;
     try {
-      graph = build();
+      graph = build({ ...options, nchwcBlock: options.nchwcBlock ?? (await nchwcBlockSize(ort)) });
     } catch (e) {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as os from 'node:os';
 import { JobError } from '../errors';
-import { loadOrt, ortWanted } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize, ortWanted } from '../backend/onnx_runtime';
 import type { Model } from './model';
 import type { Optimizer } from './optim';
 import type { BatchStepper } from './train';
@@ -54,7 +54,7 @@ export class OrtTrainer implements BatchStepper {
     const bnTrain = o.bnTrain ?? true;
     let graph: GradGraph;
     try {
-      graph = buildGradGraph(model, bnTrain);
+      graph = buildGradGraph(model, { bnTrain, nchwcBlock: await nchwcBlockSize(ort) });
     } catch (e) {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
