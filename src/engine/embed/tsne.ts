@@ -24,8 +24,11 @@ export interface TsneOptions {
 export class GradientOnlyTsne extends TSNE {
   private qu = new Float64Array(0);
 
+  private ys = new Float64Array(0);
+
   costGrad(Y: number[][]): { cost: number; grad: number[][] } {
     const self = this as unknown as { N: number; dim: number; P: ArrayLike<number>; iter: number };
+    if (self.dim === 2) return this.costGrad2d(Y);
     const { N, dim, P } = self;
     const pmul = self.iter < 100 ? 4 : 1; // the library's early exaggeration
     if (this.qu.length !== N * N) this.qu = new Float64Array(N * N);
@@ -57,6 +60,54 @@ export class GradientOnlyTsne extends TSNE {
         for (let d = 0; d < dim; d++) gsum[d] += premult * (yi[d] - yj[d]);
       }
       grad.push(gsum);
+    }
+    return { cost: NaN, grad };
+  }
+
+  /**
+   * The same gradient for a 2-D embedding (the only one the product makes), on a flat copy of the points with
+   * the coordinate loops unrolled: the same operations in the same order (0 + a is a), so the same bits, at
+   * about half the time of the general loops over arrays of arrays.
+   */
+  private costGrad2d(Y: number[][]): { cost: number; grad: number[][] } {
+    const self = this as unknown as { N: number; P: ArrayLike<number>; iter: number };
+    const { N, P } = self;
+    const pmul = self.iter < 100 ? 4 : 1;
+    if (this.qu.length !== N * N) this.qu = new Float64Array(N * N);
+    if (this.ys.length !== 2 * N) this.ys = new Float64Array(2 * N);
+    const qu = this.qu;
+    const ys = this.ys;
+    for (let i = 0; i < N; i++) {
+      ys[2 * i] = Y[i][0];
+      ys[2 * i + 1] = Y[i][1];
+    }
+    let qsum = 0.0;
+    for (let i = 0; i < N; i++) {
+      const xi = ys[2 * i];
+      const yi = ys[2 * i + 1];
+      for (let j = i + 1; j < N; j++) {
+        const dx = xi - ys[2 * j];
+        const dy = yi - ys[2 * j + 1];
+        const q = 1.0 / (1.0 + (dx * dx + dy * dy));
+        qu[i * N + j] = q;
+        qu[j * N + i] = q;
+        qsum += 2 * q;
+      }
+    }
+    const grad: number[][] = [];
+    for (let i = 0; i < N; i++) {
+      const xi = ys[2 * i];
+      const yi = ys[2 * i + 1];
+      let g0 = 0;
+      let g1 = 0;
+      const row = i * N;
+      for (let j = 0; j < N; j++) {
+        const q = qu[row + j];
+        const premult = 4 * (pmul * P[row + j] - Math.max(q / qsum, 1e-100)) * q;
+        g0 += premult * (xi - ys[2 * j]);
+        g1 += premult * (yi - ys[2 * j + 1]);
+      }
+      grad.push([g0, g1]);
     }
     return { cost: NaN, grad };
   }
