@@ -80,13 +80,14 @@ function main() {
   const args = process.argv.slice(2);
   // --stage TARGET: only put the target's native packages in dist/node_modules and keep them there, for running
   // the bundles on a machine without node_modules (scripts/gpu-check.sh).
-  // --without-onnxruntime leaves ONNX Runtime out (46 MB on linux-x64): a GPU backend evaluates where it trains.
+  // --without-onnxruntime leaves ONNX Runtime out (46 MB on linux-x64); --without-webgpu leaves the webgpu
+  // package's Dawn out (21 MB on linux-x64; ONNX Runtime's WebGPU provider carries its own).
   if (args[0] === '--stage') {
     const t = args.slice(1).find((a) => !a.startsWith('-')) ?? `${process.platform}-${process.arch}`;
     if (!ALL.includes(t)) throw new Error(`unknown target ${t} (one of ${ALL.join(', ')})`);
     fs.rmSync(staged, { recursive: true, force: true });
     const ort = !args.includes('--without-onnxruntime') && stageOnnxRuntime(t);
-    const webgpu = stageWebGpu(t);
+    const webgpu = !args.includes('--without-webgpu') && stageWebGpu(t);
     process.stdout.write(`dist/node_modules for ${t}: ONNX Runtime ${ort ? 'staged' : 'absent'}, webgpu ${webgpu ? 'staged' : 'absent'}\n`);
     return;
   }

@@ -161,11 +161,12 @@ export interface Results {
   schema: typeof RESULTS_SCHEMA;
   /**
    * What ran where: `name` trained (defenses, GIC), on `threads` threads; `evaluation` computed ACC/ASR/RA
-   * (ONNX Runtime's CPU kernels on the CPU backends where it loads, else the training backend); `device` is
+   * (ONNX Runtime's CPU kernels on the CPU backends where it loads; `onnxruntime-webgpu`: its WebGPU provider,
+   * taken with `device: gpu`, which then runs the defenses' and GIC's steps too; else the training backend); `device` is
    * what the job asked for (`auto` may have fallen back to the CPU: `name` says where it went); `adapter` names
    * the GPU WebGPU ran on.
    */
-  backend: { name: BackendName; threads: number; evaluation?: 'onnxruntime-cpu' | BackendName; device?: 'auto' | 'gpu' | 'cpu'; adapter?: string };
+  backend: { name: BackendName; threads: number; evaluation?: 'onnxruntime-cpu' | 'onnxruntime-webgpu' | BackendName; device?: 'auto' | 'gpu' | 'cpu'; adapter?: string };
   model: {
     path: string;
     format: string;

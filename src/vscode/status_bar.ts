@@ -46,6 +46,8 @@ export function expectedEvaluation(backend: string, resolves: Resolves): string 
 /** A training backend and, when something else evaluates, that too: "CPU (WebAssembly + ONNX Runtime)". */
 export function backendLabel(name: string, evaluation?: string): string {
   const ort = evaluation === 'onnxruntime-cpu' && name !== evaluation;
+  // ONNX Runtime on its WebGPU provider computes the steps and the evaluation; the wasm backend only the glue.
+  if (evaluation === 'onnxruntime-webgpu') return 'GPU (ONNX Runtime WebGPU)';
   switch (name) {
     case 'tensorflow-gpu':
       return 'GPU (CUDA)';
@@ -69,6 +71,7 @@ const ENGINE_NAMES: Record<string, string> = {
   wasm: 'WebAssembly',
   cpu: 'plain JavaScript',
   'onnxruntime-cpu': 'ONNX Runtime (CPU)',
+  'onnxruntime-webgpu': 'ONNX Runtime on the GPU (WebGPU)',
 };
 const engineName = (n: string) => ENGINE_NAMES[n] ?? n;
 

@@ -82,7 +82,8 @@ describe('doctor', () => {
     assert.deepEqual(r.webgpu, { status: 'adapter', adapter: 'NVIDIA H200 (nvidia hopper)', vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA H200' });
     assert.deepEqual(r.backends['tensorflow-gpu'], { status: 'loaded' });
     assert.deepEqual(r.backends.webgpu, { status: 'loaded' });
-    assert.deepEqual(r.onnxRuntime, { status: 'loaded', version: '1.30.0', providers: ['cpu', 'cuda (not bundled)'] });
+    // This fake build lists no WebGPU provider.
+    assert.deepEqual(r.onnxRuntime, { status: 'loaded', version: '1.30.0', providers: ['cpu', 'cuda (not bundled)'], webgpu: { status: 'not bundled' } });
     // A GPU backend evaluates where it trains; the CPU device keeps ONNX Runtime for evaluation.
     assert.deepEqual(r.plan, {
       auto: { training: 'tensorflow-gpu', evaluation: 'tensorflow-gpu' },
@@ -190,8 +191,10 @@ describe('doctor', () => {
     assert.deepEqual(r.backends.wasm, { status: 'loaded' });
     assert.equal(r.onnxRuntime.status, 'loaded');
     assert.ok(r.onnxRuntime.providers.includes('cpu'));
+    // onnxruntime-node 1.30 for linux-x64 bundles its WebGPU provider; without a Vulkan loader it has no adapter.
+    assert.deepEqual(r.onnxRuntime.webgpu, { status: 'no adapter', reason: 'libvulkan.so.1 not found' });
     assert.deepEqual(r.plan.auto, { training: 'wasm', evaluation: 'onnxruntime (CPU)' });
-    assert.match(r.plan.gpu.error, /^no GPU backend loads here: WebGPU: no adapter \(.+\); @tensorflow\/tfjs-node-gpu: not installed \(.+\); NVIDIA driver: none \(nvidia-smi not found\); see backdoor-audit doctor$/);
+    assert.match(r.plan.gpu.error, /^no GPU backend loads here: ONNX Runtime WebGPU: no adapter \(libvulkan\.so\.1 not found\); WebGPU: no adapter \(.+\); @tensorflow\/tfjs-node-gpu: not installed \(.+\); NVIDIA driver: none \(nvidia-smi not found\); see backdoor-audit doctor$/);
   });
 
   it('a job that asks for the GPU where none loads fails with one line, exit 1, and writes nothing', function () {
@@ -202,8 +205,8 @@ describe('doctor', () => {
       fs.writeFileSync(path.join(dir, 'audit.json'), JSON.stringify({ model: 'tiny.safetensors', data: { test: { format: 'mnist-embedded' } }, device: 'gpu' }));
       const p = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'dist', 'cli.js'), 'run', path.join(dir, 'audit.json'), '--out', path.join(dir, 'out')], { encoding: 'utf8' });
       assert.equal(p.status, 1);
-      // One line, naming each path tried (WebGPU, CUDA) and the driver; no warning of Dawn's on stderr.
-      assert.match(p.stderr, /^error: no GPU backend loads here: WebGPU: no adapter \(.+\); @tensorflow\/tfjs-node-gpu: not installed \(.+\); NVIDIA driver: none \(nvidia-smi not found\); see backdoor-audit doctor \(device\)\n$/);
+      // One line, naming each path tried (ONNX Runtime's WebGPU, WebGPU, CUDA) and the driver; no warning of Dawn's on stderr.
+      assert.match(p.stderr, /^error: no GPU backend loads here: ONNX Runtime WebGPU: no adapter \(libvulkan\.so\.1 not found\); WebGPU: no adapter \(.+\); @tensorflow\/tfjs-node-gpu: not installed \(.+\); NVIDIA driver: none \(nvidia-smi not found\); see backdoor-audit doctor \(device\)\n$/);
       assert.deepEqual(fs.readdirSync(dir).sort(), ['audit.json', 'tiny.safetensors']);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

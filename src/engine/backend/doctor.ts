@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import type { BackendName } from './index';
 import { firstLine, libraryFinder, nvidiaSmi, parseNvidiaSmi, type NvidiaInfo } from './system';
 import { loadDawn, probeWebGpu, webgpuClause, type DawnModule, type WebGpuStatus } from './webgpu';
+import { ortWebGpuClause, probeOrtWebGpu, type OrtLike, type OrtWebGpuStatus } from './ort_webgpu';
 
 export type LoadStatus =
   | { status: 'loaded'; version?: string }
@@ -28,9 +29,19 @@ export interface DoctorReport {
   cudaLibraries: Array<{ name: string; path: string | null }> | null;
   webgpu: WebGpuStatus;
   backends: Record<BackendName, LoadStatus>;
-  onnxRuntime: LoadStatus & { providers?: string[] };
+  onnxRuntime: LoadStatus & { providers?: string[]; webgpu?: OrtWebGpuStatus };
   /** What each part of a job would run on, per `device` value; `error` where that device cannot be had. */
-  plan: Record<'auto' | 'gpu' | 'cpu', { training: BackendName; evaluation: string } | { error: string }>;
+  plan: Record<'auto' | 'gpu' | 'cpu', PlanEntry | { error: string }>;
+}
+
+/**
+ * What a job would run on: the tensor backend (`training`), where ACC/ASR are computed, and, where they differ
+ * from the backend, where the defenses' and GIC's steps run (ONNX Runtime's graphs).
+ */
+export interface PlanEntry {
+  training: BackendName;
+  evaluation: string;
+  steps?: string;
 }
 
 export interface DoctorProbes {
@@ -95,15 +106,22 @@ export async function runDoctor(probes: DoctorProbes = defaultProbes()): Promise
     } catch {
       providers = undefined;
     }
-    onnxRuntime = { status: 'loaded', version: ort.env?.versions?.node, ...(providers ? { providers } : {}) };
+    // Its WebGPU provider, checked as `device: gpu` checks it (a session and a small network against the CPU's).
+    const webgpuProvider = await probeOrtWebGpu(ortLoad.module as OrtLike, (n) => probes.findLibrary(n));
+    onnxRuntime = { status: 'loaded', version: ort.env?.versions?.node, ...(providers ? { providers } : {}), webgpu: webgpuProvider };
   }
+  const ortWebGpu = onnxRuntime.status === 'loaded' ? onnxRuntime.webgpu : undefined;
 
   const loaded = (b: BackendName) => backends[b].status === 'loaded';
   const evaluationOn = (training: BackendName) =>
     training === 'wasm' || training === 'cpu' ? (onnxRuntime.status === 'loaded' ? 'onnxruntime (CPU)' : training) : training;
-  const pick = (order: BackendName[], device: string): { training: BackendName; evaluation: string } | { error: string } => {
+  const pick = (order: BackendName[], device: string): PlanEntry | { error: string } => {
+    // As initBackend: with `gpu`, ONNX Runtime's WebGPU provider comes after CUDA and before the WebGPU backend,
+    // and trains (every defense's and GIC's step) as well as evaluates, under the wasm backend's glue.
+    const ortGpu = device === 'gpu' && !loaded('tensorflow-gpu') && ortWebGpu?.status === 'ready' && loaded('wasm');
+    if (ortGpu) return { training: 'wasm', evaluation: 'onnxruntime (WebGPU)', steps: 'onnxruntime (WebGPU)' };
     const b = order.find(loaded);
-    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia, webgpu) : 'no tensor backend loads' };
+    return b ? { training: b, evaluation: evaluationOn(b) } : { error: device === 'gpu' ? gpuUnavailable(backends['tensorflow-gpu'], nvidia, webgpu, ortWebGpu) : 'no tensor backend loads' };
   };
   return {
     schema: 'backdoor-audit/doctor@1',
@@ -128,7 +146,7 @@ export const GPU_ORDER: BackendName[] = ['tensorflow-gpu', 'webgpu'];
 export const AUTO_ORDER: BackendName[] = [...GPU_ORDER, 'tensorflow', 'wasm', 'cpu'];
 
 /** One line: why `device: gpu` cannot be had here, naming what was tried and the NVIDIA driver's state. */
-export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined, webgpu: WebGpuStatus): string {
+export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined, webgpu: WebGpuStatus, ortWebGpu?: OrtWebGpuStatus): string {
   const cuda =
     tfGpu.status === 'not installed'
       ? '@tensorflow/tfjs-node-gpu: not installed (npm install @tensorflow/tfjs-node-gpu, with CUDA 11.2 and cuDNN 8.1)'
@@ -136,7 +154,9 @@ export function gpuUnavailable(tfGpu: LoadStatus, nvidia: NvidiaInfo | undefined
         ? `@tensorflow/tfjs-node-gpu: failed to load (${tfGpu.error})`
         : '@tensorflow/tfjs-node-gpu: did not start';
   const driver = !nvidia ? '' : nvidia.driver === null ? `; NVIDIA driver: none (${nvidia.reason})` : `; NVIDIA driver: ${nvidia.driver}`;
-  return `no GPU backend loads here: ${webgpuClause(webgpu)}; ${cuda}${driver}; see backdoor-audit doctor`;
+  // ONNX Runtime's provider is named when onnxruntime-node loads (its own row says why it does not).
+  const ort = ortWebGpu ? `${ortWebGpuClause(ortWebGpu)}; ` : '';
+  return `no GPU backend loads here: ${ort}${webgpuClause(webgpu)}; ${cuda}${driver}; see backdoor-audit doctor`;
 }
 
 /** The report as the terminal shows it. */
@@ -144,7 +164,8 @@ export function formatDoctor(r: DoctorReport): string {
   const st = (s: LoadStatus) =>
     s.status === 'failed' ? `failed: ${s.error}` : s.status === 'unavailable' ? `unavailable: ${s.reason}` : s.status === 'loaded' && s.version ? `loaded ${s.version}` : s.status;
   const w = r.webgpu;
-  const plan = (p: DoctorReport['plan']['auto']) => ('error' in p ? `fails: ${p.error}` : `training on ${p.training}, evaluation on ${p.evaluation}`);
+  const plan = (p: DoctorReport['plan']['auto']) =>
+    'error' in p ? `fails: ${p.error}` : `training on ${p.training}${p.steps ? ` (its steps on ${p.steps})` : ''}, evaluation on ${p.evaluation}`;
   const row = (label: string, value: string) => `${label.padEnd(24)}${value}`;
   const lines = [
     row('platform', `${r.platform}, Node ${r.node}`),
@@ -153,6 +174,7 @@ export function formatDoctor(r: DoctorReport): string {
     row('WebGPU', w.status === 'adapter' ? `adapter: ${w.adapter}` : w.status === 'failed' ? `failed: ${w.error}` : w.status === 'not installed' ? 'not installed (npm package webgpu)' : `no adapter: ${w.reason}`),
     ...Object.entries(r.backends).map(([k, v]) => row(`backend ${k}`, st(v))),
     row('ONNX Runtime', `${st(r.onnxRuntime)}${r.onnxRuntime.providers ? ` (execution providers: ${r.onnxRuntime.providers.join(', ')})` : ''}`),
+    ...(r.onnxRuntime.status === 'loaded' && r.onnxRuntime.webgpu ? [row('ONNX Runtime WebGPU', ortWebGpuClause(r.onnxRuntime.webgpu).replace(/^ONNX Runtime WebGPU: /, ''))] : []),
     row('device auto', plan(r.plan.auto)),
     row('device gpu', plan(r.plan.gpu)),
     row('device cpu', plan(r.plan.cpu)),

@@ -17,6 +17,8 @@ import { JobError } from '../errors';
 import { AUTO_ORDER, GPU_ORDER, gpuUnavailable, type LoadStatus } from './doctor';
 import { nvidiaSmi, parseNvidiaSmi } from './system';
 import { defaultWebGpuEnv, installNavigatorGpu, probeWebGpu, type WebGpuEnv, type WebGpuStatus } from './webgpu';
+import { loadOrt, setOrtProvider } from './onnx_runtime';
+import { probeOrtWebGpu, type OrtLike, type OrtWebGpuStatus } from './ort_webgpu';
 
 export type Device = 'auto' | 'gpu' | 'cpu';
 import type { BackendName } from '../../shared/results';
@@ -27,6 +29,11 @@ export interface BackendInfo {
   threads: number;
   /** The GPU the webgpu backend runs on (its adapter's name). */
   adapter?: string;
+  /**
+   * 'webgpu' where ONNX Runtime's sessions (every training step, GIC, evaluation) compute on its WebGPU
+   * provider (`device: gpu`, ort_webgpu.ts); the tensor backend (`name`) then only holds the glue.
+   */
+  ort?: 'webgpu';
 }
 
 /** What loading touches, replaceable by tests (fake packages, fake GPUs, fake nvidia-smi). */
@@ -35,11 +42,13 @@ export interface BackendDeps {
   load(id: string): unknown;
   webgpu: WebGpuEnv;
   nvidiaSmi(): { stdout: string } | { error: string };
+  /** onnxruntime-node, or null where it does not load (absent: not looked for). */
+  ort?(): OrtLike | null;
 }
 
 function defaultDeps(): BackendDeps {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return { load: (id) => require(id), webgpu: defaultWebGpuEnv(), nvidiaSmi };
+  return { load: (id) => require(id), webgpu: defaultWebGpuEnv(), nvidiaSmi, ort: () => loadOrt() as unknown as OrtLike | null };
 }
 
 let active: BackendInfo | undefined;
@@ -47,6 +56,14 @@ let active: BackendInfo | undefined;
 /** Why the last optional native package did not load (for the one-line `device: gpu` error). */
 let lastGpuLoad: LoadStatus = { status: 'not installed' };
 let lastWebGpu: WebGpuStatus = { status: 'not installed' };
+let lastOrtWebGpu: OrtWebGpuStatus | undefined;
+
+/** ONNX Runtime's WebGPU provider, checked (ort_webgpu.ts); true when the engine's sessions may use it. */
+async function useOrtWebGpu(deps: BackendDeps): Promise<boolean> {
+  const ort = deps.ort?.() ?? null;
+  lastOrtWebGpu = ort ? await probeOrtWebGpu(ort, (n) => deps.webgpu.findLibrary(n)) : undefined;
+  return lastOrtWebGpu?.status === 'ready';
+}
 
 function tryRequire(id: string, deps: BackendDeps): boolean {
   try {
@@ -120,17 +137,23 @@ async function useWasm(): Promise<boolean> {
 }
 
 /**
- * Initialise the tensor backend once per process. `device: 'gpu'` insists on a GPU backend (CUDA, then WebGPU)
- * and fails with one line naming what each gave when none starts; `cpu` skips the native packages; `auto`
- * takes the best that loads. A backend already started is kept when it is one the device allows.
+ * Initialise the tensor backend once per process. `device: 'gpu'` insists on a GPU (CUDA through tfjs-node-gpu,
+ * then ONNX Runtime's WebGPU provider under the wasm backend, then the WebGPU tensor backend) and fails with one
+ * line naming what each gave when none starts; `cpu` skips the native packages; `auto` takes the best that loads
+ * and keeps ONNX Runtime on the CPU (its WebGPU provider is taken only when asked for, until it is measured
+ * against the CPU on real GPUs). A backend already started is kept when it is one the device allows.
  */
 export async function initBackend(device: Device = 'auto', prefer?: BackendName, deps: BackendDeps = defaultDeps()): Promise<BackendInfo> {
   const want: BackendName[] = prefer ? [prefer] : device === 'gpu' ? GPU_ORDER : device === 'cpu' ? ['wasm', 'cpu'] : AUTO_ORDER;
-  if (active && !prefer && want.includes(active.name)) return active;
+  const onOrtWebGpu = active?.ort === 'webgpu';
+  if (active && !prefer && (device === 'gpu' ? onOrtWebGpu || want.includes(active.name) : !onOrtWebGpu && want.includes(active.name))) return active;
+  active = undefined;
   for (const name of want) {
     let adapter: string | undefined;
     if (name === 'tensorflow-gpu' && tryRequire('@tensorflow/tfjs-node-gpu', deps) && (await tf.setBackend('tensorflow'))) {
       active = { name, threads: 0 };
+    } else if (name === 'webgpu' && device === 'gpu' && !prefer && (await useOrtWebGpu(deps)) && (await useWasm())) {
+      active = { name: 'wasm', threads: 1, ort: 'webgpu' };
     } else if (name === 'webgpu' && (adapter = await useWebGpu(deps))) {
       active = { name, threads: 0, adapter };
     } else if (name === 'tensorflow' && tryRequire('@tensorflow/tfjs-node', deps) && (await tf.setBackend('tensorflow'))) {
@@ -140,13 +163,14 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName,
     } else if (name === 'cpu' && (await tf.setBackend('cpu'))) {
       active = { name, threads: 1 };
     }
-    if (active?.name === name) {
+    if (active) {
+      setOrtProvider(active.ort ?? 'cpu');
       await tf.ready();
       return active;
     }
   }
   // No silent fallback: a job that asks for the GPU fails, with one line saying what each path gave.
-  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu), 'device');
+  if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu, lastOrtWebGpu), 'device');
   throw new JobError('no tensor backend could start', 'device');
 }
 

@@ -34,6 +34,29 @@ export function ortWanted(): boolean {
   return process.env.BACKDOOR_AUDIT_ORT !== '0' && loadOrt() !== null;
 }
 
+/** Where ONNX Runtime's sessions compute: its CPU kernels, or its WebGPU execution provider (backend/ort_webgpu.ts). */
+export type OrtProvider = 'cpu' | 'webgpu';
+
+let provider: OrtProvider = 'cpu';
+
+/** Set by the backend choice (index.ts) for every session this process makes from then on. */
+export function setOrtProvider(p: OrtProvider): void {
+  provider = p;
+}
+
+export function ortProvider(): OrtProvider {
+  return provider;
+}
+
+/**
+ * The options of every session the engine makes: `threads` intra-op threads (the CPU kernels'), graph
+ * optimizations on, and the execution provider of the backend choice. With WebGPU, the nodes it has no kernel for
+ * run on the CPU provider, which ONNX Runtime places after it.
+ */
+export function ortSessionOptions(threads: number): { intraOpNumThreads: number; interOpNumThreads: number; graphOptimizationLevel: 'all'; executionProviders: string[] } {
+  return { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all', executionProviders: provider === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'] };
+}
+
 /** ONNX Runtime's domain of blocked-layout CPU kernels (MLAS's NCHWc convolutions). */
 export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
 
@@ -44,10 +67,12 @@ let nchwcBlock: Promise<number> | undefined;
  * this build or CPU has none. ONNX Runtime turns a Conv into its blocked form only when the weights are constant;
  * the training graphs feed them fresh at every step, so they use the blocked kernels themselves and need the
  * block, which MLAS picks from the CPU at run time. It is read off the kernel: reordering 4 channels pads them
- * to one block. BACKDOOR_AUDIT_NCHWC=0 turns the blocked kernels off (to compare the two paths).
+ * to one block. BACKDOOR_AUDIT_NCHWC=0 turns the blocked kernels off (to compare the two paths); they are off
+ * on the WebGPU provider.
  */
 export function nchwcBlockSize(ort: Ort): Promise<number> {
-  if (process.env.BACKDOOR_AUDIT_NCHWC === '0') return Promise.resolve(0);
+  // Blocked kernels are the CPU provider's: on WebGPU they would pull every convolution back to the CPU.
+  if (process.env.BACKDOOR_AUDIT_NCHWC === '0' || provider !== 'cpu') return Promise.resolve(0);
   nchwcBlock ??= (async () => {
     const info = (name: string, dims?: number[]) =>
       onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: dims && { dim: dims.map((d) => ({ dimValue: d })) } } } });

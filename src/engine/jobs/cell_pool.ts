@@ -38,6 +38,7 @@ function cores(): number {
 /** How many cell processes a job gets: one per core by default, only on the single-threaded CPU backends. */
 export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: number): number {
   if (o.backend.name !== 'wasm' && o.backend.name !== 'cpu') return 0; // native and GPU backends use the cores themselves
+  if (o.backend.ort === 'webgpu') return 0; // the cells' ONNX Runtime sessions share the one GPU from this process
   const wanted = o.workers ?? cores();
   const n = Math.min(wanted, cells);
   return n >= 2 ? n : 0;

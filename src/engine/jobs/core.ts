@@ -142,8 +142,9 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const cores = Math.max(1, o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
   const { engine, ...measured } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
   const baseline = reported(measured, job.triggered);
-  const evaluation = engine === 'onnxruntime' ? ('onnxruntime-cpu' as const) : o.backend.name;
-  if (engine === 'onnxruntime') o.emit({ type: 'log', message: 'evaluating with ONNX Runtime (CPU)' });
+  const onGpu = o.backend.ort === 'webgpu';
+  const evaluation = engine === 'onnxruntime' ? (onGpu ? ('onnxruntime-webgpu' as const) : ('onnxruntime-cpu' as const)) : o.backend.name;
+  if (engine === 'onnxruntime') o.emit({ type: 'log', message: `evaluating with ONNX Runtime (${onGpu ? 'WebGPU' : 'CPU'})` });
   o.emit({ type: 'baseline', model: job.model, baseline, evaluation });
 
   const cells = planCells(job);

@@ -9,7 +9,7 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { exportOnnx } from '../model_files/onnx_export';
 import { throwIfAborted } from '../errors';
-import { loadOrt, ortWanted } from '../backend/onnx_runtime';
+import { loadOrt, ortSessionOptions, ortWanted } from '../backend/onnx_runtime';
 
 type Ort = NonNullable<ReturnType<typeof loadOrt>>;
 
@@ -43,7 +43,7 @@ export class OrtPredictor {
   static async fromOnnx(bytes: Uint8Array, inputShape: [number, number, number], classes: number, threads: number): Promise<OrtPredictor> {
     const ort = ortWanted() ? loadOrt() : null;
     if (!ort) throw new Error('ONNX Runtime is not available in this thread');
-    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    const session = await ort.InferenceSession.create(bytes, ortSessionOptions(threads));
     return new OrtPredictor(ort, session, inputShape, classes);
   }
 

@@ -9,7 +9,7 @@
  * Only where ONNX Runtime loads (see onnx_runtime.ts); `create` resolves to undefined where it does not, or for
  * a model the graph builder does not cover, and the defense computes on the backend.
  */
-import { loadOrt, nchwcBlockSize } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize, ortSessionOptions } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
 import { buildGradGraph } from './ort_grad_graph';
 import { OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
@@ -93,7 +93,7 @@ export class OrtModelGraph {
     }
     const made: OrtSession[] = [];
     try {
-      const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' } as const;
+      const sessionOptions = ortSessionOptions(threads);
       made.push(await ort.InferenceSession.create(graph.bytes, sessionOptions));
       if (graph.backward) made.push(await ort.InferenceSession.create(graph.backward.bytes, sessionOptions));
       return new OrtModelGraph(model, ort, made[0], graph, options, made[1]);

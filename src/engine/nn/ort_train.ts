@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as os from 'node:os';
 import { JobError } from '../errors';
-import { loadOrt, nchwcBlockSize, ortWanted } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize, ortSessionOptions, ortWanted } from '../backend/onnx_runtime';
 import type { Model } from './model';
 import type { Optimizer } from './optim';
 import type { BatchStepper } from './train';
@@ -62,7 +62,7 @@ export class OrtTrainer implements BatchStepper {
     const threads = Math.max(1, o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
     let session: OrtSession;
     try {
-      session = await ort.InferenceSession.create(graph.bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+      session = await ort.InferenceSession.create(graph.bytes, ortSessionOptions(threads));
     } catch {
       // A graph this ONNX Runtime refuses (an older build without an operator) trains on the backend.
       return undefined;
