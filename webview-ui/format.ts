@@ -324,7 +324,7 @@ export function scatterSeries(e: EmbeddingEntry): { series: ScatterSeries[]; cla
 
 /** The header's backend badge: the training backend (and the GPU WebGPU ran on), its threads, and what evaluates when that differs. */
 export function backendText(b: NonNullable<ViewState['backend']>): string {
-  const evaluation = b.evaluation && b.evaluation !== b.name ? ` + ${b.evaluation === 'onnxruntime-cpu' ? 'ONNX Runtime (evaluation)' : `${b.evaluation} (evaluation)`}` : '';
+  const evaluation = b.evaluation && b.evaluation !== b.name ? ` + ${b.evaluation === 'onnxruntime-cpu' ? 'ONNX Runtime (evaluation)' : b.evaluation === 'onnxruntime-webgpu' ? 'ONNX Runtime on the GPU (WebGPU)' : `${b.evaluation} (evaluation)`}` : '';
   return `${b.name}${b.adapter ? ` on ${b.adapter}` : ''}${b.threads ? ` ×${b.threads}` : ''}${evaluation}`;
 }
 

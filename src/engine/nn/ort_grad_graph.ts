@@ -9,7 +9,8 @@
  *     output_padding that restores the input size). Weight gradient = per kernel offset, the shifted view of the
  *     input as a matrix [in, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole
  *     batch each; transposed where out > in, so that the result does not depend on the thread count, see
- *     weightGrad). Bias gradient = the sum of the output gradient over batch and space.
+ *     weightGrad). Bias gradient = the sum of the output gradient over batch and space. The forward convolutions
+ *     and the stride-1 input gradients run on MLAS's blocked NCHWc kernels where the CPU has them (convolve).
  *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
  *     k = gamma invstd and xc = x - mean; gamma's gradient is sum(dy xc) invstd, beta's sum(dy). With frozen
  *     statistics it is the affine map x k + c and its gradients.
