@@ -6,7 +6,7 @@
  * (refused, with its reason).
  */
 import { strict as assert } from 'node:assert';
-import { initBackend, type BackendDeps } from '../../src/engine/backend';
+import { backendInfo, initBackend, type BackendDeps } from '../../src/engine/backend';
 import { loadOrt, nchwcBlockSize, ortProvider, ortSessionOptions } from '../../src/engine/backend/onnx_runtime';
 import { probeOrtWebGpu, type OrtLike } from '../../src/engine/backend/ort_webgpu';
 import { defaultWebGpuEnv } from '../../src/engine/backend/webgpu';
@@ -104,6 +104,7 @@ describe("ONNX Runtime's WebGPU provider", function () {
 
   it('device gpu where the provider computes wrongly: one line with its reason, nothing changed', async () => {
     const deps: BackendDeps = { load: noCuda, webgpu: noDawn, nvidiaSmi: () => ({ error: 'nvidia-smi not found' }), ort: () => gpuStandIn(real!, 1.1) };
+    const before = await initBackend('cpu');
     await assert.rejects(initBackend('gpu', undefined, deps), (e: Error) => {
       assert.ok(e instanceof JobError);
       assert.match(e.message, /^no GPU backend loads here: ONNX Runtime WebGPU: failed \(its check network differs from the CPU's by 0\.\d+\); WebGPU: /);
@@ -111,5 +112,6 @@ describe("ONNX Runtime's WebGPU provider", function () {
       return true;
     });
     assert.equal(ortProvider(), 'cpu');
+    assert.equal(backendInfo(), before, 'the backend chosen before stays');
   });
 });

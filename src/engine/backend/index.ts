@@ -147,6 +147,8 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName,
   const want: BackendName[] = prefer ? [prefer] : device === 'gpu' ? GPU_ORDER : device === 'cpu' ? ['wasm', 'cpu'] : AUTO_ORDER;
   const onOrtWebGpu = active?.ort === 'webgpu';
   if (active && !prefer && (device === 'gpu' ? onOrtWebGpu || want.includes(active.name) : !onOrtWebGpu && want.includes(active.name))) return active;
+  // The choice made before stays in force when nothing here starts (a refused `gpu` changes nothing).
+  const previous = active;
   active = undefined;
   for (const name of want) {
     let adapter: string | undefined;
@@ -169,6 +171,7 @@ export async function initBackend(device: Device = 'auto', prefer?: BackendName,
       return active;
     }
   }
+  active = previous;
   // No silent fallback: a job that asks for the GPU fails, with one line saying what each path gave.
   if (device === 'gpu') throw new JobError(gpuUnavailable(lastGpuLoad, parseNvidiaSmi(deps.nvidiaSmi()), lastWebGpu, lastOrtWebGpu), 'device');
   throw new JobError('no tensor backend could start', 'device');
