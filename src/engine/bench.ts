@@ -182,7 +182,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const device = o.device ?? 'auto';
   // `gpu` fails here, with the one line saying why, rather than measuring the CPU under a GPU's name.
   const backend = await initBackend(device);
-  o.log(`backend: ${backend.name}${backend.adapter ? ` on ${backend.adapter}` : ''} (device ${device})`);
+  o.log(`backend: ${backend.name}${backend.adapter ? ` on ${backend.adapter}` : ''}${backend.ort === 'webgpu' ? ', ONNX Runtime on its WebGPU provider' : ''} (device ${device})`);
   const tensorsBefore = tf.memory().numTensors;
   const repeats = 5;
   const models: Record<string, ModelBench> = {};
@@ -239,6 +239,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     backend: backend.name,
     device,
     adapter: backend.adapter ?? null,
+    // Where ONNX Runtime's sessions (the training steps and inference measured through it) ran.
+    onnxRuntimeProvider: backend.ort ?? 'cpu',
     threads: backend.threads,
     cellWorkers: cellWorkers ?? null,
     nproc: os.cpus().length,
