@@ -11,6 +11,7 @@
  * computes something else is reported with its reason and not used.
  */
 import { onnx } from 'onnx-proto';
+import { firstLine } from './system';
 import { VULKAN_LOADER } from './webgpu';
 
 /** The part of onnxruntime-node this module touches (tests give fakes). */
@@ -30,8 +31,6 @@ export type OrtWebGpuStatus =
   | { status: 'not bundled' }
   | { status: 'no adapter'; reason: string }
   | { status: 'failed'; error: string };
-
-const firstLine = (e: unknown) => String((e as Error)?.message ?? e).split('\n').filter((l) => l.trim())[0] ?? String(e);
 
 /** The check network: conv 3x3 (8 -> 8 channels) + bias, ReLU, global average pool, flatten, a 8 -> 4 product. */
 function checkGraph(): Uint8Array {
