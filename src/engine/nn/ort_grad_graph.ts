@@ -10,7 +10,8 @@
  *     input as a matrix [in, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole
  *     batch each; transposed where out > in, so that the result does not depend on the thread count, see
  *     weightGrad). Bias gradient = the sum of the output gradient over batch and space. The forward convolutions
- *     and the stride-1 input gradients run on MLAS's blocked NCHWc kernels where the CPU has them (convolve).
+ *     and the stride-1 input gradients run on MLAS's blocked NCHWc kernels where the CPU has them (both
+ *     convolution rules are in ort_conv_ops.ts).
  *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
  *     k = gamma invstd and xc = x - mean; gamma's gradient is sum(dy xc) invstd, beta's sum(dy). With frozen
  *     statistics it is the affine map x k + c and its gradients.
@@ -37,6 +38,7 @@ import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 import { splitForwardBackward } from './ort_graph_split';
+import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
 const T = onnx.TensorProto.DataType;
@@ -124,6 +126,14 @@ export class GradBuilder {
     return out;
   }
 
+  /** The node emission the convolution rules of ort_conv_ops.ts build with. */
+  private readonly emit: NodeEmitter = {
+    op: (opType, inputs, attrs, shape) => this.op(opType, inputs, attrs, shape),
+    nchwcOp: (opType, inputs, attrs, shape) => this.nchwcOp(opType, inputs, attrs, shape),
+    i64: (values) => this.i64(values),
+    shape: (t) => this.b.shape(t),
+  };
+
   /** The operator sets the graph's nodes come from. */
   protected opsetImport(): Array<{ domain: string; version: number }> {
     return this.nchwcUsed ? [{ domain: '', version: GRAD_OPSET }, { domain: NCHWC_DOMAIN, version: 1 }] : [{ domain: '', version: GRAD_OPSET }];
@@ -188,7 +198,7 @@ export class GradBuilder {
     const bias = m.bias ? this.param(m, 'bias') : undefined;
     if (bias) inputs.push(bias);
     const attrs = { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] };
-    const y = this.convolve(x, wOihw, bias, attrs, [n, m.outChannels, ho, wo]);
+    const y = convolution(this.emit, this.nchwcBlock, x, wOihw, bias, attrs, [n, m.outChannels, ho, wo]);
     this.back(y, [x, wHwio, ...(bias ? [bias] : [])], (dy) => {
       if (this.live.has(x)) {
         let dx: string;
@@ -198,7 +208,7 @@ export class GradBuilder {
           const swapped = this.op('Transpose', [wHwio], { perm: [2, 3, 0, 1] }, [cin, m.outChannels, k, k]);
           const turned = this.op('Slice', [swapped, this.i64([-1, -1]), this.i64([-(k + 1), -(k + 1)]), this.i64([2, 3]), this.i64([-1, -1])], {}, [cin, m.outChannels, k, k]);
           const q = k - 1 - p;
-          dx = this.convolve(dy, turned, undefined, { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
+          dx = convolution(this.emit, this.nchwcBlock, dy, turned, undefined, { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
         } else {
           // ConvTranspose maps [n, out, ho, wo] back to [n, in, h, w]; output_padding restores rows the strided
           // conv dropped.
@@ -208,76 +218,11 @@ export class GradBuilder {
         this.addGrad(x, dx);
       }
       if (this.live.has(wHwio)) {
-        this.addGrad(wHwio, this.weightGrad(x, dy, m, [h, w], [ho, wo]));
+        this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo]));
       }
       if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
     });
     return y;
-  }
-
-  /**
-   * Conv of `x` with the OIHW kernel `w`. ONNX Runtime runs a Conv in MLAS's blocked NCHWc layout (1.2-1.8x
-   * faster here on the zoo's shapes, reorders included) only when its weights are constant, and a training
-   * graph feeds them at every step, so where the channels fit the block the graph asks for the blocked kernel
-   * itself: the input reordered into blocks (kept as it is when it has fewer channels than a block, which the
-   * kernel reads directly), the kernel rearranged into MLAS's filter layout by a reshape and a transpose (OIHW
-   * to [O/B, I/B, kh, kw, Bi, Bo], or [O/B, I, kh, kw, Bo]), and the output reordered back, so that every other
-   * rule keeps plain NCHW.
-   */
-  private convolve(x: string, w: string, bias: string | undefined, attrs: { kernel_shape: number[]; pads: number[]; strides: number[]; dilations: number[]; group: number }, outShape: number[]): string {
-    const B = this.nchwcBlock;
-    const [cout, cin, kh, kw] = this.b.shape(w);
-    if (!(B > 1 && cout % B === 0 && (cin % B === 0 || cin < B))) return this.op('Conv', bias ? [x, w, bias] : [x, w], attrs, outShape);
-    let filter: string;
-    let input = x;
-    if (cin < B) {
-      const split = this.op('Reshape', [w, this.i64([cout / B, B, cin, kh, kw])], {}, [cout / B, B, cin, kh, kw]);
-      filter = this.op('Transpose', [split], { perm: [0, 2, 3, 4, 1] }, [cout / B, cin, kh, kw, B]);
-    } else {
-      const split = this.op('Reshape', [w, this.i64([cout / B, B, cin / B, B, kh, kw])], {}, [cout / B, B, cin / B, B, kh, kw]);
-      filter = this.op('Transpose', [split], { perm: [0, 2, 4, 5, 3, 1] }, [cout / B, cin / B, kh, kw, B, B]);
-      input = this.nchwcOp('ReorderInput', [x], {}, this.b.shape(x));
-    }
-    filter = this.op('Reshape', [filter, this.i64([cout, cin, kh, kw])], {}, [cout, cin, kh, kw]);
-    const { kernel_shape, pads, strides, dilations, group } = attrs;
-    const blocked = this.nchwcOp('Conv', bias ? [input, filter, bias] : [input, filter], { kernel_shape, pads, strides, dilations, group }, outShape);
-    return this.nchwcOp('ReorderOutput', [blocked], { channels: cout }, outShape);
-  }
-
-  /**
-   * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b], as
-   * matrix products, one per kernel offset (a, b): the padded input with batch and
-   * channels swapped, [in, N, h+2p, w+2p], gives the shifted (strided) view of that offset as a matrix
-   * [in, N*ho*wo] (one copy of rows), times dy as [out, N*ho*wo] transposed: [in, out]. The k*k products stacked
-   * are the HWIO gradient. Nothing of the size of the unfolded input is built, and no per-image partial sums.
-   */
-  private weightGrad(x: string, dy: string, m: Conv2d, [h, w]: number[], [ho, wo]: number[]): string {
-    const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
-    const n = this.b.shape(x)[0];
-    let xt = this.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);
-    if (p) xt = this.op('Pad', [xt, this.i64([0, 0, p, p, 0, 0, p, p])], {}, [cin, n, h + 2 * p, w + 2 * p]);
-    const dyRows = this.op('Reshape', [this.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]), this.i64([cout, -1])], {}, [cout, -1]);
-    const parts: string[] = [];
-    // The product's rows must be at least as many as its columns. MLAS splits a GEMM over threads along the
-    // longer of the two, and when it splits the columns, each thread's block of them sets how the long inner
-    // dimension (N*ho*wo) is cut into partial sums: the gradient would then depend on the thread count. So
-    // where out > in the product is taken transposed (dy rows times input rows) and turned back.
-    const wide = cout > cin;
-    for (let a = 0; a < k; a++) {
-      for (let b = 0; b < k; b++) {
-        const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
-        const view = whole ? xt : this.op('Slice', [xt, this.i64([a, b]), this.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), this.i64([2, 3]), this.i64([s, s])], {}, [cin, n, ho, wo]);
-        const rows = this.op('Reshape', [view, this.i64([cin, -1])], {}, [cin, -1]);
-        parts.push(wide ? this.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin]) : this.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
-      }
-    }
-    if (wide) {
-      const g = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 0 }, [k * k * cout, cin]);
-      const kOI = this.op('Reshape', [g, this.i64([k * k, cout, cin])], {}, [k * k, cout, cin]);
-      return this.op('Reshape', [this.op('Transpose', [kOI], { perm: [0, 2, 1] }, [k * k, cin, cout]), this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
-    }
-    const g = parts.length === 1 ? parts[0] : this.op('Concat', parts, { axis: 0 }, [k * k * cin, cout]);
-    return this.op('Reshape', [g, this.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
   }
 
   batchNorm(m: BatchNorm2d, x: string): string {
