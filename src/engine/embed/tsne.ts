@@ -16,10 +16,12 @@ export interface TsneOptions {
 }
 
 /**
- * The library's t-SNE with its gradient computed on reused typed arrays and without the cost (which `step`
- * returns and nobody reads here: it took a logarithm of each of the n^2 pairs at every iteration, most of the
- * seconds a projection of 600 points took). The gradient is the library's own, term for term in the same order,
- * so the embedding is the same to the bit (test/unit/embed.test.ts compares them).
+ * The library's t-SNE with its gradient computed without the cost (which `step` returns and nobody reads here:
+ * it took a logarithm of each of the n^2 pairs at every iteration, most of the seconds a projection of 600 points
+ * took). For a 2-D embedding (the only one the product makes) the gradient runs on reused typed arrays, on a flat
+ * copy of the points with the coordinate loops unrolled: the library's own terms in the same order (0 + a is a),
+ * so the embedding is the same to the bit (test/unit/embed.test.ts compares them) at about half the time of
+ * loops over arrays of arrays. Other dimensions take the library's own gradient.
  */
 export class GradientOnlyTsne extends TSNE {
   private qu = new Float64Array(0);
@@ -27,52 +29,10 @@ export class GradientOnlyTsne extends TSNE {
   private ys = new Float64Array(0);
 
   costGrad(Y: number[][]): { cost: number; grad: number[][] } {
-    const self = this as unknown as { N: number; dim: number; P: ArrayLike<number>; iter: number };
-    if (self.dim === 2) return this.costGrad2d(Y);
-    const { N, dim, P } = self;
-    const pmul = self.iter < 100 ? 4 : 1; // the library's early exaggeration
-    if (this.qu.length !== N * N) this.qu = new Float64Array(N * N);
-    const qu = this.qu;
-    let qsum = 0.0;
-    for (let i = 0; i < N; i++) {
-      const yi = Y[i];
-      for (let j = i + 1; j < N; j++) {
-        const yj = Y[j];
-        let dsum = 0.0;
-        for (let d = 0; d < dim; d++) {
-          const dhere = yi[d] - yj[d];
-          dsum += dhere * dhere;
-        }
-        const q = 1.0 / (1.0 + dsum);
-        qu[i * N + j] = q;
-        qu[j * N + i] = q;
-        qsum += 2 * q;
-      }
-    }
-    const grad: number[][] = [];
-    for (let i = 0; i < N; i++) {
-      const gsum = new Array<number>(dim).fill(0);
-      const yi = Y[i];
-      for (let j = 0; j < N; j++) {
-        const q = qu[i * N + j];
-        const premult = 4 * (pmul * P[i * N + j] - Math.max(q / qsum, 1e-100)) * q;
-        const yj = Y[j];
-        for (let d = 0; d < dim; d++) gsum[d] += premult * (yi[d] - yj[d]);
-      }
-      grad.push(gsum);
-    }
-    return { cost: NaN, grad };
-  }
-
-  /**
-   * The same gradient for a 2-D embedding (the only one the product makes), on a flat copy of the points with
-   * the coordinate loops unrolled: the same operations in the same order (0 + a is a), so the same bits, at
-   * about half the time of the general loops over arrays of arrays.
-   */
-  private costGrad2d(Y: number[][]): { cost: number; grad: number[][] } {
+    if ((this as unknown as { dim: number }).dim !== 2) return super.costGrad(Y);
     const self = this as unknown as { N: number; P: ArrayLike<number>; iter: number };
     const { N, P } = self;
-    const pmul = self.iter < 100 ? 4 : 1;
+    const pmul = self.iter < 100 ? 4 : 1; // the library's early exaggeration
     if (this.qu.length !== N * N) this.qu = new Float64Array(N * N);
     if (this.ys.length !== 2 * N) this.ys = new Float64Array(2 * N);
     const qu = this.qu;
