@@ -251,11 +251,7 @@ def stratified_split(y, frac, seed):
     return np.array(sorted(tr)), np.array(sorted(va))
 
 
-@torch.no_grad()
-def predict(model, x_uint8, batch=1000):
-    model.eval()
-    return np.concatenate([model(Z.to_tensor(x_uint8[i:i + batch])).argmax(1).numpy()
-                           for i in range(0, len(x_uint8), batch)])
+predict = Z.predict
 
 
 def evaluate(model, v):

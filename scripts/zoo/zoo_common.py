@@ -198,21 +198,29 @@ def random_crop(x, gen, padding=4):
 
 
 @torch.no_grad()
-def accuracy(model, x_uint8, y, batch=1000):
+def predict(model, x_uint8, batch=128):
+    """Argmax labels in eval mode. Batches of 128: at 1,000 images a batch the activations are large enough that
+    the allocator maps and unmaps them at every layer, and evaluation took 9 times as long (10,000 images of the
+    width-16 PreAct-ResNet18, 2 threads: 24.6 s at batch 1000, 2.7 s at 128)."""
     model.eval()
-    ok = 0
+    out = np.empty(len(x_uint8), dtype=np.int64)
     for i in range(0, len(x_uint8), batch):
-        out = model(to_tensor(x_uint8[i:i + batch]))
-        ok += (out.argmax(1).numpy() == y[i:i + batch]).sum()
-    return float(ok) / max(1, len(x_uint8))
+        out[i:i + batch] = model(to_tensor(x_uint8[i:i + batch])).argmax(1).numpy()
+    return out
+
+
+def accuracy(model, x_uint8, y, batch=128):
+    return float((predict(model, x_uint8, batch) == y).sum()) / max(1, len(x_uint8))
 
 
 def evaluate(model, test_x, test_y, bd_x, bd_y_true):
-    """ACC on the clean test set; ASR and RA on the triggered images whose true label is not the target."""
+    """ACC on the clean test set; ASR and RA on the triggered images whose true label is not the target (one
+    pass over them gives both)."""
+    bd = predict(model, bd_x)
     return {
         'acc': accuracy(model, test_x, test_y),
-        'asr': accuracy(model, bd_x, np.full(len(bd_x), TARGET)),
-        'ra': accuracy(model, bd_x, bd_y_true),
+        'asr': float((bd == TARGET).sum()) / max(1, len(bd_x)),
+        'ra': float((bd == bd_y_true).sum()) / max(1, len(bd_x)),
     }
 
 
