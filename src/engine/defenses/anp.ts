@@ -16,7 +16,8 @@ import { readAllFloats } from '../nn/read';
 import { JobError } from '../errors';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { accuracyOn, Pacer, splitAux } from './common';
+import { AuxPredictor } from './aux_predictor';
+import { Pacer, splitAux } from './common';
 import { clipVariables, createBnMasks, maskHook, pruneByThreshold, readMasks, resetNoise, type BnMaskSet } from './bn_masks';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
@@ -26,14 +27,14 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
  * validation accuracy is at least accRatio * the unpruned accuracy, or threshold null (prune nothing) when
  * even threshold 0 (the channels whose mask reached 0) costs too much.
  */
-export async function chooseThreshold(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): Promise<{ threshold: number | null; pruned: number; valAcc: number; baseAcc: number }> {
-  const baseAcc = await accuracyOn(victim, val);
+export async function chooseThreshold(predictor: AuxPredictor, victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, step: number, accRatio: number): Promise<{ threshold: number | null; pruned: number; valAcc: number; baseAcc: number }> {
+  const baseAcc = await predictor.accuracy(val, victim);
   const n = Math.round(maxThreshold / step);
   for (let k = n; k >= 0; k--) {
     const threshold = Math.round(k * step * 1000) / 1000;
     const m = victim.clone();
     const pruned = pruneByThreshold(m, masks, threshold);
-    const valAcc = await accuracyOn(m, val).finally(() => m.dispose());
+    const valAcc = await predictor.accuracy(val, m).finally(() => m.dispose());
     if (valAcc >= accRatio * baseAcc) return { threshold, pruned, valAcc, baseAcc };
   }
   return { threshold: null, pruned: 0, valAcc: baseAcc, baseAcc };
@@ -127,7 +128,8 @@ export const anp: Defense = {
         if (it === p.iterations - 1) await pacer.report(it + 1, p.iterations, `mask iteration ${it + 1}/${p.iterations}`);
       }
       const masks = await readMasks(set);
-      const choice = await chooseThreshold(ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio);
+      const predictor = await AuxPredictor.open(ctx, ctx.victim);
+      const choice = await chooseThreshold(predictor, ctx.victim, masks, val, p.maxThreshold, p.thresholdStep, p.accRatio).finally(() => predictor.close());
       const model = ctx.victim.clone();
       if (choice.threshold !== null) pruneByThreshold(model, masks, choice.threshold);
       return { model, details: { threshold: choice.threshold, prunedChannels: choice.pruned, auxValAcc: choice.valAcc, auxValAccBefore: choice.baseAcc, selectedOn: 'aux validation split' } };

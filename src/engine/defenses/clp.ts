@@ -19,7 +19,7 @@ import { BatchNorm2d, Conv2d } from '../nn/layers';
 import { JobError, throwIfAborted } from '../errors';
 import type { Model } from '../nn/model';
 import { readAllFloats } from '../nn/read';
-import { accuracyOn } from './common';
+import { AuxPredictor } from './aux_predictor';
 import { yieldToLoop } from './defense';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
@@ -130,30 +130,35 @@ export const clp: Defense = {
     let u = auto ? 3 : Number(ctx.params.u);
     const details: Record<string, unknown> = {};
     if (auto && ctx.aux && ctx.aux.n > 0) {
-      const base = await accuracyOn(ctx.victim, ctx.aux);
-      const steps = Math.round((p.uMax - p.uMin) / p.uStep);
-      u = p.uMax;
-      let accAtU = base;
-      let last = -1;
-      for (let k = 0; k <= steps; k++) {
-        throwIfAborted(ctx.signal);
-        const cand = Math.round((p.uMax - k * p.uStep) * 1000) / 1000;
-        const chosen = selectChannels(bounds, cand);
-        const n = count(chosen);
-        // A smaller u that selects the same channels changes nothing: report the largest u of the final set.
-        if (n !== last) {
-          const trial = ctx.victim.clone();
-          pruneChannels(trial, chosen);
-          const acc = await accuracyOn(trial, ctx.aux).finally(() => trial.dispose());
-          if (acc < p.accRatio * base) break;
-          accAtU = acc;
-          last = n;
-          u = cand;
+      const predictor = await AuxPredictor.open(ctx, ctx.victim);
+      try {
+        const base = await predictor.accuracy(ctx.aux);
+        const steps = Math.round((p.uMax - p.uMin) / p.uStep);
+        u = p.uMax;
+        let accAtU = base;
+        let last = -1;
+        for (let k = 0; k <= steps; k++) {
+          throwIfAborted(ctx.signal);
+          const cand = Math.round((p.uMax - k * p.uStep) * 1000) / 1000;
+          const chosen = selectChannels(bounds, cand);
+          const n = count(chosen);
+          // A smaller u that selects the same channels changes nothing: report the largest u of the final set.
+          if (n !== last) {
+            const trial = ctx.victim.clone();
+            pruneChannels(trial, chosen);
+            const acc = await predictor.accuracy(ctx.aux, trial).finally(() => trial.dispose());
+            if (acc < p.accRatio * base) break;
+            accAtU = acc;
+            last = n;
+            u = cand;
+          }
+          ctx.progress(k + 1, steps + 1, `u ${cand}: ${n} channels`);
+          await yieldToLoop();
         }
-        ctx.progress(k + 1, steps + 1, `u ${cand}: ${n} channels`);
-        await yieldToLoop();
+        Object.assign(details, { selectedOn: 'auxiliary set', auxAcc: accAtU, auxAccBefore: base });
+      } finally {
+        await predictor.close();
       }
-      Object.assign(details, { selectedOn: 'auxiliary set', auxAcc: accAtU, auxAccBefore: base });
     } else if (auto) {
       details.selectedOn = 'none (no auxiliary data): u = 3';
     }

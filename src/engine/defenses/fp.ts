@@ -11,9 +11,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { predictFeatures } from '../nn/train';
+import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
-import { accuracyOn, FAST_FINE_TUNE, FAST_FINE_TUNE_DEPARTURES, Pacer, splitAux, trainEpochs } from './common';
+import { AuxPredictor } from './aux_predictor';
+import { FAST_FINE_TUNE, FAST_FINE_TUNE_DEPARTURES, Pacer, splitAux, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 
@@ -39,29 +40,8 @@ export const fp: Defense = {
     const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
     const model = ctx.victim.clone();
     try {
-      const feats = await predictFeatures(model, train);
-      const mean = new Float64Array(feats.dim);
-      for (let i = 0; i < train.n; i++) for (let j = 0; j < feats.dim; j++) mean[j] += feats.data[i * feats.dim + j];
-      const order = Array.from(mean.keys()).sort((a, b) => mean[a] - mean[b]);
-      const base = await accuracyOn(model, val);
-      const head0 = model.head().weight.clone();
-      const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
-      let mask = new Float32Array(feats.dim).fill(1);
-      let prunedCount = 0;
-      const pacer = new Pacer(ctx);
-      for (let k = stepSize; k < feats.dim; k += stepSize) {
-        await pacer.tick(k - stepSize, feats.dim, `pruning ${k}/${feats.dim} channels`);
-        const trial = new Float32Array(feats.dim).fill(1);
-        for (const c of order.slice(0, k)) trial[c] = 0;
-        model.head().weight.assign(head0);
-        applyHeadMask(model, trial);
-        const acc = await accuracyOn(model, val);
-        if (acc < p.accRatio * base) break;
-        mask = trial;
-        prunedCount = k;
-      }
-      model.head().weight.assign(head0);
-      head0.dispose();
+      const predictor = await AuxPredictor.open(ctx, model, { features: true });
+      const { mask, prunedCount, dim, base } = await pruneHead(ctx, predictor, model, train, val, p).finally(() => predictor.close());
       applyHeadMask(model, mask);
       const opt = new SGD(p.lr, p.momentum, p.weightDecay);
       try {
@@ -69,10 +49,45 @@ export const fp: Defense = {
       } finally {
         opt.dispose();
       }
-      return { model, details: { prunedChannels: prunedCount, channels: feats.dim, selectedOn: 'aux validation split', auxValAccBefore: base } };
+      return { model, details: { prunedChannels: prunedCount, channels: dim, selectedOn: 'aux validation split', auxValAccBefore: base } };
     } catch (e) {
       model.dispose();
       throw e;
     }
   },
 };
+
+/**
+ * Fine-Pruning's pruning: rank the head's input channels by their mean activation on the aux training split,
+ * then mask ceil(step) more of the least active at a time while the validation accuracy stays at least accRatio
+ * times the unpruned one. Leaves the model's head as it was; returns the last mask that passed.
+ */
+async function pruneHead(ctx: DefenseContext, predictor: AuxPredictor, model: Model, train: ImageSet, val: ImageSet, p: Record<string, number>): Promise<{ mask: Float32Array; prunedCount: number; dim: number; base: number }> {
+  const feats = await predictor.features(train);
+  const mean = new Float64Array(feats.dim);
+  for (let i = 0; i < train.n; i++) for (let j = 0; j < feats.dim; j++) mean[j] += feats.data[i * feats.dim + j];
+  const order = Array.from(mean.keys()).sort((a, b) => mean[a] - mean[b]);
+  const base = await predictor.accuracy(val);
+  const head0 = model.head().weight.clone();
+  const stepSize = Math.max(1, Math.ceil(p.step * feats.dim));
+  let mask = new Float32Array(feats.dim).fill(1);
+  let prunedCount = 0;
+  const pacer = new Pacer(ctx);
+  try {
+    for (let k = stepSize; k < feats.dim; k += stepSize) {
+      await pacer.tick(k - stepSize, feats.dim, `pruning ${k}/${feats.dim} channels`);
+      const trial = new Float32Array(feats.dim).fill(1);
+      for (const c of order.slice(0, k)) trial[c] = 0;
+      model.head().weight.assign(head0);
+      applyHeadMask(model, trial);
+      const acc = await predictor.accuracy(val);
+      if (acc < p.accRatio * base) break;
+      mask = trial;
+      prunedCount = k;
+    }
+  } finally {
+    model.head().weight.assign(head0);
+    head0.dispose();
+  }
+  return { mask, prunedCount, dim: feats.dim, base };
+}

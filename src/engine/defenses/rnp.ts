@@ -25,7 +25,8 @@ import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 import { clipVariables, createBnMasks, maskHook, readMasks, requireBatchNorm, type BnMaskSet } from './bn_masks';
-import { accuracyOn, splitAux, trainEpochs } from './common';
+import { AuxPredictor } from './aux_predictor';
+import { splitAux, trainEpochs } from './common';
 import { readFloats } from '../nn/read';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
@@ -59,6 +60,8 @@ export const rnp: Defense = {
     const { train, val } = splitAux(ctx.aux, p.valFraction, ctx.rng);
     const unlearned = ctx.victim.clone();
     let unlearnEpochs = 0;
+    // The unlearning stop and the greedy pruning: one forward graph for the unlearned model and the victim's copies.
+    const predictor = await AuxPredictor.open(ctx, unlearned);
     try {
       // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
       const up = new SGD(p.unlearnLr, 0.9, 5e-4);
@@ -66,7 +69,7 @@ export const rnp: Defense = {
       const trainer = ctx.ortTraining ? await OrtTrainer.create(unlearned, { bnTrain: true, threads: ctx.ortThreads ?? 1 }) : undefined;
       if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('RNP: the ONNX training graph does not cover this model');
       try {
-        while (unlearnEpochs < p.unlearnMaxEpochs && (await accuracyOn(unlearned, train)) > p.unlearnFloor) {
+        while (unlearnEpochs < p.unlearnMaxEpochs && (await predictor.accuracy(train)) > p.unlearnFloor) {
           await trainEpochs(ctx, unlearned, up, {
             epochs: 1,
             lr: p.unlearnLr,
@@ -109,7 +112,7 @@ export const rnp: Defense = {
           afterStep: () => clipVariables(set.masks, 0, 1),
         });
         const masks = await readMasks(set);
-        const choice = await greedyPrune(ctx.victim, masks, val, p.maxThreshold, p.accRatio, p.channelAccDrop);
+        const choice = await greedyPrune(predictor, ctx.victim, masks, val, p.maxThreshold, p.accRatio, p.channelAccDrop);
         return {
           model: choice.model,
           details: {
@@ -130,6 +133,7 @@ export const rnp: Defense = {
       }
     } finally {
       unlearned.dispose();
+      await predictor.close();
     }
   },
 };
@@ -139,8 +143,8 @@ export const rnp: Defense = {
  * only if it costs at most `channelDrop` validation accuracy and the total stays >= accRatio * the unpruned
  * accuracy.
  */
-async function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, accRatio: number, channelDrop: number): Promise<{ model: Model; pruned: string[]; skipped: string[]; valAcc: number; baseAcc: number }> {
-  const baseAcc = await accuracyOn(victim, val);
+async function greedyPrune(predictor: AuxPredictor, victim: Model, masks: Float32Array[], val: ImageSet, maxThreshold: number, accRatio: number, channelDrop: number): Promise<{ model: Model; pruned: string[]; skipped: string[]; valAcc: number; baseAcc: number }> {
+  const baseAcc = await predictor.accuracy(val, victim);
   const model = victim.clone();
   const bns = model.batchNorms();
   const order: Array<{ layer: number; ch: number; m: number }> = [];
@@ -159,7 +163,7 @@ async function greedyPrune(victim: Model, masks: Float32Array[], val: ImageSet, 
       const old = gamma[ch];
       gamma[ch] = 0;
       tf.tidy(() => bn.weight.assign(tf.tensor1d(gamma)));
-      const acc = await accuracyOn(model, val);
+      const acc = await predictor.accuracy(val, model);
       const name = `${bn.path}[${ch}]`;
       if (acc >= accRatio * baseAcc && acc >= valAcc - channelDrop) {
         pruned.push(name);

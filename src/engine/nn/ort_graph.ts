@@ -119,9 +119,9 @@ export class OrtModelGraph {
    * Run on `n` images `x` (flat NHWC pixels in [0,1]) with what the graph's form needs (GraphFeeds): the
    * loss's gradient with respect to the logits (`seed`), the labels (`ce`), the BatchNorm scales (`bnScales`).
    */
-  async run(x: Float32Array, n: number, f: GraphFeeds = {}): Promise<GraphRun> {
+  async run(x: Float32Array, n: number, f: GraphFeeds = {}, source: GraphNet = this.model): Promise<GraphRun> {
     if (this.backwardSession) throw new Error('a split graph runs as forward() then backward()');
-    const feeds = await this.inputFeeds(x, n, f);
+    const feeds = await this.inputFeeds(x, n, f, source);
     if ((this.options.loss ?? 'ce') === 'seed') Object.assign(feeds, this.seedFeeds(n, f));
     try {
       return this.read(await this.session.run(feeds));
@@ -170,8 +170,11 @@ export class OrtModelGraph {
     for (const t of [...Object.values(pending.feeds), ...Object.values(pending.outputs)]) t.dispose();
   }
 
-  /** The images, labels, scales and weights a run is fed (the seeds apart). */
-  private async inputFeeds(x: Float32Array, n: number, f: GraphFeeds): Promise<Record<string, OrtTensor>> {
+  /**
+   * The images, labels, scales and weights a run is fed (the seeds apart). The weights are `source`'s: the
+   * graph's own model, or another of the same structure (a pruned copy of it), read as they are now.
+   */
+  private async inputFeeds(x: Float32Array, n: number, f: GraphFeeds, source: GraphNet = this.model): Promise<Record<string, OrtTensor>> {
     if (this.closed) throw new Error('ONNX Runtime graph is closed');
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
@@ -189,7 +192,11 @@ export class OrtModelGraph {
       feeds[`gscale/${path}`] = new this.ort.Tensor('float32', s.g, [channels]);
       feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
-    const params = new Map(this.model.namedParams?.() ?? this.model.root.namedParams());
+    const params = new Map(source.namedParams?.() ?? source.root.namedParams());
+    for (const { key, shape } of this.graph.paramInputs) {
+      const p = params.get(key);
+      if (!p || p.variable.size !== shape.reduce((a, b) => a * b, 1)) throw new Error(`the model fed to this graph has no parameter ${key} of shape ${shape.join('x')}`);
+    }
     // Read asynchronously: a GPU backend has no synchronous read under Node.
     const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
     this.graph.paramInputs.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
