@@ -34,6 +34,9 @@
  */
 import { onnx } from 'onnx-proto';
 import { NCHWC_DOMAIN } from '../backend/onnx_runtime';
+
+/** ONNX Runtime's contrib operators (FusedMatMul). */
+const MS_DOMAIN = 'com.microsoft';
 import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
@@ -94,6 +97,7 @@ export class GradBuilder {
   private readonly split: boolean;
   private readonly nchwcBlock: number;
   private nchwcUsed = false;
+  private msUsed = false;
 
   constructor(
     private readonly model: GraphNet,
@@ -126,17 +130,26 @@ export class GradBuilder {
     return out;
   }
 
+  /** A node of ONNX Runtime's contrib domain (com.microsoft). */
+  private msOp(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[]): string {
+    const out = this.op(opType, inputs, attrs, shape);
+    this.b.nodes[this.b.nodes.length - 1].domain = MS_DOMAIN;
+    this.msUsed = true;
+    return out;
+  }
+
   /** The node emission the convolution rules of ort_conv_ops.ts build with. */
   private readonly emit: NodeEmitter = {
     op: (opType, inputs, attrs, shape) => this.op(opType, inputs, attrs, shape),
     nchwcOp: (opType, inputs, attrs, shape) => this.nchwcOp(opType, inputs, attrs, shape),
+    msOp: (opType, inputs, attrs, shape) => this.msOp(opType, inputs, attrs, shape),
     i64: (values) => this.i64(values),
     shape: (t) => this.b.shape(t),
   };
 
   /** The operator sets the graph's nodes come from. */
   protected opsetImport(): Array<{ domain: string; version: number }> {
-    return this.nchwcUsed ? [{ domain: '', version: GRAD_OPSET }, { domain: NCHWC_DOMAIN, version: 1 }] : [{ domain: '', version: GRAD_OPSET }];
+    return [{ domain: '', version: GRAD_OPSET }, ...(this.nchwcUsed ? [{ domain: NCHWC_DOMAIN, version: 1 }] : []), ...(this.msUsed ? [{ domain: MS_DOMAIN, version: 1 }] : [])];
   }
 
   protected i64(values: number[]): string {
@@ -218,7 +231,8 @@ export class GradBuilder {
         this.addGrad(x, dx);
       }
       if (this.live.has(wHwio)) {
-        this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo]));
+        // Per image on feature maps of 14x14 and more, where ONNX Runtime's CPU kernels run it (see convWeightGradient).
+        this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo], this.nchwcBlock > 0 && ho * wo >= 196));
       }
       if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
     });
