@@ -3,7 +3,11 @@
  * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes), or `preact8-28` / `preact16-28` (the zoo's width-8
  * and width-16 PreAct-ResNet18 on 1x28x28) under ONNX Runtime's profiler, `threads` threads (default 2), a warm-up run and then `runs` runs,
  * kernel times summed by operator type and averaged per run.
- *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads]
+ * `form` picks the graph: `train` (the default: cross-entropy, BatchNorm batch statistics, every parameter
+ * gradient), `frozen-forward` (BatchNorm running statistics, logits only: evaluation on aux splits, SAU's clean
+ * passes) or `frozen-pixels` (BatchNorm running statistics, the pixel gradient of seeded logits: SAU's and NPD's
+ * PGD, NC's reversal).
+ *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads] [form]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -11,6 +15,7 @@ import * as path from 'node:path';
 import { initBackend } from '../src/engine/backend';
 import { buildModel } from '../src/engine/models';
 import { buildGradGraph } from '../src/engine/nn/ort_grad_graph';
+import type { GradGraphOptions } from '../src/engine/nn/ort_grad_contract';
 import { loadOrt, nchwcBlockSize } from '../src/engine/backend/onnx_runtime';
 
 async function main(): Promise<void> {
@@ -27,7 +32,14 @@ async function main(): Promise<void> {
     name === 'preact-resnet18-32' || zooWidth
       ? buildModel({ arch: 'preact-resnet18', inputShape: shape, numClasses: 10, options: { width: zooWidth ? Number(zooWidth[1]) : 64 } })
       : buildModel({ arch: 'small-cnn-32', inputShape: shape, numClasses: 10 });
-  const graph = buildGradGraph(model, { bnTrain: true, nchwcBlock: await nchwcBlockSize(ort) });
+  const form = process.argv[6] ?? 'train';
+  const forms: Record<string, GradGraphOptions> = {
+    train: { bnTrain: true },
+    'frozen-forward': { bnTrain: false, loss: 'none' },
+    'frozen-pixels': { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false },
+  };
+  if (!forms[form]) throw new Error(`form: one of ${Object.keys(forms).join(', ')}`);
+  const graph = buildGradGraph(model, { ...forms[form], nchwcBlock: await nchwcBlockSize(ort) });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
   const session = await ort.InferenceSession.create(graph.bytes, {
     intraOpNumThreads: threads,
@@ -39,11 +51,12 @@ async function main(): Promise<void> {
   const x = Float32Array.from({ length: batch * shape[0] * shape[1] * shape[2] }, (_, i) => (i % 13) / 13);
   const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
   const params = new Map(model.root.namedParams());
-  const feeds: Record<string, import('onnxruntime-node').Tensor> = {
-    x: new ort.Tensor('float32', x, [batch, ...shape]),
-    target: new ort.Tensor('float32', target, [batch, 10]),
-    inv_batch: new ort.Tensor('float32', Float32Array.of(1 / batch), [1]),
-  };
+  const feeds: Record<string, import('onnxruntime-node').Tensor> = { x: new ort.Tensor('float32', x, [batch, ...shape]) };
+  if (form === 'train') {
+    feeds.target = new ort.Tensor('float32', target, [batch, 10]);
+    feeds.inv_batch = new ort.Tensor('float32', Float32Array.of(1 / batch), [1]);
+  }
+  if (form === 'frozen-pixels') feeds.dlogits = new ort.Tensor('float32', target, [batch, 10]);
   for (const p of graph.paramInputs) feeds[p.key] = new ort.Tensor('float32', (await params.get(p.key)!.variable.data()) as Float32Array, p.shape);
   await session.run(feeds);
   const t0 = performance.now();
@@ -65,7 +78,7 @@ async function main(): Promise<void> {
   }
   // The warm-up run is in the profile too: average over runs + 1.
   const total = [...byOp.values()].reduce((a, s) => a + s.us, 0) / (runs + 1);
-  console.log(`${name}, batch ${batch}: ${wall.toFixed(0)} ms per step (${((batch * 1000) / wall).toFixed(1)} images/s); kernel time ${(total / 1000).toFixed(0)} ms`);
+  console.log(`${name} (${form}), batch ${batch}: ${wall.toFixed(0)} ms per run (${((batch * 1000) / wall).toFixed(1)} images/s); kernel time ${(total / 1000).toFixed(0)} ms`);
   for (const [op, s] of [...byOp].sort((a, b) => b[1].us - a[1].us)) {
     const ms = s.us / (runs + 1) / 1000;
     if (ms < 0.5) continue;
