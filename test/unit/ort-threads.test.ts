@@ -57,6 +57,8 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
     ['training step', { bnTrain: true, loss: 'ce' }],
     ['seeded product, pixels and parameters', { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: true }],
     ['BatchNorm scales', { bnTrain: false, loss: 'seed', bnScales: true, paramGrads: false }],
+    ['pixels through constant weights', { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, constantWeights: true }],
+    ["ANP's scales through constant weights", { bnTrain: true, loss: 'ce', bnScales: true, paramGrads: false, constantWeights: true }],
   ];
   for (const [name, spec] of archs) {
     it(`${name}: every form at batch 5, 64 and 116`, async () => {
@@ -77,7 +79,7 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
               const labels = Int32Array.from({ length: n }, () => rng.int(10));
               const dlogits = Float32Array.from({ length: n * 10 }, () => rng.uniform(-0.1, 0.1));
               const scales = new Map(model.batchNorms().map((bn) => [bn.path, { g: Float32Array.from({ length: bn.runningMean.size }, () => rng.uniform(0.5, 1.5)), b: Float32Array.from({ length: bn.runningMean.size }, () => rng.uniform(0.5, 1.5)) }]));
-              const feeds: GraphFeeds = options.loss === 'ce' ? { labels } : { dlogits, ...(options.bnScales ? { scales } : {}) };
+              const feeds: GraphFeeds = { ...(options.loss === 'ce' ? { labels } : { dlogits }), ...(options.bnScales ? { scales } : {}) };
               const runs = [];
               for (const g of graphs) runs.push(arrays(await g!.run(x, n, feeds)));
               for (const [i, t] of [[1, 2], [2, 4]]) {

@@ -43,7 +43,7 @@ export async function chooseThreshold(predictor: AuxPredictor, victim: Model, ma
 export const anp: Defense = {
   id: 'anp',
   title: 'Adversarial Neuron Pruning',
-  cost: 5.2,
+  cost: 4.3,
   defaults(profile: Profile) {
     return {
       iterations: profile === 'paper' ? 2000 : 500,
@@ -73,7 +73,7 @@ export const anp: Defense = {
     const maskOpt = new SGD(p.lr, p.momentum);
     // Through ONNX Runtime where it loads: one graph of the frozen victim with every BatchNorm's gamma and beta
     // scaled by inputs, giving the cross-entropy and its gradients with respect to those scales.
-    const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }, ctx.ortThreads ?? 1) : undefined;
+    const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true, constantWeights: true }, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add('ANP: the ONNX graph does not cover this model');
     if (!ctx.ortTraining) ctx.training?.backendWhy.add('ANP: ONNX Runtime is not available here');
     try {

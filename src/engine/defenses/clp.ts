@@ -113,7 +113,7 @@ const count = (chosen: Map<string, number[]>) => [...chosen.values()].reduce((a,
 export const clp: Defense = {
   id: 'clp',
   title: 'Channel Lipschitzness Pruning',
-  cost: 0.4,
+  cost: 0.25,
   ownLoop: 'it trains nothing: channel Lipschitz bounds are read from the weights',
   choices: { u: ['auto'] },
   defaults(profile: Profile) {

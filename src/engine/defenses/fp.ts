@@ -26,7 +26,7 @@ function applyHeadMask(model: Model, mask: Float32Array): void {
 export const fp: Defense = {
   id: 'fp',
   title: 'Fine-Pruning',
-  cost: 1.1,
+  cost: 0.85,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, accRatio: 0.9, valFraction: 0.1, step: 0.01 }

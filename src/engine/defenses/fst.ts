@@ -17,7 +17,7 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const fst: Defense = {
   id: 'fst',
   title: 'Feature Shift Tuning',
-  cost: 0.6,
+  cost: 0.5,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? // The authors' fine_tune/ft.py: SGD(lr, momentum=0.9), no weight decay.

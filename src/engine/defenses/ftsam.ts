@@ -20,7 +20,7 @@ import { JobError } from '../errors';
 export const ftsam: Defense = {
   id: 'ftsam',
   title: 'Fine-tuning with sharpness-aware minimization',
-  cost: 1.0,
+  cost: 0.9,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, rho: 2.0, labelSmoothing: 0.1 }

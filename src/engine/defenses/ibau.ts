@@ -180,7 +180,7 @@ export async function implicitHypergradient(
 export const ibau: Defense = {
   id: 'ibau',
   title: 'Implicit backdoor adversarial unlearning',
-  cost: 1.7,
+  cost: 1.6,
   defaults(profile: Profile) {
     return {
       rounds: 5,

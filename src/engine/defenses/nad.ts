@@ -43,7 +43,7 @@ export function attentionMap(f: tf.Tensor, layout: 'nhwc' | 'nchw' = 'nhwc'): tf
 export const nad: Defense = {
   id: 'nad',
   title: 'Neural Attention Distillation',
-  cost: 1.2,
+  cost: 1.4,
   choices: { studentSchedule: ['constant', 'cosine'] },
   defaults(profile: Profile) {
     return profile === 'paper'
@@ -154,7 +154,7 @@ class StudentGraphs {
 
   static async create(teacher: Model, student: Model, taps: string[], threads: number): Promise<StudentGraphs | undefined> {
     const made = await Promise.all([
-      OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps }, threads),
+      OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps, constantWeights: true }, threads),
       OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps, split: true }, threads),
     ]);
     if (made.some((g) => !g)) {

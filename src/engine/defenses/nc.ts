@@ -189,7 +189,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
   const p = ctx.params as Record<string, number>;
   const k = ctx.victim.numClasses;
   const triggers: ReversedTrigger[] = [];
-  const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false }, ctx.ortThreads ?? 1) : undefined;
+  const graph = ctx.ortTraining ? await OrtModelGraph.create(ctx.victim, { bnTrain: false, loss: 'ce', inputGrad: true, paramGrads: false, constantWeights: true }, ctx.ortThreads ?? 1) : undefined;
   if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add('trigger reversal: the ONNX graph does not cover this model');
   try {
     for (let label = 0; label < k; label++) {
@@ -208,7 +208,7 @@ export async function detectTriggers(ctx: DefenseContext): Promise<{ triggers: R
 export const nc: Defense = {
   id: 'nc',
   title: 'Neural Cleanse',
-  cost: 3.0,
+  cost: 2.9,
   choices: { anomalyScale: ['linear', 'log'] },
   defaults(profile: Profile) {
     return {

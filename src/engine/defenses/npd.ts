@@ -202,7 +202,7 @@ export class NpdGraphs {
 export const npd: Defense = {
   id: 'npd',
   title: 'Neural Polarizer',
-  cost: 2.0,
+  cost: 1.7,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { warmupEpochs: 5, warmupLr: 1e-4, epochs: 50, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 128, eps: 3.0, steps: 2, advStep: 0.1, lambda: 0.4 }

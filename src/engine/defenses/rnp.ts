@@ -36,7 +36,7 @@ import { OrtModelGraph } from '../nn/ort_graph';
 export const rnp: Defense = {
   id: 'rnp',
   title: 'Reconstructive Neuron Pruning',
-  cost: 2.5,
+  cost: 1.0,
   defaults(profile: Profile) {
     return {
       unlearnLr: 0.01,
@@ -92,7 +92,7 @@ export const rnp: Defense = {
       const set = createBnMasks(unlearned, 'rnp', false);
       const maskOpt = new SGD(p.maskLr, 0.9);
       // The masks' gradients from the graph with every BatchNorm's gamma scaled by an input (ANP's graph).
-      const graph = ctx.ortTraining ? await OrtModelGraph.create(unlearned, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true }, ctx.ortThreads ?? 1) : undefined;
+      const graph = ctx.ortTraining ? await OrtModelGraph.create(unlearned, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true, constantWeights: true }, ctx.ortThreads ?? 1) : undefined;
       if (ctx.ortTraining && !graph) ctx.training?.backendWhy.add("RNP's masks: the ONNX graph does not cover this model");
       try {
         const hook = maskHook(set, false, false);

@@ -29,7 +29,7 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const sau: Defense = {
   id: 'sau',
   title: 'Shared Adversarial Unlearning',
-  cost: 7.8,
+  cost: 8.2,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 1e-4, batchSize: 256, eps: 0.2, steps: 5, stepSize: 0.2, beta1: 0.01, beta2: 1, lambda: 1 }
@@ -186,8 +186,8 @@ class SauGraphs {
       OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }, threads),
       OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
       OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true, split: true }, threads),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'none' }, threads),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'none', constantWeights: true }, threads),
+      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true, constantWeights: true }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));

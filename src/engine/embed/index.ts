@@ -39,7 +39,7 @@ export async function embedAuxSet(victim: Model, input: EmbedInput, signal?: Abo
   const feats: Array<{ data: Float32Array; dim: number }> = [];
   // The features through ONNX Runtime where it loads (a forward graph tapping the feature layer): the backend's
   // forward pass of a few hundred images took seconds of this thread.
-  const graph = ortTrainWanted() ? await OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', taps: [victim.layout.feature] }) : undefined;
+  const graph = ortTrainWanted() ? await OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', taps: [victim.layout.feature], constantWeights: true }) : undefined;
   try {
     for (const [, s] of chosen) feats.push(graph ? await tappedFeatures(graph, victim.layout.feature, s) : await predictFeatures(victim, s));
   } finally {

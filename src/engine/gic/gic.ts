@@ -272,7 +272,7 @@ class CalibrationGraphs {
   static async create(victim: Model, net: GicNet, inputStats: boolean, lambdaBn: number, threads: number): Promise<CalibrationGraphs | undefined> {
     const front = { h: net.h, globalTerm: net.globalTerm, delta: net.o.delta, norm: net.o.norm, lambdaBn: inputStats ? lambdaBn : 0 };
     const made = await Promise.all([
-      OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats }, threads),
+      OrtModelGraph.create(victim, { bnTrain: false, loss: 'none', inputStats, constantWeights: true }, threads),
       OrtModelGraph.create(calibrationNet(victim, front), { bnTrain: false, loss: 'ce' }, threads, (o) => buildCalibrationGraph(victim, front, o.nchwcBlock)),
     ]);
     if (made.some((g) => !g)) {

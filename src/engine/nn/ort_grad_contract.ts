@@ -64,6 +64,13 @@ export interface GradGraphOptions {
    * convolutions whose channels fit it run blocked. 0 or absent: plain Conv everywhere.
    */
   nchwcBlock?: number;
+  /**
+   * The weights as the model has them when the session is made, baked into it as constants instead of fed at
+   * every run (OrtModelGraph.create; the builder ignores it): for a model that does not change while the graph
+   * lives (SAU's and ANP's victim, NC's reversal, RNP's masks on the unlearned model, a teacher, GIC's victim).
+   * ONNX Runtime then rearranges every convolution's filter into its blocked layout once, not at every run.
+   */
+  constantWeights?: boolean;
 }
 
 /** What the builder needs of a network: a Model, or a bare module with its input shape (GIC's h). */

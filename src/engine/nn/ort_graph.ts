@@ -9,6 +9,7 @@
  * Only where ONNX Runtime loads (see onnx_runtime.ts); `create` resolves to undefined where it does not, or for
  * a model the graph builder does not cover, and the defense computes on the backend.
  */
+import { onnx } from 'onnx-proto';
 import { loadOrt, nchwcBlockSize, ortSessionOptions } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
 import { buildGradGraph } from './ort_grad_graph';
@@ -61,6 +62,9 @@ export interface PendingBackward extends GraphRun {
 export class OrtModelGraph {
   private closed = false;
 
+  /** The parameters fed at every run: none where they are baked into the session (`constantWeights`). */
+  private readonly fedParams: GradGraph['paramInputs'];
+
   private constructor(
     readonly model: GraphNet,
     private readonly ort: typeof import('onnxruntime-node'),
@@ -69,7 +73,9 @@ export class OrtModelGraph {
     private readonly options: GradGraphOptions,
     /** The backward part of a `split` graph. */
     private readonly backwardSession?: OrtSession,
-  ) {}
+  ) {
+    this.fedParams = options.constantWeights ? [] : graph.paramInputs;
+  }
 
   /**
    * Undefined where ONNX Runtime is not available here, the model is not covered, or ONNX Runtime refuses it.
@@ -94,8 +100,10 @@ export class OrtModelGraph {
     const made: OrtSession[] = [];
     try {
       const sessionOptions = ortSessionOptions(threads);
-      made.push(await ort.InferenceSession.create(graph.bytes, sessionOptions));
-      if (graph.backward) made.push(await ort.InferenceSession.create(graph.backward.bytes, sessionOptions));
+      const weights = options.constantWeights ? await currentWeights(model, graph.paramInputs) : undefined;
+      const bytesOf = (b: Uint8Array) => (weights ? bakeWeights(b, weights) : b);
+      made.push(await ort.InferenceSession.create(bytesOf(graph.bytes), sessionOptions));
+      if (graph.backward) made.push(await ort.InferenceSession.create(bytesOf(graph.backward.bytes), sessionOptions));
       return new OrtModelGraph(model, ort, made[0], graph, options, made[1]);
     } catch (e) {
       if (process.env.DEBUG_ORT) console.error(e);
@@ -192,14 +200,15 @@ export class OrtModelGraph {
       feeds[`gscale/${path}`] = new this.ort.Tensor('float32', s.g, [channels]);
       feeds[`bscale/${path}`] = new this.ort.Tensor('float32', s.b, [channels]);
     }
+    if (source !== this.model && this.options.constantWeights) throw new Error('a graph with constant weights computes its own model only');
     const params = new Map(source.namedParams?.() ?? source.root.namedParams());
-    for (const { key, shape } of this.graph.paramInputs) {
+    for (const { key, shape } of this.fedParams) {
       const p = params.get(key);
       if (!p || p.variable.size !== shape.reduce((a, b) => a * b, 1)) throw new Error(`the model fed to this graph has no parameter ${key} of shape ${shape.join('x')}`);
     }
     // Read asynchronously: a GPU backend has no synchronous read under Node.
-    const values = await Promise.all(this.graph.paramInputs.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
-    this.graph.paramInputs.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
+    const values = await Promise.all(this.fedParams.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
+    this.fedParams.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
     return feeds;
   }
 
@@ -265,4 +274,27 @@ export class OrtModelGraph {
     await this.session.release();
     await this.backwardSession?.release();
   }
+}
+
+/** The model's parameters that the graph takes as inputs, read now, with their shapes. */
+async function currentWeights(model: GraphNet, inputs: GradGraph['paramInputs']): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+  const params = new Map(model.namedParams?.() ?? model.root.namedParams());
+  const out = new Map<string, { data: Float32Array; shape: number[] }>();
+  for (const { key, shape } of inputs) out.set(key, { data: Float32Array.from((await params.get(key)!.variable.data()) as Float32Array), shape });
+  return out;
+}
+
+/** An encoded graph with the inputs named in `weights` turned into initializers holding those values. */
+export function bakeWeights(bytes: Uint8Array, weights: Map<string, { data: Float32Array; shape: number[] }>): Uint8Array {
+  const model = onnx.ModelProto.decode(bytes);
+  const graph = model.graph!;
+  const inputs = graph.input ?? [];
+  graph.input = inputs.filter((i) => !weights.has(i.name!));
+  graph.initializer = graph.initializer ?? [];
+  for (const i of inputs) {
+    const w = weights.get(i.name!);
+    if (!w) continue;
+    graph.initializer.push(onnx.TensorProto.create({ name: i.name, dims: w.shape, dataType: onnx.TensorProto.DataType.FLOAT, rawData: new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength) }));
+  }
+  return onnx.ModelProto.encode(model).finish();
 }
