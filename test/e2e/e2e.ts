@@ -288,7 +288,7 @@ async function demoFromWalkthrough(page: Page): Promise<void> {
   const { frame: panel, element } = await findResultsPanel(page, 60_000);
 
   // Per aux set, a row per defense: ACC and ASR as mean ± std over the seeds, without GIC (cells 1, 2) and with
-  // it (cells 6, 7).
+  // it (cells 6, 7; a GIC-side value carries ` *` where its paired GIC effect's 95% interval excludes zero).
   const groups = panel.locator('#grid .aux-group');
   const auxSets = await groups.count();
   if (auxSets !== 2) throw new Error(`the demo panel shows ${auxSets} aux sets, expected 2`);
@@ -300,7 +300,8 @@ async function demoFromWalkthrough(page: Page): Promise<void> {
       step(`demo ${aux} ${defense}: ${cells.join(' | ')}`);
       for (const i of [1, 2, 6, 7]) {
         const v = cellPercent(cells[i]);
-        if (!(v >= 0 && v <= 100) || !/ ± [\d.]+$/.test(cells[i])) throw new Error(`demo ${aux} ${defense}: no mean ± std in cell ${i}: ${cells.join(' | ')}`);
+        const meanStd = i >= 6 ? / ± [\d.]+( \*)?$/ : / ± [\d.]+$/;
+        if (!(v >= 0 && v <= 100) || !meanStd.test(cells[i])) throw new Error(`demo ${aux} ${defense}: no mean ± std in cell ${i}: ${cells.join(' | ')}`);
       }
     }
   }

@@ -61,7 +61,10 @@ export const rnp: Defense = {
     const unlearned = ctx.victim.clone();
     let unlearnEpochs = 0;
     // The unlearning stop and the greedy pruning: one forward graph for the unlearned model and the victim's copies.
-    const predictor = await AuxPredictor.open(ctx, unlearned);
+    const predictor = await AuxPredictor.open(ctx, unlearned).catch((e) => {
+      unlearned.dispose();
+      throw e;
+    });
     try {
       // 1. Unlearning by gradient ascent (the negated CE), stopped once the aux accuracy is low enough.
       const up = new SGD(p.unlearnLr, 0.9, 5e-4);

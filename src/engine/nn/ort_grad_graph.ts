@@ -34,15 +34,15 @@
  */
 import { onnx } from 'onnx-proto';
 import { NCHWC_DOMAIN } from '../backend/onnx_runtime';
-
-/** ONNX Runtime's contrib operators (FusedMatMul). */
-const MS_DOMAIN = 'com.microsoft';
 import { OnnxBuilder } from '../formats/onnx_builder';
 import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
+
+/** ONNX Runtime's contrib operators (FusedMatMul). */
+const MS_DOMAIN = 'com.microsoft';
 
 const T = onnx.TensorProto.DataType;
 

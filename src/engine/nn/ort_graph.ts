@@ -4,7 +4,8 @@
  * the pieces a defense with a loss of its own is built from. The caller computes its loss's gradient with respect to the logits on the backend (a few numbers per
  * image), and ONNX Runtime carries it back through the network to the input pixels (adversarial examples,
  * trigger reversal) and/or to the trainable parameters (an optimizer step). The weights stay TensorFlow.js
- * variables, read at every run, so a model that is being trained is always seen as it is now.
+ * variables, read at every run, so a model that is being trained is always seen as it is now (a model that does
+ * not change while the graph lives may have them baked in instead: `constantWeights`).
  *
  * Only where ONNX Runtime loads (see onnx_runtime.ts); `create` resolves to undefined where it does not, or for
  * a model the graph builder does not cover, and the defense computes on the backend.
