@@ -8,7 +8,8 @@
  *   2. Unlearning step: CE(f(x), y) + lambda * L_sar, with L_sar = -log(1 - p_f(t | x')) over the images
  *      where x' fools the victim (t = f0's label for x', different from y and from f0's label for x), averaged
  *      over the batch: f must stop sharing the victim's adversarial (and so backdoor-like) decisions.
- * Adam; BatchNorm statistics frozen (BackdoorBench's default).
+ * Adam; BatchNorm statistics frozen (BackdoorBench's default). No augmentation: BackdoorBench's loader for SAU's
+ * clean data takes the test transform (`get_transform(..., train=False)`), as the PyTorch reference does.
  *
  * Where ONNX Runtime loads, both steps run through it (ort_graph.ts): the forward passes and the gradients with
  * respect to the pixels (PGD) and to the weights (unlearning) are ONNX Runtime's, the losses above are computed
@@ -58,6 +59,7 @@ export const sau: Defense = {
         schedule: 'constant',
         batchSize: p.batchSize,
         bnTrain: false,
+        augment: { cropPadding: 0, flip: false },
         ortStep: graphs
           ? async (x, labels) => {
               const out = await sauStepOnOrt(graphs, model, opt, x, labels, p);
