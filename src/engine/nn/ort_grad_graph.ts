@@ -96,8 +96,8 @@ export class GradBuilder {
   private readonly mapOutput: boolean;
   private readonly split: boolean;
   private readonly nchwcBlock: number;
-  private nchwcUsed = false;
-  private msUsed = false;
+  /** ONNX Runtime's own operator domains the graph's nodes use, imported at version 1. */
+  private readonly domainsUsed = new Set<string>();
 
   constructor(
     private readonly model: GraphNet,
@@ -122,34 +122,26 @@ export class GradBuilder {
     return this.b.node(opType, inputs, attrs, `${opType}_${++this.n}`, shape, outputs);
   }
 
-  /** A node of ONNX Runtime's NCHWc domain. */
-  private nchwcOp(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[]): string {
+  /** A node of one of ONNX Runtime's own operator domains (NCHWc kernels, contrib operators). */
+  private domainOp(domain: string, opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[]): string {
     const out = this.op(opType, inputs, attrs, shape);
-    this.b.nodes[this.b.nodes.length - 1].domain = NCHWC_DOMAIN;
-    this.nchwcUsed = true;
-    return out;
-  }
-
-  /** A node of ONNX Runtime's contrib domain (com.microsoft). */
-  private msOp(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[]): string {
-    const out = this.op(opType, inputs, attrs, shape);
-    this.b.nodes[this.b.nodes.length - 1].domain = MS_DOMAIN;
-    this.msUsed = true;
+    this.b.nodes[this.b.nodes.length - 1].domain = domain;
+    this.domainsUsed.add(domain);
     return out;
   }
 
   /** The node emission the convolution rules of ort_conv_ops.ts build with. */
   private readonly emit: NodeEmitter = {
     op: (opType, inputs, attrs, shape) => this.op(opType, inputs, attrs, shape),
-    nchwcOp: (opType, inputs, attrs, shape) => this.nchwcOp(opType, inputs, attrs, shape),
-    msOp: (opType, inputs, attrs, shape) => this.msOp(opType, inputs, attrs, shape),
+    nchwcOp: (opType, inputs, attrs, shape) => this.domainOp(NCHWC_DOMAIN, opType, inputs, attrs, shape),
+    msOp: (opType, inputs, attrs, shape) => this.domainOp(MS_DOMAIN, opType, inputs, attrs, shape),
     i64: (values) => this.i64(values),
     shape: (t) => this.b.shape(t),
   };
 
   /** The operator sets the graph's nodes come from. */
   protected opsetImport(): Array<{ domain: string; version: number }> {
-    return [{ domain: '', version: GRAD_OPSET }, ...(this.nchwcUsed ? [{ domain: NCHWC_DOMAIN, version: 1 }] : []), ...(this.msUsed ? [{ domain: MS_DOMAIN, version: 1 }] : [])];
+    return [{ domain: '', version: GRAD_OPSET }, ...[...this.domainsUsed].map((domain) => ({ domain, version: 1 }))];
   }
 
   protected i64(values: number[]): string {
