@@ -2,7 +2,8 @@
  * Cells on several cores: a job run with two cell processes gives the rows, GIC entries and embeddings of the
  * sequential run (each cell has its own random stream and the processes run the same code, ONNX Runtime
  * included), reports them as threads, a cancelled pooled job stops without writing anything, and a cell
- * process killed mid-cell fails that cell only.
+ * process killed mid-cell fails that cell only. A job of one cell runs it in a process too, beside the victim's
+ * evaluation, with the same row.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -94,6 +95,34 @@ describe('cell processes: cells side by side on several cores', function () {
     for (const r of two.rows.filter((r) => r.defense === 'clp')) assert.match(r.training?.why?.join(' ') ?? '', /trains nothing/);
     for (const r of two.rows) assert.ok(fs.existsSync(path.join(dir, 'two', r.output!)), r.output!);
     assert.equal(tf.memory().numTensors, tensors, 'no tensor left in this thread');
+  });
+
+  it('a lone cell trains in a process of its own while this one evaluates the victim: the sequential row, DER included, after the baseline', async function () {
+    if (!ortWanted()) this.skip(); // only a cell that trains through ONNX Runtime gets the process
+    const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));
+    const loneJob = path.join(dir, 'lone.json');
+    fs.writeFileSync(loneJob, JSON.stringify({ ...job, aux: [job.aux[0]], defenses: [{ name: 'ft', params: { epochs: 3 } }], gic: { ...job.gic, mode: 'off' } }));
+    const one = await runJobFile(loneJob, { outDir: path.join(dir, 'lone-one'), workers: 1 });
+    const events: string[] = [];
+    const logs: string[] = [];
+    let children = 0;
+    const lone = await runJobFile(loneJob, {
+      outDir: path.join(dir, 'lone-two'),
+      workers: 2,
+      onEvent: (e) => {
+        events.push(e.type);
+        if (e.type === 'log') logs.push(e.message);
+        if (e.type === 'progress' && /^ft on /.test(e.stage) && process.platform === 'linux') children = Math.max(children, cellProcesses().length);
+      },
+    });
+    assert.ok(logs.some((m) => /^the cell in a process of its own, training with ONNX Runtime on 1 thread while this one evaluates the victim, evaluating on 2 threads$/.test(m)), logs.join('\n'));
+    if (process.platform === 'linux') assert.equal(children, 1, 'one cell process');
+    assert.equal(lone.rows.length, 1);
+    assert.equal(lone.rows[0].error, null);
+    assert.equal(typeof lone.rows[0].der, 'number', 'the DER, which the cell process cannot know, was set');
+    assert.deepEqual(comparable(lone), comparable(one));
+    assert.ok(events.indexOf('baseline') < events.indexOf('row'), events.join(' '));
+    assert.ok(fs.existsSync(path.join(dir, 'lone-two', lone.rows[0].output!)));
   });
 
   it('cancelling a pooled job stops the workers and writes nothing', async () => {

@@ -11,7 +11,6 @@ import type { PtStateDict } from '../nn/module';
 import type { ImageSet } from '../data/dataset';
 import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
-import type { ReportedMetrics } from '../../shared/results';
 import type { Cell, CellOutcome, SaveTarget } from './core';
 
 export interface CellWorkerData {
@@ -21,9 +20,13 @@ export interface CellWorkerData {
   triggered: TriggeredSet;
   augment: Augment;
   seeds: number[];
-  baseline: ReportedMetrics;
-  /** ONNX Runtime threads for each cell's training steps and evaluation (0: everything on the backend). */
+  /** ONNX Runtime threads for each cell's training steps (0: everything on the backend). */
   ortThreads: number;
+  /**
+   * ONNX Runtime threads for each cell's evaluation: more than `ortThreads` for a lone cell, which trains on the
+   * cores that the job process leaves it while that evaluates the victim, and evaluates on all of them.
+   */
+  evalThreads: number;
 }
 
 /** Pool -> cell process: the job's shared part first, then cells (with their aux set and where to save), or cancel. */
@@ -45,11 +48,11 @@ export function isCellTaskMessage(v: unknown): v is Exclude<CellTaskMessage, { t
   return v.type === 'cell' && typeof v.index === 'number' && isObj(v.cell) && isObj(v.aux) && Array.isArray(v.targets);
 }
 
-/** Pool -> cell process: the job's shared part (victim, test sets, baseline), sent once, first. */
+/** Pool -> cell process: the job's shared part (victim, test sets), sent once, first. */
 export function isCellInitMessage(v: unknown): v is Extract<CellTaskMessage, { type: 'init' }> {
   if (!isObj(v) || v.type !== 'init' || !isObj(v.data)) return false;
   const d = v.data;
-  return typeof d.backend === 'string' && isObj(d.victim) && isObj(d.test) && isObj(d.triggered) && Array.isArray(d.seeds) && typeof d.ortThreads === 'number';
+  return typeof d.backend === 'string' && isObj(d.victim) && isObj(d.test) && isObj(d.triggered) && Array.isArray(d.seeds) && typeof d.ortThreads === 'number' && typeof d.evalThreads === 'number';
 }
 
 /** Cell process -> pool: progress of the running cell, its outcome, or that it stopped on cancel. */

@@ -52,7 +52,7 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
         return;
       }
       try {
-        const outcome = await runCell(job, m.cell, m.aux, d.baseline, m.index, abort.signal, progress, m.targets, d.ortThreads);
+        const outcome = await runCell(job, m.cell, m.aux, undefined, m.index, abort.signal, progress, m.targets, d.ortThreads, d.evalThreads);
         channel.send({ type: 'done', outcome });
       } catch (e) {
         if (e instanceof CancelledError || abort.signal.aborted) channel.send({ type: 'cancelled' });

@@ -140,17 +140,38 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   // The job's threads: `workers` (one per core by default) bounds what runs at once, cell processes or the
   // ONNX Runtime threads of work done in this process.
   const cores = Math.max(1, o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
-  const { engine, ...measured } = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? cores : 0);
+  const cells = planCells(job);
+  const shard = o.shard;
+  const mine = cells.flatMap((_, i) => (!shard || i % shard.count === shard.index ? [i] : []));
+  // A job of one cell on raw data runs it in a process of its own, started before the victim's evaluation, which
+  // this thread does meanwhile (cell_pool.ts); several cells start after it, on all the cores.
+  const lone = mine.length === 1 && !cells[mine[0]].gic;
+  const lonePool = lone ? await startCellPool(job, o, 1, true) : undefined;
+  const early = new Map<number, Promise<CellOutcome>>();
+  if (lonePool) {
+    const i = mine[0];
+    const done = lonePool.run(i, cells[i], cells[i].aux.set, targetsFor(job, cells[i]), progress(stageOf(job, cells[i])));
+    // Awaited below; a cancellation during the evaluation must not count as unhandled.
+    done.catch(() => undefined);
+    early.set(i, done);
+    await lonePool.delivered();
+  }
+
+  let evaluated: Awaited<ReturnType<typeof evaluateModelFast>>;
+  try {
+    evaluated = await evaluateModelFast(job.victim, job.test, job.triggered, o.signal, cpu ? (lonePool ? lonePool.freeCores : cores) : 0);
+  } catch (e) {
+    await lonePool?.close();
+    throw e;
+  }
+  const { engine, ...measured } = evaluated;
   const baseline = reported(measured, job.triggered);
   const onGpu = o.backend.ort === 'webgpu';
   const evaluation = engine === 'onnxruntime' ? (onGpu ? ('onnxruntime-webgpu' as const) : ('onnxruntime-cpu' as const)) : o.backend.name;
   if (engine === 'onnxruntime') o.emit({ type: 'log', message: `evaluating with ONNX Runtime (${onGpu ? 'WebGPU' : 'CPU'})` });
   o.emit({ type: 'baseline', model: job.model, baseline, evaluation });
 
-  const cells = planCells(job);
-  const shard = o.shard;
-  const mine = cells.flatMap((_, i) => (!shard || i % shard.count === shard.index ? [i] : []));
-  const pool = await startCellPool(job, baseline, o, mine.length);
+  const pool = lonePool ?? (lone ? undefined : await startCellPool(job, o, mine.length));
   const results: Results = {
     schema: RESULTS_SCHEMA,
     // With a pool, that many single-threaded processes compute cells side by side (and this thread calibrates).
@@ -219,18 +240,18 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
 
     const outcomes = new Map<number, CellOutcome>();
     const finish = (i: number, out: CellOutcome) => {
+      // Cell processes do not know the baseline: the row's DER is set here.
+      if (out.row.der === null && !out.row.error && out.row.acc !== undefined) out.row.der = der(baseline, out.row as ReportedMetrics);
       outcomes.set(i, out);
       o.emit({ type: 'row', row: out.row });
     };
-    const seedTag = (cell: Cell) => (job.seeds.length > 1 ? ` (seed ${cell.seed})` : '');
-    const stageOf = (cell: Cell) => `${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}${seedTag(cell)}`;
     if (pool) {
       // Cells on raw data start at once in the workers; this thread calibrates meanwhile and queues each
       // aux set's GIC cells as soon as its calibrated set exists. Rows are kept in cell order below.
       const pending: Promise<void>[] = [];
       const submit = (i: number, auxSet: ImageSet) => {
         const cell = cells[i];
-        const done = pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(cell))).then((out) => finish(i, out));
+        const done = (early.get(i) ?? pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(job, cell)))).then((out) => finish(i, out));
         // Awaited below, after the calibrations; a cancellation meanwhile must not count as unhandled.
         done.catch(() => undefined);
         pending.push(done);
@@ -257,7 +278,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
         if (o.signal?.aborted) throw new CancelledError();
         const auxSet = await auxFor(cell);
         if (isError(auxSet)) finish(i, { row: { ...emptyRow(cell), ...auxSet } });
-        else finish(i, await runCell(job, cell, auxSet, baseline, i, o.signal, progress(stageOf(cell)), targetsFor(job, cell), cpu ? cores : 0));
+        else finish(i, await runCell(job, cell, auxSet, baseline, i, o.signal, progress(stageOf(job, cell)), targetsFor(job, cell), cpu ? cores : 0));
       }
     }
     for (const i of mine) {
@@ -281,6 +302,12 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const leaked = tf.memory().numTensors - startTensors;
   if (leaked !== 0) o.emit({ type: 'log', message: `warning: ${leaked} tensors more than at the start of the job` });
   return results;
+}
+
+/** The progress stage of a cell: `ft on unseen + GIC (seed 1)`. */
+function stageOf(job: Pick<PreparedJob, 'seeds'>, cell: Cell): string {
+  const seedTag = job.seeds.length > 1 ? ` (seed ${cell.seed})` : '';
+  return `${cell.defense.id} on ${cell.aux.name}${cell.gic ? ' + GIC' : ''}${seedTag}`;
 }
 
 export function emptyRow(cell: Pick<Cell, 'aux' | 'gic' | 'defense' | 'seed'>): ResultRow {
@@ -314,7 +341,8 @@ export async function runCell(
   job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seeds' | 'saveTargets'>,
   cell: Cell,
   auxSet: ImageSet,
-  baseline: ReportedMetrics,
+  /** The victim's metrics, for the row's DER; undefined in a cell process (its pool sets the DER). */
+  baseline: ReportedMetrics | undefined,
   index: number,
   signal: AbortSignal | undefined,
   progress: (d: number, t: number, m?: string) => void,
@@ -325,6 +353,8 @@ export async function runCell(
    * backends, or no ONNX Runtime here).
    */
   ortThreads = 0,
+  /** ONNX Runtime threads for the evaluation of the purified model, where not `ortThreads`. */
+  evalThreads = ortThreads,
 ): Promise<CellOutcome> {
   const row = emptyRow(cell);
   const t0 = Date.now();
@@ -358,9 +388,9 @@ export async function runCell(
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
     const bad = await findNonFinite(model);
     if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
-    const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, ortThreads);
+    const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
     const m = reported(measured, job.triggered);
-    Object.assign(row, m, { der: der(baseline, m) });
+    Object.assign(row, m, { der: baseline ? der(baseline, m) : null });
     if (out.details || renormalized) row.details = { profile: cell.defense.profile, ...(renormalized ? { batchNormRestored: renormalized.layers } : {}), ...out.details };
     // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
     // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
