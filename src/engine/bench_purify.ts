@@ -29,7 +29,7 @@ export interface SideResult {
 export interface OursResult extends SideResult {
   /** The whole job's wall time: model and data loading, baseline evaluation, the cell, results.json. */
   jobSeconds: number;
-  /** CPU time of this process over the job (every thread): on a loaded machine wall time overstates the work. */
+  /** CPU time of the job (every thread of this process, and the cell processes where /proc says): on a loaded machine wall time overstates the work. */
   cpuSeconds?: number;
 }
 
@@ -144,6 +144,21 @@ export function purificationJob(dir: string, defenses: string[]): Record<string,
   };
 }
 
+/**
+ * CPU seconds of this process's ended and reaped children (cutime + cstime of /proc/self/stat, in Linux's
+ * 100 ticks a second); undefined elsewhere.
+ */
+function childrenCpuSeconds(): number | undefined {
+  try {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    // Fields after the parenthesized command name start at the 3rd (state); cutime and cstime are the 16th and 17th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[13]) + Number(fields[14])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
 async function runJob(dir: string, defenses: string[], workers: number | undefined) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-purify-'));
   try {
@@ -151,9 +166,13 @@ async function runJob(dir: string, defenses: string[], workers: number | undefin
     fs.writeFileSync(jobPath, JSON.stringify(purificationJob(dir, defenses)));
     const t0 = Date.now();
     const c0 = process.cpuUsage();
+    const children0 = childrenCpuSeconds();
     const results = await runJobFile(jobPath, { outDir: path.join(tmp, 'out'), workers });
     const cpu = process.cpuUsage(c0);
-    return { results, seconds: (Date.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+    // The cell processes' time too (a one-defense job trains in one), counted once they have ended.
+    const children1 = childrenCpuSeconds();
+    const childSeconds = children0 !== undefined && children1 !== undefined ? children1 - children0 : 0;
+    return { results, seconds: (Date.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6 + childSeconds };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
