@@ -7,7 +7,9 @@
  * gradient), `frozen-forward` (BatchNorm running statistics, logits only: evaluation on aux splits, SAU's clean
  * passes) or `frozen-pixels` (BatchNorm running statistics, the pixel gradient of seeded logits: SAU's and NPD's
  * PGD, NC's reversal).
- *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads] [form]
+ * `plain` as the 7th argument times the runs without the profiler (which slows them) and prints only the wall
+ * time, the figure to set beside PyTorch's (`scripts/zoo/torch_step.py`).
+ *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads] [form] [plain]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -40,13 +42,13 @@ async function main(): Promise<void> {
   };
   if (!forms[form]) throw new Error(`form: one of ${Object.keys(forms).join(', ')}`);
   const graph = buildGradGraph(model, { ...forms[form], nchwcBlock: await nchwcBlockSize(ort) });
+  const plain = process.argv[7] === 'plain';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
   const session = await ort.InferenceSession.create(graph.bytes, {
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
-    enableProfiling: true,
-    profileFilePrefix: path.join(dir, 'step'),
+    ...(plain ? {} : { enableProfiling: true, profileFilePrefix: path.join(dir, 'step') }),
   });
   const x = Float32Array.from({ length: batch * shape[0] * shape[1] * shape[2] }, (_, i) => (i % 13) / 13);
   const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
@@ -62,6 +64,13 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   for (let i = 0; i < runs; i++) await session.run(feeds);
   const wall = (performance.now() - t0) / runs;
+  if (plain) {
+    await session.release();
+    fs.rmSync(dir, { recursive: true, force: true });
+    console.log(`${name} (${form}), batch ${batch}, ${threads} thread${threads === 1 ? '' : 's'}: ${wall.toFixed(0)} ms per run (${((batch * 1000) / wall).toFixed(1)} images/s), no profiler`);
+    model.dispose();
+    return;
+  }
   session.endProfiling();
   await session.release();
   const file = fs.readdirSync(dir).find((f) => f.endsWith('.json'));
