@@ -6,7 +6,7 @@
  * the model; SAU finds shared adversarial examples without breaking the model, and halves the ASR of a
  * low-ratio blended victim (a trigger within its L_inf budget); CLP zeroes exactly the
  * outlying channels of a hand-built layer and chooses u on the auxiliary set; no tensor is left behind; a
- * cancelled ANP stops at its next progress report.
+ * cancelled ANP stops at its next progress report. SAU's perturbed images stay within eps of x, unclipped.
  */
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { newTrainingRecord } from '../../src/engine/defenses/defense';
@@ -21,6 +21,7 @@ import { Rng } from '../../src/engine/util/rng';
 import type { ImageSet } from '../../src/engine/data/dataset';
 import type { DefenseParams } from '../../src/engine/defenses/defense';
 import { buildFixture, cancelAtFirstReport, runDefense, type Fixture } from './defenses-fixture';
+import { projectLinf, projectLinfArray } from '../../src/engine/defenses/adversarial';
 
 // [defense, overrides of the fast profile, highest ASR as a fraction of the victim's, lowest ACC]
 const CASES: Array<[string, DefenseParams, number, number]> = [
@@ -274,5 +275,22 @@ describe('CLP u on the auxiliary set', () => {
     assert.equal(out.details!.u, 3);
     out.model.dispose();
     model.dispose();
+  });
+});
+
+describe("SAU's projection of x' onto the L_inf ball", () => {
+  before(useWasm);
+
+  it('keeps x + delta within eps of x without clipping to [0,1], as BackdoorBench, on tensors and on arrays alike', () => {
+    const x = Float32Array.of(0, 1, 0.5, 0.1);
+    const moved = Float32Array.of(-0.5, 1.3, 0.52, 0.35);
+    const eps = 0.2;
+    const expected = [-0.2, 1.2, 0.52, 0.3];
+    const flat = projectLinfArray(x, moved, eps);
+    const tensor = tf.tidy(() => projectLinf(tf.tensor4d(x, [1, 2, 2, 1]), tf.tensor4d(moved, [1, 2, 2, 1]), eps).dataSync());
+    for (const [i, want] of expected.entries()) {
+      assert.ok(Math.abs(flat[i] - want) < 1e-6, `array ${i}: ${flat[i]} (want ${want})`);
+      assert.ok(Math.abs(tensor[i] - want) < 1e-6, `tensor ${i}: ${tensor[i]} (want ${want})`);
+    }
   });
 });

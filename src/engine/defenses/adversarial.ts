@@ -6,9 +6,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { takeAllFloats } from '../nn/read';
 import type { GraphRun, OrtModelGraph } from '../nn/ort_graph';
 
-/** Project x + delta onto the L_inf ball of radius eps around x and onto [0,1]. */
+/**
+ * Project x + delta onto the L_inf ball of radius eps around x, and not onto [0,1]: BackdoorBench's SAU adds its
+ * perturbation to the denormalized image without clipping (its Shared_PGD leaves the clip to the valid range
+ * commented out, "not necessary for backdoor defense as done in i-BAU"), so a black pixel may go to -eps.
+ */
 export function projectLinf(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.Tensor4D {
-  return tf.tidy(() => tf.clipByValue(tf.add(x, tf.clipByValue(tf.sub(xAdv, x), -eps, eps)), 0, 1) as tf.Tensor4D);
+  return tf.tidy(() => tf.add(x, tf.clipByValue(tf.sub(xAdv, x), -eps, eps)) as tf.Tensor4D);
 }
 
 /** Project per image onto the L2 ball of radius eps around x and onto [0,1]. */
@@ -25,10 +29,10 @@ export function inputGradient(x: tf.Tensor4D, objective: (x: tf.Tensor4D) => tf.
   return tf.tidy(() => tf.grad((xi: tf.Tensor) => objective(xi as tf.Tensor4D))(x) as tf.Tensor4D);
 }
 
-/** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), clipped to [0, 1]. */
+/** projectLinf on flat arrays: x + clip(xAdv - x, -eps, eps), not clipped to [0, 1]. */
 export function projectLinfArray(x: Float32Array, xAdv: Float32Array, eps: number): Float32Array {
   const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = Math.min(1, Math.max(0, x[i] + Math.min(eps, Math.max(-eps, xAdv[i] - x[i]))));
+  for (let i = 0; i < x.length; i++) out[i] = x[i] + Math.min(eps, Math.max(-eps, xAdv[i] - x[i]));
   return out;
 }
 

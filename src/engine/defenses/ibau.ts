@@ -9,7 +9,7 @@
  *     a step size becomes lr * s^2 (the ascent's and the fixed-point map's), the radius maxNorm * s and the
  *     penalty weight penalty / s^2 (its ||delta||^2 is 1/s^2 times larger in normalized space; for MNIST:
  *     about 0.95, 3.1 and 0.0105);
- *   - outer minimization: per batch, a random `portion` of the images carries delta and the model (Adam,
+ *   - outer minimization: per batch, a random `portion` of the images carries delta and the model (Adam with AMSGrad,
  *     BatchNorm statistics frozen) follows the hypergradient of L_outer = CE(f(x + mask * delta*(theta)), y):
  *     the gradient of the unlearning loss through the inner optimum delta*(theta), see implicitHypergradient.
  *
@@ -203,7 +203,8 @@ export const ibau: Defense = {
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
     const model = ctx.victim.clone();
-    const opt = new Adam(p.lr);
+    // AMSGrad, as every Adam of BackdoorBench's argparser_opt_scheduler (i-bau.py's outer optimizer).
+    const opt = new Adam(p.lr, 0.9, 0.999, 1e-8, 0, true);
     const vars = model.trainableVariables();
     const [h, w, c] = ctx.aux.shape;
     // Pixel-space equivalents of the normalized-space steps and radius (see above).

@@ -8,8 +8,10 @@
  *   2. Unlearning step: CE(f(x), y) + lambda * L_sar, with L_sar = -log(1 - p_f(t | x')) over the images
  *      where x' fools the victim (t = f0's label for x', different from y and from f0's label for x), averaged
  *      over the batch: f must stop sharing the victim's adversarial (and so backdoor-like) decisions.
- * Adam; BatchNorm statistics frozen (BackdoorBench's default). No augmentation: BackdoorBench's loader for SAU's
- * clean data takes the test transform (`get_transform(..., train=False)`), as the PyTorch reference does.
+ * Adam with AMSGrad (BackdoorBench's argparser_opt_scheduler makes every Adam so); BatchNorm statistics frozen
+ * (BackdoorBench's default). No augmentation: BackdoorBench's loader for SAU's clean data takes the test
+ * transform (`get_transform(..., train=False)`), as the PyTorch reference does. x' is x plus a perturbation within
+ * the L_inf ball, not clipped to [0,1], as BackdoorBench's get_perturbed_image.
  *
  * Where ONNX Runtime loads, both steps run through it (ort_graph.ts): the forward passes and the gradients with
  * respect to the pixels (PGD) and to the weights (unlearning) are ONNX Runtime's, the losses above are computed
@@ -44,7 +46,7 @@ export const sau: Defense = {
     const p = ctx.params as Record<string, number>;
     const frozen = ctx.victim;
     const model = ctx.victim.clone();
-    const opt = new Adam(p.lr);
+    const opt = new Adam(p.lr, 0.9, 0.999, 1e-8, 0, true);
     const [h, w, c] = ctx.aux.shape;
     const size = h * w * c;
     const k = model.numClasses;
@@ -248,6 +250,9 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
     const stepped = new Float32Array(xAdv.length);
     for (let j = 0; j < stepped.length; j++) stepped[j] = xAdv[j] - Math.sign(gF[j] + g0[j]) * p.stepSize;
     xAdv = projectLinfArray(x, stepped, p.eps);
+    // Every x' shared before this step: the objective and its gradient were zero, so further steps change
+    // nothing (BackdoorBench stops there too).
+    if (notShared.every((v) => v === 0)) break;
   }
   const refAdv = argmaxRows(await g.f0.logits(xAdv, n), k);
   const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
