@@ -136,8 +136,16 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   const slots: Slot[] = [];
   let sending: Promise<unknown>[] = [];
   const post = (child: ChildProcess, msg: CellTaskMessage) => {
-    // A channel that fails is reported by the process's 'error' and 'close' events; this only tracks the writes.
-    sending.push(new Promise<void>((resolve) => child.send(msg, () => resolve())));
+    // With a callback, a failed send reaches the callback instead of the process's 'error' event: pass it on,
+    // so that the process is marked dead as before.
+    sending.push(
+      new Promise<void>((resolve) =>
+        child.send(msg, (err) => {
+          if (err) child.emit('error', err);
+          resolve();
+        }),
+      ),
+    );
   };
   let closed = false;
   let cancelled = false;
