@@ -18,16 +18,11 @@ import { resolveParams, newTrainingRecord } from '../../src/engine/defenses/defe
 import { readPt } from '../../src/engine/formats/pt';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { Rng } from '../../src/engine/util/rng';
-import type { ImageSet } from '../../src/engine/data/dataset';
+import { subset, type ImageSet } from '../../src/engine/data/dataset';
 import type { PtStateDict } from '../../src/engine/nn/module';
 
 const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
 const N = 64;
-
-function firstImages(set: ImageSet, n: number): ImageSet {
-  const size = set.shape[0] * set.shape[1] * set.shape[2];
-  return { ...set, n, x: set.x.slice(0, n * size), y: set.y.slice(0, n) };
-}
 
 const floats = (d: ArrayLike<number>) => Float64Array.from(d as ArrayLike<number>);
 const norm = (a: Float64Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0));
@@ -71,7 +66,7 @@ describe('fine-tuning steps equal PyTorch\'s on a PyTorch-trained victim', funct
   before(async () => {
     await useWasm();
     z = await loadZooFixture('preact8-badnets');
-    batch = firstImages(z.aux, N);
+    batch = subset(z.aux, Array.from({ length: N }, (_, i) => i));
     victimSd = await z.loaded.model.stateDict();
   });
 

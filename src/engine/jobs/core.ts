@@ -147,13 +147,12 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   // this thread does meanwhile (cell_pool.ts); several cells start after it, on all the cores.
   const lone = mine.length === 1 && !cells[mine[0]].gic;
   const lonePool = lone ? await startCellPool(job, o, 1, true) : undefined;
-  const early = new Map<number, Promise<CellOutcome>>();
+  let loneCell: Promise<CellOutcome> | undefined;
   if (lonePool) {
     const i = mine[0];
-    const done = lonePool.run(i, cells[i], cells[i].aux.set, targetsFor(job, cells[i]), progress(stageOf(job, cells[i])));
+    loneCell = lonePool.run(i, cells[i], cells[i].aux.set, targetsFor(job, cells[i]), progress(stageOf(job, cells[i])));
     // Awaited below; a cancellation during the evaluation must not count as unhandled.
-    done.catch(() => undefined);
-    early.set(i, done);
+    loneCell.catch(() => undefined);
     await lonePool.delivered();
   }
 
@@ -251,7 +250,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       const pending: Promise<void>[] = [];
       const submit = (i: number, auxSet: ImageSet) => {
         const cell = cells[i];
-        const done = (early.get(i) ?? pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(job, cell)))).then((out) => finish(i, out));
+        const done = (loneCell ?? pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(job, cell)))).then((out) => finish(i, out));
         // Awaited below, after the calibrations; a cancellation meanwhile must not count as unhandled.
         done.catch(() => undefined);
         pending.push(done);
