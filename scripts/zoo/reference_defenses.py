@@ -928,11 +928,20 @@ def run_one(v, defense, seed, a):
     gen = torch.Generator().manual_seed(seed)
     a.seed = seed
     log = (lambda s: print(s, flush=True)) if a.verbose else (lambda s: None)
+    measured = None
+    if a.evaluate_victim:
+        # What a purification job reports first: the victim on the same clean and triggered test images, measured
+        # here rather than read from victim.json, so that the process does the work `backdoor-audit run` does.
+        t0 = Z.now()
+        measured = evaluate(v.model(), v)
+        measured = {**{k: round(x, 4) for k, x in measured.items()}, 'seconds': round(Z.now() - t0, 1)}
     model = v.model()
     t0, c0 = Z.now(), time.process_time()
     model, details = DEFENSES[defense](model, v, r, a, gen, log)
     seconds, cpu = Z.now() - t0, time.process_time() - c0
+    t0 = Z.now()
     m = evaluate(model, v)
+    eval_seconds = Z.now() - t0
     length = f'iterations {r["iterations"]}' if 'iterations' in r else f'epochs {r["epochs"]}'
     if defense == 'anp':
         d = details
@@ -942,7 +951,9 @@ def run_one(v, defense, seed, a):
            **({'profile': r['profile']} if 'profile' in r else {}),
            'acc': round(m['acc'], 4), 'asr': round(m['asr'], 4), 'ra': round(m['ra'], 4),
            'seconds': round(seconds, 1), 'cpuSeconds': round(cpu, 1), 'details': details,
+           'evalSeconds': round(eval_seconds, 1),
            'victimMetrics': {k: round(v.meta['metrics'][k], 4) for k in ('acc', 'asr', 'ra')},
+           **({'victimMeasured': measured} if measured else {}),
            'threads': torch.get_num_threads(), 'torch': torch.__version__}
     print(f'{v.name} {defense} seed {seed}: ACC {m["acc"]:.4f} ASR {m["asr"]:.4f} RA {m["ra"]:.4f} '
           f'({seconds:.1f} s, cpu {cpu:.1f} s; {length}, batch {r["batchSize"]}, lr {r["lr"]})', flush=True)
@@ -1005,6 +1016,9 @@ def main():
     ap.add_argument('--zoo', default=os.path.join(ROOT, 'zoo'))
     ap.add_argument('--out', default=os.path.join(ROOT, 'zoo', 'reference.json'))
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--evaluate-victim', action='store_true',
+                    help='evaluate the victim on the test sets before the defense, as a purification job does '
+                         '(row: victimMeasured), instead of only reading its metrics from victim.json')
     ap.add_argument('--skip-done', action='store_true', help='skip (victim, defense, seed) already in --out')
     ap.add_argument('--verbose', '-v', action='store_true', help='per-epoch lines')
     a = ap.parse_args()

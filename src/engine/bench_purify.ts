@@ -4,7 +4,10 @@
  * them), once by us through the normal job path (a job file given to runJobFile, as `backdoor-audit run` runs
  * it, fast profile) and once by PyTorch (scripts/zoo/reference_defenses.py --recipe fast, BackdoorBench's
  * recipe with the fast profile's departures), in the same run, on the same 500 auxiliary images and the same
- * test and triggered images. Wall times, their ratio and both sides' ACC/ASR; nothing is asserted.
+ * test and triggered images. Wall times, their ratio and both sides' ACC/ASR; nothing is asserted. Two ratios:
+ * the defense's own seconds (ours: the cell, its evaluation included; PyTorch's: the defense alone), and the
+ * whole job, what a user waits for: our `run` against the reference's process, which then also starts Python,
+ * imports torch, loads the victim and evaluates it before and after (`--evaluate-victim`), as our job does.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -34,7 +37,10 @@ export interface OursResult extends SideResult {
 }
 
 export interface ReferenceResult extends SideResult {
-  /** The reference process's wall time, with Python's start, torch's import and the victim's loading. */
+  /**
+   * The reference process's wall time: Python's start, torch's import, the victim's loading, its evaluation on
+   * the test sets (`--evaluate-victim`), the defense and the purified model's evaluation.
+   */
   processSeconds?: number;
   /** The reference's CPU time over the defense (its row's cpuSeconds). */
   cpuSeconds?: number;
@@ -58,6 +64,8 @@ export interface PurificationRow {
   torch: ReferenceResult | null;
   /** PyTorch's seconds / ours: above 1 we are faster. */
   ratio: number | null;
+  /** The whole job: PyTorch's process seconds / our job's seconds. */
+  jobRatio: number | null;
 }
 
 export interface PurificationBench {
@@ -218,7 +226,7 @@ export function pythonReference(python = '/usr/bin/python3', script = referenceS
       const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'backdoor-audit-bench-torch-'));
       const out = path.join(tmp, 'reference.json');
       const abs = path.resolve(dir);
-      const args = [script!, '--zoo', path.dirname(abs), '--victim', path.basename(abs), '--defense', defense, '--recipe', 'fast', '--threads', String(threads), '--seeds', '0', '--out', out];
+      const args = [script!, '--zoo', path.dirname(abs), '--victim', path.basename(abs), '--defense', defense, '--recipe', 'fast', '--threads', String(threads), '--seeds', '0', '--evaluate-victim', '--out', out];
       const t0 = Date.now();
       try {
         const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
@@ -246,16 +254,18 @@ const DASH = '–';
 const secs = (s: SideResult | null | undefined) => (!s || s.error || !Number.isFinite(s.seconds) ? DASH : s.seconds.toFixed(1));
 const pct = (v: number | null) => (v === null || !Number.isFinite(v) ? DASH : (100 * v).toFixed(1));
 const accAsr = (s: SideResult | null | undefined) => (!s ? DASH : s.error ? `error: ${s.error}` : `${pct(s.acc)} / ${pct(s.asr)}`);
+const times = (s: number | undefined) => (s === undefined || !Number.isFinite(s) ? DASH : s.toFixed(1));
+const ratioCell = (r: number | null) => (r === null ? DASH : `${r.toFixed(2)}x`);
 
 /** The section's table (Markdown); without PyTorch, our columns only. */
 export function formatPurificationTable(rows: PurificationRow[], torchAvailable: boolean): string {
   const head = torchAvailable
-    ? ['defense', 'ours s', 'PyTorch s', 'ratio PyTorch/ours (>1 = we are faster)', 'our ACC/ASR %', 'PyTorch ACC/ASR %']
-    : ['defense', 'ours s', 'our ACC/ASR %'];
+    ? ['defense', 'ours s', 'PyTorch s', 'ratio PyTorch/ours (>1 = we are faster)', 'our job s', 'PyTorch process s', 'whole-job ratio', 'our ACC/ASR %', 'PyTorch ACC/ASR %']
+    : ['defense', 'ours s', 'our job s', 'our ACC/ASR %'];
   const body = rows.map((r) =>
     torchAvailable
-      ? [r.defense, secs(r.ours), secs(r.torch), r.ratio === null ? DASH : `${r.ratio.toFixed(2)}x`, accAsr(r.ours), accAsr(r.torch)]
-      : [r.defense, secs(r.ours), accAsr(r.ours)],
+      ? [r.defense, secs(r.ours), secs(r.torch), ratioCell(r.ratio), times(r.ours.jobSeconds), times(r.torch?.error ? undefined : r.torch?.processSeconds), ratioCell(r.jobRatio), accAsr(r.ours), accAsr(r.torch)]
+      : [r.defense, secs(r.ours), times(r.ours.jobSeconds), accAsr(r.ours)],
   );
   return [head, head.map(() => '---'), ...body].map((cells) => `| ${cells.join(' | ')} |`).join('\n');
 }
@@ -263,7 +273,8 @@ export function formatPurificationTable(rows: PurificationRow[], torchAvailable:
 /** One row from both sides' results: the ratio only where both measured a time. */
 export function purificationRow(defense: string, ours: OursResult, torch: ReferenceResult | null): PurificationRow {
   const ok = (s: SideResult | null): s is SideResult => !!s && !s.error && Number.isFinite(s.seconds) && s.seconds > 0;
-  return { defense, ours, torch, ratio: ok(ours) && ok(torch) ? torch.seconds / ours.seconds : null };
+  const jobOk = ok(ours) && ok(torch) && Number.isFinite(ours.jobSeconds) && ours.jobSeconds > 0 && Number.isFinite(torch.processSeconds ?? NaN);
+  return { defense, ours, torch, ratio: ok(ours) && ok(torch) ? torch.seconds / ours.seconds : null, jobRatio: jobOk ? torch!.processSeconds! / ours.jobSeconds : null };
 }
 
 export interface PurificationOptions {
@@ -298,7 +309,7 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
     if (torch.available && torch.defenses.includes(id)) {
       o.log(`  ${id}: PyTorch...`);
       theirs = await reference.run(id, dir, threads, o.log);
-      o.log(`  ${id}: PyTorch ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s (CPU ${theirs.cpuSeconds?.toFixed(1) ?? '–'} s)`);
+      o.log(`  ${id}: PyTorch ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s (process ${times(theirs.processSeconds)} s, CPU ${theirs.cpuSeconds?.toFixed(1) ?? '–'} s)`);
     } else if (torch.available) {
       o.log(`  ${id}: PyTorch's reference has no ${id}`);
     }

@@ -21,7 +21,7 @@ function fakeReference(defenses: string[], calls: string[]): ReferenceRunner {
     probe: () => ({ defenses }),
     run: async (defense, dir, threads) => {
       calls.push(`${defense} ${path.basename(dir)} ${threads}`);
-      return { seconds: 30, acc: 0.81, asr: 0.02 };
+      return { seconds: 30, acc: 0.81, asr: 0.02, processSeconds: 50 };
     },
   };
 }
@@ -59,15 +59,17 @@ describe('bench purification section', () => {
     assert.equal(r.victim.testImages, 1000);
     assert.equal(r.victim.triggeredImages, 893);
     assert.equal(r.rows[0].ratio, 3);
+    assert.equal(r.rows[0].jobRatio, 2);
+    assert.equal(r.rows[1].jobRatio, null);
     assert.equal(r.rows[1].torch, null);
     assert.equal(r.rows[1].ratio, null);
     const table = r.table.split('\n');
-    assert.equal(table[0], '| defense | ours s | PyTorch s | ratio PyTorch/ours (>1 = we are faster) | our ACC/ASR % | PyTorch ACC/ASR % |');
-    assert.equal(table[2], '| ft | 10.0 | 30.0 | 3.00x | 80.0 / 5.0 | 81.0 / 2.0 |');
-    assert.equal(table[3], '| anp | 20.0 | – | – | 80.0 / 5.0 | – |');
+    assert.equal(table[0], '| defense | ours s | PyTorch s | ratio PyTorch/ours (>1 = we are faster) | our job s | PyTorch process s | whole-job ratio | our ACC/ASR % | PyTorch ACC/ASR % |');
+    assert.equal(table[2], '| ft | 10.0 | 30.0 | 3.00x | 25.0 | 50.0 | 2.00x | 80.0 / 5.0 | 81.0 / 2.0 |');
+    assert.equal(table[3], '| anp | 20.0 | – | – | 25.0 | – | – | 80.0 / 5.0 | – |');
     assert.ok(lines.includes(r.table));
     // What --json writes round-trips.
-    assert.deepEqual(JSON.parse(JSON.stringify(r)).rows[0].torch, { seconds: 30, acc: 0.81, asr: 0.02 });
+    assert.deepEqual(JSON.parse(JSON.stringify(r)).rows[0].torch, { seconds: 30, acc: 0.81, asr: 0.02, processSeconds: 50 });
   });
 
   it("says 'PyTorch not available' and shows our side only when torch is missing", async () => {
@@ -79,7 +81,7 @@ describe('bench purification section', () => {
     const r = await benchPurification({ victimDir: FIXTURE, defenses: ['ft'], log: (s) => lines.push(s), ours: fakeOurs, reference });
     assert.deepEqual(r.torch, { available: false, reason: "/usr/bin/python3 has no torch (install Debian's python3-torch)" });
     assert.ok(lines.some((l) => l.includes('PyTorch not available: /usr/bin/python3 has no torch')));
-    assert.equal(r.table, '| defense | ours s | our ACC/ASR % |\n| --- | --- | --- |\n| ft | 10.0 | 80.0 / 5.0 |');
+    assert.equal(r.table, '| defense | ours s | our job s | our ACC/ASR % |\n| --- | --- | --- | --- |\n| ft | 10.0 | 25.0 | 80.0 / 5.0 |');
     assert.equal(r.rows[0].torch, null);
   });
 
