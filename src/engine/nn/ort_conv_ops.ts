@@ -8,14 +8,16 @@ import type { OnnxBuilder } from '../formats/onnx_builder';
 type Attrs = Parameters<OnnxBuilder['node']>[2];
 
 /**
- * What the rules need of a graph builder: a node (of ONNX Runtime's NCHWc domain for nchwcOp, of its contrib
- * domain com.microsoft for msOp), int64 constants, shapes.
+ * What the rules (here and in ort_batchnorm_ops.ts) need of a graph builder: a node (of ONNX Runtime's NCHWc
+ * domain for nchwcOp, of its contrib domain com.microsoft for msOp), int64 and float constants, shapes.
  */
 export interface NodeEmitter {
   op(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
   nchwcOp(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
   msOp(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
   i64(values: number[]): string;
+  /** A float32 scalar constant. */
+  scalar(v: number): string;
   shape(t: string): number[];
 }
 

@@ -39,6 +39,7 @@ import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
+import { batchNormInputGradient, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
 /** ONNX Runtime's contrib operators (FusedMatMul). */
@@ -136,6 +137,7 @@ export class GradBuilder {
     nchwcOp: (opType, inputs, attrs, shape) => this.domainOp(NCHWC_DOMAIN, opType, inputs, attrs, shape),
     msOp: (opType, inputs, attrs, shape) => this.domainOp(MS_DOMAIN, opType, inputs, attrs, shape),
     i64: (values) => this.i64(values),
+    scalar: (v) => this.scalar(v),
     shape: (t) => this.b.shape(t),
   };
 
@@ -264,11 +266,11 @@ export class GradBuilder {
     let running: [string, string] | undefined;
     let y: string;
     if (this.bnTrain) {
-      mean = this.op('ReduceMean', [x], { axes: [0, 2, 3], keepdims: 1 }, cShape);
-      centered = this.op('Sub', [x, mean], {}, shape);
-      // One pass over xc for the (biased) variance: its sum of squares times 1/M, M = N*H*W.
-      const variance = this.op('Mul', [this.op('ReduceSumSquare', [centered], { axes: [0, 2, 3], keepdims: 1 }, cShape), this.invCount(shape)], {}, cShape);
-      invstd = this.op('Reciprocal', [this.op('Sqrt', [this.op('Add', [variance, this.scalar(m.eps)], {}, cShape)], {}, cShape)], {}, cShape);
+      const stats = moments(this.emit, x, this.invCount(shape));
+      mean = stats.mean;
+      centered = stats.centered;
+      const variance = stats.variance;
+      invstd = inverseStd(this.emit, variance, m.eps);
       const meanOut = `mean/${m.path}`;
       const varOut = `var/${m.path}`;
       this.op('Reshape', [mean, this.i64([-1])], {}, [c], [meanOut]);
@@ -281,7 +283,7 @@ export class GradBuilder {
       const rv = this.param(m, 'running_var');
       running = [rm, rv];
       mean = this.op('Reshape', [rm, toNchw], {}, cShape);
-      invstd = this.op('Reciprocal', [this.op('Sqrt', [this.op('Add', [this.op('Reshape', [rv, toNchw], {}, cShape), this.scalar(m.eps)], {}, cShape)], {}, cShape)], {}, cShape);
+      invstd = inverseStd(this.emit, this.op('Reshape', [rv, toNchw], {}, cShape), m.eps);
     }
     const k = this.op('Mul', [gamma, invstd], {}, cShape);
     if (running && !scales) {
@@ -320,12 +322,7 @@ export class GradBuilder {
         this.addGrad(x, kDy());
         return;
       }
-      const invM = this.invCount(shape);
-      // dx = k*dy + xc * c1 + c0, with c1 = -k invstd^2 sum(dy xc)/M and c0 = -k sum(dy)/M.
-      const c1 = this.op('Neg', [this.op('Mul', [this.op('Mul', [k, this.op('Mul', [invstd, invstd], {}, cShape)], {}, cShape), this.op('Mul', [sumDyXc, invM], {}, cShape)], {}, cShape)], {}, cShape);
-      const c0 = this.op('Neg', [this.op('Mul', [k, this.op('Mul', [sumDy, invM], {}, cShape)], {}, cShape)], {}, cShape);
-      const dx = this.op('Add', [kDy(), this.op('Add', [this.op('Mul', [xcOf(), c1], {}, shape), c0], {}, shape)], {}, shape);
-      this.addGrad(x, dx);
+      this.addGrad(x, batchNormInputGradient(this.emit, dy, xcOf(), k, invstd, sumDy, sumDyXc, this.invCount(shape)));
     });
     return y;
   }
@@ -336,18 +333,10 @@ export class GradBuilder {
    */
   private inputStatistics(m: BatchNorm2d, x: string): void {
     const shape = this.b.shape(x);
-    const c = shape[1];
-    const cShape = [1, c, 1, 1];
-    const mean = this.op('ReduceMean', [x], { axes: [0, 2, 3], keepdims: 1 }, cShape);
-    const xc = this.op('Sub', [x, mean], {}, shape);
-    const variance = this.op('Mul', [this.op('ReduceSumSquare', [xc], { axes: [0, 2, 3], keepdims: 1 }, cShape), this.invCount(shape)], {}, cShape);
-    this.inputStatTensors.push({ path: m.path, channels: c, mean, variance });
-    this.back(mean, [x], (dm) => {
-      this.addGrad(x, this.op('Expand', [this.op('Mul', [dm, this.invCount(shape)], {}, cShape), this.op('Shape', [x], {}, [4])], {}, shape));
-    });
-    this.back(variance, [x], (dv) => {
-      this.addGrad(x, this.op('Mul', [xc, this.op('Mul', [dv, this.op('Mul', [this.invCount(shape), this.scalar(2)], {}, [1])], {}, cShape)], {}, shape));
-    });
+    const { mean, centered, variance } = moments(this.emit, x, this.invCount(shape));
+    this.inputStatTensors.push({ path: m.path, channels: shape[1], mean, variance });
+    this.back(mean, [x], (dm) => this.addGrad(x, meanGradient(this.emit, x, dm, this.invCount(shape))));
+    this.back(variance, [x], (dv) => this.addGrad(x, varianceGradient(this.emit, centered, dv, this.invCount(shape))));
   }
 
   relu(x: string): string {
