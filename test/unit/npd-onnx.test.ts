@@ -40,18 +40,22 @@ describe('NPD step through ONNX Runtime (zoo: preact8-badnets)', function () {
     zoo?.loaded.model.dispose();
   });
 
-  for (const steps of [0, 2]) {
-    it(`${steps} attack steps: the loss and the polarizer's gradients agree with the backend's`, async () => {
-      const p = { eps: 3.0, steps, advStep: 0.1, lambda: 0.4 };
+  for (const [steps, clip] of [[0, 'image'], [2, 'image'], [2, 'perturbation']] as const) {
+    it(`${steps} attack steps (${clip} clipped): the loss and the polarizer's gradients agree with the backend's`, async () => {
+      const p = { eps: 3.0, steps, advStep: 0.1, lambda: 0.4, attackStopRate: 0.6 };
       const n = 48;
       const idx = Array.from({ length: n }, (_, i) => i);
       const labels = Int32Array.from(idx, (i) => zoo.aux.y[i]);
       const [h, w, c] = zoo.aux.shape;
       const size = h * w * c;
+      const x0 = makeBatch(zoo.aux, idx, undefined, undefined);
+      const y0 = tf.tensor1d(labels, 'int32');
+      const attacked = await targetedAdversarial(model, x0, y0, p.eps, p.steps, p.advStep, clip, p.attackStopRate);
+      tf.dispose([x0, y0]);
       const ref = tf.tidy(() => {
         const x = makeBatch(zoo.aux, idx, undefined, undefined);
         const y = tf.tensor1d(labels, 'int32');
-        const packed = targetedAdversarial(model, x, y, p.eps, p.steps, p.advStep);
+        const packed = attacked;
         const xAdv = tf.reshape(tf.slice(packed, [0, 0], [n, size]), [n, h, w, c]) as tf.Tensor4D;
         const target = tf.cast(tf.reshape(tf.slice(packed, [0, size], [n, 1]), [n]), 'int32') as tf.Tensor1D;
         const own = tf.cast(tf.reshape(tf.slice(packed, [0, size + 1], [n, 1]), [n]), 'int32') as tf.Tensor1D;
@@ -62,7 +66,7 @@ describe('NPD step through ONNX Runtime (zoo: preact8-badnets)', function () {
       const caught: Float32Array[] = [];
       const catcher = { step: (_: tf.Variable[], gs: tf.Tensor[]) => gs.forEach((g) => caught.push(g.dataSync() as Float32Array)) } as unknown as SGD;
       try {
-        const loss = await graphs.step(model, vars, catcher, makeBatchArray(zoo.aux, idx, undefined, undefined), labels, p);
+        const loss = await graphs.step(model, vars, catcher, makeBatchArray(zoo.aux, idx, undefined, undefined), labels, p, clip);
         const want = (await ref.value.data())[0];
         const tol = steps === 0 ? 1e-4 : 0.02;
         assert.ok(Math.abs(loss - want) <= tol * Math.abs(want), `loss ${loss} vs ${want}`);
@@ -72,6 +76,7 @@ describe('NPD step through ONNX Runtime (zoo: preact8-badnets)', function () {
           assert.ok(diff <= tol * scale, `variable ${i} ${v.shape}: max difference ${diff} at scale ${scale}`);
         }
       } finally {
+        attacked.dispose();
         ref.value.dispose();
         tf.dispose(ref.grads);
       }

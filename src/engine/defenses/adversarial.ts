@@ -15,15 +15,6 @@ export function projectLinf(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.
   return tf.tidy(() => tf.add(x, tf.clipByValue(tf.sub(xAdv, x), -eps, eps)) as tf.Tensor4D);
 }
 
-/** Project per image onto the L2 ball of radius eps around x and onto [0,1]. */
-export function projectL2(x: tf.Tensor4D, xAdv: tf.Tensor4D, eps: number): tf.Tensor4D {
-  return tf.tidy(() => {
-    const d = tf.sub(xAdv, x);
-    const norms = tf.sqrt(tf.add(tf.sum(tf.square(d), [1, 2, 3], true), 1e-12));
-    return tf.clipByValue(tf.add(x, tf.mul(d, tf.minimum(1, tf.div(eps, norms)))), 0, 1) as tf.Tensor4D;
-  });
-}
-
 /** Gradient of a scalar objective with respect to the input batch. */
 export function inputGradient(x: tf.Tensor4D, objective: (x: tf.Tensor4D) => tf.Scalar): tf.Tensor4D {
   return tf.tidy(() => tf.grad((xi: tf.Tensor) => objective(xi as tf.Tensor4D))(x) as tf.Tensor4D);
@@ -46,18 +37,6 @@ export async function logitGradients(logits: Array<{ data: Float32Array; n: numb
     }),
   );
   return { value: value[0], grads };
-}
-
-/** projectL2 on flat arrays of `size` pixels per image: each image's x + (xAdv - x) scaled into the L2 ball, clipped to [0, 1]. */
-export function projectL2Array(x: Float32Array, xAdv: Float32Array, eps: number, size: number): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let s = 0; s < x.length; s += size) {
-    let sq = 0;
-    for (let i = s; i < s + size; i++) sq += (xAdv[i] - x[i]) ** 2;
-    const scale = Math.min(1, eps / Math.sqrt(sq + 1e-12));
-    for (let i = s; i < s + size; i++) out[i] = Math.min(1, Math.max(0, x[i] + (xAdv[i] - x[i]) * scale));
-  }
-  return out;
 }
 
 /**
