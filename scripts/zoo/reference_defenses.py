@@ -61,6 +61,16 @@ written here from that reading, not copied):
           2, batch 256, random crop; CosineAnnealingLR(T_max=100) stepped after every batch; BN statistics moved
           by the unperturbed pass only. --recipe fast: ftsam.ts's profile (batch 64, 10 epochs, rho 1, cosine per
           epoch, BN statistics from the perturbed pass, smoothing s / K); --ftsam-mechanics picks either side's.
+  npd     (defense/npd.py, model_name convbn) a polarizer, a 1x1 convolution without bias initialized to the identity
+          and a BatchNorm2d, in front of layer4.1.conv1 (a forward pre-hook); the backbone frozen in eval mode.
+          Warm-up: 5 epochs of plain SGD (lr 1e-4) on the clean CE, the polarizer in train mode; then 50 epochs
+          of SGD (lr 0.01, momentum 0.9, wd 5e-4, constant), the polarizer in eval mode, batch 128, no
+          augmentation. Per batch a targeted L2 attack toward the most probable wrong class (the true logit set
+          to -10): from zero, 2 signed steps of 0.1 on the mean per-image CE (clamped at 80), the perturbation
+          projected on the L2 ball of 3.0 and added to the pixels with the sum clipped to [0, 1], stopping once
+          more than 60% of the batch is classified as the target; then one step on CE(x, y) + 0.4 CE(x_adv,
+          f(x)) + 0.4 NLL(log(1.0001 - p(x_adv)), most likely wrong class) + 0.4 NLL(..., the target).
+          --recipe fast: npd.ts's profile (batch 64, 2 warm-up epochs, 20 epochs, the perturbation clipped too).
   fst     (AISafety-HKUST/stable_backdoor_purification fine_tune/ft.py --ft_mode fst, not in BackdoorBench) the
           head re-initialized U(-1/sqrt(in), 1/sqrt(in)), CE + alpha (0.2) * <W, W0>_F, W rescaled to ||W0||_F
           after every step; SGD lr 0.01, momentum 0.9, no weight decay, cosine per epoch, 10 epochs, batch 128.
@@ -151,6 +161,14 @@ RECIPES = {
         'schedule': 'cosine-per-batch', 'cosTMaxSteps': 100,
         # SAM.step: the first (unperturbed) pass moves the BN running statistics, the perturbed one does not.
         'bnUpdate': 'first-pass',
+    },
+    'npd': {
+        'source': f'{BB} defense/npd.py, config/defense/npd/config.yaml',
+        'epochs': 50, 'paperEpochs': 50, 'warmupEpochs': 5, 'warmupLr': 1e-4, 'batchSize': 128, 'lr': 0.01,
+        'momentum': 0.9, 'weightDecay': 5e-4, 'schedule': 'constant', 'augment': 'none',
+        'polarizer': 'convbn (1x1 conv without bias, identity init, + BatchNorm2d)', 'targetLayer': 'layer4.1.conv1',
+        'normType': 'L2', 'triggerNorm': 3.0, 'advLr': 0.1, 'innerSteps': 2, 'stopRate': 0.6, 'lossCap': 80,
+        'attackClip': 'image', 'lmd1': 1.0, 'lmd2': 0.4, 'lmd3': 0.4, 'lmd4': 0.4,
     },
     'fst': {
         'source': 'AISafety-HKUST/stable_backdoor_purification fine_tune/ft.py (--ft_mode fst), README',
@@ -845,8 +863,108 @@ def run_fst(model, v, r, a, gen, log):
     return model, {'alpha': r['alpha'], 'headCosineToVictim': round(cos, 4), 'lossTrace': trace}
 
 
+def pixel_image(x, pert):
+    """npd.py's get_perturbed_image: the normalized batch's pixels plus the perturbation, clipped to [0, 1],
+    normalized again."""
+    return (torch.clamp(x * Z.STD + Z.MEAN + pert, 0, 1) - Z.MEAN) / Z.STD
+
+
+def npd_attack(model, x, target, r):
+    """npd.py's targeted L2 attack: from a zero perturbation, signed steps against the gradient of the mean of
+    each image's cross-entropy toward its target (clamped to [-80, 80]), the perturbation projected per image on
+    the L2 ball of radius trigger_norm; after each step, stop once more than 60% of the batch is classified as
+    the target. attackClip 'perturbation' (the engine's fast profile) also clips the perturbation to what the
+    clipped image shows."""
+    pert = torch.zeros_like(x)
+    pixels = x * Z.STD + Z.MEAN
+    for _ in range(r['innerSteps']):
+        pert.requires_grad_(True)
+        loss = F.cross_entropy(model(pixel_image(x, pert)), target, reduction='none').clamp(-r['lossCap'], r['lossCap']).mean()
+        g, = torch.autograd.grad(loss, pert)
+        with torch.no_grad():
+            pert = pert - r['advLr'] * g.sign()
+            norm = pert.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            pert = torch.where(norm > r['triggerNorm'], pert * r['triggerNorm'] / norm, pert)
+            if r['attackClip'] == 'perturbation':
+                pert = torch.clamp(pixels + pert, 0, 1) - pixels
+            if (model(pixel_image(x, pert)).argmax(1) == target).float().mean() > r['stopRate']:
+                break
+    return pixel_image(x, pert.detach())
+
+
+def run_npd(model, v, r, a, gen, log):
+    # The polarizer in front of the last block's first convolution, through a forward pre-hook as npd.py inserts it;
+    # the backbone frozen and in eval mode throughout.
+    if v.arch != 'preactresnet18':
+        raise ValueError('npd: BackdoorBench inserts its polarizer in a PreAct-ResNet18 only')
+    x, y = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layer = dict(model.named_modules())[r['targetLayer']]
+    c = layer.in_channels
+    conv = nn.Conv2d(c, c, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(c).view(c, c, 1, 1))
+    plug = nn.Sequential(conv, nn.BatchNorm2d(c))
+    # The hook stays: the purified model is the backbone with the polarizer (eval mode) in front of the layer.
+    layer.register_forward_pre_hook(lambda _m, inp: (plug(inp[0]),))
+    # Warm-up: the polarizer in train mode (its BatchNorm normalizes with batch statistics and moves its running
+    # ones), plain SGD at the warm-up rate on the clean cross-entropy. warmupStats 'exact' (npd.ts's way): the
+    # BatchNorm's running statistics set to those of its input over the aux set first, and the warm-up in eval mode.
+    warm = torch.optim.SGD(plug.parameters(), lr=r['warmupLr'])
+    plug.train()
+    if r.get('warmupStats') == 'exact':
+        plug.eval()
+        inputs = []
+        grab = plug[1].register_forward_pre_hook(lambda _m, inp: inputs.append(inp[0].detach()))
+        with torch.no_grad():
+            for i in range(0, len(x), 128):
+                model(x[i:i + 128])
+        grab.remove()
+        f = torch.cat(inputs)
+        plug[1].running_mean.copy_(f.mean((0, 2, 3)))
+        plug[1].running_var.copy_(f.var((0, 2, 3), unbiased=False))
+    for _ in range(r['warmupEpochs']):
+        for idx in batches(len(x), r['batchSize'], gen):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            finite(loss, 'NPD warm-up')
+            warm.zero_grad()
+            loss.backward()
+            warm.step()
+    plug.eval()
+    opt = torch.optim.SGD(plug.parameters(), lr=r['lr'], momentum=r['momentum'], weight_decay=r['weightDecay'])
+    for e in range(r['epochs']):
+        tot = 0.0
+        for idx in batches(len(x), r['batchSize'], gen):
+            xb, yb = x[idx], y[idx]
+            with torch.no_grad():
+                lo = model(xb)
+                own = lo.argmax(1)
+                lo[torch.arange(len(yb)), yb] = -10
+                target = lo.argmax(1)
+            adv = npd_attack(model, xb, target, r)
+            loss1 = F.cross_entropy(model(xb), yb)
+            la = model(adv)
+            loss2 = F.cross_entropy(la, own)
+            prob = F.softmax(la, 1)
+            top2 = torch.argsort(prob, 1)[:, -2:]
+            wrong = torch.where(top2[:, -1] == yb, top2[:, -2], top2[:, -1])
+            away = torch.log(1.0001 - prob + 1e-12)
+            loss3 = F.nll_loss(away, wrong)
+            loss4 = F.nll_loss(away, target)
+            loss = r['lmd1'] * loss1 + r['lmd2'] * loss2 + r['lmd3'] * loss3 + r['lmd4'] * loss4
+            finite(loss, 'NPD')
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(idx)
+        log(f'    epoch {e + 1}/{r["epochs"]} loss {tot / len(x):.4f}')
+    return model, {'insertedBefore': r['targetLayer']}
+
+
 DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': run_ibau, 'anp': run_anp,
-            'ftsam': run_ftsam, 'fst': run_fst}
+            'ftsam': run_ftsam, 'fst': run_fst, 'npd': run_npd}
 
 # `--recipe fast`: the departures our `fast` profile names for each defense (src/engine/defenses/<name>.ts,
 # `defaults('fast')` and `departures('fast')`), applied to BackdoorBench's recipe above, so that the engine's
@@ -864,6 +982,8 @@ FAST = {
               'smoothingStyle': 'engine'},
     # fst.ts: batch 64 (its named departure), 10 epochs, and weight decay 5e-4 (the authors' ft.py: none).
     'fst': {'epochs': 10, 'batchSize': 64, 'weightDecay': 5e-4},
+    # npd.ts: batch 64, 2 warm-up epochs (5), 20 epochs (50), the perturbation clipped with the image.
+    'npd': {'epochs': 20, 'warmupEpochs': 2, 'batchSize': 64, 'attackClip': 'perturbation'},
 }
 
 
@@ -907,6 +1027,12 @@ def effective(defense, a):
         else:
             r.update({'schedule': 'cosine', 'bnUpdate': 'perturbed-pass', 'smoothingStyle': 'engine'})
         r['profile'] += f'-{a.ftsam_mechanics}-mechanics'
+    if defense == 'npd' and a.npd_exact_stats:
+        r['warmupStats'] = 'exact'
+        r['profile'] = f'{r.get("profile", a.recipe)}-exact-stats'
+    if defense == 'npd' and a.npd_attack_clip is not None:
+        r['attackClip'] = a.npd_attack_clip
+        r['profile'] = f'{r.get("profile", a.recipe)}-attack-clip-{a.npd_attack_clip}'
     if defense == 'ftsam' and a.rho is not None:
         r['rho'] = a.rho
         r['profile'] += f'-rho{a.rho:g}'
@@ -1003,6 +1129,10 @@ def main():
                          "smoothing s/(K-1)) or ftsam.ts's (per-epoch cosine, BN from the perturbed pass, s/K), "
                          'whatever the recipe; the rows carry it as profile')
     ap.add_argument('--rho', type=float, help='FT-SAM: override rho')
+    ap.add_argument('--npd-exact-stats', action='store_true',
+                    help="NPD: set the polarizer's BatchNorm statistics from the aux set and warm up in eval mode, as npd.ts")
+    ap.add_argument('--npd-attack-clip', choices=['image', 'perturbation'],
+                    help="NPD: override where the attack clips (BackdoorBench: image; the fast profile: perturbation)")
     ap.add_argument('--sau-augment', action='store_true', help='random crop in SAU (BackdoorBench uses none)')
     ap.add_argument('--recipe', choices=['paper', 'fast'], default='paper',
                     help="paper: BackdoorBench's values (fewer epochs, see the README); fast: with the departures "

@@ -6,7 +6,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { benchPurification, defaultVictimDir, pythonReference, parsePurification, purificationJob, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
+import { benchPurification, defaultVictimDir, pythonReference, parsePurification, purificationJob, torchEnv, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
 import { loadJob } from '../../src/engine/jobs/validate';
 import { DEFENSE_IDS } from '../../src/engine/catalog';
 import { InputError } from '../../src/engine/errors';
@@ -92,6 +92,14 @@ describe('bench purification section', () => {
     fs.writeFileSync(python, `#!/bin/sh\necho "ModuleNotFoundError: No module named 'torch'" >&2\nexit 1\n`, { mode: 0o755 });
     assert.deepEqual(pythonReference(python).probe(), { unavailable: `${python} has no torch (install Debian's python3-torch)` });
     assert.deepEqual(pythonReference(path.join(dir, 'none')).probe(), { unavailable: `${path.join(dir, 'none')} is missing` });
+  });
+
+  it("runs PyTorch with glibc's malloc thresholds raised, unless the caller chose them", () => {
+    const env = torchEnv({ PATH: '/usr/bin' });
+    assert.equal(env.MALLOC_MMAP_THRESHOLD_, '2000000000');
+    assert.equal(env.MALLOC_TRIM_THRESHOLD_, '2000000000');
+    assert.equal(env.PATH, '/usr/bin');
+    assert.equal(torchEnv({ MALLOC_MMAP_THRESHOLD_: '131072' }).MALLOC_MMAP_THRESHOLD_, '131072');
   });
 
   it('refuses a folder that is not a zoo victim in one line', async () => {
