@@ -2,8 +2,8 @@
  * BatchNorm's closed forms for the training graphs (ort_grad_graph.ts), emitted through the builder's
  * NodeEmitter as ort_conv_ops.ts's convolution rules are: the batch statistics, the input gradient of
  * batch-statistics BatchNorm, and the gradients of a frozen BatchNorm's input mean and variance (side outputs
- * that NPD's polarizer and GIC's BatchNorm distance read). Tensors
- * are NCHW; per-channel values are [1, C, 1, 1]; `invM` is the graph's 1/(N*H*W) for the input.
+ * that NPD's polarizer and GIC's BatchNorm distance read). Tensors are NCHW; per-channel values are
+ * [1, C, 1, 1]; `invM` is the graph's 1/(N*H*W) for the input.
  */
 import type { NodeEmitter } from './ort_conv_ops';
 
