@@ -863,10 +863,10 @@ def run_fst(model, v, r, a, gen, log):
     return model, {'alpha': r['alpha'], 'headCosineToVictim': round(cos, 4), 'lossTrace': trace}
 
 
-def pixel_image(x, pert):
-    """npd.py's get_perturbed_image: the normalized batch's pixels plus the perturbation, clipped to [0, 1],
-    normalized again."""
-    return (torch.clamp(x * Z.STD + Z.MEAN + pert, 0, 1) - Z.MEAN) / Z.STD
+def pixel_image(pixels, pert):
+    """npd.py's get_perturbed_image: the batch's pixels (denormalized once by the caller) plus the perturbation,
+    clipped to [0, 1], normalized again."""
+    return (torch.clamp(pixels + pert, 0, 1) - Z.MEAN) / Z.STD
 
 
 def npd_attack(model, x, target, r):
@@ -879,7 +879,7 @@ def npd_attack(model, x, target, r):
     pixels = x * Z.STD + Z.MEAN
     for _ in range(r['innerSteps']):
         pert.requires_grad_(True)
-        loss = F.cross_entropy(model(pixel_image(x, pert)), target, reduction='none').clamp(-r['lossCap'], r['lossCap']).mean()
+        loss = F.cross_entropy(model(pixel_image(pixels, pert)), target, reduction='none').clamp(-r['lossCap'], r['lossCap']).mean()
         g, = torch.autograd.grad(loss, pert)
         with torch.no_grad():
             pert = pert - r['advLr'] * g.sign()
@@ -887,9 +887,9 @@ def npd_attack(model, x, target, r):
             pert = torch.where(norm > r['triggerNorm'], pert * r['triggerNorm'] / norm, pert)
             if r['attackClip'] == 'perturbation':
                 pert = torch.clamp(pixels + pert, 0, 1) - pixels
-            if (model(pixel_image(x, pert)).argmax(1) == target).float().mean() > r['stopRate']:
+            if (model(pixel_image(pixels, pert)).argmax(1) == target).float().mean() > r['stopRate']:
                 break
-    return pixel_image(x, pert.detach())
+    return pixel_image(pixels, pert.detach())
 
 
 def run_npd(model, v, r, a, gen, log):

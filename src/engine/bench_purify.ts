@@ -284,8 +284,10 @@ export function formatPurificationTable(rows: PurificationRow[], torchAvailable:
 /** One row from both sides' results: the ratio only where both measured a time. */
 export function purificationRow(defense: string, ours: OursResult, torch: ReferenceResult | null): PurificationRow {
   const ok = (s: SideResult | null): s is SideResult => !!s && !s.error && Number.isFinite(s.seconds) && s.seconds > 0;
-  const jobOk = ok(ours) && ok(torch) && Number.isFinite(ours.jobSeconds) && ours.jobSeconds > 0 && Number.isFinite(torch.processSeconds ?? NaN);
-  return { defense, ours, torch, ratio: ok(ours) && ok(torch) ? torch.seconds / ours.seconds : null, jobRatio: jobOk ? torch!.processSeconds! / ours.jobSeconds : null };
+  if (!ok(ours) || !ok(torch)) return { defense, ours, torch, ratio: null, jobRatio: null };
+  const process = torch.processSeconds;
+  const jobRatio = process !== undefined && Number.isFinite(process) && Number.isFinite(ours.jobSeconds) && ours.jobSeconds > 0 ? process / ours.jobSeconds : null;
+  return { defense, ours, torch, ratio: torch.seconds / ours.seconds, jobRatio };
 }
 
 export interface PurificationOptions {
