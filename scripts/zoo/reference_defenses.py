@@ -29,8 +29,9 @@ written here from that reading, not copied):
   fp      mean of the linear head's input (pooled last-stage feature) over one augmented pass of the aux data, in
           eval mode; mask the least active channels, ceil(1% of them) more per step, while the relative change of
           the (aux-validation) accuracy stays under acc_ratio 0.1; then fine-tune as ft with the mask kept.
-  nad     teacher = the victim fine-tuned te_epochs=10 as ft (its cosine has BackdoorBench's T_max=100); student
-          = the victim trained te_epochs=10 with CE + 500*AT(layer3) + 1000*AT(layer4) + 1000*AT(pooled), AT =
+  nad     teacher = the victim fine-tuned te_epochs=10 as ft (its cosine has BackdoorBench's T_max=100; the fast
+          recipe: 20 epochs on a cosine over them, as ft's fast profile, --nad-teacher-epochs to change); student
+          = the victim trained te_epochs=10 (the fast recipe: 20, on a cosine) with CE + 500*AT(layer3) + 1000*AT(layer4) + 1000*AT(pooled), AT =
           MSE between attention maps sum_c |f|^p (p=2) divided by their spatial L2 norm (+1e-6); SGD lr 0.01 held
           constant (nad.py's adjust_learning_rate gives 0.01 for every epoch < 20), momentum 0.9, wd 5e-4;
           teacher in eval mode; the student's BN running statistics move as nad.py's separate forward per tap
@@ -381,7 +382,7 @@ def run_nad(model, v, r, a, gen, log):
     x, y = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
     teacher = copy.deepcopy(model)
     log('    teacher:')
-    train_ce(teacher, x, y, r, r['epochs'], r['teacherCosTMax'], gen, log=log)
+    train_ce(teacher, x, y, r, r['teacherEpochs'], r['teacherCosTMax'], gen, log=log)
     teacher.eval()
     betas = [r['beta1'], r['beta2'], r['beta3']] if isinstance(model, Z.PreActResNet18) else [r['beta3']]
     # One forward per step with the BN momentum that k same-batch updates amount to, 1 - (1 - 0.1)^k: the same
@@ -972,7 +973,9 @@ DEFENSES = {'ft': run_ft, 'fp': run_fp, 'nad': run_nad, 'sau': run_sau, 'ibau': 
 FAST = {
     'ft': {'epochs': 20, 'batchSize': 64},
     'fp': {'epochs': 20, 'batchSize': 64},
-    'nad': {'batchSize': 64, 'teacherCosTMax': 10, 'studentSchedule': 'cosine'},
+    # nad.ts: batch 64 and 20 epochs for teacher and student, as ft's fast profile (the teacher's cosine over its
+    # epochs), the student's rate on a cosine over its epochs.
+    'nad': {'epochs': 20, 'batchSize': 64, 'teacherEpochs': 20, 'teacherCosTMax': 20, 'studentSchedule': 'cosine'},
     'sau': {'epochs': 20, 'batchSize': 64},
     'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0},
     # ftsam.ts: batch 64, 10 epochs, rho 1 (its named departures), and how ftsam.ts does what BackdoorBench does
@@ -1038,6 +1041,15 @@ def effective(defense, a):
         r['profile'] += f'-rho{a.rho:g}'
     if defense in ('ftsam', 'fst') and (a.epochs is not None or a.batch_size is not None):
         r['profile'] += f'-epochs{a.epochs or r["epochs"]}-batch{a.batch_size or r["batchSize"]}'
+    if defense == 'nad':
+        # The teacher's epochs: BackdoorBench's te_epochs (the student's 10) unless the recipe or
+        # --nad-teacher-epochs says otherwise; a fast-recipe cosine runs over them.
+        r.setdefault('teacherEpochs', r['epochs'])
+        if a.nad_teacher_epochs is not None:
+            r['teacherEpochs'] = a.nad_teacher_epochs
+            if a.recipe == 'fast':
+                r['teacherCosTMax'] = a.nad_teacher_epochs
+            r['profile'] = f'{a.recipe}-teacher-epochs{a.nad_teacher_epochs}'
     if defense == 'nad' and a.nad_single_bn_update:
         r['bnUpdatesAsBackdoorBench'] = False
     if defense == 'sau' and a.sau_augment:
@@ -1122,6 +1134,8 @@ def main():
     ap.add_argument('--batch-size', type=int, help='override the batch size (default: the config\'s 256)')
     ap.add_argument('--cos-tmax', type=int, help='ft/fp CosineAnnealingLR T_max (default: the epochs; '
                                                  'BackdoorBench hard-codes 100)')
+    ap.add_argument('--nad-teacher-epochs', type=int, default=None,
+                    help='NAD: the teacher\'s fine-tuning epochs (paper: te_epochs 10; the fast recipe: 20, as ft)')
     ap.add_argument('--nad-single-bn-update', action='store_true',
                     help='NAD: one BN running-statistics update per step (BackdoorBench: one per forward, 3-4)')
     ap.add_argument('--ftsam-mechanics', choices=['backdoorbench', 'engine'],
