@@ -978,10 +978,10 @@ FAST = {
     'nad': {'epochs': 20, 'batchSize': 64, 'teacherEpochs': 20, 'teacherCosTMax': 20, 'studentSchedule': 'cosine'},
     'sau': {'epochs': 20, 'batchSize': 64},
     'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0},
-    # ftsam.ts: batch 64, 10 epochs, rho 1 (its named departures), and how ftsam.ts does what BackdoorBench does
-    # otherwise: the cosine per epoch over the run's epochs, the BN statistics moved by the perturbed pass,
+    # ftsam.ts: batch 64, 20 epochs (as ft), rho 1 (its named departures), and how ftsam.ts does what BackdoorBench
+    # does otherwise: the cosine per epoch over the run's epochs, the BN statistics moved by the perturbed pass,
     # smoothing (1 - s) one-hot + s / K.
-    'ftsam': {'epochs': 10, 'batchSize': 64, 'rho': 1.0, 'schedule': 'cosine', 'bnUpdate': 'perturbed-pass',
+    'ftsam': {'epochs': 20, 'batchSize': 64, 'rho': 1.0, 'schedule': 'cosine', 'bnUpdate': 'perturbed-pass',
               'smoothingStyle': 'engine'},
     # fst.ts: batch 64 (its named departure), 10 epochs, and weight decay 5e-4 (the authors' ft.py: none).
     'fst': {'epochs': 10, 'batchSize': 64, 'weightDecay': 5e-4},

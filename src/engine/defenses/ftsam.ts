@@ -14,23 +14,24 @@ import { cosineLr } from '../nn/optim';
 import type { ForwardContext } from '../nn/module';
 import { takeScalar } from '../nn/read';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
-import { FAST_FINE_TUNE, Pacer } from './common';
+import { FAST_FINE_TUNE, FAST_FINE_TUNE_DEPARTURES, Pacer } from './common';
 import { JobError } from '../errors';
 
 export const ftsam: Defense = {
   id: 'ftsam',
   title: 'Fine-tuning with sharpness-aware minimization',
-  cost: 0.9,
+  cost: 1.6,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? { epochs: 100, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, batchSize: 256, rho: 2.0, labelSmoothing: 0.1 }
-      : { epochs: 10, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, batchSize: FAST_FINE_TUNE.batchSize, rho: 1.0, labelSmoothing: 0.1 };
+      : { epochs: FAST_FINE_TUNE.epochs, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, batchSize: FAST_FINE_TUNE.batchSize, rho: 1.0, labelSmoothing: 0.1 };
   },
   departures(profile: Profile) {
-    // SAM's perturbed steps purify faster than plain fine-tuning: on the zoo's preact8-badnets 20 epochs cost
-    // 0.058 of accuracy for an ASR that 10 already reach. With 8 steps an epoch instead of 2, rho 2 moved the
-    // weights too far: ACC 0.827 -> 0.763 (ASR 0.068) where rho 1 gives 0.785 (ASR 0.078), full test set, seed 0.
-    return profile === 'fast' ? 'batch 64 (BackdoorBench: 256) so that a 500-image aux set gets 8 steps an epoch; 10 epochs (100); rho 1 (2)' : undefined;
+    // With 8 steps an epoch instead of 2, rho 2 moved the weights too far: ACC 0.827 -> 0.763 (ASR 0.068) where
+    // rho 1 gives 0.785 (ASR 0.078), zoo preact8-badnets, full test set, seed 0. 20 epochs, as ft: with 10 the
+    // Blended victim kept its backdoor (ASR 0.923 ± 0.013, 3 seeds; 20 epochs: 0.580 over 8) and the CNN lost
+    // 0.057 of accuracy (20: 0.043), and 20 gain accuracy on BadNets and SIG too (0.784 -> 0.792, 0.776 -> 0.778).
+    return profile === 'fast' ? `${FAST_FINE_TUNE_DEPARTURES}; rho 1 (2)` : undefined;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;

@@ -43,7 +43,7 @@ export function attentionMap(f: tf.Tensor, layout: 'nhwc' | 'nchw' = 'nhwc'): tf
 export const nad: Defense = {
   id: 'nad',
   title: 'Neural Attention Distillation',
-  cost: 1.4,
+  cost: 2.0,
   choices: { studentSchedule: ['constant', 'cosine'] },
   defaults(profile: Profile) {
     return profile === 'paper'
