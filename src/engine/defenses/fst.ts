@@ -17,16 +17,21 @@ import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense
 export const fst: Defense = {
   id: 'fst',
   title: 'Feature Shift Tuning',
-  cost: 0.5,
+  cost: 0.9,
   defaults(profile: Profile) {
     return profile === 'paper'
       ? // The authors' fine_tune/ft.py: SGD(lr, momentum=0.9), no weight decay.
         { epochs: 10, lr: 0.01, momentum: 0.9, weightDecay: 0, alpha: 0.2, batchSize: 128 }
-      : { epochs: 10, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: FAST_FINE_TUNE.batchSize };
+      : { epochs: FAST_FINE_TUNE.epochs, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, alpha: 0.2, batchSize: FAST_FINE_TUNE.batchSize };
   },
   departures(profile: Profile) {
-    // FST's own schedule is already short (10 epochs, AISafety-HKUST/stable_backdoor_purification).
-    return profile === 'fast' ? 'batch 64 (FST: 128) so that a 500-image aux set gets 8 steps an epoch; weight decay 5e-4 (FST: none), as the fine-tuning family' : undefined;
+    // FST's own schedule is short (10 epochs, AISafety-HKUST/stable_backdoor_purification); on 500 images the
+    // re-initialized head needs the fine-tuning family's 20 to get the accuracy back. Zoo, 3 seeds, 10 -> 20
+    // epochs: ACC 0.795 -> 0.801 (BadNets), 0.779 -> 0.797 with ASR 0.127 -> 0.013 (Blended), 0.789 -> 0.794
+    // (SIG), 0.701 -> 0.750 (the CNN).
+    return profile === 'fast'
+      ? 'batch 64 (FST: 128) so that a 500-image aux set gets 8 steps an epoch; 20 epochs (FST: 10) and weight decay 5e-4 (FST: none), as the fine-tuning family'
+      : undefined;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
