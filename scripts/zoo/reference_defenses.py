@@ -31,9 +31,10 @@ written here from that reading, not copied):
           the (aux-validation) accuracy stays under acc_ratio 0.1; then fine-tune as ft with the mask kept.
   nad     teacher = the victim fine-tuned te_epochs=10 as ft (its cosine has BackdoorBench's T_max=100; the fast
           recipe: 20 epochs on a cosine over them, as ft's fast profile, --nad-teacher-epochs to change); student
-          = the victim trained te_epochs=10 (the fast recipe: 20, on a cosine) with CE + 500*AT(layer3) + 1000*AT(layer4) + 1000*AT(pooled), AT =
-          MSE between attention maps sum_c |f|^p (p=2) divided by their spatial L2 norm (+1e-6); SGD lr 0.01 held
-          constant (nad.py's adjust_learning_rate gives 0.01 for every epoch < 20), momentum 0.9, wd 5e-4;
+          = the victim trained te_epochs=10 (the fast recipe: 20, on a cosine) with CE + 500*AT(layer3) +
+          1000*AT(layer4) + 1000*AT(pooled), AT = MSE between attention maps sum_c |f|^p (p=2) divided by their
+          spatial L2 norm (+1e-6); SGD lr 0.01 held constant (nad.py's adjust_learning_rate gives 0.01 for every
+          epoch < 20), momentum 0.9, wd 5e-4;
           teacher in eval mode; the student's BN running statistics move as nad.py's separate forward per tap
           moves them (--nad-single-bn-update: one update per step).
   sau     Adam lr 1e-4 (amsgrad, wd 0, constant: the scheduler is never stepped), 100 rounds (here 10 by default:

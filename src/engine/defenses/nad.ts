@@ -53,7 +53,7 @@ export const nad: Defense = {
         // kept 0.725 with BackdoorBench's 10 teacher epochs and 0.756 with 20; the cosine keeps 0.795 at ASR 0.103.
         // Teacher and student each train 20 epochs of batch 64, as `ft`'s fast profile: the student can only be
         // as clean as its teacher, and BackdoorBench's 10 epochs each left the zoo's Blended backdoor in both
-        // (preact8-blended, student ASR 0.526 ± 0.152 over 8 seeds); with 20 each it reads 0.80 / 0.14 there, and
+        // (preact8-blended, student ASR 0.526 ± 0.152 over 8 seeds); with 20 each 0.166 ± 0.076 at ACC 0.802, and
         // the ten extra student epochs give back the accuracy that the stronger teacher's attention maps cost
         // (preact8-badnets: 0.778 with 10 + 10, 0.770 with a 20-epoch teacher alone, 0.794 with 20 + 20).
         { teacherEpochs: FAST_FINE_TUNE.epochs, epochs: FAST_FINE_TUNE.epochs, lr: FAST_FINE_TUNE.lr, momentum: 0.9, weightDecay: 5e-4, batchSize: FAST_FINE_TUNE.batchSize, beta1: 500, beta2: 1000, beta3: 1000, studentSchedule: 'cosine' };
