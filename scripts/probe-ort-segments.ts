@@ -13,18 +13,11 @@ import { onnx } from 'onnx-proto';
 import { initBackend } from '../src/engine/backend';
 import { buildModel } from '../src/engine/models';
 import { buildGradGraph } from '../src/engine/nn/ort_grad_graph';
+import { outputElemType } from '../src/engine/nn/ort_graph_split';
 import { loadOrt, nchwcBlockSize } from '../src/engine/backend/onnx_runtime';
 import type { Tensor } from 'onnxruntime-node';
 
 const T = onnx.TensorProto.DataType;
-
-/** The element type of a node's output (the builder's graphs are float but for shapes, indices and masks). */
-function elemType(nd: onnx.INodeProto, index: number): number {
-  if (nd.opType === 'Shape' || nd.opType === 'Size' || (nd.opType === 'MaxPool' && index === 1)) return T.INT64;
-  if (nd.opType === 'Greater' || nd.opType === 'Less' || nd.opType === 'Equal') return T.BOOL;
-  if (nd.opType === 'Cast') return Number(nd.attribute?.find((a) => a.name === 'to')?.i ?? T.FLOAT);
-  return T.FLOAT;
-}
 
 /** Whether a node is a per-channel reduction over batch and space (what synchronized BatchNorm exchanges). */
 function isBatchReduction(nd: onnx.INodeProto, g: onnx.IGraphProto): boolean {
@@ -60,7 +53,7 @@ function segment(g: onnx.IGraphProto, cuts: Set<string>) {
   }
   const count = Math.max(...nodeLevel) + 1;
   const types = new Map<string, number>();
-  nodes.forEach((nd) => (nd.output ?? []).forEach((o, j) => types.set(o, elemType(nd, j))));
+  nodes.forEach((nd) => (nd.output ?? []).forEach((o, j) => types.set(o, outputElemType(nd, j))));
   const initializers = new Set(g.initializer!.map((t) => t.name!));
   const segNodes = Array.from({ length: count }, (_, s) => nodes.filter((_, i) => nodeLevel[i] === s));
   const readIn = segNodes.map((ns) => new Set(ns.flatMap((nd) => (nd.input ?? []).filter((t) => t))));

@@ -8,7 +8,7 @@ import { onnx } from 'onnx-proto';
 const T = onnx.TensorProto.DataType;
 
 /** The element type of a node's output, for declaring it as a graph output (the builder tracks shapes only). */
-function outputElemType(node: onnx.INodeProto, index: number): number {
+export function outputElemType(node: onnx.INodeProto, index: number): number {
   switch (node.opType) {
     case 'MaxPool':
       return index === 1 ? T.INT64 : T.FLOAT;
