@@ -63,31 +63,34 @@ describe('i-BAU hypergradient on a linear softmax model (closed forms)', () => {
     return d;
   }
 
-  it('the finite-difference HVP in delta matches W (diag p - p p^T) W^T v - 2 lambda v', async () => {
-    const n0 = tf.memory().numTensors;
-    // A scope rather than tf.tidy: the products await their reads.
-    tf.engine().startScope();
-    try {
+  // Central differences: error O(eps^2); forward ones, from the gradient at delta: O(eps) (ibau.ts's FD_REL).
+  for (const [differences, tolerance] of [['central', 2e-3], ['forward', 2e-2]] as const) {
+    it(`the ${differences}-difference HVP in delta matches W (diag p - p p^T) W^T v - 2 lambda v`, async () => {
+      const n0 = tf.memory().numTensors;
+      // A scope rather than tf.tidy: the products await their reads.
+      tf.engine().startScope();
+      try {
         const delta = tf.tensor2d(rand(new Rng(2), D, 0.5), [1, D]);
         const v = tf.tensor2d(rand(new Rng(3), D, 1), [1, D]);
         const p = tf.softmax(tf.add(tf.matMul(tf.add(x, delta), W), b)); // [N, C]
         const u = tf.matMul(v, W); // [1, C]
         const pu = tf.sum(tf.mul(p, u), 1, true); // [N, 1]
         const exact = tf.sub(tf.matMul(tf.mean(tf.sub(tf.mul(p, u), tf.mul(p, pu)), 0, true), W, false, true), tf.mul(v, 2 * LAMBDA));
-        const fd = await hessianVectorProduct(inner, delta, v);
+        const base = differences === 'forward' ? tf.grad((d: tf.Tensor) => inner(d))(delta) : undefined;
+        const fd = await hessianVectorProduct(inner, delta, v, undefined, base);
         const e = relErr(exact, fd);
-        assert.ok(e < 2e-3, `relative error ${e}`);
-    } finally {
-      tf.engine().endScope();
-    }
-    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
-  });
+        assert.ok(e < tolerance, `relative error ${e}`);
+      } finally {
+        tf.engine().endScope();
+      }
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
 
-  it('the finite-difference mixed product matches grad_theta <grad_delta L_inner, v> in closed form', async () => {
-    const n0 = tf.memory().numTensors;
-    // A scope rather than tf.tidy: the products await their reads.
-    tf.engine().startScope();
-    try {
+    it(`the ${differences}-difference mixed product matches grad_theta <grad_delta L_inner, v> in closed form`, async () => {
+      const n0 = tf.memory().numTensors;
+      // A scope rather than tf.tidy: the products await their reads.
+      tf.engine().startScope();
+      try {
         const delta = tf.tensor2d(rand(new Rng(4), D, 0.5), [1, D]);
         const v = tf.tensor2d(rand(new Rng(5), D, 1), [1, D]);
         // grad_delta L_inner = mean_i (p_i - e_{y_i}) W^T - 2 lambda delta, so <grad_delta L_inner, v> = mean_i (p_i - e_i) . u,
@@ -100,22 +103,26 @@ describe('i-BAU hypergradient on a linear softmax model (closed forms)', () => {
         const Ju = tf.sub(tf.mul(p, u), tf.mul(p, tf.sum(tf.mul(p, u), 1, true))); // [N, C]
         const dW = tf.add(tf.matMul(v, tf.mean(tf.sub(p, e), 0, true), true, false), tf.div(tf.matMul(z, Ju, true, false), N));
         const db = tf.mean(Ju, 0);
-        const [fW, fb] = await mixedProduct(inner, [W, b], delta, v);
-        assert.ok(relErr(dW, fW) < 2e-3, `W: relative error ${relErr(dW, fW)}`);
-        assert.ok(relErr(db, fb) < 2e-3, `b: relative error ${relErr(db, fb)}`);
-    } finally {
-      tf.engine().endScope();
-    }
-    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
-  });
+        const at = differences === 'forward' ? tf.variableGrads(() => inner(delta), [W, b]).grads : undefined;
+        const base = at ? [at[W.name], at[b.name]] : undefined;
+        const [fW, fb] = await mixedProduct(inner, [W, b], delta, v, undefined, base);
+        assert.ok(relErr(dW, fW) < tolerance, `W: relative error ${relErr(dW, fW)}`);
+        assert.ok(relErr(db, fb) < tolerance, `b: relative error ${relErr(db, fb)}`);
+      } finally {
+        tf.engine().endScope();
+      }
+      assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+    });
+  }
 
-  it('with K fixed-point iterations the hypergradient is the derivative of L_outer(delta*(theta), theta); the direct term is not', async () => {
+  for (const differences of ['central', 'forward'] as const) {
+  it(`with K fixed-point iterations the hypergradient (${differences} differences) is the derivative of L_outer(delta*(theta), theta); the direct term is not`, async () => {
     const n0 = tf.memory().numTensors;
     const star = solveInner();
     const delta = tf.variable(star, true);
     star.dispose();
-    const full = await implicitHypergradient([W, b], delta, outer, inner, { alpha: 0.2, K: 200 });
-    const direct = await implicitHypergradient([W, b], delta, outer, inner, { alpha: 0.2, K: 0 });
+    const full = await implicitHypergradient([W, b], delta, outer, inner, { alpha: 0.2, K: 200, differences });
+    const direct = await implicitHypergradient([W, b], delta, outer, inner, { alpha: 0.2, K: 0, differences });
     delta.dispose();
     // F(theta + h u) - F(theta - h u), re-solving the inner problem at each theta, along the implicit term
     // (full - direct, normalized): the direction in which the two hypergradients differ most.
@@ -152,6 +159,7 @@ describe('i-BAU hypergradient on a linear softmax model (closed forms)', () => {
     assert.ok(full.implicitRatio > 0 && direct.implicitRatio === 0);
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
+  }
 });
 
 describe('i-BAU on a tiny BadNets victim', function () {
@@ -168,7 +176,7 @@ describe('i-BAU on a tiny BadNets victim', function () {
     const n0 = tf.memory().numTensors;
     const { out, progress } = await runDefense(f, getDefense('ibau')!, { rounds: 1 });
     out.model.dispose();
-    assert.equal(out.details!.hypergradient, 'implicit (finite differences, K = 5 fixed-point iterations)');
+    assert.equal(out.details!.hypergradient, 'implicit (forward finite differences, K = 5 fixed-point iterations)');
     const ratios = out.details!.implicitToDirect as number[];
     assert.ok(ratios.length === 1 && ratios[0] > 0, JSON.stringify(ratios));
     assert.deepEqual(progress[progress.length - 1], [1, 1]);
@@ -212,33 +220,35 @@ describe('i-BAU on a tiny BadNets victim', function () {
     const vars = model.trainableVariables();
     const penalty = 0.01;
     try {
-      const ours = await graphs!.hypergradient(vars, delta, xs, labels, mask, penalty, { alpha: 0.01, K: 5 });
-      let ref: { grads: Float32Array[]; loss: number; ratio: number };
-      // A scope rather than tf.tidy: the hypergradient awaits its reads.
-      tf.engine().startScope();
-      try {
-        const x = tf.tensor4d(xs, [n, h, w, c]);
-        const y = tf.tensor1d(labels, 'int32');
-        const m = tf.tensor4d(mask, [n, 1, 1, 1]);
-        const ev = { training: false };
-        const hg = await implicitHypergradient(
-          vars,
-          delta,
-          (d) => crossEntropy(model.forward(tf.add(x, tf.mul(m, d)) as tf.Tensor4D, ev), y),
-          (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, ev), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
-          { alpha: 0.01, K: 5 },
-        );
-        ref = { grads: hg.grads.map((g) => Float32Array.from(g.dataSync())), loss: hg.loss, ratio: hg.implicitRatio };
-      } finally {
-        tf.engine().endScope();
+      for (const differences of ['forward', 'central'] as const) {
+        const ours = await graphs!.hypergradient(vars, delta, xs, labels, mask, penalty, { alpha: 0.01, K: 5, differences });
+        let ref: { grads: Float32Array[]; loss: number; ratio: number };
+        // A scope rather than tf.tidy: the hypergradient awaits its reads.
+        tf.engine().startScope();
+        try {
+          const x = tf.tensor4d(xs, [n, h, w, c]);
+          const y = tf.tensor1d(labels, 'int32');
+          const m = tf.tensor4d(mask, [n, 1, 1, 1]);
+          const ev = { training: false };
+          const hg = await implicitHypergradient(
+            vars,
+            delta,
+            (d) => crossEntropy(model.forward(tf.add(x, tf.mul(m, d)) as tf.Tensor4D, ev), y),
+            (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, ev), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
+            { alpha: 0.01, K: 5, differences },
+          );
+          ref = { grads: hg.grads.map((g) => Float32Array.from(g.dataSync())), loss: hg.loss, ratio: hg.implicitRatio };
+        } finally {
+          tf.engine().endScope();
+        }
+        assert.ok(Math.abs(ours.loss - ref.loss) < 1e-4, `${differences}: loss ${ours.loss} vs ${ref.loss}`);
+        assert.ok(ref.ratio > 0 && Math.abs(ours.implicitRatio - ref.ratio) < 0.05 * ref.ratio + 1e-4, `${differences}: implicit/direct ${ours.implicitRatio} vs ${ref.ratio}`);
+        ours.grads.forEach((g, i) => {
+          const { diff, scale } = maxAbsDiff(g.dataSync() as Float32Array, ref.grads[i]);
+          assert.ok(diff <= 1e-2 * Math.max(scale, 1e-4), `${differences}, ${vars[i].name}: ${diff} of ${scale}`);
+        });
+        tf.dispose(ours.grads);
       }
-      assert.ok(Math.abs(ours.loss - ref.loss) < 1e-4, `loss ${ours.loss} vs ${ref.loss}`);
-      assert.ok(ref.ratio > 0 && Math.abs(ours.implicitRatio - ref.ratio) < 0.05 * ref.ratio + 1e-4, `implicit/direct ${ours.implicitRatio} vs ${ref.ratio}`);
-      ours.grads.forEach((g, i) => {
-        const { diff, scale } = maxAbsDiff(g.dataSync() as Float32Array, ref.grads[i]);
-        assert.ok(diff <= 1e-2 * Math.max(scale, 1e-4), `${vars[i].name}: ${diff} of ${scale}`);
-      });
-      tf.dispose(ours.grads);
     } finally {
       await graphs!.close();
       delta.dispose();

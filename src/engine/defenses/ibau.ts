@@ -14,9 +14,16 @@
  *     the gradient of the unlearning loss through the inner optimum delta*(theta), see implicitHypergradient.
  *
  * BackdoorBench computes the implicit part of the hypergradient with second-order autodiff. TensorFlow.js
- * cannot differentiate its own gradient kernels, so the second-order products are central finite differences
- * of first-order gradients here (checked against closed forms on a linear model in the tests); every results
- * row says so in `details.hypergradient`. Deviation: the original evaluates L_inner's second derivatives on
+ * cannot differentiate its own gradient kernels (nor does our ONNX training graph), so the second-order products
+ * are finite differences of first-order gradients here (checked against closed forms on a linear model in the
+ * tests); every results row says so in `details.hypergradient`. Forward differences by default: from one shared
+ * pass at delta, each product costs one gradient evaluation instead of central's two, which takes an unlearning
+ * step from 3 weight-gradient and 8 pixel-gradient passes to 3 and 4. On a PyTorch-trained PreAct-ResNet18 (zoo
+ * victim preact8-blended, one batch of 64 after a first round's ascent) neither scheme is exact: through the
+ * ReLUs the differences see kinks that autodiff does not, so central differences at relative steps 5e-3, 2e-2
+ * and 5e-2 differ from those at 1e-2 by 0.04-0.06 of the whole hypergradient (the implicit term is 0.10-0.14 of
+ * it), forward ones at 1e-2 and 2e-2 by 0.065, and smaller steps drown in float32 rounding (forward at 1e-4:
+ * implicit term 1.15 of the direct one). Deviation: the original evaluates L_inner's second derivatives on
  * its first auxiliary batch at every step (with the true labels); here they are taken on the current batch
  * (true labels too), a stochastic estimate of the inner problem delta* actually solves (the whole aux set).
  *
@@ -72,38 +79,61 @@ async function fdStep(delta: tf.Tensor, v: tf.Tensor, rel: number): Promise<numb
 }
 
 /**
- * Hessian-vector product of a scalar objective in delta, (d^2 L / d delta^2) v, by central differences of
- * its first-order gradient: (grad L(delta + eps v) - grad L(delta - eps v)) / (2 eps).
+ * How the second-order products are differenced. 'central': (g(delta + eps v) - g(delta - eps v)) / (2 eps),
+ * two gradient evaluations a product, truncation error O(eps^2). 'forward': (g(delta + eps v) - g(delta)) / eps,
+ * one evaluation a product, g(delta) evaluated once and shared by all of them, truncation error O(eps). Both at
+ * the same step FD_REL: on a PyTorch-trained network smaller steps drown in float32 rounding (see the header).
  */
-export async function hessianVectorProduct(objective: (d: tf.Tensor) => tf.Scalar, delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): Promise<tf.Tensor> {
+export type Differences = 'central' | 'forward';
+
+/**
+ * Hessian-vector product of a scalar objective in delta, (d^2 L / d delta^2) v: central differences of its
+ * first-order gradient, or forward differences from `base` = grad L(delta) when given.
+ */
+export async function hessianVectorProduct(objective: (d: tf.Tensor) => tf.Scalar, delta: tf.Tensor, v: tf.Tensor, rel = FD_REL, base?: tf.Tensor): Promise<tf.Tensor> {
   const eps = await fdStep(delta, v, rel);
   if (eps === 0) return tf.zerosLike(delta);
   return tf.tidy(() => {
     const g = tf.grad((d: tf.Tensor) => objective(d));
     const plus = g(tf.add(delta, tf.mul(v, eps)));
+    if (base) return tf.div(tf.sub(plus, base), eps);
     const minus = g(tf.sub(delta, tf.mul(v, eps)));
     return tf.div(tf.sub(plus, minus), 2 * eps);
   });
 }
 
+/** The theta-gradients of `objective` at d, one tensor per variable (zeros where it does not depend on one). */
+function thetaGradsAt(objective: (d: tf.Tensor) => tf.Scalar, vars: tf.Variable[], d: tf.Tensor): tf.Tensor[] {
+  const { value, grads } = tf.variableGrads(() => objective(d), vars);
+  value.dispose();
+  return vars.map((w) => grads[w.name] ?? tf.zerosLike(w));
+}
+
 /**
- * Mixed second-derivative product (d^2 L / d theta d delta)^T v = grad_theta <grad_delta L, v>, by central
- * differences of the theta-gradient along v: (grad_theta L(delta + eps v) - grad_theta L(delta - eps v)) / (2 eps)
- * (the mixed partials commute). One tensor per variable (zeros where L does not depend on it).
+ * Mixed second-derivative product (d^2 L / d theta d delta)^T v = grad_theta <grad_delta L, v>, by differences
+ * of the theta-gradient along v (the mixed partials commute): central, or forward from `base` = grad_theta
+ * L(delta) when given. One tensor per variable (zeros where L does not depend on it).
  */
-export async function mixedProduct(objective: (d: tf.Tensor) => tf.Scalar, vars: tf.Variable[], delta: tf.Tensor, v: tf.Tensor, rel = FD_REL): Promise<tf.Tensor[]> {
+export async function mixedProduct(objective: (d: tf.Tensor) => tf.Scalar, vars: tf.Variable[], delta: tf.Tensor, v: tf.Tensor, rel = FD_REL, base?: tf.Tensor[]): Promise<tf.Tensor[]> {
   const eps = await fdStep(delta, v, rel);
   if (eps === 0) return vars.map((w) => tf.zerosLike(w));
   return tf.tidy(() => {
-    const at = (d: tf.Tensor): tf.Tensor[] => {
-      const { value, grads } = tf.variableGrads(() => objective(d), vars);
-      value.dispose();
-      return vars.map((w) => grads[w.name] ?? tf.zerosLike(w));
-    };
-    const plus = at(tf.add(delta, tf.mul(v, eps)));
-    const minus = at(tf.sub(delta, tf.mul(v, eps)));
+    const plus = thetaGradsAt(objective, vars, tf.add(delta, tf.mul(v, eps)));
+    if (base) return plus.map((p, i) => tf.div(tf.sub(p, base[i]), eps));
+    const minus = thetaGradsAt(objective, vars, tf.sub(delta, tf.mul(v, eps)));
     return plus.map((p, i) => tf.div(tf.sub(p, minus[i]), 2 * eps));
   });
+}
+
+export interface HypergradientOptions {
+  /** The fixed-point map's step. */
+  alpha: number;
+  /** Fixed-point iterations (0: the direct term alone). */
+  K: number;
+  /** Central or forward differences (default forward). */
+  differences?: Differences;
+  /** The relative finite-difference step (default FD_REL). */
+  rel?: number;
 }
 
 export interface Hypergradient {
@@ -131,16 +161,17 @@ export interface Hypergradient {
  * as the minimization of -L_inner with Phi = delta - alpha grad(-L_inner): the same map, hence its minus signs.)
  * K = 0 leaves v = 0: the direct term alone, the first-order approximation.
  *
- * The second-order products are central finite differences of first-order gradients (hessianVectorProduct,
- * mixedProduct): 2K + 2 extra gradient evaluations. `delta` must be a trainable variable (it is differentiated
- * together with vars in one pass); `outer` and `inner` read theta through vars.
+ * The second-order products are finite differences of first-order gradients (hessianVectorProduct,
+ * mixedProduct): central, 2K extra gradient evaluations, or forward (the default), K + 1, one of them the inner
+ * loss's gradients at delta in theta and delta together. `delta` must be a trainable variable (it is
+ * differentiated together with vars in one pass); `outer` and `inner` read theta through vars.
  */
 export async function implicitHypergradient(
   vars: tf.Variable[],
   delta: tf.Variable,
   outer: (d: tf.Tensor) => tf.Scalar,
   inner: (d: tf.Tensor) => tf.Scalar,
-  o: { alpha: number; K: number; rel?: number },
+  o: HypergradientOptions,
 ): Promise<Hypergradient> {
   // Not one tidy: the finite-difference steps and the figures are read between the passes, and a tidy cannot
   // wait for a read. Every intermediate goes into `owned` and is disposed at the end.
@@ -149,6 +180,8 @@ export async function implicitHypergradient(
     owned.push(...(Array.isArray(t) ? t : [t]));
     return t;
   };
+  const forward = (o.differences ?? 'forward') === 'forward';
+  const rel = o.rel ?? FD_REL;
   try {
     // Direct terms: g_theta = dL_outer/d theta and g_delta = dL_outer/d delta at the inner solution.
     const { value, grads } = tf.variableGrads(() => outer(delta), [...vars, delta]);
@@ -157,15 +190,25 @@ export async function implicitHypergradient(
     const loss = (await value.data())[0];
     const gTheta = vars.map((w) => grads[w.name] ?? own(tf.zerosLike(w)));
     const gDelta = grads[delta.name] ?? own(tf.zerosLike(delta));
+    // Forward differences start from L_inner's gradients at delta, in theta and delta from one pass.
+    let baseDelta: tf.Tensor | undefined;
+    let baseTheta: tf.Tensor[] | undefined;
+    if (forward && o.K > 0) {
+      const at = tf.variableGrads(() => inner(delta), [...vars, delta]);
+      own(at.value);
+      own(Object.values(at.grads));
+      baseDelta = at.grads[delta.name] ?? own(tf.zerosLike(delta));
+      baseTheta = vars.map((w) => at.grads[w.name] ?? own(tf.zerosLike(w)));
+    }
     // v_{k+1} = (I + alpha H) v_k + g_delta: the fixed-point iteration for (I - dPhi/d delta)^-T g_delta.
     let v: tf.Tensor = own(tf.zerosLike(delta));
     for (let k = 0; k < o.K; k++) {
-      const hv = own(k === 0 ? tf.zerosLike(delta) : await hessianVectorProduct(inner, delta, v, o.rel));
+      const hv = own(k === 0 ? tf.zerosLike(delta) : await hessianVectorProduct(inner, delta, v, rel, baseDelta));
       const prev = v;
       v = own(tf.tidy(() => tf.add(tf.add(prev, tf.mul(hv, o.alpha)), gDelta)));
     }
     // The implicit term (dPhi/d theta)^T v = alpha (d^2 L_inner / d theta d delta)^T v.
-    const mixed = own(o.K > 0 ? await mixedProduct(inner, vars, delta, v, o.rel) : vars.map((w) => tf.zerosLike(w)));
+    const mixed = own(o.K > 0 ? await mixedProduct(inner, vars, delta, v, rel, baseTheta) : vars.map((w) => tf.zerosLike(w)));
     const implicit = own(mixed.map((m) => tf.mul(m, o.alpha)));
     // Per-tensor sums of squares, added up on the host in float64 in the variables' order.
     const sq = async (ts: tf.Tensor[]) => (await takeScalars(tf.tidy(() => ts.map((t) => tf.sum(tf.square(t)))))).reduce((s, x) => s + x, 0);
@@ -191,14 +234,18 @@ export const ibau: Defense = {
       // hypergrad.GradientDescent(loss_inner, 0.1): the fixed-point map's step, and its iterations.
       fixedPointLr: 0.1,
       K: 5,
+      // BackdoorBench's second-order autodiff, here by differences of first-order gradients (see above).
+      differences: 'forward',
       lr: 1e-4,
       epochsPerRound: 1,
       batchSize: profile === 'paper' ? 256 : 64,
     };
   },
+  choices: { differences: ['forward', 'central'] },
   departures(profile: Profile) {
     // The former fast profile (Adam 1e-3, batches of 32) cost PyTorch-trained victims 0.3-0.4 of accuracy.
-    return profile === 'fast' ? 'batch 64 (BackdoorBench: 256) so that a 500-image aux set gets 8 steps a round' : undefined;
+    const secondOrder = 'the implicit term\'s second derivatives by forward differences of first-order gradients (BackdoorBench: double backpropagation)';
+    return profile === 'fast' ? `batch 64 (BackdoorBench: 256) so that a 500-image aux set gets 8 steps a round; ${secondOrder}` : secondOrder;
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = ctx.params as Record<string, number>;
@@ -284,7 +331,7 @@ export const ibau: Defense = {
             if (graphs) {
               x.dispose();
               y.dispose();
-              const hg = await graphs.hypergradient(vars, delta, xs, Int32Array.from(idx, (i) => ctx.aux.y[i]), picked, penalty, { alpha, K: p.K });
+              const hg = await graphs.hypergradient(vars, delta, xs, Int32Array.from(idx, (i) => ctx.aux.y[i]), picked, penalty, { alpha, K: p.K, differences: ctx.params.differences as Differences });
               try {
                 opt.lr = p.lr;
                 opt.step(vars, hg.grads);
@@ -306,7 +353,7 @@ export const ibau: Defense = {
                 delta,
                 (d) => crossEntropy(model.forward(tf.add(x, tf.mul(mask, d)) as tf.Tensor4D, eval_), y),
                 (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, eval_), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
-                { alpha, K: p.K },
+                { alpha, K: p.K, differences: ctx.params.differences as Differences },
               );
               opt.lr = p.lr;
               opt.step(vars, hg.grads);
@@ -338,7 +385,7 @@ export const ibau: Defense = {
         rounds: p.rounds,
         portion: p.portion,
         perturbationL2: norms,
-        hypergradient: p.K > 0 ? `implicit (finite differences, K = ${p.K} fixed-point iterations)` : 'direct term only (K = 0)',
+        hypergradient: p.K > 0 ? `implicit (${ctx.params.differences} finite differences, K = ${p.K} fixed-point iterations)` : 'direct term only (K = 0)',
         implicitToDirect: ratios,
       },
     };
@@ -416,12 +463,13 @@ export class IbauGraphs {
   }
 
   /** implicitHypergradient with its gradients from ONNX Runtime (the same iteration and finite differences). */
-  async hypergradient(vars: tf.Variable[], delta: tf.Variable, x: Float32Array, labels: Int32Array, mask: Float32Array, penalty: number, o: { alpha: number; K: number; rel?: number }): Promise<Hypergradient> {
+  async hypergradient(vars: tf.Variable[], delta: tf.Variable, x: Float32Array, labels: Int32Array, mask: Float32Array, penalty: number, o: HypergradientOptions): Promise<Hypergradient> {
     const n = labels.length;
     const d = await readFloats(delta);
     const size = d.length;
     const keyOf = new Map(this.model.root.namedParams().map(([key, p]) => [p.variable, key]));
     const thetaGrads = (g: Map<string, Float32Array>) => vars.map((v) => g.get(keyOf.get(v)!) ?? new Float32Array(v.size));
+    const forward = (o.differences ?? 'forward') === 'forward';
     const rel = o.rel ?? FD_REL;
     const norm = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0));
     const step = (v: Float32Array) => {
@@ -429,29 +477,42 @@ export class IbauGraphs {
       return nv === 0 ? 0 : (rel * Math.max(norm(d), 1)) / nv;
     };
     const along = (v: Float32Array, eps: number) => d.map((x0, j) => x0 + eps * v[j]);
+    // L_inner's gradients at d in theta and in delta, from one pass.
+    const innerAt = async (at: Float32Array) => {
+      const r = await this.both.run(IbauGraphs.perturb(x, n, at), n, { labels });
+      const gDelta = IbauGraphs.sumOverBatch(r.dx!, n, size);
+      for (let j = 0; j < size; j++) gDelta[j] -= 2 * penalty * at[j];
+      return { theta: thetaGrads(r.grads!), delta: gDelta };
+    };
     // Direct terms at the inner solution.
     const outer = await this.both.run(IbauGraphs.perturb(x, n, d, mask), n, { labels });
     const gTheta = thetaGrads(outer.grads!);
     const gDelta = IbauGraphs.sumOverBatch(outer.dx!, n, size, mask);
-    // v_{k+1} = (I + alpha H) v_k + g_delta, H v by central differences of grad_delta L_inner.
+    // Forward differences start from L_inner's gradients at d.
+    const base = forward && o.K > 0 ? await innerAt(d) : undefined;
+    // v_{k+1} = (I + alpha H) v_k + g_delta, H v by differences of grad_delta L_inner.
     let v: Float32Array = new Float32Array(size);
     for (let k = 0; k < o.K; k++) {
       let hv = new Float32Array(size);
       const eps = k === 0 ? 0 : step(v);
       if (eps !== 0) {
         const plus = await this.innerGradDelta(x, n, labels, along(v, eps), penalty);
-        const minus = await this.innerGradDelta(x, n, labels, along(v, -eps), penalty);
-        hv = plus.map((p, j) => (p - minus[j]) / (2 * eps));
+        if (base) hv = plus.map((p, j) => (p - base.delta[j]) / eps);
+        else {
+          const minus = await this.innerGradDelta(x, n, labels, along(v, -eps), penalty);
+          hv = plus.map((p, j) => (p - minus[j]) / (2 * eps));
+        }
       }
       v = v.map((vj, j) => vj + o.alpha * hv[j] + gDelta[j]);
     }
-    // The implicit term alpha (d^2 L_inner / d theta d delta)^T v, by central differences of grad_theta L_inner.
+    // The implicit term alpha (d^2 L_inner / d theta d delta)^T v, by differences of grad_theta L_inner.
     let implicit = vars.map((w) => new Float32Array(w.size));
     const eps = o.K > 0 ? step(v) : 0;
     if (eps !== 0) {
-      const plus = thetaGrads((await this.both.run(IbauGraphs.perturb(x, n, along(v, eps)), n, { labels })).grads!);
-      const minus = thetaGrads((await this.both.run(IbauGraphs.perturb(x, n, along(v, -eps)), n, { labels })).grads!);
-      implicit = plus.map((p, i) => p.map((pj, j) => (o.alpha * (pj - minus[i][j])) / (2 * eps)));
+      const plus = (await innerAt(along(v, eps))).theta;
+      const from = base ? base.theta : (await innerAt(along(v, -eps))).theta;
+      const span = base ? eps : 2 * eps;
+      implicit = plus.map((p, i) => p.map((pj, j) => (o.alpha * (pj - from[i][j])) / span));
     }
     const sq = (ts: Float32Array[]) => ts.reduce((s, t) => s + t.reduce((a, b) => a + b * b, 0), 0);
     const directNorm = Math.sqrt(sq(gTheta));
