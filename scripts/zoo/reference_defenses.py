@@ -48,7 +48,7 @@ written here from that reading, not copied):
           ||delta||^2), then per batch of a fixed augmented copy of the aux set one Adam step on the implicit
           hypergradient of CE(batch with delta added to 1% of its images) through the inner problem (GD step 0.1
           on batch 0, K fixed-point iterations). --recipe fast: ibau.ts's profile (batch 64, delta on 10% of a
-          batch, the L2 ball of 10, three passes over the batches a round).
+          batch, the L2 ball of 10, two passes over the batches a round).
   anp     every BatchNorm2d gets a mask m (init 1) and noises n_w, n_b: gamma * (m + n_w), beta * (1 + n_b) when
           perturbed. Per iteration, a batch of 256 drawn with replacement from the aux-train split (random crop),
           BN in train mode: noises from U(-eps, eps), eps 0.4, one step of eps * sign(grad CE) (not projected
@@ -563,7 +563,7 @@ def run_ibau(model, v, r, a, gen, log):
                 with torch.no_grad():
                     pert.mul_(min(1.0, r['pertMaxNorm'] / (float(pert.norm()) + 1e-12)))
         tot = 0.0
-        # epochsPerRound: passes over the fixed batches a round (BackdoorBench: 1; the engine's fast profile: 3).
+        # epochsPerRound: passes over the fixed batches a round (BackdoorBench: 1; the engine's fast profile: 2).
         for b in [b for _ in range(r.get('epochsPerRound', 1)) for b in range(len(fixed))]:
             opt.zero_grad()
             ibau_hypergrad(model, params, pert.detach()[0], fixed[0], fixed[b], r, gen)
@@ -980,8 +980,8 @@ FAST = {
     # epochs), the student's rate on a cosine over its epochs.
     'nad': {'epochs': 20, 'batchSize': 64, 'teacherEpochs': 20, 'teacherCosTMax': 20, 'studentSchedule': 'cosine'},
     'sau': {'epochs': 20, 'batchSize': 64},
-    # ibau.ts: batch 64, 3 unlearning passes a round (1), delta on 10% of a batch (1%), the L2 ball of 10.
-    'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0, 'epochsPerRound': 3},
+    # ibau.ts: batch 64, 2 unlearning passes a round (1), delta on 10% of a batch (1%), the L2 ball of 10.
+    'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0, 'epochsPerRound': 2},
     # ftsam.ts: batch 64, 20 epochs (as ft), rho 1 (its named departures), and how ftsam.ts does what BackdoorBench
     # does otherwise: the cosine per epoch over the run's epochs, the BN statistics moved by the perturbed pass,
     # smoothing (1 - s) one-hot + s / K.

@@ -107,8 +107,9 @@ export const sau: Defense = {
  * The PGD objective of step 1 from the logits of f (`a`) and f0 (`b`) at x': beta1 * L_adv + beta2 * L_share,
  * with the 0/1 masks of the images not yet fooled by f, by f0, and not yet shared.
  */
-function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { notF: tf.Tensor; not0: tf.Tensor; notShared: tf.Tensor }, p: Record<string, number>): tf.Scalar {
-  const n = a.shape[0];
+function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { notF: tf.Tensor; not0: tf.Tensor; notShared: tf.Tensor }, p: Record<string, number>, batch?: number): tf.Scalar {
+  // Averaged over the batch; `batch` when a and b hold only some of its rows (sauStepOnOrt's active rows).
+  const n = batch ?? a.shape[0];
   const k = a.shape[1];
   const ceA = tf.neg(tf.sum(tf.mul(tf.oneHot(y, k), tf.logSoftmax(a)), 1));
   const ceB = tf.neg(tf.sum(tf.mul(tf.oneHot(y, k), tf.logSoftmax(b)), 1));
@@ -216,11 +217,25 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   const cleanF = argmaxRows(await g.f.logits(x, n), k);
   const cleanF0 = argmaxRows(await g.f0.logits(x, n), k);
   let xAdv = projectLinfArray(x, x.map((v) => v + p.eps), p.eps);
-  for (let i = 0; i < p.steps; i++) {
+  const size = x.length / n;
+  // The rows whose x' f and f0 do not yet share. A shared row's objective terms are all masked out, so its
+  // gradient is zero and it does not move; f and f0 are fixed during the attack, so it stays shared: later steps
+  // run on the other rows alone (per row the same numbers, BatchNorm being frozen; the objective keeps the
+  // whole batch's normalizer). BackdoorBench stops once every row is shared.
+  let active = Int32Array.from({ length: n }, (_, j) => j);
+  for (let i = 0; i < p.steps && active.length > 0; i++) {
+    const m = active.length;
+    const rows = active;
+    const pick = (a: Int32Array): Int32Array => (m === n ? a : Int32Array.from(rows, (r) => a[r]));
+    let xa = xAdv;
+    if (m < n) {
+      xa = new Float32Array(m * size);
+      rows.forEach((r, q) => xa.set(xAdv.subarray(r * size, (r + 1) * size), q * size));
+    }
     // The PGD step's gradients need the logits at x' first: forward passes now, the same passes' backward
     // parts once the seeds are known (split graphs: each pass runs once).
-    const atF = await g.fPixels.forward(xAdv, n);
-    const at0 = await g.f0Pixels.forward(xAdv, n).catch((e) => {
+    const atF = await g.fPixels.forward(xa, m);
+    const at0 = await g.f0Pixels.forward(xa, m).catch((e) => {
       g.fPixels.discard(atF);
       throw e;
     });
@@ -228,17 +243,19 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
     const l0 = at0.logits!;
     const predF = argmaxRows(lf, k);
     const pred0 = argmaxRows(l0, k);
-    const notF = Float32Array.from(predF, (v, j) => (v !== cleanF[j] ? 0 : 1));
-    const not0 = Float32Array.from(pred0, (v, j) => (v !== cleanF0[j] ? 0 : 1));
-    const notShared = Float32Array.from(predF, (v, j) => (v !== cleanF[j] && pred0[j] !== cleanF0[j] && v === pred0[j] ? 0 : 1));
+    const cF = pick(cleanF);
+    const c0 = pick(cleanF0);
+    const notF = Float32Array.from(predF, (v, j) => (v !== cF[j] ? 0 : 1));
+    const not0 = Float32Array.from(pred0, (v, j) => (v !== c0[j] ? 0 : 1));
+    const notShared = Float32Array.from(predF, (v, j) => (v !== cF[j] && pred0[j] !== c0[j] && v === pred0[j] ? 0 : 1));
     let grads: Float32Array[];
     try {
       ({ grads } = await logitGradients(
         [
-          { data: lf, n, k },
-          { data: l0, n, k },
+          { data: lf, n: m, k },
+          { data: l0, n: m, k },
         ],
-        ([a, b]) => sharedObjective(a, b, tf.tensor1d(labels, 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p),
+        ([a, b]) => sharedObjective(a, b, tf.tensor1d(pick(labels), 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p, n),
       ));
     } catch (e) {
       g.fPixels.discard(atF);
@@ -247,12 +264,12 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
     }
     const gF = (await g.fPixels.backward(atF, { dlogits: grads[0] })).dx!;
     const g0 = (await g.f0Pixels.backward(at0, { dlogits: grads[1] })).dx!;
-    const stepped = new Float32Array(xAdv.length);
-    for (let j = 0; j < stepped.length; j++) stepped[j] = xAdv[j] - Math.sign(gF[j] + g0[j]) * p.stepSize;
+    const stepped = Float32Array.from(xAdv);
+    rows.forEach((r, q) => {
+      for (let j = 0; j < size; j++) stepped[r * size + j] = xAdv[r * size + j] - Math.sign(gF[q * size + j] + g0[q * size + j]) * p.stepSize;
+    });
     xAdv = projectLinfArray(x, stepped, p.eps);
-    // Every x' shared before this step: the objective and its gradient were zero, so further steps change
-    // nothing (BackdoorBench stops there too).
-    if (notShared.every((v) => v === 0)) break;
+    active = rows.filter((_, q) => notShared[q] === 1);
   }
   const refAdv = argmaxRows(await g.f0.logits(xAdv, n), k);
   const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
