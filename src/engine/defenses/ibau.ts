@@ -231,6 +231,18 @@ export async function implicitHypergradient(
   }
 }
 
+/**
+ * i-BAU's two losses of a batch on the backend, as functions of delta (BatchNorm frozen): L_outer = CE(f(x + mask *
+ * delta), y), delta on the masked images only; L_inner = CE(f(x + delta), y) - penalty ||delta||^2.
+ */
+export function ibauLosses(model: Model, x: tf.Tensor4D, y: tf.Tensor1D, mask: tf.Tensor4D, penalty: number): { outer: (d: tf.Tensor) => tf.Scalar; inner: (d: tf.Tensor) => tf.Scalar } {
+  const frozen = { training: false };
+  return {
+    outer: (d) => crossEntropy(model.forward(tf.add(x, tf.mul(mask, d)) as tf.Tensor4D, frozen), y),
+    inner: (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, frozen), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
+  };
+}
+
 export const ibau: Defense = {
   id: 'ibau',
   title: 'Implicit backdoor adversarial unlearning',
@@ -363,14 +375,8 @@ export const ibau: Defense = {
             if (ctx.training) ctx.training.backendSteps++;
             const mask = tf.tensor4d(picked, [n, 1, 1, 1]);
             try {
-              const eval_ = { training: false };
-              const hg = await implicitHypergradient(
-                vars,
-                delta,
-                (d) => crossEntropy(model.forward(tf.add(x, tf.mul(mask, d)) as tf.Tensor4D, eval_), y),
-                (d) => tf.sub(crossEntropy(model.forward(tf.add(x, d) as tf.Tensor4D, eval_), y), tf.mul(tf.sum(tf.square(d)), penalty)) as tf.Scalar,
-                { alpha, K: p.K, differences: ctx.params.differences as Differences },
-              );
+              const { outer, inner } = ibauLosses(model, x, y, mask, penalty);
+              const hg = await implicitHypergradient(vars, delta, outer, inner, { alpha, K: p.K, differences: ctx.params.differences as Differences });
               opt.lr = p.lr;
               opt.step(vars, hg.grads);
               tf.dispose(hg.grads);
