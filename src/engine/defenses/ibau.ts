@@ -468,7 +468,12 @@ export class IbauGraphs {
   /** grad_delta L_inner(d) = sum_n d CE(f(x + d), y) / d pixels - 2 penalty d. */
   private async innerGradDelta(x: Float32Array, n: number, labels: Int32Array, d: Float32Array, penalty: number): Promise<Float32Array> {
     const r = await this.pixels.run(IbauGraphs.perturb(x, n, d), n, { labels });
-    const g = IbauGraphs.sumOverBatch(r.dx!, n, d.length);
+    return IbauGraphs.innerDeltaGradient(r.dx!, n, d, penalty);
+  }
+
+  /** grad_delta L_inner at d from the per-image pixel gradients of CE at x + d. */
+  private static innerDeltaGradient(dx: Float32Array, n: number, d: Float32Array, penalty: number): Float32Array {
+    const g = IbauGraphs.sumOverBatch(dx, n, d.length);
     for (let j = 0; j < g.length; j++) g[j] -= 2 * penalty * d[j];
     return g;
   }
@@ -502,9 +507,7 @@ export class IbauGraphs {
     // L_inner's gradients at d in theta and in delta, from one pass.
     const innerAt = async (at: Float32Array) => {
       const r = await this.both.run(IbauGraphs.perturb(x, n, at), n, { labels });
-      const gDelta = IbauGraphs.sumOverBatch(r.dx!, n, size);
-      for (let j = 0; j < size; j++) gDelta[j] -= 2 * penalty * at[j];
-      return { theta: thetaGrads(r.grads!), delta: gDelta };
+      return { theta: thetaGrads(r.grads!), delta: IbauGraphs.innerDeltaGradient(r.dx!, n, at, penalty) };
     };
     // Direct terms at the inner solution.
     const outer = await this.both.run(IbauGraphs.perturb(x, n, d, mask), n, { labels });
