@@ -17,6 +17,7 @@ import { runJobFile } from './jobs/runner';
 import { DEFENSE_IDS } from './catalog';
 import { InputError } from './errors';
 import { parseNpy, readNpyPair } from './formats/data/npy';
+import { heapEnv } from './util/heap_env';
 
 /** The defenses the section runs when `--purification` names none. */
 export const DEFAULT_PURIFICATION = ['ft', 'nad', 'fp'];
@@ -202,7 +203,7 @@ export const runOursJob: OursRunner = async (defense, dir) => {
  * 4.3 s before with the thresholds raised, and its FT training 5.2 s instead of 3.8. The peer runs at its best.
  */
 export function torchEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  return { MALLOC_MMAP_THRESHOLD_: '2000000000', MALLOC_TRIM_THRESHOLD_: '2000000000', ...env };
+  return heapEnv(env);
 }
 
 function referenceScript(): string | undefined {

@@ -7,6 +7,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { parseJobToHost, type HostToJob, type JobToHost } from '../shared/job_process';
+import { heapEnv } from '../engine/util/heap_env';
 
 /** What the JobRunner needs of a running job: the job process here, a fake in unit tests. */
 export interface JobHandle {
@@ -54,7 +55,8 @@ export class JobProcess implements JobHandle {
     this.child = fork(o.script, [], {
       cwd: o.cwd,
       // Under VS Code, process.execPath is the editor's Electron binary: this makes it run as plain Node.
-      env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', ...o.env },
+      // heapEnv: the job process evaluates through ONNX Runtime, whose outputs reach JavaScript as new buffers.
+      env: { ...heapEnv(process.env), ELECTRON_RUN_AS_NODE: '1', ...o.env },
       // Not the host's own flags (inspector ports, its heap size): only ours.
       execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

@@ -25,6 +25,7 @@ import type { ImageSet } from '../data/dataset';
 import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { ortWanted } from '../backend/onnx_runtime';
+import { heapEnv } from '../util/heap_env';
 
 export interface CellPool {
   size: number;
@@ -174,7 +175,8 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   // The heap limit given to this process (a job process's --max-old-space-size) holds for each cell process too.
   const execArgv = process.execArgv.filter((a) => a.startsWith('--max-old-space-size'));
   for (let i = 0; i < size; i++) {
-    const child = fork(script, [], { serialization: 'advanced', stdio: ['ignore', 'ignore', 'pipe', 'ipc'], execArgv });
+    // heapEnv: a cell's ONNX Runtime runs hand their outputs to JavaScript as new buffers at every step.
+    const child = fork(script, [], { serialization: 'advanced', stdio: ['ignore', 'ignore', 'pipe', 'ipc'], execArgv, env: heapEnv(process.env) });
     const slot: Slot = { child, inFlight: [], stderr: [] };
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
