@@ -3,7 +3,7 @@
  * sequential run (each cell has its own random stream and the processes run the same code, ONNX Runtime
  * included), reports them as threads, a cancelled pooled job stops without writing anything, and a cell
  * process killed mid-cell fails that cell only. A job of one cell runs it in a process too, beside the victim's
- * evaluation, with the same row.
+ * evaluation, with the same row. The cell processes start with glibc's malloc thresholds raised.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -78,7 +78,21 @@ describe('cell processes: cells side by side on several cores', function () {
     const one = await runJobFile(jobPath, { outDir: path.join(dir, 'one'), workers: 1 });
     const events: string[] = [];
     const logs: string[] = [];
-    const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message)) });
+    // The cell processes' environment, read from /proc (Linux) when the first row arrives: glibc's malloc
+    // thresholds raised (heap_env.ts), or the value this process was given.
+    const thresholds: string[] = [];
+    const readThresholds = () => {
+      if (thresholds.length || !fs.existsSync('/proc/self/environ')) return;
+      for (const pid of cellProcesses()) {
+        const vars = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+        thresholds.push(vars.find((v) => v.startsWith('MALLOC_MMAP_THRESHOLD_=')) ?? 'unset');
+      }
+    };
+    const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message), e.type === 'row' && readThresholds()) });
+    if (fs.existsSync('/proc/self/environ')) {
+      assert.equal(thresholds.length, 2, 'both cell processes were found');
+      for (const t of thresholds) assert.equal(t, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'}`);
+    }
     assert.equal(one.backend.threads, 1);
     assert.equal(two.backend.threads, 2);
     assert.equal(two.rows.length, 8);
