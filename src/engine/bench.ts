@@ -23,7 +23,8 @@ import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
 import { OrtPredictor } from './metrics/ort_eval';
-import { benchPurification, defaultVictimDir, purificationJob, torchEnv, type PurificationBench } from './bench_purify';
+import { benchPurification, defaultVictimDir, purificationJob, type PurificationBench } from './bench_purify';
+import { heapEnv } from './util/heap_env';
 
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
@@ -112,7 +113,7 @@ function torchPeer(repeats: number): Record<string, ModelBench> | undefined {
   const candidates = [script, path.join(__dirname, '..', '..', 'scripts', 'bench_torch.py')];
   const found = candidates.find((c) => fs.existsSync(c));
   if (!found || !fs.existsSync('/usr/bin/python3')) return undefined;
-  const r = spawnSync('/usr/bin/python3', [found, String(repeats)], { encoding: 'utf8', timeout: 600_000, env: torchEnv() });
+  const r = spawnSync('/usr/bin/python3', [found, String(repeats)], { encoding: 'utf8', timeout: 600_000, env: heapEnv() });
   if (r.status !== 0) return undefined;
   try {
     return JSON.parse(r.stdout.trim().split('\n').pop()!);

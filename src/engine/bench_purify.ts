@@ -195,17 +195,6 @@ export const runOursJob: OursRunner = async (defense, dir) => {
   return { seconds: row.seconds, jobSeconds: seconds, cpuSeconds, acc: row.acc ?? null, asr: row.asr ?? null, ...(row.error ? { error: row.error } : {}) };
 };
 
-/**
- * The environment PyTorch's side runs in: glibc's malloc thresholds raised (unless the caller set them), so that
- * activation buffers come from the heap instead of fresh mmaps. With glibc's defaults PyTorch page-faults on
- * every activation of an evaluation until its own allocations happen to raise the dynamic threshold: on the
- * zoo's width-16 victim its 19,000 test images took 21.5 s before the defense and 3.7 s after it (2 threads),
- * 4.3 s before with the thresholds raised, and its FT training 5.2 s instead of 3.8. The peer runs at its best.
- */
-export function torchEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  return heapEnv(env);
-}
-
 function referenceScript(): string | undefined {
   const rel = path.join('scripts', 'zoo', 'reference_defenses.py');
   return [path.join(__dirname, '..', rel), path.join(__dirname, '..', '..', rel)].find((f) => fs.existsSync(f));
@@ -242,7 +231,7 @@ export function pythonReference(python = '/usr/bin/python3', script = referenceS
       const t0 = Date.now();
       try {
         const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-          const p = spawn(python, args, { stdio: ['ignore', 'pipe', 'pipe'], env: torchEnv() });
+          const p = spawn(python, args, { stdio: ['ignore', 'pipe', 'pipe'], env: heapEnv() });
           let err = '';
           p.stdout.setEncoding('utf8').on('data', (s: string) => s.split('\n').filter((l) => l.trim()).forEach((l) => log(`    PyTorch: ${l}`)));
           p.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));

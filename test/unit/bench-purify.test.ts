@@ -6,11 +6,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { benchPurification, defaultVictimDir, pythonReference, parsePurification, purificationJob, torchEnv, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
+import { benchPurification, defaultVictimDir, pythonReference, parsePurification, purificationJob, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
 import { loadJob } from '../../src/engine/jobs/validate';
 import { DEFENSE_IDS } from '../../src/engine/catalog';
 import { InputError } from '../../src/engine/errors';
 import { tempDir } from '../helpers/temp';
+import { heapEnv } from '../../src/engine/util/heap_env';
 
 const FIXTURE = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
 
@@ -95,11 +96,11 @@ describe('bench purification section', () => {
   });
 
   it("runs PyTorch with glibc's malloc thresholds raised, unless the caller chose them", () => {
-    const env = torchEnv({ PATH: '/usr/bin' });
+    const env = heapEnv({ PATH: '/usr/bin' });
     assert.equal(env.MALLOC_MMAP_THRESHOLD_, '2000000000');
     assert.equal(env.MALLOC_TRIM_THRESHOLD_, '2000000000');
     assert.equal(env.PATH, '/usr/bin');
-    assert.equal(torchEnv({ MALLOC_MMAP_THRESHOLD_: '131072' }).MALLOC_MMAP_THRESHOLD_, '131072');
+    assert.equal(heapEnv({ MALLOC_MMAP_THRESHOLD_: '131072' }).MALLOC_MMAP_THRESHOLD_, '131072');
   });
 
   it('refuses a folder that is not a zoo victim in one line', async () => {
