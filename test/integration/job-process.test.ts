@@ -98,8 +98,19 @@ describe('the VS Code job process', function () {
     // plain WebAssembly).
     const status = new BackendStatus(() => false);
     const listening = runner.listen(status);
-    const o = await runner.run({ jobPath, outDir, device: 'cpu' });
+    const forked = procs.length;
+    const running = runner.run({ jobPath, outDir, device: 'cpu' });
+    // The job process's environment, from /proc (Linux): glibc's malloc thresholds raised (heap_env.ts), or the
+    // value this process was given.
+    let threshold: string | undefined;
+    if (fs.existsSync('/proc/self/environ')) {
+      for (let i = 0; i < 250 && procs.length === forked; i++) await new Promise((r) => setTimeout(r, 20));
+      const vars = fs.readFileSync(`/proc/${procs[forked].pid}/environ`, 'utf8').split('\0');
+      threshold = vars.find((v) => v.startsWith('MALLOC_MMAP_THRESHOLD_=')) ?? 'unset';
+    }
+    const o = await running;
     listening.dispose();
+    if (threshold !== undefined) assert.equal(threshold, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'}`);
     const statusText = (status as unknown as { item: { text: string } }).item.text;
     status.dispose();
     // The item is hidden once no job runs; its text keeps what the last job process reported.
