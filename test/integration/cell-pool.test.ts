@@ -16,6 +16,7 @@ import { CancelledError } from '../../src/engine/errors';
 import { ortWanted } from '../../src/engine/backend/onnx_runtime';
 import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
+import { procEnvironReadable, procEnvVar } from '../helpers/proc_env';
 
 const ROOT = path.join(__dirname, '..', '..');
 
@@ -82,14 +83,11 @@ describe('cell processes: cells side by side on several cores', function () {
     // thresholds raised (heap_env.ts), or the value this process was given.
     const thresholds: string[] = [];
     const readThresholds = () => {
-      if (thresholds.length || !fs.existsSync('/proc/self/environ')) return;
-      for (const pid of cellProcesses()) {
-        const vars = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-        thresholds.push(vars.find((v) => v.startsWith('MALLOC_MMAP_THRESHOLD_=')) ?? 'unset');
-      }
+      if (thresholds.length || !procEnvironReadable()) return;
+      for (const pid of cellProcesses()) thresholds.push(procEnvVar(pid, 'MALLOC_MMAP_THRESHOLD_'));
     };
     const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message), e.type === 'row' && readThresholds()) });
-    if (fs.existsSync('/proc/self/environ')) {
+    if (procEnvironReadable()) {
       assert.equal(thresholds.length, 2, 'both cell processes were found');
       for (const t of thresholds) assert.equal(t, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'}`);
     }

@@ -21,6 +21,7 @@ import { forkJobProcess, type JobProcess } from '../../src/vscode/job_process';
 import { BackendStatus } from '../../src/vscode/status_bar';
 import { useWasm } from '../helpers/backend';
 import type { Results } from '../../src/shared/results';
+import { procEnvironReadable, procEnvVar } from '../helpers/proc_env';
 
 const DIST = path.join(__dirname, '..', '..', 'dist');
 const SCRIPT = path.join(DIST, 'job-process.js');
@@ -103,10 +104,9 @@ describe('the VS Code job process', function () {
     // The job process's environment, from /proc (Linux): glibc's malloc thresholds raised (heap_env.ts), or the
     // value this process was given.
     let threshold: string | undefined;
-    if (fs.existsSync('/proc/self/environ')) {
+    if (procEnvironReadable()) {
       for (let i = 0; i < 250 && procs.length === forked; i++) await new Promise((r) => setTimeout(r, 20));
-      const vars = fs.readFileSync(`/proc/${procs[forked].pid}/environ`, 'utf8').split('\0');
-      threshold = vars.find((v) => v.startsWith('MALLOC_MMAP_THRESHOLD_=')) ?? 'unset';
+      threshold = procEnvVar(procs[forked].pid!, 'MALLOC_MMAP_THRESHOLD_');
     }
     const o = await running;
     listening.dispose();
