@@ -80,16 +80,17 @@ describe('cell processes: cells side by side on several cores', function () {
     const events: string[] = [];
     const logs: string[] = [];
     // The cell processes' environment, read from /proc (Linux) when the first row arrives: glibc's malloc
-    // thresholds raised (heap_env.ts), or the value this process was given.
+    // thresholds raised and its heap on huge pages (heap_env.ts), or the values this process was given.
     const thresholds: string[] = [];
     const readThresholds = () => {
       if (thresholds.length || !procEnvironReadable()) return;
-      for (const pid of cellProcesses()) thresholds.push(procEnvVar(pid, 'MALLOC_MMAP_THRESHOLD_'));
+      for (const pid of cellProcesses()) thresholds.push(`${procEnvVar(pid, 'MALLOC_MMAP_THRESHOLD_')} ${procEnvVar(pid, 'GLIBC_TUNABLES')}`);
     };
     const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message), e.type === 'row' && readThresholds()) });
     if (procEnvironReadable()) {
       assert.equal(thresholds.length, 2, 'both cell processes were found');
-      for (const t of thresholds) assert.equal(t, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'}`);
+      const expected = `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'} GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES ?? 'glibc.malloc.hugetlb=1'}`;
+      for (const t of thresholds) assert.equal(t, expected);
     }
     assert.equal(one.backend.threads, 1);
     assert.equal(two.backend.threads, 2);

@@ -101,16 +101,16 @@ describe('the VS Code job process', function () {
     const listening = runner.listen(status);
     const forked = procs.length;
     const running = runner.run({ jobPath, outDir, device: 'cpu' });
-    // The job process's environment, from /proc (Linux): glibc's malloc thresholds raised (heap_env.ts), or the
-    // value this process was given.
+    // The job process's environment, from /proc (Linux): glibc's malloc thresholds raised and its heap on huge
+    // pages (heap_env.ts), or the values this process was given.
     let threshold: string | undefined;
     if (procEnvironReadable()) {
       for (let i = 0; i < 250 && procs.length === forked; i++) await new Promise((r) => setTimeout(r, 20));
-      threshold = procEnvVar(procs[forked].pid!, 'MALLOC_MMAP_THRESHOLD_');
+      threshold = `${procEnvVar(procs[forked].pid!, 'MALLOC_MMAP_THRESHOLD_')} ${procEnvVar(procs[forked].pid!, 'GLIBC_TUNABLES')}`;
     }
     const o = await running;
     listening.dispose();
-    if (threshold !== undefined) assert.equal(threshold, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'}`);
+    if (threshold !== undefined) assert.equal(threshold, `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'} GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES ?? 'glibc.malloc.hugetlb=1'}`);
     const statusText = (status as unknown as { item: { text: string } }).item.text;
     status.dispose();
     // The item is hidden once no job runs; its text keeps what the last job process reported.
