@@ -51,11 +51,11 @@ export function ortProvider(): OrtProvider {
 /**
  * The options of every session the engine makes: `threads` intra-op threads (the CPU kernels'), graph
  * optimizations on, and the execution provider of the backend choice. With WebGPU, the nodes it has no kernel for
- * run on the CPU provider, which ONNX Runtime places after it. No memory pattern: with one, ONNX Runtime allocates a run's tensors one by one at the
- * first run of a shape, plans one block for them from it and allocates that at the second, so both first runs
- * page in fresh memory (a training step of the zoo's width-16 PreAct-ResNet18, 128 images, one thread: 1.0 s and
- * 1.0 s, then 295 ms; without the pattern 1.0 s, then 300 ms; with huge pages as well, heap_env.ts, 294 ms from
- * the first). Later runs take the same time either way, since the arena keeps what they free.
+ * run on the CPU provider, which ONNX Runtime places after it. No memory pattern: with one, ONNX Runtime
+ * allocates a run's tensors one by one at the first run of a shape, plans one block for them from it and
+ * allocates that at the second, so both first runs page in fresh memory (a training step of the zoo's width-16
+ * PreAct-ResNet18, 128 images, one thread: 1.0 s and 1.0 s, then 300 ms; without the pattern 790 ms, then 284).
+ * Later runs take the same time either way: the arena keeps what they free.
  */
 export function ortSessionOptions(threads: number): { intraOpNumThreads: number; interOpNumThreads: number; graphOptimizationLevel: 'all'; enableMemPattern: boolean; executionProviders: string[] } {
   return { intraOpNumThreads: Math.max(1, threads), interOpNumThreads: 1, graphOptimizationLevel: 'all', enableMemPattern: false, executionProviders: provider === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'] };

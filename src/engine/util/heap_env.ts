@@ -11,11 +11,11 @@
  *
  * `glibc.malloc.hugetlb=1` has malloc ask for transparent huge pages on that heap (where the kernel leaves them
  * to madvise, as Debian's does): a training session's first runs touch some 400 MB of fresh activations, and in
- * 4 KB pages that is 100,000 page faults. On the zoo's width-16 PreAct-ResNet18 at 128 images (one thread) the
- * first two runs took 1.0 s each and a later one 295 ms; with huge pages (and no memory pattern, see
- * ortSessionOptions) the first runs take what the later ones do, and a process's page faults fell from 138,000
- * to 31,000. The PyTorch peer's FT job took the same time either way (13.6-14.1 s). Other C libraries ignore
- * these variables, and so does a kernel without transparent huge pages.
+ * 4 KB pages that is 100,000 page faults. On the zoo's width-16 PreAct-ResNet18 at 128 images (one thread, no
+ * memory pattern: ortSessionOptions) the first run took 790 ms and later ones 284; with huge pages 607-659 ms,
+ * and the page faults of the whole command fell from about 105,000 to 44,000. The PyTorch peer's FT job took
+ * the same time either way (13.6-14.1 s against 13.7). Other C libraries ignore these variables, and so does
+ * a kernel without transparent huge pages (and a glibc before 2.35 this tunable).
  */
 export function heapEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   return { MALLOC_MMAP_THRESHOLD_: '2000000000', MALLOC_TRIM_THRESHOLD_: '2000000000', GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1', ...env };
