@@ -169,8 +169,11 @@ export function buildProgram(): Command {
     .option('--only-purification', 'run the purification section alone')
     .option('--victim <dir>', 'zoo victim folder of the purification section (default: test/fixtures/zoo/preact8-badnets)')
     .option('--whole-job', 'also time the whole default job (every defense) on that victim (tens of minutes)')
-    .action(async (opts: { json?: string; defenses: boolean; demo: boolean; device: string; purification?: string[] | boolean; onlyPurification?: boolean; victim?: string; wholeJob?: boolean }) => {
+    .option('--repeat <n>', 'purification section: run each side n times per defense, alternated, and report the medians', '1')
+    .action(async (opts: { json?: string; defenses: boolean; demo: boolean; device: string; purification?: string[] | boolean; onlyPurification?: boolean; victim?: string; wholeJob?: boolean; repeat: string }) => {
       if (!['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
+      const repeat = Number(opts.repeat);
+      if (!/^\d+$/.test(opts.repeat) || repeat < 1) throw new InputError(`must be a whole number of runs, 1 or more (got "${opts.repeat}")`, '--repeat');
       const { runBench } = await import('./engine/bench');
       const { parsePurification } = await import('./engine/bench_purify');
       await runBench({
@@ -183,6 +186,7 @@ export function buildProgram(): Command {
         onlyPurification: opts.onlyPurification,
         victimDir: opts.victim ? path.resolve(opts.victim) : undefined,
         wholeJob: opts.wholeJob,
+        repeat,
       });
     });
 

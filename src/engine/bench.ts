@@ -175,6 +175,8 @@ export interface BenchOptions {
   victimDir?: string;
   /** Also time the whole default job (every defense) on that victim. */
   wholeJob?: boolean;
+  /** Runs of each side per defense in the purification section, alternated; medians reported. Default 1. */
+  repeat?: number;
 }
 
 export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
@@ -235,7 +237,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     }
   }
   let purification: PurificationBench | undefined;
-  if (o.purification?.length || o.wholeJob) purification = await benchPurification({ victimDir: o.victimDir, defenses: o.purification ?? [], wholeJob: o.wholeJob, log: o.log });
+  if (o.purification?.length || o.wholeJob) purification = await benchPurification({ victimDir: o.victimDir, defenses: o.purification ?? [], wholeJob: o.wholeJob, repeat: o.repeat, log: o.log });
   const result = {
     backend: backend.name,
     device,

@@ -67,6 +67,8 @@ export interface PurificationRow {
   ratio: number | null;
   /** The whole job: PyTorch's process seconds / our job's seconds. */
   jobRatio: number | null;
+  /** With `repeat` above 1: every run of each side, in the order they ran (alternated); `ours` and `torch` fold them. */
+  runs?: { ours: OursResult[]; torch: ReferenceResult[] };
 }
 
 export interface PurificationBench {
@@ -74,6 +76,8 @@ export interface PurificationBench {
   profile: 'fast';
   recipe: 'fast';
   threads: number;
+  /** Runs of each side per defense, alternated; the times are their medians. */
+  repeat: number;
   /** The 1-minute load average before and after the section: the machine may be shared. */
   load: { start: number; end: number };
   torch: { available: true; defenses: string[] } | { available: false; reason: string };
@@ -280,9 +284,42 @@ export function purificationRow(defense: string, ours: OursResult, torch: Refere
   return { defense, ours, torch, ratio: torch.seconds / ours.seconds, jobRatio };
 }
 
+/** The median of `xs` (the mean of the middle two for an even count); NaN for none, or where one is NaN. */
+export function median(xs: number[]): number {
+  if (xs.length === 0 || xs.some((x) => Number.isNaN(x))) return NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** The times a side's result may carry besides `seconds`. */
+type Timed = SideResult & { jobSeconds?: number; cpuSeconds?: number; processSeconds?: number };
+
+/**
+ * Several runs of one side folded into one result: the medians of the times (one run on a shared machine can be
+ * a third off), the first run's ACC/ASR (both sides are seeded; the log says when runs disagree), the first
+ * error, which then stands for the side.
+ */
+export function foldRuns<T extends Timed>(runs: T[]): T {
+  const failed = runs.find((r) => r.error);
+  if (failed || runs.length === 1) return failed ?? runs[0];
+  const folded: T = { ...runs[0], seconds: median(runs.map((r) => r.seconds)) };
+  const times: Timed = folded;
+  // A time some run lacks (no /proc for the CPU) is NaN in the fold, shown as a dash.
+  for (const key of ['jobSeconds', 'cpuSeconds', 'processSeconds'] as const) {
+    if (runs[0][key] !== undefined) times[key] = median(runs.map((r) => r[key] ?? NaN));
+  }
+  return folded;
+}
+
+/** Whether the runs of one side gave different ACC/ASR. */
+const disagree = (runs: SideResult[]) => runs.some((r) => r.acc !== runs[0].acc || r.asr !== runs[0].asr);
+
 export interface PurificationOptions {
   victimDir?: string;
   defenses: string[];
+  /** Runs of each side per defense, alternated (ours, PyTorch, ours, ...); the table shows the medians. Default 1. */
+  repeat?: number;
   wholeJob?: boolean;
   log: (s: string) => void;
   /** PyTorch's threads; default every core. */
@@ -295,31 +332,54 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
   const dir = path.resolve(o.victimDir ?? defaultVictimDir());
   const v = readVictim(dir);
   const threads = o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const repeat = o.repeat ?? 1;
+  if (!Number.isInteger(repeat) || repeat < 1) throw new InputError(`must be a whole number of runs, 1 or more (got ${repeat})`, '--repeat');
   const reference = o.reference ?? pythonReference();
   const ours = o.ours ?? runOursJob;
   const loadStart = os.loadavg()[0];
   const probe = reference.probe();
   const torch: PurificationBench['torch'] = 'defenses' in probe ? { available: true, defenses: probe.defenses } : { available: false, reason: probe.unavailable };
   o.log(`load average ${loadStart.toFixed(2)} on ${os.cpus().length} cores`);
-  o.log(`purification on ${dir} (${v.meta.arch ?? 'model'}${v.meta.width ? ` width ${v.meta.width}` : ''}; ${v.aux} auxiliary, ${v.test} test, ${v.triggered} triggered images), fast profile, ours then PyTorch (${threads} threads) per defense: ${o.defenses.join(', ')}`);
+  const times_ = repeat === 1 ? '' : `, ${repeat} runs a side alternated (medians in the table)`;
+  o.log(`purification on ${dir} (${v.meta.arch ?? 'model'}${v.meta.width ? ` width ${v.meta.width}` : ''}; ${v.aux} auxiliary, ${v.test} test, ${v.triggered} triggered images), fast profile, ours then PyTorch (${threads} threads) per defense${times_}: ${o.defenses.join(', ')}`);
   if (!torch.available) o.log(`  PyTorch not available: ${torch.reason}; our side only`);
   const rows: PurificationRow[] = [];
+  const everyRun: string[] = [];
   for (const id of o.defenses) {
-    o.log(`  ${id}: ours...`);
-    const mine = await ours(id, dir, o.log);
-    o.log(`  ${id}: ours ${mine.error ? `error: ${mine.error}` : `ACC ${pct(mine.acc)}% ASR ${pct(mine.asr)}%`} ${secs(mine)} s (job ${mine.jobSeconds.toFixed(1)} s, CPU ${mine.cpuSeconds?.toFixed(1) ?? '–'} s)`);
-    let theirs: ReferenceResult | null = null;
-    if (torch.available && torch.defenses.includes(id)) {
-      o.log(`  ${id}: PyTorch...`);
-      theirs = await reference.run(id, dir, threads, o.log);
-      o.log(`  ${id}: PyTorch ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s (process ${times(theirs.processSeconds)} s, CPU ${theirs.cpuSeconds?.toFixed(1) ?? '–'} s)`);
-    } else if (torch.available) {
-      o.log(`  ${id}: PyTorch's reference has no ${id}`);
+    const withTorch = torch.available && torch.defenses.includes(id);
+    if (torch.available && !withTorch) o.log(`  ${id}: PyTorch's reference has no ${id}`);
+    const mineRuns: OursResult[] = [];
+    const theirRuns: ReferenceResult[] = [];
+    for (let run = 1; run <= repeat; run++) {
+      const nth = repeat === 1 ? '' : ` (run ${run}/${repeat})`;
+      o.log(`  ${id}: ours${nth}...`);
+      const mine = await ours(id, dir, o.log);
+      mineRuns.push(mine);
+      o.log(`  ${id}: ours${nth} ${mine.error ? `error: ${mine.error}` : `ACC ${pct(mine.acc)}% ASR ${pct(mine.asr)}%`} ${secs(mine)} s (job ${mine.jobSeconds.toFixed(1)} s, CPU ${mine.cpuSeconds?.toFixed(1) ?? '–'} s)`);
+      if (withTorch) {
+        o.log(`  ${id}: PyTorch${nth}...`);
+        const theirs = await reference.run(id, dir, threads, o.log);
+        theirRuns.push(theirs);
+        o.log(`  ${id}: PyTorch${nth} ${theirs.error ? `error: ${theirs.error}` : `ACC ${pct(theirs.acc)}% ASR ${pct(theirs.asr)}%`} ${secs(theirs)} s (process ${times(theirs.processSeconds)} s, CPU ${theirs.cpuSeconds?.toFixed(1) ?? '–'} s)`);
+      }
     }
-    rows.push(purificationRow(id, mine, theirs));
+    const row = purificationRow(id, foldRuns(mineRuns), withTorch ? foldRuns(theirRuns) : null);
+    if (repeat > 1) {
+      row.runs = { ours: mineRuns, torch: theirRuns };
+      const list = (xs: Array<number | undefined>) => xs.map(times).join(', ');
+      everyRun.push(
+        `  ${id}: our job ${list(mineRuns.map((r) => r.jobSeconds))} s (cell ${list(mineRuns.map((r) => r.seconds))})` +
+          (withTorch ? `; PyTorch's process ${list(theirRuns.map((r) => r.processSeconds))} s (defense ${list(theirRuns.map((r) => r.seconds))})` : ''),
+      );
+      for (const [side, runs] of [['our', mineRuns], ["PyTorch's", theirRuns]] as const) {
+        if (runs.length && !runs.some((r) => r.error) && disagree(runs)) o.log(`  ${id}: ${side} runs gave different ACC/ASR: ${runs.map((r) => `${pct(r.acc)} / ${pct(r.asr)}`).join(', ')}; the table shows the first`);
+      }
+    }
+    rows.push(row);
   }
   const table = formatPurificationTable(rows, torch.available);
   if (rows.length) o.log(table);
+  if (everyRun.length) o.log(`every run, in order:\n${everyRun.join('\n')}`);
   let wholeJob: PurificationBench['wholeJob'];
   if (o.wholeJob) {
     const ids = [...DEFENSE_IDS];
@@ -335,6 +395,7 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
     profile: 'fast',
     recipe: 'fast',
     threads,
+    repeat,
     load,
     torch,
     rows,

@@ -6,7 +6,8 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { benchPurification, defaultVictimDir, pythonReference, parsePurification, purificationJob, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
+import { spawnSync } from 'node:child_process';
+import { benchPurification, defaultVictimDir, foldRuns, median, pythonReference, parsePurification, purificationJob, type OursResult, type OursRunner, type ReferenceRunner } from '../../src/engine/bench_purify';
 import { loadJob } from '../../src/engine/jobs/validate';
 import { DEFENSE_IDS } from '../../src/engine/catalog';
 import { InputError } from '../../src/engine/errors';
@@ -95,12 +96,71 @@ describe('bench purification section', () => {
     assert.deepEqual(pythonReference(path.join(dir, 'none')).probe(), { unavailable: `${path.join(dir, 'none')} is missing` });
   });
 
-  it("runs PyTorch with glibc's malloc thresholds raised, unless the caller chose them", () => {
+  it("runs PyTorch with glibc's malloc thresholds raised and its heap on huge pages, unless the caller chose them", () => {
     const env = heapEnv({ PATH: '/usr/bin' });
     assert.equal(env.MALLOC_MMAP_THRESHOLD_, '2000000000');
     assert.equal(env.MALLOC_TRIM_THRESHOLD_, '2000000000');
+    assert.equal(env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb=1');
     assert.equal(env.PATH, '/usr/bin');
     assert.equal(heapEnv({ MALLOC_MMAP_THRESHOLD_: '131072' }).MALLOC_MMAP_THRESHOLD_, '131072');
+    assert.equal(heapEnv({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, 'glibc.malloc.arena_max=2');
+  });
+
+  it('--repeat: alternates the sides, shows the medians and lists every run', async () => {
+    const order: string[] = [];
+    const ourJobs = [30, 20, 40];
+    const theirProcesses = [50, 70, 60];
+    const ours: OursRunner = async () => {
+      const i = order.filter((s) => s === 'ours').length;
+      order.push('ours');
+      return { seconds: ourJobs[i] - 5, jobSeconds: ourJobs[i], cpuSeconds: 2 * ourJobs[i], acc: 0.8, asr: 0.05 };
+    };
+    const reference: ReferenceRunner = {
+      probe: () => ({ defenses: ['ft'] }),
+      run: async () => {
+        const i = order.filter((s) => s === 'torch').length;
+        order.push('torch');
+        return { seconds: theirProcesses[i] - 10, processSeconds: theirProcesses[i], acc: 0.81, asr: i === 2 ? 0.03 : 0.02 };
+      },
+    };
+    const lines: string[] = [];
+    const r = await benchPurification({ victimDir: FIXTURE, defenses: ['ft'], repeat: 3, log: (s) => lines.push(s), threads: 2, ours, reference });
+    assert.deepEqual(order, ['ours', 'torch', 'ours', 'torch', 'ours', 'torch']);
+    assert.equal(r.repeat, 3);
+    const row = r.rows[0];
+    assert.deepEqual([row.ours.seconds, row.ours.jobSeconds, row.ours.cpuSeconds], [25, 30, 60]);
+    assert.deepEqual([row.torch?.seconds, row.torch?.processSeconds], [50, 60]);
+    assert.equal(row.jobRatio, 2);
+    assert.equal(row.ratio, 2);
+    assert.equal(row.runs?.ours.length, 3);
+    assert.equal(row.runs?.torch.length, 3);
+    assert.equal(r.table.split('\n')[2], '| ft | 25.0 | 50.0 | 2.00x | 30.0 | 60.0 | 2.00x | 80.0 / 5.0 | 81.0 / 2.0 |');
+    assert.ok(lines.includes('every run, in order:\n  ft: our job 30.0, 20.0, 40.0 s (cell 25.0, 15.0, 35.0); PyTorch\'s process 50.0, 70.0, 60.0 s (defense 40.0, 60.0, 50.0)'), lines.join('\n'));
+    assert.ok(lines.some((l) => l.includes("ft: PyTorch's runs gave different ACC/ASR: 81.0 / 2.0, 81.0 / 2.0, 81.0 / 3.0")), lines.join('\n'));
+    assert.ok(!lines.some((l) => l.includes('our runs gave different')));
+    await assert.rejects(benchPurification({ victimDir: FIXTURE, defenses: ['ft'], repeat: 0, log: () => undefined, ours, reference }), (e: unknown) => e instanceof InputError && /whole number of runs/.test(e.message));
+  });
+
+  it('the CLI refuses a --repeat that is not a whole number of 1 or more, in one line, before measuring', () => {
+    const cli = path.join(__dirname, '..', '..', 'dist', 'cli.js');
+    for (const bad of ['0', '2.5', 'x']) {
+      const p = spawnSync(process.execPath, [cli, 'bench', '--only-purification', '--repeat', bad], { encoding: 'utf8' });
+      assert.equal(p.status, 2, p.stderr);
+      assert.equal(p.stderr, `error: must be a whole number of runs, 1 or more (got "${bad}") (--repeat)\n`);
+    }
+  });
+
+  it('folds runs: medians of the times, the first error standing for the side', () => {
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+    assert.ok(Number.isNaN(median([])));
+    assert.ok(Number.isNaN(median([1, NaN, 3])));
+    const ok: OursResult = { seconds: 1, jobSeconds: 2, acc: 0.5, asr: 0.1 };
+    assert.deepEqual(foldRuns([ok]), ok);
+    const failed: OursResult = { seconds: NaN, jobSeconds: 9, acc: null, asr: null, error: 'boom' };
+    assert.equal(foldRuns([ok, failed, ok]), failed);
+    // A CPU time one run lacks folds to NaN (a dash in the table), not to the others' median.
+    assert.ok(Number.isNaN(foldRuns([{ ...ok, cpuSeconds: 4 }, ok, { ...ok, cpuSeconds: 6 }]).cpuSeconds));
   });
 
   it('refuses a folder that is not a zoo victim in one line', async () => {
