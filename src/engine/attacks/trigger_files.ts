@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors';
 import { decodeImageFile } from '../formats/data/imagefolder';
-import { parseNpy, type Npy } from '../formats/data/npy';
+import { npyTypedView, parseNpy, type Npy } from '../formats/data/npy';
 import { readNpzArrays } from '../formats/data/npz';
 import { openPtArchive, readTensors } from '../formats/pt';
 import { PyDict, TensorRef } from '../formats/pickle';
@@ -40,9 +40,15 @@ export function convertChannels8(src: Uint8Array, pixels: number, from: number, 
 
 /** Numeric values of an npy array, in order. */
 export function npyValues(a: Npy): Float64Array {
-  const dv = new DataView(a.body.buffer, a.body.byteOffset, a.body.byteLength);
   const n = a.shape.reduce((x, y) => x * y, 1);
   const out = new Float64Array(n);
+  // The image dtypes in bulk, without a call per value.
+  const bulk = npyTypedView(a, n);
+  if (bulk) {
+    for (let i = 0; i < n; i++) out[i] = bulk[i];
+    return out;
+  }
+  const dv = new DataView(a.body.buffer, a.body.byteOffset, a.body.byteLength);
   const read: Record<string, (i: number) => number> = {
     '|u1': (i) => a.body[i],
     '|i1': (i) => dv.getInt8(i),
@@ -63,7 +69,7 @@ export function npyValues(a: Npy): Float64Array {
  * The pixel scale of an array: 8-bit values (uint8, or float holding 0..255) or [0,1] floats. Floats whose
  * maximum is above 1 are taken as 0..255 when every value lies in that range; anything else is refused.
  */
-export function pixelScale(values: Float64Array, dtype: string, file: string): 255 | 1 {
+export function pixelScale(values: ArrayLike<number>, dtype: string, file: string): 255 | 1 {
   let min = Infinity;
   let max = -Infinity;
   for (let i = 0; i < values.length; i++) {
