@@ -340,8 +340,8 @@ export async function benchPurification(o: PurificationOptions): Promise<Purific
   const probe = reference.probe();
   const torch: PurificationBench['torch'] = 'defenses' in probe ? { available: true, defenses: probe.defenses } : { available: false, reason: probe.unavailable };
   o.log(`load average ${loadStart.toFixed(2)} on ${os.cpus().length} cores`);
-  const times_ = repeat === 1 ? '' : `, ${repeat} runs a side alternated (medians in the table)`;
-  o.log(`purification on ${dir} (${v.meta.arch ?? 'model'}${v.meta.width ? ` width ${v.meta.width}` : ''}; ${v.aux} auxiliary, ${v.test} test, ${v.triggered} triggered images), fast profile, ours then PyTorch (${threads} threads) per defense${times_}: ${o.defenses.join(', ')}`);
+  const repeatNote = repeat === 1 ? '' : `, ${repeat} runs a side alternated (medians in the table)`;
+  o.log(`purification on ${dir} (${v.meta.arch ?? 'model'}${v.meta.width ? ` width ${v.meta.width}` : ''}; ${v.aux} auxiliary, ${v.test} test, ${v.triggered} triggered images), fast profile, ours then PyTorch (${threads} threads) per defense${repeatNote}: ${o.defenses.join(', ')}`);
   if (!torch.available) o.log(`  PyTorch not available: ${torch.reason}; our side only`);
   const rows: PurificationRow[] = [];
   const everyRun: string[] = [];

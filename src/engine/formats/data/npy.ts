@@ -41,7 +41,6 @@ export function parseNpy(buf: Uint8Array, file: string): Npy {
   return { dtype: descr, shape, body: buf.subarray(start) };
 }
 
-/** The array's values as float32 (pixels) or as numbers read one by one (labels). */
 /**
  * The first `n` values of an npy array of uint8, or of little-endian float32/float64 on a little-endian machine
  * with the body aligned for it, as a typed array over its bytes (no copy); undefined for the rest, which go
@@ -56,6 +55,7 @@ export function npyTypedView(a: Npy, n: number): Uint8Array | Float32Array | Flo
   return undefined;
 }
 
+/** The array's values as float32 (pixels) or as numbers read one by one (labels). */
 function readAt(a: Npy): (i: number) => number {
   const dv = new DataView(a.body.buffer, a.body.byteOffset, a.body.byteLength);
   switch (a.dtype) {
