@@ -23,10 +23,8 @@ import { runDemo, DEMO_TARGET, FULL_DEFENSES } from './jobs/demo';
 import { runJobFile } from './jobs/runner';
 import { writeJsonAtomic } from './util/atomic';
 import { OrtPredictor } from './metrics/ort_eval';
-import { benchPurification, defaultVictimDir, purificationJob, type PurificationBench } from './bench_purify';
+import { benchPurification, defaultVictimDir, median, purificationJob, type PurificationBench } from './bench_purify';
 import { heapEnv } from './util/heap_env';
-
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 
 interface ModelBench {
   /** Training steps as fitting runs them: on `trainEngine` (ONNX Runtime where it loads, else the backend). */
