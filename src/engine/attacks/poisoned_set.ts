@@ -122,7 +122,7 @@ function fromArrays(images: Npy, labels: Npy | undefined, where: { images: strin
   if (!['|u1', '<f4', '<f8'].includes(images.dtype)) throw new InputError(`images must be uint8 or float, not ${images.dtype}`, where.images);
   // The file's own bytes where they can be read as they are: a copy as doubles would be 8 bytes a value of fresh
   // memory, 56 MB for the zoo's 9,000 triggered images.
-  const v = npyTypedView(images, images.shape.reduce((a, b) => a * b, 1)) ?? npyValues(images);
+  const v = npyTypedView(images) ?? npyValues(images);
   const scale = pixelScale(v, images.dtype, where.images);
   const x = new Float32Array(v.length);
   const hw = h * w;

@@ -43,7 +43,7 @@ export function npyValues(a: Npy): Float64Array {
   const n = a.shape.reduce((x, y) => x * y, 1);
   const out = new Float64Array(n);
   // The image dtypes in bulk, without a call per value.
-  const bulk = npyTypedView(a, n);
+  const bulk = npyTypedView(a);
   if (bulk) {
     for (let i = 0; i < n; i++) out[i] = bulk[i];
     return out;

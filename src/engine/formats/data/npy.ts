@@ -41,14 +41,17 @@ export function parseNpy(buf: Uint8Array, file: string): Npy {
   return { dtype: descr, shape, body: buf.subarray(start) };
 }
 
+const count = (a: Npy) => a.body.byteLength / ITEM_SIZE[a.dtype];
+
 /**
- * The first `n` values of an npy array of uint8, or of little-endian float32/float64 on a little-endian machine
- * with the body aligned for it, as a typed array over its bytes (no copy); undefined for the rest, which go
- * through readAt.
+ * The values of an npy array of uint8, or of little-endian float32/float64 on a little-endian machine with the
+ * body aligned for it, as a typed array over its bytes (no copy); undefined for the rest, which go through
+ * readAt.
  */
-export function npyTypedView(a: Npy, n: number): Uint8Array | Float32Array | Float64Array | undefined {
+export function npyTypedView(a: Npy): Uint8Array | Float32Array | Float64Array | undefined {
   const { buffer, byteOffset } = a.body;
-  if (a.dtype === '|u1') return a.body.subarray(0, n);
+  const n = count(a);
+  if (a.dtype === '|u1') return a.body;
   if (os.endianness() !== 'LE') return undefined;
   if (a.dtype === '<f4' && byteOffset % 4 === 0) return new Float32Array(buffer, byteOffset, n);
   if (a.dtype === '<f8' && byteOffset % 8 === 0) return new Float64Array(buffer, byteOffset, n);
@@ -83,8 +86,6 @@ function readAt(a: Npy): (i: number) => number {
 /** Labels beyond this are not class indices of any classifier we load (and would not fit an Int32Array). */
 const MAX_LABEL = 65_535;
 
-const count = (a: Npy) => a.body.byteLength / ITEM_SIZE[a.dtype];
-
 /**
  * Images and labels arrays to an ImageSet: uint8 pixels are divided by 255, float pixels must already be in
  * [0,1]; labels must be integers (a float label array is accepted only if every value is integral).
@@ -98,7 +99,7 @@ export function npyToImageSet(img: Npy, lab: Npy, where: { images: string; label
   const x = new Float32Array(count(img));
   const scale = img.dtype === '|u1' ? 1 / 255 : 1;
   // In bulk where the bytes can be read as they are (the same products, without a call per value).
-  const bulk = npyTypedView(img, x.length);
+  const bulk = npyTypedView(img);
   if (bulk) for (let i = 0; i < x.length; i++) x[i] = bulk[i] * scale;
   else {
     const get = readAt(img);
