@@ -3,7 +3,8 @@
  * sequential run (each cell has its own random stream and the processes run the same code, ONNX Runtime
  * included), reports them as threads, a cancelled pooled job stops without writing anything, and a cell
  * process killed mid-cell fails that cell only. A job of one cell runs it in a process too, beside the victim's
- * evaluation, with the same row. The cell processes start with glibc's malloc thresholds raised.
+ * evaluation, with the same row. The cell processes start with glibc's malloc thresholds raised and its heap
+ * on huge pages.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -16,7 +17,7 @@ import { CancelledError } from '../../src/engine/errors';
 import { ortWanted } from '../../src/engine/backend/onnx_runtime';
 import type { Results } from '../../src/shared/results';
 import { useWasm } from '../helpers/backend';
-import { procEnvironReadable, procEnvVar } from '../helpers/proc_env';
+import { expectedHeapVars, procEnvironReadable, procHeapVars } from '../helpers/proc_env';
 
 const ROOT = path.join(__dirname, '..', '..');
 
@@ -84,13 +85,12 @@ describe('cell processes: cells side by side on several cores', function () {
     const thresholds: string[] = [];
     const readThresholds = () => {
       if (thresholds.length || !procEnvironReadable()) return;
-      for (const pid of cellProcesses()) thresholds.push(`${procEnvVar(pid, 'MALLOC_MMAP_THRESHOLD_')} ${procEnvVar(pid, 'GLIBC_TUNABLES')}`);
+      for (const pid of cellProcesses()) thresholds.push(procHeapVars(pid));
     };
     const two = await runJobFile(jobPath, { outDir: path.join(dir, 'two'), workers: 2, onEvent: (e) => (events.push(e.type), e.type === 'log' && logs.push(e.message), e.type === 'row' && readThresholds()) });
     if (procEnvironReadable()) {
       assert.equal(thresholds.length, 2, 'both cell processes were found');
-      const expected = `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? '2000000000'} GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES ?? 'glibc.malloc.hugetlb=1'}`;
-      for (const t of thresholds) assert.equal(t, expected);
+      for (const t of thresholds) assert.equal(t, expectedHeapVars());
     }
     assert.equal(one.backend.threads, 1);
     assert.equal(two.backend.threads, 2);
