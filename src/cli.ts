@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import * as path from 'node:path';
 import { InputError, CancelledError, oneLine } from './engine/errors';
+import { SpareCellProcess } from './engine/jobs/cell_spawn';
 import type { RunEvent } from './shared/run_events';
 import type { Results } from './shared/results';
 
@@ -78,9 +79,11 @@ export function buildProgram(): Command {
     .option('--max-model-mb <n>', 'refuse a model file larger than this (MB, default 2048; 0 = no limit)', parseMB('--max-model-mb'))
     .option('--max-data-mb <n>', 'refuse a data source larger than this on disk (MB, default 4096; 0 = no limit)', parseMB('--max-data-mb'))
     .action(async (job: string, opts: { out?: string; device?: string; shard?: string; overwrite?: boolean; workers?: number; maxModelMb?: number; maxDataMb?: number }) => {
+      if (opts.device && !['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
+      // A cell process forked now loads its bundle while this one loads the engine and prepares the job.
+      const spare = SpareCellProcess.start({ workers: opts.workers, device: opts.device });
       const { runJobFile } = await import('./engine/jobs/runner');
       const outDir = path.resolve(opts.out ?? path.join(path.dirname(path.resolve(job)), 'audit-out'));
-      if (opts.device && !['auto', 'gpu', 'cpu'].includes(opts.device)) throw new InputError(`unknown device "${opts.device}"`, '--device');
       const ac = abortOnSignal();
       const results = await runJobFile(path.resolve(job), {
         outDir,
@@ -91,6 +94,7 @@ export function buildProgram(): Command {
         shard: opts.shard,
         workers: opts.workers,
         limits: { maxModelMB: opts.maxModelMb, maxDataMB: opts.maxDataMb },
+        spare,
       });
       await printResults(results);
       process.stderr.write(`results: ${path.join(outDir, 'results.json')}\n`);

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runJobFile } from '../../src/engine/jobs/runner';
-import { cellWorkerScript } from '../../src/engine/jobs/cell_pool';
+import { cellWorkerScript } from '../../src/engine/jobs/cell_spawn';
 import { CancelledError } from '../../src/engine/errors';
 import { ortWanted } from '../../src/engine/backend/onnx_runtime';
 import type { Results } from '../../src/shared/results';
@@ -129,6 +129,7 @@ describe('cell processes: cells side by side on several cores', function () {
       },
     });
     assert.ok(logs.some((m) => /^the cell in a process of its own, training with ONNX Runtime on 1 thread while this one evaluates the victim, evaluating on 2 threads$/.test(m)), logs.join('\n'));
+    // One: the process started with the job (cell_spawn.ts) is the one the pool took, not a second one beside it.
     if (process.platform === 'linux') assert.equal(children, 1, 'one cell process');
     assert.equal(lone.rows.length, 1);
     assert.equal(lone.rows[0].error, null);
@@ -136,6 +137,30 @@ describe('cell processes: cells side by side on several cores', function () {
     assert.deepEqual(comparable(lone), comparable(one));
     assert.ok(events.indexOf('baseline') < events.indexOf('row'), events.join(' '));
     assert.ok(fs.existsSync(path.join(dir, 'lone-two', lone.rows[0].output!)));
+    if (process.platform === 'linux') assert.deepEqual(cellProcesses(), [], 'no cell process outlives the job');
+  });
+
+  it('a job that runs no cell process ends the one it started with it', async function () {
+    if (process.platform !== 'linux') this.skip(); // finds the cell processes in /proc
+    const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));
+    // One cell with GIC: calibrated and run in this process, no pool.
+    const gicJob = path.join(dir, 'gic-one.json');
+    fs.writeFileSync(gicJob, JSON.stringify({ ...job, aux: [job.aux[0]], defenses: ['clp'], gic: { ...job.gic, mode: 'on' }, embedding: { method: 'none' } }));
+    let during = -1;
+    const logs: string[] = [];
+    const results = await runJobFile(gicJob, {
+      outDir: path.join(dir, 'gic-one'),
+      workers: 2,
+      onEvent: (e) => {
+        if (e.type === 'log') logs.push(e.message);
+        if (e.type === 'baseline') during = cellProcesses().length;
+      },
+    });
+    assert.equal(results.rows.length, 1);
+    assert.equal(results.rows[0].error, null);
+    assert.ok(!logs.some((m) => /cell process/.test(m)), logs.join('\n'));
+    assert.equal(during, 1, 'the spare process was running while the job prepared');
+    assert.deepEqual(cellProcesses(), [], 'and is gone once the job is done');
   });
 
   it('cancelling a pooled job stops the workers and writes nothing', async () => {

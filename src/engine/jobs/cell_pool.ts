@@ -16,16 +16,13 @@
  * step of the zoo's PreAct-ResNet18 takes 300 ms on one thread, 270 on two). It evaluates its purified model on
  * every core, by then free again.
  */
-import { fork, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
 import type { ImageSet } from '../data/dataset';
 import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { ortWanted } from '../backend/onnx_runtime';
-import { heapEnv } from '../util/heap_env';
+import { cellWorkerScript, cores, forkCellProcess, stopCellProcess } from './cell_spawn';
 
 export interface CellPool {
   size: number;
@@ -41,15 +38,6 @@ export interface CellPool {
    */
   delivered(): Promise<void>;
   close(): Promise<void>;
-}
-
-/** The bundled cell-process script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
-export function cellWorkerScript(): string | undefined {
-  return [path.join(__dirname, 'cell-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'cell-worker.js')].find((f) => fs.existsSync(f));
-}
-
-function cores(): number {
-  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 }
 
 /**
@@ -172,11 +160,9 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     pump();
   };
 
-  // The heap limit given to this process (a job process's --max-old-space-size) holds for each cell process too.
-  const execArgv = process.execArgv.filter((a) => a.startsWith('--max-old-space-size'));
   for (let i = 0; i < size; i++) {
-    // heapEnv: a cell's ONNX Runtime runs hand their outputs to JavaScript as new buffers at every step.
-    const child = fork(script, [], { serialization: 'advanced', stdio: ['ignore', 'ignore', 'pipe', 'ipc'], execArgv, env: heapEnv(process.env) });
+    // The first process may have been started with the job (cell_spawn.ts) and have loaded its bundle by now.
+    const child = (i === 0 ? o.spare?.take() : undefined) ?? forkCellProcess(script);
     const slot: Slot = { child, inFlight: [], stderr: [] };
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
@@ -233,23 +219,9 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     async close() {
       closed = true;
       o.signal?.removeEventListener('abort', onAbort);
-      await Promise.all(slots.map((s) => stopChild(s.child)));
+      await Promise.all(slots.map((s) => stopCellProcess(s.child)));
     },
   };
-}
-
-/** End a cell process: close its channel (it exits on disconnect), then SIGKILL if it has not gone in 2 s. */
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    if (child.connected) child.disconnect();
-    else child.kill('SIGTERM');
-  });
 }
 
 /** A cell as plain data for the channel (the aux set travels separately, raw or calibrated). */

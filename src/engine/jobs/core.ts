@@ -25,6 +25,7 @@ import { saveModelFile, type ModelFormat } from '../model_files/model_io';
 import { diffStateDicts } from '../model_files/diff';
 import type { PtStateDict } from '../nn/module';
 import { startCellPool } from './cell_pool';
+import type { SpareCellProcess } from './cell_spawn';
 import { newTrainingRecord, resolveParams, type Defense, type DefenseParams, type Profile, type TrainingRecord } from '../defenses/defense';
 import { ortTrainWanted } from '../nn/ort_train';
 import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
@@ -92,6 +93,8 @@ export interface CoreOptions {
   workers?: number;
   /** Run only one of `count` disjoint slices of the cells (sharded sweeps); default all. */
   shard?: ShardSpec;
+  /** A cell process started with the job (cell_spawn.ts), for the pool to take as its first. */
+  spare?: SpareCellProcess;
 }
 
 /** Slice `index` (0-based) of `count`: cells c with c % count === index, and aux sets a with a % count === index

@@ -18,6 +18,7 @@ import { assemblePreparedJob, checkInputSizes, jobInputFiles, planDefenses, prep
 import { makeStaging, writeResults } from './output';
 import { sameFile } from '../util/atomic';
 import type { Limits } from './checks';
+import { SpareCellProcess } from './cell_spawn';
 
 export interface RunOptions {
   /** Directory for results.json and purified models (created if missing). */
@@ -35,6 +36,11 @@ export interface RunOptions {
   shard?: string;
   /** Size limits on the model and data files, checked before they are read (defaults: DEFAULT_LIMITS). */
   limits?: Limits;
+  /**
+   * A cell process the caller started ahead of the job (the CLI does, before it loads the engine); the run owns
+   * it from then on and ends it if no pool takes it. Without one the run starts its own.
+   */
+  spare?: SpareCellProcess;
 }
 
 /** `i/n` (1-based, as Slurm array and Kubernetes indexed jobs count from 1 or 0 + 1) -> a 0-based shard. */
@@ -46,6 +52,16 @@ export function parseShard(shard: string | undefined): ShardSpec | undefined {
 }
 
 export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Results> {
+  // Started first, so that it loads its bundle while this process reads the job and prepares the inputs.
+  const spare = opts.spare ?? SpareCellProcess.start({ workers: opts.workers, device: opts.device });
+  try {
+    return await runJob(jobPath, opts, spare);
+  } finally {
+    await spare?.dispose();
+  }
+}
+
+async function runJob(jobPath: string, opts: RunOptions, spare: SpareCellProcess | undefined): Promise<Results> {
   const emit = opts.onEvent ?? (() => undefined);
   const job: Job = loadJob(jobPath);
   const shard = parseShard(opts.shard);
@@ -104,7 +120,7 @@ export async function runJobFile(jobPath: string, opts: RunOptions): Promise<Res
               taken: (f) => taken(path.join(outDir, f)),
             })
           : undefined;
-      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers });
+      const results = await runPrepared(prepared, { backend, signal: opts.signal, emit, shard, workers: opts.workers, spare });
       // What was asked beside what ran: `auto` that fell back to the CPU reads as such.
       results.backend.device = device;
       results.attack = attackInfo;
