@@ -13,8 +13,10 @@
  * trains there while the job process evaluates the victim and projects the embeddings on a core of its own,
  * work that would otherwise come before and after the cell. The cell trains on half the cores: more threads add
  * little to a training step (ONNX Runtime's element-wise and copy kernels run on one thread: on two cores a
- * step of the zoo's PreAct-ResNet18 takes 300 ms on one thread, 270 on two). It evaluates its purified model on
- * every core, by then free again.
+ * step of the zoo's PreAct-ResNet18 takes 300 ms on one thread, 270 on two). It never receives the test sets: it
+ * sends its purified model back as ONNX, and the job process evaluates it on every core, by then free again.
+ *
+ * The first process may be one started with the job (cell_spawn.ts), which has loaded its bundle meanwhile.
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Cell, CellOutcome, CoreOptions, PreparedJob, SaveTarget } from './core';
@@ -107,8 +109,8 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   const data: CellWorkerData = {
     backend: o.backend.name,
     victim: { spec: job.victim.spec, normalize: job.victim.normalize, state: await job.victim.stateDict() },
-    test: job.test,
-    triggered: job.triggered,
+    // A lone cell's purified model is evaluated by the job process (core.ts), which keeps the test sets.
+    ...(lone ? {} : { test: job.test, triggered: job.triggered }),
     augment: job.augment,
     seeds: job.seeds,
     ortThreads,
@@ -118,7 +120,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   o.emit({
     type: 'log',
     message: lone
-      ? `the cell in a process of its own, training with ONNX Runtime on ${threads(ortThreads)} while this one evaluates the victim, evaluating on ${threads(all)}`
+      ? `the cell in a process of its own, training with ONNX Runtime on ${threads(ortThreads)} while this one evaluates the victim (then the purified model, on ${threads(all)})`
       : `${size} cell processes${ortThreads ? `, each training and evaluating with ONNX Runtime (${threads(ortThreads)})` : ''}`,
   });
   const queue: Task[] = [];
@@ -172,6 +174,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     child.on('message', (m: unknown) => {
       if (!isCellWorkerReply(m)) return;
       if (m.type === 'progress') slot.inFlight[0]?.progress(m.done, m.total, m.message);
+      else if (m.type === 'need-test-sets') post(child, { type: 'test-sets', test: job.test, triggered: job.triggered });
       else if (m.type === 'done') settle(slot, (t) => t.resolve(m.outcome));
       else if (m.type === 'cancelled') settle(slot, (t) => t.reject(new CancelledError()));
     });

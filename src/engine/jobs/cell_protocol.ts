@@ -16,8 +16,14 @@ import type { Cell, CellOutcome, SaveTarget } from './core';
 export interface CellWorkerData {
   backend: BackendName;
   victim: { spec: ArchSpec; normalize?: Normalization; state: PtStateDict };
-  test: ImageSet;
-  triggered: TriggeredSet;
+  /**
+   * The test sets, both or neither. Neither for a lone cell (cell_pool.ts): it sends its purified model back as
+   * ONNX for the job process to evaluate, which holds the sets and by then has the cores free, and asks for them
+   * (`need-test-sets`) only where the model cannot be exported. (The zoo's FT job spent 0.35-0.7 s sending
+   * 60 MB of test images before its cell could start training, to be used at the cell's end.)
+   */
+  test?: ImageSet;
+  triggered?: TriggeredSet;
   augment: Augment;
   seeds: number[];
   /** ONNX Runtime threads for each cell's training steps (0: everything on the backend). */
@@ -30,10 +36,15 @@ export interface CellWorkerData {
 }
 
 /** Pool -> cell process: the job's shared part first, then cells (with their aux set and where to save), or cancel. */
-export type CellTaskMessage = { type: 'init'; data: CellWorkerData } | { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] } | { type: 'cancel' };
+export type CellTaskMessage =
+  | { type: 'init'; data: CellWorkerData }
+  | { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] }
+  | { type: 'test-sets'; test: ImageSet; triggered: TriggeredSet }
+  | { type: 'cancel' };
 
 export type CellWorkerReply =
   | { type: 'progress'; done: number; total: number; message?: string }
+  | { type: 'need-test-sets' }
   | { type: 'done'; outcome: CellOutcome }
   | { type: 'cancelled' };
 
@@ -41,10 +52,11 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null;
 }
 
-/** Pool -> cell process: a cell to run (with its aux set and where to save), or cancel. */
+/** Pool -> cell process: a cell to run (with its aux set and where to save), the test sets it asked for, or cancel. */
 export function isCellTaskMessage(v: unknown): v is Exclude<CellTaskMessage, { type: 'init' }> {
   if (!isObj(v)) return false;
   if (v.type === 'cancel') return true;
+  if (v.type === 'test-sets') return isObj(v.test) && isObj(v.triggered);
   return v.type === 'cell' && typeof v.index === 'number' && isObj(v.cell) && isObj(v.aux) && Array.isArray(v.targets);
 }
 
@@ -52,7 +64,8 @@ export function isCellTaskMessage(v: unknown): v is Exclude<CellTaskMessage, { t
 export function isCellInitMessage(v: unknown): v is Extract<CellTaskMessage, { type: 'init' }> {
   if (!isObj(v) || v.type !== 'init' || !isObj(v.data)) return false;
   const d = v.data;
-  return typeof d.backend === 'string' && isObj(d.victim) && isObj(d.test) && isObj(d.triggered) && Array.isArray(d.seeds) && typeof d.ortThreads === 'number' && typeof d.evalThreads === 'number';
+  const testSets = (isObj(d.test) && isObj(d.triggered)) || (d.test === undefined && d.triggered === undefined);
+  return typeof d.backend === 'string' && isObj(d.victim) && testSets && Array.isArray(d.seeds) && typeof d.ortThreads === 'number' && typeof d.evalThreads === 'number';
 }
 
 /** Cell process -> pool: progress of the running cell, its outcome, or that it stopped on cancel. */
@@ -64,6 +77,7 @@ export function isCellWorkerReply(v: unknown): v is CellWorkerReply {
     case 'done':
       return isObj(v.outcome) && isObj(v.outcome.row);
     case 'cancelled':
+    case 'need-test-sets':
       return true;
     default:
       return false;

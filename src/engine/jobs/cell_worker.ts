@@ -6,7 +6,9 @@
  */
 import { initBackend } from '../backend';
 import { buildModel } from '../models';
-import { emptyRow, runCell } from './core';
+import { emptyRow, runCell, type CellTestSets } from './core';
+import type { ImageSet } from '../data/dataset';
+import type { TriggeredSet } from '../metrics/evaluate';
 import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
@@ -31,11 +33,22 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
     lastProgress = now;
     channel.send({ type: 'progress', done, total, message });
   };
+  // Without the test sets (a lone cell) they are asked for only where a purified model cannot be exported.
+  let testSets: Promise<{ test: ImageSet; triggered: TriggeredSet }> | undefined;
+  let receiveTestSets: ((sets: { test: ImageSet; triggered: TriggeredSet }) => void) | undefined;
+  const fetchTestSets = () =>
+    (testSets ??= new Promise((resolve, reject) => {
+      if (abort.signal.aborted) return reject(new CancelledError());
+      abort.signal.addEventListener('abort', () => reject(new CancelledError()), { once: true });
+      receiveTestSets = resolve;
+      channel.send({ type: 'need-test-sets' });
+    }));
   const ready = data.then(async (d) => {
     await initBackend('cpu', d.backend);
     const victim = buildModel(d.victim.spec, d.victim.normalize);
     victim.loadStateDict(d.victim.state, 'cell process');
-    return { d, job: { victim, test: d.test, triggered: d.triggered, augment: d.augment, seeds: d.seeds } };
+    const sets: CellTestSets = d.test && d.triggered ? { test: d.test, triggered: d.triggered } : { fetchTestSets };
+    return { d, job: { victim, augment: d.augment, seeds: d.seeds, ...sets } };
   });
   // One cell at a time, in the order they come.
   let chain: Promise<unknown> = ready;
@@ -43,6 +56,10 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
     if (!isCellTaskMessage(m)) return;
     if (m.type === 'cancel') {
       abort.abort();
+      return;
+    }
+    if (m.type === 'test-sets') {
+      receiveTestSets?.({ test: m.test, triggered: m.triggered });
       return;
     }
     chain = chain.then(async () => {

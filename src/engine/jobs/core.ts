@@ -22,13 +22,14 @@ import type { RunEvent } from '../../shared/run_events';
 import { getDefense } from '../defenses';
 import { gallerySamples } from '../gic/gallery';
 import { saveModelFile, type ModelFormat } from '../model_files/model_io';
+import { exportOnnx } from '../model_files/onnx_export';
 import { diffStateDicts } from '../model_files/diff';
 import type { PtStateDict } from '../nn/module';
 import { startCellPool } from './cell_pool';
 import type { SpareCellProcess } from './cell_spawn';
 import { newTrainingRecord, resolveParams, type Defense, type DefenseParams, type Profile, type TrainingRecord } from '../defenses/defense';
 import { ortTrainWanted } from '../nn/ort_train';
-import { evaluateModelFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
+import { evaluateModelFast, evaluateOnnxFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type RowTraining, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
 import { gicEffectOfRows, summarizeRows } from '../../shared/summary';
@@ -253,7 +254,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       const pending: Promise<void>[] = [];
       const submit = (i: number, auxSet: ImageSet) => {
         const cell = cells[i];
-        const done = (loneCell ?? pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(job, cell)))).then((out) => finish(i, out));
+        const outcome = loneCell ? loneCell.then((out) => evaluateLoneCell(job, out, o.signal, cores)) : pool.run(i, cell, auxSet, targetsFor(job, cell), progress(stageOf(job, cell)));
+        const done = outcome.then((out) => finish(i, out));
         // Awaited below, after the calibrations; a cancellation meanwhile must not count as unhandled.
         done.catch(() => undefined);
         pending.push(done);
@@ -306,6 +308,24 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   return results;
 }
 
+/**
+ * A lone cell's row completed here: its process sent the purified model as ONNX instead of receiving the test
+ * sets (cell_protocol.ts), and this process, done with the victim by now, evaluates it on every core. The row
+ * gets its metrics where the cell would have put them, and the evaluation's time in its seconds.
+ */
+export async function evaluateLoneCell(job: PreparedJob, out: CellOutcome, signal: AbortSignal | undefined, threads: number): Promise<CellOutcome> {
+  const { purified, ...rest } = out;
+  if (!purified) return out;
+  const t0 = Date.now();
+  const { engine: _engine, ...measured } = await evaluateOnnxFast(purified.onnx, purified.inputShape, purified.numClasses, job.test, job.triggered, signal, threads);
+  const { details, diff, ...head } = out.row;
+  const row: ResultRow = { ...head, ...reported(measured, job.triggered), der: null };
+  if (details) row.details = details;
+  if (diff) row.diff = diff;
+  row.seconds += (Date.now() - t0) / 1000;
+  return { ...rest, row };
+}
+
 /** The progress stage of a cell: `ft on unseen + GIC (seed 1)`. */
 function stageOf(job: Pick<PreparedJob, 'seeds'>, cell: Cell): string {
   const seedTag = job.seeds.length > 1 ? ` (seed ${cell.seed})` : '';
@@ -333,14 +353,25 @@ function rowTraining(t: TrainingRecord, defense: Defense): RowTraining {
 export interface CellOutcome {
   row: ResultRow;
   detection?: { anomalyIndex: number[]; flagged: number[]; triggers?: ReversedTriggerImage[] };
+  /**
+   * The purified model as ONNX (exportOnnx, with its normalization) where the cell was run without the test
+   * sets (a lone cell process): the row has no metrics yet, and the job process evaluates this.
+   */
+  purified?: { onnx: Uint8Array; inputShape: [number, number, number]; numClasses: number };
 }
+
+/**
+ * A cell's test sets: at hand, or (a lone cell process, cell_protocol.ts) left to the job process, which
+ * evaluates the purified model from its ONNX export; `fetch` gets them where the model cannot be exported.
+ */
+export type CellTestSets = Pick<PreparedJob, 'test' | 'triggered'> | { test?: undefined; triggered?: undefined; fetchTestSets: () => Promise<Pick<PreparedJob, 'test' | 'triggered'>> };
 
 /**
  * Runs one cell: the defense on the (raw or calibrated) aux set, evaluation, and the purified model written to
  * `targets`. Used in this thread and by the cell processes alike, so both give the same row.
  */
 export async function runCell(
-  job: Pick<PreparedJob, 'victim' | 'test' | 'triggered' | 'augment' | 'seeds' | 'saveTargets'>,
+  job: Pick<PreparedJob, 'victim' | 'augment' | 'seeds' | 'saveTargets'> & CellTestSets,
   cell: Cell,
   auxSet: ImageSet,
   /** The victim's metrics, for the row's DER; undefined in a cell process (its pool sets the DER). */
@@ -368,6 +399,7 @@ export async function runCell(
   let model: Model | undefined;
   let renormalized: { model: Model; layers: number } | undefined;
   let detection: CellOutcome['detection'];
+  let purified: CellOutcome['purified'];
   try {
     const params = resolveParams(defense, cell.defense.profile, cell.defense.params);
     row.params = params;
@@ -390,9 +422,19 @@ export async function runCell(
     // A defense that diverged without a non-finite loss (or that does not train) must not pass as a result.
     const bad = await findNonFinite(model);
     if (bad) throw new JobError(`the purified model's weight ${describeNonFinite(bad)}: the defense diverged`);
-    const { engine: _engine, ...measured } = await evaluateModelFast(model, job.test, job.triggered, signal, evalThreads);
-    const m = reported(measured, job.triggered);
-    Object.assign(row, m, { der: baseline ? der(baseline, m) : null });
+    let sets: Pick<PreparedJob, 'test' | 'triggered'> | undefined = job.test ? { test: job.test, triggered: job.triggered } : undefined;
+    if (!sets && 'fetchTestSets' in job) {
+      try {
+        purified = { onnx: await exportOnnx(model, { includeNormalization: true }), inputShape: model.inputShape, numClasses: model.numClasses };
+      } catch {
+        sets = await job.fetchTestSets();
+      }
+    }
+    if (sets) {
+      const { engine: _engine, ...measured } = await evaluateModelFast(model, sets.test, sets.triggered, signal, evalThreads);
+      const m = reported(measured, sets.triggered);
+      Object.assign(row, m, { der: baseline ? der(baseline, m) : null });
+    }
     if (out.details || renormalized) row.details = { profile: cell.defense.profile, ...(renormalized ? { batchNormRestored: renormalized.layers } : {}), ...out.details };
     // What the defense changed, as the saved model holds it (masks are folded into the weights by then).
     // A diff that cannot be made (a model whose tensors no longer match the victim's) only leaves it out.
@@ -413,7 +455,7 @@ export async function runCell(
     if (renormalized && renormalized.model !== model) renormalized.model.dispose();
     row.seconds = (Date.now() - t0) / 1000;
   }
-  return { row, detection };
+  return { row, detection, ...(purified ? { purified } : {}) };
 }
 
 /** The victim's state_dict, read once per victim: every cell compares its purified model with it. */

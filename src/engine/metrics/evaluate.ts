@@ -9,6 +9,8 @@ import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import { predictLabels } from '../nn/train';
 import { OrtPredictor } from './ort_eval';
+import { buildModel } from '../models';
+import { decodeOnnx } from '../formats/onnx';
 import type { Metrics, ReportedMetrics } from '../../shared/results';
 
 export interface TriggeredSet {
@@ -47,6 +49,34 @@ export async function evaluateModelFast(model: Model, test: ImageSet, triggered:
     return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
   } finally {
     await ort.dispose();
+  }
+}
+
+/**
+ * The same metrics for a model given as the bytes of exportOnnx with its normalization (a lone cell process
+ * sends its purified model so, and the job process evaluates it): through ONNX Runtime, or, where it refuses
+ * the bytes, on the backend from the graph imported as an ONNX file is (evaluateModelFast's fallback).
+ */
+export async function evaluateOnnxFast(onnxBytes: Uint8Array, inputShape: [number, number, number], numClasses: number, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number): Promise<Metrics & { engine: 'onnxruntime' | 'backend' }> {
+  let ort: OrtPredictor | undefined;
+  try {
+    ort = await OrtPredictor.fromOnnx(onnxBytes, inputShape, numClasses, threads);
+  } catch {
+    ort = undefined;
+  }
+  if (ort) {
+    try {
+      return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
+    } finally {
+      await ort.dispose();
+    }
+  }
+  // The graph takes [0, 1] pixels and normalizes itself.
+  const model = buildModel({ arch: 'onnx', inputShape, numClasses, options: { plan: decodeOnnx(onnxBytes, 'purified model') } });
+  try {
+    return { ...(await evaluateModel(model, test, triggered, signal)), engine: 'backend' };
+  } finally {
+    model.dispose();
   }
 }
 
