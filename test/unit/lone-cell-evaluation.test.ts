@@ -56,6 +56,15 @@ describe('a lone cell evaluated by the job process', function () {
     assert.equal(tf.memory().numTensors, start, 'every tensor disposed');
   });
 
+  it('a purified model that cannot be evaluated fails its row, not the job', async () => {
+    const row = { aux: 'a', auxType: 'unseen' as const, gic: false, defense: 'ft', seed: 0, seconds: 1.5, output: null, error: null };
+    const done = await evaluateLoneCell(job, { row, purified: { onnx: Uint8Array.of(1, 2, 3), inputShape: [8, 8, 1], numClasses: 3 } }, undefined, 1);
+    assert.match(done.row.error ?? '', /\S/);
+    assert.equal(done.row.acc, undefined);
+    assert.ok(done.row.seconds >= 1.5);
+    assert.equal(done.purified, undefined);
+  });
+
   it('asks for the test sets once where the purified model cannot be exported, and evaluates it itself', async () => {
     const v = victim();
     const here = await runCell(withSets(v), cell, aux, undefined, 0, undefined, () => undefined, [], 1);

@@ -317,11 +317,18 @@ export async function evaluateLoneCell(job: PreparedJob, out: CellOutcome, signa
   const { purified, ...rest } = out;
   if (!purified) return out;
   const t0 = Date.now();
-  const { engine: _engine, ...measured } = await evaluateOnnxFast(purified.onnx, purified.inputShape, purified.numClasses, job.test, job.triggered, signal, threads);
-  const { details, diff, ...head } = out.row;
-  const row: ResultRow = { ...head, ...reported(measured, job.triggered), der: null };
-  if (details) row.details = details;
-  if (diff) row.diff = diff;
+  let row: ResultRow;
+  try {
+    const { engine: _engine, ...measured } = await evaluateOnnxFast(purified.onnx, purified.inputShape, purified.numClasses, job.test, job.triggered, signal, threads);
+    const { details, diff, ...head } = out.row;
+    row = { ...head, ...reported(measured, job.triggered), der: null };
+    if (details) row.details = details;
+    if (diff) row.diff = diff;
+  } catch (e) {
+    // As runCell: a failed evaluation fails the row, not the job.
+    if (e instanceof CancelledError) throw e;
+    row = { ...out.row, error: out.row.error ?? cellError(e) };
+  }
   row.seconds += (Date.now() - t0) / 1000;
   return { ...rest, row };
 }
@@ -362,13 +369,16 @@ export interface CellOutcome {
 
 /**
  * A cell's test sets: at hand, or (a lone cell process, cell_protocol.ts) left to the job process, which
- * evaluates the purified model from its ONNX export; `fetch` gets them where the model cannot be exported.
+ * evaluates the purified model from its ONNX export; `fetchTestSets` gets them where the model cannot be
+ * exported.
  */
 export type CellTestSets = Pick<PreparedJob, 'test' | 'triggered'> | { test?: undefined; triggered?: undefined; fetchTestSets: () => Promise<Pick<PreparedJob, 'test' | 'triggered'>> };
 
 /**
  * Runs one cell: the defense on the (raw or calibrated) aux set, evaluation, and the purified model written to
- * `targets`. Used in this thread and by the cell processes alike, so both give the same row.
+ * `targets`. Used in this thread and by the cell processes alike, so both give the same row. Without the test
+ * sets (a lone cell process) the outcome carries the purified model as ONNX instead of the metrics, for
+ * evaluateLoneCell.
  */
 export async function runCell(
   job: Pick<PreparedJob, 'victim' | 'augment' | 'seeds' | 'saveTargets'> & CellTestSets,
