@@ -16,7 +16,7 @@ import type { Metrics, Results } from '../../src/shared/results';
 
 // The default-profile defenses that meet the zoo criterion on this victim. Measured on the zoo's preact8-badnets
 // (full 10,000-image test set, scripts/zoo/run-defenses.ts, seed 0; victim ACC 0.827, ASR 0.979): ft 0.814 /
-// 0.089, nad 0.808 / 0.050, ftsam 0.790 / 0.077, fst 0.801 / 0.031, nc 0.807 / 0.034 (target flagged), ibau
+// 0.089, nad 0.808 / 0.050, ftsam 0.790 / 0.077, fst 0.804 / 0.060, nc 0.807 / 0.034 (target flagged), ibau
 // 0.806 / 0.048, npd 0.811 / 0.058 (3 seeds) and sau 0.798 / 0.096 meet it; sau takes minutes and is left to the
 // zoo script (README's zoo table), anp (0.784 / 0.759) keeps the backdoor: a known gap, not asserted here. The defenses run as one job on two cell processes, as `backdoor-audit run` runs them; NC, the
 // longest (ten trigger reversals), goes first so the other process takes the rest meanwhile (each cell's random

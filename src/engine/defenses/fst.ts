@@ -10,7 +10,6 @@ import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import { applyGradients, OrtTrainer } from '../nn/ort_train';
 import { takeScalar } from '../nn/read';
-import { Rng } from '../util/rng';
 import { FAST_FINE_TUNE, trainEpochs } from './common';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
@@ -39,8 +38,9 @@ export const fst: Defense = {
     const head = model.head();
     const w0 = tf.keep(head.weight.clone());
     const w0Norm = await takeScalar(tf.norm(w0));
-    // Re-initialize the head as PyTorch's default Linear init does.
-    const rng = new Rng(0).fork('fst-head');
+    // Re-initialize the head as PyTorch's default Linear init does, from the cell's stream: each seed draws its
+    // own head, as PyTorch's generator does for the reference.
+    const rng = ctx.rng.fork('fst-head');
     const bound = 1 / Math.sqrt(head.inFeatures);
     tf.tidy(() => {
       head.weight.assign(tf.tensor(Float32Array.from({ length: head.weight.size }, () => rng.uniform(-bound, bound)), head.weight.shape));
