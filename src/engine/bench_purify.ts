@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { cpuCores } from './util/cores';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { runJobFile } from './jobs/runner';
@@ -331,7 +332,7 @@ export interface PurificationOptions {
 export async function benchPurification(o: PurificationOptions): Promise<PurificationBench> {
   const dir = path.resolve(o.victimDir ?? defaultVictimDir());
   const v = readVictim(dir);
-  const threads = o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const threads = o.threads ?? cpuCores();
   const repeat = o.repeat ?? 1;
   if (!Number.isInteger(repeat) || repeat < 1) throw new InputError(`must be a whole number of runs, 1 or more (got ${repeat})`, '--repeat');
   const reference = o.reference ?? pythonReference();

@@ -24,7 +24,8 @@ import type { ImageSet } from '../data/dataset';
 import { isCellWorkerReply, type CellTaskMessage, type CellWorkerData } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { ortWanted } from '../backend/onnx_runtime';
-import { cellWorkerScript, cores, forkCellProcess, stopCellProcess } from './cell_spawn';
+import { cellWorkerScript, forkCellProcess, stopCellProcess } from './cell_spawn';
+import { cpuCores } from '../util/cores';
 
 export interface CellPool {
   size: number;
@@ -49,7 +50,7 @@ export interface CellPool {
 export function poolSize(o: Pick<CoreOptions, 'workers' | 'backend'>, cells: number, lone = false): number {
   if (o.backend.name !== 'wasm' && o.backend.name !== 'cpu') return 0; // native and GPU backends use the cores themselves
   if (o.backend.ort === 'webgpu') return 0; // the cells' ONNX Runtime sessions share the one GPU from this process
-  const wanted = o.workers ?? cores();
+  const wanted = o.workers ?? cpuCores();
   if (lone) return cells === 1 && wanted >= 2 && ortWanted() ? 1 : 0;
   const n = Math.min(wanted, cells);
   return n >= 2 ? n : 0;
@@ -102,7 +103,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   const size = poolSize(o, cells, lone);
   const script = cellWorkerScript();
   if (size < (lone ? 1 : 2) || !script) return undefined;
-  const all = o.workers ?? cores();
+  const all = o.workers ?? cpuCores();
   // The processes share out the cores (a row does not depend on its thread count). A lone cell trains on half of
   // them (rounded up) and leaves the rest to the job process, then evaluates on all of them.
   const ortThreads = ortWanted() ? (lone ? Math.ceil(all / 2) : Math.max(1, Math.floor(all / size))) : 0;

@@ -9,17 +9,13 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { heapEnv } from '../util/heap_env';
+import { cpuCores } from '../util/cores';
 
 /** The bundled cell-process script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
 export function cellWorkerScript(): string | undefined {
   return [path.join(__dirname, 'cell-worker.js'), path.join(__dirname, '..', '..', '..', 'dist', 'cell-worker.js')].find((f) => fs.existsSync(f));
-}
-
-export function cores(): number {
-  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 }
 
 /** A cell process, idle until the pool's `init` message. */
@@ -64,7 +60,7 @@ export class SpareCellProcess {
    * off, the cell-process script built. Undefined otherwise.
    */
   static start(o: { workers?: number; device?: string } = {}): SpareCellProcess | undefined {
-    if ((o.workers ?? cores()) < 2 || o.device === 'gpu' || process.env.BACKDOOR_AUDIT_ORT === '0') return undefined;
+    if ((o.workers ?? cpuCores()) < 2 || o.device === 'gpu' || process.env.BACKDOOR_AUDIT_ORT === '0') return undefined;
     const script = cellWorkerScript();
     if (!script) return undefined;
     try {

@@ -9,8 +9,8 @@
  * then measures GIC, not the luck of the draw; summary.ts folds the seeds into means and intervals.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { cpuCores } from '../util/cores';
 import type { ImageSet } from '../data/dataset';
 import type { Model } from '../nn/model';
 import type { Augment } from '../nn/train';
@@ -143,7 +143,7 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const cpu = o.backend.name === 'wasm' || o.backend.name === 'cpu';
   // The job's threads: `workers` (one per core by default) bounds what runs at once, cell processes or the
   // ONNX Runtime threads of work done in this process.
-  const cores = Math.max(1, o.workers ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
+  const cores = Math.max(1, o.workers ?? cpuCores());
   const cells = planCells(job);
   const shard = o.shard;
   const mine = cells.flatMap((_, i) => (!shard || i % shard.count === shard.index ? [i] : []));

@@ -19,7 +19,6 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { BackendName } from '../backend';
@@ -29,6 +28,7 @@ import type { ForwardContext } from './module';
 import type { Optimizer } from './optim';
 import { crossEntropy, type BatchStepper } from './train';
 import { isReplicaReply, type ReplicaInit, type ReplicaReply, type ReplicaRequest } from './replica_protocol';
+import { cpuCores } from '../util/cores';
 
 /** The bundled replica script: next to the running bundle (dist/), or dist/ of the source tree (tests). */
 export function replicaScript(): string | undefined {
@@ -38,7 +38,7 @@ export function replicaScript(): string | undefined {
 /** Replicas a training loop gets by default: one per core on the single-threaded CPU backends, else 1. */
 export function defaultReplicas(backend: BackendName): number {
   if (backend !== 'wasm' && backend !== 'cpu') return 1; // native and GPU backends use the cores themselves
-  return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return cpuCores();
 }
 
 interface Replica {

@@ -11,7 +11,6 @@
  * undefined otherwise and the caller trains on the backend.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import * as os from 'node:os';
 import { JobError } from '../errors';
 import { loadOrt, nchwcBlockSize, ortSessionOptions, ortWanted } from '../backend/onnx_runtime';
 import type { Model } from './model';
@@ -22,6 +21,7 @@ import { OrtGradUnsupported, type GradGraph } from './ort_grad_contract';
 import { BatchNorm2d } from './layers';
 import { DataParallel } from './data_parallel';
 import type { BackendName } from '../backend';
+import { cpuCores } from '../util/cores';
 
 type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
@@ -59,7 +59,7 @@ export class OrtTrainer implements BatchStepper {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
     }
-    const threads = Math.max(1, o.threads ?? (typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
+    const threads = Math.max(1, o.threads ?? cpuCores());
     let session: OrtSession;
     try {
       session = await ort.InferenceSession.create(graph.bytes, ortSessionOptions(threads));
