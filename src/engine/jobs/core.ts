@@ -173,6 +173,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
   const evaluation = engine === 'onnxruntime' ? (onGpu ? ('onnxruntime-webgpu' as const) : ('onnxruntime-cpu' as const)) : o.backend.name;
   if (engine === 'onnxruntime') o.emit({ type: 'log', message: `evaluating with ONNX Runtime (${onGpu ? 'WebGPU' : 'CPU'})` });
   o.emit({ type: 'baseline', model: job.model, baseline, evaluation });
+  const hint = chanceLevelHint(baseline.acc, job.victim.numClasses, job.victim.normalize !== undefined);
+  if (hint) o.emit({ type: 'log', message: hint });
 
   const pool = lonePool ?? (lone ? undefined : await startCellPool(job, o, mine.length));
   const results: Results = {
@@ -331,6 +333,18 @@ export async function evaluateLoneCell(job: PreparedJob, out: CellOutcome, signa
   }
   row.seconds += (Date.now() - t0) / 1000;
   return { ...rest, row };
+}
+
+/**
+ * A warning where the victim's clean accuracy is near chance (below twice it): the numbers that follow are then
+ * about a model that does not work on these images, and the usual cause is the input's preparation rather than
+ * the model (a PyTorch model trained on normalized images, given without `normalize`, read 17% on the zoo's
+ * CNN instead of 81%, and NPD then diverged on it).
+ */
+export function chanceLevelHint(acc: number, numClasses: number, normalized: boolean): string | undefined {
+  if (numClasses < 2 || acc >= 2 / numClasses) return undefined;
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  return `warning: the victim's clean accuracy is ${pct(acc)} (chance: ${pct(1 / numClasses)}): check ${normalized ? 'the' : 'the model\'s "normalize" (mean and std of its training inputs: none was given or found in the file),'} input shape and channel order and the test labels`;
 }
 
 /** The progress stage of a cell: `ft on unseen + GIC (seed 1)`. */
