@@ -11,10 +11,10 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { cpuCores } from './util/cores';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { runJobFile } from './jobs/runner';
+import { cpuCores } from './util/cores';
 import { DEFENSE_IDS } from './catalog';
 import { InputError } from './errors';
 import { parseNpy, readNpyPair } from './formats/data/npy';

@@ -45,6 +45,11 @@ export async function evaluateModel(model: Model, test: ImageSet, triggered: Tri
 export async function evaluateModelFast(model: Model, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined, threads: number): Promise<Metrics & { engine: 'onnxruntime' | 'backend' }> {
   const ort = await OrtPredictor.create(model, threads);
   if (!ort) return { ...(await evaluateModel(model, test, triggered, signal)), engine: 'backend' };
+  return metricsThrough(ort, test, triggered, signal);
+}
+
+/** The metrics from an ONNX Runtime session, which is released after. */
+async function metricsThrough(ort: OrtPredictor, test: ImageSet, triggered: TriggeredSet, signal: AbortSignal | undefined): Promise<Metrics & { engine: 'onnxruntime' }> {
   try {
     return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
   } finally {
@@ -64,13 +69,7 @@ export async function evaluateOnnxFast(onnxBytes: Uint8Array, inputShape: [numbe
   } catch {
     ort = undefined;
   }
-  if (ort) {
-    try {
-      return { ...metricsOf(test, triggered, await ort.labels(test, 256, signal), await ort.labels(triggered.set, 256, signal)), engine: 'onnxruntime' };
-    } finally {
-      await ort.dispose();
-    }
-  }
+  if (ort) return metricsThrough(ort, test, triggered, signal);
   // The graph takes [0, 1] pixels and normalizes itself.
   const model = buildModel({ arch: 'onnx', inputShape, numClasses, options: { plan: decodeOnnx(onnxBytes, 'purified model') } });
   try {
