@@ -39,7 +39,7 @@ import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
-import { batchNormInputGradient, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
+import { batchNormInputGradient, channelSum, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
 /** ONNX Runtime's contrib operators (FusedMatMul). */
@@ -228,7 +228,7 @@ export class GradBuilder {
         // Per image on feature maps of 14x14 and more, where ONNX Runtime's CPU kernels run it (see convWeightGradient).
         this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo], this.nchwcBlock > 0 && ho * wo >= 196));
       }
-      if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 0 }, [m.outChannels]));
+      if (bias) this.addGrad(bias, this.op('Reshape', [channelSum(this.emit, dy), this.i64([-1])], {}, [m.outChannels]));
     });
     return y;
   }
@@ -303,8 +303,8 @@ export class GradBuilder {
         if (this.live.has(x)) this.addGrad(x, kDy());
         return;
       }
-      const sumDy = this.op('ReduceSum', [dy, this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
-      const sumDyXc = this.op('ReduceSum', [this.op('Mul', [dy, xcOf()], {}, shape), this.i64([0, 2, 3])], { keepdims: 1 }, cShape);
+      const sumDy = channelSum(this.emit, dy);
+      const sumDyXc = channelSum(this.emit, this.op('Mul', [dy, xcOf()], {}, shape));
       // d loss / d effective gamma and beta.
       const dGamma = this.op('Mul', [sumDyXc, invstd], {}, cShape);
       const flat = (t: string) => this.op('Reshape', [t, this.i64([-1])], {}, [c]);
