@@ -208,13 +208,29 @@ class Victim:
     def model(self):
         m = Z.make_arch(self.arch, self.width)
         m.load_state_dict(self.state)
-        return m
+        return m.to(Z.DTYPE)
+
+
+# The random draws of the run in progress, in the order they were made, when --record-stream asks for them:
+# each epoch's permutation and each augmented image's crop offsets (row, column into the padded image), for
+# scripts/zoo/replay-stream.ts to feed to the engine's defense so that both sides see the same batches and crops.
+STREAM = None
 
 
 def batches(n, size, gen):
     """One shuffled epoch of index batches, the last one partial (DataLoader(shuffle=True, drop_last=False))."""
     perm = torch.randperm(n, generator=gen)
+    if STREAM is not None:
+        STREAM.append({'permutation': perm.tolist()})
     return [perm[i:i + size] for i in range(0, n, size)]
+
+
+def random_crop(x, gen):
+    """zoo_common.random_crop, its offsets recorded where --record-stream asks for them."""
+    out, ii, jj = Z.random_crop(x, gen, offsets=True)
+    if STREAM is not None:
+        STREAM.append({'crops': [[int(i), int(j)] for i, j in zip(ii, jj)]})
+    return out
 
 
 def sgd(model, r):
@@ -246,7 +262,7 @@ def train_ce(model, x, y, r, epochs, tmax, gen, after_step=None, log=None):
         model.train()
         tot = 0.0
         for idx in batches(len(x), r['batchSize'], gen):
-            xb = Z.random_crop(x[idx], gen)
+            xb = random_crop(x[idx], gen)
             loss = F.cross_entropy(model(xb), y[idx])
             finite(loss, 'fine-tuning')
             opt.zero_grad()
@@ -312,7 +328,7 @@ def run_fp(model, v, r, a, gen, log):
     act = torch.zeros(head.in_features)
     with torch.no_grad():
         for idx in batches(len(xt), r['batchSize'], gen):
-            model(Z.random_crop(xt[idx], gen))
+            model(random_crop(xt[idx], gen))
             act += feats['x'].sum(0) / len(xt)
     hook.remove()
     order = torch.argsort(act)
@@ -403,7 +419,7 @@ def run_nad(model, v, r, a, gen, log):
         model.train()
         tot = 0.0
         for idx in batches(len(x), r['batchSize'], gen):
-            xb = Z.random_crop(x[idx], gen)
+            xb = random_crop(x[idx], gen)
             out, fs = taps(model, xb)
             with torch.no_grad():
                 _, ft = taps(teacher, xb)
@@ -476,7 +492,7 @@ def run_sau(model, v, r, a, gen, log):
         for idx in batches(len(x), r['batchSize'], gen):
             xb, yb = x[idx], y[idx]
             if r['augment'] != 'none':
-                xb = Z.random_crop(xb, gen)
+                xb = random_crop(xb, gen)
             pert = shared_pgd(model, ref, xb, yb, r)
             for _ in range(r['outerSteps']):
                 px = perturbed(xb, pert)
@@ -546,13 +562,13 @@ def run_ibau(model, v, r, a, gen, log):
     opt = adam(model, r)
     params = [p for p in model.parameters() if p.requires_grad]
     # images_list/labels_list: one augmented shuffled pass, fixed for the whole run.
-    fixed = [(Z.random_crop(x[idx], gen), y[idx]) for idx in batches(len(x), r['batchSize'], gen)]
+    fixed = [(random_crop(x[idx], gen), y[idx]) for idx in batches(len(x), r['batchSize'], gen)]
     c, h, w = x.shape[1:]
     for rnd in range(r['epochs']):
         pert = torch.zeros(1, c, h, w, requires_grad=True)
         popt = torch.optim.SGD([pert], lr=r['pertLr'])
         for idx in batches(len(x), r['batchSize'], gen):
-            xb = Z.random_crop(x[idx], gen)
+            xb = random_crop(x[idx], gen)
             with torch.no_grad():
                 ori = model(xb).argmax(1)
             loss = -F.cross_entropy(model(xb + pert), ori) + r['pertReg'] * torch.norm(pert) ** 2
@@ -664,7 +680,7 @@ def run_anp(model, v, r, a, gen, log):
     trace, tot, cnt = [], 0.0, 0
     for it in range(r['iterations']):
         idx = torch.randint(0, len(xt), (r['batchSize'],), generator=gen)  # RandomSampler(replacement=True)
-        xb, yb = Z.random_crop(xt[idx], gen), yt[idx]
+        xb, yb = random_crop(xt[idx], gen), yt[idx]
         # 1. the adversarial neuron perturbation: random start in [-eps, eps], anpSteps signed steps of eps/steps
         #    ascending CE (BackdoorBench does not project the noise back to [-eps, eps]; --anp-clip-noise does).
         if r['eps'] > 0:
@@ -800,7 +816,7 @@ def run_ftsam(model, v, r, a, gen, log):
             if r['schedule'] == 'cosine-per-batch':
                 # CosineAnnealingLR(T_max) stepped per batch; past T_max it climbs back (its closed form).
                 set_lr(opt, Z.cosine_lr(r['lr'], step, r['cosTMaxSteps']))
-            xb, yb = Z.random_crop(x[idx], gen), y[idx]
+            xb, yb = random_crop(x[idx], gen), y[idx]
             # 1. the gradient at w
             saved = set_bn_momentum(model, None) if r['bnUpdate'] == 'perturbed-pass' else None
             loss1 = smooth_ce(model(xb), yb, s, style)
@@ -852,7 +868,7 @@ def run_fst(model, v, r, a, gen, log):
         model.train()
         tot = 0.0
         for idx in batches(len(x), r['batchSize'], gen):
-            xb, yb = Z.random_crop(x[idx], gen), y[idx]
+            xb, yb = random_crop(x[idx], gen), y[idx]
             loss = F.cross_entropy(model(xb), yb) + r['alpha'] * torch.sum(head.weight * w0)
             finite(loss, 'FST')
             opt.zero_grad()
@@ -1060,10 +1076,14 @@ def effective(defense, a):
     if defense == 'sau' and a.sau_augment:
         r['augment'] = 'random-crop-4'
     r['epochsDeparture'] = r['epochs'] != r['paperEpochs']
+    if a.float64:
+        r['dtype'] = 'float64'
+        r['profile'] = f'{r.get("profile", a.recipe)}-float64'
     return r
 
 
 def run_one(v, defense, seed, a):
+    global STREAM
     r = effective(defense, a)
     random.seed(seed)
     np.random.seed(seed)
@@ -1079,9 +1099,16 @@ def run_one(v, defense, seed, a):
         measured = evaluate(v.model(), v)
         measured = {**{k: round(x, 4) for k, x in measured.items()}, 'seconds': round(Z.now() - t0, 1)}
     model = v.model()
+    STREAM = [] if a.record_stream else None
     t0, c0 = Z.now(), time.process_time()
     model, details = DEFENSES[defense](model, v, r, a, gen, log)
     seconds, cpu = Z.now() - t0, time.process_time() - c0
+    stream_file = None
+    if a.record_stream:
+        os.makedirs(a.record_stream, exist_ok=True)
+        stream_file = os.path.join(a.record_stream, f'{v.name}-{defense}-seed{seed}.json')
+        Z.save_json(stream_file, {'victim': v.name, 'defense': defense, 'seed': seed, 'params': r, 'draws': STREAM})
+        STREAM = None
     t0 = Z.now()
     m = evaluate(model, v)
     eval_seconds = Z.now() - t0
@@ -1097,6 +1124,7 @@ def run_one(v, defense, seed, a):
            'evalSeconds': round(eval_seconds, 1),
            'victimMetrics': {k: round(v.meta['metrics'][k], 4) for k in ('acc', 'asr', 'ra')},
            **({'victimMeasured': measured} if measured else {}),
+           **({'stream': os.path.relpath(stream_file, ROOT)} if stream_file else {}),
            'threads': torch.get_num_threads(), 'torch': torch.__version__}
     print(f'{v.name} {defense} seed {seed}: ACC {m["acc"]:.4f} ASR {m["asr"]:.4f} RA {m["ra"]:.4f} '
           f'({seconds:.1f} s, cpu {cpu:.1f} s; {length}, batch {r["batchSize"]}, lr {r["lr"]})', flush=True)
@@ -1168,12 +1196,20 @@ def main():
     ap.add_argument('--evaluate-victim', action='store_true',
                     help='evaluate the victim on the test sets before the defense, as a purification job does '
                          '(row: victimMeasured), instead of only reading its metrics from victim.json')
+    ap.add_argument('--record-stream', metavar='DIR',
+                    help="write each run's shuffles and crop offsets, in the order drawn, to DIR/<victim>-<defense>-"
+                         'seed<S>.json, for scripts/zoo/replay-stream.ts to run the engine on the same draws')
+    ap.add_argument('--float64', action='store_true',
+                    help='models and images in float64 (a control for how far float32 rounding alone moves a row; '
+                         'rows carry dtype and are merged as profile <profile>-float64)')
     ap.add_argument('--skip-done', action='store_true', help='skip (victim, defense, seed) already in --out')
     ap.add_argument('--verbose', '-v', action='store_true', help='per-epoch lines')
     a = ap.parse_args()
     if not a.defense:
         ap.error('--defense is required')
     torch.set_num_threads(a.threads)
+    if a.float64:
+        Z.DTYPE = torch.float64
     done = set()
     if a.skip_done and os.path.exists(a.out):
         with open(a.out) as f:

@@ -177,15 +177,21 @@ def make_arch(name, w):
 
 # ---------------------------------------------------------------- tensors, augmentation, evaluation
 
+# The float type of the reference's tensors and models: float32, or float64 where reference_defenses.py is asked
+# for --float64 (a control for how far float32 rounding alone moves a row).
+DTYPE = torch.float32
+
+
 def to_tensor(x_uint8):
     """uint8 NHWC -> normalized float NCHW."""
-    t = torch.from_numpy(x_uint8).float().div_(255.0).permute(0, 3, 1, 2).contiguous()
+    t = torch.from_numpy(x_uint8).to(DTYPE).div_(255.0).permute(0, 3, 1, 2).contiguous()
     return (t - MEAN) / STD
 
 
-def random_crop(x, gen, padding=4):
+def random_crop(x, gen, padding=4, offsets=False):
     """torchvision RandomCrop(size, padding) per image, on a normalized NCHW batch (zero padding is applied to
-    the [0,1] image in torchvision, i.e. before normalization: pad with the normalized value of 0)."""
+    the [0,1] image in torchvision, i.e. before normalization: pad with the normalized value of 0). With
+    `offsets`, also each image's row and column offsets into the padded image."""
     n, c, h, w = x.shape
     pad_value = (0.0 - MEAN) / STD
     xp = F.pad(x, (padding, padding, padding, padding), value=pad_value)
@@ -194,7 +200,7 @@ def random_crop(x, gen, padding=4):
     out = torch.empty_like(x)
     for k in range(n):
         out[k] = xp[k, :, ii[k]:ii[k] + h, jj[k]:jj[k] + w]
-    return out
+    return (out, ii.tolist(), jj.tolist()) if offsets else out
 
 
 @torch.no_grad()
