@@ -6,22 +6,24 @@
  * parameter moved must agree with what PyTorch moved it by, as closely as PyTorch's own float32 steps do, and the
  * BatchNorm running statistics with PyTorch's, on the ONNX
  * Runtime path and on the backend path: an update rule, a schedule or a BatchNorm detail that departs from
- * PyTorch shows up here as a wrong update, long before it shows up as a zoo row.
+ * PyTorch shows up here as a wrong update, long before it shows up as a zoo row. Then one epoch over all 500
+ * auxiliary images with random crops, on the shuffle and crop offsets PyTorch drew for its own float64 epoch
+ * (scripts/zoo/make_ft_stream_fixture.py), replayed to our `ft` (test/helpers/replay_rng.ts).
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { loadZooFixture, type ZooFixture } from '../helpers/zoo';
 import { getDefense } from '../../src/engine/defenses';
-import { resolveParams, newTrainingRecord } from '../../src/engine/defenses/defense';
+import { resolveParams, newTrainingRecord, type TrainingRecord } from '../../src/engine/defenses/defense';
 import { readPt } from '../../src/engine/formats/pt';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { Rng } from '../../src/engine/util/rng';
 import { subset, type ImageSet } from '../../src/engine/data/dataset';
 import type { PtStateDict } from '../../src/engine/nn/module';
 import { ReplayRng, type Draw } from '../helpers/replay_rng';
-import * as fs from 'node:fs';
 
 const DIR = path.join(__dirname, '..', 'fixtures', 'zoo', 'preact8-badnets');
 const N = 64;
@@ -72,39 +74,58 @@ describe('fine-tuning steps equal PyTorch\'s on a PyTorch-trained victim', funct
     victimSd = await z.loaded.model.stateDict();
   });
 
+  /**
+   * Our `ft` on the fixture's victim, through ONNX Runtime or on the backend, then `check` on the model it ends
+   * with and its training record; nothing may be left of its tensors after.
+   */
+  async function fineTuned(
+    o: { aux: ImageSet; epochs: number; batchSize: number; cropPadding: number; rng: Rng; onOrt: boolean },
+    check: (stateDict: PtStateDict, training: TrainingRecord) => void,
+  ): Promise<void> {
+    const ft = getDefense('ft')!;
+    const training = newTrainingRecord();
+    const tensors = tf.memory().numTensors;
+    const out = await ft.run({
+      victim: z.loaded.model,
+      aux: o.aux,
+      profile: 'fast',
+      params: resolveParams(ft, 'fast', { epochs: o.epochs, batchSize: o.batchSize }),
+      augment: { cropPadding: o.cropPadding, flip: false },
+      rng: o.rng,
+      progress: () => undefined,
+      ortTraining: o.onOrt,
+      ortThreads: 1,
+      training,
+    });
+    try {
+      check(await out.model.stateDict(), training);
+    } finally {
+      out.model.dispose();
+    }
+    assert.equal(tf.memory().numTensors, tensors, 'no tensor left');
+  }
+
+  /** compare()'s figures within the bars: the median and worst update error, the running statistics' error. */
+  function assertWithin(c: ReturnType<typeof compare>, bars: { median: number; worst: number; stats: number }): void {
+    const { worstUpdate, medianUpdate, worstStat } = c;
+    if (process.env.FT_STEP_PARITY_VERBOSE) console.log(`median ${(100 * medianUpdate).toFixed(2)}%, worst ${(100 * worstUpdate.err).toFixed(2)}% (${worstUpdate.key}), statistics ${worstStat.err.toExponential(2)}`);
+    assert.ok(medianUpdate < bars.median, `the median update is off by ${(100 * medianUpdate).toFixed(2)}% of PyTorch's`);
+    assert.ok(worstUpdate.err < bars.worst, `the update of ${worstUpdate.key} is off by ${(100 * worstUpdate.err).toFixed(2)}% of PyTorch's`);
+    assert.ok(worstStat.err < bars.stats, `${worstStat.key} is off by ${worstStat.err.toExponential(2)} of PyTorch's`);
+  }
+
   for (const onOrt of [true, false]) {
     it(`three epochs of one batch move every parameter as PyTorch does, ${onOrt ? 'through ONNX Runtime' : 'on the backend'}`, async function () {
       if (onOrt && !ortTrainWanted()) this.skip();
-      const ft = getDefense('ft')!;
-      const training = newTrainingRecord();
-      const tensors = tf.memory().numTensors;
-      const out = await ft.run({
-        victim: z.loaded.model,
-        aux: batch,
-        profile: 'fast',
-        params: resolveParams(ft, 'fast', { epochs: 3, batchSize: N }),
-        augment: { cropPadding: 0, flip: false },
-        rng: new Rng(0).fork('ft-step-parity'),
-        progress: () => undefined,
-        ortTraining: onOrt,
-        ortThreads: 1,
-        training,
-      });
-      try {
+      const rng = new Rng(0).fork('ft-step-parity');
+      await fineTuned({ aux: batch, epochs: 3, batchSize: N, cropPadding: 0, rng, onOrt }, (sd, training) => {
         if (onOrt) assert.deepEqual([training.onnxruntimeSteps, training.backendSteps], [3, 0]);
         else assert.equal(training.onnxruntimeSteps, 0);
-        const { worstUpdate, medianUpdate, worstStat } = compare(victimSd, await out.model.stateDict(), torchSd());
         // The fixture is PyTorch in float64. PyTorch's own float32 steps are off it by up to 3.4% of an update
         // (median 0.75%): ReLU and BatchNorm make these updates sensitive to rounding. A wrong rule (momentum,
         // the schedule, BatchNorm's batch statistics or their gradient) is off by tens of percent.
-        assert.ok(medianUpdate < 0.015, `the median update is off by ${(100 * medianUpdate).toFixed(2)}% of PyTorch's`);
-        assert.ok(worstUpdate.err < 0.07, `the update of ${worstUpdate.key} is off by ${(100 * worstUpdate.err).toFixed(2)}% of PyTorch's`);
-        assert.ok(worstStat.err < 1e-4, `${worstStat.key} is off by ${worstStat.err.toExponential(2)} of PyTorch's`);
-        if (process.env.FT_STEP_PARITY_VERBOSE) console.log(`median ${(100 * medianUpdate).toFixed(2)}%, worst ${(100 * worstUpdate.err).toFixed(2)}% (${worstUpdate.key}), statistics ${worstStat.err.toExponential(2)}`);
-      } finally {
-        out.model.dispose();
-      }
-      assert.equal(tf.memory().numTensors, tensors, 'no tensor left');
+        assertWithin(compare(victimSd, sd, torchSd()), { median: 0.015, worst: 0.07, stats: 1e-4 });
+      });
     });
   }
 
@@ -115,40 +136,18 @@ describe('fine-tuning steps equal PyTorch\'s on a PyTorch-trained victim', funct
   for (const onOrt of [true, false]) {
     it(`an epoch of augmented batches on PyTorch's draws moves every parameter as PyTorch does, ${onOrt ? 'through ONNX Runtime' : 'on the backend'}`, async function () {
       if (onOrt && !ortTrainWanted()) this.skip();
-      const ft = getDefense('ft')!;
-      const training = newTrainingRecord();
       const rng = new ReplayRng(stream.draws, 2 * stream.cropPadding + 1);
-      const tensors = tf.memory().numTensors;
-      const out = await ft.run({
-        victim: z.loaded.model,
-        aux: z.aux,
-        profile: 'fast',
-        params: resolveParams(ft, 'fast', { epochs: 1, batchSize: stream.batchSize }),
-        augment: { cropPadding: stream.cropPadding, flip: false },
-        rng,
-        progress: () => undefined,
-        ortTraining: onOrt,
-        ortThreads: 1,
-        training,
-      });
-      try {
+      await fineTuned({ aux: z.aux, epochs: 1, batchSize: stream.batchSize, cropPadding: stream.cropPadding, rng, onOrt }, (sd, training) => {
         rng.finish();
-        const steps = Math.ceil(z.aux.n / stream.batchSize);
-        assert.equal(training.onnxruntimeSteps + training.backendSteps, steps);
-        const { worstUpdate, medianUpdate, worstStat } = compare(victimSd, await out.model.stateDict(), readPt(path.join(DIR, 'ft-epoch-stream.pt')));
+        assert.equal(training.onnxruntimeSteps + training.backendSteps, Math.ceil(z.aux.n / stream.batchSize));
+        assert.equal(onOrt ? training.backendSteps : training.onnxruntimeSteps, 0);
         // PyTorch's own float32 runs of these draws (1, 2 or 4 threads) are off its float64 run by 1.2-1.5% of an
         // update (median), 3.7-3.9% at worst, and 3.1-3.8e-4 in the running statistics; ours: 1.4% / 3.7% / 3.1e-4
         // on the backend, 0.2% / 0.9% / 2e-5 through ONNX Runtime (3.7% / 13.5% / 1.2e-3 while its BatchNorm summed
         // each channel in one float32 pass: ort_batchnorm_ops.ts channelSum). A crop shifted the wrong way, a grey
         // border instead of black, a dropped partial batch or another image order is off by tens of percent.
-        assert.ok(medianUpdate < 0.02, `the median update is off by ${(100 * medianUpdate).toFixed(2)}% of PyTorch's`);
-        assert.ok(worstUpdate.err < 0.05, `the update of ${worstUpdate.key} is off by ${(100 * worstUpdate.err).toFixed(2)}% of PyTorch's`);
-        assert.ok(worstStat.err < 5e-4, `${worstStat.key} is off by ${worstStat.err.toExponential(2)} of PyTorch's`);
-        if (process.env.FT_STEP_PARITY_VERBOSE) console.log(`median ${(100 * medianUpdate).toFixed(2)}%, worst ${(100 * worstUpdate.err).toFixed(2)}% (${worstUpdate.key}), statistics ${worstStat.err.toExponential(2)}`);
-      } finally {
-        out.model.dispose();
-      }
-      assert.equal(tf.memory().numTensors, tensors, 'no tensor left');
+        assertWithin(compare(victimSd, sd, readPt(path.join(DIR, 'ft-epoch-stream.pt'))), { median: 0.02, worst: 0.05, stats: 5e-4 });
+      });
     });
   }
 });
