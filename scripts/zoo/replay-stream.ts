@@ -55,6 +55,27 @@ interface VictimInfo {
 /** The recipe values both sides must share; the recording's names are BackdoorBench's, ours the engine's. */
 const SHARED = ['epochs', 'batchSize', 'lr', 'momentum', 'weightDecay'];
 
+/** Each victim's model and images, read once however many of its streams are replayed. */
+const victims = new Map<string, ReturnType<typeof readVictim>>();
+function victimOf(name: string): ReturnType<typeof readVictim> {
+  if (!victims.has(name)) victims.set(name, readVictim(name));
+  return victims.get(name)!;
+}
+
+function readVictim(name: string) {
+  const dir = path.join(o.zoo, name);
+  const info = JSON.parse(fs.readFileSync(path.join(dir, 'victim.json'), 'utf8')) as VictimInfo;
+  const pt = path.join(dir, 'victim.pt');
+  const loaded = fs.existsSync(pt)
+    ? loadModelFile({ path: pt, inputShape: info.inputShape, numClasses: info.numClasses, normalize: info.normalize }, name)
+    : loadModelFile({ path: path.join(dir, 'victim.onnx'), normalize: info.normalize }, name);
+  const target = { shape: info.inputShape, numClasses: info.numClasses };
+  const aux = readNpyPair(path.join(dir, 'aux_x.npy'), path.join(dir, 'aux_y.npy'), target);
+  const test = readNpyPair(path.join(dir, 'test_x.npy'), path.join(dir, 'test_y.npy'), target);
+  const bd = readNpyPair(path.join(dir, 'bd_x.npy'), path.join(dir, 'bd_y.npy'), target);
+  return { loaded, aux, test, triggered: { set: bd, attackLabels: new Int32Array(bd.n).fill(info.target) } };
+}
+
 async function main(): Promise<void> {
   await initBackend('cpu');
   if (!ortTrainWanted()) throw new Error('ONNX Runtime does not load here (or BACKDOOR_AUDIT_ORT_TRAIN=0): the replay measures its path');
@@ -64,17 +85,7 @@ async function main(): Promise<void> {
     const rec = JSON.parse(fs.readFileSync(file, 'utf8')) as Recording;
     const defense = getDefense(rec.defense);
     if (!defense) throw new Error(`${file}: unknown defense ${rec.defense}`);
-    const dir = path.join(o.zoo, rec.victim);
-    const info = JSON.parse(fs.readFileSync(path.join(dir, 'victim.json'), 'utf8')) as VictimInfo;
-    const pt = path.join(dir, 'victim.pt');
-    const loaded = fs.existsSync(pt)
-      ? loadModelFile({ path: pt, inputShape: info.inputShape, numClasses: info.numClasses, normalize: info.normalize }, rec.victim)
-      : loadModelFile({ path: path.join(dir, 'victim.onnx'), normalize: info.normalize }, rec.victim);
-    const target = { shape: info.inputShape, numClasses: info.numClasses };
-    const aux = readNpyPair(path.join(dir, 'aux_x.npy'), path.join(dir, 'aux_y.npy'), target);
-    const test = readNpyPair(path.join(dir, 'test_x.npy'), path.join(dir, 'test_y.npy'), target);
-    const bd = readNpyPair(path.join(dir, 'bd_x.npy'), path.join(dir, 'bd_y.npy'), target);
-    const triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(info.target) };
+    const { loaded, aux, test, triggered } = victimOf(rec.victim);
     const params = resolveParams(defense, 'fast', {});
     for (const k of SHARED) {
       if (k in params && k in rec.params && params[k] !== rec.params[k]) throw new Error(`${file}: ${k} ${String(rec.params[k])} recorded, ${String(params[k])} in the engine's fast profile`);
@@ -97,9 +108,9 @@ async function main(): Promise<void> {
       console.log(`${rec.victim} ${rec.defense} seed ${rec.seed}, PyTorch's draws: ACC ${m.acc.toFixed(4)} ASR ${m.asr!.toFixed(4)} RA ${m.ra!.toFixed(4)} (${seconds.toFixed(1)} s)${vs}`);
     } finally {
       out.model.dispose();
-      loaded.model.dispose();
     }
   }
+  for (const v of victims.values()) v.loaded.model.dispose();
   const paired = rows.filter((r) => r.reference) as { acc: number; asr: number; reference: { acc: number; asr: number } }[];
   if (paired.length > 1) {
     const mean = (f: (r: (typeof paired)[number]) => number) => paired.reduce((s, r) => s + f(r), 0) / paired.length;
