@@ -10,7 +10,9 @@
  *       --record-stream zoo/streams --out zoo/ref-replay.json
  *   npx tsx scripts/zoo/replay-stream.ts --stream zoo/streams/V-ft-seed0.json [...] [--reference zoo/ref-replay.json]
  *
- * The defense runs in this process on one ONNX Runtime thread with the fast profile's parameters, checked
+ * `ft`, `nad` and `ftsam` draw nothing else and replay to the end; a defense that draws anything else (`fst`
+ * forks a stream for its new head) stops at that draw. The defense runs in this process on one ONNX Runtime
+ * thread with the fast profile's parameters, checked
  * against the recorded run's (epochs, batch size, rate): a recipe that differs is refused. Every draw the
  * defense makes must be one the recording holds, in order, and every recorded draw must be used: anything else
  * (a draw of another kind, a permutation of another length, draws left over) stops the replay with the place
