@@ -20,16 +20,14 @@
  * run and the differences; `--out` writes them as JSON.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Command } from 'commander';
 import { initBackend } from '../../src/engine/backend';
-import { loadModelFile } from '../../src/engine/model_files/model_io';
-import { readNpyPair } from '../../src/engine/formats/data/npy';
 import { evaluateModelFast } from '../../src/engine/metrics/evaluate';
 import { getDefense } from '../../src/engine/defenses';
 import { newTrainingRecord, resolveParams } from '../../src/engine/defenses/defense';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { ReplayRng, type Draw } from '../../test/helpers/replay_rng';
+import { readZooVictim } from './zoo_victim';
 
 interface Recording {
   victim: string;
@@ -47,35 +45,14 @@ const program = new Command()
   .parse();
 const o = program.opts<{ stream: string[]; zoo: string; reference?: string; out?: string }>();
 
-interface VictimInfo {
-  normalize: { mean: number[]; std: number[] };
-  inputShape: [number, number, number];
-  numClasses: number;
-  target: number;
-}
-
 /** The recipe values both sides must share; the recording's names are BackdoorBench's, ours the engine's. */
 const SHARED = ['epochs', 'batchSize', 'lr', 'momentum', 'weightDecay'];
 
 /** Each victim's model and images, read once however many of its streams are replayed. */
-const victims = new Map<string, ReturnType<typeof readVictim>>();
-function victimOf(name: string): ReturnType<typeof readVictim> {
-  if (!victims.has(name)) victims.set(name, readVictim(name));
+const victims = new Map<string, ReturnType<typeof readZooVictim>>();
+function victimOf(name: string): ReturnType<typeof readZooVictim> {
+  if (!victims.has(name)) victims.set(name, readZooVictim(o.zoo, name));
   return victims.get(name)!;
-}
-
-function readVictim(name: string) {
-  const dir = path.join(o.zoo, name);
-  const info = JSON.parse(fs.readFileSync(path.join(dir, 'victim.json'), 'utf8')) as VictimInfo;
-  const pt = path.join(dir, 'victim.pt');
-  const loaded = fs.existsSync(pt)
-    ? loadModelFile({ path: pt, inputShape: info.inputShape, numClasses: info.numClasses, normalize: info.normalize }, name)
-    : loadModelFile({ path: path.join(dir, 'victim.onnx'), normalize: info.normalize }, name);
-  const target = { shape: info.inputShape, numClasses: info.numClasses };
-  const aux = readNpyPair(path.join(dir, 'aux_x.npy'), path.join(dir, 'aux_y.npy'), target);
-  const test = readNpyPair(path.join(dir, 'test_x.npy'), path.join(dir, 'test_y.npy'), target);
-  const bd = readNpyPair(path.join(dir, 'bd_x.npy'), path.join(dir, 'bd_y.npy'), target);
-  return { loaded, aux, test, triggered: { set: bd, attackLabels: new Int32Array(bd.n).fill(info.target) } };
 }
 
 async function main(): Promise<void> {

@@ -15,21 +15,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { initBackend } from '../../src/engine/backend';
-import { loadModelFile } from '../../src/engine/model_files/model_io';
-import { readNpyPair } from '../../src/engine/formats/data/npy';
 import { runPrepared, type PreparedJob } from '../../src/engine/jobs/core';
 import { DEFENSES } from '../../src/engine/defenses';
 import type { Profile } from '../../src/engine/defenses/defense';
-
-interface VictimInfo {
-  name: string;
-  arch: string;
-  normalize: { mean: number[]; std: number[] };
-  inputShape: [number, number, number];
-  numClasses: number;
-  target: number;
-  metrics: { acc: number; asr: number; ra: number };
-}
+import { readZooVictim } from './zoo_victim';
 
 const program = new Command()
   .option('--zoo <dir>', 'the zoo folder', 'zoo')
@@ -65,18 +54,7 @@ async function main(): Promise<void> {
   const rows: Record<string, unknown>[] = fs.existsSync(o.out) ? JSON.parse(fs.readFileSync(o.out, 'utf8')) : [];
   const keyOf = (r: Record<string, unknown>) => JSON.stringify([r.victim, r.defense, r.seed, r.profile, r.overrides]);
   for (const name of victims) {
-    const dir = path.join(o.zoo, name);
-    const info = JSON.parse(fs.readFileSync(path.join(dir, 'victim.json'), 'utf8')) as VictimInfo;
-    const file = fs.existsSync(path.join(dir, 'victim.pt')) ? path.join(dir, 'victim.pt') : path.join(dir, 'victim.onnx');
-    const ref = file.endsWith('.onnx')
-      ? { path: file, normalize: info.normalize }
-      : { path: file, inputShape: info.inputShape, numClasses: info.numClasses, normalize: info.normalize };
-    const loaded = loadModelFile(ref, name);
-    const target = { shape: info.inputShape, numClasses: info.numClasses };
-    const aux = readNpyPair(path.join(dir, 'aux_x.npy'), path.join(dir, 'aux_y.npy'), target);
-    const test = readNpyPair(path.join(dir, 'test_x.npy'), path.join(dir, 'test_y.npy'), target);
-    const bd = readNpyPair(path.join(dir, 'bd_x.npy'), path.join(dir, 'bd_y.npy'), target);
-    const triggered = { set: bd, attackLabels: new Int32Array(bd.n).fill(info.target) };
+    const { info, loaded, aux, test, triggered } = readZooVictim(o.zoo, name);
     try {
       for (const seed of o.seeds.split(',').map(Number)) {
         const job: PreparedJob = {

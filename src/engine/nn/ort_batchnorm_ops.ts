@@ -19,7 +19,10 @@ import type { NodeEmitter } from './ort_conv_ops';
 export function channelSum(g: NodeEmitter, x: string, squares = false): string {
   const shape = g.shape(x);
   const perImage = [shape[0], shape[1], 1, 1];
-  const inner = g.op(squares ? 'ReduceSumSquare' : 'ReduceSum', squares ? [x] : [x, g.i64([2, 3])], squares ? { axes: [2, 3], keepdims: 1 } : { keepdims: 1 }, perImage);
+  // At opset 17 ReduceSum takes its axes as an input, ReduceSumSquare still as an attribute.
+  const inner = squares
+    ? g.op('ReduceSumSquare', [x], { axes: [2, 3], keepdims: 1 }, perImage)
+    : g.op('ReduceSum', [x, g.i64([2, 3])], { keepdims: 1 }, perImage);
   return g.op('ReduceSum', [inner, g.i64([0])], { keepdims: 1 }, [1, shape[1], 1, 1]);
 }
 
