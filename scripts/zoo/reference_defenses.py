@@ -62,8 +62,10 @@ written here from that reading, not copied):
           w^2 g / (|| |w| g || + 1e-12) over all parameters, the gradient at w + e, w restored, one SGD step (lr
           0.01, momentum 0.9, wd 5e-4); label smoothing 0.1 (smooth_crossentropy: s / (K - 1) off the label), rho
           2, batch 256, random crop; CosineAnnealingLR(T_max=100) stepped after every batch; BN statistics moved
-          by the unperturbed pass only. --recipe fast: ftsam.ts's profile (batch 64, 10 epochs, rho 1, cosine per
-          epoch, BN statistics from the perturbed pass, smoothing s / K); --ftsam-mechanics picks either side's.
+          by the unperturbed pass only. --recipe fast: ftsam.ts's profile (batch 64, 20 epochs, rho 1, cosine per
+          epoch over the run's epochs; the rest BackdoorBench's); --ftsam-mechanics backdoorbench puts the
+          per-batch cosine on any recipe, former-engine what ftsam.ts did before (per-epoch cosine, BN statistics
+          from the perturbed pass, smoothing s / K).
   npd     (defense/npd.py, model_name convbn) a polarizer, a 1x1 convolution without bias initialized to the identity
           and a BatchNorm2d, in front of layer4.1.conv1 (a forward pre-hook); the backbone frozen in eval mode.
           Warm-up: 5 epochs of plain SGD (lr 1e-4) on the clean CE, the polarizer in train mode; then 50 epochs
@@ -776,12 +778,12 @@ def run_anp(model, v, r, a, gen, log):
 
 
 def smooth_ce(logits, y, s, style):
-    """Label-smoothed cross-entropy. 'engine' (nn/train.ts crossEntropy): target (1 - s) one-hot + s / K;
+    """Label-smoothed cross-entropy. 'former-engine' (what nn/train.ts did before): target (1 - s) one-hot + s / K;
     'backdoorbench' (smooth_crossentropy): 1 - s on the label, s / (K - 1) elsewhere, as KL divergence, which
     differs from this cross-entropy by the target's entropy, a constant (same gradient)."""
     k = logits.shape[1]
     onehot = F.one_hot(y, k).float()
-    if style == 'engine':
+    if style == 'former-engine':
         t = onehot * (1 - s) + s / k
     else:
         t = onehot * (1 - s) + (1 - onehot) * (s / (k - 1))
@@ -998,11 +1000,10 @@ FAST = {
     'sau': {'epochs': 20, 'batchSize': 64},
     # ibau.ts: batch 64, 2 unlearning passes a round (1), delta on 10% of a batch (1%), the L2 ball of 10.
     'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0, 'epochsPerRound': 2},
-    # ftsam.ts: batch 64, 20 epochs (as ft), rho 1 (its named departures), and how ftsam.ts does what BackdoorBench
-    # does otherwise: the cosine per epoch over the run's epochs, the BN statistics moved by the perturbed pass,
-    # smoothing (1 - s) one-hot + s / K.
-    'ftsam': {'epochs': 20, 'batchSize': 64, 'rho': 1.0, 'schedule': 'cosine', 'bnUpdate': 'perturbed-pass',
-              'smoothingStyle': 'engine'},
+    # ftsam.ts: batch 64, 20 epochs (as ft), rho 1 and the cosine per epoch over the run's epochs (its named
+    # departures); BN statistics from the first pass and smoothing s / (K - 1), as BackdoorBench.
+    'ftsam': {'epochs': 20, 'batchSize': 64, 'rho': 1.0, 'schedule': 'cosine', 'bnUpdate': 'first-pass',
+              'smoothingStyle': 'backdoorbench'},
     # fst.ts: batch 64, 20 epochs (the authors: 10) and weight decay 5e-4 (the authors' ft.py: none), its named
     # departures.
     'fst': {'epochs': 20, 'batchSize': 64, 'weightDecay': 5e-4},
@@ -1049,7 +1050,7 @@ def effective(defense, a):
         if a.ftsam_mechanics == 'backdoorbench':
             r.update({'schedule': 'cosine-per-batch', 'bnUpdate': 'first-pass', 'smoothingStyle': 'backdoorbench'})
         else:
-            r.update({'schedule': 'cosine', 'bnUpdate': 'perturbed-pass', 'smoothingStyle': 'engine'})
+            r.update({'schedule': 'cosine', 'bnUpdate': 'perturbed-pass', 'smoothingStyle': 'former-engine'})
         r['profile'] += f'-{a.ftsam_mechanics}-mechanics'
     if defense == 'npd' and a.npd_exact_stats:
         r['warmupStats'] = 'exact'
@@ -1171,10 +1172,10 @@ def main():
                     help='NAD: the teacher\'s fine-tuning epochs (paper: te_epochs 10; the fast recipe: 20, as ft)')
     ap.add_argument('--nad-single-bn-update', action='store_true',
                     help='NAD: one BN running-statistics update per step (BackdoorBench: one per forward, 3-4)')
-    ap.add_argument('--ftsam-mechanics', choices=['backdoorbench', 'engine'],
+    ap.add_argument('--ftsam-mechanics', choices=['backdoorbench', 'former-engine'],
                     help="FT-SAM: BackdoorBench's (per-batch cosine T_max 100, BN statistics from the first pass, "
-                         "smoothing s/(K-1)) or ftsam.ts's (per-epoch cosine, BN from the perturbed pass, s/K), "
-                         'whatever the recipe; the rows carry it as profile')
+                         "smoothing s/(K-1)) or what ftsam.ts did before (per-epoch cosine, BN from the perturbed "
+                         "pass, s/K), whatever the recipe; the rows carry it as profile")
     ap.add_argument('--rho', type=float, help='FT-SAM: override rho')
     ap.add_argument('--npd-exact-stats', action='store_true',
                     help="NPD: set the polarizer's BatchNorm statistics from the aux set and warm up in eval mode, as npd.ts")

@@ -8,7 +8,8 @@
  * Runtime path and on the backend path: an update rule, a schedule or a BatchNorm detail that departs from
  * PyTorch shows up here as a wrong update, long before it shows up as a zoo row. Then one epoch over all 500
  * auxiliary images with random crops, on the shuffle and crop offsets PyTorch drew for its own float64 epoch
- * (scripts/zoo/make_ft_stream_fixture.py), replayed to our `ft` (test/helpers/replay_rng.ts).
+ * (scripts/zoo/make_ft_stream_fixture.py), replayed to our `ft` (test/helpers/replay_rng.ts). Last, three steps of
+ * `ftsam`'s `paper` profile against BackdoorBench's FT-SAM in PyTorch float64 (scripts/zoo/make_ftsam_step_fixture.py).
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -17,7 +18,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { loadZooFixture, type ZooFixture } from '../helpers/zoo';
 import { getDefense } from '../../src/engine/defenses';
-import { resolveParams, newTrainingRecord, type TrainingRecord } from '../../src/engine/defenses/defense';
+import { resolveParams, newTrainingRecord, type DefenseParams, type TrainingRecord } from '../../src/engine/defenses/defense';
 import { readPt } from '../../src/engine/formats/pt';
 import { ortTrainWanted } from '../../src/engine/nn/ort_train';
 import { Rng } from '../../src/engine/util/rng';
@@ -75,21 +76,23 @@ describe('fine-tuning steps equal PyTorch\'s on a PyTorch-trained victim', funct
   });
 
   /**
-   * Our `ft` on the fixture's victim, through ONNX Runtime or on the backend, then `check` on the model it ends
-   * with and its training record; nothing may be left of its tensors after.
+   * Our `ft` (or `o.defense` with `o.profile` and `o.params`) on the fixture's victim, through ONNX Runtime or on
+   * the backend, then `check` on the model it ends with and its training record; nothing may be left of its
+   * tensors after.
    */
   async function fineTuned(
-    o: { aux: ImageSet; epochs: number; batchSize: number; cropPadding: number; rng: Rng; onOrt: boolean },
+    o: { aux: ImageSet; epochs: number; batchSize: number; cropPadding: number; rng: Rng; onOrt: boolean; defense?: string; profile?: 'fast' | 'paper'; params?: DefenseParams },
     check: (stateDict: PtStateDict, training: TrainingRecord) => void,
   ): Promise<void> {
-    const ft = getDefense('ft')!;
+    const defense = getDefense(o.defense ?? 'ft')!;
+    const profile = o.profile ?? 'fast';
     const training = newTrainingRecord();
     const tensors = tf.memory().numTensors;
-    const out = await ft.run({
+    const out = await defense.run({
       victim: z.loaded.model,
       aux: o.aux,
-      profile: 'fast',
-      params: resolveParams(ft, 'fast', { epochs: o.epochs, batchSize: o.batchSize }),
+      profile,
+      params: resolveParams(defense, profile, { epochs: o.epochs, batchSize: o.batchSize, ...o.params }),
       augment: { cropPadding: o.cropPadding, flip: false },
       rng: o.rng,
       progress: () => undefined,
@@ -147,6 +150,25 @@ describe('fine-tuning steps equal PyTorch\'s on a PyTorch-trained victim', funct
         // each channel in one float32 pass: ort_batchnorm_ops.ts channelSum). A crop shifted the wrong way, a grey
         // border instead of black, a dropped partial batch or another image order is off by tens of percent.
         assertWithin(compare(victimSd, sd, readPt(path.join(DIR, 'ft-epoch-stream.pt'))), { median: 0.02, worst: 0.05, stats: 5e-4 });
+      });
+    });
+  }
+  // FT-SAM as BackdoorBench runs it (`paper`: rho 2, smoothing 0.1 as s / (K - 1) off the label, BatchNorm's
+  // statistics from the unperturbed pass, the cosine stepped after every batch; T_max 4 here so that three
+  // steps show it), three steps of one batch against PyTorch's in float64 (scripts/zoo/make_ftsam_step_fixture.py).
+  // SAM's steps are far more sensitive to rounding than plain fine-tuning's: PyTorch's own float32 run of them
+  // is off its float64 run by 7.3% of an update (median) and 16.6% at worst, and 4.6e-4 in the statistics (1 or 2
+  // threads). The statistics moved by the perturbed pass instead are off by far more than that, and so is the cosine
+  // per epoch (lr 0.0075 and 0.0025 for the second and third steps instead of 0.0085 and 0.005).
+  const samParams: DefenseParams = { cosTMaxSteps: 4 };
+  for (const onOrt of [true, false]) {
+    it(`three FT-SAM steps move every parameter and statistic as BackdoorBench's do in PyTorch, ${onOrt ? 'through ONNX Runtime' : 'on the backend'}`, async function () {
+      if (onOrt && !ortTrainWanted()) this.skip();
+      const rng = new Rng(0).fork('ftsam-step-parity');
+      await fineTuned({ aux: batch, epochs: 3, batchSize: N, cropPadding: 0, rng, onOrt, defense: 'ftsam', profile: 'paper', params: samParams }, (sd, training) => {
+        if (onOrt) assert.deepEqual([training.onnxruntimeSteps, training.backendSteps], [3, 0]);
+        else assert.equal(training.onnxruntimeSteps, 0);
+        assertWithin(compare(victimSd, sd, readPt(path.join(DIR, 'ftsam3-steps.pt'))), { median: 0.12, worst: 0.25, stats: 1e-3 });
       });
     });
   }

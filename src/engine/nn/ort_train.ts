@@ -75,8 +75,9 @@ export class OrtTrainer implements BatchStepper {
     if (this.closed) throw new Error('ONNX Runtime trainer is closed');
     const n = labels.length;
     const k = this.model.numClasses;
-    const target = new Float32Array(n * k).fill(smoothing / k);
-    for (let i = 0; i < n; i++) target[i * k + labels[i]] += 1 - smoothing;
+    // Label smoothing as crossEntropy's (train.ts): 1 - s on the label, s / (K - 1) on the others.
+    const target = new Float32Array(n * k).fill(smoothing / (k - 1));
+    for (let i = 0; i < n; i++) target[i * k + labels[i]] = 1 - smoothing;
     const params = new Map(this.model.root.namedParams());
     const feeds: Record<string, OrtTensor> = {
       x: new this.ort.Tensor('float32', x, [n, ...shape]),

@@ -58,12 +58,17 @@ export function makeBatchArray(set: ImageSet, idx: ArrayLike<number>, augment: A
   return out;
 }
 
-/** Mean cross-entropy of logits against integer labels, with optional label smoothing. */
+/**
+ * Mean cross-entropy of logits against integer labels, with optional label smoothing as the SAM authors'
+ * smooth_crossentropy (FT-SAM's loss in BackdoorBench): 1 - s on the label and s / (K - 1) on each other class
+ * (PyTorch's own label_smoothing puts s / K everywhere). Their loss is the KL divergence to that target, which
+ * differs from this cross-entropy by the target's entropy, a constant: the same gradient.
+ */
 export function crossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, smoothing = 0): tf.Scalar {
   return tf.tidy(() => {
     const k = logits.shape[1];
     let target: tf.Tensor = tf.cast(tf.oneHot(labels, k), 'float32');
-    if (smoothing > 0) target = tf.add(tf.mul(target, 1 - smoothing), smoothing / k);
+    if (smoothing > 0) target = tf.add(tf.mul(target, 1 - smoothing - smoothing / (k - 1)), smoothing / (k - 1));
     return tf.neg(tf.mean(tf.sum(tf.mul(target, tf.logSoftmax(logits)), 1))) as tf.Scalar;
   });
 }
