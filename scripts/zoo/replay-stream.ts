@@ -9,11 +9,12 @@
  *   /usr/bin/python3 scripts/zoo/reference_defenses.py --victim V --defense ft --recipe fast --seeds 0 1 2 \
  *       --record-stream zoo/streams --out zoo/ref-replay.json
  *   npx tsx scripts/zoo/replay-stream.ts --stream zoo/streams/V-ft-seed0.json [...] [--reference zoo/ref-replay.json]
+ *       [--profile paper]
  *
  * `ft`, `nad` and `ftsam` draw nothing else and replay to the end; a defense that draws anything else (`fst`
  * forks a stream for its new head) stops at that draw. The defense runs in this process on one ONNX Runtime
- * thread with the fast profile's parameters, checked
- * against the recorded run's (epochs, batch size, rate): a recipe that differs is refused. Every draw the
+ * thread with the parameters of the engine's `--profile` (fast unless given), checked against the recorded run's
+ * (epochs, batch size, rate, momentum, weight decay): a recipe that differs is refused. Every draw the
  * defense makes must be one the recording holds, in order, and every recorded draw must be used: anything else
  * (a draw of another kind, a permutation of another length, draws left over) stops the replay with the place
  * where the two streams part. Prints ACC/ASR/RA per stream and, with `--reference`, PyTorch's row of the same
@@ -42,8 +43,11 @@ const program = new Command()
   .option('--zoo <dir>', 'the zoo folder', 'zoo')
   .option('--reference <file>', "reference_defenses.py's --out of the recorded runs, to set beside ours")
   .option('--out <file>', 'write the rows as JSON')
+  .option('--profile <p>', "the engine's profile to replay with: fast or paper", 'fast')
   .parse();
-const o = program.opts<{ stream: string[]; zoo: string; reference?: string; out?: string }>();
+const o = program.opts<{ stream: string[]; zoo: string; reference?: string; out?: string; profile: string }>();
+if (o.profile !== 'fast' && o.profile !== 'paper') throw new Error(`--profile: fast or paper, not ${o.profile}`);
+const profile = o.profile;
 
 /** The recipe values both sides must share; the recording's names are BackdoorBench's, ours the engine's. */
 const SHARED = ['epochs', 'batchSize', 'lr', 'momentum', 'weightDecay'];
@@ -65,15 +69,15 @@ async function main(): Promise<void> {
     const defense = getDefense(rec.defense);
     if (!defense) throw new Error(`${file}: unknown defense ${rec.defense}`);
     const { loaded, aux, test, triggered } = victimOf(rec.victim);
-    const params = resolveParams(defense, 'fast', {});
+    const params = resolveParams(defense, profile, {});
     for (const k of SHARED) {
-      if (k in params && k in rec.params && params[k] !== rec.params[k]) throw new Error(`${file}: ${k} ${String(rec.params[k])} recorded, ${String(params[k])} in the engine's fast profile`);
+      if (k in params && k in rec.params && params[k] !== rec.params[k]) throw new Error(`${file}: ${k} ${String(rec.params[k])} recorded, ${String(params[k])} in the engine's ${profile} profile`);
     }
     const cropPadding = 4;
     const rng = new ReplayRng(rec.draws, 2 * cropPadding + 1);
     const t0 = Date.now();
     const out = await defense.run({
-      victim: loaded.model, aux, profile: 'fast', params, augment: { cropPadding, flip: false }, rng,
+      victim: loaded.model, aux, profile, params, augment: { cropPadding, flip: false }, rng,
       progress: () => undefined, ortTraining: true, ortThreads: 1, training: newTrainingRecord(),
     });
     const seconds = (Date.now() - t0) / 1000;
@@ -81,7 +85,7 @@ async function main(): Promise<void> {
       rng.finish();
       const m = await evaluateModelFast(out.model, test, triggered, undefined, 2);
       const ref = reference.find((r) => r.victim === rec.victim && r.defense === rec.defense && r.seed === rec.seed) as { acc: number; asr: number; ra: number } | undefined;
-      const row = { victim: rec.victim, defense: rec.defense, seed: rec.seed, acc: m.acc, asr: m.asr, ra: m.ra, seconds, reference: ref ? { acc: ref.acc, asr: ref.asr, ra: ref.ra } : undefined };
+      const row = { victim: rec.victim, defense: rec.defense, seed: rec.seed, profile, acc: m.acc, asr: m.asr, ra: m.ra, seconds, reference: ref ? { acc: ref.acc, asr: ref.asr, ra: ref.ra } : undefined };
       rows.push(row);
       const vs = ref ? `; PyTorch ACC ${ref.acc.toFixed(4)} ASR ${ref.asr.toFixed(4)} (ours - PyTorch: ${(m.acc - ref.acc).toFixed(4)} / ${(m.asr! - ref.asr).toFixed(4)})` : '';
       console.log(`${rec.victim} ${rec.defense} seed ${rec.seed}, PyTorch's draws: ACC ${m.acc.toFixed(4)} ASR ${m.asr!.toFixed(4)} RA ${m.ra!.toFixed(4)} (${seconds.toFixed(1)} s)${vs}`);
