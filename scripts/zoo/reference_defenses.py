@@ -1007,8 +1007,8 @@ FAST = {
     # fst.ts: batch 64, 20 epochs (the authors: 10) and weight decay 5e-4 (the authors' ft.py: none), its named
     # departures.
     'fst': {'epochs': 20, 'batchSize': 64, 'weightDecay': 5e-4},
-    # npd.ts: batch 64, 2 warm-up epochs (5), 20 epochs (50), the perturbation clipped with the image.
-    'npd': {'epochs': 20, 'warmupEpochs': 2, 'batchSize': 64, 'attackClip': 'perturbation'},
+    # npd.ts: batch 64, 2 warm-up epochs (5), 30 epochs (50), the perturbation clipped with the image.
+    'npd': {'epochs': 30, 'warmupEpochs': 2, 'batchSize': 64, 'attackClip': 'perturbation'},
 }
 
 
