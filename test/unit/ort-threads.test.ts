@@ -12,7 +12,7 @@ import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { OrtModelGraph, type GraphFeeds, type GraphRun } from '../../src/engine/nn/ort_graph';
 import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_contract';
-import { ortTrainWanted } from '../../src/engine/nn/ort_train';
+import { grantOrtTrainThreads, OrtTrainer, ortTrainWanted } from '../../src/engine/nn/ort_train';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { Rng } from '../../src/engine/util/rng';
 import { GIC_DEFAULTS, GicNet } from '../../src/engine/gic/gic';
@@ -128,5 +128,37 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
       victim.dispose();
     }
     assert.equal(tf.memory().numTensors, tensors, 'tensors leaked');
+  });
+  // A lone cell process starts training on one thread and is granted the job process's cores once that has
+  // evaluated the victim (cell_pool.ts grantThreads): the trainer moves to a session with more threads mid-run.
+  it('a trainer granted more threads mid-run moves to them, with the same gradients step for step', async () => {
+    const model = buildModel(archs[0][1]);
+    const n = 16;
+    const rng = new Rng(5);
+    const x = Float32Array.from({ length: n * 28 * 28 }, () => rng.uniform(0, 1));
+    const labels = Int32Array.from({ length: n }, (_, i) => i % 10);
+    const fixed = (await OrtTrainer.create(model, { threads: 1 }))!;
+    const growing = (await OrtTrainer.create(model, { threads: 1 }))!;
+    try {
+      grantOrtTrainThreads(2);
+      const seen = new Set<number>();
+      // The new session is made in the background while steps go on; the weights stay as they are, so every
+      // step's gradients must equal the one-thread trainer's, before the move and after it.
+      for (let step = 0; step < 200 && growing.threads < 2; step++) {
+        seen.add(growing.threads);
+        const [a, b] = [await fixed.gradients(x, [28, 28, 1], labels), await growing.gradients(x, [28, 28, 1], labels)];
+        assert.deepEqual(differing(new Map(a.grads), new Map(b.grads)), [], `step ${step} on ${growing.threads} threads`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(growing.threads, 2, 'the trainer moved to the granted threads');
+      const [a, b] = [await fixed.gradients(x, [28, 28, 1], labels), await growing.gradients(x, [28, 28, 1], labels)];
+      assert.deepEqual(differing(new Map(a.grads), new Map(b.grads)), [], 'on 2 threads');
+      assert.ok(seen.has(1), 'it trained on one thread before');
+    } finally {
+      grantOrtTrainThreads(0);
+      await fixed.close();
+      await growing.close();
+      model.dispose();
+    }
   });
 });

@@ -40,6 +40,8 @@ export interface CellPool {
    * sets would reach the processes only when that work ends.
    */
   delivered(): Promise<void>;
+  /** The job process's evaluation has ended: the processes may train on `threads` ONNX Runtime threads each. */
+  grantThreads(threads: number): void;
   close(): Promise<void>;
 }
 
@@ -105,7 +107,8 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   if (size < (lone ? 1 : 2) || !script) return undefined;
   const all = o.workers ?? cpuCores();
   // The processes share out the cores (a row does not depend on its thread count). A lone cell trains on half of
-  // them (rounded up) and leaves the rest to the job process, then evaluates on all of them.
+  // them (rounded up) and leaves the rest to the job process, which grants them back once it has evaluated the
+  // victim (grantThreads), and then evaluates on all of them.
   const ortThreads = ortWanted() ? (lone ? Math.ceil(all / 2) : Math.max(1, Math.floor(all / size))) : 0;
   const data: CellWorkerData = {
     backend: o.backend.name,
@@ -121,7 +124,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   o.emit({
     type: 'log',
     message: lone
-      ? `the cell in a process of its own, training with ONNX Runtime on ${threads(ortThreads)} while this one evaluates the victim (then the purified model, on ${threads(all)})`
+      ? `the cell in a process of its own, training with ONNX Runtime on ${threads(ortThreads)} while this one evaluates the victim, then on ${threads(all)} (and the purified model evaluated on ${threads(all)})`
       : `${size} cell processes${ortThreads ? `, each training and evaluating with ONNX Runtime (${threads(ortThreads)})` : ''}`,
   });
   const queue: Task[] = [];
@@ -214,6 +217,10 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
         queue.push({ index, cell, aux, targets, progress, resolve, reject });
         pump();
       });
+    },
+    grantThreads(threads) {
+      if (!ortThreads) return;
+      for (const s of slots) if (!s.dead && s.child.connected) post(s.child, { type: 'threads', threads });
     },
     async delivered() {
       const pending = sending;

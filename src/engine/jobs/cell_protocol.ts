@@ -40,6 +40,8 @@ export type CellTaskMessage =
   | { type: 'init'; data: CellWorkerData }
   | { type: 'cell'; index: number; cell: Cell; aux: ImageSet; targets: SaveTarget[] }
   | { type: 'test-sets'; test: ImageSet; triggered: TriggeredSet }
+  /** The cores the job process has freed: training may use this many ONNX Runtime threads from now on. */
+  | { type: 'threads'; threads: number }
   | { type: 'cancel' };
 
 export type CellWorkerReply =
@@ -52,11 +54,12 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null;
 }
 
-/** Pool -> cell process: a cell to run (with its aux set and where to save), the test sets it asked for, or cancel. */
+/** Pool -> cell process: a cell to run (with its aux set and where to save), the test sets it asked for, more threads, or cancel. */
 export function isCellTaskMessage(v: unknown): v is Exclude<CellTaskMessage, { type: 'init' }> {
   if (!isObj(v)) return false;
   if (v.type === 'cancel') return true;
   if (v.type === 'test-sets') return isObj(v.test) && isObj(v.triggered);
+  if (v.type === 'threads') return typeof v.threads === 'number' && Number.isInteger(v.threads) && v.threads >= 1;
   return v.type === 'cell' && typeof v.index === 'number' && isObj(v.cell) && isObj(v.aux) && Array.isArray(v.targets);
 }
 

@@ -12,6 +12,7 @@ import type { TriggeredSet } from '../metrics/evaluate';
 import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
+import { grantOrtTrainThreads } from '../nn/ort_train';
 
 /** The two directions of the channel to the pool (the process's IPC channel). */
 export interface CellChannel {
@@ -60,6 +61,10 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
     }
     if (m.type === 'test-sets') {
       receiveTestSets?.({ test: m.test, triggered: m.triggered });
+      return;
+    }
+    if (m.type === 'threads') {
+      grantOrtTrainThreads(m.threads);
       return;
     }
     chain = chain.then(async () => {

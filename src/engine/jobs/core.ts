@@ -167,6 +167,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     await lonePool?.close();
     throw e;
   }
+  // The lone cell may train on every core now: the rest of its steps take the job process's cores too.
+  lonePool?.grantThreads(cores);
   const { engine, ...measured } = evaluated;
   const baseline = reported(measured, job.triggered);
   const onGpu = o.backend.ort === 'webgpu';

@@ -31,17 +31,58 @@ export function ortTrainWanted(): boolean {
   return process.env.BACKDOOR_AUDIT_ORT_TRAIN !== '0' && ortWanted();
 }
 
+/**
+ * The ONNX Runtime threads this process's trainers may grow to while they train: a lone cell process (cell_pool.ts)
+ * starts on the cores the job process leaves it while that evaluates the victim, and is granted the rest once the
+ * evaluation ends. A trainer's gradients do not depend on its thread count (see convWeightGradient), so a run
+ * that grows mid-way gives the same row.
+ */
+let grantedThreads = 0;
+
+/** Let this process's trainers grow to `threads` ONNX Runtime threads from their next step on (0: no grant). */
+export function grantOrtTrainThreads(threads: number): void {
+  grantedThreads = threads;
+}
+
 export class OrtTrainer implements BatchStepper {
   private closed = false;
+  /** A session with more threads being made, after grantOrtTrainThreads; it replaces `session` once ready. */
+  private growing?: Promise<{ session: OrtSession; threads: number } | undefined>;
+  private grown?: { session: OrtSession; threads: number };
 
   private constructor(
     readonly model: Model,
     private readonly ort: typeof import('onnxruntime-node'),
-    private readonly session: OrtSession,
+    private session: OrtSession,
     private readonly graph: GradGraph,
     readonly bnTrain: boolean,
-    readonly threads: number,
+    private sessionThreads: number,
   ) {}
+
+  /** The ONNX Runtime threads of the session that runs the next step. */
+  get threads(): number {
+    return this.sessionThreads;
+  }
+
+  /**
+   * Where more threads were granted than the session has, make a session with them in the background (the step
+   * in progress keeps the old one) and run on it from the first step after it is ready.
+   */
+  private async useGrantedThreads(): Promise<void> {
+    if (this.grown) {
+      const old = this.session;
+      ({ session: this.session, threads: this.sessionThreads } = this.grown);
+      this.grown = undefined;
+      await old.release();
+    }
+    if (grantedThreads > this.sessionThreads && !this.growing) {
+      const threads = grantedThreads;
+      this.growing = this.ort.InferenceSession.create(this.graph.bytes, ortSessionOptions(threads)).then(
+        (session) => (this.grown = { session, threads }),
+        () => undefined, // refused: the trainer keeps its session
+      );
+    }
+  }
 
   /**
    * A trainer for `model` with BatchNorm in training mode (`bnTrain`) or frozen; undefined where ONNX Runtime
@@ -73,6 +114,7 @@ export class OrtTrainer implements BatchStepper {
   /** The step's gradients in the variables' layout, its mean loss and the BatchNorm batch statistics. */
   async gradients(x: Float32Array, shape: [number, number, number], labels: Int32Array, smoothing = 0): Promise<{ loss: number; grads: Map<string, Float32Array>; stats: Map<string, { mean: Float32Array; variance: Float32Array }> }> {
     if (this.closed) throw new Error('ONNX Runtime trainer is closed');
+    await this.useGrantedThreads();
     const n = labels.length;
     const k = this.model.numClasses;
     // Label smoothing as crossEntropy's (train.ts): 1 - s on the label, s / (K - 1) on the others.
@@ -119,6 +161,8 @@ export class OrtTrainer implements BatchStepper {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const grown = await this.growing;
+    if (grown && grown.session !== this.session) await grown.session.release();
     await this.session.release();
   }
 }
