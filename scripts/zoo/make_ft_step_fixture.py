@@ -14,7 +14,6 @@ Writes test/fixtures/zoo/preact8-badnets/ft3-steps.pt.
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,11 +26,7 @@ N, EPOCHS, LR = 64, 3, 0.01
 
 def main():
     torch.set_num_threads(1)
-    model = Z.PreActResNet18(w=8)
-    model.load_state_dict(torch.load(os.path.join(DIR, 'victim.pt'), map_location='cpu'))
-    model = model.double()
-    x = Z.to_tensor(np.load(os.path.join(DIR, 'aux_x.npy'))[:N]).double()
-    y = torch.from_numpy(np.load(os.path.join(DIR, 'aux_y.npy'))[:N]).long()
+    model, x, y = Z.fixture_victim_float64(DIR, N)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
     model.train()
     for e in range(EPOCHS):
@@ -42,10 +37,7 @@ def main():
         loss.backward()
         opt.step()
         print(f'epoch {e + 1}: loss {loss.item():.6f}')
-    out = os.path.join(DIR, 'ft3-steps.pt')
-    # Stored as float32: the cast moves a weight by 1e-7 of itself, 1e-5 of these updates.
-    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, out)
-    print(f'wrote {out}')
+    Z.save_state_float32(model, os.path.join(DIR, 'ft3-steps.pt'))
 
 
 if __name__ == '__main__':

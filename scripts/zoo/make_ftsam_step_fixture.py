@@ -15,7 +15,6 @@ Writes test/fixtures/zoo/preact8-badnets/ftsam3-steps.pt.
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,11 +41,7 @@ def bn_momentum(model, value):
 
 def main():
     torch.set_num_threads(1)
-    model = Z.PreActResNet18(w=8)
-    model.load_state_dict(torch.load(os.path.join(DIR, 'victim.pt'), map_location='cpu'))
-    model = model.double()
-    x = Z.to_tensor(np.load(os.path.join(DIR, 'aux_x.npy'))[:N]).double()
-    y = torch.from_numpy(np.load(os.path.join(DIR, 'aux_y.npy'))[:N]).long()
+    model, x, y = Z.fixture_victim_float64(DIR, N)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=5e-4)
     model.train()
@@ -73,9 +68,7 @@ def main():
         opt.step()
         bn_momentum(model, 0.1)
         print(f'step {step + 1}: lr {opt.param_groups[0]["lr"]:.6f} loss {loss.item():.6f}')
-    out = os.path.join(DIR, 'ftsam3-steps.pt')
-    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, out)
-    print(f'wrote {out}')
+    Z.save_state_float32(model, os.path.join(DIR, 'ftsam3-steps.pt'))
 
 
 if __name__ == '__main__':

@@ -244,3 +244,19 @@ def save_json(path, obj):
 
 def now():
     return time.perf_counter()
+
+
+def fixture_victim_float64(fixture_dir, n):
+    """A committed width-8 PreAct fixture victim (victim.pt) in float64 with its first n auxiliary images and
+    labels, as the step-parity fixtures start (make_ft_step_fixture.py, make_ftsam_step_fixture.py)."""
+    model = PreActResNet18(w=8)
+    model.load_state_dict(torch.load(os.path.join(fixture_dir, 'victim.pt'), map_location='cpu'))
+    x = to_tensor(np.load(os.path.join(fixture_dir, 'aux_x.npy'))[:n]).double()
+    y = torch.from_numpy(np.load(os.path.join(fixture_dir, 'aux_y.npy'))[:n]).long()
+    return model.double(), x, y
+
+
+def save_state_float32(model, path):
+    """The model's state_dict as float32 (the cast moves a weight by 1e-7 of itself, 1e-5 of a fixture's updates)."""
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    print(f'wrote {path}')
