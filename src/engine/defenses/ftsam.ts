@@ -56,7 +56,7 @@ export const ftsam: Defense = {
     if (ctx.ortTraining && !trainer) ctx.training?.backendWhy.add('FT-SAM: the ONNX training graph does not cover this model');
     try {
       for (let e = 0; e < p.epochs; e++) {
-        opt.lr = cosineLr(p.lr, e, p.epochs);
+        if (!perBatch) opt.lr = cosineLr(p.lr, e, p.epochs);
         const order = ctx.rng.permutation(aux.n);
         for (let b = 0; b < batches; b++) {
           await pacer.tick(e, p.epochs, `epoch ${e + 1}/${p.epochs}, batch ${b + 1}/${batches}`);
