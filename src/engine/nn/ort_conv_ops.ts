@@ -69,51 +69,50 @@ export function convolution(g: NodeEmitter, B: number, x: string, w: string, bia
 
 /**
  * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b], as
- * matrix products, one per kernel offset (a, b), in one of two forms:
+ * matrix products, one per kernel offset (a, b).
  *
- * - over the whole batch: the padded input with batch and channels swapped, [in, N, h+2p, w+2p], gives the
- *   shifted (strided) view of that offset as a matrix [in, N*ho*wo] (one copy of rows), times dy as
- *   [out, N*ho*wo] transposed: [in, out]. Nothing of the size of the unfolded input is built, and no per-image
- *   partial sums.
- * - per image (`perImage`, large feature maps): the shifted view of the padded input as it is, [N, in, ho*wo],
- *   times each image's dy transposed in one batched product (ONNX Runtime's FusedMatMul), [N, in, out], summed
- *   over the batch. No transposes of x and dy; on 28x28 and 14x14 maps of 16-32 channels, 15-20% faster than
- *   the first form, on 7x7 and 4x4 maps of 64-128 channels 10-35% slower (scratch benchmark, one and two threads).
+ * The input and dy are turned once into [channels, rows, columns, batch] (the input padded), so that the view
+ * of an offset is a Slice over rows and columns whose contiguous runs are whole rows of images (wo * N floats
+ * at stride 1, N at stride 2): ONNX Runtime's Slice copies run by run, and on the former [channels, N, h, w]
+ * layout (or per image, [N, channels, h, w]) a run was one row of a feature map, 4 to 28 floats, or a single
+ * float at stride 2. That view, as a matrix [in, ho*wo*N], times dy as [out, ho*wo*N] transposed gives [in,
+ * out]. On the zoo's width-16 PreAct-ResNet18 (1x28x28, batch 128, 2 threads) the Slices of a step fell from
+ * 94 ms to 28 ms (`scripts/profile-ort-step.ts preact16-28 128 6 2 train`).
+ *
+ * On maps of 14x14 and more with an even number of rows, the product is split in two halves of rows (a batched
+ * FusedMatMul reading both halves in place through transBatchA/B, summed after): a product of 16x16 outputs
+ * over 100,000 terms otherwise runs on one thread, since MLAS divides a GEMM's outputs among threads, never
+ * its inner dimension. The split is fixed by the shapes, not by the thread count.
  *
  * The k*k products stacked are the HWIO gradient.
  */
-export function convWeightGradient(g: NodeEmitter, x: string, dy: string, m: ConvGeometry, [h, w]: number[], [ho, wo]: number[], perImage = false): string {
+export function convWeightGradient(g: NodeEmitter, x: string, dy: string, m: ConvGeometry, [h, w]: number[], [ho, wo]: number[]): string {
   const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
   const n = g.shape(x)[0];
   // The product's rows must be at least as many as its columns. MLAS splits a GEMM over threads along the
   // longer of the two, and when it splits the columns, each thread's block of them sets how the long inner
   // dimension (N*ho*wo) is cut into partial sums: the gradient would then depend on the thread count. So
   // where out > in the product is taken transposed (dy rows times input rows) and turned back. (A batched
-  // product gives each image's GEMM its own thread once the batch has at least as many images as there are
-  // threads; below that MLAS splits them the same way, so the rule holds for both forms.)
+  // product gives each half its own thread once there are at least as many halves as threads; below that
+  // MLAS splits each the same way, so the rule holds for both.)
   const wide = cout > cin;
+  const halves = ho * wo >= 196 && ho % 2 === 0;
+  let xt = g.op('Transpose', [x], { perm: [1, 2, 3, 0] }, [cin, h, w, n]);
+  if (p) xt = g.op('Pad', [xt, g.i64([0, p, p, 0, 0, p, p, 0])], {}, [cin, h + 2 * p, w + 2 * p, n]);
+  const dyT = g.op('Transpose', [dy], { perm: [1, 2, 3, 0] }, [cout, ho, wo, n]);
+  const dyRows = halves ? g.op('Reshape', [dyT, g.i64([cout, 2, -1])], {}, [cout, 2, -1]) : g.op('Reshape', [dyT, g.i64([cout, -1])], {}, [cout, -1]);
   const parts: string[] = [];
-  if (perImage) {
-    let xp = x;
-    if (p) xp = g.op('Pad', [x, g.i64([0, 0, p, p, 0, 0, p, p])], {}, [n, cin, h + 2 * p, w + 2 * p]);
-    const dyImages = g.op('Reshape', [dy, g.i64([0, cout, ho * wo])], {}, [n, cout, ho * wo]);
-    for (let a = 0; a < k; a++) {
-      for (let b = 0; b < k; b++) {
-        const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
-        const view = whole ? xp : g.op('Slice', [xp, g.i64([a, b]), g.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), g.i64([2, 3]), g.i64([s, s])], {}, [n, cin, ho, wo]);
-        const images = g.op('Reshape', [view, g.i64([0, cin, ho * wo])], {}, [n, cin, ho * wo]);
-        const product = wide ? g.msOp('FusedMatMul', [dyImages, images], { transB: 1 }, [n, cout, cin]) : g.msOp('FusedMatMul', [images, dyImages], { transB: 1 }, [n, cin, cout]);
+  for (let a = 0; a < k; a++) {
+    for (let b = 0; b < k; b++) {
+      const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
+      const view = whole ? xt : g.op('Slice', [xt, g.i64([a, b]), g.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), g.i64([1, 2]), g.i64([s, s])], {}, [cin, ho, wo, n]);
+      if (halves) {
+        // [in, 2, K/2] and [out, 2, K/2] read as [2, in, K/2] and [2, out, K/2]: no copy.
+        const rows = g.op('Reshape', [view, g.i64([cin, 2, -1])], {}, [cin, 2, -1]);
+        const batched = { transBatchA: 1, transBatchB: 1, transB: 1 };
+        const product = wide ? g.msOp('FusedMatMul', [dyRows, rows], batched, [2, cout, cin]) : g.msOp('FusedMatMul', [rows, dyRows], batched, [2, cin, cout]);
         parts.push(g.op('ReduceSum', [product, g.i64([0])], { keepdims: 0 }, wide ? [cout, cin] : [cin, cout]));
-      }
-    }
-  } else {
-    let xt = g.op('Transpose', [x], { perm: [1, 0, 2, 3] }, [cin, n, h, w]);
-    if (p) xt = g.op('Pad', [xt, g.i64([0, 0, p, p, 0, 0, p, p])], {}, [cin, n, h + 2 * p, w + 2 * p]);
-    const dyRows = g.op('Reshape', [g.op('Transpose', [dy], { perm: [1, 0, 2, 3] }, [cout, n, ho, wo]), g.i64([cout, -1])], {}, [cout, -1]);
-    for (let a = 0; a < k; a++) {
-      for (let b = 0; b < k; b++) {
-        const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
-        const view = whole ? xt : g.op('Slice', [xt, g.i64([a, b]), g.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), g.i64([2, 3]), g.i64([s, s])], {}, [cin, n, ho, wo]);
+      } else {
         const rows = g.op('Reshape', [view, g.i64([cin, -1])], {}, [cin, -1]);
         parts.push(wide ? g.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin]) : g.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
       }

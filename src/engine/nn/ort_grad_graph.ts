@@ -225,8 +225,7 @@ export class GradBuilder {
         this.addGrad(x, dx);
       }
       if (this.live.has(wHwio)) {
-        // Per image on feature maps of 14x14 and more, where ONNX Runtime's CPU kernels run it (see convWeightGradient).
-        this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo], this.nchwcBlock > 0 && ho * wo >= 196));
+        this.addGrad(wHwio, convWeightGradient(this.emit, x, dy, m, [h, w], [ho, wo]));
       }
       if (bias) this.addGrad(bias, this.op('Reshape', [channelSum(this.emit, dy), this.i64([-1])], {}, [m.outChannels]));
     });
