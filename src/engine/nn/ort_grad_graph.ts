@@ -200,26 +200,22 @@ export class GradBuilder {
     const ho = Math.floor((h + 2 * p - k) / s) + 1;
     const wo = Math.floor((w + 2 * p - k) / s) + 1;
     const wHwio = this.param(m, 'weight');
-    const wOihw = this.op('Transpose', [wHwio], { perm: [3, 2, 0, 1] }, [m.outChannels, cin, k, k]);
-    const inputs = [x, wOihw];
     const bias = m.bias ? this.param(m, 'bias') : undefined;
-    if (bias) inputs.push(bias);
     const attrs = { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] };
-    const y = convolution(this.emit, this.nchwcBlock, x, wOihw, bias, attrs, [n, m.outChannels, ho, wo]);
+    const y = convolution(this.emit, this.nchwcBlock, x, { hwio: wHwio, flipped: false }, bias, attrs, [n, m.outChannels, ho, wo]);
     this.back(y, [x, wHwio, ...(bias ? [bias] : [])], (dy) => {
       if (this.live.has(x)) {
         let dx: string;
         if (s === 1) {
           // Stride 1: the input gradient is an ordinary convolution of dy with the kernel turned by 180 degrees
           // and its channel axes swapped, padded by k - 1 - p (ONNX Runtime's Conv is faster than ConvTranspose).
-          const swapped = this.op('Transpose', [wHwio], { perm: [2, 3, 0, 1] }, [cin, m.outChannels, k, k]);
-          const turned = this.op('Slice', [swapped, this.i64([-1, -1]), this.i64([-(k + 1), -(k + 1)]), this.i64([2, 3]), this.i64([-1, -1])], {}, [cin, m.outChannels, k, k]);
           const q = k - 1 - p;
-          dx = convolution(this.emit, this.nchwcBlock, dy, turned, undefined, { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
+          dx = convolution(this.emit, this.nchwcBlock, dy, { hwio: wHwio, flipped: true }, undefined, { dilations: [1, 1], group: 1, kernel_shape: [k, k], pads: [q, q, q, q], strides: [1, 1] }, [n, cin, h, w]);
         } else {
           // ConvTranspose maps [n, out, ho, wo] back to [n, in, h, w]; output_padding restores rows the strided
           // conv dropped.
           const outPad = [h - ((ho - 1) * s - 2 * p + k), w - ((wo - 1) * s - 2 * p + k)];
+          const wOihw = this.op('Transpose', [wHwio], { perm: [3, 2, 0, 1] }, [m.outChannels, cin, k, k]);
           dx = this.op('ConvTranspose', [dy, wOihw], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s], output_padding: outPad }, [n, cin, h, w]);
         }
         this.addGrad(x, dx);
