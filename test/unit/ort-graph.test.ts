@@ -14,6 +14,7 @@ import { onnx } from 'onnx-proto';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
 import { attentionMap } from '../../src/engine/defenses/nad';
+import { crossEntropy } from '../../src/engine/nn/train';
 import * as path from 'node:path';
 import { loadModelFile } from '../../src/engine/model_files/model_io';
 import { renormalize } from '../../src/engine/models/renormalize';
@@ -184,6 +185,60 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       await Promise.all([forward?.close(), seeded?.close()]);
       x.dispose();
       model.dispose();
+    }
+  });
+
+  it("NAD's attention terms in a cross-entropy graph: loss and every gradient equal the backend's autodiff of the student loss", async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const student = buildModel(spec, norm3, 3);
+    const teacher = buildModel(spec, norm3, 4);
+    const taps = student.layout.stages.slice(-3);
+    // NAD's betas: the attention terms outweigh the cross-entropy, so an error in their rule cannot hide.
+    const betas = [500, 1000, 1000];
+    const n = 5;
+    const x = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 7) as tf.Tensor4D;
+    const xs = x.dataSync() as Float32Array;
+    const labels = Int32Array.from({ length: n }, (_, i) => (i * 7) % 10);
+    const teacherGraph = await OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps, constantWeights: true });
+    const studentGraph = await OrtModelGraph.create(student, { bnTrain: true, loss: 'ce', paramGrads: true, taps, attention: betas });
+    assert.ok(teacherGraph && studentGraph, 'ONNX Runtime loads and covers the model');
+    try {
+      const teacherTaps = (await teacherGraph.run(xs, n)).taps!;
+      const maps = taps.map((t) => tf.tidy(() => attentionMap(tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape), 'nchw').dataSync() as Float32Array));
+      const ours = await studentGraph.run(xs, n, { labels, teacherAttention: new Map(taps.map((t, i) => [t, maps[i]])) });
+      const tapSet = new Set(taps);
+      const y = tf.tensor1d(labels, 'int32');
+      const params = student.root.namedParams().filter(([, p]) => p.trainable);
+      const expected = tf.variableGrads(() => {
+        const tFeats = new Map<string, tf.Tensor>();
+        teacher.forward(x, { training: false, taps: tapSet, features: tFeats });
+        const sFeats = new Map<string, tf.Tensor>();
+        const logits = student.forward(x, { training: true, taps: tapSet, features: sFeats }) as tf.Tensor2D;
+        let loss: tf.Tensor = crossEntropy(logits, y);
+        taps.forEach((t, i) => {
+          loss = tf.add(loss, tf.mul(tf.mean(tf.squaredDifference(attentionMap(sFeats.get(t)!, 'nhwc'), attentionMap(tFeats.get(t)!, 'nhwc'))), betas[i]));
+        });
+        return loss as tf.Scalar;
+      }, params.map(([, p]) => p.variable));
+      try {
+        const value = expected.value.dataSync()[0];
+        assert.ok(Math.abs(ours.loss! - value) < 1e-4 * Math.max(1, Math.abs(value)), `loss ${ours.loss} vs ${value}`);
+        // The attention terms alone move the loss: a graph without them would be off by far more.
+        const ce = tf.tidy(() => crossEntropy(tf.tensor2d(ours.logits!, [n, 10]), y).dataSync()[0]);
+        assert.ok(value - ce > 1e-3, `attention terms ${value - ce}`);
+        for (const [key, p] of params) {
+          const e = relError(ours.grads!.get(key)!, expected.grads[p.variable.name].dataSync() as Float32Array);
+          assert.ok(e < 1e-3, `${key}: gradient differs by ${e} of its scale`);
+        }
+        assert.ok(ours.stats && ours.stats.size === student.batchNorms().length, 'batch statistics of every BatchNorm');
+      } finally {
+        tf.dispose([expected.value, ...Object.values(expected.grads), y]);
+      }
+    } finally {
+      await Promise.all([teacherGraph?.close(), studentGraph?.close()]);
+      x.dispose();
+      student.dispose();
+      teacher.dispose();
     }
   });
 

@@ -20,7 +20,7 @@ import { SGD } from '../nn/optim';
 import { crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { BatchNorm2d } from '../nn/layers';
-import { OrtModelGraph, type GraphRun } from '../nn/ort_graph';
+import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
 import { takeAllFloats } from '../nn/read';
 import type { ForwardContext } from '../nn/module';
@@ -82,7 +82,7 @@ export const nad: Defense = {
       const momenta = new Map([...updates.keys()].map((bn) => [bn, bn.momentum]));
       for (const [bn, k] of updates) bn.momentum = 1 - (1 - bn.momentum) ** k;
       const sOpt = new SGD(p.lr, p.momentum, p.weightDecay);
-      const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps, ctx.ortThreads ?? 1) : undefined;
+      const graphs = ctx.ortTraining ? await StudentGraphs.create(teacher, student, taps, betas, ctx.ortThreads ?? 1) : undefined;
       if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add("NAD's student: the ONNX graphs do not cover this model");
       try {
         await trainEpochs(ctx, student, sOpt, {
@@ -95,7 +95,7 @@ export const nad: Defense = {
           progressBase: p.teacherEpochs,
           progressTotal: total,
           label: 'student epoch',
-          ortStep: graphs ? (x, labels) => studentStepOnOrt(graphs, sOpt, x, labels, taps, betas) : undefined,
+          ortStep: graphs ? (x, labels) => studentStepOnOrt(graphs, sOpt, x, labels, taps) : undefined,
           loss: (s) => {
             const sf = new Map<string, tf.Tensor>();
             const logits = student.forward(s.x, { ...s.ctx, taps: tapSet, features: sf });
@@ -150,19 +150,19 @@ function studentLoss(logits: tf.Tensor2D, y: tf.Tensor1D, studentTaps: tf.Tensor
 }
 
 /**
- * The ONNX Runtime graphs of NAD's student phase: the teacher's taps, and the student's pass split in two (its
- * forward part gives the logits and taps the loss is computed from, its backward part the gradients).
+ * The ONNX Runtime graphs of NAD's student phase: the teacher's taps, and the student's whole step (the
+ * cross-entropy and the attention terms against the teacher's maps, fed in) as one graph.
  */
 class StudentGraphs {
   private constructor(
     readonly teacher: OrtModelGraph,
-    readonly gradients: OrtModelGraph,
+    readonly student: OrtModelGraph,
   ) {}
 
-  static async create(teacher: Model, student: Model, taps: string[], threads: number): Promise<StudentGraphs | undefined> {
+  static async create(teacher: Model, student: Model, taps: string[], betas: number[], threads: number): Promise<StudentGraphs | undefined> {
     const made = await Promise.all([
       OrtModelGraph.create(teacher, { bnTrain: false, loss: 'none', taps, constantWeights: true }, threads),
-      OrtModelGraph.create(student, { bnTrain: true, loss: 'seed', paramGrads: true, taps, split: true }, threads),
+      OrtModelGraph.create(student, { bnTrain: true, loss: 'ce', paramGrads: true, taps, attention: betas }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
@@ -173,47 +173,21 @@ class StudentGraphs {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.teacher.close(), this.gradients.close()]);
+    await Promise.all([this.teacher.close(), this.student.close()]);
   }
 }
 
-/** One student step through ONNX Runtime: the same loss, update and BatchNorm statistics as the backend's. */
-async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, labels: Int32Array, taps: string[], betas: number[]): Promise<number> {
+/**
+ * One student step through ONNX Runtime: the same loss, update and BatchNorm statistics as the backend's. The
+ * teacher's attention maps are computed here from its taps (small tensors); the student's loss, gradients and
+ * batch statistics come out of one run.
+ */
+async function studentStepOnOrt(g: StudentGraphs, opt: SGD, x: Float32Array, labels: Int32Array, taps: string[]): Promise<number> {
   const n = labels.length;
   const teacherTaps = (await g.teacher.run(x, n)).taps!;
-  const fwd = await g.gradients.forward(x, n);
-  let seeds: StudentSeeds;
-  try {
-    seeds = await studentSeeds(fwd, teacherTaps, labels, taps, betas, g.gradients.model.numClasses);
-  } catch (e) {
-    g.gradients.discard(fwd);
-    throw e;
-  }
-  const run = await g.gradients.backward(fwd, { dlogits: seeds.dlogits, dtaps: new Map(taps.map((t, i) => [t, seeds.tapGrads[i]])) });
-  applyGradients(g.gradients.model, opt, run.grads!);
-  // The batch statistics come out of the forward part.
-  g.gradients.applyBatchStats(fwd.stats!, n);
-  return seeds.value;
-}
-
-interface StudentSeeds {
-  value: number;
-  dlogits: Float32Array;
-  tapGrads: Float32Array[];
-}
-
-/** The student loss and its gradients with respect to the logits and the taps, on the backend (small tensors). */
-async function studentSeeds(fwd: GraphRun, teacherTaps: NonNullable<GraphRun['taps']>, labels: Int32Array, taps: string[], betas: number[], k: number): Promise<StudentSeeds> {
-  const n = labels.length;
-  const [value, dlogits, ...tapGrads] = await takeAllFloats(
-    tf.tidy(() => {
-      const logits = tf.tensor2d(fwd.logits!, [n, k]);
-      const feats = taps.map((t) => tf.tensor(fwd.taps!.get(t)!.data, fwd.taps!.get(t)!.shape));
-      const fixed = taps.map((t) => tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape));
-      const y = tf.tensor1d(labels, 'int32');
-      const { value, grads } = tf.valueAndGrads((l: tf.Tensor, ...s: tf.Tensor[]) => studentLoss(l as tf.Tensor2D, y, s, fixed, betas, 'nchw'))([logits, ...feats]);
-      return [value, ...grads];
-    }),
-  );
-  return { value: value[0], dlogits, tapGrads };
+  const maps = await takeAllFloats(tf.tidy(() => taps.map((t) => attentionMap(tf.tensor(teacherTaps.get(t)!.data, teacherTaps.get(t)!.shape), 'nchw'))));
+  const run = await g.student.run(x, n, { labels, teacherAttention: new Map(taps.map((t, i) => [t, maps[i]])) });
+  applyGradients(g.student.model, opt, run.grads!);
+  g.student.applyBatchStats(run.stats!, n);
+  return run.loss!;
 }

@@ -42,6 +42,13 @@ export interface GradGraphOptions {
    */
   taps?: string[];
   /**
+   * NAD's attention terms in a `ce` graph with `taps`, one weight (beta) per tap in `taps`' order: the loss is
+   * the cross-entropy plus, per tap, beta times the mean squared difference between the tap's attention map
+   * (the sum of squares over channels per position, each image's map divided by its L2 norm + 1e-6) and the
+   * teacher's, fed as `tattn/<path>` [N, H*W] (1 for a pooled feature). The whole student step is then one run.
+   */
+  attention?: number[];
+  /**
    * With frozen BatchNorm statistics: every BatchNorm's input batch mean and biased variance come out as
    * `imean/<path>` and `ivar/<path>` ([C]); in a `seed` graph each takes a gradient `dimean/<path>`,
    * `divar/<path>` (GIC's and model inversion's alignment with the running statistics).

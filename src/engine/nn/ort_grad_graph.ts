@@ -96,6 +96,7 @@ export class GradBuilder {
 
   private readonly mapOutput: boolean;
   private readonly split: boolean;
+  private readonly attention: number[] | undefined;
   private readonly nchwcBlock: number;
   /** ONNX Runtime's own operator domains the graph's nodes use, imported at version 1. */
   private readonly domainsUsed = new Set<string>();
@@ -117,6 +118,8 @@ export class GradBuilder {
     this.split = o.split ?? false;
     this.nchwcBlock = o.nchwcBlock ?? 0;
     if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
+    this.attention = o.attention;
+    if (this.attention && (this.loss !== 'ce' || this.attention.length !== this.tapPaths.size)) throw new Error('attention terms need a ce graph and one weight per tap');
   }
 
   protected op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -546,6 +549,39 @@ export class GradBuilder {
     }
   }
 
+  /**
+   * NAD's term for tap `t` (NCHW [N, C, H, W], or [N, C] pooled): beta * mean over N*H*W of (A - At)^2, with
+   * A = a / (||a|| + 1e-6), a = sum over channels of t^2 per position, At fed as `tattn/<path>`. Its gradient
+   * joins t's: with g = dL/dA = 2 beta (A - At) / (N*H*W) and r = ||a|| + 1e-6,
+   * dL/da = g / r - a (g . a) / (r^2 ||a||), and dL/dt = 2 t dL/da (the map's value at each channel).
+   */
+  private attentionTerm(t: string, path: string, beta: number, inputs: onnx.IValueInfoProto[], lossTerms: string[]): void {
+    const shape = this.b.shape(t);
+    const maps = shape.length === 4;
+    const hw = maps ? shape[2] * shape[3] : 1;
+    const teacher = `tattn/${path}`;
+    this.b.reserve(teacher);
+    this.b.shapes.set(teacher, [-1, hw]);
+    inputs.push(valueInfo(teacher, [-1, hw]));
+    const rows = [-1, hw];
+    const col = [-1, 1];
+    const energy = this.op('ReduceSum', [this.op('Mul', [t, t], {}, shape), this.i64([1])], { keepdims: 0 }, maps ? [shape[0], shape[2], shape[3]] : [shape[0]]);
+    const a = this.op('Reshape', [energy, this.i64(rows)], {}, rows);
+    const norm = this.op('Sqrt', [this.op('ReduceSumSquare', [a], { axes: [1], keepdims: 1 }, col)], {}, col);
+    const r = this.op('Add', [norm, this.scalar(1e-6)], {}, col);
+    const diff = this.op('Sub', [this.op('Div', [a, r], {}, rows), teacher], {}, rows);
+    const mse = this.op('ReduceMean', [this.op('Mul', [diff, diff], {}, rows)], { axes: [0, 1], keepdims: 0 }, []);
+    lossTerms.push(this.op('Mul', [mse, this.scalar(beta)], {}, []));
+    if (!this.live.has(t)) return;
+    const dA = this.op('Mul', [diff, this.op('Mul', [this.invBatch, this.scalar((2 * beta) / hw)], {}, [1])], {}, rows);
+    const dot = this.op('ReduceSum', [this.op('Mul', [dA, a], {}, rows), this.i64([1])], { keepdims: 1 }, col);
+    const coef = this.op('Div', [dot, this.op('Mul', [this.op('Mul', [r, r], {}, col), norm], {}, col)], {}, col);
+    const da = this.op('Sub', [this.op('Div', [dA, r], {}, rows), this.op('Mul', [a, coef], {}, rows)], {}, rows);
+    const spread = this.op('Reshape', [da, this.i64(maps ? [-1, 1, shape[2], shape[3]] : [-1, 1])], {}, maps ? [-1, 1, shape[2], shape[3]] : [-1, 1]);
+    const dt = this.op('Mul', [this.op('Mul', [t, spread], {}, shape), this.scalar(2)], {}, shape);
+    this.grads.set(t, this.grads.has(t) ? this.op('Add', [this.grads.get(t)!, dt], {}, shape) : dt);
+  }
+
   build(): GradGraph {
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
@@ -574,11 +610,13 @@ export class GradBuilder {
     if (!this.mapOutput && (outShape.length !== 2 || outShape[1] !== k)) throw new OrtGradUnsupported(`an output of shape [${outShape}]`);
     const inputs = [valueInfo('x', [-1, h, w, c])];
     const outputs: onnx.IValueInfoProto[] = [];
+    // The scalar terms whose sum is the `ce` graph's loss: the cross-entropy, then NAD's attention terms.
+    const lossTerms: string[] = [];
     if (this.loss === 'ce') {
       // Mean cross-entropy against the target distribution; its gradient is (softmax - target) / N.
       const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
       const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
-      this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, [], ['loss']);
+      lossTerms.push(this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, []));
       const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
       this.grads.set(logits, dLogits);
       inputs.push(valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]));
@@ -601,6 +639,7 @@ export class GradBuilder {
       taps.push({ path, shape });
       this.op('Identity', [t], {}, shape, [`tap/${path}`]);
       outputs.push(valueInfo(`tap/${path}`, shape));
+      if (this.attention) this.attentionTerm(t, path, this.attention[taps.length - 1], inputs, lossTerms);
       if (this.loss === 'seed') {
         const seed = `dtap/${path}`;
         this.b.reserve(seed);
@@ -610,6 +649,7 @@ export class GradBuilder {
         if (this.live.has(t)) this.grads.set(t, this.grads.has(t) ? this.op('Add', [this.grads.get(t)!, seed], {}, shape) : seed);
       }
     }
+    if (this.loss === 'ce') this.op('Identity', [lossTerms.reduce((a, b) => this.op('Add', [a, b], {}, []))], {}, [], ['loss']);
     const inputStats: Array<{ path: string; channels: number }> = [];
     for (const s of this.inputStatTensors) {
       inputStats.push({ path: s.path, channels: s.channels });

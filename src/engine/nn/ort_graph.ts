@@ -27,6 +27,8 @@ export interface GraphFeeds {
   labels?: Int32Array;
   /** Per BatchNorm path, the scales of gamma (`g`) and beta (`b`): required by a `bnScales` graph. */
   scales?: Map<string, { g: Float32Array; b: Float32Array }>;
+  /** Per tapped module, the teacher's attention map [n, H*W] (a `ce` graph with `attention`: NAD's student). */
+  teacherAttention?: Map<string, Float32Array>;
   /** Per tapped module, d loss / d its output (a `seed` graph with `taps`; zeros where absent). */
   dtaps?: Map<string, Float32Array>;
   /** Per BatchNorm, d loss / d its input's batch mean and variance (a `seed` graph with `inputStats`). */
@@ -194,6 +196,14 @@ export class OrtModelGraph {
       for (let i = 0; i < n; i++) target[i * k + f.labels[i]] = 1;
       feeds.target = new this.ort.Tensor('float32', target, [n, k]);
       feeds.inv_batch = new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]);
+      if (this.options.attention) {
+        for (const { path, shape } of this.graph.taps) {
+          const hw = shape.length === 4 ? shape[2] * shape[3] : 1;
+          const a = f.teacherAttention?.get(path);
+          if (!a || a.length !== n * hw) throw new Error(`the teacher's attention map of ${path} must hold ${n} x ${hw} values`);
+          feeds[`tattn/${path}`] = new this.ort.Tensor('float32', a, [n, hw]);
+        }
+      }
     }
     for (const { path, channels } of this.graph.bnScales) {
       const s = f.scales?.get(path);
