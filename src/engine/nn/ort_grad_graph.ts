@@ -39,6 +39,7 @@ import type { Module, Param } from './module';
 import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
+import { attentionDistance } from './ort_attention_ops';
 import { batchNormInputGradient, channelSum, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
@@ -549,36 +550,18 @@ export class GradBuilder {
     }
   }
 
-  /**
-   * NAD's term for tap `t` (NCHW [N, C, H, W], or [N, C] pooled): beta * mean over N*H*W of (A - At)^2, with
-   * A = a / (||a|| + 1e-6), a = sum over channels of t^2 per position, At fed as `tattn/<path>`. Its gradient
-   * joins t's: with g = dL/dA = 2 beta (A - At) / (N*H*W) and r = ||a|| + 1e-6,
-   * dL/da = g / r - a (g . a) / (r^2 ||a||), and dL/dt = 2 t dL/da (the map's value at each channel).
-   */
+  /** NAD's attention term for tap `t` against the teacher's map fed as `tattn/<path>` (ort_attention_ops.ts). */
   private attentionTerm(t: string, path: string, beta: number, inputs: onnx.IValueInfoProto[], lossTerms: string[]): void {
     const shape = this.b.shape(t);
-    const maps = shape.length === 4;
-    const hw = maps ? shape[2] * shape[3] : 1;
     const teacher = `tattn/${path}`;
+    const teacherShape = [-1, shape.length === 4 ? shape[2] * shape[3] : 1];
     this.b.reserve(teacher);
-    this.b.shapes.set(teacher, [-1, hw]);
-    inputs.push(valueInfo(teacher, [-1, hw]));
-    const rows = [-1, hw];
-    const col = [-1, 1];
-    const energy = this.op('ReduceSum', [this.op('Mul', [t, t], {}, shape), this.i64([1])], { keepdims: 0 }, maps ? [shape[0], shape[2], shape[3]] : [shape[0]]);
-    const a = this.op('Reshape', [energy, this.i64(rows)], {}, rows);
-    const norm = this.op('Sqrt', [this.op('ReduceSumSquare', [a], { axes: [1], keepdims: 1 }, col)], {}, col);
-    const r = this.op('Add', [norm, this.scalar(1e-6)], {}, col);
-    const diff = this.op('Sub', [this.op('Div', [a, r], {}, rows), teacher], {}, rows);
-    const mse = this.op('ReduceMean', [this.op('Mul', [diff, diff], {}, rows)], { axes: [0, 1], keepdims: 0 }, []);
-    lossTerms.push(this.op('Mul', [mse, this.scalar(beta)], {}, []));
+    this.b.shapes.set(teacher, teacherShape);
+    inputs.push(valueInfo(teacher, teacherShape));
+    const { term, gradient } = attentionDistance(this.emit, t, teacher, beta, this.invBatch);
+    lossTerms.push(term);
     if (!this.live.has(t)) return;
-    const dA = this.op('Mul', [diff, this.op('Mul', [this.invBatch, this.scalar((2 * beta) / hw)], {}, [1])], {}, rows);
-    const dot = this.op('ReduceSum', [this.op('Mul', [dA, a], {}, rows), this.i64([1])], { keepdims: 1 }, col);
-    const coef = this.op('Div', [dot, this.op('Mul', [this.op('Mul', [r, r], {}, col), norm], {}, col)], {}, col);
-    const da = this.op('Sub', [this.op('Div', [dA, r], {}, rows), this.op('Mul', [a, coef], {}, rows)], {}, rows);
-    const spread = this.op('Reshape', [da, this.i64(maps ? [-1, 1, shape[2], shape[3]] : [-1, 1])], {}, maps ? [-1, 1, shape[2], shape[3]] : [-1, 1]);
-    const dt = this.op('Mul', [this.op('Mul', [t, spread], {}, shape), this.scalar(2)], {}, shape);
+    const dt = gradient();
     this.grads.set(t, this.grads.has(t) ? this.op('Add', [this.grads.get(t)!, dt], {}, shape) : dt);
   }
 
