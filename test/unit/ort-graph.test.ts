@@ -15,6 +15,7 @@ import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
 import { attentionMap } from '../../src/engine/defenses/nad';
 import { crossEntropy } from '../../src/engine/nn/train';
+import { unlearningLoss as sauUnlearningLoss } from '../../src/engine/defenses/sau';
 import * as path from 'node:path';
 import { loadModelFile } from '../../src/engine/model_files/model_io';
 import { renormalize } from '../../src/engine/models/renormalize';
@@ -239,6 +240,49 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       x.dispose();
       student.dispose();
       teacher.dispose();
+    }
+  });
+
+  it("SAU's unlearning loss in a cross-entropy graph over x then x': loss and every gradient equal the backend's autodiff", async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const model = buildModel(spec, norm3, 5);
+    const n = 6;
+    const k = 10;
+    const x = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 8) as tf.Tensor4D;
+    const xAdv = tf.randomUniform([n, 16, 16, 3], 0, 1, 'float32', 9) as tf.Tensor4D;
+    const labels = Int32Array.from({ length: n }, (_, i) => (i * 3) % k);
+    const ref = Int32Array.from({ length: n }, (_, i) => (i * 5 + 1) % k);
+    const poison = Float32Array.from({ length: n }, (_, i) => (i % 3 === 0 ? 0 : 1));
+    // lambda 3: the SAR term carries as much of the gradient as the cross-entropy.
+    const lambda = 3;
+    const graph = await OrtModelGraph.create(model, { bnTrain: false, loss: 'ce', paramGrads: true, unlearning: { lambda } });
+    assert.ok(graph, 'ONNX Runtime loads and covers the model');
+    try {
+      const both = new Float32Array(2 * x.size);
+      both.set(x.dataSync() as Float32Array, 0);
+      both.set(xAdv.dataSync() as Float32Array, x.size);
+      const ours = await graph.run(both, 2 * n, { unlearning: { labels, ref, poison } });
+      const y = tf.tensor1d(labels, 'int32');
+      const r = tf.tensor1d(ref, 'int32');
+      const w = tf.tensor1d(poison);
+      const params = model.root.namedParams().filter(([, p]) => p.trainable);
+      const expected = tf.variableGrads(() => sauUnlearningLoss(model.forward(x, { training: false }) as tf.Tensor2D, y, model.forward(xAdv, { training: false }) as tf.Tensor2D, r, w, k, lambda), params.map(([, p]) => p.variable));
+      try {
+        const value = expected.value.dataSync()[0];
+        assert.ok(Math.abs(ours.loss! - value) < 1e-4 * Math.max(1, Math.abs(value)), `loss ${ours.loss} vs ${value}`);
+        const ce = tf.tidy(() => crossEntropy(tf.tensor2d(ours.logits!.subarray(0, n * k), [n, k]), y).dataSync()[0]);
+        assert.ok(value - ce > 1e-2, `SAR term ${value - ce}`);
+        for (const [key, p] of params) {
+          const e = relError(ours.grads!.get(key)!, expected.grads[p.variable.name].dataSync() as Float32Array);
+          assert.ok(e < 1e-3, `${key}: gradient differs by ${e} of its scale`);
+        }
+      } finally {
+        tf.dispose([expected.value, ...Object.values(expected.grads), y, r, w]);
+      }
+    } finally {
+      await graph?.close();
+      tf.dispose([x, xAdv]);
+      model.dispose();
     }
   });
 

@@ -26,7 +26,7 @@ import { OrtModelGraph } from '../nn/ort_graph';
 import { applyGradients } from '../nn/ort_train';
 import { takeFloats } from '../nn/read';
 import { trainEpochs } from './common';
-import { inputGradient, logitGradients, pairedBatchGradients, projectLinf, projectLinfArray } from './adversarial';
+import { inputGradient, logitGradients, projectLinf, projectLinfArray } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 export const sau: Defense = {
@@ -52,7 +52,7 @@ export const sau: Defense = {
     const k = model.numClasses;
     let shared = 0;
     let seen = 0;
-    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, ctx.ortThreads ?? 1) : undefined;
+    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, p.lambda, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
@@ -119,7 +119,7 @@ function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { no
 }
 
 /** Step 2's loss from f's logits on x and on x': CE(f(x), y) + lambda * L_sar over the images x' fools f0 on. */
-function unlearningLoss(clean: tf.Tensor2D, y: tf.Tensor1D, adv: tf.Tensor2D, refLabel: tf.Tensor1D, poison: tf.Tensor1D, k: number, lambda: number): tf.Scalar {
+export function unlearningLoss(clean: tf.Tensor2D, y: tf.Tensor1D, adv: tf.Tensor2D, refLabel: tf.Tensor1D, poison: tf.Tensor1D, k: number, lambda: number): tf.Scalar {
   const n = clean.shape[0];
   const pos = tf.clipByValue(tf.sum(tf.mul(tf.softmax(adv), tf.oneHot(refLabel, k)), 1), 0.001, 1);
   const sar = tf.div(tf.sum(tf.mul(tf.neg(tf.log(tf.sub(1 + 1e-6, pos))), poison)), n);
@@ -173,9 +173,10 @@ function sharedAdversarial(f: Model, f0: Model, x: tf.Tensor4D, y: tf.Tensor1D, 
 
 /**
  * The ONNX Runtime graphs of SAU: forward passes and pixel gradients of f and f0 (both with frozen BatchNorm
- * statistics, as every pass of SAU), and f's weight gradients for the unlearning step. The gradient graphs are
- * split: their forward parts give the logits each loss is computed from, and their backward parts carry that
- * loss's gradient back through the same pass, so no image goes forward twice.
+ * statistics, as every pass of SAU), and f's weight gradients for the unlearning step. The pixel-gradient graphs
+ * are split: their forward parts give the logits the PGD objective is computed from (it mixes f's and f0's), and
+ * their backward parts carry its gradient back through the same pass, so no image goes forward twice. The
+ * unlearning step's graph computes its loss itself (`unlearning`), one run per step.
  */
 class SauGraphs {
   private constructor(
@@ -186,11 +187,11 @@ class SauGraphs {
     readonly f0Pixels: OrtModelGraph,
   ) {}
 
-  static async create(f: Model, f0: Model, threads: number): Promise<SauGraphs | undefined> {
+  static async create(f: Model, f0: Model, lambda: number, threads: number): Promise<SauGraphs | undefined> {
     const made = await Promise.all([
       OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }, threads),
       OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', paramGrads: true, split: true }, threads),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'ce', paramGrads: true, unlearning: { lambda } }, threads),
       OrtModelGraph.create(f0, { bnTrain: false, loss: 'none', constantWeights: true }, threads),
       OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true, constantWeights: true }, threads),
     ]);
@@ -273,10 +274,11 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   }
   const refAdv = argmaxRows(await g.f0.logits(xAdv, n), k);
   const poison = Float32Array.from(refAdv, (v, j) => (v !== labels[j] && v !== cleanF0[j] ? 1 : 0));
-  // Step 2 on x and x' as one batch.
-  const { value, run } = await pairedBatchGradients(g.fWeights, x, xAdv, n, k, (clean, adv) =>
-    unlearningLoss(clean, tf.tensor1d(labels, 'int32'), adv, tf.tensor1d(refAdv, 'int32'), tf.tensor1d(poison), k, p.lambda),
-  );
+  // Step 2 on x and x' as one batch, its loss in the graph (ort_unlearning_ops.ts).
+  const both = new Float32Array(2 * x.length);
+  both.set(x, 0);
+  both.set(xAdv, x.length);
+  const run = await g.fWeights.run(both, 2 * n, { unlearning: { labels, ref: refAdv, poison } });
   applyGradients(model, opt, run.grads!);
-  return { loss: value, shared: poison.reduce((a, b) => a + b, 0) };
+  return { loss: run.loss!, shared: poison.reduce((a, b) => a + b, 0) };
 }

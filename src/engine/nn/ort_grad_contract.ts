@@ -49,6 +49,13 @@ export interface GradGraphOptions {
    */
   attention?: number[];
   /**
+   * SAU's unlearning loss in a `ce` graph over a paired batch (x then x', 2n images): inputs `target` [2n, k]
+   * (one-hot labels on the first n rows, zeros on the x' rows), `sar_ref` [2n, k] (on an x' row the one-hot label
+   * f0 gives it where that x' is poisoned, zeros elsewhere) and `inv_batch` (1/n). Loss: the clean rows'
+   * cross-entropy plus lambda * sum over poisoned rows of -log(1 + 1e-6 - clip(p(ref), 0.001, 1)), both over n.
+   */
+  unlearning?: { lambda: number };
+  /**
    * With frozen BatchNorm statistics: every BatchNorm's input batch mean and biased variance come out as
    * `imean/<path>` and `ivar/<path>` ([C]); in a `seed` graph each takes a gradient `dimean/<path>`,
    * `divar/<path>` (GIC's and model inversion's alignment with the running statistics).

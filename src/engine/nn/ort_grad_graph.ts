@@ -40,6 +40,7 @@ import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, 
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
 import { attentionDistance } from './ort_attention_ops';
+import { unlearningLoss } from './ort_unlearning_ops';
 import { batchNormInputGradient, channelSum, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
 
@@ -98,6 +99,7 @@ export class GradBuilder {
   private readonly mapOutput: boolean;
   private readonly split: boolean;
   private readonly attention: number[] | undefined;
+  private readonly unlearning: { lambda: number } | undefined;
   private readonly nchwcBlock: number;
   /** ONNX Runtime's own operator domains the graph's nodes use, imported at version 1. */
   private readonly domainsUsed = new Set<string>();
@@ -121,6 +123,8 @@ export class GradBuilder {
     if (this.split && this.loss !== 'seed') throw new Error('only a seed graph splits into forward and backward parts');
     this.attention = o.attention;
     if (this.attention && (this.loss !== 'ce' || this.attention.length !== this.tapPaths.size)) throw new Error('attention terms need a ce graph and one weight per tap');
+    this.unlearning = o.unlearning;
+    if (this.unlearning && this.loss !== 'ce') throw new Error("SAU's unlearning loss needs a ce graph");
   }
 
   protected op(opType: string, inputs: string[], attrs: Parameters<OnnxBuilder['node']>[2], shape: number[], outputs?: string[]): string {
@@ -599,10 +603,19 @@ export class GradBuilder {
       // Mean cross-entropy against the target distribution; its gradient is (softmax - target) / N.
       const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
       const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
-      lossTerms.push(this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, []));
-      const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
-      this.grads.set(logits, dLogits);
-      inputs.push(valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]));
+      if (this.unlearning) {
+        const u = unlearningLoss(this.emit, logProbs, perImage, 'target', 'sar_ref', this.invBatch, this.unlearning.lambda);
+        lossTerms.push(u.loss);
+        this.grads.set(logits, u.dLogits);
+        this.b.reserve('sar_ref');
+        this.b.shapes.set('sar_ref', [-1, k]);
+        inputs.push(valueInfo('target', [-1, k]), valueInfo('sar_ref', [-1, k]), valueInfo('inv_batch', [1]));
+      } else {
+        lossTerms.push(this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, []));
+        const dLogits = this.op('Mul', [this.op('Sub', [this.op('Exp', [logProbs], {}, [-1, k]), 'target'], {}, [-1, k]), 'inv_batch'], {}, [-1, k]);
+        this.grads.set(logits, dLogits);
+        inputs.push(valueInfo('target', [-1, k]), valueInfo('inv_batch', [1]));
+      }
       this.op('Identity', [logits], {}, [-1, k], ['logits']);
       outputs.push(valueInfo('loss', []), valueInfo('logits', [-1, k]));
     } else {

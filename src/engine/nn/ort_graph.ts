@@ -27,6 +27,11 @@ export interface GraphFeeds {
   labels?: Int32Array;
   /** Per BatchNorm path, the scales of gamma (`g`) and beta (`b`): required by a `bnScales` graph. */
   scales?: Map<string, { g: Float32Array; b: Float32Array }>;
+  /**
+   * SAU's unlearning step (a `ce` graph with `unlearning`, run on x then x', 2n images): the n labels of x, and per
+   * x' the label f0 gives it and whether it is poisoned (1) or not (0). Takes the place of `labels`.
+   */
+  unlearning?: { labels: Int32Array; ref: Int32Array; poison: Float32Array };
   /** Per tapped module, the teacher's attention map [n, H*W] (a `ce` graph with `attention`: NAD's student). */
   teacherAttention?: Map<string, Float32Array>;
   /** Per tapped module, d loss / d its output (a `seed` graph with `taps`; zeros where absent). */
@@ -190,7 +195,20 @@ export class OrtModelGraph {
     const [h, w, c] = this.model.inputShape;
     const k = this.model.numClasses;
     const feeds: Record<string, OrtTensor> = { x: new this.ort.Tensor('float32', x, [n, h, w, c]) };
-    if ((this.options.loss ?? 'ce') === 'ce') {
+    if ((this.options.loss ?? 'ce') === 'ce' && this.options.unlearning) {
+      const u = f.unlearning;
+      const half = n / 2;
+      if (!u || !Number.isInteger(half) || u.labels.length !== half || u.ref.length !== half || u.poison.length !== half) throw new Error(`the unlearning step runs on x then x' and needs ${half} labels, references and poison flags`);
+      const target = new Float32Array(n * k);
+      const ref = new Float32Array(n * k);
+      for (let i = 0; i < half; i++) {
+        target[i * k + u.labels[i]] = 1;
+        if (u.poison[i]) ref[(half + i) * k + u.ref[i]] = 1;
+      }
+      feeds.target = new this.ort.Tensor('float32', target, [n, k]);
+      feeds.sar_ref = new this.ort.Tensor('float32', ref, [n, k]);
+      feeds.inv_batch = new this.ort.Tensor('float32', Float32Array.of(1 / half), [1]);
+    } else if ((this.options.loss ?? 'ce') === 'ce') {
       if (!f.labels || f.labels.length !== n) throw new Error(`labels must hold ${n} values`);
       const target = new Float32Array(n * k);
       for (let i = 0; i < n; i++) target[i * k + f.labels[i]] = 1;
