@@ -604,11 +604,11 @@ export class GradBuilder {
       const logProbs = this.op('LogSoftmax', [logits], { axis: 1 }, [-1, k]);
       const perImage = this.op('ReduceSum', [this.op('Mul', ['target', logProbs], {}, [-1, k]), this.i64([1])], { keepdims: 0 }, [-1]);
       if (this.unlearning) {
+        this.b.reserve('sar_ref');
+        this.b.shapes.set('sar_ref', [-1, k]);
         const u = unlearningLoss(this.emit, logProbs, perImage, 'target', 'sar_ref', this.invBatch, this.unlearning.lambda);
         lossTerms.push(u.loss);
         this.grads.set(logits, u.dLogits);
-        this.b.reserve('sar_ref');
-        this.b.shapes.set('sar_ref', [-1, k]);
         inputs.push(valueInfo('target', [-1, k]), valueInfo('sar_ref', [-1, k]), valueInfo('inv_batch', [1]));
       } else {
         lossTerms.push(this.op('Neg', [this.op('ReduceMean', [perImage], { axes: [0], keepdims: 0 }, [])], {}, []));
