@@ -89,60 +89,44 @@ export function convolution(g: NodeEmitter, B: number, x: string, kernel: HwioKe
 
 /**
  * dW[o, i, a, b] = sum over batch and output positions of dy[n, o, y, x] * xpad[n, i, y*s + a, x*s + b], as
- * matrix products, one per kernel offset (a, b).
+ * one matrix product over the whole batch.
  *
- * The input and dy are turned once into [channels, rows, columns, batch] (the input padded), so that the view
- * of an offset is a Slice over rows and columns whose contiguous runs are whole rows of images (wo * N floats
- * at stride 1, N at stride 2): ONNX Runtime's Slice copies run by run, and on the former [channels, N, h, w]
- * layout (or per image, [N, channels, h, w]) a run was one row of a feature map, 4 to 28 floats, or a single
- * float at stride 2. That view, as a matrix [in, ho*wo*N], times dy as [out, ho*wo*N] transposed gives [in,
- * out]. On the zoo's width-16 PreAct-ResNet18 (1x28x28, batch 128, 2 threads) the Slices of a step fell from
- * 94 ms to 28 ms (`scripts/profile-ort-step.ts preact16-28 128 6 2 train`).
- *
- * On maps of 14x14 and more with an even number of rows, the product is split in two halves of rows (a batched
- * FusedMatMul reading both halves in place through transBatchA/B, summed after): a product of 16x16 outputs
- * over 100,000 terms otherwise runs on one thread, since MLAS divides a GEMM's outputs among threads, never
- * its inner dimension. The split is fixed by the shapes, not by the thread count.
- *
- * The k*k products stacked are the HWIO gradient.
+ * The input and dy are turned once into [channels, rows, columns, batch] (the input padded), so that every
+ * input position is a contiguous run of N floats. One Gather along the merged rows-and-columns axis then lays
+ * out all k*k offsets at once, [in, k*k, ho*wo, N] (im2col with the batch innermost), and that, as a matrix [in*k*k,
+ * ho*wo*N], times dy as [out, ho*wo*N] transposed is the gradient as [in, k, k, out]. ONNX Runtime's Gather
+ * copies its runs of N floats on every thread of the session, where Slice (one per offset, the former form)
+ * copies on one; and one product reads dy once where k*k products each packed it again, and has in*k*k rows
+ * to divide among threads where a product per offset had in. On the zoo's width-16 PreAct-ResNet18 (1x28x28,
+ * batch 128, 2 threads; `scripts/profile-ort-step.ts preact16-28 128 30 2 train plain`, alternated with the
+ * Slice form) a step's median fell from 177-194 ms to 162-163 ms; `small-cnn-32` 149 to 136 ms,
+ * `preact-resnet18-32` 1847 to 1642 ms.
  */
 export function convWeightGradient(g: NodeEmitter, x: string, dy: string, m: ConvGeometry, [h, w]: number[], [ho, wo]: number[]): string {
   const { kernelSize: k, stride: s, padding: p, inChannels: cin, outChannels: cout } = m;
   const n = g.shape(x)[0];
+  const [hp, wp] = [h + 2 * p, w + 2 * p];
   // The product's rows must be at least as many as its columns. MLAS splits a GEMM over threads along the
   // longer of the two, and when it splits the columns, each thread's block of them sets how the long inner
   // dimension (N*ho*wo) is cut into partial sums: the gradient would then depend on the thread count. So
-  // where out > in the product is taken transposed (dy rows times input rows) and turned back. (A batched
-  // product gives each half its own thread once there are at least as many halves as threads; below that
-  // MLAS splits each the same way, so the rule holds for both.)
-  const wide = cout > cin;
-  const halves = ho * wo >= 196 && ho % 2 === 0;
+  // where out > in*k*k the product is taken transposed (dy rows times input rows) and turned back.
+  const wide = cout > cin * k * k;
   let xt = g.op('Transpose', [x], { perm: [1, 2, 3, 0] }, [cin, h, w, n]);
-  if (p) xt = g.op('Pad', [xt, g.i64([0, p, p, 0, 0, p, p, 0])], {}, [cin, h + 2 * p, w + 2 * p, n]);
+  if (p) xt = g.op('Pad', [xt, g.i64([0, p, p, 0, 0, p, p, 0])], {}, [cin, hp, wp, n]);
   const dyT = g.op('Transpose', [dy], { perm: [1, 2, 3, 0] }, [cout, ho, wo, n]);
-  const dyRows = halves ? g.op('Reshape', [dyT, g.i64([cout, 2, -1])], {}, [cout, 2, -1]) : g.op('Reshape', [dyT, g.i64([cout, -1])], {}, [cout, -1]);
-  const parts: string[] = [];
-  for (let a = 0; a < k; a++) {
-    for (let b = 0; b < k; b++) {
-      const whole = s === 1 && ho === h + 2 * p && wo === w + 2 * p;
-      const view = whole ? xt : g.op('Slice', [xt, g.i64([a, b]), g.i64([a + s * (ho - 1) + 1, b + s * (wo - 1) + 1]), g.i64([1, 2]), g.i64([s, s])], {}, [cin, ho, wo, n]);
-      if (halves) {
-        // [in, 2, K/2] and [out, 2, K/2] read as [2, in, K/2] and [2, out, K/2]: no copy.
-        const rows = g.op('Reshape', [view, g.i64([cin, 2, -1])], {}, [cin, 2, -1]);
-        const batched = { transBatchA: 1, transBatchB: 1, transB: 1 };
-        const product = wide ? g.msOp('FusedMatMul', [dyRows, rows], batched, [2, cout, cin]) : g.msOp('FusedMatMul', [rows, dyRows], batched, [2, cin, cout]);
-        parts.push(g.op('ReduceSum', [product, g.i64([0])], { keepdims: 0 }, wide ? [cout, cin] : [cin, cout]));
-      } else {
-        const rows = g.op('Reshape', [view, g.i64([cin, -1])], {}, [cin, -1]);
-        parts.push(wide ? g.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin]) : g.op('Gemm', [rows, dyRows], { transB: 1 }, [cin, cout]));
-      }
-    }
-  }
+  const dyRows = g.op('Reshape', [dyT, g.i64([cout, -1])], {}, [cout, ho * wo * n]);
+  const positions: number[] = [];
+  for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) for (let y = 0; y < ho; y++) for (let c = 0; c < wo; c++) positions.push((a + s * y) * wp + b + s * c);
+  // A 1x1 convolution at stride 1 reads every position once, in order: the input is its own matrix.
+  const identity = k === 1 && s === 1 && ho === hp && wo === wp;
+  const cols = identity ? xt : g.op('Gather', [g.op('Reshape', [xt, g.i64([cin, hp * wp, n])], {}, [cin, hp * wp, n]), g.i64(positions)], { axis: 1 }, [cin, positions.length, n]);
+  const rows = g.op('Reshape', [cols, g.i64([cin * k * k, -1])], {}, [cin * k * k, ho * wo * n]);
   if (wide) {
-    const stacked = parts.length === 1 ? parts[0] : g.op('Concat', parts, { axis: 0 }, [k * k * cout, cin]);
-    const kOI = g.op('Reshape', [stacked, g.i64([k * k, cout, cin])], {}, [k * k, cout, cin]);
-    return g.op('Reshape', [g.op('Transpose', [kOI], { perm: [0, 2, 1] }, [k * k, cin, cout]), g.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
+    const product = g.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin * k * k]);
+    const oikk = g.op('Reshape', [product, g.i64([cout, cin, k, k])], {}, [cout, cin, k, k]);
+    return g.op('Transpose', [oikk], { perm: [2, 3, 1, 0] }, [k, k, cin, cout]);
   }
-  const stacked = parts.length === 1 ? parts[0] : g.op('Concat', parts, { axis: 0 }, [k * k * cin, cout]);
-  return g.op('Reshape', [stacked, g.i64([k, k, cin, cout])], {}, [k, k, cin, cout]);
+  const product = g.op('Gemm', [rows, dyRows], { transB: 1 }, [cin * k * k, cout]);
+  const ikko = g.op('Reshape', [product, g.i64([cin, k, k, cout])], {}, [cin, k, k, cout]);
+  return g.op('Transpose', [ikko], { perm: [1, 2, 0, 3] }, [k, k, cin, cout]);
 }

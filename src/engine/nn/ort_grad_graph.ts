@@ -6,10 +6,10 @@
  *
  *   - Conv2d: input gradient = for stride 1, a Conv of the output gradient with the kernel turned by 180
  *     degrees and its channel axes swapped; for larger strides, ConvTranspose with the same weights (and an
- *     output_padding that restores the input size). Weight gradient = per kernel offset, the shifted view of the
- *     input as a matrix [in, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole
- *     batch each; transposed where out > in, so that the result does not depend on the thread count, see
- *     weightGrad). Bias gradient = the sum of the output gradient over batch and space. The forward convolutions
+ *     output_padding that restores the input size). Weight gradient = the input's k*k shifted views gathered
+ *     as a matrix [in*k*k, N*ho*wo] times the output gradient's [N*ho*wo, out] (one GEMM over the whole batch;
+ *     transposed where out > in*k*k, so that the result does not depend on the thread count, see
+ *     convWeightGradient). Bias gradient = the sum of the output gradient over batch and space. The forward convolutions
  *     and the stride-1 input gradients run on MLAS's blocked NCHWc kernels where the CPU has them (both
  *     convolution rules are in ort_conv_ops.ts).
  *   - BatchNorm2d (batch statistics): the closed form dx = k (dy - mean(dy) - xc invstd^2 mean(dy xc)), with
