@@ -2,7 +2,7 @@
  * Where a training step in ONNX Runtime spends its time, per operator: the step graph of ort_grad_graph.ts for
  * `small-cnn-32` or `preact-resnet18-32` (3x32x32, 10 classes), or `preact8-28` / `preact16-28` (the zoo's width-8
  * and width-16 PreAct-ResNet18 on 1x28x28) under ONNX Runtime's profiler, `threads` threads (default 2), a warm-up run and then `runs` runs,
- * kernel times summed by operator type and averaged per run.
+ * kernel times summed by operator type and averaged per run (PROFILE_OP=<type> lists that type's nodes one by one).
  * `form` picks the graph: `train` (the default: cross-entropy, BatchNorm batch statistics, every parameter
  * gradient), `frozen-forward` (BatchNorm running statistics, logits only: evaluation on aux splits, SAU's clean
  * passes) or `frozen-pixels` (BatchNorm running statistics, the pixel gradient of seeded logits: SAU's and NPD's
@@ -107,6 +107,18 @@ async function main(): Promise<void> {
     const ms = s.us / runs / 1000;
     if (ms < 0.5) continue;
     console.log(`  ${op.padEnd(18)} ${ms.toFixed(1).padStart(8)} ms ${((100 * s.us) / runs / total).toFixed(1).padStart(5)}%  (${s.nodes / runs} nodes)`);
+  }
+  // PROFILE_OP=Transpose (say): that operator's nodes one by one, slowest first, with their input shapes.
+  const opOfInterest = process.env.PROFILE_OP;
+  if (opOfInterest) {
+    const byNode = new Map<string, { us: number; shapes: string }>();
+    for (const e of events) {
+      if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || e.ts <= warmedUp || e.args?.op_name !== opOfInterest) continue;
+      const s = byNode.get(e.name) ?? { us: 0, shapes: JSON.stringify((e.args as { input_type_shape?: unknown }).input_type_shape ?? '') };
+      s.us += e.dur;
+      byNode.set(e.name, s);
+    }
+    for (const [node, s] of [...byNode].sort((a, b) => b[1].us - a[1].us).slice(0, 40)) console.log(`    ${(s.us / runs / 1000).toFixed(2).padStart(6)} ms  ${node.replace(/_kernel_time$/, '')}  ${s.shapes}`);
   }
   model.dispose();
 }
