@@ -15,7 +15,8 @@ import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { maxAbsDiff } from '../helpers/parity';
 import { attentionMap } from '../../src/engine/defenses/nad';
 import { crossEntropy } from '../../src/engine/nn/train';
-import { unlearningLoss as sauUnlearningLoss } from '../../src/engine/defenses/sau';
+import { sharedObjective, unlearningLoss as sauUnlearningLoss } from '../../src/engine/defenses/sau';
+import { SauAttackGraph } from '../../src/engine/nn/ort_sau_attack_graph';
 import * as path from 'node:path';
 import { loadModelFile } from '../../src/engine/model_files/model_io';
 import { renormalize } from '../../src/engine/models/renormalize';
@@ -283,6 +284,61 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
       await graph?.close();
       tf.dispose([x, xAdv]);
       model.dispose();
+    }
+  });
+
+  it("SAU's PGD step as one graph of both models: the pixel gradient of the shared objective and the rows not yet shared equal the backend's", async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const f0 = buildModel(spec, norm3, 5);
+    // f: the victim with its weights moved a little, so that the two mostly agree on labels but not on probabilities.
+    const f = f0.clone();
+    let seed = 11;
+    for (const [, p] of f.root.namedParams()) {
+      if (!p.trainable) continue;
+      const moved = tf.tidy(() => tf.add(p.variable, tf.mul(tf.randomNormal(p.variable.shape, 0, 1, 'float32', seed++), tf.mul(tf.sqrt(tf.mean(tf.square(p.variable))), 0.1))));
+      p.variable.assign(moved);
+      moved.dispose();
+    }
+    const m = 9;
+    const n = 12; // the batch the objective averages over: x' holds only m of its rows
+    const k = 10;
+    // beta2 large: f and f0 are close, so the divergence term is small beside the cross-entropies at beta2 1.
+    const p = { beta1: 0.5, beta2: 200 };
+    const x = tf.randomUniform([m, 16, 16, 3], 0, 1, 'float32', 8) as tf.Tensor4D;
+    const labels = Int32Array.from({ length: m }, (_, i) => (i * 3) % k);
+    const predF = tf.tidy(() => tf.argMax(f.forward(x, { training: false }), 1).dataSync() as Int32Array);
+    const pred0 = tf.tidy(() => tf.argMax(f0.forward(x, { training: false }), 1).dataSync() as Int32Array);
+    // Each model's clean label, chosen so that every kind of row is there: both left it for the same label (shared,
+    // every other row where the two agree); both keep their clean label; only f left it; only f0 left it.
+    const other = (v: number) => (v + 1) % k;
+    const kinds = Array.from(predF, (v, i) => (v === pred0[i] && i % 2 === 0 ? 'shared' : ['both keep', 'f left', 'f0 left'][i % 3]));
+    const cleanF = Int32Array.from(predF, (v, i) => (kinds[i] === 'shared' || kinds[i] === 'f left' ? other(v) : v));
+    const clean0 = Int32Array.from(pred0, (v, i) => (kinds[i] === 'shared' || kinds[i] === 'f0 left' ? other(v) : v));
+    const expectedNotShared = Float32Array.from(kinds, (kind) => (kind === 'shared' ? 0 : 1));
+    const graph = await SauAttackGraph.create(f, f0, p.beta1, p.beta2, 1);
+    try {
+      assert.ok(graph, 'ONNX Runtime loads and covers the models');
+      for (const kind of ['shared', 'both keep', 'f left', 'f0 left']) assert.ok(kinds.includes(kind), `a row of each kind: ${kinds}`);
+      const ours = await graph.step(x.dataSync() as Float32Array, m, labels, cleanF, clean0, n);
+      assert.deepEqual(Array.from(ours.notShared), Array.from(expectedNotShared));
+      const y = tf.tensor1d(labels, 'int32');
+      const masks = { notF: tf.tensor1d(Float32Array.from(predF, (v, i) => (v !== cleanF[i] ? 0 : 1))), not0: tf.tensor1d(Float32Array.from(pred0, (v, i) => (v !== clean0[i] ? 0 : 1))), notShared: tf.tensor1d(expectedNotShared) };
+      const expected = tf.grad((xx: tf.Tensor) => sharedObjective(f.forward(xx as tf.Tensor4D, { training: false }) as tf.Tensor2D, f0.forward(xx as tf.Tensor4D, { training: false }) as tf.Tensor2D, y, masks, p, n))(x);
+      // Each term alone, so that neither hides an error in the other.
+      const advOnly = tf.grad((xx: tf.Tensor) => sharedObjective(f.forward(xx as tf.Tensor4D, { training: false }) as tf.Tensor2D, f0.forward(xx as tf.Tensor4D, { training: false }) as tf.Tensor2D, y, masks, { beta1: p.beta1, beta2: 0 }, n))(x);
+      try {
+        const e = relError(ours.dx, expected.dataSync() as Float32Array);
+        assert.ok(e < 1e-3, `pixel gradient differs by ${e} of its scale`);
+        const share = relError(expected.dataSync() as Float32Array, advOnly.dataSync() as Float32Array);
+        assert.ok(share > 0.1, `the shared term moves the gradient by ${share} of its scale`);
+      } finally {
+        tf.dispose([expected, advOnly, y, ...Object.values(masks)]);
+      }
+    } finally {
+      await graph?.close();
+      x.dispose();
+      f.dispose();
+      f0.dispose();
     }
   });
 

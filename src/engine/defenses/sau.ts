@@ -13,20 +13,21 @@
  * transform (`get_transform(..., train=False)`), as the PyTorch reference does. x' is x plus a perturbation within
  * the L_inf ball, not clipped to [0,1], as BackdoorBench's get_perturbed_image.
  *
- * Where ONNX Runtime loads, both steps run through it (ort_graph.ts): the forward passes and the gradients with
- * respect to the pixels (PGD) and to the weights (unlearning) are ONNX Runtime's, the losses above are computed
- * on the backend from the logits (the same functions as the backend path), so only where the numbers are
- * computed changes.
+ * Where ONNX Runtime loads, both steps run through it, each one run per step with its objective in the graph:
+ * the PGD step of f and f0 together (ort_sau_attack_graph.ts) and the unlearning step (ort_unlearning_ops.ts),
+ * their closed forms checked against the backend's autodiff of sharedObjective and unlearningLoss below
+ * (test/unit/ort-graph.test.ts), so only where the numbers are computed changes.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { Adam } from '../nn/optim';
 import { argmaxRows, crossEntropy } from '../nn/train';
 import type { Model } from '../nn/model';
 import { OrtModelGraph } from '../nn/ort_graph';
+import { SauAttackGraph } from '../nn/ort_sau_attack_graph';
 import { applyGradients } from '../nn/ort_train';
 import { takeFloats } from '../nn/read';
 import { trainEpochs } from './common';
-import { inputGradient, logitGradients, projectLinf, projectLinfArray } from './adversarial';
+import { inputGradient, projectLinf, projectLinfArray } from './adversarial';
 import type { Defense, DefenseContext, DefenseOutcome, Profile } from './defense';
 
 export const sau: Defense = {
@@ -52,7 +53,7 @@ export const sau: Defense = {
     const k = model.numClasses;
     let shared = 0;
     let seen = 0;
-    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, p.lambda, ctx.ortThreads ?? 1) : undefined;
+    const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, p, ctx.ortThreads ?? 1) : undefined;
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
@@ -107,7 +108,7 @@ export const sau: Defense = {
  * The PGD objective of step 1 from the logits of f (`a`) and f0 (`b`) at x': beta1 * L_adv + beta2 * L_share,
  * with the 0/1 masks of the images not yet fooled by f, by f0, and not yet shared.
  */
-function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { notF: tf.Tensor; not0: tf.Tensor; notShared: tf.Tensor }, p: Record<string, number>, batch?: number): tf.Scalar {
+export function sharedObjective(a: tf.Tensor2D, b: tf.Tensor2D, y: tf.Tensor1D, m: { notF: tf.Tensor; not0: tf.Tensor; notShared: tf.Tensor }, p: Record<string, number>, batch?: number): tf.Scalar {
   // Averaged over the batch; `batch` when a and b hold only some of its rows (sauStepOnOrt's active rows).
   const n = batch ?? a.shape[0];
   const k = a.shape[1];
@@ -172,39 +173,36 @@ function sharedAdversarial(f: Model, f0: Model, x: tf.Tensor4D, y: tf.Tensor1D, 
 }
 
 /**
- * The ONNX Runtime graphs of SAU: forward passes and pixel gradients of f and f0 (both with frozen BatchNorm
- * statistics, as every pass of SAU), and f's weight gradients for the unlearning step. The pixel-gradient graphs
- * are split: their forward parts give the logits the PGD objective is computed from (it mixes f's and f0's), and
- * their backward parts carry its gradient back through the same pass, so no image goes forward twice. The
- * unlearning step's graph computes its loss itself (`unlearning`), one run per step.
+ * The ONNX Runtime graphs of SAU: forward passes of f and f0 on the clean images (both with frozen BatchNorm
+ * statistics, as every pass of SAU), the PGD step of both models with its objective (ort_sau_attack_graph.ts,
+ * one run a step), and f's weight gradients for the unlearning step, whose graph computes its loss itself
+ * (`unlearning`), one run per step.
  */
 class SauGraphs {
   private constructor(
     readonly f: OrtModelGraph,
-    readonly fPixels: OrtModelGraph,
+    readonly attack: SauAttackGraph,
     readonly fWeights: OrtModelGraph,
     readonly f0: OrtModelGraph,
-    readonly f0Pixels: OrtModelGraph,
   ) {}
 
-  static async create(f: Model, f0: Model, lambda: number, threads: number): Promise<SauGraphs | undefined> {
+  static async create(f: Model, f0: Model, p: Record<string, number>, threads: number): Promise<SauGraphs | undefined> {
     const made = await Promise.all([
       OrtModelGraph.create(f, { bnTrain: false, loss: 'none' }, threads),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true }, threads),
-      OrtModelGraph.create(f, { bnTrain: false, loss: 'ce', paramGrads: true, unlearning: { lambda } }, threads),
+      SauAttackGraph.create(f, f0, p.beta1, p.beta2, threads),
+      OrtModelGraph.create(f, { bnTrain: false, loss: 'ce', paramGrads: true, unlearning: { lambda: p.lambda } }, threads),
       OrtModelGraph.create(f0, { bnTrain: false, loss: 'none', constantWeights: true }, threads),
-      OrtModelGraph.create(f0, { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false, split: true, constantWeights: true }, threads),
     ]);
     if (made.some((g) => !g)) {
       await Promise.all(made.map((g) => g?.close()));
       return undefined;
     }
-    const [a, b, c, d, e] = made as OrtModelGraph[];
-    return new SauGraphs(a, b, c, d, e);
+    const [a, b, c, d] = made as [OrtModelGraph, SauAttackGraph, OrtModelGraph, OrtModelGraph];
+    return new SauGraphs(a, b, c, d);
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.f, this.fPixels, this.fWeights, this.f0, this.f0Pixels].map((g) => g.close()));
+    await Promise.all([this.f, this.attack, this.fWeights, this.f0].map((g) => g.close()));
   }
 }
 
@@ -233,41 +231,11 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
       xa = new Float32Array(m * size);
       rows.forEach((r, q) => xa.set(xAdv.subarray(r * size, (r + 1) * size), q * size));
     }
-    // The PGD step's gradients need the logits at x' first: forward passes now, the same passes' backward
-    // parts once the seeds are known (split graphs: each pass runs once).
-    const atF = await g.fPixels.forward(xa, m);
-    const at0 = await g.f0Pixels.forward(xa, m).catch((e) => {
-      g.fPixels.discard(atF);
-      throw e;
-    });
-    const lf = atF.logits!;
-    const l0 = at0.logits!;
-    const predF = argmaxRows(lf, k);
-    const pred0 = argmaxRows(l0, k);
-    const cF = pick(cleanF);
-    const c0 = pick(cleanF0);
-    const notF = Float32Array.from(predF, (v, j) => (v !== cF[j] ? 0 : 1));
-    const not0 = Float32Array.from(pred0, (v, j) => (v !== c0[j] ? 0 : 1));
-    const notShared = Float32Array.from(predF, (v, j) => (v !== cF[j] && pred0[j] !== c0[j] && v === pred0[j] ? 0 : 1));
-    let grads: Float32Array[];
-    try {
-      ({ grads } = await logitGradients(
-        [
-          { data: lf, n: m, k },
-          { data: l0, n: m, k },
-        ],
-        ([a, b]) => sharedObjective(a, b, tf.tensor1d(pick(labels), 'int32'), { notF: tf.tensor1d(notF), not0: tf.tensor1d(not0), notShared: tf.tensor1d(notShared) }, p, n),
-      ));
-    } catch (e) {
-      g.fPixels.discard(atF);
-      g.f0Pixels.discard(at0);
-      throw e;
-    }
-    const gF = (await g.fPixels.backward(atF, { dlogits: grads[0] })).dx!;
-    const g0 = (await g.f0Pixels.backward(at0, { dlogits: grads[1] })).dx!;
+    // f's and f0's pixel gradients of the objective, summed, and the rows not yet shared, from one run.
+    const { dx, notShared } = await g.attack.step(xa, m, pick(labels), pick(cleanF), pick(cleanF0), n);
     const stepped = Float32Array.from(xAdv);
     rows.forEach((r, q) => {
-      for (let j = 0; j < size; j++) stepped[r * size + j] = xAdv[r * size + j] - Math.sign(gF[q * size + j] + g0[q * size + j]) * p.stepSize;
+      for (let j = 0; j < size; j++) stepped[r * size + j] = xAdv[r * size + j] - Math.sign(dx[q * size + j]) * p.stepSize;
     });
     xAdv = projectLinfArray(x, stepped, p.eps);
     active = rows.filter((_, q) => notShared[q] === 1);
