@@ -41,7 +41,9 @@ async function main(): Promise<void> {
     'frozen-pixels': { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false },
   };
   if (!forms[form]) throw new Error(`form: one of ${Object.keys(forms).join(', ')}`);
+  const built = performance.now();
   const graph = buildGradGraph(model, { ...forms[form], nchwcBlock: await nchwcBlockSize(ort) });
+  const madeGraph = performance.now();
   const plain = process.argv[7] === 'plain';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ort-profile-'));
   // The engine's session options (ortSessionOptions: no memory pattern among them).
@@ -49,6 +51,7 @@ async function main(): Promise<void> {
     ...ortSessionOptions(threads),
     ...(plain ? {} : { enableProfiling: true, profileFilePrefix: path.join(dir, 'step') }),
   });
+  console.log(`graph built in ${(madeGraph - built).toFixed(0)} ms (${graph.bytes.length} bytes), session created in ${(performance.now() - madeGraph).toFixed(0)} ms`);
   const x = Float32Array.from({ length: batch * shape[0] * shape[1] * shape[2] }, (_, i) => (i % 13) / 13);
   const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
   const params = new Map(model.root.namedParams());
