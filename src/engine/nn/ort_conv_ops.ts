@@ -12,7 +12,8 @@ type Attrs = Parameters<OnnxBuilder['node']>[2];
  * domain for nchwcOp, of its contrib domain com.microsoft for msOp), int64 and float constants, shapes.
  */
 export interface NodeEmitter {
-  op(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
+  /** A node; `outputs` names its outputs where the rule needs more than the first (default: one, fresh). */
+  op(opType: string, inputs: string[], attrs: Attrs, shape: number[], outputs?: string[]): string;
   nchwcOp(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
   msOp(opType: string, inputs: string[], attrs: Attrs, shape: number[]): string;
   i64(values: number[]): string;

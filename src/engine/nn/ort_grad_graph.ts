@@ -40,6 +40,7 @@ import { GRAD_OPSET, OrtGradUnsupported, type GradGraph, type GradGraphOptions, 
 import { splitForwardBackward } from './ort_graph_split';
 import { convolution, convWeightGradient, type NodeEmitter } from './ort_conv_ops';
 import { attentionDistance } from './ort_attention_ops';
+import { avgPool, flatten, globalAvgPool, maxPool, type RuleHost } from './ort_pool_ops';
 import { unlearningLoss } from './ort_unlearning_ops';
 import { batchNormInputGradient, channelSum, inverseStd, meanGradient, moments, varianceGradient } from './ort_batchnorm_ops';
 import { AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d } from './layers';
@@ -141,12 +142,20 @@ export class GradBuilder {
 
   /** The node emission the convolution rules of ort_conv_ops.ts build with. */
   private readonly emit: NodeEmitter = {
-    op: (opType, inputs, attrs, shape) => this.op(opType, inputs, attrs, shape),
+    op: (opType, inputs, attrs, shape, outputs) => this.op(opType, inputs, attrs, shape, outputs),
     nchwcOp: (opType, inputs, attrs, shape) => this.domainOp(NCHWC_DOMAIN, opType, inputs, attrs, shape),
     msOp: (opType, inputs, attrs, shape) => this.domainOp(MS_DOMAIN, opType, inputs, attrs, shape),
     i64: (values) => this.i64(values),
     scalar: (v) => this.scalar(v),
     shape: (t) => this.b.shape(t),
+  };
+
+  /** What the pooling rules of ort_pool_ops.ts need: nodes, fresh names and the tape. */
+  private readonly rules: RuleHost = {
+    ...this.emit,
+    fresh: (base) => this.b.fresh(base),
+    back: (y, inputs, rule) => this.back(y, inputs, rule),
+    addGrad: (t, g) => this.addGrad(t, g),
   };
 
   /** The operator sets the graph's nodes come from. */
@@ -362,60 +371,6 @@ export class GradBuilder {
     return y;
   }
 
-  maxPool(m: MaxPool2d, x: string): string {
-    const [n, c, h, w] = this.b.shape(x);
-    const { kernelSize: k, stride: s, padding: p } = m;
-    const ho = Math.floor((h + 2 * p - k) / s) + 1;
-    const wo = Math.floor((w + 2 * p - k) / s) + 1;
-    const indices = this.b.fresh('maxpool_indices');
-    const y = this.b.node('MaxPool', [x], { kernel_shape: [k, k], pads: [p, p, p, p], strides: [s, s] }, `MaxPool_${++this.n}`, [n, c, ho, wo], [this.b.fresh('maxpool_output'), indices]);
-    this.back(y, [x], (dy) => {
-      // MaxPool's indices address the flattened input, batch and channel included.
-      const flatShape = [-1];
-      const zeros = this.op('ConstantOfShape', [this.op('Reshape', [this.op('Size', [x], {}, []), this.i64([1])], {}, [1])], {}, flatShape);
-      const flatIdx = this.op('Reshape', [indices, this.i64([-1])], {}, flatShape);
-      const flatDy = this.op('Reshape', [dy, this.i64([-1])], {}, flatShape);
-      // Overlapping windows can pick the same position twice: add, do not overwrite.
-      const scattered = this.op('ScatterElements', [zeros, flatIdx, flatDy], { axis: 0, reduction: 'add' }, flatShape);
-      this.addGrad(x, this.op('Reshape', [scattered, this.op('Shape', [x], {}, [4])], {}, [n, c, h, w]));
-    });
-    return y;
-  }
-
-  /** Average over k x k windows with stride k (AvgPool2d(k) and the even AdaptiveAvgPool2d). */
-  avgPool(x: string, k: number): string {
-    const [n, c, h, w] = this.b.shape(x);
-    if (h % k || w % k) throw new OrtGradUnsupported('average pools that do not tile the input');
-    const y = this.op('AveragePool', [x], { kernel_shape: [k, k], strides: [k, k] }, [n, c, h / k, w / k]);
-    this.back(y, [x], (dy) => {
-      // Each input position receives dy/k^2 of its window: repeat every output k times along both axes.
-      const spread = this.op('Reshape', [dy, this.i64([0, 0, h / k, 1, w / k, 1])], {}, [n, c, h / k, 1, w / k, 1]);
-      const tiled = this.op('Expand', [spread, this.i64([1, 1, h / k, k, w / k, k])], {}, [n, c, h / k, k, w / k, k]);
-      const dx = this.op('Reshape', [tiled, this.i64([0, 0, h, w])], {}, [n, c, h, w]);
-      this.addGrad(x, this.op('Mul', [dx, this.scalar(1 / (k * k))], {}, [n, c, h, w]));
-    });
-    return y;
-  }
-
-  globalAvgPool(x: string): string {
-    const [n, c, h, w] = this.b.shape(x);
-    const y = this.op('ReduceMean', [x], { axes: [2, 3], keepdims: 0 }, [n, c]);
-    this.back(y, [x], (dy) => {
-      const spread = this.op('Reshape', [dy, this.i64([0, 0, 1, 1])], {}, [n, c, 1, 1]);
-      const tiled = this.op('Expand', [spread, this.op('Shape', [x], {}, [4])], {}, [n, c, h, w]);
-      this.addGrad(x, this.op('Mul', [tiled, this.scalar(1 / (h * w))], {}, [n, c, h, w]));
-    });
-    return y;
-  }
-
-  flatten(x: string): string {
-    const shape = this.b.shape(x);
-    if (shape.length === 2) return x;
-    const y = this.op('Flatten', [x], { axis: 1 }, [shape[0], shape.slice(1).reduce((a, c) => a * c, 1)]);
-    this.back(y, [x], (dy) => this.addGrad(x, this.op('Reshape', [dy, this.op('Shape', [x], {}, [shape.length])], {}, shape)));
-    return y;
-  }
-
   /**
    * a times b over an inner dimension of `k` whose row count is the batch (so not known here): summed in
    * blocks of at most 128 in a fixed order. MLAS cuts a longer inner dimension into blocks whose size depends
@@ -443,7 +398,7 @@ export class GradBuilder {
     if (bias) y = this.op('Add', [y, bias], {}, [n, fout]);
     this.back(y, [x, wKey, ...(bias ? [bias] : [])], (dy) => {
       if (this.live.has(x)) this.addGrad(x, this.productOverInner(dy, 1, wKey, 1, fout, (a, b) => this.op('Gemm', [a, b], { transB: 1 }, [n, fin]), [n, fin]));
-      // Taken transposed where fout > fin, so that MLAS splits the rows (see weightGrad).
+      // Taken transposed where fout > fin, so that MLAS splits the rows (see convWeightGradient).
       this.addGrad(wKey, fout > fin ? this.op('Transpose', [this.op('Gemm', [dy, x], { transA: 1 }, [fout, fin])], { perm: [1, 0] }, [fin, fout]) : this.op('Gemm', [x, dy], { transA: 1 }, [fin, fout]));
       if (bias) this.addGrad(bias, this.op('ReduceSum', [dy, this.i64([0])], { keepdims: 0 }, [fout]));
     });
@@ -466,8 +421,8 @@ export class GradBuilder {
       } else {
         if (m.inserted) throw new OrtGradUnsupported(`a module inserted before the ONNX ${s.node.op} node`);
         if (m.kind === 'Add' && ins.length === 2) y = this.add(ins[0], ins[1]);
-        else if (m.kind === 'GlobalAveragePool' && ins.length === 1) y = this.keepSpatial(this.globalAvgPool(ins[0]));
-        else if (m.kind === 'Flatten' && ins.length === 1) y = this.flatten(ins[0]);
+        else if (m.kind === 'GlobalAveragePool' && ins.length === 1) y = this.keepSpatial(globalAvgPool(this.rules, ins[0]));
+        else if (m.kind === 'Flatten' && ins.length === 1) y = flatten(this.rules, ins[0]);
         else throw new OrtGradUnsupported(`the ONNX ${s.node.op} node ${s.node.name}`);
         if (this.tapPaths.has(m.path)) this.tapTensors.set(m.path, y);
       }
@@ -512,11 +467,11 @@ export class GradBuilder {
         if ((m as Dropout).p > 0) throw new OrtGradUnsupported('dropout');
         return x;
       case 'MaxPool2d':
-        return this.maxPool(m as MaxPool2d, x);
+        return maxPool(this.rules, m as MaxPool2d, x);
       case 'AvgPool2d': {
         const p = m as AvgPool2d;
         if (p.stride !== p.kernelSize) throw new OrtGradUnsupported('overlapping average pools');
-        return this.avgPool(x, p.kernelSize);
+        return avgPool(this.rules, x, p.kernelSize);
       }
       case 'AdaptiveAvgPool2d': {
         // The identity, or an even pool (torchvision's VGG at its own input size); PyTorch's uneven bins are not here.
@@ -524,12 +479,12 @@ export class GradBuilder {
         const o = (m as AdaptiveAvgPool2d).outputSize;
         if (h === o && w === o) return x;
         if (h % o || w % o || h / o !== w / o) throw new OrtGradUnsupported('uneven adaptive average pools');
-        return this.avgPool(x, h / o);
+        return avgPool(this.rules, x, h / o);
       }
       case 'GlobalAvgPool':
-        return this.globalAvgPool(x);
+        return globalAvgPool(this.rules, x);
       case 'Flatten':
-        return this.flatten(x);
+        return flatten(this.rules, x);
       case 'Sequential':
       case 'PreActResNet18':
       case 'ResNet':
