@@ -17,7 +17,8 @@
  *     statistics it is the affine map x k + c and its gradients.
  *   - ReLU: the output gradient where the output is positive.
  *   - MaxPool2d: the output gradient scattered (added) to the arg-max positions MaxPool reports.
- *   - Average pools: the output gradient spread evenly over each window.
+ *   - Average pools: the output gradient spread evenly over each window (the pooling rules and Flatten's are in
+ *     ort_pool_ops.ts).
  *   - Linear: the usual three products; Flatten: a reshape back.
  *   - Residual additions: a tensor used twice receives the sum of both gradients.
  *
@@ -140,7 +141,7 @@ export class GradBuilder {
     return out;
   }
 
-  /** The node emission the convolution rules of ort_conv_ops.ts build with. */
+  /** The node emission the rules of ort_conv_ops.ts and ort_batchnorm_ops.ts build with. */
   private readonly emit: NodeEmitter = {
     op: (opType, inputs, attrs, shape, outputs) => this.op(opType, inputs, attrs, shape, outputs),
     nchwcOp: (opType, inputs, attrs, shape) => this.domainOp(NCHWC_DOMAIN, opType, inputs, attrs, shape),
