@@ -319,7 +319,7 @@ describe('ONNX Runtime forward and vector-Jacobian-product graphs', function () 
     try {
       assert.ok(graph, 'ONNX Runtime loads and covers the models');
       for (const kind of ['shared', 'both keep', 'f left', 'f0 left']) assert.ok(kinds.includes(kind), `a row of each kind: ${kinds}`);
-      const ours = await graph.step(x.dataSync() as Float32Array, m, labels, cleanF, clean0, n);
+      const ours = await graph.step(x.dataSync() as Float32Array, m, labels, cleanF, clean0, n, await graph.readWeights());
       assert.deepEqual(Array.from(ours.notShared), Array.from(expectedNotShared));
       const y = tf.tensor1d(labels, 'int32');
       const masks = { notF: tf.tensor1d(Float32Array.from(predF, (v, i) => (v !== cleanF[i] ? 0 : 1))), not0: tf.tensor1d(Float32Array.from(pred0, (v, i) => (v !== clean0[i] ? 0 : 1))), notShared: tf.tensor1d(expectedNotShared) };

@@ -222,6 +222,7 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
   // run on the other rows alone (per row the same numbers, BatchNorm being frozen; the objective keeps the
   // whole batch's normalizer). BackdoorBench stops once every row is shared.
   let active = Int32Array.from({ length: n }, (_, j) => j);
+  const weights = await g.attack.readWeights();
   for (let i = 0; i < p.steps && active.length > 0; i++) {
     const m = active.length;
     const rows = active;
@@ -232,7 +233,7 @@ async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Arr
       rows.forEach((r, q) => xa.set(xAdv.subarray(r * size, (r + 1) * size), q * size));
     }
     // f's and f0's pixel gradients of the objective, summed, and the rows not yet shared, from one run.
-    const { dx, notShared } = await g.attack.step(xa, m, pick(labels), pick(cleanF), pick(cleanF0), n);
+    const { dx, notShared } = await g.attack.step(xa, m, pick(labels), pick(cleanF), pick(cleanF0), n, weights);
     const stepped = Float32Array.from(xAdv);
     rows.forEach((r, q) => {
       for (let j = 0; j < size; j++) stepped[r * size + j] = xAdv[r * size + j] - Math.sign(dx[q * size + j]) * p.stepSize;

@@ -116,11 +116,14 @@ export function convWeightGradient(g: NodeEmitter, x: string, dy: string, m: Con
   if (p) xt = g.op('Pad', [xt, g.i64([0, p, p, 0, 0, p, p, 0])], {}, [cin, hp, wp, n]);
   const dyT = g.op('Transpose', [dy], { perm: [1, 2, 3, 0] }, [cout, ho, wo, n]);
   const dyRows = g.op('Reshape', [dyT, g.i64([cout, -1])], {}, [cout, ho * wo * n]);
-  const positions: number[] = [];
-  for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) for (let y = 0; y < ho; y++) for (let c = 0; c < wo; c++) positions.push((a + s * y) * wp + b + s * c);
   // A 1x1 convolution at stride 1 reads every position once, in order: the input is its own matrix.
   const identity = k === 1 && s === 1 && ho === hp && wo === wp;
-  const cols = identity ? xt : g.op('Gather', [g.op('Reshape', [xt, g.i64([cin, hp * wp, n])], {}, [cin, hp * wp, n]), g.i64(positions)], { axis: 1 }, [cin, positions.length, n]);
+  let cols = xt;
+  if (!identity) {
+    const positions: number[] = [];
+    for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) for (let y = 0; y < ho; y++) for (let c = 0; c < wo; c++) positions.push((a + s * y) * wp + b + s * c);
+    cols = g.op('Gather', [g.op('Reshape', [xt, g.i64([cin, hp * wp, n])], {}, [cin, hp * wp, n]), g.i64(positions)], { axis: 1 }, [cin, positions.length, n]);
+  }
   const rows = g.op('Reshape', [cols, g.i64([cin * k * k, -1])], {}, [cin * k * k, ho * wo * n]);
   if (wide) {
     const product = g.op('Gemm', [dyRows, rows], { transB: 1 }, [cout, cin * k * k]);

@@ -187,11 +187,18 @@ export class SauAttackGraph {
     }
   }
 
+  /** f's weights as they are now, in the order `step` takes them: read once per batch, its PGD steps share them. */
+  async readWeights(): Promise<Float32Array[]> {
+    const params = new Map(this.f.root.namedParams());
+    return Promise.all(this.fed.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
+  }
+
   /**
    * The objective's gradient with respect to the m images `x` (NHWC, flat) of a batch of `n`, given their labels
-   * and each model's label for the clean images; and which rows are not yet shared.
+   * and each model's label for the clean images, with f's `weights` (readWeights); and which rows are not yet
+   * shared.
    */
-  async step(x: Float32Array, m: number, labels: Int32Array, cleanF: Int32Array, clean0: Int32Array, n: number): Promise<{ dx: Float32Array; notShared: Float32Array }> {
+  async step(x: Float32Array, m: number, labels: Int32Array, cleanF: Int32Array, clean0: Int32Array, n: number, weights: Float32Array[]): Promise<{ dx: Float32Array; notShared: Float32Array }> {
     if (this.closed) throw new Error('ONNX Runtime graph is closed');
     const [h, w, c] = this.f.inputShape;
     const k = this.f.numClasses;
@@ -204,9 +211,8 @@ export class SauAttackGraph {
       clean_0: new this.ort.Tensor('int64', BigInt64Array.from(clean0, (v) => BigInt(v)), [m]),
       inv_batch: new this.ort.Tensor('float32', Float32Array.of(1 / n), [1]),
     };
-    const params = new Map(this.f.root.namedParams());
-    const values = await Promise.all(this.fed.map(({ key }) => params.get(key)!.variable.data() as Promise<Float32Array>));
-    this.fed.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', values[i], shape)));
+    if (weights.length !== this.fed.length) throw new Error(`f's weights: ${this.fed.length} tensors expected`);
+    this.fed.forEach(({ key, shape }, i) => (feeds[key] = new this.ort.Tensor('float32', weights[i], shape)));
     try {
       const out = await this.session.run(feeds);
       return { dx: out['grad/x'].data as Float32Array, notShared: out['not_shared'].data as Float32Array };
