@@ -12,7 +12,7 @@ import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
 import { OrtModelGraph, type GraphFeeds, type GraphRun } from '../../src/engine/nn/ort_graph';
 import type { GradGraphOptions } from '../../src/engine/nn/ort_grad_contract';
-import { grantOrtTrainThreads, OrtTrainer, ortTrainWanted } from '../../src/engine/nn/ort_train';
+import { expectOrtTrainThreads, grantOrtTrainThreads, OrtTrainer, ortTrainWanted } from '../../src/engine/nn/ort_train';
 import type { ArchSpec, Model } from '../../src/engine/nn/model';
 import { Rng } from '../../src/engine/util/rng';
 import { GIC_DEFAULTS, GicNet } from '../../src/engine/gic/gic';
@@ -158,6 +158,43 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
       grantOrtTrainThreads(0);
       await fixed.close();
       await growing.close();
+      model.dispose();
+    }
+  });
+  // A lone cell expects the grant (cell_worker.ts): its trainers make the bigger session ahead, keep to their
+  // own threads until the grant, and take the bigger session at the first step after it; a trainer made after
+  // the grant starts on the granted threads.
+  it('a trainer that expects a grant makes its session ahead and moves at the first step after the grant', async () => {
+    const model = buildModel(archs[0][1]);
+    const n = 16;
+    const rng = new Rng(6);
+    const x = Float32Array.from({ length: n * 28 * 28 }, () => rng.uniform(0, 1));
+    const labels = Int32Array.from({ length: n }, (_, i) => i % 10);
+    const fixed = (await OrtTrainer.create(model, { threads: 1 }))!;
+    expectOrtTrainThreads(2);
+    const expecting = (await OrtTrainer.create(model, { threads: 1 }))!;
+    let late: OrtTrainer | undefined;
+    try {
+      assert.equal(await fixed.aheadThreads(), 0, 'made before the expectation: nothing ahead');
+      assert.equal(await expecting.aheadThreads(), 2, 'the two-thread session made ahead');
+      const same = async (t: OrtTrainer, what: string) => {
+        const [a, b] = [await fixed.gradients(x, [28, 28, 1], labels), await t.gradients(x, [28, 28, 1], labels)];
+        assert.deepEqual(differing(new Map(a.grads), new Map(b.grads)), [], what);
+      };
+      await same(expecting, 'before the grant');
+      assert.equal(expecting.threads, 1, 'no grant yet: still one thread, its session ready or not');
+      grantOrtTrainThreads(2);
+      await same(expecting, 'the first step after the grant');
+      assert.equal(expecting.threads, 2, 'the first step after the grant ran on the session made ahead');
+      late = (await OrtTrainer.create(model, { threads: 1 }))!;
+      assert.equal(late.threads, 2, 'made after the grant: on the granted threads from the start');
+      await same(late, 'a trainer made after the grant');
+    } finally {
+      grantOrtTrainThreads(0);
+      expectOrtTrainThreads(0);
+      await fixed.close();
+      await expecting.close();
+      await late?.close();
       model.dispose();
     }
   });

@@ -12,7 +12,7 @@ import type { TriggeredSet } from '../metrics/evaluate';
 import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
-import { grantOrtTrainThreads } from '../nn/ort_train';
+import { expectOrtTrainThreads, grantOrtTrainThreads } from '../nn/ort_train';
 
 /** The two directions of the channel to the pool (the process's IPC channel). */
 export interface CellChannel {
@@ -46,6 +46,9 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
     }));
   const ready = data.then(async (d) => {
     await initBackend('cpu', d.backend);
+    // A lone cell evaluates on more threads than it trains on: the job process grants them to training too once
+    // its own evaluation ends.
+    if (d.evalThreads > d.ortThreads && d.ortThreads > 0) expectOrtTrainThreads(d.evalThreads);
     const victim = buildModel(d.victim.spec, d.victim.normalize);
     victim.loadStateDict(d.victim.state, 'cell process');
     const sets: CellTestSets = d.test && d.triggered ? { test: d.test, triggered: d.triggered } : { fetchTestSets };

@@ -44,6 +44,18 @@ export function grantOrtTrainThreads(threads: number): void {
   grantedThreads = threads;
 }
 
+/**
+ * The grant this process expects (a lone cell's: its evaluation threads). A trainer made before the grant makes
+ * its session for that many threads beside its first steps, so that the step after the grant runs on them: made
+ * at the grant instead, the session took one more step on the old thread count (a step of the zoo's width-16
+ * PreAct-ResNet18 is about 365 ms on one thread, 210 on two; making the session, 80 ms, slowed it further).
+ */
+let expectedThreads = 0;
+
+export function expectOrtTrainThreads(threads: number): void {
+  expectedThreads = threads;
+}
+
 export class OrtTrainer implements BatchStepper {
   private closed = false;
   /** A session with more threads being made, after grantOrtTrainThreads; it replaces `session` once ready. */
@@ -64,24 +76,31 @@ export class OrtTrainer implements BatchStepper {
     return this.sessionThreads;
   }
 
+  /** The threads of the session being made ahead (expectOrtTrainThreads, a grant), once it is made; 0: none. */
+  async aheadThreads(): Promise<number> {
+    return (await this.growing)?.threads ?? 0;
+  }
+
   /**
    * Where more threads were granted than the session has, make a session with them in the background (the step
    * in progress keeps the old one) and run on it from the first step after it is ready.
    */
   private async useGrantedThreads(): Promise<void> {
-    if (this.grown) {
+    if (this.grown && grantedThreads >= this.grown.threads) {
       const old = this.session;
       ({ session: this.session, threads: this.sessionThreads } = this.grown);
       this.grown = undefined;
       await old.release();
     }
-    if (grantedThreads > this.sessionThreads && !this.growing) {
-      const threads = grantedThreads;
-      this.growing = this.ort.InferenceSession.create(this.graph.bytes, ortSessionOptions(threads)).then(
-        (session) => (this.grown = { session, threads }),
-        () => undefined, // refused: the trainer keeps its session
-      );
-    }
+    if (grantedThreads > this.sessionThreads && !this.growing) this.grow(grantedThreads);
+  }
+
+  /** Make a session with `threads` threads in the background; useGrantedThreads switches to it once granted. */
+  private grow(threads: number): void {
+    this.growing = this.ort.InferenceSession.create(this.graph.bytes, ortSessionOptions(threads)).then(
+      (session) => (this.grown = { session, threads }),
+      () => undefined, // refused: the trainer keeps its session
+    );
   }
 
   /**
@@ -100,7 +119,8 @@ export class OrtTrainer implements BatchStepper {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
     }
-    const threads = Math.max(1, o.threads ?? cpuCores());
+    // Made after the grant: on the granted threads from the first step.
+    const threads = Math.max(1, o.threads ?? cpuCores(), grantedThreads);
     let session: OrtSession;
     try {
       session = await ort.InferenceSession.create(graph.bytes, ortSessionOptions(threads));
@@ -108,7 +128,9 @@ export class OrtTrainer implements BatchStepper {
       // A graph this ONNX Runtime refuses (an older build without an operator) trains on the backend.
       return undefined;
     }
-    return new OrtTrainer(model, ort, session, graph, bnTrain, threads);
+    const trainer = new OrtTrainer(model, ort, session, graph, bnTrain, threads);
+    if (expectedThreads > threads) trainer.grow(expectedThreads);
+    return trainer;
   }
 
   /** The step's gradients in the variables' layout, its mean loss and the BatchNorm batch statistics. */
