@@ -54,10 +54,11 @@ written here from that reading, not copied):
           BN in train mode: noises from U(-eps, eps), eps 0.4, one step of eps * sign(grad CE) (not projected
           back to [-eps, eps]); then one SGD step (lr 0.01, momentum 0.9) of the masks on
           alpha * CE(masked) + (1 - alpha) * CE(masked, perturbed), alpha 0.2, masks clipped to [0, 1]; 2000
-          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile). Then gamma = 0 on the
-          victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9: BackdoorBench keeps the lowest test
-          ASR within 10% relative test ACC; here, as the engine's anp.ts, the largest t whose accuracy on a seeded
-          stratified 20% aux validation split is >= 0.95 x the unpruned one (none: nothing pruned).
+          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile; --anp-eps: another eps).
+          Then gamma = 0 on the victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9:
+          BackdoorBench keeps the lowest test ASR within 10% relative test ACC; here, as the engine's anp.ts, the
+          largest t whose accuracy on a seeded stratified 20% aux validation split is >= 0.95 x the unpruned one
+          (none: nothing pruned).
   ftsam   (defense/ft-sam.py, utils/defense_utils/sam/) adaptive SAM: per step the gradient g at w, e = rho *
           w^2 g / (|| |w| g || + 1e-12) over all parameters, the gradient at w + e, w restored, one SGD step (lr
           0.01, momentum 0.9, wd 5e-4); label smoothing 0.1 (smooth_crossentropy: s / (K - 1) off the label), rho
@@ -1026,6 +1027,9 @@ def effective(defense, a):
             r.update({'iterations': 500, 'batchSize': 64, 'lr': 0.2, 'profile': 'fast'})
         else:
             r['profile'] = 'paper'
+        if a.anp_eps is not None:
+            r['eps'] = a.anp_eps
+            r['profile'] += f'-eps{a.anp_eps:g}'
         if a.iterations is not None:
             r['iterations'] = a.iterations
         if a.batch_size is not None:
@@ -1188,6 +1192,7 @@ def main():
     ap.add_argument('--anp-fast', action='store_true',
                     help="ANP: the engine's fast profile (500 iterations, batch 64, mask lr 0.2)")
     ap.add_argument('--iterations', type=int, help='ANP: override the mask iterations')
+    ap.add_argument('--anp-eps', type=float, help='ANP: override the neuron noise bound eps (0.4 in both recipes)')
     ap.add_argument('--anp-clip-noise', action='store_true',
                     help="ANP: project the neuron noise to [-eps, eps] after its step, as the engine's anp.ts does "
                          '(BackdoorBench does not)')
