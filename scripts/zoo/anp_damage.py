@@ -3,7 +3,8 @@
 perturbation of reference_defenses.run_anp (noise U(-eps, eps) on every BatchNorm channel's gamma and beta,
 then one signed ascent step of eps on the cross-entropy), with the masks at 1 and BatchNorm on batch statistics
 as ANP trains, on 8 batches of 64 auxiliary images; prints the perturbed accuracy and loss per eps beside the
-unperturbed accuracy on the whole auxiliary set. The data for choosing eps per model (README: ANP beside PyTorch on the zoo).
+unperturbed accuracy on the whole auxiliary set. The data for choosing eps per model (README: ANP beside
+PyTorch on the zoo).
 
     /usr/bin/python3 scripts/zoo/anp_damage.py preact-badnets preact8-badnets cnn-badnets
 """
