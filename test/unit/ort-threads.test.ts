@@ -129,14 +129,19 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
     }
     assert.equal(tf.memory().numTensors, tensors, 'tensors leaked');
   });
+  /** The first architecture's model and a seeded batch of 16 images for the trainers' thread tests. */
+  function threadTestBatch(seed: number) {
+    const model = buildModel(archs[0][1]);
+    const n = 16;
+    const rng = new Rng(seed);
+    const x = Float32Array.from({ length: n * 28 * 28 }, () => rng.uniform(0, 1));
+    const labels = Int32Array.from({ length: n }, (_, i) => i % 10);
+    return { model, x, labels };
+  }
   // A lone cell process starts training on one thread and is granted the job process's cores once that has
   // evaluated the victim (cell_pool.ts grantThreads): the trainer moves to a session with more threads mid-run.
   it('a trainer granted more threads mid-run moves to them, with the same gradients step for step', async () => {
-    const model = buildModel(archs[0][1]);
-    const n = 16;
-    const rng = new Rng(5);
-    const x = Float32Array.from({ length: n * 28 * 28 }, () => rng.uniform(0, 1));
-    const labels = Int32Array.from({ length: n }, (_, i) => i % 10);
+    const { model, x, labels } = threadTestBatch(5);
     const fixed = (await OrtTrainer.create(model, { threads: 1 }))!;
     const growing = (await OrtTrainer.create(model, { threads: 1 }))!;
     try {
@@ -165,11 +170,7 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
   // own threads until the grant, and take the bigger session at the first step after it; a trainer made after
   // the grant starts on the granted threads.
   it('a trainer that expects a grant makes its session ahead and moves at the first step after the grant', async () => {
-    const model = buildModel(archs[0][1]);
-    const n = 16;
-    const rng = new Rng(6);
-    const x = Float32Array.from({ length: n * 28 * 28 }, () => rng.uniform(0, 1));
-    const labels = Int32Array.from({ length: n }, (_, i) => i % 10);
+    const { model, x, labels } = threadTestBatch(6);
     const fixed = (await OrtTrainer.create(model, { threads: 1 }))!;
     expectOrtTrainThreads(2);
     const expecting = (await OrtTrainer.create(model, { threads: 1 }))!;
