@@ -58,7 +58,10 @@ export function expectOrtTrainThreads(threads: number): void {
 
 export class OrtTrainer implements BatchStepper {
   private closed = false;
-  /** A session with more threads being made, after grantOrtTrainThreads; it replaces `session` once ready. */
+  /**
+   * A session with more threads being made (ahead, after expectOrtTrainThreads, or after grantOrtTrainThreads);
+   * it replaces `session` at the first step that finds it ready and granted.
+   */
   private growing?: Promise<{ session: OrtSession; threads: number } | undefined>;
   private grown?: { session: OrtSession; threads: number };
 
@@ -83,7 +86,8 @@ export class OrtTrainer implements BatchStepper {
 
   /**
    * Where more threads were granted than the session has, make a session with them in the background (the step
-   * in progress keeps the old one) and run on it from the first step after it is ready.
+   * in progress keeps the old one) unless one is being made already, and run on it from the first step after it
+   * is ready.
    */
   private async useGrantedThreads(): Promise<void> {
     if (this.grown && grantedThreads >= this.grown.threads) {
