@@ -671,12 +671,68 @@ def evaluate_head(model, v, n):
             'asr': float((pred_bd == Z.TARGET).mean()), 'ra': float((pred_bd == v.bd_y[:n]).mean())}
 
 
+def anp_perturbed_accuracy(work, nm, xt, yt, eps, batch_size, batches, seed):
+    """The network's accuracy under ANP's perturbation at noise bound eps with the masks at 1 (the first half of
+    an iteration, no mask step): per batch of the aux train split, noise U(-eps, eps), one signed ascent step of
+    eps on the cross-entropy, the perturbed network's predictions with batch statistics. The generator is seeded
+    anew for every call, so every eps sees the same batches and noise draws (the engine's perturbedAccuracy)."""
+    gen = torch.Generator().manual_seed(seed)
+    right = seen = 0
+    for _ in range(batches):
+        idx = torch.randperm(len(xt), generator=gen)[:batch_size]
+        xb, yb = xt[idx], yt[idx]
+        nm.reset_noise(eps, gen)
+        nm.perturbed = True
+        grads = torch.autograd.grad(-F.cross_entropy(work(xb), yb), nm.noises())
+        with torch.no_grad():
+            for t, g in zip(nm.noises(), grads):
+                t.sub_(eps * g.sign())
+            right += int((work(xb).argmax(1) == yb).sum())
+        seen += len(yb)
+    nm.perturbed = False
+    return right / seen
+
+
+def calibrate_anp_eps(work, nm, xt, yt, max_eps, keep, batch_size, gen, batches=8, steps=5):
+    """The engine's calibrateEps: the largest eps up to max_eps (bisection, `steps` halvings of [0, max_eps])
+    under which the perturbation keeps at least `keep` of the aux accuracy (eps 0's, same batches)."""
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
+    at = lambda eps: anp_perturbed_accuracy(work, nm, xt, yt, eps, batch_size, batches, seed)  # noqa: E731
+    clean = at(0.0)
+    probes = []
+
+    def keeps(eps):
+        acc = at(eps)
+        probes.append({'eps': round(eps, 4), 'auxAcc': round(acc, 4)})
+        return acc >= keep * clean
+
+    if keeps(max_eps):
+        return max_eps, clean, probes
+    lo, hi = 0.0, max_eps
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if keeps(mid):
+            lo = mid
+        else:
+            hi = mid
+    return round(lo or hi, 3), clean, probes
+
+
 def run_anp(model, v, r, a, gen, log):
     tr, va = stratified_split(v.aux_y, r['valFraction'], a.seed)
     x_all, y_all = Z.to_tensor(v.aux_x), torch.from_numpy(v.aux_y)
     xt, yt, xv, yv = x_all[tr], y_all[tr], x_all[va], y_all[va]
     work = copy.deepcopy(model)
     nm = NeuronMasks(work)
+    work.train()
+    calibration = None
+    if r.get('epsKeep', 0) > 0:
+        eps, clean, probes = calibrate_anp_eps(work, nm, xt, yt, r['eps'], r['epsKeep'], r['batchSize'], gen)
+        # BatchNorm's running statistics as they were: the probes ran in train mode.
+        work.load_state_dict(model.state_dict())
+        r = {**r, 'eps': eps}
+        calibration = {'eps': eps, 'epsProbes': probes, 'epsProbeCleanAcc': round(clean, 4)}
+        log(f'    eps calibrated to {eps} (aux acc {clean:.3f}; probes {probes})')
     mask_opt = torch.optim.SGD(nm.masks, lr=r['lr'], momentum=r['momentum'])
     noise_lr = r['eps'] / r['anpSteps']
     work.train()
@@ -771,7 +827,8 @@ def run_anp(model, v, r, a, gen, log):
     return model, {
         'threshold': chosen and chosen['threshold'], 'prunedChannels': chosen['pruned'] if chosen else 0,
         'auxValAcc': chosen['valAcc'] if chosen else round(base_val, 4), 'auxValAccBefore': round(base_val, 4),
-        'selectedOn': 'aux validation split', 'trainImages': len(tr), 'valImages': len(va),
+        'selectedOn': 'aux validation split', 'trainImages': len(tr), 'valImages': len(va), 'eps': r['eps'],
+        **(calibration or {}),
         'maskStats': stats, 'thresholdCurve': curve, 'countCurve': count_curve,
         'backdoorBenchTestChoice': bb, 'lossTrace': trace,
         'masks': {n: [round(float(x), 3) for x in mk] for n, mk in zip(names, masks)},
@@ -1027,6 +1084,9 @@ def effective(defense, a):
             r.update({'iterations': 500, 'batchSize': 64, 'lr': 0.2, 'profile': 'fast'})
         else:
             r['profile'] = 'paper'
+        if a.anp_eps_keep is not None:  # eps calibrated as the engine's epsKeep does, r['eps'] its upper bound
+            r['epsKeep'] = a.anp_eps_keep
+            r['profile'] += f'-keep{a.anp_eps_keep:g}'
         if a.anp_eps is not None:
             r['eps'] = a.anp_eps
             r['profile'] += f'-eps{a.anp_eps:g}'
@@ -1192,7 +1252,10 @@ def main():
     ap.add_argument('--anp-fast', action='store_true',
                     help="ANP: the engine's fast profile (500 iterations, batch 64, mask lr 0.2)")
     ap.add_argument('--iterations', type=int, help='ANP: override the mask iterations')
-    ap.add_argument('--anp-eps', type=float, help='ANP: override the neuron noise bound eps (0.4 in both recipes)')
+    ap.add_argument('--anp-eps', type=float, help='ANP: another neuron noise bound eps (0.4 in both recipes; with '
+                    '--anp-eps-keep the bound of the calibration)')
+    ap.add_argument('--anp-eps-keep', type=float, help='ANP: calibrate eps so that the perturbation keeps this fraction '
+                    'of the aux accuracy (the engine\'s epsKeep; off in both recipes)')
     ap.add_argument('--anp-clip-noise', action='store_true',
                     help="ANP: project the neuron noise to [-eps, eps] after its step, as the engine's anp.ts does "
                          '(BackdoorBench does not)')

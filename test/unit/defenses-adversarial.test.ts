@@ -25,6 +25,9 @@ import type { DefenseParams } from '../../src/engine/defenses/defense';
 import { buildFixture, cancelAtFirstReport, runDefense, type Fixture } from './defenses-fixture';
 import { projectLinf, projectLinfArray } from '../../src/engine/defenses/adversarial';
 import { npdPerturbationStep, npdTargets, perturbedImage } from '../../src/engine/defenses/npd';
+import { calibrateEps } from '../../src/engine/defenses/anp';
+import { createBnMasks } from '../../src/engine/defenses/bn_masks';
+import { OrtModelGraph } from '../../src/engine/nn/ort_graph';
 
 // [defense, overrides of the fast profile, highest ASR as a fraction of the victim's, lowest ACC]
 const CASES: Array<[string, DefenseParams, number, number]> = [
@@ -63,6 +66,42 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     assert.ok(after.acc >= 0.85, `anp: ACC ${after.acc.toFixed(3)}`);
     assert.deepEqual([training.onnxruntimeSteps, training.backendSteps], [150, 0]);
     out.model.dispose();
+    assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+
+  // ANP's eps calibration (calibrateEps, the epsKeep parameter): the largest eps under which the perturbation
+  // keeps the fraction asked of the aux accuracy. Its probes see the same batches and noise draws, so ONNX Runtime
+  // and the backend give the same curve. Measured here (aux accuracy 0.957 unperturbed): 0.223 at eps 0.4, 0.725
+  // at 0.2, 0.471 at 0.3, 0.604 at 0.25, 0.518 at 0.275, 0.488 at 0.2875 (one image apart at 0.25 on the
+  // backend), so eps 0.288.
+  it('anp calibrates eps (epsKeep) to keep half of the aux accuracy, the same through ONNX Runtime as on the backend', async function () {
+    if (!ortTrainWanted()) this.skip();
+    const n0 = tf.memory().numTensors;
+    const keep = 0.5;
+    const pick = async (onOrt: boolean) => {
+      const work = f.victim.clone();
+      const set = createBnMasks(work, 'anp', true);
+      const graph = onOrt ? await OrtModelGraph.create(f.victim, { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true, constantWeights: true }, 1) : undefined;
+      try {
+        return await calibrateEps(work, set, graph, f.aux, 0.4, keep, 64, 8, 5, new Rng(3));
+      } finally {
+        await graph?.close();
+        set.dispose();
+        work.dispose();
+      }
+    };
+    const [ort, backend] = [await pick(true), await pick(false)];
+    assert.equal(ort.eps, backend.eps, `eps ${ort.eps} (ONNX Runtime) vs ${backend.eps} (backend)`);
+    for (const [i, [e, a]] of ort.probes.entries()) assert.ok(Math.abs(a - backend.probes[i][1]) <= 1 / 256 + 1e-9, `eps ${e}: ${a} vs ${backend.probes[i][1]}`);
+    // 0.4 takes more than half (it is probed first), the chosen eps keeps half, the smallest probe above it does not.
+    const { eps, cleanAcc, probes } = ort;
+    assert.ok(probes[0][0] === 0.4 && probes[0][1] < keep * cleanAcc, `eps 0.4: ${probes[0][1]} of ${cleanAcc}`);
+    const atChosen = probes.find(([e]) => Math.abs(e - eps) < 1e-3);
+    assert.ok(atChosen && atChosen[1] >= keep * cleanAcc, `chosen eps ${eps}: ${atChosen?.[1]} of ${cleanAcc}`);
+    const above = probes.filter(([e]) => e > eps + 1e-3).sort((a, b) => a[0] - b[0])[0];
+    assert.ok(above && above[1] < keep * cleanAcc && above[0] - eps <= 0.4 / 32 + 1e-9, `next probe above ${eps}: ${above}`);
+    // Between the curve's 0.2 (0.725 of 0.957 kept) and 0.3 (0.471).
+    assert.ok(eps > 0.2 && eps < 0.3, `eps ${eps}`);
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
   });
 
