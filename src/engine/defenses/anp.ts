@@ -254,9 +254,10 @@ export const anp: Defense = {
  * step from the gradients with respect to the BatchNorm scales under noise (gamma scale m + noise, beta scale
  * 1 + noiseBias; d/dnoise is d/dscale), then the masks' SGD step on alpha * d/dm of the clean loss (scales m
  * and 1) plus (1 - alpha) * d/dm of the perturbed one, and the clip to [0, 1]. Masks, noise and the optimizer
- * stay the backend's variables; only the network's forward and backward passes run in ONNX Runtime.
+ * stay the backend's variables; only the network's forward and backward passes run in ONNX Runtime. Exported
+ * for its parity test against PyTorch (test/unit/anp-step-parity.test.ts).
  */
-async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD, x: Float32Array, labels: Int32Array, p: Record<string, number>, rng: DefenseContext['rng']): Promise<void> {
+export async function iterationOnOrt(graph: OrtModelGraph, set: BnMaskSet, maskOpt: SGD, x: Float32Array, labels: Int32Array, p: Record<string, number>, rng: DefenseContext['rng']): Promise<void> {
   const n = labels.length;
   const scalesOf = async (perturbed: boolean) => {
     const masks = await readAllFloats(set.masks);
