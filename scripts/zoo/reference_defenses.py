@@ -54,7 +54,9 @@ written here from that reading, not copied):
           BN in train mode: noises from U(-eps, eps), eps 0.4, one step of eps * sign(grad CE) (not projected
           back to [-eps, eps]); then one SGD step (lr 0.01, momentum 0.9) of the masks on
           alpha * CE(masked) + (1 - alpha) * CE(masked, perturbed), alpha 0.2, masks clipped to [0, 1]; 2000
-          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile; --anp-eps: another eps).
+          iterations (--anp-fast: 500, batch 64, lr 0.2, the engine's fast profile; --anp-eps: another eps;
+          --anp-eps-keep F: eps calibrated as the engine's epsKeep, the largest up to eps whose perturbation keeps
+          F of the aux accuracy; --anp-sampling epochs: batches by epochs of a permutation, as the engine draws).
           Then gamma = 0 on the victim for the channels whose mask is <= t, t in 0, 0.05, ..., 0.9:
           BackdoorBench keeps the lowest test ASR within 10% relative test ACC; here, as the engine's anp.ts, the
           largest t whose accuracy on a seeded stratified 20% aux validation split is >= 0.95 x the unpruned one
@@ -737,8 +739,15 @@ def run_anp(model, v, r, a, gen, log):
     noise_lr = r['eps'] / r['anpSteps']
     work.train()
     trace, tot, cnt = [], 0.0, 0
+    order, pos = None, len(xt)
     for it in range(r['iterations']):
-        idx = torch.randint(0, len(xt), (r['batchSize'],), generator=gen)  # RandomSampler(replacement=True)
+        if r['sampling'] == 'epochs':  # --anp-sampling epochs: the engine's way, a new permutation once one is used up
+            if pos + r['batchSize'] > len(xt):
+                order, pos = torch.randperm(len(xt), generator=gen), 0
+            idx = order[pos:pos + r['batchSize']]
+            pos += r['batchSize']
+        else:
+            idx = torch.randint(0, len(xt), (r['batchSize'],), generator=gen)  # RandomSampler(replacement=True)
         xb, yb = random_crop(xt[idx], gen), yt[idx]
         # 1. the adversarial neuron perturbation: random start in [-eps, eps], anpSteps signed steps of eps/steps
         #    ascending CE (BackdoorBench does not project the noise back to [-eps, eps]; --anp-clip-noise does).
@@ -1084,6 +1093,9 @@ def effective(defense, a):
             r.update({'iterations': 500, 'batchSize': 64, 'lr': 0.2, 'profile': 'fast'})
         else:
             r['profile'] = 'paper'
+        if a.anp_sampling is not None:
+            r['sampling'] = a.anp_sampling
+            r['profile'] += f'-{a.anp_sampling}'
         if a.anp_eps_keep is not None:  # eps calibrated as the engine's epsKeep does, r['eps'] its upper bound
             r['epsKeep'] = a.anp_eps_keep
             r['profile'] += f'-keep{a.anp_eps_keep:g}'
@@ -1254,6 +1266,8 @@ def main():
     ap.add_argument('--iterations', type=int, help='ANP: override the mask iterations')
     ap.add_argument('--anp-eps', type=float, help='ANP: another neuron noise bound eps (0.4 in both recipes; with '
                     '--anp-eps-keep the bound of the calibration)')
+    ap.add_argument('--anp-sampling', choices=['with replacement', 'epochs'],
+                    help='ANP: batches drawn with replacement (BackdoorBench) or by epochs of a permutation (the engine)')
     ap.add_argument('--anp-eps-keep', type=float, help='ANP: calibrate eps so that the perturbation keeps this fraction '
                     'of the aux accuracy (the engine\'s epsKeep; off in both recipes)')
     ap.add_argument('--anp-clip-noise', action='store_true',

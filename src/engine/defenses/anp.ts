@@ -165,8 +165,8 @@ export const anp: Defense = {
   },
   departures(profile: Profile) {
     return profile === 'fast'
-      ? 'mask lr 0.2 (BackdoorBench: 0.01; the ANP authors: 0.2), batch 64 (256), 500 iterations (2000); threshold chosen on a 20% aux validation split, not the test set'
-      : 'threshold chosen on a 20% aux validation split, not the test set';
+      ? 'mask lr 0.2 (BackdoorBench: 0.01; the ANP authors: 0.2), batch 64 (256), 500 iterations (2000); batches by epochs of a permutation (BackdoorBench: drawn with replacement); threshold chosen on a 20% aux validation split, not the test set'
+      : 'batches by epochs of a permutation (BackdoorBench: drawn with replacement); threshold chosen on a 20% aux validation split, not the test set';
   },
   async run(ctx: DefenseContext): Promise<DefenseOutcome> {
     const p = { ...(ctx.params as Record<string, number>) };
