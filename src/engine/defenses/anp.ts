@@ -10,7 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { SGD } from '../nn/optim';
-import { crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
+import { argmaxRows, crossEntropy, makeBatch, makeBatchArray } from '../nn/train';
 import { OrtModelGraph } from '../nn/ort_graph';
 import { readAllFloats } from '../nn/read';
 import { JobError } from '../errors';
@@ -46,8 +46,8 @@ export async function chooseThreshold(predictor: AuxPredictor, victim: Model, ma
  * half of an iteration without the mask step: per batch of `train`, noise drawn in [-eps, eps], one signed
  * ascent step of eps on the cross-entropy, then the perturbed network's predictions (BatchNorm on batch
  * statistics, as ANP trains). Through `graph` where given, else on the backend with `work` and `set` (whose
- * masks must still be 1). What fraction of its accuracy a network keeps under a given eps measures how hard
- * that eps shakes it.
+ * masks must still be 1); both draw from `rng` in the same order, so they see the same batches and noises.
+ * What fraction of its accuracy a network keeps under a given eps measures how hard that eps shakes it.
  */
 export async function perturbedAccuracy(work: Model, set: BnMaskSet, graph: OrtModelGraph | undefined, train: ImageSet, eps: number, batchSize: number, batches: number, rng: DefenseContext['rng']): Promise<number> {
   let right = 0;
@@ -120,18 +120,8 @@ export async function calibrateEps(work: Model, set: BnMaskSet, graph: OrtModelG
     if (await keeps(mid)) lo = mid;
     else hi = mid;
   }
-  // lo is 0 only where even the smallest eps probed halves the accuracy: take that one, not a noise of 0.
+  // lo is 0 only where even the smallest eps probed keeps less than that: take that one, not a noise of 0.
   return { eps: Math.round((lo || hi) * 1000) / 1000, cleanAcc, probes };
-}
-
-function argmaxRows(logits: Float32Array, k: number): Int32Array {
-  const out = new Int32Array(logits.length / k);
-  for (let i = 0; i < out.length; i++) {
-    let best = 0;
-    for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
-    out[i] = best;
-  }
-  return out;
 }
 
 /** The calibration's probes: batches of the mask batch size per probe, and halvings of [0, eps]. */
@@ -149,8 +139,8 @@ export const anp: Defense = {
       eps: 0.4,
       // Above 0, eps is an upper bound and the noise bound is calibrated to the network (calibrateEps) so that
       // the perturbation keeps this fraction of the aux accuracy; 0 keeps eps as it is. Not on by default in
-      // either profile: the fraction that purifies the zoo's PyTorch-trained victims (0.5) leaves the
-      // embedded-MNIST test victim's backdoor (README, ANP's noise bound).
+      // either profile: the fraction that purifies the zoo's width-16 PreAct-ResNet18 and plain CNN (0.5) leaves
+      // the backdoors of the width-8 ones and of the embedded-MNIST test victim (README, ANP's noise bound).
       epsKeep: 0,
       alpha: 0.2,
       // BackdoorBench's config: 0.01 for the masks; the ANP authors' code: 0.2. In a few hundred iterations
