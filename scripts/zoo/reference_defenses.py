@@ -1094,7 +1094,7 @@ def effective(defense, a):
         else:
             r['profile'] = 'paper'
         if a.anp_sampling is not None:
-            r['sampling'] = a.anp_sampling
+            r['sampling'] = 'epochs' if a.anp_sampling == 'epochs' else 'with replacement'
             r['profile'] += f'-{a.anp_sampling}'
         if a.anp_eps_keep is not None:  # eps calibrated as the engine's epsKeep does, r['eps'] its upper bound
             r['epsKeep'] = a.anp_eps_keep
@@ -1266,7 +1266,7 @@ def main():
     ap.add_argument('--iterations', type=int, help='ANP: override the mask iterations')
     ap.add_argument('--anp-eps', type=float, help='ANP: another neuron noise bound eps (0.4 in both recipes; with '
                     '--anp-eps-keep the bound of the calibration)')
-    ap.add_argument('--anp-sampling', choices=['with replacement', 'epochs'],
+    ap.add_argument('--anp-sampling', choices=['replacement', 'epochs'],
                     help='ANP: batches drawn with replacement (BackdoorBench) or by epochs of a permutation (the engine)')
     ap.add_argument('--anp-eps-keep', type=float, help='ANP: calibrate eps so that the perturbation keeps this fraction '
                     'of the aux accuracy (the engine\'s epsKeep; off in both recipes)')
