@@ -5,8 +5,9 @@
  * kernel times summed by operator type and averaged per run (PROFILE_OP=<type> lists that type's nodes one by one).
  * `form` picks the graph: `train` (the default: cross-entropy, BatchNorm batch statistics, every parameter
  * gradient), `frozen-forward` (BatchNorm running statistics, logits only: evaluation on aux splits, SAU's clean
- * passes) or `frozen-pixels` (BatchNorm running statistics, the pixel gradient of seeded logits: SAU's and NPD's
- * PGD, NC's reversal).
+ * passes), `frozen-pixels` (BatchNorm running statistics, the pixel gradient of seeded logits: SAU's and NPD's
+ * PGD, NC's reversal) or `anp` (BatchNorm batch statistics, the cross-entropy's gradients with respect to every
+ * BatchNorm's scales and nothing else: ANP's three runs an iteration, with the weights fed rather than baked in).
  * `plain` as the 7th argument times the runs without the profiler (which slows them) and prints only the wall
  * time, the figure to set beside PyTorch's (`scripts/zoo/torch_step.py`).
  *   npx tsx scripts/profile-ort-step.ts [small-cnn-32|preact-resnet18-32|preact8-28|preact16-28] [batch] [runs] [threads] [form] [plain]
@@ -39,6 +40,7 @@ async function main(): Promise<void> {
     train: { bnTrain: true },
     'frozen-forward': { bnTrain: false, loss: 'none' },
     'frozen-pixels': { bnTrain: false, loss: 'seed', inputGrad: true, paramGrads: false },
+    anp: { bnTrain: true, loss: 'ce', paramGrads: false, bnScales: true },
   };
   if (!forms[form]) throw new Error(`form: one of ${Object.keys(forms).join(', ')}`);
   const built = performance.now();
@@ -56,11 +58,12 @@ async function main(): Promise<void> {
   const target = Float32Array.from({ length: batch * 10 }, (_, i) => (i % 10 === Math.floor(i / 10) % 10 ? 1 : 0));
   const params = new Map(model.root.namedParams());
   const feeds: Record<string, import('onnxruntime-node').Tensor> = { x: new ort.Tensor('float32', x, [batch, ...shape]) };
-  if (form === 'train') {
+  if (form === 'train' || form === 'anp') {
     feeds.target = new ort.Tensor('float32', target, [batch, 10]);
     feeds.inv_batch = new ort.Tensor('float32', Float32Array.of(1 / batch), [1]);
   }
   if (form === 'frozen-pixels') feeds.dlogits = new ort.Tensor('float32', target, [batch, 10]);
+  for (const { path: p, channels } of graph.bnScales) for (const k of ['gscale', 'bscale']) feeds[`${k}/${p}`] = new ort.Tensor('float32', new Float32Array(channels).fill(1), [channels]);
   for (const p of graph.paramInputs) feeds[p.key] = new ort.Tensor('float32', (await params.get(p.key)!.variable.data()) as Float32Array, p.shape);
   // Three warm-up runs, timed: the first runs of a session page in its activations (heap_env.ts).
   const firstRuns: number[] = [];
