@@ -99,9 +99,10 @@ export async function perturbedAccuracy(work: Model, set: BnMaskSet, graph: OrtM
  * images, by bisection (`steps` halvings of [0, maxEps]). Every probe sees the same batches and the same noise
  * draws (a stream seeded alike for each), so two probes differ by eps alone. Why: eps is how hard ANP shakes
  * the network to tell the backdoor's neurons from the rest, BackdoorBench's 0.4 was set on CIFAR-10 networks,
- * and how hard a given eps shakes depends on the network: 0.4 leaves the zoo's PyTorch-trained victims 11-27% of
- * their aux accuracy and prunes channels the clean task needs while the backdoor stays, where the eps that keeps
- * half of it (0.20-0.23) purifies the width-16 PreAct-ResNet18 and the plain CNN (README, ANP's noise bound).
+ * and how hard a given eps shakes depends on the network: 0.4 leaves the zoo's PyTorch-trained victims an aux
+ * accuracy of 0.10-0.39 (of 0.77-0.87) and prunes channels the clean task needs while the backdoor stays, where
+ * the eps that keeps half of it (0.20-0.23) purifies the width-16 PreAct-ResNet18 and the plain CNN (README,
+ * ANP's noise bound).
  */
 export async function calibrateEps(work: Model, set: BnMaskSet, graph: OrtModelGraph | undefined, train: ImageSet, maxEps: number, keep: number, batchSize: number, batches: number, steps: number, rng: DefenseContext['rng']): Promise<{ eps: number; cleanAcc: number; probes: Array<[number, number]> }> {
   const seed = rng.fork('anp-eps').nextUint32();
