@@ -34,6 +34,26 @@ const CASES: Array<[string, DefenseParams, number, number]> = [
   ['anp', { iterations: 150 }, 0.5, 0.85],
 ];
 
+/** Counts the draws of `int(n)` (those a permutation makes apart) and `permutation(n)` by n. */
+class CountingRng extends Rng {
+  readonly ints = new Map<number, number>();
+  readonly permutations = new Map<number, number>();
+  private permuting = false;
+  override int(n: number): number {
+    if (!this.permuting) this.ints.set(n, (this.ints.get(n) ?? 0) + 1);
+    return super.int(n);
+  }
+  override permutation(n: number): Int32Array {
+    this.permutations.set(n, (this.permutations.get(n) ?? 0) + 1);
+    this.permuting = true;
+    try {
+      return super.permutation(n);
+    } finally {
+      this.permuting = false;
+    }
+  }
+}
+
 describe('pruning and adversarial defenses on a tiny BadNets victim', function () {
   this.timeout(300_000);
   let f: Fixture;
@@ -103,6 +123,22 @@ describe('pruning and adversarial defenses on a tiny BadNets victim', function (
     // Between the curve's 0.2 (0.725 of 0.957 kept) and 0.3 (0.471).
     assert.ok(eps > 0.2 && eps < 0.3, `eps ${eps}`);
     assert.equal(tf.memory().numTensors, n0, 'tensors left behind');
+  });
+
+  // BackdoorBench draws ANP's batches with replacement (`paper`); `fast` takes them by epochs of a permutation.
+  it("anp draws its batches with replacement where asked (paper's default) and by epochs otherwise", async () => {
+    assert.equal(getDefense('anp')!.defaults('paper').sampling, 'replacement');
+    assert.equal(getDefense('anp')!.defaults('fast').sampling, 'epochs');
+    const trainSize = f.aux.n - Math.round(f.aux.n * 0.2);
+    const draws = async (sampling: string) => {
+      const rng = new CountingRng(5);
+      const { out } = await runDefense(f, getDefense('anp')!, { iterations: 10, sampling }, { rng });
+      out.model.dispose();
+      return { ints: rng.ints.get(trainSize) ?? 0, permutations: rng.permutations.get(trainSize) ?? 0 };
+    };
+    // 10 batches of 64 from the split's images: 640 single draws, or a permutation per 3 batches.
+    assert.deepEqual(await draws('replacement'), { ints: 640, permutations: 0 });
+    assert.deepEqual(await draws('epochs'), { ints: 0, permutations: 4 });
   });
 
   it('anp reports the pruning threshold chosen on the aux validation split', async () => {
