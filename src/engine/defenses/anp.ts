@@ -56,8 +56,8 @@ export async function perturbedAccuracy(work: Model, set: BnMaskSet, graph: OrtM
     const idx = rng.permutation(train.n).subarray(0, Math.min(batchSize, train.n));
     const labels = Int32Array.from(idx, (i) => train.y[i]);
     let predicted: Int32Array;
+    resetNoise(set, eps, rng);
     if (graph) {
-      resetNoise(set, eps, rng);
       const [noise, noiseBias] = [await readAllFloats(set.noise), await readAllFloats(set.noiseBias)];
       const x = makeBatchArray(train, idx, undefined, rng);
       const scales = () => new Map(set.layers.map((bn, i) => [bn.path, { g: noise[i].map((v) => 1 + v), b: noiseBias[i].map((v) => 1 + v) }]));
@@ -69,7 +69,6 @@ export async function perturbedAccuracy(work: Model, set: BnMaskSet, graph: OrtM
       });
       predicted = argmaxRows((await graph.run(x, idx.length, { labels, scales: scales() })).logits!, work.numClasses);
     } else {
-      resetNoise(set, eps, rng);
       const perturbed = maskHook(set, true, false);
       const x = makeBatch(train, idx, undefined, rng);
       const y = tf.tensor1d(labels, 'int32');
