@@ -1064,8 +1064,7 @@ FAST = {
     # nad.ts: batch 64 and 20 epochs for teacher and student, as ft's fast profile (the teacher's cosine over its
     # epochs), the student's rate on a cosine over its epochs.
     'nad': {'epochs': 20, 'batchSize': 64, 'teacherEpochs': 20, 'teacherCosTMax': 20, 'studentSchedule': 'cosine'},
-    # sau.ts: batch 64, 30 epochs (100).
-    'sau': {'epochs': 30, 'batchSize': 64},
+    'sau': {'epochs': 20, 'batchSize': 64},
     # ibau.ts: batch 64, 2 unlearning passes a round (1), delta on 10% of a batch (1%), the L2 ball of 10.
     'ibau': {'batchSize': 64, 'portion': 0.1, 'pertMaxNorm': 10.0, 'epochsPerRound': 2},
     # ftsam.ts: batch 64, 20 epochs (as ft), rho 1 and the cosine per epoch over the run's epochs (its named
