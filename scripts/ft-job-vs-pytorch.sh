@@ -19,11 +19,11 @@ const { purificationJob } = require('./src/engine/bench_purify');
 const job = purificationJob('zoo/$victim', [{ name: 'ft', profile: 'paper', params: { epochs: 10, batchSize: 128 } }]);
 require('fs').writeFileSync('$work/ft.json', JSON.stringify(job));
 "
-seconds() { local s e; s=$(date +%s.%N); "$@" > "$work/last.log" 2>&1 || { cat "$work/last.log" >&2; return 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
+seconds() { local s e; s=$(date +%s.%N); "$@" > "$work/last.log" 2>&1 || { cat "$work/last.log" >&2; return 1; }; e=$(date +%s.%N); awk "BEGIN { print $e - $s }"; }
 for i in $(seq 1 "$rounds"); do
   ours=$(seconds node dist/cli.js run "$work/ft.json" --overwrite --out "$work/out")
   torch=$(seconds env MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=2000000000 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     /usr/bin/python3 scripts/zoo/reference_defenses.py --victim "$victim" --defense ft --epochs 10 --batch-size 128 \
     --cos-tmax 10 --threads 2 --seeds 0 --evaluate-victim --out "$work/ref.json")
-  printf 'round %d: ours %.2f s, PyTorch %.2f s, ratio %.3f\n' "$i" "$ours" "$torch" "$(echo "$torch / $ours" | bc -l)"
+  printf 'round %d: ours %.2f s, PyTorch %.2f s, ratio %.3f\n' "$i" "$ours" "$torch" "$(awk "BEGIN { print $torch / $ours }")"
 done
