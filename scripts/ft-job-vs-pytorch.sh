@@ -7,7 +7,7 @@
 #
 # Needs the victim trained (`/usr/bin/python3 scripts/zoo/train_victims.py --only VICTIM`) and Debian's
 # python3-torch. Ratio = PyTorch's seconds / ours (above 1: ours is faster). Single rounds move by 10-15% with
-# the machine's hour; compare medians.
+# the machine's hour; the last line gives the medians of both sides and their ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -26,4 +26,10 @@ for i in $(seq 1 "$rounds"); do
     /usr/bin/python3 scripts/zoo/reference_defenses.py --victim "$victim" --defense ft --epochs 10 --batch-size 128 \
     --cos-tmax 10 --threads 2 --seeds 0 --evaluate-victim --out "$work/ref.json")
   printf 'round %d: ours %.2f s, PyTorch %.2f s, ratio %.3f\n' "$i" "$ours" "$torch" "$(awk "BEGIN { print $torch / $ours }")"
+  echo "$ours" >> "$work/ours.txt"
+  echo "$torch" >> "$work/torch.txt"
 done
+median() { sort -g "$1" | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+mo=$(median "$work/ours.txt")
+mt=$(median "$work/torch.txt")
+printf 'medians over %d rounds: ours %.2f s, PyTorch %.2f s, ratio %.3f\n' "$rounds" "$mo" "$mt" "$(awk "BEGIN { print $mt / $mo }")"
