@@ -17,6 +17,7 @@ import { InputError } from '../../src/engine/errors';
 import { makeAttack } from '../../src/engine/attacks';
 import { npyValues, readTriggerImage, readWanetGrids } from '../../src/engine/attacks/trigger_files';
 import { parseNpy } from '../../src/engine/formats/data/npy';
+import { loadPoisonedSet } from '../../src/engine/attacks/poisoned_set';
 import { readBackdoorBenchRecord } from '../../src/engine/formats/backdoorbench';
 import { Rng } from '../../src/engine/util/rng';
 import type { Results } from '../../src/shared/results';
@@ -112,6 +113,33 @@ describe('attacks the user brings (poisoned sets, trigger files, BackdoorBench r
       near(results.baseline.ra, expected[name].ra, 'RA');
     });
   }
+
+  it('poisoned set: the same images as uint8 N,H,W,C, float32 [0,1] N,C,H,W, float32 and float64 0..255 N,H,W,C give the same pixels', () => {
+    const a = parseNpy(fs.readFileSync(fx('poisoned-u8-nhwc.npy')), 'u8');
+    const [count, h, w, c] = a.shape;
+    const bytes = u8(fx('poisoned-u8-nhwc.npy'));
+    const write = (name: string, descr: string, shape: number[], body: Uint8Array) => {
+      let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')}), }`;
+      header += ' '.repeat((64 - ((11 + header.length) % 64)) % 64) + '\n';
+      const f = path.join(dir, name);
+      fs.writeFileSync(f, Buffer.concat([Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]), Buffer.from(Uint16Array.of(header.length).buffer), Buffer.from(header, 'latin1'), body]));
+      return f;
+    };
+    const asBytes = (t: Float32Array | Float64Array) => new Uint8Array(t.buffer);
+    const nchw = new Float32Array(bytes.length);
+    for (let i = 0; i < count; i++) for (let p = 0; p < h * w; p++) for (let k = 0; k < c; k++) nchw[(i * c + k) * h * w + p] = bytes[(i * h * w + p) * c + k] / 255;
+    const files = [
+      fx('poisoned-u8-nhwc.npy'),
+      write('f32-nchw.npy', '<f4', [count, c, h, w], asBytes(nchw)),
+      write('f32-255.npy', '<f4', a.shape, asBytes(Float32Array.from(bytes))),
+      write('f64-255.npy', '<f8', a.shape, asBytes(Float64Array.from(bytes))),
+    ];
+    const sets = files.map((f) => loadPoisonedSet({ format: 'npy', path: f }, 'attack.data', { target: 0, allToAll: false, shape: [h, w, c], numClasses: 10 }).triggered.set);
+    for (const s of sets) assert.deepEqual(s.shape, [h, w, c]);
+    for (const s of sets.slice(1)) assert.deepEqual(s.x, sets[0].x);
+    assert.equal(sets[0].x[bytes.indexOf(255)], 1);
+    assert.equal(sets[0].x[bytes.findIndex((v) => v > 0 && v < 255)], Math.fround(bytes[bytes.findIndex((v) => v > 0 && v < 255)] / 255));
+  });
 
   it('a BackdoorBench record: the model from model_name and img_size, bd_test (numpy original_index in the pickle) as the poisoned set', async () => {
     const f = path.join(dir, 'record-job.json');

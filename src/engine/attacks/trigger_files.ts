@@ -70,6 +70,8 @@ export function npyValues(a: Npy): Float64Array {
  * maximum is above 1 are taken as 0..255 when every value lies in that range; anything else is refused.
  */
 export function pixelScale(values: ArrayLike<number>, dtype: string, file: string): 255 | 1 {
+  // Bytes are finite and within 0..255 by their type.
+  if (dtype === '|u1') return 255;
   let min = Infinity;
   let max = -Infinity;
   for (let i = 0; i < values.length; i++) {
@@ -78,7 +80,6 @@ export function pixelScale(values: ArrayLike<number>, dtype: string, file: strin
     if (v < min) min = v;
     if (v > max) max = v;
   }
-  if (dtype === '|u1') return 255;
   if (min < 0) throw new InputError(`pixel values must be in [0,1] or 0..255; found ${min}`, file);
   if (max <= 1) return 1;
   if (max <= 255) return 255;

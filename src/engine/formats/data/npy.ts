@@ -38,7 +38,10 @@ export function parseNpy(buf: Uint8Array, file: string): Npy {
   if (!item) throw new InputError(`unsupported .npy dtype ${descr} (uint8, float32/64 images; integer labels)`, file);
   const count = shape.reduce((a, x) => a * x, 1);
   if (b.length - start !== count * item) throw new InputError(`.npy header promises ${count * item} bytes of data, the file has ${b.length - start}`, file);
-  return { dtype: descr, shape, body: buf.subarray(start) };
+  // A plain Uint8Array over the data, not a Buffer's subarray (a Buffer, readFileSync's): V8 keeps its fast element
+  // paths (typed-array copies, indexed loads) for the base class only, and reading the zoo's 10,000 test images
+  // through a Buffer took 85 ms against 9.
+  return { dtype: descr, shape, body: new Uint8Array(buf.buffer, buf.byteOffset + start, buf.byteLength - start) };
 }
 
 const count = (a: Npy) => a.body.byteLength / ITEM_SIZE[a.dtype];
@@ -98,15 +101,18 @@ export function npyToImageSet(img: Npy, lab: Npy, where: { images: string; label
   if (img.dtype !== '|u1' && img.dtype !== '<f4' && img.dtype !== '<f8') throw new InputError(`images must be uint8 or float in [0,1], not ${img.dtype}`, where.images);
   const x = new Float32Array(count(img));
   const scale = img.dtype === '|u1' ? 1 / 255 : 1;
-  // In bulk where the bytes can be read as they are (the same products, without a call per value).
+  // In bulk where the bytes can be read as they are: float arrays by the typed arrays' own copy (a memcpy for
+  // float32, float64 rounded as an assignment rounds), bytes by a loop that sees nothing but a Uint8Array. One loop
+  // over the three kinds ran at about 15 ns a value: 0.1 s of a job's start for the zoo's 10,000 test images.
   const bulk = npyTypedView(img);
-  if (bulk) for (let i = 0; i < x.length; i++) x[i] = bulk[i] * scale;
+  if (bulk instanceof Uint8Array) scaleBytes(bulk, x, scale);
+  else if (bulk) x.set(bulk);
   else {
     const get = readAt(img);
     for (let i = 0; i < x.length; i++) x[i] = get(i) * scale;
   }
   if (scale === 1) {
-    const bad = x.findIndex((p) => !(p >= 0 && p <= 1));
+    const bad = firstOutsideUnit(x);
     if (bad >= 0) throw new InputError(`float images must be in [0,1]; found ${x[bad]} at flat index ${bad}`, where.images);
   }
   const getL = readAt(lab);
@@ -124,6 +130,19 @@ export function npyToImageSet(img: Npy, lab: Npy, where: { images: string; label
   // Labels are checked first so that their error names the labels file.
   if (target.numClasses !== undefined) set = conformSet(set, { numClasses: target.numClasses }, where.labels);
   return conformSet(set, { shape: target.shape, resize: target.resize }, where.images);
+}
+
+function scaleBytes(from: Uint8Array, to: Float32Array, scale: number): void {
+  for (let i = 0; i < to.length; i++) to[i] = from[i] * scale;
+}
+
+/** The first index whose value is not in [0,1] (NaN included), or -1. */
+export function firstOutsideUnit(x: Float32Array): number {
+  for (let i = 0; i < x.length; i++) {
+    const p = x[i];
+    if (!(p >= 0 && p <= 1)) return i;
+  }
+  return -1;
 }
 
 export function readNpyPair(imagesFile: string, labelsFile: string, target: DataTarget = {}): ImageSet {
