@@ -14,6 +14,30 @@ const dist = path.join(__dirname, 'dist');
 // webgpu: Dawn's native binary, found at run time in node_modules or (packaged) dist/node_modules.
 const nodeExternals = ['vscode', '@tensorflow/tfjs-node', '@tensorflow/tfjs-node-gpu', 'onnxruntime-node', 'webgpu'];
 
+/**
+ * The job schema's validator compiled at build time (src/engine/jobs/audit_validator.ts says why): the bundles
+ * get ajv's standalone code in place of audit_validator_precompiled.ts, made by the source's own function.
+ */
+function precompiledValidatorSource() {
+  const built = esbuild.buildSync({ entryPoints: [path.join(__dirname, 'src/engine/jobs/audit_validator.ts')], bundle: true, platform: 'node', format: 'cjs', write: false, logLevel: 'warning' });
+  const mod = { exports: {} };
+  new Function('module', 'exports', 'require', built.outputFiles[0].text)(mod, mod.exports, require);
+  return mod.exports.auditValidatorSource();
+}
+
+const precompiledValidator = {
+  name: 'precompiled-audit-validator',
+  setup(build) {
+    build.onLoad({ filter: /[\\/]audit_validator_precompiled\.ts$/ }, () => ({
+      contents: `${precompiledValidatorSource()}\nmodule.exports = { precompiledAuditValidator: module.exports };\n`,
+      loader: 'js',
+      resolveDir: __dirname,
+      // Rebuilt in watch mode when the schema or the compiler's options change.
+      watchFiles: [path.join(__dirname, 'src/engine/job_schema.ts'), path.join(__dirname, 'src/engine/jobs/audit_validator.ts')],
+    }));
+  },
+};
+
 function exists(p) {
   return fs.existsSync(path.join(__dirname, p));
 }
@@ -46,6 +70,7 @@ async function main() {
         // fallback: bundles read the copy in dist/mnist-digits.
         logOverride: { 'require-resolve-not-external': 'silent' },
         banner: src === 'src/cli.ts' ? { js: '#!/usr/bin/env node' } : undefined,
+        plugins: [precompiledValidator],
       }),
     );
   }

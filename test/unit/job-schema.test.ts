@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { InputError } from '../../src/engine/errors';
 import { loadJob, validateJobObject, parseJson } from '../../src/engine/jobs/validate';
 import { publishedSchemaText, type JobInput } from '../../src/engine/job_schema';
+import { auditValidatorSource, compileAuditValidator } from '../../src/engine/jobs/audit_validator';
 
 const ROOT = path.join(__dirname, '..', '..');
 
@@ -171,6 +172,28 @@ describe('job schema and validation', () => {
     }
     it('a job that is not an object', () => {
       assert.equal(inputError(() => loadJob(writeJob('[1]'))), 'must be an object (audit.json)');
+    });
+    it("the bundles' validator, compiled at build time, gives every case above the verdict, errors and defaults of ajv's compile", () => {
+      const mod: { exports: unknown } = { exports: {} };
+      new Function('module', 'exports', 'require', auditValidatorSource())(mod, mod.exports, require);
+      const built = mod.exports as ((d: unknown) => boolean) & { errors?: unknown };
+      const compiled = compileAuditValidator();
+      const jobs: unknown[] = [minimal(), [1], { ...minimal(), aux: [{ name: 'a', type: 'synthetic' }], defenses: ['ft', { name: 'nad', params: { studentSchedule: 'constant' } }] }];
+      for (const [, mutate] of cases) {
+        const job = minimal() as Record<string, any>;
+        mutate(job);
+        jobs.push(job);
+      }
+      let refused = 0;
+      for (const job of jobs) {
+        const [a, b] = [structuredClone(job), structuredClone(job)];
+        const verdict = compiled(a);
+        assert.equal(built(b), verdict, JSON.stringify(job));
+        assert.deepEqual(b, a, 'the defaults written into the job');
+        assert.deepEqual(JSON.parse(JSON.stringify(built.errors ?? null)), JSON.parse(JSON.stringify(compiled.errors ?? null)));
+        if (!verdict) refused++;
+      }
+      assert.ok(refused >= 15, `only ${refused} of the cases fail the schema itself`);
     });
   });
 

@@ -6,20 +6,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import Ajv, { type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { InputError } from '../errors';
 import { guessDataFormat, needsAuxData } from '../catalog';
 import { getDefense } from '../defenses';
 import { paramValueProblem } from '../defenses/defense';
 import { AUDIT_SCHEMA, type DataFormat, type AttackInput, type AttackJobSpec, type DataSourceSpec, type Job, type ModelSpec, type PatchPosition, type ResolvedDataSource } from '../job_schema';
-
-// allErrors off: the first error is the one reported, and ajv stops there (cheaper, and with if/then
-// variants the first error is the meaningful one). verbose: errors carry their schema, for `errorMessage`
-// and for listing the known fields of an object.
-const ajv = new Ajv({ allErrors: false, useDefaults: true, verbose: true, strict: true, strictTypes: false, strictTuples: false, strictRequired: false });
-// VS Code's annotation for custom messages; ajv must know it to stay in strict mode.
-ajv.addVocabulary(['errorMessage']);
-const validateSchema = ajv.compile(AUDIT_SCHEMA as object);
+import { auditValidator } from './audit_validator';
 
 /** Shown in `where` when a job has no file (built in memory). */
 const IN_MEMORY = 'job';
@@ -51,6 +44,7 @@ export function loadJob(jobPath: string): Job {
 export function validateJobObject(obj: unknown, baseDir: string, label = IN_MEMORY): Job {
   // ajv writes defaults into the object it validates: work on a copy so callers keep what they passed.
   const job = obj === undefined ? obj : JSON.parse(JSON.stringify(obj));
+  const validateSchema = auditValidator();
   if (!validateSchema(job)) {
     const { message, field } = describeError(validateSchema.errors ?? []);
     throw new InputError(message, where(label, field));
