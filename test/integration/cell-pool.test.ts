@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runJobFile } from '../../src/engine/jobs/runner';
-import { cellWorkerScript } from '../../src/engine/jobs/cell_spawn';
+import { cellWorkerScript, SpareCellProcess } from '../../src/engine/jobs/cell_spawn';
 import { CancelledError } from '../../src/engine/errors';
 import { ortWanted } from '../../src/engine/backend/onnx_runtime';
 import type { Results } from '../../src/shared/results';
@@ -119,9 +119,12 @@ describe('cell processes: cells side by side on several cores', function () {
     const events: string[] = [];
     const logs: string[] = [];
     let children = 0;
+    // The spare as the CLI starts it: the job sends it the victim ahead, and the pool's `init` leaves it out.
+    const spare = SpareCellProcess.start({ workers: 2 });
     const lone = await runJobFile(loneJob, {
       outDir: path.join(dir, 'lone-two'),
       workers: 2,
+      spare,
       onEvent: (e) => {
         events.push(e.type);
         if (e.type === 'log') logs.push(e.message);
@@ -131,6 +134,7 @@ describe('cell processes: cells side by side on several cores', function () {
     assert.ok(logs.some((m) => /^the cell in a process of its own, training with ONNX Runtime on 1 thread while this one evaluates the victim, then on 2 threads \(and the purified model evaluated on 2 threads\)$/.test(m)), logs.join('\n'));
     // One: the process started with the job (cell_spawn.ts) is the one the pool took, not a second one beside it.
     if (process.platform === 'linux') assert.equal(children, 1, 'one cell process');
+    assert.ok(spare?.victimSentAhead, 'the victim went to the spare process ahead of the data');
     assert.equal(lone.rows.length, 1);
     assert.equal(lone.rows[0].error, null);
     assert.equal(typeof lone.rows[0].der, 'number', 'the DER, which the cell process cannot know, was set');

@@ -110,9 +110,13 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   // them (rounded up) and leaves the rest to the job process, which grants them back once it has evaluated the
   // victim (grantThreads), and then evaluates on all of them.
   const ortThreads = ortWanted() ? (lone ? Math.ceil(all / 2) : Math.max(1, Math.floor(all / size))) : 0;
+  // The first process may have been started with the job (cell_spawn.ts) and have loaded its bundle by now, and
+  // built this victim from the copy sent ahead: its `init` leaves the victim out.
+  const spare = o.spare?.take();
+  const spareHasVictim = spare?.aheadOf === job.victim;
   const data: CellWorkerData = {
     backend: o.backend.name,
-    victim: { spec: job.victim.spec, normalize: job.victim.normalize, state: await job.victim.stateDict() },
+    victim: spareHasVictim && size === 1 ? undefined : { spec: job.victim.spec, normalize: job.victim.normalize, state: await job.victim.stateDict() },
     // A lone cell's purified model is evaluated by the job process (core.ts), which keeps the test sets.
     ...(lone ? {} : { test: job.test, triggered: job.triggered }),
     augment: job.augment,
@@ -167,8 +171,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   };
 
   for (let i = 0; i < size; i++) {
-    // The first process may have been started with the job (cell_spawn.ts) and have loaded its bundle by now.
-    const child = (i === 0 ? o.spare?.take() : undefined) ?? forkCellProcess(script);
+    const child = (i === 0 ? spare?.child : undefined) ?? forkCellProcess(script);
     const slot: Slot = { child, inFlight: [], stderr: [] };
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
@@ -196,7 +199,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     child.on('close', (code, signal) => {
       if (!closed && !cancelled) die(deathReason(code, signal, slot.stderr));
     });
-    post(child, { type: 'init', data });
+    post(child, { type: 'init', data: i === 0 && spareHasVictim ? { ...data, victim: undefined } : data });
     slots.push(slot);
   }
 

@@ -13,9 +13,17 @@ import type { TriggeredSet } from '../metrics/evaluate';
 import type { Augment } from '../nn/train';
 import type { Cell, CellOutcome, SaveTarget } from './core';
 
+/** The victim as a cell process rebuilds it. */
+export interface CellVictim {
+  spec: ArchSpec;
+  normalize?: Normalization;
+  state: PtStateDict;
+}
+
 export interface CellWorkerData {
   backend: BackendName;
-  victim: { spec: ArchSpec; normalize?: Normalization; state: PtStateDict };
+  /** Absent where an `ahead` message brought it to this process (cell_spawn.ts). */
+  victim?: CellVictim;
   /**
    * The test sets, both or neither. Neither for a lone cell (cell_pool.ts): it sends its purified model back as
    * ONNX for the job process to evaluate, which holds the sets and by then has the cores free, and asks for them
@@ -33,6 +41,16 @@ export interface CellWorkerData {
    * cores that the job process leaves it while that evaluates the victim, and evaluates on all of them.
    */
   evalThreads: number;
+}
+
+/**
+ * Job process -> a spare cell process, before `init` and only then: the victim, so that the process builds it
+ * and its training graph while the job process reads the data (cell_spawn.ts).
+ */
+export interface CellAheadMessage {
+  type: 'ahead';
+  backend: BackendName;
+  victim: CellVictim;
 }
 
 /** Pool -> cell process: the job's shared part first, then cells (with their aux set and where to save), or cancel. */
@@ -68,7 +86,12 @@ export function isCellInitMessage(v: unknown): v is Extract<CellTaskMessage, { t
   if (!isObj(v) || v.type !== 'init' || !isObj(v.data)) return false;
   const d = v.data;
   const testSets = (isObj(d.test) && isObj(d.triggered)) || (d.test === undefined && d.triggered === undefined);
-  return typeof d.backend === 'string' && isObj(d.victim) && testSets && Array.isArray(d.seeds) && typeof d.ortThreads === 'number' && typeof d.evalThreads === 'number';
+  return typeof d.backend === 'string' && (d.victim === undefined || isObj(d.victim)) && testSets && Array.isArray(d.seeds) && typeof d.ortThreads === 'number' && typeof d.evalThreads === 'number';
+}
+
+/** Job process -> spare cell process: the victim ahead of `init`. */
+export function isCellAheadMessage(v: unknown): v is CellAheadMessage {
+  return isObj(v) && v.type === 'ahead' && typeof v.backend === 'string' && isObj(v.victim) && isObj(v.victim.spec) && v.victim.state instanceof Map;
 }
 
 /** Cell process -> pool: progress of the running cell, its outcome, or that it stopped on cancel. */

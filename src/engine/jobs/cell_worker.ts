@@ -9,10 +9,11 @@ import { buildModel } from '../models';
 import { emptyRow, runCell, type CellTestSets } from './core';
 import type { ImageSet } from '../data/dataset';
 import type { TriggeredSet } from '../metrics/evaluate';
-import { isCellTaskMessage, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
+import { isCellTaskMessage, type CellAheadMessage, type CellVictim, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
-import { expectOrtTrainThreads, grantOrtTrainThreads } from '../nn/ort_train';
+import { expectOrtTrainThreads, grantOrtTrainThreads, OrtTrainer } from '../nn/ort_train';
+import type { Model } from '../nn/model';
 
 /** The two directions of the channel to the pool (the process's IPC channel). */
 export interface CellChannel {
@@ -20,11 +21,30 @@ export interface CellChannel {
   onMessage(fn: (m: unknown) => void): void;
 }
 
+function buildVictim(v: CellVictim): Model {
+  const victim = buildModel(v.spec, v.normalize);
+  victim.loadStateDict(v.state, 'cell process');
+  return victim;
+}
+
+/**
+ * The victim sent ahead of `init` (cell_spawn.ts), built now on the job's backend, and the training graph of its
+ * clones (what the fine-tuning defenses train), so that the first cell starts training as soon as it arrives.
+ * A graph ONNX Runtime cannot take only costs the head start: the trainer finds out again when it needs one.
+ */
+export async function buildAhead(m: CellAheadMessage): Promise<Model> {
+  await initBackend('cpu', m.backend);
+  const victim = buildVictim(m.victim);
+  await OrtTrainer.prepare(victim, { bnTrain: true }).catch(() => false);
+  return victim;
+}
+
 /**
  * Serve cells on `channel` once `data` (the job's shared part) has arrived. The listener is registered at once
- * so that cells the pool sends while the backend starts are queued, not dropped.
+ * so that cells the pool sends while the backend starts are queued, not dropped. `ahead`: the victim built
+ * from an `ahead` message, where one came before `init` (which then leaves the victim out).
  */
-export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>): Promise<void> {
+export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>, ahead?: () => Promise<Model> | undefined): Promise<void> {
   const abort = new AbortController();
   // Progress is rate-limited: a defense reports every batch, the pool needs a few updates a second.
   let lastProgress = 0;
@@ -45,12 +65,19 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>):
       channel.send({ type: 'need-test-sets' });
     }));
   const ready = data.then(async (d) => {
+    // The victim sent ahead first (its backend start must not overlap this one's).
+    const built = ahead?.();
+    const aheadVictim = built && (await built);
     await initBackend('cpu', d.backend);
     // A lone cell evaluates on more threads than it trains on: the job process grants them to training too once
     // its own evaluation ends.
     if (d.evalThreads > d.ortThreads && d.ortThreads > 0) expectOrtTrainThreads(d.evalThreads);
-    const victim = buildModel(d.victim.spec, d.victim.normalize);
-    victim.loadStateDict(d.victim.state, 'cell process');
+    let victim: Model;
+    if (d.victim) {
+      aheadVictim?.dispose();
+      victim = buildVictim(d.victim);
+    } else if (aheadVictim) victim = aheadVictim;
+    else throw new Error('the job sent no victim');
     const sets: CellTestSets = d.test && d.triggered ? { test: d.test, triggered: d.triggered } : { fetchTestSets };
     return { d, job: { victim, augment: d.augment, seeds: d.seeds, ...sets } };
   });

@@ -79,6 +79,9 @@ async function runJob(jobPath: string, opts: RunOptions, spare: SpareCellProcess
   const loaded = loadModelFile(job.model, `${name}: model`);
   const victim = loaded.model;
   try {
+    // The spare cell process builds the victim (and its training graph) while this one reads the data. Not where
+    // the model's input size comes from the data: the victim is rebuilt for it then.
+    if (spare && loaded.inputSizeKnown) await spare.sendAhead({ type: 'ahead', backend: backend.name, victim: { spec: victim.spec, normalize: victim.normalize, state: await victim.stateDict() } }, victim);
     const { test, train, triggered, attackInfo, aux } = await prepareInputs(job, loaded, name, opts.signal, emit);
     const shape = victim.inputShape;
 

@@ -16,7 +16,7 @@ import { loadOrt, nchwcBlockSize, ortSessionOptions, ortWanted } from '../backen
 import type { Model } from './model';
 import type { Optimizer } from './optim';
 import type { BatchStepper } from './train';
-import { buildGradGraph } from './ort_grad_graph';
+import { gradGraphFor } from './grad_graph_cache';
 import { OrtGradUnsupported, type GradGraph } from './ort_grad_contract';
 import { BatchNorm2d } from './layers';
 import { DataParallel } from './data_parallel';
@@ -118,7 +118,7 @@ export class OrtTrainer implements BatchStepper {
     const bnTrain = o.bnTrain ?? true;
     let graph: GradGraph;
     try {
-      graph = buildGradGraph(model, { bnTrain, nchwcBlock: await nchwcBlockSize(ort) });
+      graph = gradGraphFor(model, { bnTrain, nchwcBlock: await nchwcBlockSize(ort) });
     } catch (e) {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
@@ -135,6 +135,23 @@ export class OrtTrainer implements BatchStepper {
     const trainer = new OrtTrainer(model, ort, session, graph, bnTrain, threads);
     if (expectedThreads > threads) trainer.grow(expectedThreads);
     return trainer;
+  }
+
+  /**
+   * Build ahead the graph that `create(model, { bnTrain })` and the trainers of its clones will use
+   * (grad_graph_cache.ts), with ONNX Runtime loaded: a cell process does it while it waits for its first cell.
+   * Resolves to false where this model or process cannot train on ONNX Runtime.
+   */
+  static async prepare(model: Model, o: { bnTrain?: boolean } = {}): Promise<boolean> {
+    const ort = ortTrainWanted() ? loadOrt() : null;
+    if (!ort) return false;
+    try {
+      gradGraphFor(model, { bnTrain: o.bnTrain ?? true, nchwcBlock: await nchwcBlockSize(ort) });
+      return true;
+    } catch (e) {
+      if (e instanceof OrtGradUnsupported) return false;
+      throw e;
+    }
   }
 
   /** The step's gradients in the variables' layout, its mean loss and the BatchNorm batch statistics. */
