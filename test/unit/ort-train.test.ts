@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as tf from '@tensorflow/tfjs-core';
 import { useWasm } from '../helpers/backend';
 import { buildModel } from '../../src/engine/models';
-import { SGD } from '../../src/engine/nn/optim';
+import { SGD, sgdStepInPlace } from '../../src/engine/nn/optim';
 import { crossEntropy, fitStepped, predictLabels, trainStep } from '../../src/engine/nn/train';
 import { OrtTrainer } from '../../src/engine/nn/ort_train';
 import { loadEmbeddedMnist, splitDisjoint } from '../../src/engine/formats/data/mnist';
@@ -80,6 +80,68 @@ describe('training steps in ONNX Runtime (forward and backward as one ONNX graph
       });
     }
   }
+
+  it('sgdStepInPlace gives the bits of SGD.step on the backend (decay, momentum, Nesterov, first step and later ones)', () => {
+    const rng = new Rng(5);
+    for (const o of [
+      { lr: 0.01, momentum: 0.9, weightDecay: 5e-4, nesterov: false },
+      { lr: 0.1, momentum: 0.9, weightDecay: 0, nesterov: true },
+      { lr: 0.037, momentum: 0, weightDecay: 1e-3, nesterov: false },
+    ]) {
+      const shape = [3, 5, 7];
+      const size = 105;
+      const w0 = Float32Array.from({ length: size }, () => rng.uniform(-2, 2));
+      const v = tf.tidy(() => tf.variable(tf.tensor(w0, shape)));
+      const opt = new SGD(o.lr, o.momentum, o.weightDecay, o.nesterov);
+      const w = w0.slice();
+      const buf = new Float32Array(size);
+      for (let step = 0; step < 4; step++) {
+        // Gradients over many magnitudes, so that sums with far smaller terms occur.
+        const g = Float32Array.from({ length: size }, () => rng.uniform(-1, 1) * 10 ** Math.floor(rng.uniform(-8, 3)));
+        tf.tidy(() => opt.step([v], [tf.tensor(g, shape)]));
+        sgdStepInPlace(w, g, buf, step > 0, o);
+        assert.deepEqual(w, v.dataSync(), `step ${step} of ${JSON.stringify(o)}`);
+        if (o.momentum) assert.deepEqual(buf, opt.momentumOf(v));
+      }
+      opt.dispose();
+      v.dispose();
+    }
+  });
+
+  it('resident steps (weights held by the trainer, SGD in place) end with the weights, statistics and momentum of usual steps', async () => {
+    const spec: ArchSpec = { arch: 'preact-resnet18', inputShape: [16, 16, 3], numClasses: 10, options: { width: 8 } };
+    const a = buildModel(spec, norm3, 3);
+    const b = a.clone();
+    const n = 8;
+    const batches = [0, 1, 2].map((i) => Float32Array.from({ length: n * 16 * 16 * 3 }, (_, j) => ((j * 7 + i * 13) % 17) / 17));
+    const labels = Int32Array.from({ length: n }, (_, i) => (i * 3) % 10);
+    const optA = new SGD(0.05, 0.9, 5e-4);
+    const optB = new SGD(0.05, 0.9, 5e-4);
+    const ta = (await OrtTrainer.create(a, { bnTrain: true, threads: 1 }))!;
+    const tb = (await OrtTrainer.create(b, { bnTrain: true, threads: 1 }))!;
+    try {
+      for (const x of batches) {
+        await ta.step(optA, x, [16, 16, 3], labels, true);
+        await tb.step(optB, x, [16, 16, 3], labels, true, { resident: true });
+      }
+      // Held until flushed: the model's variables are those before the resident steps.
+      const [key, p] = b.root.namedParams().find(([, q]) => q.trainable)!;
+      assert.notDeepEqual(p.variable.dataSync(), new Map(a.root.namedParams()).get(key)!.variable.dataSync());
+      tb.flush();
+      const sa = await a.stateDict();
+      const sb = await b.stateDict();
+      for (const [k, t] of sa) assert.deepEqual(sb.get(k)!.data, t.data, k);
+      const va = new Map(a.root.namedParams());
+      for (const [k, q] of b.root.namedParams()) if (q.trainable) assert.deepEqual(optB.momentumOf(q.variable), optA.momentumOf(va.get(k)!.variable), k);
+    } finally {
+      await ta.close();
+      await tb.close();
+      optA.dispose();
+      optB.dispose();
+      a.dispose();
+      b.dispose();
+    }
+  });
 
   it('a step moves the weights and the BatchNorm running statistics as the backend step does', async () => {
     const spec: ArchSpec = { arch: 'small-cnn', inputShape: [28, 28, 1], numClasses: 10 };

@@ -42,9 +42,44 @@ export class SGD implements Optimizer {
     });
   }
 
+  /** The momentum buffer of `v` (a copy), undefined before its first step. */
+  momentumOf(v: tf.Variable): Float32Array | undefined {
+    return (this.buf.get(v)?.dataSync() as Float32Array | undefined)?.slice();
+  }
+
+  /** Set the momentum buffer of `v` (after steps taken by sgdStepInPlace). */
+  setMomentum(v: tf.Variable, data: Float32Array): void {
+    const b = this.buf.get(v);
+    if (b) tf.tidy(() => b.assign(tf.tensor(data, v.shape)));
+    else this.buf.set(v, tf.tidy(() => tf.variable(tf.tensor(data, v.shape), false)));
+  }
+
   dispose(): void {
     for (const b of this.buf.values()) b.dispose();
     this.buf.clear();
+  }
+}
+
+/**
+ * SGD.step on plain arrays, in place: `w` the weights, `g` their gradient, `buf` the momentum buffer (`hasBuf`
+ * false before its first step, when it takes the decayed gradient as it is). Every product and sum is rounded to
+ * float32 as the backend's float32 kernels round each op of SGD.step (a product of two float32 values is exact in
+ * a double, and a sum of two is either exact or too small to move the float32 result), so the weights are the
+ * same bits as SGD.step gives. `lr`, `momentum` and `weightDecay` are float32 scalars there too.
+ */
+export function sgdStepInPlace(w: Float32Array, g: Float32Array, buf: Float32Array, hasBuf: boolean, o: { lr: number; momentum: number; weightDecay: number; nesterov: boolean }): void {
+  const f = Math.fround;
+  const lr = f(o.lr);
+  const mom = f(o.momentum);
+  const wd = f(o.weightDecay);
+  for (let i = 0; i < w.length; i++) {
+    let d = g[i];
+    if (wd) d = f(d + f(w[i] * wd));
+    if (mom) {
+      buf[i] = hasBuf ? f(f(buf[i] * mom) + d) : d;
+      d = o.nesterov ? f(d + f(buf[i] * mom)) : buf[i];
+    }
+    w[i] = f(w[i] - f(d * lr));
   }
 }
 
