@@ -65,9 +65,15 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>, 
       channel.send({ type: 'need-test-sets' });
     }));
   const ready = data.then(async (d) => {
-    // The victim sent ahead first (its backend start must not overlap this one's).
+    // The victim sent ahead first (its backend start must not overlap this one's). Where `init` brings the victim
+    // anyway, a failed build ahead costs nothing.
     const built = ahead?.();
-    const aheadVictim = built && (await built);
+    let aheadVictim: Model | undefined;
+    try {
+      aheadVictim = built && (await built);
+    } catch (e) {
+      if (!d.victim) throw e;
+    }
     await initBackend('cpu', d.backend);
     // A lone cell evaluates on more threads than it trains on: the job process grants them to training too once
     // its own evaluation ends.
