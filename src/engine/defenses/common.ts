@@ -113,8 +113,9 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
         }
         if (stepper) {
           // The same batch, augmentation draws and update rule; only the gradient is computed elsewhere.
-          // Weights held by the trainer between steps where nothing reads the model in between (ort_train.ts).
-          const l = await stepper.step(optimizer, makeBatchArray(data, idx, augment, ctx.rng), data.shape, labels, bnTrain, { resident: !o.afterStep && !o.onBatch });
+          // Weights held by the trainer between steps where nothing reads the model in between (ort_train.ts;
+          // onBatch must not read it).
+          const l = await stepper.step(optimizer, makeBatchArray(data, idx, augment, ctx.rng), data.shape, labels, bnTrain, { resident: !o.afterStep });
           record('onnxruntime');
           await o.afterStep?.();
           o.onBatch?.(e, b, batches, l);

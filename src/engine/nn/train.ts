@@ -108,7 +108,10 @@ export interface FitOptions {
   prepare?: (s: Omit<StepContext, 'ctx' | 'prepared'>) => tf.Tensor | Promise<tf.Tensor>;
   /** Called after each optimizer step (projections, rescaling); awaited when it returns a promise. */
   afterStep?: () => void | Promise<void>;
-  /** Progress: called after each batch. */
+  /**
+   * Progress: called after each batch. It must not read the model: a stepper may hold the weights from step to
+   * step until the fit ends (OrtTrainer's resident steps); `afterStep` sees them.
+   */
   onBatch?: (epoch: number, batch: number, batches: number, loss: number) => void;
   /** Stop after this many optimizer steps in total (iteration-budgeted defenses). */
   maxSteps?: number;
@@ -230,7 +233,8 @@ export async function fit(model: Model, data: ImageSet, o: FitOptions): Promise<
  */
 export interface BatchStepper {
   readonly model: Model;
-  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean): Promise<number>;
+  /** `resident`: nothing reads the model until the next step or `close` (see OrtTrainer.step). */
+  step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean, o?: { resident?: boolean }): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -244,7 +248,8 @@ export async function fitStepped(model: Model, data: ImageSet, o: Omit<FitOption
   const bnTrain = o.bnTrain ?? true;
   const loop = new FitLoop(data, o);
   for (const batch of loop.batches()) {
-    await loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain));
+    // Without afterStep nothing reads the model between steps (onBatch must not): the stepper may hold the weights.
+    await loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain, { resident: !o.afterStep }));
   }
   return loop.loss;
 }
