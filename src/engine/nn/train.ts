@@ -110,7 +110,7 @@ export interface FitOptions {
   afterStep?: () => void | Promise<void>;
   /**
    * Progress: called after each batch. It must not read the model: a stepper may hold the weights from step to
-   * step until the fit ends (OrtTrainer's resident steps); `afterStep` sees them.
+   * step until the fit ends (OrtTrainer's resident steps); `afterStep` sees them written.
    */
   onBatch?: (epoch: number, batch: number, batches: number, loss: number) => void;
   /** Stop after this many optimizer steps in total (iteration-budgeted defenses). */
@@ -233,8 +233,10 @@ export async function fit(model: Model, data: ImageSet, o: FitOptions): Promise<
  */
 export interface BatchStepper {
   readonly model: Model;
-  /** `resident`: nothing reads the model until the next step or `close` (see OrtTrainer.step). */
+  /** `resident`: nothing reads the model until the next step, `flush` or `close` (see OrtTrainer.step). */
   step(optimizer: Optimizer, x: Float32Array, shape: [number, number, number], labels: Int32Array, bnTrain: boolean, o?: { resident?: boolean }): Promise<number>;
+  /** Write back weights held by resident steps (a stepper that holds none has nothing to do). */
+  flush?(): void;
   close(): Promise<void>;
 }
 
@@ -247,9 +249,14 @@ export async function fitStepped(model: Model, data: ImageSet, o: Omit<FitOption
   if (stepper.model !== model) throw new Error('fitStepped: the trainer holds another model');
   const bnTrain = o.bnTrain ?? true;
   const loop = new FitLoop(data, o);
-  for (const batch of loop.batches()) {
-    // Without afterStep nothing reads the model between steps (onBatch must not): the stepper may hold the weights.
-    await loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain, { resident: !o.afterStep }));
+  try {
+    for (const batch of loop.batches()) {
+      // Without afterStep nothing reads the model between steps (onBatch must not): the stepper may hold the
+      // weights until the fit ends.
+      await loop.record(batch, await stepper.step(o.optimizer, makeBatchArray(data, batch.idx, o.augment, o.rng), data.shape, batch.labels, bnTrain, { resident: !o.afterStep }));
+    }
+  } finally {
+    stepper.flush?.();
   }
   return loop.loss;
 }
