@@ -82,15 +82,23 @@ export class SpareCellProcess {
 
   /**
    * Send the victim ahead of `init` (once); `source` is the model it came from, for the pool to recognize.
-   * Settles once the message is written: the caller's next work (reading the data) keeps this thread busy, and
-   * the channel writes only while it is free, so unawaited the victim reached the process with the data.
+   * Settles once the message is written, or after `patienceMs`: the caller's next work (reading the data) keeps
+   * this thread busy, and the channel writes only while it is free, so unawaited the victim reached the process
+   * with the data; but a process still loading its bundle reads nothing, and the job must not wait for it (the
+   * rest is written later, still ahead of `init`).
    */
-  sendAhead(message: CellAheadMessage, source: object): Promise<void> {
+  sendAhead(message: CellAheadMessage, source: object, patienceMs = 150): Promise<void> {
     const child = this.child;
     if (!child || this.aheadOf || !child.connected) return Promise.resolve();
     this.aheadOf = source;
-    // A failed send shows as the process's death to the pool that takes it; the job goes on without the head start.
-    return new Promise((resolve) => child.send(message, () => resolve()));
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, patienceMs);
+      // A failed send shows as the process's death to the pool that takes it; the job goes on without the head start.
+      child.send(message, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   /**

@@ -137,7 +137,7 @@ function scaleBytes(from: Uint8Array, to: Float32Array, scale: number): void {
 }
 
 /** The first index whose value is not in [0,1] (NaN included), or -1. */
-export function firstOutsideUnit(x: Float32Array): number {
+function firstOutsideUnit(x: Float32Array): number {
   for (let i = 0; i < x.length; i++) {
     const p = x[i];
     if (!(p >= 0 && p <= 1)) return i;
