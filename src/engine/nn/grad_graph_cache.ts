@@ -62,8 +62,3 @@ export function gradGraphFor(model: Model, o: GradGraphOptions): GradGraph {
   if (graphs.size > KEEP) graphs.delete(graphs.keys().next().value!);
   return graph;
 }
-
-/** Graphs kept now (tests). */
-export function keptGradGraphs(): number {
-  return graphs.size;
-}
