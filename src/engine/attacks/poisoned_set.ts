@@ -126,9 +126,9 @@ function fromArrays(images: Npy, labels: Npy | undefined, where: { images: strin
   const scale = pixelScale(v, images.dtype, where.images);
   const x = new Float32Array(v.length);
   if (!channelsFirst && !(scale === 255 && v instanceof Float64Array)) {
-    // Channels last: the values in their order, by the typed arrays' own copy (one loop over the three element
-    // kinds ran at 15 ns a value), then divided in place: a byte or a float32 is exact in float32, so x / 255
-    // rounds as v / 255 does. (Doubles of 0..255 are divided before they are rounded, below.)
+    // Channels last: the values in their order, by the typed arrays' own copy, then divided in place: a byte or a
+    // float32 is exact in float32, so x / 255 rounds as v / 255 does. (Doubles of 0..255 are divided before they
+    // are rounded, below.)
     x.set(v);
     if (scale === 255) divideBy255(x);
   } else {
