@@ -144,6 +144,27 @@ describe('cell processes: cells side by side on several cores', function () {
     if (process.platform === 'linux') assert.deepEqual(cellProcesses(), [], 'no cell process outlives the job');
   });
 
+  // ANP and SAU run on graphs of their own (not a trainer's): they too move to the job process's threads once
+  // it has evaluated the victim (ort_threads.ts), and their rows stay the sequential ones.
+  for (const defense of [
+    { name: 'anp', params: { iterations: 120 } },
+    { name: 'sau', params: { epochs: 3 } },
+  ]) {
+    it(`a lone ${defense.name} cell, on graphs of its own, gives the sequential row`, async function () {
+      if (!ortWanted()) this.skip();
+      const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));
+      const loneJob = path.join(dir, `lone-${defense.name}.json`);
+      fs.writeFileSync(loneJob, JSON.stringify({ ...job, aux: [job.aux[0]], defenses: [defense], gic: { ...job.gic, mode: 'off' } }));
+      const one = await runJobFile(loneJob, { outDir: path.join(dir, `lone-${defense.name}-one`), workers: 1 });
+      const logs: string[] = [];
+      const lone = await runJobFile(loneJob, { outDir: path.join(dir, `lone-${defense.name}-two`), workers: 2, onEvent: (e) => e.type === 'log' && logs.push(e.message) });
+      assert.ok(logs.some((m) => m.startsWith('the cell in a process of its own')), logs.join('\n'));
+      assert.equal(lone.rows[0].error, null);
+      assert.equal(lone.rows[0].training?.engine, 'onnxruntime');
+      assert.deepEqual(comparable(lone), comparable(one));
+    });
+  }
+
   it('a job that runs no cell process ends the one it started with it', async function () {
     if (process.platform !== 'linux') this.skip(); // finds the cell processes in /proc
     const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));

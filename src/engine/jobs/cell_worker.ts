@@ -12,7 +12,8 @@ import type { TriggeredSet } from '../metrics/evaluate';
 import { isCellTaskMessage, type CellAheadMessage, type CellVictim, type CellWorkerData, type CellWorkerReply } from './cell_protocol';
 import { CancelledError } from '../errors';
 import { cellError } from './checks';
-import { expectOrtTrainThreads, grantOrtTrainThreads, OrtTrainer } from '../nn/ort_train';
+import { OrtTrainer } from '../nn/ort_train';
+import { expectOrtThreads, grantOrtThreads } from '../nn/ort_threads';
 import type { Model } from '../nn/model';
 
 /** The two directions of the channel to the pool (the process's IPC channel). */
@@ -77,7 +78,7 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>, 
     await initBackend('cpu', d.backend);
     // A lone cell evaluates on more threads than it trains on: the job process grants them to training too once
     // its own evaluation ends.
-    if (d.evalThreads > d.ortThreads && d.ortThreads > 0) expectOrtTrainThreads(d.evalThreads);
+    if (d.evalThreads > d.ortThreads && d.ortThreads > 0) expectOrtThreads(d.evalThreads);
     let victim: Model;
     if (d.victim) {
       aheadVictim?.dispose();
@@ -100,7 +101,7 @@ export function serveCells(channel: CellChannel, data: Promise<CellWorkerData>, 
       return;
     }
     if (m.type === 'threads') {
-      grantOrtTrainThreads(m.threads);
+      grantOrtThreads(m.threads);
       return;
     }
     chain = chain.then(async () => {

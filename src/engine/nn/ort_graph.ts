@@ -11,12 +11,12 @@
  * a model the graph builder does not cover, and the defense computes on the backend.
  */
 import { onnx } from 'onnx-proto';
-import { loadOrt, nchwcBlockSize, ortSessionOptions } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize } from '../backend/onnx_runtime';
 import { applyBatchStats, ortTrainWanted, type BatchStats } from './ort_train';
 import { buildGradGraph } from './ort_grad_graph';
 import { OrtGradUnsupported, type GradGraph, type GradGraphOptions, type GraphNet } from './ort_grad_contract';
+import { GrowingSession } from './ort_threads';
 
-type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
 
 /** What a run is fed besides the images. */
@@ -76,11 +76,12 @@ export class OrtModelGraph {
   private constructor(
     readonly model: GraphNet,
     private readonly ort: typeof import('onnxruntime-node'),
-    private readonly session: OrtSession,
+    /** Grows to the threads granted to this process (ort_threads.ts), as the backward part does. */
+    private readonly session: GrowingSession,
     private readonly graph: GradGraph,
     private readonly options: GradGraphOptions,
     /** The backward part of a `split` graph. */
-    private readonly backwardSession?: OrtSession,
+    private readonly backwardSession?: GrowingSession,
   ) {
     this.fedParams = options.constantWeights ? [] : graph.paramInputs;
   }
@@ -105,19 +106,24 @@ export class OrtModelGraph {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
     }
-    const made: OrtSession[] = [];
+    const made: GrowingSession[] = [];
     try {
-      const sessionOptions = ortSessionOptions(threads);
       const weights = options.constantWeights ? await currentWeights(model, graph.paramInputs) : undefined;
       const bytesOf = (b: Uint8Array) => (weights ? bakeWeights(b, weights) : b);
-      made.push(await ort.InferenceSession.create(bytesOf(graph.bytes), sessionOptions));
-      if (graph.backward) made.push(await ort.InferenceSession.create(bytesOf(graph.backward.bytes), sessionOptions));
+      // On `threads`, or on the grant's where that is more; a grant that comes later is taken at a later run.
+      made.push(await GrowingSession.create(ort, bytesOf(graph.bytes), threads));
+      if (graph.backward) made.push(await GrowingSession.create(ort, bytesOf(graph.backward.bytes), threads));
       return new OrtModelGraph(model, ort, made[0], graph, options, made[1]);
     } catch (e) {
       if (process.env.DEBUG_ORT) console.error(e);
       await Promise.all(made.map((m) => m.release()));
       return undefined;
     }
+  }
+
+  /** The ONNX Runtime threads of the session that runs next (ort_threads.ts). */
+  get threads(): number {
+    return this.session.threads;
   }
 
   /** The keys of the trainable parameters the gradients come out for. */

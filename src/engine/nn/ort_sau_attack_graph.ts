@@ -26,7 +26,8 @@ import type { Param } from './module';
 import { GradBuilder } from './ort_grad_graph';
 import { OrtGradUnsupported, type GraphNet } from './ort_grad_contract';
 import { bakeWeights } from './ort_graph';
-import { loadOrt, nchwcBlockSize, ortSessionOptions } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize } from '../backend/onnx_runtime';
+import { GrowingSession } from './ort_threads';
 import { ortTrainWanted } from './ort_train';
 
 const T = onnx.TensorProto.DataType;
@@ -156,7 +157,8 @@ export class SauAttackGraph {
 
   private constructor(
     private readonly ort: typeof import('onnxruntime-node'),
-    private readonly session: import('onnxruntime-node').InferenceSession,
+    /** Grows to the threads granted to this process (ort_threads.ts). */
+    private readonly session: GrowingSession,
     private readonly f: Model,
     private readonly fed: Array<{ key: string; shape: number[] }>,
   ) {}
@@ -179,7 +181,7 @@ export class SauAttackGraph {
       weights.set(key, { data: Float32Array.from((await p.variable.data()) as Float32Array), shape: [...p.variable.shape] });
     }
     try {
-      const session = await ort.InferenceSession.create(bakeWeights(built.bytes, weights), ortSessionOptions(threads));
+      const session = await GrowingSession.create(ort, bakeWeights(built.bytes, weights), threads);
       return new SauAttackGraph(ort, session, f, built.fed);
     } catch (e) {
       if (process.env.DEBUG_ORT) console.error(e);

@@ -12,7 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { JobError } from '../errors';
-import { loadOrt, nchwcBlockSize, ortSessionOptions, ortWanted } from '../backend/onnx_runtime';
+import { loadOrt, nchwcBlockSize, ortWanted } from '../backend/onnx_runtime';
 import type { Model } from './model';
 import { SGD, sgdStepInPlace, type Optimizer } from './optim';
 import type { BatchStepper } from './train';
@@ -22,38 +22,13 @@ import { BatchNorm2d } from './layers';
 import { DataParallel } from './data_parallel';
 import type { BackendName } from '../backend';
 import { cpuCores } from '../util/cores';
+import { GrowingSession } from './ort_threads';
 
-type OrtSession = import('onnxruntime-node').InferenceSession;
 type OrtTensor = import('onnxruntime-node').Tensor;
 
 /** Whether training may use ONNX Runtime: BACKDOOR_AUDIT_ORT_TRAIN=0 (or BACKDOOR_AUDIT_ORT=0) turns it off. */
 export function ortTrainWanted(): boolean {
   return process.env.BACKDOOR_AUDIT_ORT_TRAIN !== '0' && ortWanted();
-}
-
-/**
- * The ONNX Runtime threads this process's trainers may grow to while they train: a lone cell process (cell_pool.ts)
- * starts on the cores the job process leaves it while that evaluates the victim, and is granted the rest once the
- * evaluation ends. A trainer's gradients do not depend on its thread count (see convWeightGradient), so a run
- * that grows mid-way gives the same row.
- */
-let grantedThreads = 0;
-
-/** Let this process's trainers grow to `threads` ONNX Runtime threads from their next step on (0: no grant). */
-export function grantOrtTrainThreads(threads: number): void {
-  grantedThreads = threads;
-}
-
-/**
- * The grant this process expects (a lone cell's: its evaluation threads). A trainer made before the grant makes
- * its session for that many threads beside its first steps, so that the step after the grant runs on them: made
- * at the grant instead, the session took one more step on the old thread count (a step of the zoo's width-16
- * PreAct-ResNet18 is about 365 ms on one thread, 210 on two; making the session, 80 ms, slowed it further).
- */
-let expectedThreads = 0;
-
-export function expectOrtTrainThreads(threads: number): void {
-  expectedThreads = threads;
 }
 
 /**
@@ -68,53 +43,24 @@ interface ResidentWeights {
 export class OrtTrainer implements BatchStepper {
   private closed = false;
   private resident?: ResidentWeights;
-  /**
-   * A session with more threads being made (ahead, after expectOrtTrainThreads, or after grantOrtTrainThreads);
-   * it replaces `session` at the first step that finds it ready and granted.
-   */
-  private growing?: Promise<{ session: OrtSession; threads: number } | undefined>;
-  private grown?: { session: OrtSession; threads: number };
 
   private constructor(
     readonly model: Model,
     private readonly ort: typeof import('onnxruntime-node'),
-    private session: OrtSession,
+    /** Grows to the threads granted to this process (ort_threads.ts), made ahead where a grant is expected. */
+    private readonly session: GrowingSession,
     private readonly graph: GradGraph,
     readonly bnTrain: boolean,
-    private sessionThreads: number,
   ) {}
 
   /** The ONNX Runtime threads of the session that runs the next step. */
   get threads(): number {
-    return this.sessionThreads;
+    return this.session.threads;
   }
 
-  /** The threads of the session being made ahead (expectOrtTrainThreads, a grant), once it is made; 0: none. */
-  async aheadThreads(): Promise<number> {
-    return (await this.growing)?.threads ?? 0;
-  }
-
-  /**
-   * Where more threads were granted than the session has, make a session with them in the background (the step
-   * in progress keeps the old one) unless one is being made already, and run on it from the first step after it
-   * is ready.
-   */
-  private async useGrantedThreads(): Promise<void> {
-    if (this.grown && grantedThreads >= this.grown.threads) {
-      const old = this.session;
-      ({ session: this.session, threads: this.sessionThreads } = this.grown);
-      this.grown = undefined;
-      await old.release();
-    }
-    if (grantedThreads > this.sessionThreads && !this.growing) this.grow(grantedThreads);
-  }
-
-  /** Make a session with `threads` threads in the background; useGrantedThreads switches to it once granted. */
-  private grow(threads: number): void {
-    this.growing = this.ort.InferenceSession.create(this.graph.bytes, ortSessionOptions(threads)).then(
-      (session) => (this.grown = { session, threads }),
-      () => undefined, // refused: the trainer keeps its session
-    );
+  /** The threads of the session being made ahead (expectOrtThreads, a grant), once it is made; 0: none. */
+  aheadThreads(): Promise<number> {
+    return this.session.aheadThreads();
   }
 
   /**
@@ -133,18 +79,15 @@ export class OrtTrainer implements BatchStepper {
       if (e instanceof OrtGradUnsupported) return undefined;
       throw e;
     }
-    // Made after the grant: on the granted threads from the first step.
-    const threads = Math.max(1, o.threads ?? cpuCores(), grantedThreads);
-    let session: OrtSession;
+    let session: GrowingSession;
     try {
-      session = await ort.InferenceSession.create(graph.bytes, ortSessionOptions(threads));
+      // Made after a grant: on the granted threads from the first step.
+      session = await GrowingSession.create(ort, graph.bytes, o.threads ?? cpuCores(), { ahead: true });
     } catch {
       // A graph this ONNX Runtime refuses (an older build without an operator) trains on the backend.
       return undefined;
     }
-    const trainer = new OrtTrainer(model, ort, session, graph, bnTrain, threads);
-    if (expectedThreads > threads) trainer.grow(expectedThreads);
-    return trainer;
+    return new OrtTrainer(model, ort, session, graph, bnTrain);
   }
 
   /**
@@ -167,7 +110,6 @@ export class OrtTrainer implements BatchStepper {
   /** The step's gradients in the variables' layout, its mean loss and the BatchNorm batch statistics. */
   async gradients(x: Float32Array, shape: [number, number, number], labels: Int32Array, smoothing = 0): Promise<{ loss: number; grads: Map<string, Float32Array>; stats: Map<string, { mean: Float32Array; variance: Float32Array }> }> {
     if (this.closed) throw new Error('ONNX Runtime trainer is closed');
-    await this.useGrantedThreads();
     const n = labels.length;
     const k = this.model.numClasses;
     // Label smoothing as crossEntropy's (train.ts): 1 - s on the label, s / (K - 1) on the others.
@@ -263,8 +205,6 @@ export class OrtTrainer implements BatchStepper {
     if (this.closed) return;
     this.flush();
     this.closed = true;
-    const grown = await this.growing;
-    if (grown && grown.session !== this.session) await grown.session.release();
     await this.session.release();
   }
 }
