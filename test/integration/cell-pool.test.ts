@@ -165,6 +165,20 @@ describe('cell processes: cells side by side on several cores', function () {
     });
   }
 
+  it('once no cell is left to start, a process that ran out of cells lends its cores to the one still running: the sequential rows', async function () {
+    if (!ortWanted()) this.skip();
+    const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));
+    // ANP (the longer cell, handed out first) and CLP (done in a moment) on two processes: CLP's process runs out.
+    const tailJob = path.join(dir, 'tail.json');
+    fs.writeFileSync(tailJob, JSON.stringify({ ...job, aux: [job.aux[0]], defenses: [{ name: 'anp', params: { iterations: 300 } }, 'clp'], gic: { ...job.gic, mode: 'off' } }));
+    const one = await runJobFile(tailJob, { outDir: path.join(dir, 'tail-one'), workers: 1 });
+    const logs: string[] = [];
+    const two = await runJobFile(tailJob, { outDir: path.join(dir, 'tail-two'), workers: 2, onEvent: (e) => e.type === 'log' && logs.push(e.message) });
+    assert.ok(logs.includes('no cell left to start: the cell process still running takes the idle cores (2 threads)'), logs.join('\n'));
+    assert.ok(two.rows.every((r) => r.error === null), JSON.stringify(two.rows.map((r) => r.error)));
+    assert.deepEqual(comparable(two), comparable(one));
+  });
+
   it('a job that runs no cell process ends the one it started with it', async function () {
     if (process.platform !== 'linux') this.skip(); // finds the cell processes in /proc
     const job = JSON.parse(fs.readFileSync(jobPath, 'utf8'));

@@ -245,6 +245,14 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
       } finally {
         await late.close();
       }
+      // A grant that rises again (a pool's processes running out of cells one after another) is taken as well.
+      grantOrtThreads(4);
+      for (let run = 0; run < 200 && growingAnp.threads < 4; run++) {
+        assert.deepEqual(differing(arrays(a), arrays(await growingAnp.run(x, n, { labels, scales }))), [], `run ${run} on ${growingAnp.threads} threads`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(growingAnp.threads, 4, 'moved on to 4 threads');
+      assert.deepEqual(differing(arrays(a), arrays(await growingAnp.run(x, n, { labels, scales }))), [], 'on 4 threads');
       // A graph closed while its bigger session is still being made releases that one as well (nothing to wait for).
       grantOrtThreads(4);
       const closing = (await OrtModelGraph.create(model, anp, 1))!;

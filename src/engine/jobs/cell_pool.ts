@@ -42,6 +42,11 @@ export interface CellPool {
   delivered(): Promise<void>;
   /** The job process's evaluation has ended: the processes may train on `threads` ONNX Runtime threads each. */
   grantThreads(threads: number): void;
+  /**
+   * Every cell has been submitted and the job process has nothing more to compute while they run: from now on
+   * the cores of processes that run out of cells go to those still running theirs.
+   */
+  allSubmitted(): void;
   close(): Promise<void>;
 }
 
@@ -65,6 +70,8 @@ interface Slot {
   /** The last lines the process wrote to stderr: what a crash says. */
   stderr: string[];
   dead?: string;
+  /** The ONNX Runtime threads this process was last granted (shareIdleCores); 0: none beyond its own. */
+  granted: number;
 }
 
 /**
@@ -163,16 +170,38 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     if (slots.every((s) => s.dead)) for (const t of queue.splice(0)) t.resolve({ row: failedRow(t.cell, slots[0]?.dead ?? 'no cell process') });
   };
 
+  /**
+   * Once every cell has been handed out, the cores of the processes that have run out of cells go to those still
+   * running theirs: their sessions move to the threads at a later run (ort_threads.ts; a row does not depend on
+   * its thread count), so the last cells of a job run on the whole machine rather than on one core each. (A
+   * lone cell gets the job process's cores from core.ts instead, once the victim is evaluated.)
+   */
+  let allSubmitted = false;
+  const shareIdleCores = () => {
+    if (lone || !ortThreads || !allSubmitted || queue.length || closed || cancelled) return;
+    const busy = slots.filter((s) => !s.dead && s.inFlight.length);
+    if (!busy.length) return;
+    const share = Math.floor(all / busy.length);
+    const more = busy.filter((s) => share > Math.max(ortThreads, s.granted));
+    if (!more.length) return;
+    for (const s of more) {
+      s.granted = share;
+      if (s.child.connected) post(s.child, { type: 'threads', threads: share });
+    }
+    o.emit({ type: 'log', message: `no cell left to start: ${more.length === 1 ? `the cell process still running takes the idle cores (${threads(share)})` : `the ${more.length} cell processes still running take the idle cores (${threads(share)} each)`}` });
+  };
+
   /** The process answered its oldest cell (it runs them in order). */
   const settle = (slot: Slot, fn: (t: Task) => void) => {
     const task = slot.inFlight.shift();
     if (task) fn(task);
     pump();
+    shareIdleCores();
   };
 
   for (let i = 0; i < size; i++) {
     const child = (i === 0 ? spare?.child : undefined) ?? forkCellProcess(script);
-    const slot: Slot = { child, inFlight: [], stderr: [] };
+    const slot: Slot = { child, inFlight: [], stderr: [], granted: 0 };
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
       slot.stderr.push(...chunk.split('\n').filter((l) => l.trim()));
@@ -193,6 +222,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
       current?.resolve({ row: failedRow(current.cell, why) });
       queue.unshift(...rest);
       pump();
+      shareIdleCores();
     };
     child.on('error', (e) => die(`cell process failed: ${e.message.split('\n')[0]}`));
     // 'close' comes after stderr has been read to its end, so the reason has the last lines.
@@ -224,6 +254,10 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
     grantThreads(threads) {
       if (!ortThreads) return;
       for (const s of slots) if (!s.dead && s.child.connected) post(s.child, { type: 'threads', threads });
+    },
+    allSubmitted() {
+      allSubmitted = true;
+      shareIdleCores();
     },
     async delivered() {
       const pending = sending;

@@ -29,6 +29,7 @@ import { startCellPool } from './cell_pool';
 import type { SpareCellProcess } from './cell_spawn';
 import { newTrainingRecord, resolveParams, type Defense, type DefenseParams, type Profile, type TrainingRecord } from '../defenses/defense';
 import { ortTrainWanted } from '../nn/ort_train';
+import { grantedOrtThreads } from '../nn/ort_threads';
 import { evaluateModelFast, evaluateOnnxFast, der, reported, type TriggeredSet } from '../metrics/evaluate';
 import { RESULTS_SCHEMA, type RowTraining, type ReversedTriggerImage, type GicEntry, type ReportedMetrics, type ResultRow, type Results, type EmbeddingEntry } from '../../shared/results';
 import type { BackendInfo } from '../backend';
@@ -279,6 +280,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       }
       // The projections too are this thread's work, done while the workers are still busy.
       await embedAll();
+      // Nothing more for this thread to compute: processes that run out of cells may lend their cores.
+      pool.allSubmitted();
       await Promise.all(pending);
     } else {
       for (const i of mine) {
@@ -457,7 +460,8 @@ export async function runCell(
       }
     }
     if (sets) {
-      const { engine: _engine, ...measured } = await evaluateModelFast(model, sets.test, sets.triggered, signal, evalThreads);
+      // In a cell process, on the cores of processes that ran out of cells too (ort_threads.ts).
+      const { engine: _engine, ...measured } = await evaluateModelFast(model, sets.test, sets.triggered, signal, evalThreads && Math.max(evalThreads, grantedOrtThreads()));
       const m = reported(measured, sets.triggered);
       Object.assign(row, m, { der: baseline ? der(baseline, m) : null });
     }

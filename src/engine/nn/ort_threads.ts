@@ -1,10 +1,11 @@
 /**
  * The ONNX Runtime threads this process's training and gradient sessions may grow to while they run. A lone
  * cell process (cell_pool.ts) starts on the cores the job process leaves it while that evaluates the victim, and
- * is granted the rest once the evaluation ends: every session a defense or GIC runs on (OrtTrainer, OrtModelGraph,
- * SauAttackGraph) then moves to a session with that many threads, made in the background while runs go on.
- * Their outputs do not depend on the thread count (see convWeightGradient; test/unit/ort-threads.test.ts), so a
- * run that grows mid-way gives the same row.
+ * is granted the rest once the evaluation ends; in a pool of cell processes, those still running cells are
+ * granted the cores of those that have run out of them. Every session a defense or GIC runs on (OrtTrainer,
+ * OrtModelGraph, SauAttackGraph) then moves to a session with that many threads, made in the background while
+ * runs go on, and the purified model is evaluated on them. Their outputs do not depend on the thread count
+ * (see convWeightGradient; test/unit/ort-threads.test.ts), so a run that grows mid-way gives the same row.
  */
 import { ortSessionOptions } from '../backend/onnx_runtime';
 
@@ -16,6 +17,11 @@ let grantedThreads = 0;
 /** Let this process's sessions grow to `threads` ONNX Runtime threads from their next run on (0: no grant). */
 export function grantOrtThreads(threads: number): void {
   grantedThreads = threads;
+}
+
+/** The threads granted to this process (0: none). */
+export function grantedOrtThreads(): number {
+  return grantedThreads;
 }
 
 /**
@@ -35,8 +41,14 @@ export function expectOrtThreads(threads: number): void {
  * run after it is ready, and a session left behind is released once no run is using it.
  */
 export class GrowingSession {
+  /** The latest session being made for a grant (or ahead of one), settled or not; at most one at a time. */
   private growing?: Promise<{ session: OrtSession; threads: number } | undefined>;
+  private making = false;
+  /** Made and not run on yet. */
   private grown?: { session: OrtSession; threads: number };
+  /** The threads of the session being made or made and waiting (0: none): a grant above them makes another. */
+  private growingThreads = 0;
+  private refused = false;
   /** Runs in flight per session: one left behind is released by its last run. */
   private readonly inFlight = new Map<OrtSession, number>();
   private readonly retired = new Set<OrtSession>();
@@ -44,8 +56,7 @@ export class GrowingSession {
 
   private constructor(
     private readonly ort: typeof import('onnxruntime-node'),
-    /** The graph, kept until a session with more threads is being made from it. */
-    private bytes: Uint8Array | undefined,
+    private readonly bytes: Uint8Array,
     private session: OrtSession,
     private sessionThreads: number,
   ) {}
@@ -94,8 +105,9 @@ export class GrowingSession {
   }
 
   /**
-   * Where more threads were granted than the session has, make a session with them in the background unless one
-   * is being made already; where the one made is ready and granted, run on it from now on.
+   * Where the session made for a grant is ready and the grant stands, run on it from now on; where more threads
+   * are granted than the session has or is being given, make a session with them in the background (one at a
+   * time: a grant that rises meanwhile is taken at a run after that one is made).
    */
   private useGrantedThreads(): void {
     if (this.grown && grantedThreads >= this.grown.threads) {
@@ -105,29 +117,36 @@ export class GrowingSession {
       if (this.inFlight.has(old)) this.retired.add(old);
       else void releaseQuietly(old);
     }
-    if (grantedThreads > this.sessionThreads && !this.growing) this.grow(grantedThreads);
+    if (grantedThreads > Math.max(this.sessionThreads, this.growingThreads) && !this.making && !this.refused) this.grow(grantedThreads);
   }
 
-  /** Make the session for `threads` in the background (once: a process is granted its threads once). */
+  /** Make the session for `threads` in the background. */
   private grow(threads: number): void {
-    const bytes = this.bytes!;
-    this.bytes = undefined;
-    this.growing = this.ort.InferenceSession.create(bytes, ortSessionOptions(threads)).then(
+    this.making = true;
+    this.growingThreads = threads;
+    this.growing = this.ort.InferenceSession.create(this.bytes, ortSessionOptions(threads)).then(
       (session) => {
+        this.making = false;
         // Released meanwhile: nothing will run on it.
         if (this.released) return void releaseQuietly(session);
         this.grown = { session, threads };
         return this.grown;
       },
-      () => undefined, // refused: the graph keeps its session
+      () => {
+        // Refused: the graph keeps its session.
+        this.making = false;
+        this.refused = true;
+        return undefined;
+      },
     );
   }
 
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
-    const grown = await this.growing;
-    if (grown && grown.session !== this.session) await grown.session.release();
+    await this.growing;
+    if (this.grown) await releaseQuietly(this.grown.session);
+    this.grown = undefined;
     await this.session.release();
   }
 }
