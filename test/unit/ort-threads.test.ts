@@ -147,7 +147,7 @@ describe('ONNX Runtime graphs: the same bits on any thread count', function () {
     return { model, x, labels };
   }
   // A lone cell process starts training on one thread and is granted the job process's cores once that has
-  // evaluated the victim (cell_pool.ts grantThreads): the trainer moves to a session with more threads mid-run.
+  // evaluated the victim (cell_pool.ts allSubmitted): the trainer moves to a session with more threads mid-run.
   it('a trainer granted more threads mid-run moves to them, with the same gradients step for step', async () => {
     const { model, x, labels } = threadTestBatch(5);
     const fixed = (await OrtTrainer.create(model, { threads: 1 }))!;

@@ -40,11 +40,10 @@ export interface CellPool {
    * sets would reach the processes only when that work ends.
    */
   delivered(): Promise<void>;
-  /** The job process's evaluation has ended: the processes may train on `threads` ONNX Runtime threads each. */
-  grantThreads(threads: number): void;
   /**
-   * Every cell has been submitted and the job process has nothing more to compute while they run: from now on
-   * the cores of processes that run out of cells go to those still running theirs.
+   * Every cell has been submitted and the job process has nothing more to compute while they run (the victim
+   * evaluated, the embeddings projected): a lone cell takes all the cores, and in a pool the cores of processes
+   * that run out of cells go to those still running theirs.
    */
   allSubmitted(): void;
   close(): Promise<void>;
@@ -115,7 +114,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   const all = o.workers ?? cpuCores();
   // The processes share out the cores (a row does not depend on its thread count). A lone cell trains on half of
   // them (rounded up) and leaves the rest to the job process, which grants them back once it has evaluated the
-  // victim (grantThreads), and then evaluates on all of them.
+  // victim and projected the embeddings (allSubmitted), and then evaluates on all of them.
   const ortThreads = ortWanted() ? (lone ? Math.ceil(all / 2) : Math.max(1, Math.floor(all / size))) : 0;
   // The first process may have been started with the job (cell_spawn.ts) and have loaded its bundle by now, and
   // built this victim from the copy sent ahead: its `init` leaves the victim out.
@@ -251,12 +250,9 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
         pump();
       });
     },
-    grantThreads(threads) {
-      if (!ortThreads) return;
-      for (const s of slots) if (!s.dead && s.child.connected) post(s.child, { type: 'threads', threads });
-    },
     allSubmitted() {
       allSubmitted = true;
+      if (lone && ortThreads) for (const s of slots) if (!s.dead && s.child.connected) post(s.child, { type: 'threads', threads: all });
       shareIdleCores();
     },
     async delivered() {

@@ -168,8 +168,6 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
     await lonePool?.close();
     throw e;
   }
-  // The lone cell may train on every core now: the rest of its steps take the job process's cores too.
-  lonePool?.grantThreads(cores);
   const { engine, ...measured } = evaluated;
   const baseline = reported(measured, job.triggered);
   const onGpu = o.backend.ort === 'webgpu';
@@ -280,7 +278,8 @@ export async function runPrepared(job: PreparedJob, o: CoreOptions): Promise<Res
       }
       // The projections too are this thread's work, done while the workers are still busy.
       await embedAll();
-      // Nothing more for this thread to compute: processes that run out of cells may lend their cores.
+      // Nothing more for this thread to compute: a lone cell takes its cores, and in a pool the processes that
+      // run out of cells lend theirs.
       pool.allSubmitted();
       await Promise.all(pending);
     } else {
