@@ -170,14 +170,15 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
   };
 
   /**
-   * Once every cell has been handed out, the cores of the processes that have run out of cells go to those still
-   * running theirs: their sessions move to the threads at a later run (ort_threads.ts; a row does not depend on
-   * its thread count), so the last cells of a job run on the whole machine rather than on one core each. (A
-   * lone cell gets the job process's cores from core.ts instead, once the victim is evaluated.)
+   * Once every cell has been handed out and the job process has nothing more to compute, the cores left idle go
+   * to the processes still running cells: their sessions move to the threads at a later run (ort_threads.ts; a
+   * row does not depend on its thread count). A lone cell so takes the job process's cores; in a pool, the
+   * processes still running take the cores of those that have run out of cells, so the last cells of a job run on
+   * the whole machine rather than on one core each.
    */
-  let allSubmitted = false;
+  let everyCellSubmitted = false;
   const shareIdleCores = () => {
-    if (lone || !ortThreads || !allSubmitted || queue.length || closed || cancelled) return;
+    if (!ortThreads || !everyCellSubmitted || queue.length || closed || cancelled) return;
     const busy = slots.filter((s) => !s.dead && s.inFlight.length);
     if (!busy.length) return;
     const share = Math.floor(all / busy.length);
@@ -187,7 +188,8 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
       s.granted = share;
       if (s.child.connected) post(s.child, { type: 'threads', threads: share });
     }
-    o.emit({ type: 'log', message: `no cell left to start: ${more.length === 1 ? `the cell process still running takes the idle cores (${threads(share)})` : `the ${more.length} cell processes still running take the idle cores (${threads(share)} each)`}` });
+    // The lone cell's move was announced when its process started.
+    if (!lone) o.emit({ type: 'log', message: `no cell left to start: ${more.length === 1 ? `the cell process still running takes the idle cores (${threads(share)})` : `the ${more.length} cell processes still running take the idle cores (${threads(share)} each)`}` });
   };
 
   /** The process answered its oldest cell (it runs them in order). */
@@ -251,8 +253,7 @@ export async function startCellPool(job: PreparedJob, o: CoreOptions, cells: num
       });
     },
     allSubmitted() {
-      allSubmitted = true;
-      if (lone && ortThreads) for (const s of slots) if (!s.dead && s.child.connected) post(s.child, { type: 'threads', threads: all });
+      everyCellSubmitted = true;
       shareIdleCores();
     },
     async delivered() {
