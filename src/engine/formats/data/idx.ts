@@ -46,5 +46,8 @@ export function readIdxPair(imagesFile: string, labelsFile?: string, numClasses?
   const bad = y.findIndex((v) => v >= k);
   if (bad >= 0) throw new InputError(`label ${y[bad]} at index ${bad} is outside the model's ${k} classes`, labelsPath);
   const [n, h, w] = img.dims;
-  return { n, shape: [h, w, 1], x: Float32Array.from(img.data, (v) => v / 255), y, numClasses: k };
+  // A plain loop: Float32Array.from with a mapping function took 5-6 s for Fashion-MNIST's 60,000 training images.
+  const x = new Float32Array(img.data.length);
+  for (let i = 0; i < x.length; i++) x[i] = img.data[i] / 255;
+  return { n, shape: [h, w, 1], x, y, numClasses: k };
 }

@@ -38,7 +38,10 @@ export function loadEmbeddedMnist(): ImageSet {
       throw new InputError(`cannot read the embedded MNIST digits: ${(e as Error).message}`, file);
     }
     if (!Array.isArray(data) || data.length % size !== 0) throw new InputError('embedded MNIST digits are malformed', file);
-    parts.push(Float32Array.from(data as number[], (v) => Math.min(1, Math.max(0, Number(v) || 0))));
+    const values = data as unknown[];
+    const part = new Float32Array(values.length);
+    for (let i = 0; i < part.length; i++) part[i] = Math.min(1, Math.max(0, Number(values[i]) || 0));
+    parts.push(part);
     for (let i = 0; i < data.length / size; i++) labels.push(d);
   }
   const x = new Float32Array(labels.length * size);
