@@ -32,9 +32,10 @@ export interface EpochLoopOptions extends Partial<Omit<FitOptions, 'epochs' | 'o
   /**
    * The defense's own step computed through ONNX Runtime (graphs it made with ort_graph.ts), used for every
    * batch instead of `loss`/`prepare` on the backend: the batch as flat NHWC pixels (augmented as the backend
-   * path would) and its labels; it applies the optimizer step itself and resolves to the step's loss.
+   * path would) and its labels, and the batch's indices into the loop's data; it applies the optimizer step
+   * itself and resolves to the step's loss.
    */
-  ortStep?: (x: Float32Array, labels: Int32Array) => Promise<number>;
+  ortStep?: (x: Float32Array, labels: Int32Array, indices: Int32Array) => Promise<number>;
 }
 
 /**
@@ -104,7 +105,7 @@ export async function trainEpochs(ctx: DefenseContext, model: Model, optimizer: 
         const idx = order.subarray(b * o.batchSize, Math.min(data.n, (b + 1) * o.batchSize));
         const labels = Int32Array.from(idx, (i) => data.y[i]);
         if (o.ortStep) {
-          const l = await o.ortStep(makeBatchArray(data, idx, augment, ctx.rng), labels);
+          const l = await o.ortStep(makeBatchArray(data, idx, augment, ctx.rng), labels, idx);
           if (!Number.isFinite(l)) throw new JobError('training diverged (loss is not finite)');
           record('onnxruntime');
           await o.afterStep?.();

@@ -54,6 +54,9 @@ export const sau: Defense = {
     let shared = 0;
     let seen = 0;
     const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, p, ctx.ortThreads ?? 1) : undefined;
+    // The frozen victim's label of each aux image (-1: not yet known). Neither its weights nor its BatchNorm
+    // statistics change and the images are not augmented, so the first epoch's labels hold for all 20.
+    const victimLabels = new Int32Array(ctx.aux.n).fill(-1);
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
       await trainEpochs(ctx, model, opt, {
@@ -64,8 +67,8 @@ export const sau: Defense = {
         bnTrain: false,
         augment: { cropPadding: 0, flip: false },
         ortStep: graphs
-          ? async (x, labels) => {
-              const out = await sauStepOnOrt(graphs, model, opt, x, labels, p);
+          ? async (x, labels, indices) => {
+              const out = await sauStepOnOrt(graphs, model, opt, x, labels, p, { of: victimLabels, indices });
               shared += out.shared;
               seen += labels.length;
               return out.loss;
@@ -210,11 +213,17 @@ class SauGraphs {
  * One SAU batch through ONNX Runtime: the shared adversarial examples (step 1) and the unlearning step (step 2)
  * with the same objectives as the backend path; returns the step's loss and how many x' fooled the victim.
  */
-async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Array, labels: Int32Array, p: Record<string, number>): Promise<{ loss: number; shared: number }> {
+async function sauStepOnOrt(g: SauGraphs, model: Model, opt: Adam, x: Float32Array, labels: Int32Array, p: Record<string, number>, victim: { of: Int32Array; indices: Int32Array }): Promise<{ loss: number; shared: number }> {
   const n = labels.length;
   const k = model.numClasses;
   const cleanF = argmaxRows(await g.f.logits(x, n), k);
-  const cleanF0 = argmaxRows(await g.f0.logits(x, n), k);
+  // f0's labels of the clean images, computed at an image's first batch and kept (an image's label does not
+  // depend on the batch it is in): a forward pass of the victim per batch saved from the second epoch on.
+  let cleanF0: Int32Array = Int32Array.from(victim.indices, (i) => victim.of[i]);
+  if (cleanF0.includes(-1)) {
+    cleanF0 = argmaxRows(await g.f0.logits(x, n), k);
+    victim.indices.forEach((i, j) => (victim.of[i] = cleanF0[j]));
+  }
   let xAdv = projectLinfArray(x, x.map((v) => v + p.eps), p.eps);
   const size = x.length / n;
   // The rows whose x' f and f0 do not yet share. A shared row's objective terms are all masked out, so its
