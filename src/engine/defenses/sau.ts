@@ -55,7 +55,7 @@ export const sau: Defense = {
     let seen = 0;
     const graphs = ctx.ortTraining ? await SauGraphs.create(model, frozen, p, ctx.ortThreads ?? 1) : undefined;
     // The frozen victim's label of each aux image (-1: not yet known). Neither its weights nor its BatchNorm
-    // statistics change and the images are not augmented, so the first epoch's labels hold for all 20.
+    // statistics change and the images are not augmented, so the first epoch's labels hold for every epoch.
     const victimLabels = new Int32Array(ctx.aux.n).fill(-1);
     if (ctx.ortTraining && !graphs) ctx.training?.backendWhy.add('SAU: the ONNX graphs do not cover this model');
     try {
